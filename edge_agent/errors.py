@@ -1,0 +1,130 @@
+"""Errors raised by the agent.
+
+The tree::
+
+    AgentError                    base; ``retryable`` says whether trying again may help
+    ├── ConfigError               bad configuration file or environment (not retryable)
+    ├── InvalidDocument           a release/target failed validation; ``errors`` names fields
+    ├── TargetRejected            signature, device, revision or expiry check failed
+    ├── StoreError                the local SQLite store failed
+    │   └── StoreFull             the disk is full; nothing was written
+    ├── RuntimeAdapterError       the Docker engine refused or failed a call
+    │   ├── EngineUnavailable     the engine cannot be reached (retryable)
+    │   ├── ImageNotFound         the image or digest does not exist (not retryable)
+    │   ├── RegistryAuthError     the registry refused the credentials (not retryable)
+    │   ├── DiskReserveError      pulling would eat into the free-disk reserve (retryable)
+    │   └── NotManaged            refused to touch an object without this device's label
+    ├── ApplyFailed               a plan step failed; carries the step and the cause
+    └── SyncError                 talking to the hub failed
+        ├── HubUnreachable        network-level failure (retryable)
+        └── HubRefused            the hub answered 4xx (not retryable unless 408/413/429)
+
+Third-party exceptions (aiodocker, aiohttp, sqlite3) are translated at the module
+that talks to them, with ``raise X from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready description of the error."""
+        return {"error": type(self).__name__, "message": self.message, "retryable": self.retryable}
+
+
+class ConfigError(AgentError):
+    """The configuration file or environment is invalid."""
+
+
+class InvalidDocument(AgentError):
+    """A document failed validation; ``errors`` lists each bad field."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, retryable=False)
+        self.errors = errors or []
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the error with its field list."""
+        return {**super().to_dict(), "fields": self.errors}
+
+
+class TargetRejected(AgentError):
+    """A target failed a signature, addressee, revision or expiry check."""
+
+
+class StoreError(AgentError):
+    """The local store failed."""
+
+
+class StoreFull(StoreError):
+    """The disk is full; the write was rolled back."""
+
+    retryable = True
+
+
+class RuntimeAdapterError(AgentError):
+    """The container engine refused or failed a call."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+class EngineUnavailable(RuntimeAdapterError):
+    """The container engine cannot be reached."""
+
+    retryable = True
+
+
+class ImageNotFound(RuntimeAdapterError):
+    """The image reference or digest does not exist."""
+
+
+class RegistryAuthError(RuntimeAdapterError):
+    """The registry refused the credentials."""
+
+
+class DiskReserveError(RuntimeAdapterError):
+    """Free disk space is below the configured reserve."""
+
+
+class NotManaged(RuntimeAdapterError):
+    """The object lacks this device's management label."""
+
+
+class ApplyFailed(AgentError):
+    """A reconcile step failed."""
+
+    def __init__(self, message: str, *, step: Any = None, retryable: bool = True) -> None:
+        super().__init__(message, retryable=retryable)
+        self.step = step
+
+
+class SyncError(AgentError):
+    """Talking to the hub failed."""
+
+
+class HubUnreachable(SyncError):
+    """The hub could not be reached (network-level failure)."""
+
+    retryable = True
+
+
+class HubRefused(SyncError):
+    """The hub answered with a client error."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message, retryable=status in (408, 413, 429))
+        self.status = status
