@@ -1,0 +1,79 @@
+"""Ed25519 signing and verification of targets (canonical JSON, base64 on the wire)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_agent.errors import InvalidDocument, TargetRejected
+from edge_agent.models import Target, parse_document
+from edge_agent.protocol import SignedTarget
+
+
+def canonical_json(target: Target) -> bytes:
+    """Return the target as canonical JSON bytes (sorted keys, no spaces)."""
+    doc = target.model_dump(mode="json")
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Return a short fingerprint of a public key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_target(target: Target, private_key: Ed25519PrivateKey) -> SignedTarget:
+    """Sign a target with the hub's key."""
+    payload = canonical_json(target)
+    return SignedTarget(
+        payload=base64.b64encode(payload).decode(),
+        signature=base64.b64encode(private_key.sign(payload)).decode(),
+        key_id=key_id(private_key.public_key()),
+    )
+
+
+def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
+    """Load a PEM Ed25519 public key."""
+    key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise TargetRejected("pinned signing key is not an Ed25519 key")
+    return key
+
+
+def verify_target(
+    signed: SignedTarget,
+    public_key: Ed25519PublicKey,
+    *,
+    device_id: str,
+    applied_revision: int,
+    now: datetime,
+) -> Target:
+    """Return the target if it is signed by the pinned key, ours, newer and unexpired."""
+    try:
+        payload = base64.b64decode(signed.payload, validate=True)
+        signature = base64.b64decode(signed.signature, validate=True)
+    except ValueError as exc:
+        raise TargetRejected("target is not valid base64") from exc
+    try:
+        public_key.verify(signature, payload)
+    except InvalidSignature as exc:
+        raise TargetRejected("target signature does not verify with the pinned hub key") from exc
+    try:
+        target: Target = parse_document(Target, payload)
+    except InvalidDocument as exc:
+        raise TargetRejected(f"signed target is invalid: {exc.message}") from exc
+    if target.device_id != device_id:
+        raise TargetRejected(f"target is addressed to {target.device_id!r}, not {device_id!r}")
+    if target.revision <= applied_revision:
+        raise TargetRejected(
+            f"target revision {target.revision} is not newer than {applied_revision} (replay)"
+        )
+    if target.is_expired(now):
+        raise TargetRejected(f"target revision {target.revision} expired at {target.expires_at}")
+    return target
