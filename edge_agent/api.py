@@ -1,0 +1,207 @@
+"""Local API for field technicians: a unix socket (0600), optionally a LAN port with tokens.
+
+Every call is attributed to an actor: on the unix socket the peer's user (SO_PEERCRED),
+on the LAN the technician whose token matched. Every change is audited with its outcome.
+
+    GET  /v1/status                 agent, target revision, services, counters
+    GET  /v1/containers             the managed containers as the engine reports them
+    GET  /v1/targets                target history, newest first
+    GET  /v1/audit?limit=N          local audit records, newest first
+    POST /v1/apply                  apply a target (or a bare release) from the body
+    POST /v1/services/{name}/restart
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import pwd
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from edge_agent.errors import AgentError, InvalidDocument
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+    from edge_agent.config import ApiConfig
+
+ACTOR_KEY = web.AppKey("actor_fn", Callable[[web.Request], str | None])
+AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
+
+STATUS_BY_ERROR = {
+    "InvalidDocument": 422,
+    "TargetRejected": 409,
+    "ConfigError": 400,
+    "NotFound": 404,
+    "Conflict": 409,
+}
+
+
+class NotFound(AgentError):
+    """The named object does not exist."""
+
+
+class Conflict(AgentError):
+    """The request conflicts with the agent's state."""
+
+
+def error_response(exc: AgentError) -> web.Response:
+    """Turn an agent error into a JSON error response with the right status."""
+    status = STATUS_BY_ERROR.get(type(exc).__name__, 503 if exc.retryable else 500)
+    return web.json_response(exc.to_dict(), status=status)
+
+
+def peer_user(request: web.Request) -> str | None:
+    """Return the unix user on the other end of a unix-socket request."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    try:
+        return f"unix:{pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"unix:uid={uid}"
+
+
+def token_actor(technicians: dict[str, str]) -> Callable[[web.Request], str | None]:
+    """Return an actor resolver that matches a Bearer token against technicians' hashes."""
+
+    def resolve(request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        digest = hashlib.sha256(header[7:].encode()).hexdigest()
+        for name, expected in technicians.items():
+            if hmac.compare_digest(digest, expected.lower()):
+                return f"technician:{name}"
+        return None
+
+    return resolve
+
+
+@web.middleware
+async def _errors_and_actor(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    actor = request.app[ACTOR_KEY](request)
+    if actor is None:
+        return web.json_response(
+            {"error": "Unauthorized", "message": "a technician token is required"}, status=401
+        )
+    request["actor"] = actor
+    try:
+        return await handler(request)
+    except AgentError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return web.json_response(
+            {"error": "TooLarge", "message": f"request body over {exc.max_size} bytes"}, status=413
+        )
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidDocument(f"body is not valid JSON: {exc}", [{"field": "(body)"}]) from exc
+
+
+async def status(request: web.Request) -> web.Response:
+    """Return the agent's status."""
+    return web.json_response(await request.app[AGENT_KEY].status())
+
+
+async def containers(request: web.Request) -> web.Response:
+    """Return the managed containers as the engine reports them."""
+    items = await request.app[AGENT_KEY].runtime.list_services()
+    return web.json_response([c.model_dump(mode="json") for c in items])
+
+
+async def targets(request: web.Request) -> web.Response:
+    """Return target history."""
+    hist = await request.app[AGENT_KEY].store.target_history()
+    return web.json_response(
+        [
+            {
+                "revision": t.revision,
+                "source": t.source,
+                "state": t.state,
+                "reason": t.reason,
+                "received_at": t.received_at,
+                "applied_at": t.applied_at,
+            }
+            for t in hist
+        ]
+    )
+
+
+async def audit(request: web.Request) -> web.Response:
+    """Return local audit records."""
+    try:
+        limit = min(int(request.query.get("limit", "100")), 10_000)
+    except ValueError as exc:
+        raise InvalidDocument("limit must be an integer", [{"field": "limit"}]) from exc
+    return web.json_response(await request.app[AGENT_KEY].store.audit_log(limit))
+
+
+async def apply(request: web.Request) -> web.Response:
+    """Apply a target (or a bare release) sent by a technician."""
+    body = await _json_body(request)
+    target = await request.app[AGENT_KEY].apply_local(body, actor=request["actor"])
+    return web.json_response(
+        {"revision": target.revision, "release": target.release.ref}, status=202
+    )
+
+
+async def restart_service(request: web.Request) -> web.Response:
+    """Restart one service's container."""
+    name = request.match_info["name"]
+    await request.app[AGENT_KEY].restart_service(name, actor=request["actor"])
+    return web.json_response({"restarted": name})
+
+
+def create_api(agent: Agent, config: ApiConfig, *, lan: bool = False) -> web.Application:
+    """Build the local API application."""
+    app = web.Application(middlewares=[_errors_and_actor], client_max_size=config.max_body_bytes)
+    app[AGENT_KEY] = agent
+    app[ACTOR_KEY] = token_actor(config.technicians) if lan else peer_user
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/containers", containers)
+    app.router.add_get("/v1/targets", targets)
+    app.router.add_get("/v1/audit", audit)
+    app.router.add_post("/v1/apply", apply)
+    app.router.add_post("/v1/services/{name}/restart", restart_service)
+    return app
+
+
+async def start_api(agent: Agent, config: ApiConfig) -> list[web.AppRunner]:
+    """Start the unix-socket API (and the LAN one if configured); return the runners."""
+    runners = []
+    path = Path(config.socket)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    runner = web.AppRunner(create_api(agent, config), access_log=None)
+    await runner.setup()
+    old = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    finally:
+        os.umask(old)
+    os.chmod(path, config.socket_mode)
+    runners.append(runner)
+    if config.lan_listen:
+        host, _, port = config.lan_listen.rpartition(":")
+        lan = web.AppRunner(create_api(agent, config, lan=True), access_log=None)
+        await lan.setup()
+        await web.TCPSite(lan, host or "0.0.0.0", int(port)).start()
+        runners.append(lan)
+    return runners

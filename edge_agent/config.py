@@ -1,0 +1,163 @@
+"""Agent configuration: a TOML file plus EDGE_AGENT_* environment overrides, validated at start.
+
+Environment variables name a field by its path, upper-cased, sections joined by ``__``:
+``EDGE_AGENT_DATA_DIR``, ``EDGE_AGENT_HUB__URL``, ``EDGE_AGENT_SUPERVISOR__BACKOFF_CAP_S``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_agent.errors import ConfigError
+
+ENV_PREFIX = "EDGE_AGENT_"
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors (catches typos)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DockerConfig(Section):
+    """How to reach the engine and how much disk to leave free."""
+
+    url: str | None = None
+    root: str = "/var/lib/docker"
+    disk_reserve_mb: int = Field(500, ge=0)
+
+
+class ApiConfig(Section):
+    """The technicians' local API."""
+
+    socket: str = "/run/edge-agent/api.sock"
+    socket_mode: int = 0o600
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # Optional LAN listener; technicians then authenticate with their own tokens.
+    lan_listen: str | None = None
+    technicians: dict[str, str] = Field(
+        default_factory=dict, description="name -> sha256 hex of that technician's token"
+    )
+
+
+class SupervisorConfig(Section):
+    """Restart backoff, crash-loop detection and the safety-net timer."""
+
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_cap_s: float = Field(300.0, gt=0)
+    stable_after_s: float = Field(60.0, gt=0)
+    crash_loop_exits: int = Field(5, ge=2)
+    crash_loop_window_s: float = Field(120.0, gt=0)
+    restart_unhealthy: bool = True
+    safety_interval_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _cap(self) -> SupervisorConfig:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("backoff_cap_s must be >= backoff_base_s")
+        return self
+
+
+class HubConfig(Section):
+    """Where the hub is and how to sync with it; no url means standalone."""
+
+    url: str | None = None
+    enrollment_token: str | None = None
+    ca_file: str | None = None
+    ca_sha256: str | None = None
+    sync_interval_s: float = Field(30.0, gt=0)
+    long_poll_s: float = Field(30.0, gt=0, le=300)
+    batch_max_entries: int = Field(1000, ge=1)
+    batch_max_bytes: int = Field(512 * 1024, ge=1024)
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_cap_s: float = Field(300.0, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class OutboxConfig(Section):
+    """Per-kind bounds on what waits for the hub; audit is never bounded."""
+
+    status_max_entries: int = Field(1000, ge=1)
+    event_max_entries: int = Field(100_000, ge=1)
+    event_max_bytes: int = Field(64 * 2**20, ge=1024)
+    log_max_entries: int = Field(1_000_000, ge=1)
+    log_max_bytes: int = Field(256 * 2**20, ge=1024)
+    log_disk_reserve_mb: int = Field(200, ge=0)
+
+
+class LogsConfig(Section):
+    """Container log collection."""
+
+    enabled: bool = True
+    max_line_bytes: int = Field(16 * 1024, ge=64)
+    max_lines_per_minute: int = Field(6000, ge=1)
+
+
+class AgentConfig(Section):
+    """The whole agent configuration."""
+
+    device_id: str | None = Field(None, min_length=1, max_length=128)
+    data_dir: Path = Path("/var/lib/edge-agent")
+    log_level: str = "INFO"
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    logs: LogsConfig = Field(default_factory=LogsConfig)
+
+    @property
+    def store_path(self) -> Path:
+        """Return the path of the agent's SQLite file."""
+        return self.data_dir / "agent.db"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(path: str | Path | None, environ: dict[str, str] | None = None) -> AgentConfig:
+    """Load and validate the configuration; raise ConfigError naming each bad field."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    data = _merge(data, _env_overrides(environ))
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {problems}") from exc
