@@ -1,0 +1,143 @@
+"""The ``edge-agent`` command: run the agent, or talk to a running one over its socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.errors import AgentError, ConfigError
+
+DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    p.add_argument(
+        "--config",
+        default=os.environ.get("EDGE_AGENT_CONFIG"),
+        help=f"TOML config file (env EDGE_AGENT_CONFIG; default {DEFAULT_CONFIG} if present)",
+    )
+    p.add_argument("--socket", help="local API socket (default: from the config)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the agent in the foreground")
+    sub.add_parser("status", help="show the running agent's status")
+    sub.add_parser("containers", help="list the managed containers")
+    sub.add_parser("targets", help="show target history")
+    a = sub.add_parser("audit", help="show the local audit log")
+    a.add_argument("--limit", type=int, default=50)
+    ap = sub.add_parser("apply", help="apply a target or release document (JSON file, - for stdin)")
+    ap.add_argument("file")
+    r = sub.add_parser("restart", help="restart one service's container")
+    r.add_argument("service")
+    st = sub.add_parser("selftest", help="check store, signatures, validation and Docker access")
+    st.add_argument("--data-dir", type=Path)
+    return p
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    if args.config:
+        return str(args.config)
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    from edge_agent.config import load_config
+
+    return load_config(_config_path(args)).api.socket
+
+
+async def _call(socket: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    import aiohttp
+
+    connector = aiohttp.UnixConnector(path=socket)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.request(method, f"http://agent{path}", json=body) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+    except (aiohttp.ClientConnectionError, FileNotFoundError) as exc:
+        raise AgentError(f"cannot reach the agent at {socket}: {exc}") from exc
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _client(args: argparse.Namespace) -> int:
+    sock = _socket_path(args)
+    if args.command == "apply":
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            print(f"error: {args.file} is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        status, data = asyncio.run(_call(sock, "POST", "/v1/apply", body))
+    elif args.command == "restart":
+        status, data = asyncio.run(_call(sock, "POST", f"/v1/services/{args.service}/restart"))
+    elif args.command == "audit":
+        status, data = asyncio.run(_call(sock, "GET", f"/v1/audit?limit={args.limit}"))
+    else:
+        status, data = asyncio.run(_call(sock, "GET", f"/v1/{args.command}"))
+    if status >= 400:
+        print(f"error ({status}): {data.get('message', data)}", file=sys.stderr)
+        for f in data.get("fields", []):
+            print(f"  {f.get('field')}: {f.get('message', '')}", file=sys.stderr)
+        return 1
+    _print(data)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import run_agent
+    from edge_agent.config import load_config
+
+    config = load_config(_config_path(args))
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; a source run may lack it
+        pass
+    return asyncio.run(run_agent(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the edge-agent command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "selftest":
+            from edge_agent.selftest import run_selftest
+
+            return asyncio.run(run_selftest(args.data_dir))
+        return _client(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except AgentError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
