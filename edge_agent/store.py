@@ -128,6 +128,10 @@ class Store:
         # only coalesced into an entry above it, so the hub never misses a count.
         self.inflight_upto = 0
         self.on_append: Callable[[], None] | None = None
+        # Queued entries and bytes per kind, kept in step with the outbox so quota checks
+        # are O(1) however much is queued; a transaction's changes land only at COMMIT.
+        self._totals: dict[str, list[int]] = {}
+        self._tx_delta: dict[str, list[int]] = {}
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -141,6 +145,7 @@ class Store:
             await self._db.execute("PRAGMA busy_timeout=5000")
             await self._set_sync("FULL")
             await self._migrate()
+            await self._load_totals()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         os.chmod(self.path, 0o600)
@@ -191,11 +196,14 @@ class Store:
             db = self.db
             await self._set_sync("FULL" if durable else "NORMAL")
             await db.execute("BEGIN IMMEDIATE")
+            self._tx_delta = {}
             try:
                 yield db
             except BaseException as exc:
-                await db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+                # SQLITE_FULL may already have rolled the transaction back.
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
                     raise _translate(exc) from exc
                 raise
             try:
@@ -204,6 +212,10 @@ class Store:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
                 raise _translate(exc) from exc
+            for kind, (n, b) in self._tx_delta.items():
+                total = self._totals.setdefault(kind, [0, 0])
+                total[0] += n
+                total[1] += b
 
     # ---- metadata and counters -------------------------------------------------
 
@@ -302,26 +314,28 @@ class Store:
         self, kind: OutboxKind, payloads: Iterable[dict[str, Any]]
     ) -> list[int | None]:
         """Queue records of one kind in one transaction, enforcing that kind's quota."""
-        if kind == "audit":
-            raise StoreError("audit records go through append_audit()")
-        rows = [(kind, _now(), json.dumps(p, separators=(",", ":"))) for p in payloads]
+        if kind in ("audit", "dropped"):
+            raise StoreError(f"{kind} records are written by the store itself")
+        now = _now()
+        rows = [(kind, now, json.dumps(p, separators=(",", ":"))) for p in payloads]
         if not rows:
             return []
         if kind == "log" and self._free_disk() < self.limits.log_disk_reserve_bytes:
             async with self.transaction(durable=False) as db:
                 await _bump(db, "log_refused_disk_reserve", len(rows))
             return [None] * len(rows)
-        seqs: list[int | None] = []
         async with self.transaction(durable=kind != "log") as db:
-            for r in rows:
-                cur = await db.execute(
-                    "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES (?,?,?,?)",
-                    (*r, len(r[2])),
-                )
-                seqs.append(cur.lastrowid)
+            await db.executemany(
+                "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES (?,?,?,?)",
+                [(*r, len(r[2])) for r in rows],
+            )
+            async with db.execute("SELECT last_insert_rowid()") as cur:
+                last = (await cur.fetchone())[0]  # type: ignore[index]
+            self._count(kind, len(rows), sum(len(r[2]) for r in rows))
             await self._enforce_quota(db, kind)
         self._notify()
-        return seqs
+        # One writer and AUTOINCREMENT: the batch's seqs are consecutive, ending at ``last``.
+        return list(range(last - len(rows) + 1, last + 1))
 
     async def append_audit(self, row: AuditRow) -> int:
         """Append an audit record (hash-chained, durable, never dropped); returns its id."""
@@ -359,16 +373,14 @@ class Store:
             "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES ('audit', ?, ?, ?)",
             (at, body, len(body)),
         )
+        self._count("audit", 1, len(body))
         return audit_id
 
     async def _enforce_quota(self, db: aiosqlite.Connection, kind: str) -> None:
         quota = self.limits.quotas.get(kind)
         if quota is None or (quota.max_entries == 0 and quota.max_bytes == 0):
             return
-        async with db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox WHERE kind = ?", (kind,)
-        ) as cur:
-            count, size = await cur.fetchone()  # type: ignore[misc]
+        count, size = self._queued(kind)
         over_n = count - quota.max_entries if quota.max_entries else 0
         over_b = size - quota.max_bytes if quota.max_bytes else 0
         if over_n <= 0 and over_b <= 0:
@@ -384,12 +396,16 @@ class Store:
                 victims.append(seq)
                 freed_n += 1
                 freed_b += nbytes
-        await db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in victims])
+        await db.execute(
+            "DELETE FROM outbox WHERE kind = ? AND seq BETWEEN ? AND ?",
+            (kind, victims[0], victims[-1]),
+        )
+        self._count(kind, -freed_n, -freed_b)
         await _bump(db, f"dropped_{kind}", len(victims))
         await self._record_drop(db, kind, len(victims), victims[0], victims[-1])
 
     async def _record_drop(
-        self, db: aiosqlite.Connection, kind: str, n: int, first: int, last: int
+        self, db: aiosqlite.Connection, kind: str, n: int, first: int, last: int, **extra: Any
     ) -> None:
         async with db.execute(
             "SELECT seq, payload FROM outbox WHERE kind = 'dropped' AND seq > ?"
@@ -397,45 +413,79 @@ class Store:
             (self.inflight_upto, kind),
         ) as cur:
             row = await cur.fetchone()
-        if row is not None:
+        if row is not None and not extra:
             marker = json.loads(row[1])
             marker["count"] += n
             marker["first_seq"] = min(marker["first_seq"], first)
             marker["last_seq"] = max(marker["last_seq"], last)
             body = json.dumps(marker, separators=(",", ":"))
+            old = len(row[1])
             await db.execute(
                 "UPDATE outbox SET payload = ?, bytes = ? WHERE seq = ?", (body, len(body), row[0])
             )
+            self._count("dropped", 0, len(body) - old)
             return
-        marker = {"kind": kind, "count": n, "first_seq": first, "last_seq": last}
+        marker = {"kind": kind, "count": n, "first_seq": first, "last_seq": last, **extra}
         body = json.dumps(marker, separators=(",", ":"))
         await db.execute(
             "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES ('dropped', ?, ?, ?)",
             (_now(), body, len(body)),
         )
+        self._count("dropped", 1, len(body))
 
     async def pending(self, *, max_entries: int, max_bytes: int) -> list[OutboxEntry]:
         """Return the oldest queued entries, bounded by count and bytes (at least one)."""
-        out: list[OutboxEntry] = []
+        return [
+            OutboxEntry(seq=seq, kind=kind, created_at=at, payload=json.loads(payload))
+            for seq, kind, at, payload in await self.pending_raw(
+                max_entries=max_entries, max_bytes=max_bytes
+            )
+        ]
+
+    async def pending_raw(
+        self, *, max_entries: int, max_bytes: int
+    ) -> list[tuple[int, str, str, str]]:
+        """Return ``pending()`` as (seq, kind, created_at, payload JSON) rows, unparsed."""
+        out: list[tuple[int, str, str, str]] = []
         total = 0
         async with self.db.execute(
             "SELECT seq, kind, created_at, payload, bytes FROM outbox ORDER BY seq LIMIT ?",
             (max_entries,),
         ) as cur:
-            async for seq, kind, created_at, payload, nbytes in cur:
+            for seq, kind, created_at, payload, nbytes in await cur.fetchall():
                 if out and total + nbytes > max_bytes:
                     break
                 total += nbytes
-                out.append(
-                    OutboxEntry(
-                        seq=seq, kind=kind, created_at=created_at, payload=json.loads(payload)
-                    )
-                )
+                out.append((seq, kind, created_at, payload))
         return out
+
+    async def replace_with_marker(self, seq: int, reason: str) -> bool:
+        """Replace one queued entry by a 'dropped' marker naming why; False if it is gone."""
+        async with self.transaction() as db:
+            async with db.execute("SELECT kind, bytes FROM outbox WHERE seq = ?", (seq,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return False
+            kind, nbytes = row
+            marker = {"kind": kind, "count": 1, "first_seq": seq, "last_seq": seq}
+            body = json.dumps({**marker, "reason": reason}, separators=(",", ":"))
+            await db.execute(
+                "UPDATE outbox SET kind = 'dropped', payload = ?, bytes = ? WHERE seq = ?",
+                (body, len(body), seq),
+            )
+            self._count(kind, -1, -nbytes)
+            self._count("dropped", 1, len(body))
+            await _bump(db, f"dropped_{kind}", 1)
+        return True
 
     async def ack(self, upto_seq: int) -> int:
         """Delete every entry the hub acknowledged (seq <= upto_seq); returns how many."""
         async with self.transaction(durable=False) as db:
+            async with db.execute(
+                "SELECT kind, COUNT(*), SUM(bytes) FROM outbox WHERE seq <= ? GROUP BY kind",
+                (upto_seq,),
+            ) as cur:
+                gone = await cur.fetchall()
             cur = await db.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
             await db.execute(
                 "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
@@ -443,14 +493,29 @@ class Store:
                 "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                 (str(upto_seq),),
             )
+            for kind, n, b in gone:
+                self._count(kind, -n, -b)
             return cur.rowcount
 
     async def outbox_stats(self) -> dict[str, dict[str, int]]:
         """Return queued entry count and bytes per kind."""
+        return {k: {"entries": n, "bytes": b} for k, (n, b) in sorted(self._totals.items()) if n}
+
+    async def _load_totals(self) -> None:
         async with self.db.execute(
             "SELECT kind, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY kind"
         ) as cur:
-            return {k: {"entries": n, "bytes": b} for k, n, b in await cur.fetchall()}
+            self._totals = {k: [n, b] for k, n, b in await cur.fetchall()}
+
+    def _count(self, kind: str, n: int, nbytes: int) -> None:
+        delta = self._tx_delta.setdefault(kind, [0, 0])
+        delta[0] += n
+        delta[1] += nbytes
+
+    def _queued(self, kind: str) -> tuple[int, int]:
+        base = self._totals.get(kind, [0, 0])
+        delta = self._tx_delta.get(kind, [0, 0])
+        return base[0] + delta[0], base[1] + delta[1]
 
     # ---- audit -----------------------------------------------------------------
 
