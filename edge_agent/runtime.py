@@ -1,0 +1,542 @@
+"""Docker Engine adapter (aiodocker): the only module that talks to Docker.
+
+Every container, network and volume it creates carries ``LABEL_MANAGED`` and this
+device's ``LABEL_DEVICE``; every object it acts on is inspected first and refused with
+``NotManaged`` unless it carries both. aiodocker and aiohttp errors never leave this
+module: they are translated into the ``RuntimeAdapterError`` family of ``errors.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+from aiodocker.networks import DockerNetwork
+from pydantic import BaseModel, ConfigDict
+
+from edge_agent.errors import (
+    DiskReserveError,
+    EngineUnavailable,
+    ImageNotFound,
+    NotManaged,
+    RegistryAuthError,
+    RuntimeAdapterError,
+)
+from edge_agent.models import (
+    LABEL_CONFIG_HASH,
+    LABEL_DEVICE,
+    LABEL_MANAGED,
+    LABEL_RELEASE,
+    LABEL_REVISION,
+    LABEL_SERVICE,
+    MANAGED_BY,
+    ContainerStatus,
+    CurrentService,
+    Health,
+    RegistryAuth,
+    Release,
+    Service,
+    VolumeMount,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+# Container actions worth a reconcile or a record; exec_* (healthcheck probes) and the
+# like are dropped.
+EVENT_ACTIONS = frozenset(
+    {"create", "start", "restart", "die", "oom", "kill", "stop", "destroy", "health_status"}
+    | {"pause", "unpause"}
+)
+_NS = 1_000_000_000
+_ENGINE_DOWN = 900  # aiodocker's status for "cannot connect to the engine"
+_AUTH_HINTS = ("unauthorized", "authentication required", "no basic auth credentials")
+_NOT_FOUND_HINTS = ("not found", "manifest unknown", "no such image", "does not exist")
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+class RuntimeEvent(BaseModel):
+    """A container event of this device's objects, from the engine's event stream."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: str  # "die", "oom", "health_status", "start", "stop", "kill", "destroy", ...
+    service: str
+    container_id: str
+    exit_code: int | None = None
+    health: Health | None = None
+    time: datetime
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """Return the engine's RFC 3339 (nanosecond) time as a datetime, or None if unset."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    return datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00")))
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _translate(exc: DockerError, what: str, *, image: str | None = None) -> RuntimeAdapterError:
+    """Return our error for an aiodocker error raised while doing ``what``."""
+    status, text = exc.status, str(exc.message)
+    lowered = text.lower()
+    if status == _ENGINE_DOWN:
+        return EngineUnavailable(f"{what}: Docker engine unreachable: {text}", retryable=True)
+    if image is not None:
+        if status in (401, 403) or any(h in lowered for h in _AUTH_HINTS):
+            return RegistryAuthError(
+                f"{what}: registry refused the credentials for {image}: {text}", status=status
+            )
+        if status == 404 or any(h in lowered for h in _NOT_FOUND_HINTS):
+            return ImageNotFound(f"{what}: image {image} not found: {text}", status=status)
+    # status 0: an error inside a 200 progress stream (e.g. the registry went away).
+    retryable = status >= 500 or status == 0
+    return RuntimeAdapterError(
+        f"{what}: {text} (HTTP {status})", status=status, retryable=retryable
+    )
+
+
+@contextlib.contextmanager
+def _engine_errors(what: str, *, image: str | None = None) -> Iterator[None]:
+    """Translate aiodocker and aiohttp errors raised inside the block into ours."""
+    try:
+        yield
+    except DockerError as exc:
+        raise _translate(exc, what, image=image) from exc
+    except (aiohttp.ClientError, OSError) as exc:  # includes TimeoutError
+        raise EngineUnavailable(
+            f"{what}: Docker engine unreachable: {exc!r}", retryable=True
+        ) from exc
+
+
+class DockerRuntime:
+    """The device's containers, networks and volumes on one Docker engine."""
+
+    def __init__(
+        self,
+        device_id: str,
+        *,
+        docker_url: str | None = None,
+        disk_reserve_bytes: int = 500 * 2**20,
+        docker_root: str = "/var/lib/docker",
+    ) -> None:
+        self.device_id = device_id
+        self.disk_reserve_bytes = disk_reserve_bytes
+        self.docker_root = docker_root
+        url = docker_url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
+        # Calls are bounded; pulls, stops and streams use aiodocker's unbounded
+        # long-running timeout (connect stays bounded).
+        timeout = aiohttp.ClientTimeout(total=120, connect=10)
+        self._docker = aiodocker.Docker(url=url, timeout=timeout)
+
+    # -- names and labels -------------------------------------------------------------
+
+    def object_name(self, name: str) -> str:
+        """Return the engine name of this device's object ``name``: ``ef-<device>-<name>``."""
+        return f"ef-{self.device_id}-{name}"
+
+    def base_labels(self) -> dict[str, str]:
+        """Return the labels every object of this device carries."""
+        return {LABEL_MANAGED: MANAGED_BY, LABEL_DEVICE: self.device_id}
+
+    def is_ours(self, labels: dict[str, str] | None) -> bool:
+        """Return whether ``labels`` mark an object as managed for this device."""
+        labels = labels or {}
+        return (
+            labels.get(LABEL_MANAGED) == MANAGED_BY and labels.get(LABEL_DEVICE) == self.device_id
+        )
+
+    def _label_filter(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.base_labels().items()]
+
+    # -- engine -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection to the engine."""
+        await self._docker.close()
+
+    async def ping(self) -> dict[str, Any]:
+        """Return the engine's version information."""
+        with _engine_errors("ping"):
+            return await self._docker.version()
+
+    # -- containers: read -----------------------------------------------------------------
+
+    async def list_services(self) -> list[CurrentService]:
+        """Return this device's managed containers, as they are now."""
+        filters = json.dumps({"label": self._label_filter()})
+        with _engine_errors("list containers"):
+            found = await self._docker.containers.list(all=True, filters=filters)
+        out = await asyncio.gather(*(self._inspect_or_none(c.id) for c in found))
+        return sorted((s for s in out if s is not None), key=lambda s: s.name)
+
+    async def _inspect_or_none(self, cid: str) -> CurrentService | None:
+        try:
+            return await self.inspect(cid)
+        except RuntimeAdapterError as exc:
+            if exc.status == 404:  # removed between list and inspect
+                return None
+            raise
+
+    async def inspect(self, cid: str) -> CurrentService:
+        """Return the managed container ``cid`` (id or name); NotManaged if not ours."""
+        return _current_service(await self._owned(cid, "inspect"))
+
+    async def _owned(self, cid: str, what: str) -> dict[str, Any]:
+        """Return the inspect data of ``cid`` after checking it is this device's."""
+        with _engine_errors(f"{what} container {cid}"):
+            data = await self._docker.containers.container(cid).show()
+        if not self.is_ours(data.get("Config", {}).get("Labels")):
+            name = data.get("Name", "").lstrip("/")
+            raise NotManaged(
+                f"refusing to {what} container {name or cid} ({data['Id'][:12]}): "
+                f"not managed by edgefleet for device {self.device_id}",
+                status=403,
+            )
+        return data
+
+    # -- images ---------------------------------------------------------------------------
+
+    async def has_image(self, ref: str) -> bool:
+        """Return whether the engine has image ``ref`` (tag or repo@digest)."""
+        try:
+            with _engine_errors(f"inspect image {ref}"):
+                await self._docker.images.inspect(ref)
+        except RuntimeAdapterError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def free_disk_bytes(self) -> int:
+        """Return the free bytes on the engine's data root (or ``/`` if it is not visible)."""
+        for path in (self.docker_root, "/"):
+            with contextlib.suppress(OSError):
+                st = os.statvfs(path)
+                return st.f_bavail * st.f_frsize
+        return 0
+
+    def check_disk_reserve(self, what: str) -> None:
+        """Raise DiskReserveError if free disk is below the reserve."""
+        free = self.free_disk_bytes()
+        if free < self.disk_reserve_bytes:
+            raise DiskReserveError(
+                f"{what} refused: {_fmt_bytes(free)} free on {self.docker_root}, below the "
+                f"reserve of {_fmt_bytes(self.disk_reserve_bytes)} "
+                f"({free} < {self.disk_reserve_bytes} bytes)",
+                retryable=True,
+            )
+
+    async def pull(self, ref: str, auth: RegistryAuth | None = None) -> str:
+        """Pull ``ref`` (by tag or ``repo@sha256:...``) and return the image id."""
+        self.check_disk_reserve(f"pull of {ref}")
+        creds = None
+        if auth is not None:
+            creds = {
+                "username": auth.username,
+                "password": auth.password,
+                "serveraddress": auth.server,
+            }
+        with _engine_errors(f"pull {ref}", image=ref):
+            try:
+                await self._docker.images.pull(ref, auth=creds)
+            except ValueError as exc:  # auth given for a ref without a registry host
+                raise RuntimeAdapterError(f"pull {ref}: {exc}") from exc
+            info = await self._docker.images.inspect(ref)
+        log.info("pulled %s (%s)", ref, info["Id"])
+        return str(info["Id"])
+
+    # -- networks and volumes -------------------------------------------------------------
+
+    async def _find(self, kind: str, name: str) -> dict[str, Any] | None:
+        """Return the network or volume named exactly ``name``, or None."""
+        with _engine_errors(f"find {kind} {name}"):
+            if kind == "network":
+                found = await self._docker.networks.list(filters={"name": name})
+            else:
+                found = (await self._docker.volumes.list(filters={"name": name}))["Volumes"]
+        return next((o for o in found or [] if o["Name"] == name), None)
+
+    def _check_ours(self, kind: str, obj: dict[str, Any]) -> None:
+        if not self.is_ours(obj.get("Labels")):
+            raise NotManaged(
+                f"{kind} {obj['Name']} exists but is not managed by edgefleet for device "
+                f"{self.device_id}",
+                status=403,
+            )
+
+    async def ensure_network(self, release_name: str) -> str:
+        """Create this release's bridge network if missing and return its name."""
+        name = self.object_name(release_name)
+        for _ in range(2):
+            found = await self._find("network", name)
+            if found is not None:
+                self._check_ours("network", found)
+                return name
+            config = {
+                "Name": name,
+                "Driver": "bridge",
+                "CheckDuplicate": True,
+                "Labels": {**self.base_labels(), LABEL_RELEASE: release_name},
+            }
+            try:
+                with _engine_errors(f"create network {name}"):
+                    await self._docker.networks.create(config)
+                return name
+            except RuntimeAdapterError as exc:
+                if exc.status != 409:  # 409: created concurrently; look again
+                    raise
+        raise RuntimeAdapterError(f"create network {name}: conflicts but cannot be found")
+
+    async def remove_network(self, release_name: str) -> None:
+        """Remove this release's network; a missing network is not an error."""
+        name = self.object_name(release_name)
+        found = await self._find("network", name)
+        if found is None:
+            return
+        self._check_ours("network", found)
+        with _engine_errors(f"remove network {name}"):
+            await DockerNetwork(self._docker, found["Id"]).delete()
+
+    async def ensure_volume(self, name: str) -> str:
+        """Create this device's named volume if missing and return its engine name."""
+        vname = self.object_name(name)
+        found = await self._find("volume", vname)
+        if found is not None:
+            self._check_ours("volume", found)
+            return vname
+        config = {"Name": vname, "Labels": self.base_labels()}
+        with _engine_errors(f"create volume {vname}"):
+            await self._docker.volumes.create(config)
+        return vname
+
+    # -- containers: write ----------------------------------------------------------------
+
+    async def create(self, service: Service, *, release: Release, revision: int) -> str:
+        """Create (not start) the container of ``service`` and return its id."""
+        name = self.object_name(service.name)
+        existing = await self._docker_show(name)
+        if existing is not None:
+            self._refuse_existing(name, existing)
+        network = await self.ensure_network(release.name)
+        mounts = [await self._mount(v) for v in service.volumes]
+        config = self._container_config(service, release, revision, network, mounts)
+        try:
+            with _engine_errors(f"create container {name}", image=service.image):
+                container = await self._docker.containers.create(config, name=name)
+        except RuntimeAdapterError as exc:
+            if exc.status == 409:
+                self._refuse_existing(name, await self._docker_show(name) or {})
+            raise
+        log.info("created %s (%s) from %s", name, container.id[:12], service.image)
+        return str(container.id)
+
+    async def _docker_show(self, name: str) -> dict[str, Any] | None:
+        try:
+            with _engine_errors(f"inspect container {name}"):
+                return await self._docker.containers.container(name).show()
+        except RuntimeAdapterError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _refuse_existing(self, name: str, data: dict[str, Any]) -> NoReturn:
+        cid = str(data.get("Id", "?"))[:12]
+        if not self.is_ours(data.get("Config", {}).get("Labels")):
+            raise NotManaged(
+                f"container name {name} is taken by {cid}, which is not managed by "
+                f"edgefleet for device {self.device_id}",
+                status=409,
+            )
+        raise RuntimeAdapterError(
+            f"container {name} already exists ({cid}); remove it before creating", status=409
+        )
+
+    async def _mount(self, vol: VolumeMount) -> dict[str, Any]:
+        source = await self.ensure_volume(vol.source) if vol.type == "volume" else vol.source
+        return {"Type": vol.type, "Source": source, "Target": vol.target, "ReadOnly": vol.read_only}
+
+    def _container_config(
+        self,
+        service: Service,
+        release: Release,
+        revision: int,
+        network: str,
+        mounts: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Return the engine's create body for ``service``."""
+        labels = {
+            **service.labels,
+            **self.base_labels(),
+            LABEL_SERVICE: service.name,
+            LABEL_RELEASE: release.ref,
+            LABEL_REVISION: str(revision),
+            LABEL_CONFIG_HASH: service.config_hash(),
+        }
+        bindings: dict[str, list[dict[str, str]]] = {}
+        for p in service.ports:
+            bindings.setdefault(f"{p.container}/{p.protocol}", []).append(
+                {"HostIp": p.host_ip, "HostPort": str(p.host or "")}
+            )
+        host_config: dict[str, Any] = {
+            # The agent's supervisor restarts crashed containers with its own backoff
+            # and crash-loop accounting, so the engine must never restart them itself.
+            "RestartPolicy": {"Name": "no"},
+            "NetworkMode": network,
+            "PortBindings": bindings,
+            "Mounts": mounts,
+        }
+        if service.mem_limit_bytes is not None:
+            host_config["Memory"] = service.mem_limit_bytes
+        if service.cpus is not None:
+            host_config["NanoCpus"] = int(service.cpus * _NS)
+        config: dict[str, Any] = {
+            "Image": service.image,
+            "Labels": labels,
+            "Env": [f"{k}={v}" for k, v in sorted(service.environment.items())],
+            "ExposedPorts": {key: {} for key in bindings},
+            "StopTimeout": math.ceil(service.stop_timeout_s),
+            "HostConfig": host_config,
+            "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [service.name]}}},
+        }
+        if service.command is not None:
+            config["Cmd"] = service.command
+        if service.entrypoint is not None:
+            config["Entrypoint"] = service.entrypoint
+        if (hc := service.healthcheck) is not None:
+            config["Healthcheck"] = {
+                "Test": hc.test,
+                "Interval": int(hc.interval_s * _NS),
+                "Timeout": int(hc.timeout_s * _NS),
+                "Retries": hc.retries,
+                "StartPeriod": int(hc.start_period_s * _NS),
+            }
+        return config
+
+    async def start(self, cid: str) -> None:
+        """Start managed container ``cid``; starting a running one is a no-op."""
+        await self._owned(cid, "start")
+        with _engine_errors(f"start container {cid}"):
+            await self._docker.containers.container(cid).start()
+
+    async def stop(self, cid: str, timeout_s: float = 10.0) -> None:
+        """Stop managed container ``cid``: SIGTERM, then SIGKILL after ``timeout_s``."""
+        await self._owned(cid, "stop")
+        with _engine_errors(f"stop container {cid}"):
+            await self._docker.containers.container(cid).stop(t=math.ceil(timeout_s))
+
+    async def remove(self, cid: str) -> None:
+        """Force-remove managed container ``cid`` and its anonymous volumes; gone is fine."""
+        try:
+            await self._owned(cid, "remove")
+            with _engine_errors(f"remove container {cid}"):
+                await self._docker.containers.container(cid).delete(force=True, v=True)
+        except RuntimeAdapterError as exc:
+            # 404: already gone; 409: removal already in progress.
+            if exc.status not in (404, 409) or isinstance(exc, NotManaged):
+                raise
+
+    # -- streams --------------------------------------------------------------------------
+
+    async def events(self, *, since: float | None = None) -> AsyncIterator[RuntimeEvent]:
+        """Yield this device's container events; raise EngineUnavailable when the stream ends."""
+        filters = {"type": ["container"], "label": self._label_filter()}
+        params: dict[str, Any] = {"filters": json.dumps(filters)}
+        if since is not None:
+            params["since"] = f"{since:.9f}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, connect=10)
+        with _engine_errors("event stream"):
+            # aiodocker's public events API fans out from one shared background task
+            # per client, which cannot be cancelled per consumer; query directly.
+            async with self._docker._query("events", params=params, timeout=timeout) as resp:
+                async for line in resp.content:
+                    event = self._event(line)
+                    if event is not None:
+                        yield event
+        raise EngineUnavailable("event stream from the Docker engine ended", retryable=True)
+
+    def _event(self, line: bytes) -> RuntimeEvent | None:
+        """Return the event in one line of the engine's stream, or None to skip it."""
+        if not line.strip():
+            return None
+        raw = json.loads(line)
+        action, _, detail = str(raw.get("Action", "")).partition(":")
+        attrs = raw.get("Actor", {}).get("Attributes", {})
+        if action not in EVENT_ACTIONS or not self.is_ours(attrs):
+            return None
+        exit_code = attrs.get("exitCode")
+        nanos = raw.get("timeNano") or raw.get("time", 0) * _NS
+        return RuntimeEvent(
+            action=action,
+            service=attrs.get(LABEL_SERVICE, ""),
+            container_id=raw.get("Actor", {}).get("ID", raw.get("id", "")),
+            exit_code=int(exit_code) if exit_code is not None else None,
+            health=Health(detail.strip()) if action == "health_status" else None,
+            time=datetime.fromtimestamp(nanos / _NS, UTC),
+        )
+
+    async def logs(
+        self, cid: str, *, since: float | None = None, tail: int | None = None
+    ) -> AsyncIterator[tuple[float, str, str]]:
+        """Yield ``(unix time, "stdout"|"stderr", line)`` of ``cid``'s log so far, oldest first."""
+        await self._owned(cid, "read logs of")
+        params: dict[str, Any] = {"timestamps": True, "tail": "all" if tail is None else str(tail)}
+        if since is not None:
+            params["since"] = f"{since:.9f}"
+        container = self._docker.containers.container(cid)
+        lines: list[tuple[float, str, str]] = []
+        for stream in ("stdout", "stderr"):
+            with _engine_errors(f"read logs of container {cid}"):
+                chunks = await container.log(**{stream: True}, **params)
+            for raw in "".join(chunks).splitlines():
+                stamp, _, text = raw.partition(" ")
+                when = _parse_time(stamp)
+                lines.append((when.timestamp() if when else 0.0, stream, text))
+        lines.sort(key=lambda item: item[0])  # stable: keeps each stream's order
+        for item in lines if tail is None else lines[-tail:] if tail else []:
+            yield item
+
+
+def _current_service(data: dict[str, Any]) -> CurrentService:
+    """Return the CurrentService of one container's inspect data."""
+    labels = data.get("Config", {}).get("Labels") or {}
+    state = data.get("State", {})
+    status = ContainerStatus(state.get("Status", "dead"))
+    health = (state.get("Health") or {}).get("Status") or Health.NONE
+    try:
+        revision = int(labels.get(LABEL_REVISION, "0"))
+    except ValueError:
+        revision = 0
+    return CurrentService(
+        name=labels.get(LABEL_SERVICE, data.get("Name", "").lstrip("/")),
+        container_id=data["Id"],
+        config_hash=labels.get(LABEL_CONFIG_HASH, ""),
+        release=labels.get(LABEL_RELEASE, ""),
+        revision=revision,
+        status=status,
+        health=Health(health),
+        exit_code=(
+            state.get("ExitCode")
+            if status in (ContainerStatus.EXITED, ContainerStatus.DEAD)
+            else None
+        ),
+        image=data.get("Config", {}).get("Image", ""),
+        image_id=data.get("Image", ""),
+        started_at=_parse_time(state.get("StartedAt")),
+        finished_at=_parse_time(state.get("FinishedAt")),
+        oom_killed=bool(state.get("OOMKilled", False)),
+    )
