@@ -185,7 +185,7 @@ class _Apply:
 
     async def _create_service(self, name: str, step: CreateStep | RecreateStep) -> str:
         cid = await self.runtime.create(
-            step.service, release=self.target.release.name, revision=self.target.revision
+            step.service, release=self.target.release, revision=self.target.revision
         )
         self.created[name] = cid
         return cid

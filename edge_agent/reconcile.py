@@ -18,7 +18,14 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from edge_agent.models import ContainerStatus, CurrentService, RegistryAuth, Service, Target
+from edge_agent.models import (
+    ContainerStatus,
+    CurrentService,
+    RegistryAuth,
+    Release,
+    Service,
+    Target,
+)
 
 # Stop timeout for containers whose service is gone from the target (no spec to ask).
 DEFAULT_STOP_TIMEOUT_S = 10.0
@@ -54,7 +61,7 @@ class Runtime(Protocol):
         """Remove the release's network."""
         ...
 
-    async def create(self, service: Service, *, release: str, revision: int) -> str:
+    async def create(self, service: Service, *, release: Release, revision: int) -> str:
         """Create the service's container and return its id."""
         ...
 
