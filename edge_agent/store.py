@@ -146,6 +146,10 @@ class Store:
             await self._set_sync("FULL")
             await self._migrate()
             await self._load_totals()
+            # Whatever is queued may have reached the hub before a restart: treat it as
+            # handed out, so no drop marker the hub may already hold is rewritten.
+            async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox") as cur:
+                self.inflight_upto = (await cur.fetchone())[0]  # type: ignore[index]
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         os.chmod(self.path, 0o600)

@@ -1,0 +1,340 @@
+"""Outbound sync with the hub, by position: ship the outbox after the acknowledged seq.
+
+``Syncer.sync_once()`` is the unit of work (tests call it): read a bounded batch from the
+outbox, POST it gzip-compressed with a status delta, delete only what the hub
+acknowledged, hand a newer target to the target gate; repeat until the outbox is drained
+or a round cap is hit. A failed round leaves the outbox as it was, so the next call
+starts again from the store — a batch sent twice is harmless (the hub keeps each
+(device, seq) once). ``run()`` only schedules ``sync_once`` (on append, debounced; on an
+interval; with capped, jittered backoff on failure) and ``run_long_poll()`` holds a
+``GET /v1/target`` open so a new target arrives within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import aiohttp
+from pydantic import ValidationError
+
+from edge_agent.errors import HubRefused, HubUnreachable, StoreError, SyncError
+from edge_agent.protocol import PROTOCOL_VERSION, SignedTarget, StatusSnapshot, SyncResponse
+from edge_agent.store import Store
+from edge_agent.target_gate import TargetGate
+
+log = logging.getLogger(__name__)
+
+StatusSource = Callable[[], Awaitable[StatusSnapshot]]
+_M = TypeVar("_M", SyncResponse, SignedTarget)
+
+
+@dataclass(frozen=True)
+class SyncLimits:
+    """Every bound and timing of the sync client (names follow ``HubConfig``)."""
+
+    batch_max_entries: int = 1000
+    batch_max_bytes: int = 512 * 1024
+    max_rounds: int = 50
+    sync_interval_s: float = 30.0
+    debounce_s: float = 0.5
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    request_timeout_s: float = 30.0
+    long_poll_s: float = 30.0
+    gzip_level: int = 6
+
+
+@dataclass
+class SyncResult:
+    """What one ``sync_once`` call did."""
+
+    rounds: int = 0
+    sent: int = 0
+    acked_seq: int = 0
+    deleted: int = 0
+    raw_bytes: int = 0
+    wire_bytes: int = 0
+    drained: bool = False
+    targets: list[int] = field(default_factory=list)
+
+
+class HubClient:
+    """The agent's HTTP calls to the hub over one mTLS session; errors translated."""
+
+    def __init__(
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
+        *,
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._timeout_s = request_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            ctx = self._ssl() if callable(self._ssl) else self._ssl
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ctx, limit=4, enable_cleanup_closed=True),
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            )
+        return self._session
+
+    async def reload_tls(self) -> None:
+        """Drop the session so the next call builds a new TLS context (after renewal)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self.reload_tls()
+
+    async def sync(self, body_gz: bytes) -> SyncResponse:
+        """POST one gzip-compressed SyncRequest body; return the hub's answer."""
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        _, data = await self._call("POST", "/v1/sync", data=body_gz, headers=headers)
+        return _parse(SyncResponse, data, "/v1/sync")
+
+    async def wait_target(self, after: int, wait_s: float) -> SignedTarget | None:
+        """Long-poll for a target newer than ``after``; None when the hub had none in time."""
+        timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
+        params = {"after": str(after), "wait": f"{wait_s:g}"}
+        status, data = await self._call("GET", "/v1/target", params=params, timeout=timeout)
+        return None if status == 204 or not data else _parse(SignedTarget, data, "/v1/target")
+
+    async def _call(self, method: str, path: str, **kw: object) -> tuple[int, bytes]:
+        try:
+            async with self._session_now().request(method, self.base_url + path, **kw) as resp:  # type: ignore[arg-type]
+                data = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
+            raise HubUnreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if status >= 500:
+            raise HubUnreachable(f"{method} {path}: hub answered {status}: {_snippet(data)}")
+        if status >= 400:
+            raise HubRefused(
+                f"{method} {path}: hub answered {status}: {_snippet(data)}", status=status
+            )
+        return status, data
+
+
+def _snippet(data: bytes) -> str:
+    return data[:300].decode(errors="replace")
+
+
+def _parse(model: type[_M], data: bytes, path: str) -> _M:
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise SyncError(f"{path}: unexpected answer: {exc}", retryable=True) from exc
+
+
+class Reachability:
+    """Log once when the hub starts failing and once when it is back, with the count."""
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self.failures = 0
+        self._log = logger
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a failed call; log only the first of a run."""
+        self.failures += 1
+        if self.failures == 1:
+            self._log.warning("hub unreachable: %s", exc)
+
+    def succeeded(self) -> None:
+        """Note a successful call; log the recovery once."""
+        if self.failures:
+            self._log.info("hub is back after %d failed attempts", self.failures)
+        self.failures = 0
+
+
+class Syncer:
+    """Ships the outbox to the hub and receives targets; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: HubClient,
+        gate: TargetGate,
+        *,
+        status: StatusSource | None = None,
+        limits: SyncLimits | None = None,
+        jitter: Callable[[], float] = random.random,
+        reachability: Reachability | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.gate = gate
+        self.limits = limits or SyncLimits()
+        self._status_source = status
+        self._jitter = jitter
+        self.reach = reachability or Reachability()
+        self._status_acked: dict[str, object] | None = None  # None: send a full snapshot
+        self._batch_n = self.limits.batch_max_entries
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake the background loop (wire as ``store.on_append``)."""
+        self._wake.set()
+
+    async def sync_once(self) -> SyncResult:
+        """Ship queued entries until drained or the round cap; raise SyncError on failure."""
+        async with self._lock:
+            await self.gate.load()
+            result = SyncResult()
+            while result.rounds < self.limits.max_rounds:
+                result.rounds += 1
+                if await self._round(result):
+                    result.drained = True
+                    break
+            return result
+
+    async def _round(self, result: SyncResult) -> bool:
+        """Run one request; return True when nothing is left to send."""
+        lim = self.limits
+        rows = await self.store.pending_raw(
+            max_entries=self._batch_n, max_bytes=lim.batch_max_bytes
+        )
+        status, status_doc = await self._status_delta()
+        if not rows and status is None and result.rounds > 1:
+            return True
+        body = self._encode(rows, status)
+        body_gz = gzip.compress(body, compresslevel=lim.gzip_level, mtime=0)
+        if rows:
+            self.store.inflight_upto = max(self.store.inflight_upto, rows[-1][0])
+        try:
+            resp = await self.client.sync(body_gz)
+        except HubRefused as exc:
+            if exc.status != 413:
+                raise
+            await self._too_large(rows)
+            return False
+        result.raw_bytes += len(body)
+        result.wire_bytes += len(body_gz)
+        result.sent += len(rows)
+        if rows:
+            # Delete only what the hub holds, and never past what this batch carried.
+            upto = min(resp.acked_seq, rows[-1][0])
+            if upto > result.acked_seq:
+                result.deleted += await self.store.ack(upto)
+                result.acked_seq = upto
+            self._batch_n = min(lim.batch_max_entries, self._batch_n * 2)
+        if resp.want_full_status:
+            self._status_acked = None
+        elif status is not None:
+            self._status_acked = status_doc
+        if resp.target is not None:
+            revision = await self.gate.deliver(resp.target, source="sync")
+            if revision is not None:
+                result.targets.append(revision)
+        return not rows and not resp.want_full_status
+
+    async def _too_large(self, rows: list[tuple[int, str, str, str]]) -> None:
+        if len(rows) > 1:
+            self._batch_n = max(1, len(rows) // 2)
+            log.info("hub refused a batch of %d entries as too large; halving", len(rows))
+            return
+        if not rows:
+            raise HubRefused("hub refused a status-only sync as too large", status=413)
+        seq = rows[0][0]
+        # A single entry over the hub's limit is a bug upstream (bounds on line size);
+        # replace it by a marker so the outbox behind it is not stuck forever.
+        log.error("outbox entry seq=%d (%s) is over the hub's body limit; dropped", seq, rows[0][1])
+        await self.store.bump("sync_entry_too_large")
+        await self.store.replace_with_marker(seq, "too_large")
+
+    async def _status_delta(self) -> tuple[StatusSnapshot | None, dict[str, object]]:
+        """Return what changed since the last acknowledged report (full if asked or new)."""
+        if self._status_source is None:
+            return None, {}
+        snap = await self._status_source()
+        doc = snap.model_dump(mode="json", exclude={"full"})
+        if self._status_acked is None:
+            return StatusSnapshot.model_validate({**doc, "full": True}), doc
+        changed = {k: v for k, v in doc.items() if v != self._status_acked.get(k)}
+        if not changed:
+            return None, doc
+        if any(v is None for v in changed.values()):
+            # A delta cannot say "cleared" (None means unchanged): send everything.
+            return StatusSnapshot.model_validate({**doc, "full": True}), doc
+        return StatusSnapshot.model_validate({**changed, "full": False}), doc
+
+    def _encode(
+        self, rows: list[tuple[int, str, str, str]], status: StatusSnapshot | None
+    ) -> bytes:
+        """Build the SyncRequest JSON; payloads are spliced in as stored (already JSON)."""
+        head = {
+            "protocol": PROTOCOL_VERSION,
+            "applied_revision": self.gate.applied_revision,
+            "known_target_revision": self.gate.poll_after,
+            "status": status.model_dump(mode="json", exclude_none=True) if status else None,
+        }
+        entries = ",".join(
+            f'{{"seq":{seq},"kind":"{kind}","created_at":"{at}","payload":{payload}}}'
+            for seq, kind, at, payload in rows
+        )
+        return (json.dumps(head, separators=(",", ":"))[:-1] + f',"entries":[{entries}]}}').encode()
+
+    def backoff_s(self, failures: int) -> float:
+        """Return the delay after ``failures`` consecutive failures (capped, jittered)."""
+        lim = self.limits
+        delay = min(lim.backoff_cap_s, lim.backoff_base_s * 2 ** min(failures - 1, 30))
+        return delay * (0.5 + 0.5 * self._jitter())
+
+    async def run(self) -> None:
+        """Schedule ``sync_once`` forever: on notify (debounced), interval, backoff on failure."""
+        failures = 0
+        while True:
+            try:
+                result = await self.sync_once()
+            except (SyncError, StoreError) as exc:
+                failures += 1
+                self.reach.failed(exc)
+                await asyncio.sleep(self.backoff_s(failures))
+                continue
+            failures = 0
+            self.reach.succeeded()
+            if not result.drained:
+                continue
+            await self._idle(self.limits.sync_interval_s)
+
+    async def _idle(self, interval_s: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await self._wake.wait()
+                await asyncio.sleep(self.limits.debounce_s)
+
+    async def run_long_poll(self) -> None:
+        """Hold ``GET /v1/target`` open and deliver targets as soon as the hub has one."""
+        failures = 0
+        while True:
+            await self.gate.load()
+            try:
+                signed = await self.client.wait_target(
+                    self.gate.poll_after, self.limits.long_poll_s
+                )
+            except SyncError as exc:
+                failures += 1
+                self.reach.failed(exc)
+                await asyncio.sleep(self.backoff_s(failures))
+                continue
+            failures = 0
+            self.reach.succeeded()
+            if signed is not None and await self.gate.deliver(signed, source="long-poll") is None:
+                # Refused or already seen: do not spin on a hub that keeps offering it.
+                await asyncio.sleep(self.backoff_s(1))
