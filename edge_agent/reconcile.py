@@ -272,13 +272,17 @@ def plan(target: Target | None, current: Sequence[CurrentService], ctx: PlanCont
     ordered = [s for name in start_order(wanted) for s in chains.get(name, [])]
     built = [s.service for s in ordered if isinstance(s, CreateStep | RecreateStep)]
     network: list[Step] = [CreateNetworkStep(release=release)] if built else []
-    stale = ({c.release for c in current} | ctx.networks_present) - {release, ""}
+    # A network cannot go while a container (even one being removed) is attached to it.
+    removing = {c.release for c in current if c.status == ContainerStatus.REMOVING}
+    stale = ({c.release for c in current} | ctx.networks_present) - removing - {release, ""}
     drops: list[Step] = [RemoveNetworkStep(release=r) for r in sorted(stale)]
     return [*_pulls(built, ctx.images_present), *teardown, *network, *ordered, *drops]
 
 
 def _service_steps(svc: Service, c: CurrentService, release: str, ctx: PlanContext) -> list[Step]:
     """Return the steps for one target service that has a container."""
+    if c.status == ContainerStatus.REMOVING:
+        return []  # going away; its destroy event brings the next pass, which creates
     if c.config_hash != svc.config_hash() or c.release != release:
         return [RecreateStep(service=svc, container_id=c.container_id)]
     if ctx.is_deferred(svc.name):
