@@ -153,11 +153,5 @@ for p in "${programs[@]}"; do
     done
 done
 
-# Sums over every shipped file in the output directory (not the onedir folders themselves).
-(
-    cd "$out"
-    find . -maxdepth 1 -type f \( -name 'edge-*' \) ! -name SHA256SUMS -printf '%f\n' | sort |
-        xargs -r sha256sum >SHA256SUMS.tmp
-    mv SHA256SUMS.tmp SHA256SUMS
-)
+write_sums "$out"
 log "done: $out"

@@ -61,3 +61,13 @@ unmount_root() {
     done
     return 0
 }
+
+# Rewrite DIR/SHA256SUMS over every shipped file in DIR (not the onedir folders themselves).
+write_sums() {
+    (
+        cd "$1"
+        find . -maxdepth 1 -type f -name 'edge-*' -printf '%f\n' | sort |
+            xargs -r sha256sum >SHA256SUMS.tmp
+        mv SHA256SUMS.tmp SHA256SUMS
+    )
+}
