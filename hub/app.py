@@ -1,0 +1,116 @@
+"""The hub's aiohttp application, and running it on TLS until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+import hub
+from hub import device_api, operator_api
+from hub.auth import OperatorAuth
+from hub.config import HubConfig
+from hub.context import HUB, HubContext
+from hub.pki import HubPKI
+from hub.store import open_store
+from hub.wire import error_middleware
+
+log = logging.getLogger("hub")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Answer that the hub is up (no authentication; for probes and tests)."""
+    hub_ctx = request.app[HUB]
+    return web.json_response(
+        {"status": "ok", "version": hub.__version__, "long_polls": hub_ctx.notifier.waiting()}
+    )
+
+
+def create_app(config: HubConfig) -> web.Application:
+    """Build the application: keys from data_dir (created on first use), store, routes."""
+    pki = HubPKI.ensure(
+        config.data_dir,
+        config.server.public_names,
+        ca_days=config.pki.ca_days,
+        server_days=config.pki.server_cert_days,
+    )
+    context = HubContext(
+        config=config,
+        pki=pki,
+        store=open_store(config),
+        operators=OperatorAuth.from_data_dir(config.data_dir),
+    )
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=config.limits.max_decompressed_bytes
+    )
+    app[HUB] = context
+    app.router.add_get("/healthz", healthz)
+    app.add_routes(device_api.routes)
+    app.add_routes(operator_api.routes)
+    app.cleanup_ctx.append(_store_lifetime)
+    app.on_shutdown.append(_wake_long_polls)
+    return app
+
+
+async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
+    store = app[HUB].store
+    await store.open()
+    yield
+    await store.close()
+
+
+async def _wake_long_polls(app: web.Application) -> None:
+    app[HUB].notifier.close()
+
+
+def make_runner(app: web.Application, config: HubConfig) -> web.AppRunner:
+    """Return a runner for the app; request bodies reach handlers still compressed."""
+    return web.AppRunner(
+        app,
+        auto_decompress=False,  # hub.wire.read_body bounds the gunzipped size itself
+        access_log=logging.getLogger("hub.access") if config.server.access_log else None,
+        shutdown_timeout=config.server.shutdown_timeout_s,
+        handle_signals=False,
+    )
+
+
+async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve HTTPS until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = create_app(config)
+    runner = make_runner(app, config)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            config.server.host,
+            config.server.port,
+            ssl_context=app[HUB].pki.server_ssl_context(),
+            backlog=4096,
+        )
+        await site.start()
+        host, port = _bound_address(runner, config)
+        log.info("CA fingerprint %s", app[HUB].pki.ca_fingerprint())
+        log.info("listening on https://%s:%d", host, port)
+        print(f"listening on https://{host}:{port}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def _bound_address(runner: web.AppRunner, config: HubConfig) -> tuple[str, int]:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            host = config.server.host
+            return (host if ":" not in host else f"[{host}]"), int(address[1])
+    return config.server.host, config.server.port

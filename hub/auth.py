@@ -1,0 +1,177 @@
+"""Who is calling: enrollment tokens, the operator token, and device identity from mTLS.
+
+Enrollment tokens look like ``et_<id>.<secret>``; only ``sha256(secret)`` is stored, so
+the database never holds a usable token. The secret carries 256 bits, so a fast hash is
+enough (nothing to brute-force).
+
+Operators authenticate with ``Authorization: Bearer <token>``. Today there is one token,
+``data_dir/admin.token``, created at first start, whose principal holds every
+permission. Handlers ask for a *permission* (``require(principal, Permission.X)``),
+never for "is admin", so scoped tokens and roles can be added without touching them.
+
+A device is identified only by the client certificate the TLS layer verified against
+the hub CA: its CN is the device id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import ssl
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from aiohttp import web
+
+from hub.errors import Forbidden, TokenExpired, TokenUsedUp, Unauthenticated, UnknownToken
+from hub.pki import write_private
+from hub.store.records import EnrollmentTokenRecord
+
+ENROLLMENT_PREFIX = "et_"
+
+
+class Permission(StrEnum):
+    """What an operator principal may do."""
+
+    TOKENS_CREATE = "tokens:create"
+    DEVICES_READ = "devices:read"
+    DEVICES_WRITE = "devices:write"
+    TARGETS_WRITE = "targets:write"
+    AUDIT_READ = "audit:read"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated operator."""
+
+    name: str
+    permissions: frozenset[Permission] = field(default_factory=frozenset)
+
+
+ADMIN = Principal("admin", frozenset(Permission))
+
+
+def require(principal: Principal, permission: Permission) -> None:
+    """Raise Forbidden unless the principal holds the permission."""
+    if permission not in principal.permissions:
+        raise Forbidden(f"{principal.name} lacks permission {permission.value}")
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class OperatorAuth:
+    """Check operator Bearer tokens; holds only hashes of the tokens it accepts."""
+
+    def __init__(self, tokens: dict[str, Principal]) -> None:
+        self._by_hash = {_sha256(t): p for t, p in tokens.items()}
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path) -> OperatorAuth:
+        """Load (creating on first start) ``admin.token`` and accept it as the admin."""
+        return cls({ensure_admin_token(data_dir): ADMIN})
+
+    def authenticate(self, request: web.Request) -> Principal:
+        """Return the caller's principal, or raise Unauthenticated."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("missing 'Authorization: Bearer <token>' header")
+        digest = _sha256(token.strip())
+        for known, principal in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        raise Unauthenticated("unknown operator token")
+
+
+def ensure_admin_token(data_dir: Path) -> str:
+    """Return the admin token from ``data_dir/admin.token``, creating it (0600) if absent."""
+    path = data_dir / "admin.token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = "adm_" + secrets.token_urlsafe(32)
+    write_private(path, (token + "\n").encode())
+    return token
+
+
+@dataclass(frozen=True)
+class NewEnrollmentToken:
+    """A freshly generated enrollment token: ``token`` is shown once, then forgotten."""
+
+    token_id: str
+    token: str
+    secret_hash: str
+
+
+def new_enrollment_token() -> NewEnrollmentToken:
+    """Generate an enrollment token."""
+    token_id = ENROLLMENT_PREFIX + secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return NewEnrollmentToken(token_id, f"{token_id}.{secret}", _sha256(secret))
+
+
+def split_enrollment_token(token: str) -> tuple[str, str]:
+    """Return ``(token_id, sha256(secret))`` of a presented token, or raise UnknownToken."""
+    token_id, sep, secret = token.strip().partition(".")
+    if not sep or not token_id.startswith(ENROLLMENT_PREFIX) or not secret:
+        raise UnknownToken("enrollment token is not one this hub issued")
+    return token_id, _sha256(secret)
+
+
+def check_enrollment_token(
+    token: EnrollmentTokenRecord | None, secret_hash: str, now: datetime
+) -> EnrollmentTokenRecord:
+    """Return the token if it can enroll a device now; else raise why not."""
+    if token is None or not hmac.compare_digest(token.secret_hash, secret_hash):
+        raise UnknownToken("enrollment token is not known to this hub")
+    if token.expires_at <= now:
+        raise TokenExpired(f"enrollment token {token.id} expired at {token.expires_at}")
+    if token.uses_left <= 0:
+        raise TokenUsedUp(f"enrollment token {token.id} has no uses left")
+    return token
+
+
+@dataclass(frozen=True)
+class PeerCert:
+    """The verified client certificate of a connection."""
+
+    device_id: str
+    serial: str
+
+
+def peer_cert(request: web.Request) -> PeerCert | None:
+    """Return the verified client certificate's identity, or None if none was presented.
+
+    The TLS context verifies every presented certificate against the hub CA during the
+    handshake (a certificate from another CA never gets here), so a non-empty peercert
+    is one the hub issued.
+    """
+    transport = request.transport
+    if transport is None:
+        return None
+    ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return None
+    common_names = [
+        value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
+    if len(common_names) != 1:
+        return None
+    return PeerCert(device_id=common_names[0], serial=str(cert.get("serialNumber", "")).lower())
+
+
+def require_peer(request: web.Request) -> PeerCert:
+    """Return the caller's device certificate identity, or raise Unauthenticated."""
+    peer = peer_cert(request)
+    if peer is None:
+        raise Unauthenticated("this route needs a client certificate issued by this hub")
+    return peer

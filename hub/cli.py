@@ -1,0 +1,85 @@
+"""Console entry points: ``edge-hub`` (run the hub) and ``edgectl`` (talk to it).
+
+edge-hub serve --config hub.toml     serve until SIGTERM/SIGINT
+edge-hub init  --config hub.toml     create CA, keys, admin token; print what agents pin
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from hub.config import HubConfig, load_config
+from hub.edgectl import main as edgectl_main
+from hub.errors import HubError
+
+__all__ = ["edgectl_main", "hub_main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-hub", description="edgefleet hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the device and operator APIs over HTTPS")
+    serve.add_argument("--config", help="TOML config file (EDGE_HUB_* env vars override it)")
+    serve.add_argument("--log-level", default="INFO")
+    init = sub.add_parser("init", help="create the data directory, CA, keys and admin token")
+    init.add_argument("--config", help="TOML config file")
+    return parser
+
+
+def _run(coro_main: asyncio.Future[None] | object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro_main)  # type: ignore[arg-type]
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro_main)  # type: ignore[arg-type]
+
+
+def _init(config: HubConfig) -> None:
+    from hub.auth import ensure_admin_token
+    from hub.pki import HubPKI
+
+    pki = HubPKI.ensure(
+        config.data_dir,
+        config.server.public_names,
+        ca_days=config.pki.ca_days,
+        server_days=config.pki.server_cert_days,
+    )
+    ensure_admin_token(config.data_dir)
+    print(f"data directory   {config.data_dir}")
+    print(f"CA certificate   {pki.ca_path}")
+    print(f"CA fingerprint   {pki.ca_fingerprint()}")
+    print(f"admin token      {config.data_dir / 'admin.token'}")
+
+
+def hub_main(argv: list[str] | None = None) -> None:
+    """Run ``edge-hub``."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except HubError as exc:
+        print(f"edge-hub: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.command == "init":
+        _init(config)
+        return
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from hub.app import serve
+
+    try:
+        _run(serve(config))
+    except HubError as exc:
+        logging.getLogger("hub").error("%s", exc.message)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    hub_main()

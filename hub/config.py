@@ -1,0 +1,193 @@
+"""Hub configuration: a TOML file, then ``EDGE_HUB_<SECTION>_<FIELD>`` environment overrides.
+
+Example (every key optional except ``server.data_dir``)::
+
+    [server]
+    host = "0.0.0.0"
+    port = 8443
+    data_dir = "/var/lib/edge-hub"
+    public_names = ["hub.example.com"]   # SANs of the server certificate, with 127.0.0.1/localhost
+
+    [store]
+    url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path"
+    synchronous = "FULL"          # FULL: an ack survives a power cut
+
+    [fleet]
+    online_after_s = 90           # contact within this is "online"
+    stale_after_s = 86400         # no contact for longer than this is "stale"; between: "offline"
+
+    [limits]
+    max_body_bytes = 4194304              # request body on the wire (compressed)
+    max_decompressed_bytes = 16777216     # request body after gunzip
+    max_entries_per_batch = 5000
+    long_poll_max_wait_s = 60
+    max_token_uses = 100000
+    max_token_lifetime_s = 2592000
+
+    [pki]
+    device_cert_days = 30
+    server_cert_days = 365
+
+Environment: ``EDGE_HUB_SERVER_PORT=9443``, ``EDGE_HUB_LIMITS_MAX_BODY_BYTES=1048576``,
+``EDGE_HUB_SERVER_PUBLIC_NAMES=a.example,b.example`` (lists are comma-separated).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hub.errors import ConfigError
+
+ENV_PREFIX = "EDGE_HUB_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    """Where the hub listens and keeps its files."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=0, le=65535)
+    data_dir: Path
+    public_names: list[str] = Field(default_factory=list)
+    shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
+    access_log: bool = False
+
+
+class StoreConfig(_Section):
+    """The database."""
+
+    url: str = ""
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    max_group_commit: int = Field(256, ge=1, le=10000)
+
+
+class FleetConfig(_Section):
+    """Thresholds of the fleet picture."""
+
+    online_after_s: float = Field(90.0, gt=0)
+    stale_after_s: float = Field(86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FleetConfig:
+        if self.stale_after_s < self.online_after_s:
+            raise ValueError("stale_after_s must be >= online_after_s")
+        return self
+
+
+class LimitsConfig(_Section):
+    """Every bound on what a client may send."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_decompressed_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_entries_per_batch: int = Field(5000, ge=1)
+    long_poll_max_wait_s: float = Field(60.0, gt=0, le=3600)
+    max_token_uses: int = Field(100_000, ge=1)
+    max_token_lifetime_s: int = Field(30 * 86400, ge=60)
+    max_events_page: int = Field(1000, ge=1)
+
+
+class PkiConfig(_Section):
+    """Certificate lifetimes."""
+
+    device_cert_days: int = Field(30, ge=1, le=3650)
+    server_cert_days: int = Field(365, ge=1, le=3650)
+    ca_days: int = Field(3650, ge=1, le=36500)
+
+
+class HubConfig(_Section):
+    """The whole configuration."""
+
+    server: ServerConfig
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    pki: PkiConfig = Field(default_factory=PkiConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        """Return the data directory."""
+        return self.server.data_dir
+
+    @property
+    def sqlite_path(self) -> Path:
+        """Return the SQLite database file named by ``store.url`` (default in data_dir)."""
+        url = self.store.url
+        if not url:
+            return self.server.data_dir / "hub.db"
+        if url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite://"))
+        raise ConfigError(f"store.url: unsupported database url {url!r} (use sqlite:///PATH)")
+
+
+_LIST_FIELDS = {("server", "public_names")}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Map ``EDGE_HUB_<SECTION>_<FIELD>`` variables onto the config tree."""
+    sections = {name: model for name, model in _section_models().items()}
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"{key}: unknown section (expected one of {', '.join(sections)})")
+        field = rest[len(section) + 1 :]
+        if field not in sections[section].model_fields:
+            raise ConfigError(f"{key}: unknown field {section}.{field}")
+        parsed: Any = value
+        if (section, field) in _LIST_FIELDS:
+            parsed = [v.strip() for v in value.split(",") if v.strip()]
+        out.setdefault(section, {})[field] = parsed
+    return out
+
+
+def _section_models() -> dict[str, type[BaseModel]]:
+    return {
+        "server": ServerConfig,
+        "store": StoreConfig,
+        "fleet": FleetConfig,
+        "limits": LimitsConfig,
+        "pki": PkiConfig,
+    }
+
+
+def build_config(
+    data: Mapping[str, Any], env: Mapping[str, str] | None = None, *, source: str = "config"
+) -> HubConfig:
+    """Validate a config mapping with environment overrides applied on top."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for section, values in _env_overrides(os.environ if env is None else env).items():
+        base = merged.get(section)
+        merged[section] = {**(base if isinstance(base, Mapping) else {}), **values}
+    try:
+        return HubConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid hub configuration ({source}): {problems}") from None
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> HubConfig:
+    """Read the TOML file (optional) and apply environment overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return build_config(data, env, source=str(path) if path else "environment")

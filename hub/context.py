@@ -1,0 +1,38 @@
+"""What every handler needs, bundled once per application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from hub.auth import OperatorAuth
+from hub.config import HubConfig
+from hub.notify import TargetNotifier
+from hub.pki import HubPKI
+from hub.store import HubStore
+
+
+@dataclass
+class HubContext:
+    """The hub's configuration, keys, store and wake-ups."""
+
+    config: HubConfig
+    pki: HubPKI
+    store: HubStore
+    operators: OperatorAuth
+    notifier: TargetNotifier = field(default_factory=TargetNotifier)
+
+    @staticmethod
+    def now() -> datetime:
+        """Return the current time (UTC)."""
+        return datetime.now(UTC)
+
+
+HUB = web.AppKey("hub", HubContext)
+
+
+def ctx(request: web.Request) -> HubContext:
+    """Return the hub context of a request."""
+    return request.app[HUB]

@@ -1,0 +1,264 @@
+"""The agents' side of the hub: enrollment, renewal, sync, target long-poll, CA bootstrap.
+
+    GET  /v1/ca                          the CA certificate (PEM); no client cert needed
+    POST /v1/enroll   EnrollRequest  ->  EnrollResponse   token + CSR; no client cert
+    POST /v1/renew    RenewRequest   ->  RenewResponse    mTLS
+    POST /v1/sync     SyncRequest    ->  SyncResponse     mTLS; body may be gzip
+    GET  /v1/target?after=N&wait=S   ->  200 SignedTarget | 204 on timeout (mTLS)
+
+The device is identified only by the verified client certificate (never by anything in
+the body); an unknown or disabled device is refused with 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from aiohttp import web
+
+from edge_agent.protocol import (
+    PROTOCOL_VERSION,
+    EnrollRequest,
+    EnrollResponse,
+    RenewRequest,
+    RenewResponse,
+    SyncRequest,
+    SyncResponse,
+)
+from hub.auth import check_enrollment_token, require_peer, split_enrollment_token
+from hub.context import HubContext, ctx
+from hub.errors import (
+    BadCSR,
+    EnrollmentRefused,
+    Forbidden,
+    HubError,
+    InvalidRequest,
+    PayloadTooLarge,
+)
+from hub.pki import load_csr
+from hub.store import AuditRecord, DeviceRecord, NewDevice, SyncBatch
+from hub.wire import parse, read_body, respond
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+# Enrollment and renewal bodies are a token and a CSR: a few KiB.
+SMALL_BODY = 64 * 1024
+
+
+def new_device_id() -> str:
+    """Return a fresh device id (64 random bits)."""
+    return "dev-" + secrets.token_hex(8)
+
+
+@routes.get("/v1/ca")
+async def get_ca(request: web.Request) -> web.Response:
+    """Return the CA certificate, so an agent holding only its fingerprint can bootstrap."""
+    hub = ctx(request)
+    return web.Response(
+        text=hub.pki.ca_pem,
+        content_type="application/x-pem-file",
+        headers={"X-Edgefleet-CA-Fingerprint": hub.pki.ca_fingerprint()},
+    )
+
+
+@routes.post("/v1/enroll")
+async def enroll(request: web.Request) -> web.Response:
+    """Exchange an enrollment token and a CSR for a device identity."""
+    hub = ctx(request)
+    body = await read_body(request, SMALL_BODY, SMALL_BODY)
+    req = parse(EnrollRequest, body)
+    now = hub.now()
+    token_id = "-"
+    try:
+        token_id, secret_hash = split_enrollment_token(req.token)
+        await _precheck_token(hub, token_id, secret_hash)
+        csr = load_csr(req.csr_pem)
+        device_id = new_device_id()
+        issued = hub.pki.issue_device_cert(csr, device_id, hub.config.pki.device_cert_days, now)
+        device = await hub.store.enroll_device(
+            token_id,
+            secret_hash,
+            NewDevice(
+                id=device_id,
+                hostname=req.hostname,
+                agent_version=req.agent_version,
+                cert_serial=issued.serial,
+                cert_fingerprint=issued.fingerprint,
+                cert_not_after=issued.not_after,
+            ),
+            now,
+        )
+    except (EnrollmentRefused, BadCSR) as exc:
+        await _audit_refusal(hub, request, token_id, exc)
+        raise
+    log.info("enrolled %s (%s) with token %s", device.id, req.hostname or "-", token_id)
+    return respond(
+        EnrollResponse(
+            device_id=device.id,
+            certificate_pem=issued.pem,
+            ca_pem=hub.pki.ca_pem,
+            signing_public_key_pem=hub.pki.signing_public_pem,
+            tags=device.tags,
+        ),
+        status=201,
+    )
+
+
+async def _precheck_token(hub: HubContext, token_id: str, secret_hash: str) -> None:
+    """Refuse early (before any CA work); ``enroll_device`` checks again atomically."""
+    token = await hub.store.get_enrollment_token(token_id)
+    check_enrollment_token(token, secret_hash, hub.now())
+
+
+async def _audit_refusal(
+    hub: HubContext, request: web.Request, token_id: str, exc: HubError
+) -> None:
+    await hub.store.record_audit(
+        AuditRecord(
+            actor=f"token:{token_id}",
+            action="device.enroll",
+            target="-",
+            outcome="denied",
+            at=hub.now(),
+            detail={"reason": exc.code, "peer": request.remote or ""},
+        )
+    )
+
+
+async def _enrolled_device(hub: HubContext, request: web.Request) -> DeviceRecord:
+    peer = require_peer(request)
+    device = await hub.store.get_device(peer.device_id)
+    if device is None:
+        raise Forbidden(f"device {peer.device_id!r} is not enrolled")
+    if device.disabled:
+        raise Forbidden(f"device {peer.device_id!r} is disabled")
+    return device
+
+
+@routes.post("/v1/renew")
+async def renew(request: web.Request) -> web.Response:
+    """Issue a fresh client certificate for the calling device's new CSR."""
+    hub = ctx(request)
+    device = await _enrolled_device(hub, request)
+    req = parse(RenewRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
+    csr = load_csr(req.csr_pem)
+    now = hub.now()
+    issued = hub.pki.issue_device_cert(csr, device.id, hub.config.pki.device_cert_days, now)
+    await hub.store.replace_device_cert(
+        device.id, issued.serial, issued.fingerprint, issued.not_after, now
+    )
+    log.info("renewed certificate of %s until %s", device.id, issued.not_after.isoformat())
+    return respond(RenewResponse(certificate_pem=issued.pem))
+
+
+@routes.post("/v1/sync")
+async def sync(request: web.Request) -> web.Response:
+    """Store a batch of outbox entries and a status delta; answer the ack and a newer target."""
+    started = time.perf_counter()
+    hub = ctx(request)
+    peer = require_peer(request)
+    limits = hub.config.limits
+    body = await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
+    req = parse(SyncRequest, body)
+    _check_batch(req, limits.max_entries_per_batch)
+    now = hub.now()
+    result = await hub.store.ingest_sync(
+        peer.device_id,
+        SyncBatch(req.entries, req.status, req.applied_revision, req.known_target_revision),
+        now,
+    )
+    response = respond(
+        SyncResponse(
+            acked_seq=result.acked_seq,
+            target=result.target,
+            want_full_status=result.want_full_status,
+            server_time=now,
+        )
+    )
+    if result.target is not None:
+        response.enable_compression()
+    response.headers["Server-Timing"] = f"hub;dur={(time.perf_counter() - started) * 1e3:.2f}"
+    return response
+
+
+def _check_batch(req: SyncRequest, max_entries: int) -> None:
+    if req.protocol != PROTOCOL_VERSION:
+        raise InvalidRequest(
+            f"protocol {req.protocol} is not supported (hub speaks {PROTOCOL_VERSION})",
+            fields=[{"field": "protocol", "message": "unsupported protocol version"}],
+            status=400,
+        )
+    if len(req.entries) > max_entries:
+        raise PayloadTooLarge(
+            f"batch of {len(req.entries)} entries is over the hub's limit of {max_entries} "
+            "(limits.max_entries_per_batch); split the batch"
+        )
+    for prev, entry in zip(req.entries, req.entries[1:], strict=False):
+        if entry.seq <= prev.seq:
+            raise InvalidRequest(
+                f"entries must be in strictly increasing seq order ({prev.seq} then {entry.seq})",
+                fields=[{"field": "entries", "message": "seq not strictly increasing"}],
+            )
+
+
+@routes.get("/v1/target")
+async def long_poll_target(request: web.Request) -> web.Response:
+    """Answer the newest target once its revision is > ``after``; 204 after ``wait`` s."""
+    hub = ctx(request)
+    after = _int_param(request, "after", 0)
+    wait = min(_float_param(request, "wait", 0.0), hub.config.limits.long_poll_max_wait_s)
+    device = await _enrolled_device(hub, request)
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        with hub.notifier.subscribe(device.id) as changed:
+            target = await hub.store.get_target(device.id)
+            if target is not None and target.revision > after:
+                response = respond(target.signed)
+                response.enable_compression()
+                return response
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or hub.notifier.closed:
+                return web.Response(status=204)
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return web.Response(status=204)
+        await _enrolled_device(hub, request)  # disabled while waiting -> 403
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidRequest(
+            f"query parameter {name} must be a non-negative integer",
+            fields=[{"field": name, "message": "must be a non-negative integer"}],
+            status=400,
+        )
+    return value
+
+
+def _float_param(request: web.Request, name: str, default: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise InvalidRequest(
+            f"query parameter {name} must be a non-negative number of seconds",
+            fields=[{"field": name, "message": "must be a non-negative number"}],
+            status=400,
+        )
+    return value

@@ -1,0 +1,231 @@
+"""``edgectl``: a small operator CLI over the hub's REST API (stdlib HTTP, no event loop).
+
+    edgectl [--hub URL] [--token T | --token-file F] [--ca CA.pem] [--json] COMMAND
+
+    token create [--uses N] [--expires 1h] [--tag k=v ...]
+    devices
+    device show ID
+    device disable ID | device enable ID
+    target set ID RELEASE.json [--override svc.KEY=VALUE ...] [--deadline S] [--expires 1d]
+    target show ID
+    events ID [--after SEQ] [--limit N]
+    audit [--after ID] [--limit N]
+
+Environment: EDGECTL_HUB, EDGECTL_TOKEN, EDGECTL_TOKEN_FILE, EDGECTL_CA.
+Exit status: 0 ok, 1 the hub refused (its error is printed), 2 usage or connection error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CtlError(Exception):
+    """A usage or connection problem (exit 2)."""
+
+
+class HubSaid(Exception):
+    """The hub answered with an error (exit 1)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {body.get('error', '')}: {body.get('message', '')}")
+        self.status, self.body = status, body
+
+
+def parse_duration(text: str) -> int:
+    """Return seconds for ``90``, ``90s``, ``15m``, ``1h`` or ``7d``."""
+    match = DURATION_RE.match(text.strip())
+    if not match:
+        raise CtlError(f"bad duration {text!r} (use e.g. 90s, 15m, 1h, 7d)")
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CtlError(f"bad {what} {item!r} (use key=value)")
+        out[key] = value
+    return out
+
+
+class Client:
+    """Call the hub's operator API."""
+
+    def __init__(self, hub: str, token: str, ca: str | None) -> None:
+        self.hub = hub.rstrip("/")
+        self.token = token
+        self.ssl = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one request and return the decoded JSON answer."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.hub + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, context=self.ssl, timeout=30) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                err = json.loads(raw)
+            except ValueError:
+                err = {"error": "http", "message": raw.decode(errors="replace")}
+            raise HubSaid(exc.code, err) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise CtlError(f"cannot reach hub at {self.hub}: {exc}") from exc
+        return json.loads(raw) if raw else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgectl", description="operate an edgefleet hub")
+    p.add_argument("--hub", default=os.environ.get("EDGECTL_HUB"), help="https://host:port")
+    p.add_argument("--token", default=os.environ.get("EDGECTL_TOKEN"))
+    p.add_argument("--token-file", default=os.environ.get("EDGECTL_TOKEN_FILE"))
+    p.add_argument("--ca", default=os.environ.get("EDGECTL_CA"), help="hub CA certificate")
+    p.add_argument("--json", action="store_true", help="print raw JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token").add_subparsers(dest="action", required=True)
+    create = token.add_parser("create", help="create an enrollment token")
+    create.add_argument("--uses", type=int, default=1)
+    create.add_argument("--expires", default="1h")
+    create.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+
+    sub.add_parser("devices", help="list devices")
+    device = sub.add_parser("device").add_subparsers(dest="action", required=True)
+    for name in ("show", "disable", "enable"):
+        device.add_parser(name).add_argument("id")
+
+    target = sub.add_parser("target").add_subparsers(dest="action", required=True)
+    tset = target.add_parser("set", help="sign and send a release to a device")
+    tset.add_argument("id")
+    tset.add_argument("release", help="release JSON (or a full target request body)")
+    tset.add_argument("--override", action="append", default=[], metavar="SVC.KEY=VALUE")
+    tset.add_argument("--deadline", type=float, default=None, help="apply deadline, seconds")
+    tset.add_argument("--expires", default=None, help="target validity, e.g. 7d")
+    target.add_parser("show").add_argument("id")
+
+    events = sub.add_parser("events", help="entries a device sent")
+    events.add_argument("id")
+    events.add_argument("--after", type=int, default=0)
+    events.add_argument("--limit", type=int, default=100)
+    audit = sub.add_parser("audit", help="the audit log")
+    audit.add_argument("--after", type=int, default=0)
+    audit.add_argument("--limit", type=int, default=100)
+    return p
+
+
+def _target_body(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        doc = json.loads(Path(args.release).read_text())
+    except (OSError, ValueError) as exc:
+        raise CtlError(f"cannot read {args.release}: {exc}") from exc
+    body: dict[str, Any] = doc if isinstance(doc, dict) and "release" in doc else {"release": doc}
+    overrides: dict[str, dict[str, str]] = body.setdefault("overrides", {})
+    for key, value in _pairs(args.override, "override").items():
+        svc, dot, var = key.partition(".")
+        if not dot:
+            raise CtlError(f"bad override {key!r} (use service.VAR=value)")
+        overrides.setdefault(svc, {})[var] = value
+    if args.deadline is not None:
+        body["apply_deadline_s"] = args.deadline
+    if args.expires is not None:
+        body["expires_in_s"] = parse_duration(args.expires)
+    return body
+
+
+def _run(args: argparse.Namespace, client: Client) -> Any:
+    cmd, action = args.command, getattr(args, "action", None)
+    if cmd == "token":
+        return client.call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            {
+                "uses": args.uses,
+                "expires_in_s": parse_duration(args.expires),
+                "tags": _pairs(args.tag, "tag"),
+            },
+        )
+    if cmd == "devices":
+        return client.call("GET", "/api/v1/devices")
+    if cmd == "device":
+        if action == "show":
+            return client.call("GET", f"/api/v1/devices/{args.id}")
+        return client.call("POST", f"/api/v1/devices/{args.id}/{action}")
+    if cmd == "target":
+        if action == "show":
+            return client.call("GET", f"/api/v1/devices/{args.id}/target")
+        return client.call("POST", f"/api/v1/devices/{args.id}/target", _target_body(args))
+    if cmd == "events":
+        return client.call(
+            "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"
+        )
+    return client.call("GET", f"/api/v1/audit?after={args.after}&limit={args.limit}")
+
+
+def _print(args: argparse.Namespace, result: Any) -> None:
+    if args.json or args.command not in ("devices", "token"):
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    if args.command == "token":
+        print(result["token"])
+        print(
+            f"# id {result['id']}, {result['uses']} use(s), expires {result['expires_at']}",
+            file=sys.stderr,
+        )
+        return
+    rows = [("ID", "HOSTNAME", "CONN", "TARGET", "APPLIED", "DRIFT", "STATE", "LAST CONTACT")]
+    for d in result["devices"]:
+        rows.append(
+            (
+                d["id"],
+                d["hostname"] or "-",
+                "disabled" if d["disabled"] else d["connectivity"],
+                str(d["target_revision"]),
+                str(d["applied_revision"]),
+                d["drift"],
+                d["state"] or "-",
+                d["last_contact"] or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``edgectl``."""
+    args = _parser().parse_args(argv)
+    try:
+        if not args.hub:
+            raise CtlError("no hub: pass --hub or set EDGECTL_HUB")
+        token = args.token
+        if not token and args.token_file:
+            token = Path(args.token_file).read_text().strip()
+        if not token:
+            raise CtlError("no token: pass --token/--token-file or set EDGECTL_TOKEN")
+        _print(args, _run(args, Client(args.hub, token, args.ca)))
+    except HubSaid as exc:
+        print(f"edgectl: hub refused: {exc}", file=sys.stderr)
+        for field in exc.body.get("fields") or []:
+            print(f"  {field.get('field')}: {field.get('message', '')}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (CtlError, OSError) as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

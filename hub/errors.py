@@ -1,0 +1,142 @@
+"""Errors raised by the hub; each knows its HTTP status and wire code.
+
+The tree::
+
+    HubError                      base; ``status`` is the HTTP status, ``code`` the wire code
+    ├── ConfigError               bad configuration file or environment (exit, not HTTP)
+    ├── InvalidRequest            400/422: malformed body or a field failed validation
+    ├── PayloadTooLarge           413: body, decompressed body or batch over a limit
+    ├── Unauthenticated           401: no or unknown operator token / client certificate
+    ├── Forbidden                 403: authenticated but not allowed (disabled device, ...)
+    ├── EnrollmentRefused         the enrollment token cannot be used; nothing was created
+    │   ├── UnknownToken          401: no such token
+    │   ├── TokenExpired          410: past its expiry
+    │   └── TokenUsedUp           410: every use consumed
+    ├── BadCSR                    400: the CSR does not parse, verify or use a known key type
+    ├── NotFound                  404
+    ├── Conflict                  409: the request clashes with the current state
+    └── StoreError                500: the database failed (retryable)
+
+The middleware in ``hub.app`` turns every HubError into an ``ErrorBody`` JSON response.
+Third-party exceptions (sqlite3, cryptography) are translated where they are raised,
+with ``raise X from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HubError(Exception):
+    """Base of every error the hub raises on purpose."""
+
+    status: int = 500
+    code: str = "internal"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, fields: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+
+    def to_body(self) -> dict[str, Any]:
+        """Return the JSON error body (``edge_agent.protocol.ErrorBody``)."""
+        return {"error": self.code, "message": self.message, "fields": self.fields}
+
+
+class ConfigError(HubError):
+    """The configuration file or environment is invalid."""
+
+    code = "config"
+
+
+class InvalidRequest(HubError):
+    """The request body or a parameter is invalid; ``fields`` names each bad field."""
+
+    status = 422
+    code = "invalid_request"
+
+    def __init__(
+        self, message: str, *, fields: list[dict[str, Any]] | None = None, status: int = 422
+    ) -> None:
+        super().__init__(message, fields=fields)
+        self.status = status
+
+
+class PayloadTooLarge(HubError):
+    """The request is over a configured bound; the client should split it."""
+
+    status = 413
+    code = "payload_too_large"
+    retryable = True
+
+
+class Unauthenticated(HubError):
+    """No valid credentials were presented."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(HubError):
+    """The caller is known but not allowed."""
+
+    status = 403
+    code = "forbidden"
+
+
+class EnrollmentRefused(HubError):
+    """The enrollment token cannot be used."""
+
+    status = 403
+    code = "enrollment_refused"
+
+
+class UnknownToken(EnrollmentRefused):
+    """No enrollment token matches."""
+
+    status = 401
+    code = "unknown_token"
+
+
+class TokenExpired(EnrollmentRefused):
+    """The enrollment token is past its expiry."""
+
+    status = 410
+    code = "token_expired"
+
+
+class TokenUsedUp(EnrollmentRefused):
+    """Every use of the enrollment token has been consumed."""
+
+    status = 410
+    code = "token_used_up"
+
+
+class BadCSR(HubError):
+    """The certificate signing request is unusable."""
+
+    status = 400
+    code = "bad_csr"
+
+
+class NotFound(HubError):
+    """The resource does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(HubError):
+    """The request clashes with the resource's current state."""
+
+    status = 409
+    code = "conflict"
+
+
+class StoreError(HubError):
+    """The database failed."""
+
+    status = 500
+    code = "store"
+    retryable = True

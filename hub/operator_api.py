@@ -1,0 +1,387 @@
+"""The people's side of the hub: tokens, devices, targets, events, audit (Bearer token).
+
+    POST /api/v1/enrollment-tokens         {uses, expires_in_s, tags} -> token (shown once)
+    GET  /api/v1/devices                   fleet picture
+    GET  /api/v1/devices/{id}              one device
+    GET  /api/v1/devices/{id}/target       its newest target (decoded) and revision
+    POST /api/v1/devices/{id}/target       {release, overrides, apply_deadline_s, expires_in_s}
+    POST /api/v1/devices/{id}/disable      refuse the device from now on
+    POST /api/v1/devices/{id}/enable       accept it again
+    GET  /api/v1/devices/{id}/events       ?after=seq&limit=n
+    GET  /api/v1/audit                     ?after=id&limit=n
+
+Every state-changing call is audited (actor, action, target, time, outcome): on success
+in the same transaction as the change, on refusal or failure as a row of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from edge_agent.models import ENV_KEY_RE, Release, Target
+from edge_agent.signing import sign_target
+from hub.auth import Permission, Principal, new_enrollment_token, require
+from hub.context import HubContext, ctx
+from hub.errors import HubError, InvalidRequest, NotFound, Unauthenticated
+from hub.fleet import connectivity, drift
+from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord
+from hub.wire import parse, read_body
+
+routes = web.RouteTableDef()
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+TAG_VALUE_MAX = 255
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateTokenRequest(_Body):
+    """Body of POST /api/v1/enrollment-tokens."""
+
+    uses: int = Field(1, ge=1)
+    expires_in_s: int = Field(3600, ge=60)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not TAG_KEY_RE.match(k)]
+        if bad:
+            raise ValueError(
+                f"invalid tag key(s) {', '.join(sorted(bad))}: must match " + TAG_KEY_RE.pattern
+            )
+        long = [k for k, val in v.items() if len(val) > TAG_VALUE_MAX]
+        if long:
+            raise ValueError(f"tag value(s) longer than {TAG_VALUE_MAX}: {', '.join(long)}")
+        return v
+
+
+class SetTargetRequest(_Body):
+    """Body of POST /api/v1/devices/{id}/target."""
+
+    release: Release
+    overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
+    apply_deadline_s: float = Field(120.0, gt=0, le=86400)
+    expires_in_s: int | None = Field(None, ge=60)
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_services(
+        cls, v: dict[str, dict[str, str]], info: ValidationInfo
+    ) -> dict[str, dict[str, str]]:
+        release = info.data.get("release")
+        if release is not None:
+            unknown = sorted(set(v) - {s.name for s in release.services})
+            if unknown:
+                raise ValueError(f"unknown service(s): {', '.join(unknown)}")
+        for svc, env in v.items():
+            bad = [k for k in env if not ENV_KEY_RE.match(k)]
+            if bad:
+                raise ValueError(f"{svc}: invalid variable name(s): {', '.join(bad)}")
+        return v
+
+
+class _Action:
+    """An audited operator action in progress."""
+
+    def __init__(self, hub: HubContext, principal: Principal, action: str, target: str) -> None:
+        self.hub, self.principal, self.action, self.target = hub, principal, action, target
+        self.recorded = False
+
+    def ok(self, **detail: Any) -> AuditRecord:
+        """Return the success audit row (the store writes it with the change)."""
+        self.recorded = True
+        return AuditRecord(
+            self.principal.name, self.action, self.target, "ok", self.hub.now(), detail
+        )
+
+
+def _principal(request: web.Request, permission: Permission) -> Principal:
+    principal = ctx(request).operators.authenticate(request)
+    require(principal, permission)
+    return principal
+
+
+@asynccontextmanager
+async def _audited(
+    request: web.Request, permission: Permission, action: str, target: str
+) -> AsyncIterator[_Action]:
+    """Authenticate, authorize and audit one state-changing operator action."""
+    hub = ctx(request)
+    try:
+        principal = _principal(request, permission)
+    except HubError as exc:
+        actor = "anonymous" if isinstance(exc, Unauthenticated) else "operator"
+        await hub.store.record_audit(
+            AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message})
+        )
+        raise
+    act = _Action(hub, principal, action, target)
+    try:
+        yield act
+    except HubError as exc:
+        outcome = "error" if exc.status >= 500 else "rejected"
+        await hub.store.record_audit(
+            AuditRecord(principal.name, action, target, outcome, hub.now(), {"reason": exc.message})
+        )
+        raise
+    if not act.recorded:
+        await hub.store.record_audit(act.ok())
+
+
+async def _json_body(request: web.Request) -> bytes:
+    limits = ctx(request).config.limits
+    return await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
+
+
+def _page(request: web.Request, after_name: str, max_limit: int) -> tuple[int, int]:
+    try:
+        after = int(request.query.get(after_name, "0"))
+        limit = int(request.query.get("limit", str(max_limit)))
+    except ValueError:
+        after = limit = -1
+    if after < 0 or limit < 1:
+        raise InvalidRequest(
+            f"{after_name} must be >= 0 and limit >= 1",
+            fields=[{"field": after_name}, {"field": "limit"}],
+            status=400,
+        )
+    return after, min(limit, max_limit)
+
+
+def device_view(hub: HubContext, d: DeviceRecord, now: datetime) -> dict[str, Any]:
+    """Return a device as the API shows it, with connectivity and drift."""
+    fleet = hub.config.fleet
+    return {
+        "id": d.id,
+        "hostname": d.hostname,
+        "tags": d.tags,
+        "disabled": d.disabled,
+        "enrolled_at": d.enrolled_at.isoformat(),
+        "last_contact": d.last_contact.isoformat() if d.last_contact else None,
+        "connectivity": connectivity(
+            d.last_contact, now, fleet.online_after_s, fleet.stale_after_s
+        ).value,
+        "agent_version": d.agent_version,
+        "target_revision": d.target_revision,
+        "applied_revision": d.applied_revision,
+        "drift": drift(d.target_revision, d.applied_revision).value,
+        "acked_seq": d.acked_seq,
+        "state": d.state,
+        "release": d.release,
+        "services": d.services,
+        "counters": d.counters,
+        "last_error": d.last_error,
+        "status_at": d.status_at.isoformat() if d.status_at else None,
+        "certificate": {
+            "serial": d.cert_serial,
+            "fingerprint": d.cert_fingerprint,
+            "not_after": d.cert_not_after.isoformat(),
+        },
+    }
+
+
+@routes.post("/api/v1/enrollment-tokens")
+async def create_token(request: web.Request) -> web.Response:
+    """Create an enrollment token; the secret is in this response only."""
+    hub = ctx(request)
+    async with _audited(request, Permission.TOKENS_CREATE, "token.create", "-") as act:
+        req = parse(CreateTokenRequest, await _json_body(request))
+        limits = hub.config.limits
+        if req.uses > limits.max_token_uses or req.expires_in_s > limits.max_token_lifetime_s:
+            raise InvalidRequest(
+                f"uses must be <= {limits.max_token_uses} and expires_in_s <= "
+                f"{limits.max_token_lifetime_s}",
+                fields=[{"field": "uses"}, {"field": "expires_in_s"}],
+            )
+        new = new_enrollment_token()
+        now = hub.now()
+        record = EnrollmentTokenRecord(
+            new.token_id,
+            new.secret_hash,
+            req.uses,
+            req.uses,
+            now + timedelta(seconds=req.expires_in_s),
+            req.tags,
+            now,
+            act.principal.name,
+        )
+        act.target = new.token_id
+        audit = act.ok(uses=req.uses, expires_at=record.expires_at.isoformat(), tags=req.tags)
+        await hub.store.create_enrollment_token(record, audit)
+    body = {
+        "id": new.token_id,
+        "token": new.token,
+        "uses": req.uses,
+        "expires_at": record.expires_at.isoformat(),
+        "tags": req.tags,
+    }
+    return web.json_response(body, status=201)
+
+
+@routes.get("/api/v1/devices")
+async def list_devices(request: web.Request) -> web.Response:
+    """List every device with its fleet state."""
+    _principal(request, Permission.DEVICES_READ)
+    hub = ctx(request)
+    now = hub.now()
+    devices = [device_view(hub, d, now) for d in await hub.store.list_devices()]
+    return web.json_response({"devices": devices})
+
+
+async def _device_or_404(hub: HubContext, device_id: str) -> DeviceRecord:
+    device = await hub.store.get_device(device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id!r}")
+    return device
+
+
+@routes.get("/api/v1/devices/{device_id}")
+async def show_device(request: web.Request) -> web.Response:
+    """Show one device."""
+    _principal(request, Permission.DEVICES_READ)
+    hub = ctx(request)
+    device = await _device_or_404(hub, request.match_info["device_id"])
+    return web.json_response(device_view(hub, device, hub.now()))
+
+
+@routes.get("/api/v1/devices/{device_id}/target")
+async def show_target(request: web.Request) -> web.Response:
+    """Show the device's newest target, decoded, and its signed form."""
+    _principal(request, Permission.DEVICES_READ)
+    hub = ctx(request)
+    device_id = request.match_info["device_id"]
+    await _device_or_404(hub, device_id)
+    record = await hub.store.get_target(device_id)
+    if record is None:
+        raise NotFound(f"device {device_id!r} has no target")
+    document = json.loads(base64.b64decode(record.signed.payload))
+    return web.json_response(
+        {
+            "revision": record.revision,
+            "created_by": record.created_by,
+            "created_at": record.created_at.isoformat(),
+            "target": document,
+            "signed": record.signed.model_dump(),
+        }
+    )
+
+
+@routes.post("/api/v1/devices/{device_id}/target")
+async def set_target(request: web.Request) -> web.Response:
+    """Sign and store the device's next target revision, then wake its long-poll."""
+    hub = ctx(request)
+    device_id = request.match_info["device_id"]
+    async with _audited(request, Permission.TARGETS_WRITE, "target.set", device_id) as act:
+        req = parse(SetTargetRequest, await _json_body(request))
+        now = hub.now()
+        expires_at = now + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None
+
+        def build(revision: int) -> Any:
+            target = Target(
+                device_id=device_id,
+                revision=revision,
+                release=req.release,
+                overrides=req.overrides,
+                issued_at=now,
+                expires_at=expires_at,
+                apply_deadline_s=req.apply_deadline_s,
+            )
+            return sign_target(target, hub.pki.signing_key)
+
+        audit = act.ok(release=req.release.ref)
+        record = await hub.store.put_target(device_id, build, audit, now)
+    hub.notifier.notify(device_id)  # after commit
+    return web.json_response(
+        {
+            "device_id": device_id,
+            "revision": record.revision,
+            "release": req.release.ref,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+        status=201,
+    )
+
+
+async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
+    hub = ctx(request)
+    device_id = request.match_info["device_id"]
+    action = "device.disable" if disabled else "device.enable"
+    async with _audited(request, Permission.DEVICES_WRITE, action, device_id) as act:
+        device = await hub.store.set_device_disabled(device_id, disabled, act.ok())
+    hub.notifier.notify(device_id)  # an open long-poll re-checks and is refused
+    return web.json_response(device_view(hub, device, hub.now()))
+
+
+@routes.post("/api/v1/devices/{device_id}/disable")
+async def disable_device(request: web.Request) -> web.Response:
+    """Refuse the device from its next request on."""
+    return await _set_disabled(request, True)
+
+
+@routes.post("/api/v1/devices/{device_id}/enable")
+async def enable_device(request: web.Request) -> web.Response:
+    """Accept a disabled device again."""
+    return await _set_disabled(request, False)
+
+
+@routes.get("/api/v1/devices/{device_id}/events")
+async def list_events(request: web.Request) -> web.Response:
+    """Page through the entries a device sent, in seq order."""
+    _principal(request, Permission.DEVICES_READ)
+    hub = ctx(request)
+    device_id = request.match_info["device_id"]
+    await _device_or_404(hub, device_id)
+    after, limit = _page(request, "after", hub.config.limits.max_events_page)
+    events = await hub.store.list_events(device_id, after, limit)
+    return web.json_response(
+        {
+            "events": [
+                {
+                    "seq": e.seq,
+                    "kind": e.kind,
+                    "created_at": e.created_at.isoformat(),
+                    "received_at": e.received_at.isoformat(),
+                    "payload": e.payload,
+                }
+                for e in events
+            ],
+            "next_after": events[-1].seq if events else after,
+        }
+    )
+
+
+@routes.get("/api/v1/audit")
+async def list_audit(request: web.Request) -> web.Response:
+    """Page through the audit log, oldest first."""
+    _principal(request, Permission.AUDIT_READ)
+    hub = ctx(request)
+    after, limit = _page(request, "after", hub.config.limits.max_events_page)
+    rows = await hub.store.list_audit(after, limit)
+    return web.json_response(
+        {
+            "audit": [
+                {
+                    "id": a.id,
+                    "at": a.at.isoformat(),
+                    "actor": a.actor,
+                    "action": a.action,
+                    "target": a.target,
+                    "outcome": a.outcome,
+                    "detail": a.detail,
+                }
+                for a in rows
+            ],
+            "next_after": rows[-1].id if rows else after,
+        }
+    )

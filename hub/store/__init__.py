@@ -1,0 +1,153 @@
+"""The hub's one door to its database: an interface, and ``open_store`` to pick a backend.
+
+Handlers never see SQL. Every write that changes state and needs an audit row takes the
+``AuditRecord`` and writes both in one transaction. Methods raise ``hub.errors`` types
+(NotFound, Forbidden, UnknownToken, ...) so handlers map them to HTTP without knowing
+the backend. A write's effects are visible (and its caller notified) only after commit.
+
+Ack rule for sync (the agent deletes every entry <= acked_seq, and sends in seq order;
+seqs may have gaps where the agent dropped entries)::
+
+    acked_seq = max(previous acked_seq, highest seq in this batch)   -- after COMMIT
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import datetime
+
+from edge_agent.protocol import SignedTarget
+from hub.config import HubConfig
+from hub.store.records import (
+    AuditRecord,
+    DeviceRecord,
+    EnrollmentTokenRecord,
+    EventRecord,
+    NewDevice,
+    SyncBatch,
+    SyncResult,
+    TargetRecord,
+)
+
+__all__ = [
+    "AuditRecord",
+    "DeviceRecord",
+    "EnrollmentTokenRecord",
+    "EventRecord",
+    "HubStore",
+    "NewDevice",
+    "SyncBatch",
+    "SyncResult",
+    "TargetRecord",
+    "open_store",
+]
+
+
+class HubStore(ABC):
+    """Everything the hub persists."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and run pending migrations."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and disconnect."""
+
+    # enrollment ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_enrollment_token(
+        self, token: EnrollmentTokenRecord, audit: AuditRecord
+    ) -> None:
+        """Store a new enrollment token."""
+
+    @abstractmethod
+    async def get_enrollment_token(self, token_id: str) -> EnrollmentTokenRecord | None:
+        """Return a token by id."""
+
+    @abstractmethod
+    async def enroll_device(
+        self, token_id: str, secret_hash: str, device: NewDevice, now: datetime
+    ) -> DeviceRecord:
+        """Consume one use of the token and create the device, in one transaction.
+
+        The device gets the token's tags. Raises UnknownToken, TokenExpired or
+        TokenUsedUp and changes nothing when the token cannot be used.
+        """
+
+    # devices ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get_device(self, device_id: str) -> DeviceRecord | None:
+        """Return a device by id."""
+
+    @abstractmethod
+    async def list_devices(self) -> list[DeviceRecord]:
+        """Return every device, ordered by id."""
+
+    @abstractmethod
+    async def set_device_disabled(
+        self, device_id: str, disabled: bool, audit: AuditRecord
+    ) -> DeviceRecord:
+        """Disable or enable a device (NotFound if unknown)."""
+
+    @abstractmethod
+    async def replace_device_cert(
+        self, device_id: str, serial: str, fingerprint: str, not_after: datetime, now: datetime
+    ) -> None:
+        """Record a renewed client certificate (Forbidden if unknown or disabled)."""
+
+    # sync ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def ingest_sync(self, device_id: str, batch: SyncBatch, now: datetime) -> SyncResult:
+        """Store the batch's entries once each, merge the status, and return the ack.
+
+        Raises Forbidden when the device is unknown or disabled (nothing stored).
+        """
+
+    # targets ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def put_target(
+        self,
+        device_id: str,
+        build: Callable[[int], SignedTarget],
+        audit: AuditRecord,
+        now: datetime,
+    ) -> TargetRecord:
+        """Store ``build(next_revision)`` as the device's newest target (revisions only grow).
+
+        NotFound if the device is unknown, Conflict if it is disabled.
+        """
+
+    @abstractmethod
+    async def get_target(self, device_id: str) -> TargetRecord | None:
+        """Return the device's newest target."""
+
+    # events and audit ---------------------------------------------------------------
+
+    @abstractmethod
+    async def list_events(self, device_id: str, after: int, limit: int) -> list[EventRecord]:
+        """Return the device's entries with seq > after, in seq order."""
+
+    @abstractmethod
+    async def record_audit(self, audit: AuditRecord) -> None:
+        """Append an audit row on its own (for refused or failed actions)."""
+
+    @abstractmethod
+    async def list_audit(self, after_id: int, limit: int) -> list[AuditRecord]:
+        """Return audit rows with id > after_id, oldest first."""
+
+
+def open_store(config: HubConfig) -> HubStore:
+    """Return the (unopened) store the configuration names."""
+    from hub.store.sqlite import SqliteStore
+
+    return SqliteStore(
+        config.sqlite_path,
+        synchronous=config.store.synchronous,
+        max_group_commit=config.store.max_group_commit,
+    )

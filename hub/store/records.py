@@ -1,0 +1,118 @@
+"""Plain records the store reads and writes; no I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from edge_agent.protocol import OutboxEntry, SignedTarget, StatusSnapshot
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited action: who did what to which object, when, and how it ended."""
+
+    actor: str
+    action: str
+    target: str
+    outcome: str  # ok | denied | rejected | error
+    at: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class EnrollmentTokenRecord:
+    """An enrollment token as stored: only the hash of its secret."""
+
+    id: str
+    secret_hash: str
+    uses_total: int
+    uses_left: int
+    expires_at: datetime
+    tags: dict[str, str]
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    """What enrollment knows about a device before it is stored."""
+
+    id: str
+    hostname: str
+    agent_version: str
+    cert_serial: str
+    cert_fingerprint: str
+    cert_not_after: datetime
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device as the hub knows it."""
+
+    id: str
+    hostname: str
+    tags: dict[str, str]
+    cert_serial: str
+    cert_fingerprint: str
+    cert_not_after: datetime
+    enrolled_at: datetime
+    enrollment_token: str
+    disabled: bool
+    last_contact: datetime | None
+    agent_version: str
+    applied_revision: int
+    target_revision: int
+    acked_seq: int
+    state: str | None = None
+    release: str | None = None
+    services: list[dict[str, Any]] | None = None
+    counters: dict[str, int] | None = None
+    last_error: str | None = None
+    status_at: datetime | None = None
+    has_full_status: bool = False
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    """One signed target revision of a device."""
+
+    device_id: str
+    revision: int
+    signed: SignedTarget
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One outbox entry the hub holds."""
+
+    device_id: str
+    seq: int
+    kind: str
+    created_at: datetime
+    received_at: datetime
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SyncBatch:
+    """What one sync call asks the store to make durable."""
+
+    entries: list[OutboxEntry]
+    status: StatusSnapshot | None
+    applied_revision: int
+    known_target_revision: int
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What the store made durable; ``target`` only if newer than the agent's known one."""
+
+    acked_seq: int
+    target: SignedTarget | None
+    want_full_status: bool
+    inserted: int

@@ -1,0 +1,75 @@
+"""Numbered migrations of the hub's SQLite schema; each runs with its record in one transaction.
+
+Never edit a released migration: append a new one. Times are ISO 8601 UTC text.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "devices, enrollment tokens, targets, events, audit",
+        [
+            """CREATE TABLE enrollment_tokens (
+                id TEXT PRIMARY KEY,
+                secret_hash TEXT NOT NULL,
+                uses_total INTEGER NOT NULL,
+                uses_left INTEGER NOT NULL CHECK (uses_left >= 0),
+                expires_at TEXT NOT NULL,
+                tags TEXT NOT NULL DEFAULT '{}',
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE devices (
+                id TEXT PRIMARY KEY,
+                hostname TEXT NOT NULL DEFAULT '',
+                tags TEXT NOT NULL DEFAULT '{}',
+                cert_serial TEXT NOT NULL,
+                cert_fingerprint TEXT NOT NULL,
+                cert_not_after TEXT NOT NULL,
+                enrolled_at TEXT NOT NULL,
+                enrollment_token TEXT NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                last_contact TEXT,
+                agent_version TEXT NOT NULL DEFAULT '',
+                applied_revision INTEGER NOT NULL DEFAULT 0,
+                target_revision INTEGER NOT NULL DEFAULT 0,
+                acked_seq INTEGER NOT NULL DEFAULT 0,
+                state TEXT,
+                release TEXT,
+                services TEXT,
+                counters TEXT,
+                last_error TEXT,
+                status_at TEXT,
+                has_full_status INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE targets (
+                device_id TEXT NOT NULL REFERENCES devices(id),
+                revision INTEGER NOT NULL,
+                document TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                PRIMARY KEY (device_id, revision)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE events (
+                device_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT '{}'
+            )""",
+            "CREATE INDEX audit_by_target ON audit (target, id)",
+        ],
+    ),
+]
