@@ -65,15 +65,15 @@ class Runtime(Protocol):
         """Create the service's container and return its id."""
         ...
 
-    async def start(self, container_id: str) -> None:
+    async def start(self, cid: str) -> None:
         """Start a container."""
         ...
 
-    async def stop(self, container_id: str, timeout_s: float) -> None:
+    async def stop(self, cid: str, timeout_s: float) -> None:
         """Stop a container; a container that is not running is left as it is."""
         ...
 
-    async def remove(self, container_id: str) -> None:
+    async def remove(self, cid: str) -> None:
         """Remove a stopped container."""
         ...
 

@@ -7,6 +7,7 @@ test hold any call at a gate, fail it, and see the order in which calls began an
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from edge_agent.models import (
     Service,
     Target,
 )
-from edge_agent.reconcile import CreateStep, PlanContext, StartStep, Step, plan
+from edge_agent.reconcile import CreateStep, PlanContext, Runtime, StartStep, Step, plan
 from edge_agent.supervisor import BackoffPolicy, Supervisor
 
 LOCAL = "127.0.0.1:5000/app:1"
@@ -422,13 +423,8 @@ async def test_unhealthy_container_is_restarted(running: Any) -> None:
         await rec.wait_converged()
     rt.set_health("db", Health.UNHEALTHY)
     rec.poke("health_status: unhealthy")
-    await until(
-        lambda: (
-            "end start db" in rt.log[rt.log.index("end stop db") :]
-            if "end stop db" in rt.log
-            else False
-        )
-    )
+    await until(lambda: "end stop db" in rt.log and rt.by_name("db").is_running)
+    assert rt.log.index("end stop db") < len(rt.log) - 1 - rt.log[::-1].index("end start db")
     assert rt.by_name("db").health == Health.STARTING
 
 
@@ -486,3 +482,17 @@ async def test_converge_can_be_called_directly() -> None:
     rec.request(target(svc("web")))
     assert await rec.converge() is True
     assert [len(o) for o in observed] == [0, 1]
+
+
+def test_docker_runtime_has_every_method_the_protocol_names() -> None:
+    runtime = pytest.importorskip("edge_agent.runtime")
+    for name, method in vars(Runtime).items():
+        if name.startswith("_") or not inspect.iscoroutinefunction(method):
+            continue
+        real = getattr(runtime.DockerRuntime, name)
+        assert inspect.iscoroutinefunction(real), name
+        wanted = list(inspect.signature(method).parameters.values())[1:]
+        got = inspect.signature(real).parameters
+        for p in wanted:
+            assert p.kind == got[p.name].kind or p.kind == p.POSITIONAL_OR_KEYWORD, (name, p)
+            assert p.annotation == got[p.name].annotation, (name, p.name)
