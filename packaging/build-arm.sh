@@ -43,14 +43,37 @@ done
 OUT=$REPO/dist
 mkdir -p "$OUT" "$ROOTS"
 
+# The first Debian mirror in the host's apt sources (deb822 or one-line format).
+host_mirror() {
+    local m
+    m=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources \
+        2>/dev/null)
+    [[ -n $m ]] || m=$(awk '/^deb / && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list \
+        /etc/apt/sources.list.d/*.list 2>/dev/null)
+    [[ -n $m ]] && echo "$m"
+}
+
 # make_root DIR ARCH VARIANT [PACKAGES]: create a root once; .ready marks a finished one.
+# The host's apt sources are used; if an index fails (a security mirror mid-sync has
+# been seen for armhf), it retries once with the main and updates suites only.
 make_root() {
-    local root=$1 arch=$2 variant=$3 include=${4:-}
+    local root=$1 arch=$2 variant=$3 include=${4:-} logfile
     [[ -e $root/.ready ]] && return 0
     log "creating $variant root for $arch at $root"
+    logfile=$BUILD_CACHE/mmdebstrap-${root##*/}.log
+    local args=(--mode=root --arch="$arch" --variant="$variant" --aptopt='Acquire::Retries "3"')
+    [[ -n $include ]] && args+=(--include="$include")
     rm -rf "$root.tmp"
-    mmdebstrap --quiet --mode=root --arch="$arch" --variant="$variant" \
-        ${include:+--include="$include"} "$SUITE" "$root.tmp" || die "mmdebstrap $arch failed"
+    if ! mmdebstrap "${args[@]}" "$SUITE" "$root.tmp" >"$logfile" 2>&1; then
+        grep -E '^(E|W):' "$logfile" | head -5 >&2
+        log "retrying $arch root without the security suite"
+        rm -rf "$root.tmp"
+        local mirror
+        mirror=$(host_mirror) || die "mmdebstrap $arch failed (see $logfile); no apt mirror found"
+        mmdebstrap "${args[@]}" "$SUITE" "$root.tmp" \
+            "deb $mirror $SUITE main" "deb $mirror $SUITE-updates main" >"$logfile" 2>&1 ||
+            die "mmdebstrap $arch failed (see $logfile)"
+    fi
     mv "$root.tmp" "$root"
     touch "$root/.ready"
 }
@@ -124,11 +147,17 @@ smoke_arch() {
     ((found)) || die "no binaries for $label in $OUT"
 }
 
-for arch in "${arches[@]}"; do
-    ensure_binfmt "$arch"
-    start=$SECONDS
-    ((smoke_only)) || build_arch "$arch"
-    smoke_arch "$arch"
-    log "$arch done in $((SECONDS - start)) s"
-done
-log "ARM builds smoke-tested: $(cd "$OUT" && ls edge-*-linux-aarch64 edge-*-linux-armv7 2>/dev/null | tr '\n' ' ')"
+# All of it in one function: editing this file while a build runs cannot derail it.
+main() {
+    for arch in "${arches[@]}"; do
+        ensure_binfmt "$arch"
+        start=$SECONDS
+        ((smoke_only)) || build_arch "$arch"
+        smoke_arch "$arch"
+        log "$arch done in $((SECONDS - start)) s"
+    done
+    log "ARM builds smoke-tested: $(cd "$OUT" && ls edge-*-linux-aarch64 edge-*-linux-armv7 2>/dev/null | tr '\n' ' ')"
+}
+
+main
+exit

@@ -137,21 +137,27 @@ build_one() {
     log "built $target ($(du -sh "$target" | cut -f1))"
 }
 
-case $program in
-all) programs=(edge-agent edge-hub) ;;
-edge-agent | edge-hub) programs=("$program") ;;
-*) die "unknown program $program" ;;
-esac
-case $mode in
-both) modes=(onefile onedir) ;;
-onefile | onedir) modes=("$mode") ;;
-*) die "unknown mode $mode" ;;
-esac
-for p in "${programs[@]}"; do
-    for m in "${modes[@]}"; do
-        build_one "$p" "$m"
+# All of it in one function: editing this file while a build runs cannot derail it.
+main() {
+    case $program in
+    all) programs=(edge-agent edge-hub) ;;
+    edge-agent | edge-hub) programs=("$program") ;;
+    *) die "unknown program $program" ;;
+    esac
+    case $mode in
+    both) modes=(onefile onedir) ;;
+    onefile | onedir) modes=("$mode") ;;
+    *) die "unknown mode $mode" ;;
+    esac
+    for p in "${programs[@]}"; do
+        for m in "${modes[@]}"; do
+            build_one "$p" "$m"
+        done
     done
-done
 
-write_sums "$out"
-log "done: $out"
+    write_sums "$out"
+    log "done: $out"
+}
+
+main
+exit

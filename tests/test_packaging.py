@@ -1,0 +1,220 @@
+"""The frozen x86_64 edge-agent: it builds, runs without Python, and does the agent's job.
+
+The binary is built once per session with ``packaging/build.sh --if-stale``, which reuses
+dist/'s binary when the manifest's inputs hash (sources, specs, pyproject) still matches,
+so a warm run costs seconds. EDGE_AGENT_BIN=PATH tests a given binary instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "packaging"))
+import speclib  # noqa: E402
+
+MAX_BINARY_BYTES = 30 * 2**20
+STOP_TIMEOUT_S = 30  # TimeoutStopSec= of systemd/edge-agent.service
+# Never in the device binary: the hub and its stack, test and build tooling.
+FORBIDDEN_MODULES = {"hub", "jinja2", "asyncpg", "prometheus_client", "tkinter", "pytest"}
+
+pytestmark = pytest.mark.skipif(platform.system() != "Linux", reason="Linux binaries only")
+
+
+@pytest.fixture(scope="session")
+def agent_bin() -> Path:
+    """Return the onefile x86_64 agent binary, built now if its inputs changed."""
+    given = os.environ.get("EDGE_AGENT_BIN")
+    if given:
+        return Path(given)
+    proc = subprocess.run(
+        [str(REPO / "packaging" / "build.sh"), "--program", "edge-agent", "--if-stale"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = REPO / "dist" / speclib.artefact_name("edge-agent")
+    assert path.is_file(), proc.stderr
+    return path
+
+
+@pytest.fixture(scope="session")
+def manifest(agent_bin: Path) -> dict:
+    """Return the build manifest written next to the binary."""
+    path = agent_bin.with_name(agent_bin.name + ".manifest.json")
+    if not path.exists():
+        pytest.skip(f"no manifest next to {agent_bin}")
+    return json.loads(path.read_text())
+
+
+def _run(binary: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60):
+    # A clean environment: the binary must not lean on this interpreter or its packages.
+    base = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    return subprocess.run(
+        [str(binary), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+    )
+
+
+def test_version(agent_bin: Path) -> None:
+    proc = _run(agent_bin, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"edge-agent {speclib.version()}"
+
+
+def test_selftest_passes(agent_bin: Path, tmp_path: Path) -> None:
+    proc = _run(agent_bin, "selftest", "--data-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "frozen" in lines[0]
+    for check in ("store", "signing", "validation", "tls", "event-loop"):
+        assert any(ln.startswith(f"ok   {check}:") for ln in lines), proc.stdout
+    assert any(ln.split()[0] in ("ok", "skip") and "docker" in ln for ln in lines)
+    assert lines[-1] == "selftest passed"
+    assert list(tmp_path.iterdir()) == []  # it cleans up after itself
+
+
+def test_selftest_fails_on_unusable_docker_socket(agent_bin: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "docker.sock"
+    fake.write_text("not a socket")
+    proc = _run(agent_bin, "selftest", env={"DOCKER_HOST": f"unix://{fake}"})
+    assert proc.returncode == 1, proc.stdout
+    assert any(ln.startswith("FAIL docker:") for ln in proc.stdout.splitlines()), proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("selftest FAILED")
+
+
+def test_size_within_goal(agent_bin: Path) -> None:
+    size = agent_bin.stat().st_size
+    assert size <= MAX_BINARY_BYTES, f"{size / 2**20:.1f} MB > 30 MB"
+
+
+def test_manifest_lists_python_and_packages(manifest: dict, agent_bin: Path) -> None:
+    assert manifest["program"] == "edge-agent"
+    assert manifest["python"].startswith("3.11.")
+    for dist in ("aiodocker", "aiohttp", "aiosqlite", "cryptography", "pydantic", "uvloop"):
+        assert dist in manifest["packages"], manifest["packages"]
+    assert not FORBIDDEN_MODULES & set(manifest["top_level_modules"])
+    assert len(manifest["inputs_sha256"]) == 64  # what --if-stale compares
+
+
+def test_sha256sums_cover_the_binary(agent_bin: Path) -> None:
+    sums = agent_bin.parent / "SHA256SUMS"
+    if not sums.exists():
+        pytest.skip("no SHA256SUMS next to the binary")
+    listed = dict(reversed(ln.split(None, 1)) for ln in sums.read_text().splitlines())
+    assert listed[agent_bin.name] == hashlib.sha256(agent_bin.read_bytes()).hexdigest()
+
+
+# ---- the frozen agent as a service: readiness and clean stop ---------------------------
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    """Return a datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    yield sock, path
+    sock.close()
+
+
+def _wait_ready(proc: subprocess.Popen, sock: socket.socket, timeout: float) -> list[str]:
+    messages: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            messages += sock.recv(4096).decode().split("\n")
+        except TimeoutError:
+            continue
+        if "READY=1" in messages:
+            break
+    return messages
+
+
+@pytest.mark.docker
+def test_notify_ready_and_clean_sigterm(
+    agent_bin: Path, tmp_path: Path, notify_socket: tuple[socket.socket, Path]
+) -> None:
+    agent_py = REPO / "edge_agent" / "agent.py"
+    if not agent_py.exists() or "def run_agent" not in agent_py.read_text():
+        pytest.skip("edge_agent.agent.run_agent does not exist yet")
+    sock, sock_path = notify_socket
+    data_dir = tmp_path / "data"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'device_id = "pkg-{uuid.uuid4().hex[:8]}"\n'
+        f'data_dir = "{data_dir}"\n'
+        f'[api]\nsocket = "{tmp_path / "api.sock"}"\n'
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "NOTIFY_SOCKET": str(sock_path),
+    }
+    proc = subprocess.Popen(
+        [str(agent_bin), "--config", str(config), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        messages = _wait_ready(proc, sock, timeout=60)
+        assert proc.poll() is None, proc.communicate()[0]
+        assert "READY=1" in messages, f"no READY=1 on NOTIFY_SOCKET (got {messages})"
+        ready_s = time.monotonic() - started
+        proc.send_signal(signal.SIGTERM)  # to the onefile bootloader, as systemd does
+        out, _ = proc.communicate(timeout=STOP_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, f"exit {proc.returncode} after SIGTERM:\n{out}"
+    db = data_dir / "agent.db"
+    assert db.exists()
+    wal = db.with_name("agent.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, "store not checkpointed on stop"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    print(f"ready after {ready_s:.2f} s")
+
+
+# ---- the agent's end-to-end scenario, pointed at the binary -----------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_agent_e2e_with_binary(agent_bin: Path) -> None:
+    e2e = REPO / "tests" / "test_agent_e2e.py"
+    if not e2e.exists():
+        pytest.skip("tests/test_agent_e2e.py does not exist yet")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(e2e)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        env={**os.environ, "EDGE_AGENT_BIN": str(agent_bin)},
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1]
