@@ -311,6 +311,9 @@ class Reconciler:
         self._settled = asyncio.Condition()
         self._wanted = 0  # bumped by request()/poke(); an apply serves every ticket <= it
         self._served = -1
+        # outcome and error of the last settled apply, read by wait_converged()
+        self._outcome = ReconcileState.IDLE
+        self._outcome_error: AgentError | None = None
         self._apply: asyncio.Task[bool] | None = None
 
     def request(self, target: Target | None) -> None:
@@ -332,8 +335,8 @@ class Reconciler:
         wanted = self._wanted
         async with self._settled:
             await self._settled.wait_for(lambda: self._served >= wanted)
-        if self.state is not ReconcileState.CONVERGED:
-            raise self.last_error or ApplyFailed(f"reconcile ended {self.state}")
+        if self._outcome is not ReconcileState.CONVERGED:
+            raise self._outcome_error or ApplyFailed(f"reconcile ended {self._outcome}")
 
     async def run(self) -> None:
         """Converge whenever woken, until cancelled."""
@@ -406,7 +409,8 @@ class Reconciler:
         return outcome
 
     async def _settle(self, ticket: int, outcome: ReconcileState) -> None:
-        self.state = outcome
+        self.state = self._outcome = outcome
+        self._outcome_error = self.last_error
         async with self._settled:
             self._served = max(self._served, ticket)
             self._settled.notify_all()
