@@ -4,6 +4,12 @@
 #   nice -n 10 packaging/build-arm.sh [arm64|armhf|all] [--program edge-agent|edge-hub|all]
 #                                     [--smoke-only]
 #
+# The same machinery builds in an older Debian for a lower glibc floor (bookworm's binaries
+# need glibc 2.36; bullseye's 2.31). bullseye has no Python 3.11, so one is compiled from
+# Debian's own python3.11 source package into /opt/python3.11 inside the root:
+#
+#   nice -n 10 packaging/build-arm.sh amd64 --suite bullseye     # the x86_64 release binary
+#
 # Default: all arches, edge-agent on arm64 and armhf, edge-hub on arm64 (if hub/cli.py exists).
 # PyInstaller cannot cross-compile, so each build runs natively inside a Debian bookworm
 # root of that architecture (mmdebstrap) under qemu-user emulation (binfmt_misc), with
@@ -33,12 +39,20 @@ while (($#)); do
     all) arches=(arm64 armhf) ;;
     --program) program=$2; shift ;;
     --smoke-only) smoke_only=1 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    amd64) arches+=("$1") ;;
+    --suite) SUITE=$2; shift ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
 done
 ((${#arches[@]})) || arches=(arm64 armhf)
+# bookworm has Python 3.11 as python3; an older suite gets one built from source.
+PYTHON_IN_ROOT=/usr/bin/python3
+if [[ $SUITE != bookworm ]]; then
+    BUILD_PACKAGES=gcc,libc6-dev,make,binutils,ca-certificates,dpkg-dev,xz-utils,zlib1g-dev,libffi-dev,libssl-dev,libsqlite3-dev,libbz2-dev,liblzma-dev,uuid-dev
+    PYTHON_IN_ROOT=/opt/python3.11/bin/python3.11
+fi
 [[ $(id -u) == 0 ]] || die "run as root (mmdebstrap, chroot, mounts)"
 OUT=$REPO/dist
 mkdir -p "$OUT" "$ROOTS"
@@ -91,6 +105,7 @@ build_arch() {
     local arch=$1 root=$ROOTS/$SUITE-$arch p
     make_root "$root" "$arch" apt "$BUILD_PACKAGES"
     copy_ca_certs "$root"
+    [[ $SUITE == bookworm ]] || ensure_python "$root"
     # Fresh copy of the sources (the root keeps its venv, wheelhouse and PyInstaller cache).
     rm -rf "$root/src" "$root/out"
     mkdir -p "$root/src" "$root/out"
@@ -100,17 +115,55 @@ build_arch() {
     mount_root "$root"
     trap 'unmount_root "'"$root"'"' EXIT
     for p in $(programs_for "$arch"); do
-        log "building $p for $arch inside $root (qemu)"
+        log "building $p for $arch inside $root"
         chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
             PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
             PIP_DEFAULT_TIMEOUT=180 \
-            bash /src/packaging/build.sh --program "$p" --python /usr/bin/python3 \
+            bash /src/packaging/build.sh --program "$p" --python "$PYTHON_IN_ROOT" \
             --out /out --work /var/tmp/pyinstaller || die "build of $p for $arch failed"
     done
     unmount_root "$root"
     trap - EXIT
     find "$root/out" -maxdepth 1 -name 'edge-*' -exec cp -a {} "$OUT/" \;
     write_sums "$OUT"
+}
+
+# Python 3.11 for an older root: Debian bookworm's python3.11 source package (upstream
+# sources, Debian's patches not applied), shared libpython with an rpath, in /opt/python3.11.
+ensure_python() {
+    local root=$1 mirror
+    [[ -x $root$PYTHON_IN_ROOT ]] && return 0
+    [[ -e $root/.ready-python ]] && return 0
+    mirror=$(host_mirror) || die "no apt mirror found in the host's sources"
+    log "compiling Python 3.11 inside $root (from Debian's python3.11 source package)"
+    echo "deb-src $mirror bookworm main" >"$root/etc/apt/sources.list.d/python-src.list"
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+    mount_root "$root"
+    trap 'unmount_root "'"$root"'"' EXIT
+    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        bash -euo pipefail -c '
+        apt-get update -q >/dev/null
+        rm -rf /var/tmp/cpython && mkdir -p /var/tmp/cpython && cd /var/tmp/cpython
+        apt-get source -q --download-only python3.11 >/dev/null
+        dpkg-source --skip-patches -x python3.11_*.dsc src >/dev/null
+        cd src
+        ./configure -q --prefix=/opt/python3.11 --enable-shared --with-ensurepip=no \
+            LDFLAGS=-Wl,-rpath,/opt/python3.11/lib >/dev/null
+        make -s -j"$(nproc)" >/dev/null 2>&1 || make -j1
+        make -s install >/dev/null
+        /opt/python3.11/bin/python3.11 -c "import ssl, sqlite3, ctypes, bz2, lzma, uuid, zlib"
+        ' || die "building Python 3.11 in $root failed"
+    unmount_root "$root"
+    trap - EXIT
+    # Debian strips ensurepip's bundled wheels: bootstrap pip from its wheel on PyPI.
+    local wheels=$WHEELHOUSE/pip-bootstrap
+    mkdir -p "$wheels"
+    ls "$wheels"/pip-*.whl >/dev/null 2>&1 || pip download -q --no-deps -d "$wheels" pip ||
+        die "cannot download the pip wheel"
+    mkdir -p "$root/var/tmp/pip-bootstrap" && cp "$wheels"/pip-*.whl "$root/var/tmp/pip-bootstrap/"
+    chroot "$root" /bin/sh -c '/opt/python3.11/bin/python3.11 /var/tmp/pip-bootstrap/pip-*.whl/pip \
+        install -q --no-index /var/tmp/pip-bootstrap/pip-*.whl' || die "pip bootstrap failed"
+    touch "$root/.ready-python"
 }
 
 # run_smoke ARCH BINARY: --version and selftest under qemu, then in a root with no Python.
