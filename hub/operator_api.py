@@ -49,7 +49,7 @@ class CreateTokenRequest(_Body):
     """Body of POST /api/v1/enrollment-tokens."""
 
     uses: int = Field(1, ge=1)
-    expires_in_s: int = Field(3600, ge=60)
+    expires_in_s: int = Field(3600, ge=1)
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("tags")

@@ -1,0 +1,148 @@
+"""POST /v1/sync against a real hub: stored once, acked by position, bounded, gzip, status."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from edge_agent.protocol import SyncResponse
+from hub.testing import DeviceIdentity, RunningHub
+
+
+def entries(*seqs: int, kind: str = "event", size: int = 0) -> list[dict[str, Any]]:
+    """Return outbox entries with the given seqs."""
+    now = datetime.now(UTC).isoformat()
+    return [
+        {"seq": s, "kind": kind, "created_at": now, "payload": {"n": s, "pad": "x" * size}}
+        for s in seqs
+    ]
+
+
+async def sync(
+    hub: RunningHub, device: DeviceIdentity, body: dict[str, Any], *, gz: bool = True
+) -> tuple[int, Any]:
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if gz:
+        raw = gzip.compress(raw)
+        headers["Content-Encoding"] = "gzip"
+    return await hub.request(
+        "POST", "/v1/sync", data=raw, headers=headers, ssl_context=device.ssl_context()
+    )
+
+
+async def stored(hub: RunningHub, device_id: str) -> list[int]:
+    status, body = await hub.api("GET", f"/api/v1/devices/{device_id}/events?limit=1000")
+    assert status == 200
+    return [e["seq"] for e in body["events"]]
+
+
+async def test_batch_sent_twice_is_stored_once(hub: RunningHub, device: DeviceIdentity):
+    batch = {"entries": entries(1, 2, 3)}
+    first = await sync(hub, device, batch)
+    again = await sync(hub, device, batch)
+    assert first[0] == again[0] == 200
+    assert SyncResponse.model_validate(first[1]).acked_seq == 3
+    assert SyncResponse.model_validate(again[1]).acked_seq == 3
+    assert await stored(hub, device.device_id) == [1, 2, 3]
+
+
+async def test_ack_advances_over_gaps_and_never_goes_back(hub: RunningHub, device: DeviceIdentity):
+    status, body = await sync(hub, device, {"entries": entries(1, 2, 5, 9)})  # 3,4,6-8 dropped
+    assert status == 200 and body["acked_seq"] == 9
+    status, body = await sync(hub, device, {"entries": entries(2, 5)})  # a late retry
+    assert body["acked_seq"] == 9
+    status, body = await sync(hub, device, {"entries": []})
+    assert body["acked_seq"] == 9
+    status, body = await sync(hub, device, {"entries": entries(10, 12)}, gz=False)
+    assert status == 200 and body["acked_seq"] == 12
+    assert await stored(hub, device.device_id) == [1, 2, 5, 9, 10, 12]
+    status, shown = await hub.api("GET", f"/api/v1/devices/{device.device_id}")
+    assert shown["acked_seq"] == 12
+
+
+async def test_payload_round_trips(hub: RunningHub, device: DeviceIdentity):
+    batch = entries(1, kind="audit")
+    batch[0]["payload"] = {"actor": "tech", "nested": {"a": [1, 2]}, "text": "ünïcode"}
+    assert (await sync(hub, device, {"entries": batch}))[0] == 200
+    _status, body = await hub.api("GET", f"/api/v1/devices/{device.device_id}/events")
+    (event,) = body["events"]
+    assert event["kind"] == "audit" and event["payload"] == batch[0]["payload"]
+
+
+async def test_out_of_order_batch_is_refused_and_stores_nothing(
+    hub: RunningHub, device: DeviceIdentity
+):
+    status, body = await sync(hub, device, {"entries": entries(1, 3, 2)})
+    assert status == 422 and body["fields"][0]["field"] == "entries"
+    assert await stored(hub, device.device_id) == []
+
+
+async def test_invalid_entry_names_the_field(hub: RunningHub, device: DeviceIdentity):
+    bad = entries(1)
+    bad[0]["kind"] = "gossip"
+    status, body = await sync(hub, device, {"entries": bad})
+    assert status == 422
+    assert body["fields"][0]["field"] == "entries.0.kind"
+    status, body = await sync(hub, device, {"entries": [], "surprise": 1})
+    assert status == 422 and body["fields"][0]["field"] == "surprise"
+
+
+async def test_oversize_bodies_get_413(hub: RunningHub, device: DeviceIdentity):
+    # Over max_body_bytes (256 KiB) on the wire: incompressible-ish payload, sent raw.
+    big = {"entries": entries(*range(1, 41), size=8000)}
+    status, body = await sync(hub, device, big, gz=False)
+    assert status == 413, body
+    assert body["error"] == "payload_too_large" and "max_body_bytes" in body["message"]
+    # Small on the wire, over max_decompressed_bytes (1 MiB) once gunzipped.
+    bomb = {"entries": entries(*range(1, 201), size=8000)}
+    status, body = await sync(hub, device, bomb)
+    assert status == 413 and "max_decompressed_bytes" in body["message"]
+    # Over max_entries_per_batch (500).
+    status, body = await sync(hub, device, {"entries": entries(*range(1, 502))})
+    assert status == 413 and "max_entries_per_batch" in body["message"]
+    assert await stored(hub, device.device_id) == []
+    # The split halves go through.
+    status, body = await sync(hub, device, {"entries": entries(*range(1, 251))})
+    assert status == 200 and body["acked_seq"] == 250
+
+
+async def test_bad_gzip_and_unknown_encoding(hub: RunningHub, device: DeviceIdentity):
+    ctx = device.ssl_context()
+    status, body = await hub.request(
+        "POST", "/v1/sync", data=b"not gzip", headers={"Content-Encoding": "gzip"}, ssl_context=ctx
+    )
+    assert status == 400 and "gzip" in body["message"]
+    status, body = await hub.request(
+        "POST", "/v1/sync", data=b"{}", headers={"Content-Encoding": "br"}, ssl_context=ctx
+    )
+    assert status == 415
+
+
+async def test_status_full_then_delta_merges(hub: RunningHub, device: DeviceIdentity):
+    status, body = await sync(hub, device, {"status": {"full": False, "state": "idle"}})
+    assert body["want_full_status"] is True  # a delta is not a baseline
+    full = {
+        "full": True,
+        "agent_version": "1.2.3",
+        "release": "app@1",
+        "state": "converged",
+        "applied_revision": 0,
+        "services": [{"name": "web", "state": "running", "health": "healthy", "restarts": 2}],
+        "counters": {"dropped_logs": 0},
+    }
+    status, body = await sync(hub, device, {"status": full})
+    assert status == 200 and body["want_full_status"] is False
+    delta = {"full": False, "state": "converging", "counters": {"dropped_logs": 7}}
+    status, body = await sync(hub, device, {"status": delta})
+    assert body["want_full_status"] is False
+    status, shown = await hub.api("GET", f"/api/v1/devices/{device.device_id}")
+    assert shown["agent_version"] == "1.2.3"
+    assert shown["state"] == "converging"
+    assert shown["release"] == "app@1"  # unchanged by the delta
+    assert shown["services"][0]["restarts"] == 2
+    assert shown["counters"] == {"dropped_logs": 7}
+    assert shown["connectivity"] == "online"
+    assert shown["drift"] == "no_target"

@@ -1,0 +1,139 @@
+"""Pure parts of the hub: config loading, fleet picture, status merging, notifier, store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edge_agent.protocol import OutboxEntry, ServiceReport, StatusSnapshot
+from hub.config import load_config
+from hub.errors import ConfigError, Forbidden, TokenUsedUp
+from hub.fleet import Connectivity, Drift, connectivity, drift, merge_status
+from hub.notify import TargetNotifier
+from hub.store import AuditRecord, EnrollmentTokenRecord, NewDevice, SyncBatch
+from hub.store.sqlite import SqliteStore
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_config_file_and_env_overrides(tmp_path: Path):
+    path = tmp_path / "hub.toml"
+    path.write_text(
+        '[server]\ndata_dir = "/srv/hub"\nport = 9000\n[limits]\nmax_body_bytes = 2048\n'
+    )
+    config = load_config(
+        path,
+        env={"EDGE_HUB_SERVER_PORT": "9443", "EDGE_HUB_SERVER_PUBLIC_NAMES": "a.example, 10.0.0.5"},
+    )
+    assert config.server.port == 9443
+    assert config.server.public_names == ["a.example", "10.0.0.5"]
+    assert config.limits.max_body_bytes == 2048
+    assert config.sqlite_path == Path("/srv/hub/hub.db")
+
+
+def test_env_only_config():
+    config = load_config(None, env={"EDGE_HUB_SERVER_DATA_DIR": "/d"})
+    assert config.server.data_dir == Path("/d") and config.server.port == 8443
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "named"),
+    [
+        ('[server]\ndata_dir = "/d"\nport = "many"\n', {}, "server.port"),
+        ('[server]\ndata_dir = "/d"\n[limits]\nmax_body_bytes = 1\n', {}, "limits.max_body_bytes"),
+        ('[server]\ndata_dir = "/d"\ncolour = 1\n', {}, "server.colour"),
+        ("[server]\nport = 1\n", {}, "server.data_dir"),
+        ('[server]\ndata_dir = "/d"\n', {"EDGE_HUB_LIMITS_NOPE": "1"}, "limits.nope"),
+        ('[server]\ndata_dir = "/d"\n', {"EDGE_HUB_FLEET_STALE_AFTER_S": "1"}, "fleet"),
+        ("[server\n", {}, "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path: Path, toml: str, env: dict[str, str], named: str):
+    path = tmp_path / "hub.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env=env)
+    assert named in err.value.message
+
+
+def test_connectivity_thresholds():
+    assert connectivity(None, NOW, 90, 3600) is Connectivity.STALE
+    assert connectivity(NOW - timedelta(seconds=30), NOW, 90, 3600) is Connectivity.ONLINE
+    assert connectivity(NOW - timedelta(seconds=91), NOW, 90, 3600) is Connectivity.OFFLINE
+    assert connectivity(NOW - timedelta(hours=2), NOW, 90, 3600) is Connectivity.STALE
+
+
+def test_drift():
+    assert drift(0, 0) is Drift.NO_TARGET
+    assert drift(3, 3) is Drift.IN_SYNC
+    assert drift(3, 2) is Drift.DRIFTED
+    assert drift(3, 4) is Drift.DRIFTED  # running something else than its target
+
+
+def test_merge_status_full_replaces_delta_patches():
+    svc = ServiceReport(name="web", state="running")
+    full = merge_status({}, StatusSnapshot(full=True, state="converged", services=[svc]))
+    assert full["state"] == "converged" and full["services"][0]["name"] == "web"
+    assert full["last_error"] is None
+    delta = merge_status(full, StatusSnapshot(full=False, last_error="boom"))
+    assert delta["state"] == "converged" and delta["last_error"] == "boom"
+    again = merge_status(delta, StatusSnapshot(full=True, state="idle"))
+    assert again["services"] is None and again["last_error"] is None
+
+
+async def test_notifier_wakes_subscribers_and_forgets_them():
+    notifier = TargetNotifier()
+    with notifier.subscribe("d1") as event:
+        assert notifier.waiting() == 1
+        notifier.notify("d1")
+        await asyncio.wait_for(event.wait(), 1)
+    assert notifier.waiting() == 0
+    with notifier.subscribe("d1") as event:
+        assert not event.is_set()  # a fresh subscription is not woken by an old notify
+        notifier.close()
+        assert event.is_set()
+
+
+def _device(i: int) -> NewDevice:
+    return NewDevice(f"dev-{i}", "h", "1", "ab", "sha256:x", NOW + timedelta(days=30))
+
+
+async def test_store_enroll_is_atomic_and_sync_acks_by_position(tmp_path: Path):
+    store = SqliteStore(tmp_path / "hub.db")
+    await store.open()
+    try:
+        audit = AuditRecord("admin", "token.create", "et_1", "ok", NOW)
+        token = EnrollmentTokenRecord(
+            "et_1", "h", 1, 1, NOW + timedelta(hours=1), {"a": "b"}, NOW, "admin"
+        )
+        await store.create_enrollment_token(token, audit)
+        first, second = await asyncio.gather(
+            store.enroll_device("et_1", "h", _device(1), NOW),
+            store.enroll_device("et_1", "h", _device(2), NOW),
+            return_exceptions=True,
+        )
+        assert not isinstance(first, BaseException) and first.tags == {"a": "b"}
+        assert isinstance(second, TokenUsedUp)
+        assert [d.id for d in await store.list_devices()] == ["dev-1"]
+
+        def batch(*seqs: int) -> SyncBatch:
+            return SyncBatch(
+                [OutboxEntry(seq=s, kind="event", created_at=NOW, payload={}) for s in seqs],
+                None,
+                0,
+                0,
+            )
+
+        results = await asyncio.gather(
+            *(store.ingest_sync("dev-1", batch(1, 4, 7), NOW) for _ in range(5))
+        )
+        assert [r.acked_seq for r in results] == [7] * 5
+        assert sum(r.inserted for r in results) == 3
+        with pytest.raises(Forbidden):
+            await store.ingest_sync("dev-9", batch(1), NOW)
+        assert [e.seq for e in await store.list_events("dev-1", 0, 100)] == [1, 4, 7]
+    finally:
+        await store.close()
