@@ -1,0 +1,138 @@
+"""Conversions between SQLite rows and store records; column lists. No I/O."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from hub.store.records import AuditRecord, DeviceRecord, EnrollmentTokenRecord, EventRecord
+
+DEVICE_COLUMNS = (
+    "id, hostname, tags, cert_serial, cert_fingerprint, cert_not_after, enrolled_at, "
+    "enrollment_token, disabled, last_contact, agent_version, applied_revision, "
+    "target_revision, acked_seq, state, release, services, counters, last_error, "
+    "status_at, has_full_status"
+)
+TOKEN_COLUMNS = "id, secret_hash, uses_total, uses_left, expires_at, tags, created_at, created_by"
+EVENT_COLUMNS = "device_id, seq, kind, created_at, received_at, payload"
+AUDIT_COLUMNS = "id, at, actor, action, target, outcome, detail"
+INSERT_AUDIT = "INSERT INTO audit (at, actor, action, target, outcome, detail) VALUES (?,?,?,?,?,?)"
+
+
+def ts(value: datetime) -> str:
+    """Return a datetime as ISO 8601 UTC text (sorts as time)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def dt(value: str | None) -> datetime | None:
+    """Return ISO text as a datetime (None stays None)."""
+    return datetime.fromisoformat(value) if value else None
+
+
+def dumps(value: Any) -> str:
+    """Return compact JSON."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def loads(value: str | None) -> Any:
+    """Return decoded JSON (None stays None)."""
+    return json.loads(value) if value is not None else None
+
+
+def audit_args(audit: AuditRecord) -> tuple[Any, ...]:
+    """Return the parameters of INSERT_AUDIT."""
+    return (
+        ts(audit.at),
+        audit.actor,
+        audit.action,
+        audit.target,
+        audit.outcome,
+        dumps(audit.detail),
+    )
+
+
+def device(row: tuple[Any, ...]) -> DeviceRecord:
+    """Return a DeviceRecord from a row of DEVICE_COLUMNS."""
+    (
+        id_,
+        hostname,
+        tags,
+        serial,
+        fp,
+        not_after,
+        enrolled_at,
+        token,
+        disabled,
+        last_contact,
+        agent_version,
+        applied,
+        target,
+        acked,
+        state,
+        release,
+        services,
+        counters,
+        last_error,
+        status_at,
+        has_full,
+    ) = row
+    return DeviceRecord(
+        id=id_,
+        hostname=hostname,
+        tags=json.loads(tags),
+        cert_serial=serial,
+        cert_fingerprint=fp,
+        cert_not_after=datetime.fromisoformat(not_after),
+        enrolled_at=datetime.fromisoformat(enrolled_at),
+        enrollment_token=token,
+        disabled=bool(disabled),
+        last_contact=dt(last_contact),
+        agent_version=agent_version,
+        applied_revision=applied,
+        target_revision=target,
+        acked_seq=acked,
+        state=state,
+        release=release,
+        services=loads(services),
+        counters=loads(counters),
+        last_error=last_error,
+        status_at=dt(status_at),
+        has_full_status=bool(has_full),
+    )
+
+
+def token(row: tuple[Any, ...]) -> EnrollmentTokenRecord:
+    """Return an EnrollmentTokenRecord from a row of TOKEN_COLUMNS."""
+    id_, secret_hash, total, left, expires_at, tags, created_at, created_by = row
+    return EnrollmentTokenRecord(
+        id=id_,
+        secret_hash=secret_hash,
+        uses_total=total,
+        uses_left=left,
+        expires_at=datetime.fromisoformat(expires_at),
+        tags=json.loads(tags),
+        created_at=datetime.fromisoformat(created_at),
+        created_by=created_by,
+    )
+
+
+def event(row: tuple[Any, ...]) -> EventRecord:
+    """Return an EventRecord from a row of EVENT_COLUMNS."""
+    device_id, seq, kind, created_at, received_at, payload = row
+    return EventRecord(
+        device_id=device_id,
+        seq=seq,
+        kind=kind,
+        created_at=datetime.fromisoformat(created_at),
+        received_at=datetime.fromisoformat(received_at),
+        payload=json.loads(payload),
+    )
+
+
+def audit(row: tuple[Any, ...]) -> AuditRecord:
+    """Return an AuditRecord from a row of AUDIT_COLUMNS."""
+    id_, at, actor, action, target, outcome, detail = row
+    return AuditRecord(
+        actor, action, target, outcome, datetime.fromisoformat(at), json.loads(detail), id_
+    )
