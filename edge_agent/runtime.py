@@ -454,7 +454,11 @@ class DockerRuntime:
 
     async def events(self, *, since: float | None = None) -> AsyncIterator[RuntimeEvent]:
         """Yield this device's container events; raise EngineUnavailable when the stream ends."""
-        filters = {"type": ["container"], "label": self._label_filter()}
+        filters = {
+            "type": ["container"],
+            "label": self._label_filter(),
+            "event": sorted(EVENT_ACTIONS),  # "health_status" matches "health_status: x"
+        }
         params: dict[str, Any] = {"filters": json.dumps(filters)}
         if since is not None:
             params["since"] = f"{since:.9f}"
@@ -525,7 +529,7 @@ def _current_service(data: dict[str, Any]) -> CurrentService:
         name=labels.get(LABEL_SERVICE, data.get("Name", "").lstrip("/")),
         container_id=data["Id"],
         config_hash=labels.get(LABEL_CONFIG_HASH, ""),
-        release=labels.get(LABEL_RELEASE, ""),
+        release=labels.get(LABEL_RELEASE, "").partition("@")[0],
         revision=revision,
         status=status,
         health=Health(health),

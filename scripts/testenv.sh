@@ -59,7 +59,7 @@ engine_ok() { timeout 5 docker version >/dev/null 2>&1; }
 start_engine() {
     engine_ok && return 0
     log "starting dockerd (log: /var/log/edgefleet-dockerd.log)"
-    setsid dockerd >/var/log/edgefleet-dockerd.log 2>&1 </dev/null &
+    setsid dockerd >/var/log/edgefleet-dockerd.log 2>&1 </dev/null 9>&- &
     wait_for 60 engine_ok ||
         die "dockerd not ready after 60 s; see /var/log/edgefleet-dockerd.log"
 }
@@ -74,13 +74,20 @@ write_htpasswd() {
     local file=$1
     [[ -s $file ]] && return 0
     local hash
-    # docker-registry accepts only bcrypt entries in its htpasswd file.
+    # docker-registry accepts only bcrypt entries; low cost (2^5): a test password, checked
+    # on every request.
+    if ! command -v htpasswd >/dev/null && ! python3 -W ignore -c 'import crypt' 2>/dev/null; then
+        log "installing apache2-utils (for htpasswd)"
+        apt-get install -y -q apache2-utils >/dev/null ||
+            { apt-get update -q >/dev/null && apt-get install -y -q apache2-utils >/dev/null; } ||
+            die "cannot install apache2-utils for htpasswd"
+    fi
     if command -v htpasswd >/dev/null; then
-        hash=$(htpasswd -nbB "$AUTH_USER" "$AUTH_PASSWORD" | cut -d: -f2-)
+        hash=$(htpasswd -nbB -C 5 "$AUTH_USER" "$AUTH_PASSWORD" | cut -d: -f2-)
     else
         hash=$(python3 -W ignore -c 'import crypt, sys
-print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))' "$AUTH_PASSWORD") ||
-            die "need htpasswd (apache2-utils) or python3 with bcrypt crypt() to write $file"
+print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32)))' "$AUTH_PASSWORD") ||
+            die "python3 crypt() could not make a bcrypt hash for $file"
     fi
     [[ $hash == '$2'* ]] || die "could not make a bcrypt hash for $file"
     printf '%s:%s\n' "$AUTH_USER" "$hash" >"$file"
@@ -103,7 +110,7 @@ start_registry() {
         fi
     } >"$dir/config.yml"
     log "starting registry $addr (log: $dir/registry.log)"
-    setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null &
+    setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null 9>&- &
     wait_for 30 registry_ok "$addr" "$creds" ||
         die "registry $addr not answering http://$addr/v2/ after 30 s; see $dir/registry.log" \
             "(is another process on that port?)"
@@ -164,10 +171,13 @@ push_image() {
 }
 
 main() {
+    mkdir -p "$STATE"
+    # One run at a time: parallel test sessions may all call this script.
+    exec 9>"$STATE/lock"
+    flock -w 600 9 || die "another testenv.sh run holds $STATE/lock for over 10 min"
     install_packages
     command -v docker-registry >/dev/null || die "docker-registry not on PATH"
     start_engine
-    mkdir -p "$STATE"
     start_registry "$REGISTRY" open
     start_registry "$AUTH_REGISTRY" auth yes
     prepare_bin
