@@ -312,6 +312,14 @@ class DockerRuntime:
         with _engine_errors(f"remove network {name}"):
             await DockerNetwork(self._docker, found["Id"]).delete()
 
+    async def list_networks(self) -> list[str]:
+        """Return the release names of this device's networks."""
+        filters = {"label": self._label_filter()}
+        with _engine_errors("list networks"):
+            found = await self._docker.networks.list(filters=filters)
+        names = {(n.get("Labels") or {}).get(LABEL_RELEASE, "") for n in found or []}
+        return sorted(names - {""})
+
     async def ensure_volume(self, name: str) -> str:
         """Create this device's named volume if missing and return its engine name."""
         vname = self.object_name(name)

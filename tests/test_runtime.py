@@ -105,7 +105,7 @@ async def test_lifecycle_by_digest(
     assert current.name == "web" and current.container_id == cid
     assert current.status is ContainerStatus.RUNNING and current.is_running
     assert current.config_hash == service.config_hash()
-    assert (current.release, current.revision) == ("app@7", 3)
+    assert (current.release, current.revision) == ("app", 3)  # the name; the label has @7
     assert current.image == ref and current.image_id == image_id
     assert current.started_at is not None and current.exit_code is None
     assert [s.container_id for s in await runtime.list_services()] == [cid]
@@ -140,9 +140,11 @@ async def test_lifecycle_by_digest(
     await runtime.remove(cid)
     await runtime.remove(cid)  # already gone: fine
     assert await runtime.list_services() == []
+    assert await runtime.list_networks() == ["app"]
     await runtime.remove_network("app")
     await runtime.remove_network("app")
     assert not await docker.networks.list(filters={"name": f"ef-{runtime.device_id}-app"})
+    assert await runtime.list_networks() == []
 
 
 async def _healthy(runtime: DockerRuntime, cid: str):
