@@ -50,7 +50,7 @@ done
 # bookworm has Python 3.11 as python3; an older suite gets one built from source.
 PYTHON_IN_ROOT=/usr/bin/python3
 if [[ $SUITE != bookworm ]]; then
-    BUILD_PACKAGES=gcc,libc6-dev,make,binutils,ca-certificates,dpkg-dev,xz-utils,zlib1g-dev,libffi-dev,libssl-dev,libsqlite3-dev,libbz2-dev,liblzma-dev,uuid-dev
+    BUILD_PACKAGES=gcc,libc6-dev,make,binutils,ca-certificates,dpkg-dev,pkg-config,xz-utils,zlib1g-dev,libffi-dev,libssl-dev,libsqlite3-dev,libbz2-dev,liblzma-dev,uuid-dev
     PYTHON_IN_ROOT=/opt/python3.11/bin/python3.11
 fi
 [[ $(id -u) == 0 ]] || die "run as root (mmdebstrap, chroot, mounts)"
@@ -132,8 +132,23 @@ build_arch() {
 # sources, Debian's patches not applied), shared libpython with an rpath, in /opt/python3.11.
 ensure_python() {
     local root=$1 mirror
-    [[ -x $root$PYTHON_IN_ROOT ]] && return 0
     [[ -e $root/.ready-python ]] && return 0
+    [[ -x $root$PYTHON_IN_ROOT ]] || compile_python "$root"
+    # Debian strips ensurepip's bundled wheels: bootstrap pip from its wheel on PyPI.
+    local wheels=$WHEELHOUSE/pip-bootstrap
+    mkdir -p "$wheels"
+    ls "$wheels"/pip-*.whl >/dev/null 2>&1 || pip download -q --no-deps -d "$wheels" pip ||
+        die "cannot download the pip wheel"
+    rm -rf "$root/var/tmp/pip-bootstrap" && mkdir -p "$root/var/tmp/pip-bootstrap"
+    cp "$wheels"/pip-*.whl "$root/var/tmp/pip-bootstrap/"
+    chroot "$root" /bin/sh -c 'whl=$(ls /var/tmp/pip-bootstrap/pip-*.whl | tail -1) &&
+        /opt/python3.11/bin/python3.11 "$whl/pip" install -q --no-index "$whl"' ||
+        die "pip bootstrap failed"
+    touch "$root/.ready-python"
+}
+
+compile_python() {
+    local root=$1 mirror
     mirror=$(host_mirror) || die "no apt mirror found in the host's sources"
     log "compiling Python 3.11 inside $root (from Debian's python3.11 source package)"
     echo "deb-src $mirror bookworm main" >"$root/etc/apt/sources.list.d/python-src.list"
@@ -155,15 +170,6 @@ ensure_python() {
         ' || die "building Python 3.11 in $root failed"
     unmount_root "$root"
     trap - EXIT
-    # Debian strips ensurepip's bundled wheels: bootstrap pip from its wheel on PyPI.
-    local wheels=$WHEELHOUSE/pip-bootstrap
-    mkdir -p "$wheels"
-    ls "$wheels"/pip-*.whl >/dev/null 2>&1 || pip download -q --no-deps -d "$wheels" pip ||
-        die "cannot download the pip wheel"
-    mkdir -p "$root/var/tmp/pip-bootstrap" && cp "$wheels"/pip-*.whl "$root/var/tmp/pip-bootstrap/"
-    chroot "$root" /bin/sh -c '/opt/python3.11/bin/python3.11 /var/tmp/pip-bootstrap/pip-*.whl/pip \
-        install -q --no-index /var/tmp/pip-bootstrap/pip-*.whl' || die "pip bootstrap failed"
-    touch "$root/.ready-python"
 }
 
 # run_smoke ARCH BINARY: --version and selftest under qemu, then in a root with no Python.

@@ -204,17 +204,22 @@ def test_notify_ready_and_clean_sigterm(
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_agent_e2e_with_binary(agent_bin: Path) -> None:
+def test_agent_e2e_with_binary(agent_bin: Path, tmp_path: Path) -> None:
     e2e = REPO / "tests" / "test_agent_e2e.py"
     if not e2e.exists():
         pytest.skip("tests/test_agent_e2e.py does not exist yet")
+    # The agent reads every EDGE_AGENT_* variable as configuration, so the harness's own
+    # EDGE_AGENT_BIN must not reach it: exec the binary from a wrapper that drops it.
+    wrapper = tmp_path / "edge-agent"
+    wrapper.write_text(f'#!/bin/sh\nunset EDGE_AGENT_BIN\nexec "{agent_bin}" "$@"\n')
+    wrapper.chmod(0o755)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(e2e)],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=REPO,
-        env={**os.environ, "EDGE_AGENT_BIN": str(agent_bin)},
+        env={**os.environ, "EDGE_AGENT_BIN": str(wrapper)},
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1]

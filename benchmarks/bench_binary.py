@@ -1,0 +1,204 @@
+"""Frozen edge-agent: size per architecture, start-to-ready, idle memory vs from source.
+
+    python benchmarks/bench_binary.py [--runs N] [--idle-s S]
+
+Reads the binaries in dist/ (build them with packaging/build.sh --mode both, and
+packaging/build-arm.sh for ARM). Prints each measurement as a ratio to its goal
+(ratio <= 1.00 meets it):
+
+- size: each onefile binary <= 30 MB;
+- start-to-ready (x86_64): ``--version`` and ``selftest`` (Docker check skipped so the
+  engine's latency is not counted), onefile vs onedir vs from source, median of N, <= 1 s;
+- idle memory: ``edge-agent run`` (standalone, empty target) after READY=1 on a
+  NOTIFY_SOCKET plus S seconds, frozen vs source in the same run; frozen <= source.
+  RSS is summed over the process tree (the onefile bootloader is a process of its own);
+  PSS is also shown, since RSS counts shared library pages in each process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "packaging"))
+import speclib  # noqa: E402
+
+DIST = REPO / "dist"
+GOAL_SIZE = 30 * 2**20
+GOAL_READY_S = 1.0
+ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+}
+
+
+def _ratio(value: float, goal: float) -> str:
+    r = value / goal
+    return f"{r:5.2f}x {'ok' if r <= 1 else 'OVER'}"
+
+
+def bench_sizes() -> None:
+    print("== size (onefile binaries in dist/; goal <= 30 MB)")
+    found = sorted(
+        p
+        for p in DIST.glob("edge-*-linux-*")
+        if p.is_file() and not p.name.endswith((".json", ".tar.gz"))
+    )
+    for p in found:
+        size = p.stat().st_size
+        print(f"  {p.name:42s} {size / 2**20:6.1f} MB  {_ratio(size, GOAL_SIZE)}")
+    for p in sorted(DIST.glob("edge-*-onedir")):
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        tgz = p.with_name(p.name + ".tar.gz")
+        extra = f", {tgz.stat().st_size / 2**20:.1f} MB as .tar.gz" if tgz.exists() else ""
+        print(f"  {p.name + '/':42s} {size / 2**20:6.1f} MB unpacked{extra}")
+    if not found:
+        print("  (no binaries in dist/)")
+
+
+def _time(cmd: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=ENV, capture_output=True, check=True, timeout=120)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _variants() -> dict[str, list[str]]:
+    name = speclib.artefact_name("edge-agent")
+    out = {}
+    if (DIST / name).is_file():
+        out["onefile"] = [str(DIST / name)]
+    if (DIST / f"{name}-onedir" / "edge-agent").is_file():
+        out["onedir"] = [str(DIST / f"{name}-onedir" / "edge-agent")]
+    out["source"] = [sys.executable, "-m", "edge_agent"]
+    return out
+
+
+def bench_start(runs: int) -> None:
+    print(f"== start-to-ready, x86_64 (median of {runs}; goal <= {GOAL_READY_S:.0f} s)")
+    for label, cmd in _variants().items():
+        for sub in (["--version"], ["selftest"]):
+            try:
+                t = _time([*cmd, *sub], runs)
+            except subprocess.CalledProcessError as exc:
+                print(f"  {label:8s} {sub[0]:10s} failed: exit {exc.returncode}")
+                continue
+            print(f"  {label:8s} {sub[0]:10s} {t * 1000:7.0f} ms  {_ratio(t, GOAL_READY_S)}")
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        todo += [int(c) for c in children]
+    return pids
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return rss, pss
+
+
+def _idle(cmd: list[str], idle_s: float) -> tuple[float, int, int] | str:
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+        t = Path(tmp)
+        config = t / "agent.toml"
+        config.write_text(
+            f'device_id = "bench-{os.getpid()}"\ndata_dir = "{t / "data"}"\n'
+            f'[api]\nsocket = "{t / "api.sock"}"\n'
+        )
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(t / "notify.sock"))
+        notify.settimeout(30)
+        env = {**ENV, "NOTIFY_SOCKET": str(t / "notify.sock")}
+        env.pop("DOCKER_HOST")  # the agent needs its engine
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [*cmd, "--config", str(config), "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            try:
+                while b"READY=1" not in notify.recv(4096):
+                    pass
+            except TimeoutError:
+                return "no READY=1 within 30 s: " + (
+                    (proc.poll() and proc.stderr.read(300).decode()) or ""
+                )
+            ready = time.perf_counter() - t0
+            time.sleep(idle_s)
+            rss, pss = _memory(proc.pid)
+            return ready, rss, pss
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            notify.close()
+
+
+def bench_idle(idle_s: float) -> None:
+    print(f"== agent run: ready (READY=1) and idle memory after {idle_s:.0f} s")
+    results = {}
+    for label, cmd in _variants().items():
+        r = _idle(cmd, idle_s)
+        if isinstance(r, str):
+            print(f"  {label:8s} {r}")
+            continue
+        results[label] = r
+        ready, rss, pss = r
+        print(
+            f"  {label:8s} ready {ready * 1000:6.0f} ms  {_ratio(ready, GOAL_READY_S)}"
+            f"   RSS {rss / 2**20:6.1f} MB   PSS {pss / 2**20:6.1f} MB"
+        )
+    src = results.get("source")
+    for label in ("onefile", "onedir"):
+        if src and label in results:
+            print(
+                f"  {label} / source: RSS {_ratio(results[label][1], src[1])}"
+                f"   PSS {results[label][2] / src[2]:.2f}x"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--idle-s", type=float, default=5.0)
+    args = ap.parse_args()
+    os.chdir(REPO)
+    bench_sizes()
+    bench_start(args.runs)
+    bench_idle(args.idle_s)
+
+
+if __name__ == "__main__":
+    main()
