@@ -15,9 +15,9 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import aiodocker
 import aiohttp
@@ -51,6 +51,7 @@ from edge_agent.models import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 # Container actions worth a reconcile or a record; exec_* (healthcheck probes) and the
@@ -96,18 +97,31 @@ def _translate(exc: DockerError, what: str, *, image: str | None = None) -> Runt
     lowered = text.lower()
     if status == _ENGINE_DOWN:
         return EngineUnavailable(f"{what}: Docker engine unreachable: {text}", retryable=True)
+    # Registry failures during a pull come back as 500 (or in-stream, 0) with the
+    # registry's words; other statuses (400: bad mount, ...) are not about the image.
+    relayed = status in (0, 500)
     if image is not None:
-        if status in (401, 403) or any(h in lowered for h in _AUTH_HINTS):
+        if status in (401, 403) or (relayed and any(h in lowered for h in _AUTH_HINTS)):
             return RegistryAuthError(
                 f"{what}: registry refused the credentials for {image}: {text}", status=status
             )
-        if status == 404 or any(h in lowered for h in _NOT_FOUND_HINTS):
+        if status == 404 or (relayed and any(h in lowered for h in _NOT_FOUND_HINTS)):
             return ImageNotFound(f"{what}: image {image} not found: {text}", status=status)
     # status 0: an error inside a 200 progress stream (e.g. the registry went away).
     retryable = status >= 500 or status == 0
     return RuntimeAdapterError(
         f"{what}: {text} (HTTP {status})", status=status, retryable=retryable
     )
+
+
+async def _or_none(awaitable: Awaitable[T]) -> T | None:
+    """Return the awaited value, or None if the engine answered 404 (no such object)."""
+    try:
+        return await awaitable
+    except RuntimeAdapterError as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 @contextlib.contextmanager
@@ -181,16 +195,9 @@ class DockerRuntime:
         filters = json.dumps({"label": self._label_filter()})
         with _engine_errors("list containers"):
             found = await self._docker.containers.list(all=True, filters=filters)
-        out = await asyncio.gather(*(self._inspect_or_none(c.id) for c in found))
+        # A container removed between list and inspect is simply left out.
+        out = await asyncio.gather(*(_or_none(self.inspect(c.id)) for c in found))
         return sorted((s for s in out if s is not None), key=lambda s: s.name)
-
-    async def _inspect_or_none(self, cid: str) -> CurrentService | None:
-        try:
-            return await self.inspect(cid)
-        except RuntimeAdapterError as exc:
-            if exc.status == 404:  # removed between list and inspect
-                return None
-            raise
 
     async def inspect(self, cid: str) -> CurrentService:
         """Return the managed container ``cid`` (id or name); NotManaged if not ours."""
@@ -198,8 +205,7 @@ class DockerRuntime:
 
     async def _owned(self, cid: str, what: str) -> dict[str, Any]:
         """Return the inspect data of ``cid`` after checking it is this device's."""
-        with _engine_errors(f"{what} container {cid}"):
-            data = await self._docker.containers.container(cid).show()
+        data = await self._show(cid, what)
         if not self.is_ours(data.get("Config", {}).get("Labels")):
             name = data.get("Name", "").lstrip("/")
             raise NotManaged(
@@ -209,18 +215,19 @@ class DockerRuntime:
             )
         return data
 
+    async def _show(self, cid: str, what: str = "inspect") -> dict[str, Any]:
+        with _engine_errors(f"{what} container {cid}"):
+            return await self._docker.containers.container(cid).show()
+
     # -- images ---------------------------------------------------------------------------
 
     async def has_image(self, ref: str) -> bool:
         """Return whether the engine has image ``ref`` (tag or repo@digest)."""
-        try:
-            with _engine_errors(f"inspect image {ref}"):
-                await self._docker.images.inspect(ref)
-        except RuntimeAdapterError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await _or_none(self._image(ref)) is not None
+
+    async def _image(self, ref: str) -> dict[str, Any]:
+        with _engine_errors(f"inspect image {ref}"):
+            return await self._docker.images.inspect(ref)
 
     def free_disk_bytes(self) -> int:
         """Return the free bytes on the engine's data root (or ``/`` if it is not visible)."""
@@ -337,7 +344,7 @@ class DockerRuntime:
     async def create(self, service: Service, *, release: Release, revision: int) -> str:
         """Create (not start) the container of ``service`` and return its id."""
         name = self.object_name(service.name)
-        existing = await self._docker_show(name)
+        existing = await _or_none(self._show(name))
         if existing is not None:
             self._refuse_existing(name, existing)
         network = await self.ensure_network(release.name)
@@ -348,19 +355,10 @@ class DockerRuntime:
                 container = await self._docker.containers.create(config, name=name)
         except RuntimeAdapterError as exc:
             if exc.status == 409:
-                self._refuse_existing(name, await self._docker_show(name) or {})
+                self._refuse_existing(name, await _or_none(self._show(name)) or {})
             raise
         log.info("created %s (%s) from %s", name, container.id[:12], service.image)
         return str(container.id)
-
-    async def _docker_show(self, name: str) -> dict[str, Any] | None:
-        try:
-            with _engine_errors(f"inspect container {name}"):
-                return await self._docker.containers.container(name).show()
-        except RuntimeAdapterError as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     def _refuse_existing(self, name: str, data: dict[str, Any]) -> NoReturn:
         cid = str(data.get("Id", "?"))[:12]

@@ -249,6 +249,14 @@ async def test_create_without_image(runtime: DockerRuntime, registry: str) -> No
         await runtime.create(service, release=make_release([service]), revision=1)
 
 
+async def test_create_with_bad_bind_mount(runtime: DockerRuntime, images: TestImages) -> None:
+    mount = VolumeMount(type="bind", source="/nonexistent/edgefleet", target="/data")
+    service = make_service("svc", images.local("good"), volumes=[mount])
+    with pytest.raises(RuntimeAdapterError, match="/nonexistent/edgefleet") as info:
+        await runtime.create(service, release=make_release([service]), revision=1)
+    assert type(info.value) is RuntimeAdapterError and info.value.status == 400
+
+
 async def test_pull_from_auth_registry(runtime: DockerRuntime, images: TestImages) -> None:
     ref = images.auth_ref("good")
     server = images.auth_registry
