@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import pwd
 import socket
@@ -31,6 +32,8 @@ from edge_agent.errors import AgentError, InvalidDocument
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
     from edge_agent.config import ApiConfig
+
+log = logging.getLogger(__name__)
 
 ACTOR_KEY = web.AppKey("actor_fn", Callable[[web.Request], str | None])
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
@@ -105,6 +108,11 @@ async def _errors_and_actor(
         return web.json_response(
             {"error": "TooLarge", "message": f"request body over {exc.max_size} bytes"}, status=413
         )
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.exception("local API %s %s failed", request.method, request.path)
+        return web.json_response({"error": "Internal", "message": repr(exc)}, status=500)
 
 
 async def _json_body(request: web.Request) -> Any:

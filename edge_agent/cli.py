@@ -109,6 +109,9 @@ def _run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Libraries' debug chatter (every SQL call, every HTTP connection) drowns the agent's own.
+    for noisy in ("aiosqlite", "aiodocker", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
     try:
         import uvloop
 

@@ -217,6 +217,8 @@ class Target(Strict):
     issued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     expires_at: datetime | None = None
     apply_deadline_s: float = Field(120.0, gt=0, le=86400)
+    # Every service must stay up (and healthy) this long before the target counts as good.
+    min_ready_s: float = Field(5.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _overrides_known(self) -> Target:
@@ -272,7 +274,7 @@ class CurrentService(BaseModel):
     name: str
     container_id: str
     config_hash: str
-    release: str = ""
+    release: str = ""  # the release NAME (its label holds name@version)
     revision: int = 0
     status: ContainerStatus
     health: Health = Health.NONE

@@ -268,8 +268,11 @@ class RolloutWatch:
         services = self.target.services()
         looping = sorted(s.name for s in services if s.name in crash_looping)
         by_name = {c.name: c for c in current}
+        now = self.clock()
         problems = [
-            (s.name, p) for s in services if (p := _readiness(s, by_name.get(s.name), self.target))
+            (s.name, p)
+            for s in services
+            if (p := _readiness(s, by_name.get(s.name), self.target, now))
         ]
         if looping:
             self.verdict = RolloutVerdict("failed", f"crash loop: {', '.join(looping)}")
@@ -279,7 +282,7 @@ class RolloutWatch:
             self.verdict = RolloutVerdict("failed", "; ".join(fatal))
         else:
             detail = "; ".join(f"{n}: {p}" for n, p in problems)
-            if self.clock() >= self.deadline:
+            if now >= self.deadline:
                 why = f"not ready within {self.target.apply_deadline_s:g}s: {detail}"
                 self.verdict = RolloutVerdict("failed", why)
             else:
@@ -290,7 +293,7 @@ class RolloutWatch:
 _FATAL = "exited for good"
 
 
-def _readiness(svc: Service, c: CurrentService | None, target: Target) -> str:
+def _readiness(svc: Service, c: CurrentService | None, target: Target, now: datetime) -> str:
     """Return why the service is not yet up as the target wants, or "" when it is."""
     if c is None:
         return "no container"
@@ -298,8 +301,13 @@ def _readiness(svc: Service, c: CurrentService | None, target: Target) -> str:
         return "old container"
     if c.is_running:
         checks = svc.healthcheck is not None and svc.healthcheck.test[0] != "NONE"
-        if checks and c.health != Health.HEALTHY:
+        # An image's own HEALTHCHECK counts too: Docker reports it even if the release has none.
+        if (checks or c.health != Health.NONE) and c.health != Health.HEALTHY:
             return f"health {c.health}"
+        up_s = (now - c.started_at).total_seconds() if c.started_at else 0.0
+        if up_s < target.min_ready_s:
+            # A container that crashes after a second must not pass for good.
+            return f"up {up_s:.1f}s of the {target.min_ready_s:g}s it must stay up"
         return ""
     if c.status == ContainerStatus.EXITED and svc.restart in ("no", "on-failure"):
         if c.exit_code == 0:

@@ -232,6 +232,7 @@ def up(s: Service, **kw: Any) -> CurrentService:
     """Return the container of a target service as the target wants it."""
     kw.setdefault("status", ContainerStatus.RUNNING)
     kw.setdefault("release", "rel")
+    kw.setdefault("started_at", T0 - timedelta(hours=1))
     return container(s.name, config_hash=s.config_hash(), **kw)
 
 
@@ -303,3 +304,20 @@ def test_rollout_treats_healthcheck_none_as_no_healthcheck() -> None:
     )
     w = RolloutWatch(target, T0, clock=Clock(at(1)))
     assert w.evaluate([up(svc)]).status == "good"
+
+
+def test_rollout_waits_until_services_stayed_up_min_ready_s() -> None:
+    svc = Service(name="web", image="web:1")
+    target = Target(
+        device_id="dev",
+        revision=1,
+        release=Release(name="rel", version="1", services=[svc]),
+        min_ready_s=10,
+    )
+    clock = Clock(at(5))
+    w = RolloutWatch(target, T0, clock=clock)
+    just_started = up(svc, started_at=at(4))
+    verdict = w.evaluate([just_started])
+    assert verdict.status == "pending" and "must stay up" in verdict.reason
+    clock.now = at(14)
+    assert w.evaluate([just_started]).status == "good"
