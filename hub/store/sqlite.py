@@ -9,7 +9,6 @@ which the agent relies on when it deletes what was acknowledged.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import pydantic_core
 
 from edge_agent.protocol import SignedTarget
 from hub.auth import check_enrollment_token
@@ -263,7 +263,7 @@ class SqliteStore(HubStore):
                 e.kind,
                 rows.ts(e.created_at),
                 received,
-                json.dumps(e.payload, separators=(",", ":")),
+                pydantic_core.to_json(e.payload).decode(),
             )
             for e in batch.entries
         ]
