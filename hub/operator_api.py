@@ -31,7 +31,7 @@ from edge_agent.models import ENV_KEY_RE, Release, Target
 from edge_agent.signing import sign_target
 from hub.auth import Permission, Principal, new_enrollment_token, require
 from hub.context import HubContext, ctx
-from hub.errors import HubError, InvalidRequest, NotFound, Unauthenticated
+from hub.errors import HubError, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord
 from hub.wire import parse, read_body
@@ -118,10 +118,12 @@ async def _audited(
 ) -> AsyncIterator[_Action]:
     """Authenticate, authorize and audit one state-changing operator action."""
     hub = ctx(request)
+    actor = "anonymous"
     try:
-        principal = _principal(request, permission)
+        principal = hub.operators.authenticate(request)
+        actor = principal.name
+        require(principal, permission)
     except HubError as exc:
-        actor = "anonymous" if isinstance(exc, Unauthenticated) else "operator"
         await hub.store.record_audit(
             AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message})
         )
