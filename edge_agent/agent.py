@@ -80,7 +80,7 @@ class Agent:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._recheck: asyncio.TimerHandle | None = None
         self._verdict_lock = asyncio.Lock()
-        self.syncer: Any = None
+        self.hub_link: Any = None
         self._current: list[CurrentService] = []
         self._last_status = ""
 
@@ -89,7 +89,16 @@ class Agent:
     async def start(self) -> None:
         """Open the store, restore the stored target, and start every loop."""
         await self.store.open()
-        self.device_id = await resolve_device_id(self.config, self.store)
+        identity = None
+        if self.config.hub.url:
+            from edge_agent.hub_link import ensure_identity
+
+            identity = await ensure_identity(self.config)
+            if await self.store.get_meta("device_id") != identity.device_id:
+                await self.store.set_meta("device_id", identity.device_id)
+            self.device_id = identity.device_id
+        else:
+            self.device_id = await resolve_device_id(self.config, self.store)
         if self.runtime is None:
             from edge_agent.runtime import DockerRuntime
 
@@ -134,8 +143,12 @@ class Agent:
             )
             self._spawn(collector.run(), "logs")
         self._runners = await start_api(self, self.config.api)
-        if self.config.hub.url:
-            await self._start_sync()
+        if identity is not None:
+            from edge_agent.hub_link import HubLink
+
+            self.hub_link = HubLink(self, identity)
+            for coro, name in self.hub_link.tasks():
+                self._spawn(coro, name)
         await self._event("agent", {"action": "started", "version": __version__})
         log.info("agent %s started as device %s", __version__, self.device_id)
 
@@ -146,8 +159,8 @@ class Agent:
         for task in reversed(self._tasks):
             await cancel_and_wait(task)
         self._tasks.clear()
-        if self.syncer is not None and hasattr(self.syncer, "close"):
-            await self.syncer.close()
+        if self.hub_link is not None:
+            await self.hub_link.close()
         for runner in self._runners:
             await runner.cleanup()
         if self.runtime is not None and hasattr(self.runtime, "close"):
@@ -177,11 +190,6 @@ class Agent:
                 log.info("restored target revision %d (%s)", target.revision, stored.state)
                 return
         self.state = "idle"
-
-    async def _start_sync(self) -> None:
-        from edge_agent.sync_wiring import start_sync
-
-        self.syncer = await start_sync(self)
 
     # ---- targets ---------------------------------------------------------------
 

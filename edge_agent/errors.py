@@ -77,7 +77,9 @@ class StoreFull(StoreError):
 class RuntimeAdapterError(AgentError):
     """The container engine refused or failed a call."""
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message, retryable=retryable)
         self.status = status
 
@@ -98,6 +100,8 @@ class RegistryAuthError(RuntimeAdapterError):
 
 class DiskReserveError(RuntimeAdapterError):
     """Free disk space is below the configured reserve."""
+
+    retryable = True
 
 
 class NotManaged(RuntimeAdapterError):

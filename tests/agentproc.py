@@ -44,7 +44,7 @@ def write_config(path: Path, **sections: Any) -> Path:
 class AgentProcess:
     """One agent process with its own data dir, socket and config."""
 
-    def __init__(self, device_id: str, data_dir: Path, **overrides: Any) -> None:
+    def __init__(self, device_id: str | None, data_dir: Path, **overrides: Any) -> None:
         self.device_id = device_id
         self.data_dir = data_dir
         # Unix socket paths are limited to 108 bytes: keep it short and outside tmp_path.
@@ -52,7 +52,6 @@ class AgentProcess:
         self.socket = self.sock_dir / "api.sock"
         self.log_path = data_dir / "agent.log"
         sections: dict[str, Any] = {
-            "device_id": device_id,
             "data_dir": str(data_dir),
             "log_level": "DEBUG",
             "api": {"socket": str(self.socket)},
@@ -65,6 +64,8 @@ class AgentProcess:
             },
             "docker": {"disk_reserve_mb": 0},
         }
+        if device_id is not None:
+            sections["device_id"] = device_id
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(sections.get(key), dict):
                 sections[key] = {**sections[key], **value}
@@ -85,6 +86,9 @@ class AgentProcess:
             stdout=log,
             stderr=log,
             cwd=str(REPO),
+            # Its own process group: a frozen onefile agent is a bootloader plus a child,
+            # and kill -9 must take both, as systemd's control-group kill does.
+            start_new_session=True,
         )
         log.close()
         async with asyncio.timeout(timeout_s):
@@ -130,13 +134,13 @@ class AgentProcess:
             async with asyncio.timeout(20):
                 return await self.proc.wait()
         except TimeoutError:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             return await self.proc.wait()
 
     async def kill(self) -> None:
         """Kill -9, as a power cut or OOM kill would."""
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
 
     def cleanup(self) -> None:

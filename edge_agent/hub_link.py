@@ -1,0 +1,143 @@
+"""The agent's link to its hub: enrollment at first start, certificate renewal, sync loops.
+
+Everything here is outbound: the device opens every connection and listens on nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.config import AgentConfig
+from edge_agent.enroll import Identity, enroll, load_identity, renew_if_due
+from edge_agent.errors import AgentError, ConfigError, HubRefused
+from edge_agent.models import Target
+from edge_agent.protocol import ServiceReport, SignedTarget, StatusSnapshot
+from edge_agent.sync import HubClient, Syncer, SyncLimits
+from edge_agent.target_gate import TargetGate
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+
+log = logging.getLogger(__name__)
+RENEW_CHECK_S = 3600.0
+
+
+async def ensure_identity(config: AgentConfig) -> Identity:
+    """Return this device's identity, enrolling first (retrying while the hub is away)."""
+    ident = load_identity(config.data_dir)
+    if ident is not None:
+        return ident
+    hub = config.hub
+    if not hub.url or not hub.enrollment_token:
+        raise ConfigError("hub.url is set but the device is not enrolled: set hub.enrollment_token")
+    failures = 0
+    while True:
+        try:
+            return await enroll(
+                hub.url,
+                hub.enrollment_token,
+                config.data_dir,
+                ca_file=hub.ca_file,
+                ca_sha256=hub.ca_sha256,
+                timeout_s=hub.request_timeout_s,
+            )
+        except HubRefused as exc:
+            if not exc.retryable:
+                raise ConfigError(f"the hub refused enrollment: {exc.message}") from exc
+            err: AgentError = exc
+        except AgentError as exc:
+            if isinstance(exc, ConfigError) or not exc.retryable:
+                raise
+            err = exc
+        failures += 1
+        if failures == 1:
+            log.warning("cannot enroll yet (will keep trying): %s", err.message)
+        await asyncio.sleep(min(hub.backoff_cap_s, hub.backoff_base_s * 2 ** min(failures, 10)))
+
+
+class HubLink:
+    """Runs the sync loop, the target long-poll and certificate renewal for one agent."""
+
+    def __init__(self, agent: Agent, identity: Identity) -> None:
+        self.agent = agent
+        self.identity = identity
+        hub = agent.config.hub
+        self.client = HubClient(
+            identity.hub_url, identity.ssl_context, request_timeout_s=hub.request_timeout_s
+        )
+        self.gate = TargetGate(
+            agent.store, identity.signing_public_key(), identity.device_id, self._on_target
+        )
+        self.syncer = Syncer(
+            agent.store,
+            self.client,
+            self.gate,
+            status=self._status,
+            limits=SyncLimits(
+                batch_max_entries=hub.batch_max_entries,
+                batch_max_bytes=hub.batch_max_bytes,
+                sync_interval_s=hub.sync_interval_s,
+                backoff_base_s=hub.backoff_base_s,
+                backoff_cap_s=hub.backoff_cap_s,
+                request_timeout_s=hub.request_timeout_s,
+                long_poll_s=hub.long_poll_s,
+            ),
+        )
+        agent.store.on_append = self.syncer.notify
+
+    def tasks(self) -> list[tuple[Any, str]]:
+        """Return the coroutines to run in the background, with names."""
+        return [
+            (self.syncer.run(), "sync"),
+            (self.syncer.run_long_poll(), "long-poll"),
+            (self._renew_loop(), "renew"),
+        ]
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self.client.close()
+
+    async def _on_target(self, target: Target, signed: SignedTarget) -> None:
+        await self.agent.accept_target(target, source="hub", actor="hub")
+
+    async def _status(self) -> StatusSnapshot:
+        st = await self.agent.status(counters=True)
+        return StatusSnapshot(
+            full=True,
+            agent_version=st["agent_version"],
+            target_revision=st["target_revision"],
+            applied_revision=st["applied_revision"],
+            release=st["release"],
+            state=st["state"],
+            services=[
+                ServiceReport(
+                    name=s["name"],
+                    state=s["state"],
+                    health=s["health"],
+                    image=s["image"],
+                    image_id=s["image_id"],
+                    restarts=s["restarts"],
+                    crash_loop=s["crash_loop"],
+                    last_exit_code=s["last_exit_code"],
+                )
+                for s in st["services"]
+            ],
+            counters=st["counters"],
+            last_error=st["last_error"],
+        )
+
+    async def _renew_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if await renew_if_due(self.identity, now=datetime.now(UTC)):
+                    await self.client.reload_tls()
+                failures = 0
+            except AgentError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("certificate renewal failing (will retry): %s", exc.message)
+            await asyncio.sleep(RENEW_CHECK_S if not failures else min(RENEW_CHECK_S, 60.0))
