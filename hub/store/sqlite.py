@@ -24,6 +24,7 @@ from hub.errors import Conflict, Forbidden, NotFound, StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
 from hub.store import HubStore
 from hub.store import sqlite_rows as rows
+from hub.store.checkpoint import WalCheckpointer
 from hub.store.records import (
     AuditRecord,
     DeviceRecord,
@@ -76,6 +77,7 @@ class SqliteStore(HubStore):
         self._max_group = max_group_commit
         self._rconn: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
+        self._checkpointer: WalCheckpointer | None = None
 
     async def open(self) -> None:
         """Open the writer (running migrations) and the reader."""
@@ -92,6 +94,8 @@ class SqliteStore(HubStore):
         self.path.chmod(0o600)
         writer.start()
         self._writer = writer
+        self._checkpointer = WalCheckpointer(self.path, synchronous=self._synchronous)
+        await self._checkpointer.start()
 
     def _prepare_writer(self, db: sqlite3.Connection) -> None:
         for pragma in (
@@ -99,18 +103,22 @@ class SqliteStore(HubStore):
             f"synchronous={self._synchronous}",
             "foreign_keys=ON",
             "busy_timeout=5000",
+            "wal_autocheckpoint=0",  # WalCheckpointer does it off the commit path
         ):
             db.execute(f"PRAGMA {pragma}")
         migrate(db)
 
     async def close(self) -> None:
-        """Drain the writer and close both connections."""
+        """Drain the writer, checkpoint, and close every connection."""
         if self._writer is not None:
             await self._writer.stop()
             self._writer = None
         if self._rconn is not None:
             await self._rconn.close()
             self._rconn = None
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
 
     @property
     def _w(self) -> GroupCommitWriter:
