@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_agent.errors import ConfigError
 
 ENV_PREFIX = "EDGE_AGENT_"
+# Variables under the prefix that are not configuration fields.
+ENV_RESERVED = frozenset({"EDGE_AGENT_CONFIG", "EDGE_AGENT_BIN"})
 
 
 class Section(BaseModel):
@@ -120,7 +122,7 @@ class AgentConfig(Section):
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in ENV_RESERVED:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
         node = out
