@@ -7,6 +7,7 @@ docs/operations.md ("systemd hardening").
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,8 +20,10 @@ UNITS = REPO / "systemd"
 # hub: the bound. agent: the best reached with Docker socket access (see docs).
 MAX_EXPOSURE = {"edge-hub": 2.0, "edge-agent": 1.3}
 
+# Skipped only outside CI: in CI a missing tool is a failure (scripts/testenv.sh installs it).
 pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+    shutil.which("systemd-analyze") is None and os.environ.get("CI") != "true",
+    reason="systemd-analyze is not installed",
 )
 
 
