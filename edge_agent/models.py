@@ -11,9 +11,17 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import InvalidDocument
 
@@ -29,6 +37,16 @@ LABEL_RELEASE = "io.edgefleet.release"
 LABEL_REVISION = "io.edgefleet.revision"
 LABEL_CONFIG_HASH = "io.edgefleet.config-hash"
 MANAGED_BY = "edgefleet"
+
+
+def _check_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError("must match " + NAME_RE.pattern)
+    return v
+
+
+# A service or release name: lower-case, usable in container and network names.
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 class Strict(BaseModel):
@@ -104,7 +122,7 @@ class Dependency(Strict):
 class Service(Strict):
     """One container of a release."""
 
-    name: str
+    name: Name
     image: str = Field(min_length=1, description="tag or repo@sha256:digest")
     command: list[str] | None = None
     entrypoint: list[str] | None = None
@@ -118,13 +136,6 @@ class Service(Strict):
     cpus: float | None = Field(None, gt=0, le=1024)
     depends_on: dict[str, Dependency] = Field(default_factory=dict)
     stop_timeout_s: float = Field(10.0, ge=0, le=600)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("must match " + NAME_RE.pattern)
-        return v
 
     @field_validator("environment")
     @classmethod
@@ -152,17 +163,10 @@ class Service(Strict):
 class Release(Strict):
     """A named, versioned set of services."""
 
-    name: str
+    name: Name
     version: str = Field(min_length=1, max_length=128)
     services: list[Service] = Field(min_length=1, max_length=256)
     registry_auth: list[RegistryAuth] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("must match " + NAME_RE.pattern)
-        return v
 
     @model_validator(mode="after")
     def _graph(self) -> Release:
