@@ -447,14 +447,15 @@ class Store:
         ]
 
     async def pending_raw(
-        self, *, max_entries: int, max_bytes: int
+        self, *, max_entries: int, max_bytes: int, after: int = 0
     ) -> list[tuple[int, str, str, str]]:
-        """Return ``pending()`` as (seq, kind, created_at, payload JSON) rows, unparsed."""
+        """Return ``pending()`` rows with seq > after as (seq, kind, created_at, payload JSON)."""
         out: list[tuple[int, str, str, str]] = []
         total = 0
         async with self.db.execute(
-            "SELECT seq, kind, created_at, payload, bytes FROM outbox ORDER BY seq LIMIT ?",
-            (max_entries,),
+            "SELECT seq, kind, created_at, payload, bytes FROM outbox WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (after, max_entries),
         ) as cur:
             for seq, kind, created_at, payload, nbytes in await cur.fetchall():
                 if out and total + nbytes > max_bytes:
@@ -486,20 +487,18 @@ class Store:
         """Delete every entry the hub acknowledged (seq <= upto_seq); returns how many."""
         async with self.transaction(durable=False) as db:
             async with db.execute(
-                "SELECT kind, COUNT(*), SUM(bytes) FROM outbox WHERE seq <= ? GROUP BY kind",
-                (upto_seq,),
+                "DELETE FROM outbox WHERE seq <= ? RETURNING kind, bytes", (upto_seq,)
             ) as cur:
                 gone = await cur.fetchall()
-            cur = await db.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
             await db.execute(
                 "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = "
                 "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                 (str(upto_seq),),
             )
-            for kind, n, b in gone:
-                self._count(kind, -n, -b)
-            return cur.rowcount
+            for kind, nbytes in gone:
+                self._count(kind, -1, -nbytes)
+            return len(gone)
 
     async def outbox_stats(self) -> dict[str, dict[str, int]]:
         """Return queued entry count and bytes per kind."""

@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -51,6 +52,7 @@ class SyncLimits:
     request_timeout_s: float = 30.0
     long_poll_s: float = 30.0
     gzip_level: int = 6
+    window: int = 2  # sync requests in flight at once (answers are applied in seq order)
 
 
 @dataclass
@@ -65,6 +67,27 @@ class SyncResult:
     wire_bytes: int = 0
     drained: bool = False
     targets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Flight:
+    """One sync request on the wire and what it carries."""
+
+    last_seq: int  # 0 when it carries no entries
+    entries: int
+    head: tuple[int, str]  # (seq, kind) of its first entry
+    raw_bytes: int
+    wire_bytes: int
+    status_doc: dict[str, object] | None  # the report it carries, if any
+    task: asyncio.Task[SyncResponse]
+
+
+async def _cancel(flights: deque[_Flight]) -> None:
+    """Cancel requests still in flight and wait for them to end."""
+    for f in flights:
+        f.task.cancel()
+    await asyncio.gather(*(f.task for f in flights), return_exceptions=True)
+    flights.clear()
 
 
 class HubClient:
@@ -196,64 +219,114 @@ class Syncer:
         async with self._lock:
             await self.gate.load()
             result = SyncResult()
-            while result.rounds < self.limits.max_rounds:
-                result.rounds += 1
-                if await self._round(result):
-                    result.drained = True
-                    break
+            # Each call starts at the configured batch size; a 413 halves it for this call
+            # only, so a hub limit costs at most log2(batch) refused requests per call.
+            self._batch_n = self.limits.batch_max_entries
+            flights: deque[_Flight] = deque()
+            try:
+                await self._pump(result, flights)
+            finally:
+                await _cancel(flights)
             return result
 
-    async def _round(self, result: SyncResult) -> bool:
-        """Run one request; return True when nothing is left to send."""
+    async def _pump(self, result: SyncResult, flights: deque[_Flight]) -> None:
+        """Keep up to ``window`` requests in flight; settle their answers in seq order."""
+        cursor = 0  # highest seq handed to a request during this call
+        exhausted = False
+        while True:
+            while (
+                not exhausted
+                and len(flights) < self.limits.window
+                and result.rounds < self.limits.max_rounds
+            ):
+                flight = await self._launch(cursor, first=result.rounds == 0, alone=not flights)
+                if flight is None:
+                    exhausted = True
+                    break
+                result.rounds += 1
+                flights.append(flight)
+                exhausted = flight.entries == 0  # status only: the outbox is empty
+                cursor = max(cursor, flight.last_seq)
+            if not flights:
+                result.drained = exhausted
+                return
+            flight = flights.popleft()
+            try:
+                resp = await flight.task
+            except HubRefused as exc:
+                if exc.status != 413:
+                    raise
+                await _cancel(flights)
+                await self._too_large(flight)
+                cursor, exhausted = 0, False  # re-derive the position from the store
+                continue
+            await self._settle(flight, resp, result)
+            if resp.want_full_status:
+                exhausted = False
+
+    async def _launch(self, cursor: int, *, first: bool, alone: bool) -> _Flight | None:
+        """Read the next batch after ``cursor`` and send it; None if there is nothing to send."""
         lim = self.limits
         rows = await self.store.pending_raw(
-            max_entries=self._batch_n, max_bytes=lim.batch_max_bytes
+            max_entries=self._batch_n, max_bytes=lim.batch_max_bytes, after=cursor
         )
-        status, status_doc = await self._status_delta()
-        if not rows and status is None and result.rounds > 1:
-            return True
+        # Status rides only on a request with none other in flight, so reports stay ordered.
+        status, doc = await self._status_delta() if alone else (None, {})
+        if not rows and status is None and not first:
+            return None
         body = self._encode(rows, status)
-        body_gz = gzip.compress(body, compresslevel=lim.gzip_level, mtime=0)
-        if rows:
-            self.store.inflight_upto = max(self.store.inflight_upto, rows[-1][0])
-        try:
-            resp = await self.client.sync(body_gz)
-        except HubRefused as exc:
-            if exc.status != 413:
-                raise
-            await self._too_large(rows)
-            return False
-        result.raw_bytes += len(body)
-        result.wire_bytes += len(body_gz)
-        result.sent += len(rows)
-        if rows:
+        if len(body) > 64 * 1024:
+            body_gz = await asyncio.to_thread(gzip.compress, body, lim.gzip_level, mtime=0)
+        else:
+            body_gz = gzip.compress(body, lim.gzip_level, mtime=0)
+        last = rows[-1][0] if rows else 0
+        self.store.inflight_upto = max(self.store.inflight_upto, last)
+        return _Flight(
+            last_seq=last,
+            entries=len(rows),
+            head=(rows[0][0], rows[0][1]) if rows else (0, ""),
+            raw_bytes=len(body),
+            wire_bytes=len(body_gz),
+            status_doc=doc if status is not None else None,
+            task=asyncio.create_task(self.client.sync(body_gz)),
+        )
+
+    async def _settle(self, flight: _Flight, resp: SyncResponse, result: SyncResult) -> None:
+        """Apply one answer: delete what the hub holds, note the status, hand on a target."""
+        result.sent += flight.entries
+        result.raw_bytes += flight.raw_bytes
+        result.wire_bytes += flight.wire_bytes
+        if flight.entries:
             # Delete only what the hub holds, and never past what this batch carried.
-            upto = min(resp.acked_seq, rows[-1][0])
+            upto = min(resp.acked_seq, flight.last_seq)
             if upto > result.acked_seq:
                 result.deleted += await self.store.ack(upto)
                 result.acked_seq = upto
-            self._batch_n = min(lim.batch_max_entries, self._batch_n * 2)
+            if upto < flight.last_seq:
+                raise SyncError(
+                    f"hub acknowledged seq {resp.acked_seq} for a batch up to {flight.last_seq}",
+                    retryable=True,
+                )
         if resp.want_full_status:
             self._status_acked = None
-        elif status is not None:
-            self._status_acked = status_doc
+        elif flight.status_doc is not None:
+            self._status_acked = flight.status_doc
         if resp.target is not None:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:
                 result.targets.append(revision)
-        return not rows and not resp.want_full_status
 
-    async def _too_large(self, rows: list[tuple[int, str, str, str]]) -> None:
-        if len(rows) > 1:
-            self._batch_n = max(1, len(rows) // 2)
-            log.info("hub refused a batch of %d entries as too large; halving", len(rows))
+    async def _too_large(self, flight: _Flight) -> None:
+        if flight.entries > 1:
+            self._batch_n = max(1, flight.entries // 2)
+            log.info("hub refused a batch of %d entries as too large; halving", flight.entries)
             return
-        if not rows:
+        if not flight.entries:
             raise HubRefused("hub refused a status-only sync as too large", status=413)
-        seq = rows[0][0]
+        seq, kind = flight.head
         # A single entry over the hub's limit is a bug upstream (bounds on line size);
         # replace it by a marker so the outbox behind it is not stuck forever.
-        log.error("outbox entry seq=%d (%s) is over the hub's body limit; dropped", seq, rows[0][1])
+        log.error("outbox entry seq=%d (%s) is over the hub's body limit; dropped", seq, kind)
         await self.store.bump("sync_entry_too_large")
         await self.store.replace_with_marker(seq, "too_large")
 

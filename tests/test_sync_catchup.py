@@ -88,5 +88,6 @@ async def test_offline_week_catches_up_in_order_with_drop_records(tmp_path: Path
     for kind in ("status", "event", "log"):
         assert dropped[kind] + len(by_kind[kind]) == produced[kind], kind
         assert dropped[kind] > 0, f"quota for {kind} was never hit"
-    assert len(by_kind["dropped"]) <= 3 * 2, "drops are coalesced into few markers"
+    # Drops coalesce into a marker not yet handed to the hub, so there are few of them.
+    assert len(by_kind["dropped"]) <= 20 < sum(dropped.values())
     print(f"caught up {len(stored)} entries in {took:.2f}s; dropped {dict(dropped)}")

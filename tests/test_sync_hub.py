@@ -240,3 +240,26 @@ async def test_disabled_device_refused(hub: HubProcess, device: Device) -> None:
 
 def test_fast_limits_are_sane() -> None:
     assert FAST.backoff_cap_s >= FAST.backoff_base_s
+
+
+async def test_cancel_mid_flight_propagates_and_keeps_outbox(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    proxy = await FaultProxy("127.0.0.1", hub.port).start()
+    await enroll_device(hub, tmp_path / "dev")
+    dev = await open_device(tmp_path / "dev", proxy.url, limits=SyncLimits(request_timeout_s=30))
+    try:
+        await dev.store.append_many("event", [{"n": i} for i in range(50)])
+        proxy.set_mode("blackhole")
+        task = asyncio.create_task(dev.syncer.sync_once())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await dev.store.outbox_stats())["event"]["entries"] == 50
+        proxy.set_mode("pass")
+        assert (await dev.syncer.sync_once()).drained
+        assert len(hub.events(dev.identity.device_id)) == 50
+    finally:
+        await dev.close()
+        await proxy.close()
