@@ -20,12 +20,14 @@ before them, so the key and certificate on disk always match.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,27 @@ async def renew_if_due(
         return False
     await renew(identity, timeout_s=timeout_s)
     return True
+
+
+async def maintain_certificate(
+    identity: Identity,
+    on_renewed: Callable[[], Awaitable[None]],
+    *,
+    margin: float = RENEW_MARGIN,
+    check_interval_s: float = 3600.0,
+    retry_s: float = 300.0,
+) -> None:
+    """Renew the certificate whenever it is due, forever; call ``on_renewed`` after each."""
+    while True:
+        try:
+            renewed = await renew_if_due(identity, margin=margin)
+        except SyncError as exc:
+            log.warning("certificate renewal failed (will retry): %s", exc)
+            await asyncio.sleep(retry_s)
+            continue
+        if renewed:
+            await on_renewed()
+        await asyncio.sleep(check_interval_s)
 
 
 def _recover_renewal(d: Path) -> None:
