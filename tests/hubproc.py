@@ -1,26 +1,23 @@
-"""A real ``edge-hub serve`` process for the sync tests: start, kill -9, restart, inspect.
+"""A real hub process for the sync tests: start, kill -9, restart, inspect.
 
-The hub runs as a child process on a fixed loopback port and data directory, so a
-restart after ``kill()`` resumes the same hub. Operator calls use the admin token from
-the data directory; stored events are read straight from the hub's SQLite file.
+Built on the hub's own helper (``hub.testing.start_hub``) with a fixed loopback port and
+work directory, so a restart after ``kill()`` resumes the same hub. Operator calls here
+are synchronous (usable from producer threads and plain helpers); stored events are read
+straight from the hub's SQLite file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from hub.testing import RunningHub, start_hub
 
 
 def free_port() -> int:
@@ -31,20 +28,13 @@ def free_port() -> int:
 
 
 class HubProcess:
-    """One hub process (and its restarts) on ``127.0.0.1:port`` with ``data_dir``."""
+    """One hub (``hub.testing.start_hub``) and its restarts on a fixed port and work dir."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, **env: str) -> None:
-        self.data_dir = data_dir
+    def __init__(self, work_dir: Path, *, port: int | None = None, **env: str) -> None:
+        self.work_dir = work_dir
         self.port = port or free_port()
-        self.env = {
-            **os.environ,
-            "EDGE_HUB_SERVER_DATA_DIR": str(data_dir),
-            "EDGE_HUB_SERVER_PORT": str(self.port),
-            "EDGE_HUB_SERVER_HOST": "127.0.0.1",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.env = env
+        self.running: RunningHub | None = None
 
     @property
     def url(self) -> str:
@@ -52,72 +42,47 @@ class HubProcess:
         return f"https://127.0.0.1:{self.port}"
 
     @property
+    def data_dir(self) -> Path:
+        """Return the hub's data directory."""
+        return self.work_dir / "data"
+
+    @property
     def ca_path(self) -> Path:
         """Return the hub CA file."""
         return self.data_dir / "ca.pem"
 
-    def start(self, timeout_s: float = 20.0) -> HubProcess:
-        """Start the process and wait until it serves ``GET /v1/ca``."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hub.cli", "serve", "--log-level", "WARNING"],
-                env=self.env,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited with {self.proc.returncode}: {self.tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                if self.ca_path.exists():
-                    self._get("/v1/ca", auth=False)
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"hub did not start in {timeout_s}s: {self.tail()}")
+    def start(self) -> HubProcess:
+        """Start the process (again) and wait until it accepts connections."""
+        self.running = start_hub(self.work_dir, port=self.port, env=self.env)
+        return self
 
     def kill(self) -> None:
         """SIGKILL the process (no shutdown of any kind) and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
+        if self.running is not None:
+            self.running.kill()
+        self.running = None
 
     def stop(self) -> None:
         """Stop the process gracefully."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def tail(self, n: int = 3000) -> str:
-        """Return the end of the hub's log."""
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-n:]
-        return ""
+        if self.running is not None:
+            self.running.stop()
+        self.running = None
 
     # ---- operator API ------------------------------------------------------------
 
     def _ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_path))
 
-    def _get(self, path: str, *, auth: bool = True) -> Any:
-        return self._call("GET", path, None, auth=auth)
+    def _get(self, path: str) -> Any:
+        return self._call("GET", path, None)
 
-    def _call(self, method: str, path: str, body: Any, *, auth: bool = True) -> Any:
-        headers = {"Content-Type": "application/json"}
-        if auth:
-            token = (self.data_dir / "admin.token").read_text().strip()
-            headers["Authorization"] = f"Bearer {token}"
+    def _call(self, method: str, path: str, body: Any) -> Any:
+        token = (self.data_dir / "admin.token").read_text().strip()  # survives restarts
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         with urllib.request.urlopen(req, context=self._ssl(), timeout=10) as resp:
             raw = resp.read()
-        if path == "/v1/ca":
-            return raw.decode()
         return json.loads(raw) if raw else None
 
     def create_token(self, uses: int = 1, **tags: str) -> str:
