@@ -1,0 +1,323 @@
+"""The outbox part of the agent store: queued records, per-kind quotas, drop markers, ack.
+
+Mixed into ``Store`` (one file, one writer connection). Per-kind totals (entries, bytes)
+are kept in memory in step with the table, so a quota check is O(1) however much is
+queued; a transaction's changes to them land only when it commits. A quota hit drops
+the oldest entries of that kind and writes (or grows) a 'dropped' marker; audit records
+are never dropped; below the free-disk reserve logs are refused first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+from edge_agent.audit import chain_hash
+from edge_agent.errors import StoreError
+from edge_agent.protocol import OutboxEntry, OutboxKind
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Bound on queued outbox entries of one kind (count and bytes); 0 means unbounded."""
+
+    max_entries: int = 0
+    max_bytes: int = 0
+
+
+@dataclass
+class StoreLimits:
+    """Per-kind outbox quotas and the free-disk reserve below which logs are refused."""
+
+    quotas: dict[str, Quota] = field(
+        default_factory=lambda: {
+            "status": Quota(max_entries=1_000),
+            "event": Quota(max_entries=100_000, max_bytes=64 * 2**20),
+            "log": Quota(max_entries=1_000_000, max_bytes=256 * 2**20),
+        }
+    )
+    log_disk_reserve_bytes: int = 200 * 2**20
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One audited action: who did what to which object, and how it ended."""
+
+    actor: str
+    action: str
+    object: str
+    outcome: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: str | None = None
+
+
+def utc_now() -> str:
+    """Return the current UTC time as ISO 8601 text."""
+    return datetime.now(UTC).isoformat()
+
+
+async def bump_counter(db: aiosqlite.Connection, name: str, by: int) -> None:
+    """Add to a named counter inside the caller's transaction."""
+    await db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+        (name, by),
+    )
+
+
+class OutboxMixin:
+    """Outbox queries of ``Store``; relies on its connection, transactions and limits."""
+
+    limits: StoreLimits
+    inflight_upto: int
+    on_append: Callable[[], None] | None
+    _totals: dict[str, list[int]]
+    _tx_delta: dict[str, list[int]]
+    _free_bytes: Callable[[], int]
+    _free_cache: tuple[float, int]
+    path: Any
+
+    @property
+    def db(self) -> aiosqlite.Connection:  # provided by Store
+        raise NotImplementedError
+
+    def transaction(
+        self, *, durable: bool = True
+    ) -> AbstractAsyncContextManager[aiosqlite.Connection]:  # provided by Store
+        raise NotImplementedError
+
+    async def append(self, kind: OutboxKind, payload: dict[str, Any]) -> int | None:
+        """Queue one record; returns its seq, or None if a log was refused for disk space."""
+        return (await self.append_many(kind, [payload]))[0] if payload is not None else None
+
+    async def append_many(
+        self, kind: OutboxKind, payloads: Iterable[dict[str, Any]]
+    ) -> list[int | None]:
+        """Queue records of one kind in one transaction, enforcing that kind's quota."""
+        if kind in ("audit", "dropped"):
+            raise StoreError(f"{kind} records are written by the store itself")
+        now = utc_now()
+        rows = [(kind, now, json.dumps(p, separators=(",", ":"))) for p in payloads]
+        if not rows:
+            return []
+        if kind == "log" and self._free_disk() < self.limits.log_disk_reserve_bytes:
+            async with self.transaction(durable=False) as db:
+                await bump_counter(db, "log_refused_disk_reserve", len(rows))
+            return [None] * len(rows)
+        async with self.transaction(durable=kind != "log") as db:
+            await db.executemany(
+                "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES (?,?,?,?)",
+                [(*r, len(r[2])) for r in rows],
+            )
+            async with db.execute("SELECT last_insert_rowid()") as cur:
+                last = (await cur.fetchone())[0]  # type: ignore[index]
+            self._count(kind, len(rows), sum(len(r[2]) for r in rows))
+            await self._enforce_quota(db, kind)
+        self._notify()
+        # One writer and AUTOINCREMENT: the batch's seqs are consecutive, ending at ``last``.
+        return list(range(last - len(rows) + 1, last + 1))
+
+    async def append_audit(self, row: AuditRow) -> int:
+        """Append an audit record (hash-chained, durable, never dropped); returns its id."""
+        async with self.transaction() as db:
+            audit_id = await self._append_audit(db, row)
+        self._notify()
+        return audit_id
+
+    async def _append_audit(self, db: aiosqlite.Connection, row: AuditRow) -> int:
+        async with db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1") as cur:
+            last = await cur.fetchone()
+        prev = last[0] if last else ""
+        at = row.at or utc_now()
+        detail = json.dumps(row.detail, sort_keys=True, separators=(",", ":"))
+        digest = chain_hash(prev, at, row.actor, row.action, row.object, row.outcome, detail)
+        cur = await db.execute(
+            "INSERT INTO audit (at, actor, action, object, outcome, detail, prev_hash, hash)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (at, row.actor, row.action, row.object, row.outcome, detail, prev, digest),
+        )
+        audit_id = cur.lastrowid or 0
+        payload = {
+            "id": audit_id,
+            "at": at,
+            "actor": row.actor,
+            "action": row.action,
+            "object": row.object,
+            "outcome": row.outcome,
+            "detail": row.detail,
+            "prev_hash": prev,
+            "hash": digest,
+        }
+        body = json.dumps(payload, separators=(",", ":"))
+        await db.execute(
+            "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES ('audit', ?, ?, ?)",
+            (at, body, len(body)),
+        )
+        self._count("audit", 1, len(body))
+        return audit_id
+
+    async def _enforce_quota(self, db: aiosqlite.Connection, kind: str) -> None:
+        quota = self.limits.quotas.get(kind)
+        if quota is None or (quota.max_entries == 0 and quota.max_bytes == 0):
+            return
+        count, size = self._queued(kind)
+        over_n = count - quota.max_entries if quota.max_entries else 0
+        over_b = size - quota.max_bytes if quota.max_bytes else 0
+        if over_n <= 0 and over_b <= 0:
+            return
+        victims: list[int] = []
+        freed_n = freed_b = 0
+        async with db.execute(
+            "SELECT seq, bytes FROM outbox WHERE kind = ? ORDER BY seq", (kind,)
+        ) as cur:
+            async for seq, nbytes in cur:
+                if freed_n >= over_n and freed_b >= over_b:
+                    break
+                victims.append(seq)
+                freed_n += 1
+                freed_b += nbytes
+        await db.execute(
+            "DELETE FROM outbox WHERE kind = ? AND seq BETWEEN ? AND ?",
+            (kind, victims[0], victims[-1]),
+        )
+        self._count(kind, -freed_n, -freed_b)
+        await bump_counter(db, f"dropped_{kind}", len(victims))
+        await self._record_drop(db, kind, len(victims), victims[0], victims[-1])
+
+    async def _record_drop(
+        self, db: aiosqlite.Connection, kind: str, n: int, first: int, last: int, **extra: Any
+    ) -> None:
+        async with db.execute(
+            "SELECT seq, payload FROM outbox WHERE kind = 'dropped' AND seq > ?"
+            " AND json_extract(payload, '$.kind') = ? ORDER BY seq DESC LIMIT 1",
+            (self.inflight_upto, kind),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None and not extra:
+            marker = json.loads(row[1])
+            marker["count"] += n
+            marker["first_seq"] = min(marker["first_seq"], first)
+            marker["last_seq"] = max(marker["last_seq"], last)
+            body = json.dumps(marker, separators=(",", ":"))
+            old = len(row[1])
+            await db.execute(
+                "UPDATE outbox SET payload = ?, bytes = ? WHERE seq = ?", (body, len(body), row[0])
+            )
+            self._count("dropped", 0, len(body) - old)
+            return
+        marker = {"kind": kind, "count": n, "first_seq": first, "last_seq": last, **extra}
+        body = json.dumps(marker, separators=(",", ":"))
+        await db.execute(
+            "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES ('dropped', ?, ?, ?)",
+            (utc_now(), body, len(body)),
+        )
+        self._count("dropped", 1, len(body))
+
+    async def pending(self, *, max_entries: int, max_bytes: int) -> list[OutboxEntry]:
+        """Return the oldest queued entries, bounded by count and bytes (at least one)."""
+        return [
+            OutboxEntry(seq=seq, kind=kind, created_at=at, payload=json.loads(payload))
+            for seq, kind, at, payload in await self.pending_raw(
+                max_entries=max_entries, max_bytes=max_bytes
+            )
+        ]
+
+    async def pending_raw(
+        self, *, max_entries: int, max_bytes: int, after: int = 0
+    ) -> list[tuple[int, str, str, str]]:
+        """Return ``pending()`` rows with seq > after as (seq, kind, created_at, payload JSON)."""
+        out: list[tuple[int, str, str, str]] = []
+        total = 0
+        async with self.db.execute(
+            "SELECT seq, kind, created_at, payload, bytes FROM outbox WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (after, max_entries),
+        ) as cur:
+            for seq, kind, created_at, payload, nbytes in await cur.fetchall():
+                if out and total + nbytes > max_bytes:
+                    break
+                total += nbytes
+                out.append((seq, kind, created_at, payload))
+        return out
+
+    async def replace_with_marker(self, seq: int, reason: str) -> bool:
+        """Replace one queued entry by a 'dropped' marker naming why; False if it is gone."""
+        async with self.transaction() as db:
+            async with db.execute("SELECT kind, bytes FROM outbox WHERE seq = ?", (seq,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return False
+            kind, nbytes = row
+            marker = {"kind": kind, "count": 1, "first_seq": seq, "last_seq": seq}
+            body = json.dumps({**marker, "reason": reason}, separators=(",", ":"))
+            await db.execute(
+                "UPDATE outbox SET kind = 'dropped', payload = ?, bytes = ? WHERE seq = ?",
+                (body, len(body), seq),
+            )
+            self._count(kind, -1, -nbytes)
+            self._count("dropped", 1, len(body))
+            await bump_counter(db, f"dropped_{kind}", 1)
+        return True
+
+    async def ack(self, upto_seq: int) -> int:
+        """Delete every entry the hub acknowledged (seq <= upto_seq); returns how many."""
+        async with self.transaction(durable=False) as db:
+            async with db.execute(
+                "DELETE FROM outbox WHERE seq <= ? RETURNING kind, bytes", (upto_seq,)
+            ) as cur:
+                gone = await cur.fetchall()
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = "
+                "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                (str(upto_seq),),
+            )
+            for kind, nbytes in gone:
+                self._count(kind, -1, -nbytes)
+            return len(gone)
+
+    async def outbox_stats(self) -> dict[str, dict[str, int]]:
+        """Return queued entry count and bytes per kind."""
+        return {k: {"entries": n, "bytes": b} for k, (n, b) in sorted(self._totals.items()) if n}
+
+    async def _load_totals(self) -> None:
+        async with self.db.execute(
+            "SELECT kind, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY kind"
+        ) as cur:
+            self._totals = {k: [n, b] for k, n, b in await cur.fetchall()}
+
+    def _count(self, kind: str, n: int, nbytes: int) -> None:
+        delta = self._tx_delta.setdefault(kind, [0, 0])
+        delta[0] += n
+        delta[1] += nbytes
+
+    def _queued(self, kind: str) -> tuple[int, int]:
+        base = self._totals.get(kind, [0, 0])
+        delta = self._tx_delta.get(kind, [0, 0])
+        return base[0] + delta[0], base[1] + delta[1]
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def _notify(self) -> None:
+        if self.on_append is not None:
+            self.on_append()
+
+    def _statvfs_free(self) -> int:
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _free_disk(self) -> int:
+        at, value = self._free_cache
+        now = time.monotonic()
+        if now - at > 5.0:
+            value = self._free_bytes()
+            self._free_cache = (now, value)
+        return value
