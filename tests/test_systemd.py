@@ -82,7 +82,9 @@ def test_unit_contract(name: str) -> None:
     assert d["StateDirectory"] == [name]
     assert d["ConfigurationDirectory"] == [name]
     assert d["LogsDirectory"] == [name]
-    assert d["ExecStart"][0].startswith(f"/usr/local/bin/{name} --config %E/{name}/")
+    command = {"edge-agent": "--config %E/edge-agent/agent.toml run", "edge-hub": "serve --config"}
+    assert d["ExecStart"][0].startswith(f"/usr/local/bin/{name} ")
+    assert command[name] in d["ExecStart"][0]
     assert d["Restart"] == ["always"] and d["RestartPreventExitStatus"] == ["2"]
     assert d["CapabilityBoundingSet"] == [""]
     assert d["ProtectSystem"] == ["strict"]
