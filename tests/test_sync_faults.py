@@ -172,6 +172,9 @@ async def test_lossless_under_random_faults_and_kill9(tmp_path: Path) -> None:
         assert all(p == {"n": s} for s, _, p in stored), "payload does not match its seq"
         assert tally["kill_agent"] and tally["kill_hub"], tally
     finally:
+        if agent.proc is not None and agent.proc.returncode is None:
+            agent.proc.kill()
+            await agent.proc.wait()
         await proxy.close()
         hub.stop()
 
