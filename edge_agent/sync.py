@@ -27,7 +27,7 @@ from typing import TypeVar
 import aiohttp
 from pydantic import ValidationError
 
-from edge_agent.errors import HubRefused, HubUnreachable, StoreError, SyncError
+from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
 from edge_agent.protocol import PROTOCOL_VERSION, SignedTarget, StatusSnapshot, SyncResponse
 from edge_agent.store import Store
 from edge_agent.target_gate import TargetGate
@@ -374,7 +374,7 @@ class Syncer:
         while True:
             try:
                 result = await self.sync_once()
-            except (SyncError, StoreError) as exc:
+            except AgentError as exc:  # hub, store or target trouble: retry later
                 failures += 1
                 self.reach.failed(exc)
                 await asyncio.sleep(self.backoff_s(failures))
@@ -396,18 +396,25 @@ class Syncer:
         """Hold ``GET /v1/target`` open and deliver targets as soon as the hub has one."""
         failures = 0
         while True:
-            await self.gate.load()
             try:
+                await self.gate.load()
                 signed = await self.client.wait_target(
                     self.gate.poll_after, self.limits.long_poll_s
                 )
-            except SyncError as exc:
+            except AgentError as exc:
                 failures += 1
                 self.reach.failed(exc)
                 await asyncio.sleep(self.backoff_s(failures))
                 continue
             failures = 0
             self.reach.succeeded()
-            if signed is not None and await self.gate.deliver(signed, source="long-poll") is None:
-                # Refused or already seen: do not spin on a hub that keeps offering it.
+            if signed is None:
+                continue
+            try:
+                accepted = await self.gate.deliver(signed, source="long-poll")
+            except AgentError as exc:
+                log.warning("could not take the target from the long-poll: %s", exc)
+                accepted = None
+            if accepted is None:
+                # Refused, seen or not stored: do not spin on a hub that keeps offering it.
                 await asyncio.sleep(self.backoff_s(1))

@@ -86,6 +86,9 @@ class TargetGate:
                 return None
             try:
                 await self.on_target(target, signed)
+            except TargetRejected as exc:  # the agent's own checks refused it
+                await self._refuse(signed, exc, source)
+                return None
             except BaseException:
                 self._seen.pop(digest, None)  # not taken: let it be delivered again
                 raise
@@ -108,8 +111,8 @@ class TargetGate:
         await self.store.append_audit(
             AuditRow(
                 actor="hub",
-                action="target.refuse",
-                object=f"target/{claimed if claimed is not None else '?'}",
+                action="target.reject",
+                object=f"target:{claimed if claimed is not None else '?'}",
                 outcome="refused",
                 detail={"reason": exc.message, "source": source, "key_id": signed.key_id},
             )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.errors import TargetRejected
 from edge_agent.models import Release, Service, Target
 from edge_agent.protocol import SignedTarget
 from edge_agent.signing import sign_target
@@ -54,7 +55,7 @@ def gate_for(store: Store, key: Ed25519PrivateKey, agent: Agent) -> TargetGate:
 
 
 async def refusals(store: Store) -> list[dict]:
-    return [r for r in await store.audit_log() if r["action"] == "target.refuse"]
+    return [r for r in await store.audit_log() if r["action"] == "target.reject"]
 
 
 async def test_good_target_accepted_once(store: Store, key: Ed25519PrivateKey) -> None:
@@ -119,7 +120,7 @@ async def test_expired_target_refused_and_not_asked_again(
     assert agent.accepted == []
     [row] = await refusals(store)
     assert "expired" in json.loads(row["detail"])["reason"]
-    assert row["object"] == "target/7"
+    assert row["object"] == "target:7"
     assert gate.poll_after == 7 and gate.known_revision == 0
 
 
@@ -154,3 +155,13 @@ async def test_handler_failure_lets_target_be_delivered_again(
         await gate.deliver(signed, source="sync")
     assert await gate.deliver(signed, source="sync") == 1
     assert calls == [1, 1]
+
+
+async def test_agent_refusal_is_audited(store: Store, key: Ed25519PrivateKey) -> None:
+    async def refuse(target: Target, signed: SignedTarget) -> None:
+        raise TargetRejected("apply window closed")
+
+    gate = TargetGate(store, key.public_key(), "dev-1", refuse, clock=lambda: NOW)
+    assert await gate.deliver(sign_target(make_target(2), key), source="sync") is None
+    [row] = await refusals(store)
+    assert json.loads(row["detail"])["reason"] == "apply window closed"
