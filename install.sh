@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install edge-agent on this device: one command, as root.
 #
-#   ./install.sh --hub-url URL --token TOKEN --ca-sha256 HEX [--device-id ID]
+#   ./install.sh --hub-url URL --token TOKEN --ca-sha256 sha256:HEX [--device-id ID]
 #                [--data-dir DIR] [--binary PATH] [--no-start] [--force-config]
 #   ./install.sh --uninstall [--purge] [--purge-containers] [--device-id ID]
 #
@@ -58,7 +58,7 @@ while (($#)); do
     --uninstall) uninstall=1 ;;
     --purge) purge=1 ;;
     --purge-containers) purge_containers=1 ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
@@ -251,8 +251,16 @@ if ((uninstall)); then
     exit 0
 fi
 [[ -z $hub_url || $hub_url == https://* ]] || die "--hub-url must be an https:// URL"
-[[ -z $ca_sha256 || $ca_sha256 =~ ^[0-9a-fA-F]{64}$ ]] || die "--ca-sha256 must be 64 hex digits"
+if [[ -n $ca_sha256 ]]; then
+    # As `edge-hub init` prints it (sha256:<hex>), or bare hex, colons allowed.
+    fp=${ca_sha256#sha256:}
+    fp=${fp//:/}
+    [[ $fp =~ ^[0-9a-fA-F]{64}$ ]] || die "--ca-sha256 must be 64 hex digits (sha256:<hex> as edge-hub init prints)"
+    ca_sha256=sha256:${fp,,}
+fi
 [[ -z $hub_url || -n $token ]] || die "--hub-url needs --token (the enrollment token)"
+# The agent trusts the hub only through this pin: without it, it would refuse to start.
+[[ -z $hub_url || -n $ca_sha256 ]] || die "--hub-url needs --ca-sha256 (the hub CA fingerprint)"
 install_binary
 create_user
 write_config

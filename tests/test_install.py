@@ -7,12 +7,16 @@ install lays down never leaks into the next test.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -20,9 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.enroll import ca_fingerprint
+from hub.testing import RunningHub, start_hub
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "packaging"))
 import speclib  # noqa: E402
+from test_packaging import agent_binary  # noqa: E402  (one build per session, shared)
 
 CACHE = Path(os.environ.get("EDGEFLEET_BUILD_CACHE", "/var/cache/edgefleet-build"))
 BASE_ROOT = CACHE / "roots" / "bookworm-amd64-minbase"
@@ -62,10 +70,7 @@ def base_root() -> Path:
 @pytest.fixture(scope="session")
 def agent_bin() -> Path:
     """Return the x86_64 onefile agent (EDGE_AGENT_BIN, or dist/, rebuilt if stale)."""
-    if os.environ.get("EDGE_AGENT_BIN"):
-        return Path(os.environ["EDGE_AGENT_BIN"])
-    _sh(str(REPO / "packaging" / "build.sh"), "--program", "edge-agent", "--if-stale")
-    return REPO / "dist" / speclib.artefact_name("edge-agent")
+    return agent_binary()
 
 
 @pytest.fixture
@@ -85,7 +90,7 @@ def bundle(tmp_path: Path, agent_bin: Path) -> Path:
 
 @pytest.fixture
 def root(base_root: Path, tmp_path: Path, bundle: Path) -> Iterator[Path]:
-    """Return a throwaway copy-on-write root with the bundle at /opt/bundle and /proc."""
+    """Return a throwaway copy-on-write root: the bundle at /opt/bundle, /proc, tmpfs /tmp, /run."""
     upper, work, merged = (tmp_path / n for n in ("upper", "work", "merged"))
     for d in (upper, work, merged):
         d.mkdir()
@@ -95,9 +100,10 @@ def root(base_root: Path, tmp_path: Path, bundle: Path) -> Iterator[Path]:
         shutil.copytree(bundle, merged / "opt" / "bundle")
         _sh("mount", "-t", "proc", "proc", str(merged / "proc"))
         _sh("mount", "-t", "tmpfs", "tmpfs", str(merged / "tmp"))
+        _sh("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(merged / "run"))
         yield merged
     finally:
-        for m in ("tmp", "proc", ""):
+        for m in ("run", "tmp", "proc", ""):
             subprocess.run(["umount", "-l", str(merged / m)], capture_output=True)
 
 
@@ -145,7 +151,9 @@ def test_install_lays_down_files(root: Path) -> None:
     config = tomllib.loads(conf.read_text())
     assert config["device_id"] == "dev-install-1"
     assert config["data_dir"] == "/var/lib/edge-agent"
-    assert config["hub"] == {"url": HUB_URL, "enrollment_token": TOKEN, "ca_sha256": CA_SHA256}
+    # Written in the form the hub prints and the agent records: sha256:<lowercase hex>.
+    hub = {"url": HUB_URL, "enrollment_token": TOKEN, "ca_sha256": "sha256:" + CA_SHA256}
+    assert config["hub"] == hub
 
     state = root / "var/lib/edge-agent"
     assert _mode(state) == 0o700 and _owner(root, state) == ("edge-agent", "edge-agent")
@@ -187,7 +195,8 @@ def test_rerun_keeps_config_unless_forced(root: Path) -> None:
     conf.write_text(conf.read_text() + 'log_level = "DEBUG"\n')
     proc = _install(root, *FULL_ARGS)
     assert "kept existing" in proc.stdout and "DEBUG" in conf.read_text()
-    _install(root, "--hub-url", "https://hub.invalid:9443", "--token", TOKEN, "--force-config")
+    other = ("--hub-url", "https://hub.invalid:9443", "--token", TOKEN, "--ca-sha256", CA_SHA256)
+    _install(root, *other, "--force-config")
     config = tomllib.loads(conf.read_text())
     assert config["hub"]["url"] == "https://hub.invalid:9443" and "log_level" not in config
 
@@ -211,6 +220,8 @@ def test_bad_checksum_installs_nothing(root: Path) -> None:
     [
         (("--hub-url", "http://hub:80", "--token", TOKEN), "https://"),
         (("--hub-url", HUB_URL), "--token"),
+        (("--hub-url", HUB_URL, "--token", TOKEN), "--ca-sha256"),
+        (("--hub-url", HUB_URL, "--token", TOKEN, "--ca-sha256", "sha256:abc"), "64 hex"),
         (("--ca-sha256", "abc"), "64 hex"),
         (("--bogus",), "unknown argument"),
     ],
@@ -236,6 +247,101 @@ def test_uninstall_keeps_config_and_data_then_purge_removes_all(root: Path) -> N
     for gone in ("etc/edge-agent", "var/lib/edge-agent", "var/log/edge-agent"):
         assert not (root / gone).exists(), gone
     assert "edge-agent:" not in (root / "etc/passwd").read_text()
+
+
+# ---- the installed agent enrolls with a real hub and runs ---------------------------------
+
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+AGENT = ("/usr/local/bin/edge-agent", "--config", "/etc/edge-agent/agent.toml")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[RunningHub]:
+    """Return a real hub process on 127.0.0.1 (the chroot shares this network namespace)."""
+    running = start_hub(tmp_path / "hub")
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.stop()
+
+
+def _devices(hub: RunningHub) -> list[dict]:
+    status, body = asyncio.run(hub.api("GET", "/api/v1/devices"))
+    assert status == 200, body
+    return body["devices"]
+
+
+def _stop_group(proc: subprocess.Popen) -> int:
+    """SIGTERM the whole group (a onefile binary is a bootloader plus a child); SIGKILL late."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        return proc.wait(timeout=30)
+    except ProcessLookupError:
+        return proc.wait()
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return -signal.SIGKILL
+
+
+def test_installed_agent_enrolls_and_runs(root: Path, hub: RunningHub, tmp_path: Path) -> None:
+    token = asyncio.run(hub.create_token(tags={"site": "chroot"}))
+    fingerprint = ca_fingerprint(hub.ca_path.read_bytes())  # sha256:<hex>, as the hub prints it
+    binary = f"/opt/bundle/edge-agent-{speclib.version()}-linux-x86_64"
+    args = ("--hub-url", hub.url, "--token", token, "--ca-sha256", fingerprint, "--binary", binary)
+    _install(root, *args)
+    conf = tomllib.loads((root / "etc/edge-agent/agent.toml").read_text())
+    assert conf["hub"]["ca_sha256"] == fingerprint
+
+    # No systemd here (and so no User=): run the installed binary as the unit would, as root.
+    # No Docker socket in the root either: the agent enrolls and syncs all the same.
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log:
+        agent = subprocess.Popen(
+            ["chroot", str(root), *AGENT, "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=CHROOT_ENV,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        device = None
+        while time.monotonic() < deadline and agent.poll() is None:
+            devices = _devices(hub)
+            # status_at: a status snapshot came over sync (enrollment alone sets last_contact).
+            if devices and devices[0]["status_at"]:
+                device = devices[0]
+                break
+            time.sleep(0.25)
+        log_text = log_path.read_text(errors="replace")
+        assert agent.poll() is None, f"agent exited {agent.returncode}:\n{log_text}"
+        assert device is not None, f"no synced device on the hub after 30 s:\n{log_text}"
+        assert device["last_contact"] and device["connectivity"] == "online", device
+        assert device["agent_version"] == speclib.version()
+        assert device["tags"] == {"site": "chroot"}
+
+        state = root / "var/lib/edge-agent"
+        identity = json.loads((state / "identity.json").read_text())
+        assert identity["device_id"] == device["id"]
+        assert identity["hub_url"] == hub.url and identity["ca_sha256"] == fingerprint
+        for name in ("identity.json", "device.key", "device.crt", "hub-ca.pem", "hub-signing.pub"):
+            assert _mode(state / name) == 0o600, name
+        assert _mode(state) == 0o700
+
+        status = _sh("chroot", str(root), *AGENT, "--json", "status", env=CHROOT_ENV)
+        local = json.loads(status.stdout)
+        assert local["device_id"] == device["id"]
+        text = _sh("chroot", str(root), *AGENT, "status", env=CHROOT_ENV).stdout
+        assert text.startswith(f"device    {device['id']}")
+    finally:
+        code = _stop_group(agent)
+    assert code == 0, f"agent exit {code} after SIGTERM:\n{log_path.read_text(errors='replace')}"
 
 
 @pytest.mark.docker

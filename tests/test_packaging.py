@@ -7,6 +7,7 @@ so a warm run costs seconds. EDGE_AGENT_BIN=PATH tests a given binary instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,22 +36,34 @@ FORBIDDEN_MODULES = {"hub", "jinja2", "asyncpg", "prometheus_client", "tkinter",
 pytestmark = pytest.mark.skipif(platform.system() != "Linux", reason="Linux binaries only")
 
 
-@pytest.fixture(scope="session")
-def agent_bin() -> Path:
-    """Return the onefile x86_64 agent binary, built now if its inputs changed."""
-    given = os.environ.get("EDGE_AGENT_BIN")
-    if given:
-        return Path(given)
+@functools.cache
+def frozen(program: str) -> Path:
+    """Return dist/'s onefile PROGRAM for this machine, built now if its inputs changed.
+
+    Once per session whoever asks (tests/test_install.py uses it too).
+    """
     proc = subprocess.run(
-        [str(REPO / "packaging" / "build.sh"), "--program", "edge-agent", "--if-stale"],
+        [str(REPO / "packaging" / "build.sh"), "--program", program, "--if-stale"],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    path = REPO / "dist" / speclib.artefact_name("edge-agent")
+    path = REPO / "dist" / speclib.artefact_name(program)
     assert path.is_file(), proc.stderr
     return path
+
+
+def agent_binary() -> Path:
+    """Return the onefile x86_64 agent: EDGE_AGENT_BIN, or dist/'s, rebuilt if stale."""
+    given = os.environ.get("EDGE_AGENT_BIN")
+    return Path(given) if given else frozen("edge-agent")
+
+
+@pytest.fixture(scope="session")
+def agent_bin() -> Path:
+    """Return the onefile x86_64 agent binary."""
+    return agent_binary()
 
 
 @pytest.fixture(scope="session")
