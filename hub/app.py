@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from hub.store import open_store
 from hub.wire import error_middleware
 
 log = logging.getLogger("hub")
+GC_YOUNG_THRESHOLD = 20_000
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -95,6 +97,7 @@ async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
             backlog=4096,
         )
         await site.start()
+        _tune_gc()
         host, port = _bound_address(runner, config)
         log.info("CA fingerprint %s", app[HUB].pki.ca_fingerprint())
         log.info("listening on https://%s:%d", host, port)
@@ -106,6 +109,21 @@ async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+def _tune_gc() -> None:
+    """Keep full collections rare: they stop the event loop for all open connections.
+
+    With CPython's default young threshold (700) the objects of in-flight requests are
+    caught alive by most young collections and promoted; that fills the old generation
+    and triggers a full collection every few seconds to minutes, each walking every
+    object of every open connection (~0.5 s at 10,000 kept-alive TLS connections in the
+    load benchmark). A larger young generation promotes far fewer short-lived objects;
+    ``gc.freeze()`` moves everything built at startup out of the collector's sight.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 def _bound_address(runner: web.AppRunner, config: HubConfig) -> tuple[str, int]:
