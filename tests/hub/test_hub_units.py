@@ -137,3 +137,40 @@ async def test_store_enroll_is_atomic_and_sync_acks_by_position(tmp_path: Path):
         assert [e.seq for e in await store.list_events("dev-1", 0, 100)] == [1, 4, 7]
     finally:
         await store.close()
+
+
+async def test_group_commit_failing_job_rolls_back_alone(tmp_path: Path):
+    import sqlite3
+
+    from hub.store.writer import GroupCommitWriter
+
+    conn = sqlite3.connect(tmp_path / "w.db", isolation_level=None, check_same_thread=False)
+    writer = GroupCommitWriter(conn, max_group=16)
+    await writer.run(lambda db: db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+    writer.start()
+
+    def insert(k: int, fail: bool = False):
+        def job(db: sqlite3.Connection) -> int:
+            db.execute("INSERT INTO t VALUES (?)", (k,))
+            if fail:
+                raise ValueError(f"job {k} refuses")
+            return k
+
+        return job
+
+    results = await asyncio.gather(
+        writer.submit(insert(1)),
+        writer.submit(insert(2, fail=True)),
+        writer.submit(insert(3)),
+        writer.submit(insert(1)),  # duplicate key: IntegrityError, this job only
+        return_exceptions=True,
+    )
+    assert results[0] == 1 and results[2] == 3
+    assert isinstance(results[1], ValueError)
+    assert type(results[3]).__name__ == "StoreError"
+    assert writer.groups == 1  # all four ran in one transaction
+    assert await writer.run(lambda db: db.execute("SELECT k FROM t ORDER BY k").fetchall()) == [
+        (1,),
+        (3,),
+    ]
+    await writer.stop()
