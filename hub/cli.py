@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from hub.config import HubConfig, load_config
@@ -23,9 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the device and operator APIs over HTTPS")
     serve.add_argument("--config", help="TOML config file (EDGE_HUB_* env vars override it)")
+    serve.add_argument("--data-dir", help="override server.data_dir")
     serve.add_argument("--log-level", default="INFO")
     init = sub.add_parser("init", help="create the data directory, CA, keys and admin token")
     init.add_argument("--config", help="TOML config file")
+    init.add_argument("--data-dir", help="override server.data_dir")
     return parser
 
 
@@ -60,7 +63,10 @@ def hub_main(argv: list[str] | None = None) -> None:
     """Run ``edge-hub``."""
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        env = dict(os.environ)
+        if args.data_dir:
+            env["EDGE_HUB_SERVER_DATA_DIR"] = args.data_dir
+        config = load_config(args.config, env)
     except HubError as exc:
         print(f"edge-hub: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
