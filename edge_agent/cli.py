@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"TOML config file (env EDGE_AGENT_CONFIG; default {DEFAULT_CONFIG} if present)",
     )
     p.add_argument("--socket", help="local API socket (default: from the config)")
+    p.add_argument("--json", action="store_true", help="print raw JSON")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the agent in the foreground")
     sub.add_parser("status", help="show the running agent's status")
@@ -95,8 +96,39 @@ def _client(args: argparse.Namespace) -> int:
         for f in data.get("fields", []):
             print(f"  {f.get('field')}: {f.get('message', '')}", file=sys.stderr)
         return 1
-    _print(data)
+    if args.command == "status" and not args.json:
+        print(format_status(data))
+    else:
+        _print(data)
     return 0
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """Return the agent status as a short human-readable summary."""
+    lines = [
+        f"device    {st['device_id']}   agent {st['agent_version']}   state {st['state']}",
+        f"release   {st.get('release') or '-'}   applied rev {st.get('applied_revision')}"
+        f"   newest rev {st.get('target_revision')}",
+    ]
+    if st.get("last_error"):
+        lines.append(f"error     {st['last_error']}")
+    lines.append("")
+    lines.append(f"{'SERVICE':<20} {'STATE':<10} {'HEALTH':<10} {'RESTARTS':>8}  NOTE")
+    for s in st.get("services", []):
+        note = "crash loop" if s.get("crash_loop") else ""
+        if s.get("next_restart_at"):
+            note = (note + " next restart " + s["next_restart_at"]).strip()
+        lines.append(
+            f"{s['name']:<20} {s['state']:<10} {s['health']:<10} {s['restarts']:>8}  {note}"
+        )
+    outbox = st.get("outbox") or {}
+    if outbox:
+        queued = ", ".join(f"{k} {v['entries']}" for k, v in sorted(outbox.items()))
+        lines.append(f"\noutbox    {queued}")
+    counters = {k: v for k, v in (st.get("counters") or {}).items() if v}
+    if counters:
+        lines.append("counters  " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:

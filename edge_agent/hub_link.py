@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import AgentConfig
-from edge_agent.enroll import Identity, enroll, load_identity, renew_if_due
+from edge_agent.enroll import Identity, enroll, load_identity, maintain_certificate
 from edge_agent.errors import AgentError, ConfigError, HubRefused
 from edge_agent.models import Target
 from edge_agent.protocol import ServiceReport, SignedTarget, StatusSnapshot
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from edge_agent.agent import Agent
 
 log = logging.getLogger(__name__)
-RENEW_CHECK_S = 3600.0
 
 
 async def ensure_identity(config: AgentConfig) -> Identity:
@@ -93,7 +91,7 @@ class HubLink:
         return [
             (self.syncer.run(), "sync"),
             (self.syncer.run_long_poll(), "long-poll"),
-            (self._renew_loop(), "renew"),
+            (maintain_certificate(self.identity, self.client.reload_tls), "renew"),
         ]
 
     async def close(self) -> None:
@@ -128,16 +126,3 @@ class HubLink:
             counters=st["counters"],
             last_error=st["last_error"],
         )
-
-    async def _renew_loop(self) -> None:
-        failures = 0
-        while True:
-            try:
-                if await renew_if_due(self.identity, now=datetime.now(UTC)):
-                    await self.client.reload_tls()
-                failures = 0
-            except AgentError as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning("certificate renewal failing (will retry): %s", exc.message)
-            await asyncio.sleep(RENEW_CHECK_S if not failures else min(RENEW_CHECK_S, 60.0))

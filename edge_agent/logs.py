@@ -98,7 +98,8 @@ class LogCollector:
         raw = line.encode(errors="replace")
         if len(raw) > self.max_line_bytes:
             line = raw[: self.max_line_bytes].decode(errors="ignore") + " [truncated]"
-        out.append({"service": svc.name, "ts": ts, "stream": stream, "line": line})
+        # Milliseconds are enough to order lines, and compress far better than nanoseconds.
+        out.append({"service": svc.name, "ts": round(ts, 3), "stream": stream, "line": line})
         return out
 
     def _roll_window(

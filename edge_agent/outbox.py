@@ -284,6 +284,30 @@ class OutboxMixin:
                 self._count(kind, -1, -nbytes)
             return len(gone)
 
+    async def highest_assigned_seq(self) -> int:
+        """Return the highest seq this store has ever handed out (0 for a new store)."""
+        async with self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def renumber_after(self, hub_seq: int) -> int:
+        """Move every queued entry past ``hub_seq``; for a store that was wiped and restarted.
+
+        The hub keeps each (device, seq) once, so entries reusing seqs it already holds
+        would be ignored as duplicates. Adding ``hub_seq`` to every seq keeps their order
+        and lifts them all above what the hub holds. Returns how many entries moved.
+        """
+        async with self.transaction() as db:
+            cur = await db.execute("UPDATE outbox SET seq = seq + ?", (hub_seq,))
+            moved = cur.rowcount
+            await db.execute(
+                "UPDATE sqlite_sequence SET seq = MAX(seq + ?, ?) WHERE name = 'outbox'",
+                (hub_seq, hub_seq),
+            )
+            await bump_counter(db, "outbox_renumbered", moved)
+        self.inflight_upto = 0
+        return moved
+
     async def outbox_stats(self) -> dict[str, dict[str, int]]:
         """Return queued entry count and bytes per kind."""
         return {k: {"entries": n, "bytes": b} for k, (n, b) in sorted(self._totals.items()) if n}

@@ -296,6 +296,16 @@ class Syncer:
         result.sent += flight.entries
         result.raw_bytes += flight.raw_bytes
         result.wire_bytes += flight.wire_bytes
+        if flight.entries and resp.acked_seq > await self.store.highest_assigned_seq():
+            # The hub holds seqs this store never handed out: the store was wiped and its
+            # seqs restarted. Move the queue past the hub's position, then send again.
+            moved = await self.store.renumber_after(resp.acked_seq)
+            log.warning(
+                "hub holds seq %d beyond this store's; renumbered %d queued entries",
+                resp.acked_seq,
+                moved,
+            )
+            raise SyncError("outbox renumbered after a store reset", retryable=True)
         if flight.entries:
             # Delete only what the hub holds, and never past what this batch carried.
             upto = min(resp.acked_seq, flight.last_seq)

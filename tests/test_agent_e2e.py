@@ -18,7 +18,7 @@ from typing import Any
 import aiodocker
 import docker_env
 import pytest
-from agentproc import AgentProcess
+from agentproc import AgentProcess, agent_command
 from docker_env import TestImages
 
 pytestmark = pytest.mark.docker
@@ -139,6 +139,19 @@ async def test_deploy_change_remove_from_registry(
     assert code == 202, body
     await wait_status(agent, all_running({"web", "api"}))
     ids1 = await container_ids(docker, agent.device_id)
+    # What a technician types on site shows the same.
+    cli = subprocess.run(
+        [*agent_command(), "--socket", str(agent.socket), "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "state converged" in cli.stdout and "release   app@1" in cli.stdout
+    assert [ln.split()[:2] for ln in cli.stdout.splitlines() if ln.startswith(("web", "api"))] == [
+        ["web", "running"],
+        ["api", "running"],
+    ]
     # Services reach each other by service name on the release's network.
     out = subprocess.run(
         ["docker", "exec", f"ef-{agent.device_id}-api", "wget", "-q", "-O-", "http://web:8080/"],
@@ -229,9 +242,7 @@ async def test_bad_release_rolls_back_on_device(
         "POST", "/v1/apply", {"release": release("2", [bad]), "apply_deadline_s": 5}
     )
     assert code == 202
-    st = await wait_status(
-        agent, lambda s: s["state"] == "rolled_back" and running(s, {"web"}), 45
-    )
+    st = await wait_status(agent, lambda s: s["state"] == "rolled_back" and running(s, {"web"}), 45)
     assert st["applied_revision"] == 1 and st["release"] == "app@1"
     assert "revision 2 rolled_back" in (st["last_error"] or "")
     assert _target_state(agent, 2) == "rolled_back"

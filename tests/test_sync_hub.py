@@ -263,3 +263,26 @@ async def test_cancel_mid_flight_propagates_and_keeps_outbox(
     finally:
         await dev.close()
         await proxy.close()
+
+
+async def test_wiped_store_is_renumbered_not_lost(hub: HubProcess, tmp_path: Path) -> None:
+    """A device whose store was wiped restarts its seqs; its new events must still arrive."""
+    await enroll_device(hub, tmp_path / "dev")
+    dev = await open_device(tmp_path / "dev")
+    await dev.store.append_many("event", [{"life": 1, "n": i} for i in range(30)])
+    assert (await dev.syncer.sync_once()).acked_seq == 30
+    await dev.close()
+    (tmp_path / "dev" / "agent.db").unlink()  # identity kept, store gone
+    dev = await open_device(tmp_path / "dev")
+    try:
+        await dev.store.append_many("event", [{"life": 2, "n": i} for i in range(10)])
+        with pytest.raises(SyncError, match="renumbered"):
+            await dev.syncer.sync_once()
+        result = await dev.syncer.sync_once()
+        assert result.drained and result.acked_seq == 40
+        stored = hub.events(dev.identity.device_id)
+        assert [p["life"] for _, _, p in stored] == [1] * 30 + [2] * 10
+        assert [s for s, _, _ in stored] == list(range(1, 41))
+        assert (await dev.store.counters())["outbox_renumbered"] == 10
+    finally:
+        await dev.close()
