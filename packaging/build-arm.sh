@@ -10,7 +10,7 @@
 #
 #   nice -n 10 packaging/build-arm.sh amd64 --suite bullseye     # the x86_64 release binary
 #
-# Default: all arches, edge-agent on arm64 and armhf, edge-hub on arm64 (if hub/cli.py exists).
+# Default: all arches, edge-agent on arm64 and armhf, edge-hub on arm64.
 # PyInstaller cannot cross-compile, so each build runs natively inside a Debian bookworm
 # root of that architecture (mmdebstrap) under qemu-user emulation (binfmt_misc), with
 # packaging/build.sh. Roots, the build venvs and the wheelhouse (uvloop, cffi and

@@ -4,8 +4,9 @@
 #   packaging/build.sh [--program edge-agent|edge-hub|all] [--mode onefile|onedir|both]
 #                      [--out DIR] [--work DIR] [--python PY] [--if-stale]
 #
-# Outputs in DIR (default dist/): edge-agent-<version>-linux-<arch> (onefile),
-# edge-agent-<version>-linux-<arch>-onedir/ and its .tar.gz (onedir), a
+# Outputs in DIR (default dist/), for each program (edge-agent, edge-hub):
+# <program>-<version>-linux-<arch> (onefile),
+# <program>-<version>-linux-<arch>-onedir/ and its .tar.gz (onedir), a
 # <name>.manifest.json per build (Python, every bundled package and version, inputs hash)
 # and SHA256SUMS over every file. The build venv and a wheelhouse are cached under
 # $EDGEFLEET_BUILD_CACHE (default /var/cache/edgefleet-build), never in git.
@@ -33,7 +34,7 @@ while (($#)); do
     --work) work=$2; shift ;;
     --python) python=$2; shift ;;
     --if-stale) if_stale=1 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -101,10 +102,6 @@ is_fresh() {
 build_one() {
     local prog=$1 m=$2 name manifest target tmp
     name=$("$python" "$HERE/speclib.py" name "$prog")
-    if [[ $prog == edge-hub && ! -f $REPO/hub/cli.py ]]; then
-        log "skipping edge-hub: hub/cli.py does not exist yet"
-        return 0
-    fi
     if [[ $m == onedir ]]; then
         target=$out/$name-onedir
         manifest=$out/$name-onedir.manifest.json

@@ -60,6 +60,20 @@ AGENT_EXCLUDES = [
     "email_validator",
 ]
 
+# The hub's own stack, minus what it does not import: pydantic's optional rich support
+# would otherwise pull in rich, pygments and markdown-it (~2 MB), uvloop's test base unittest.
+# If the hub starts to use rich (edgectl), drop it from here; the packaging smoke test runs
+# `edge-hub serve` from the binary, so a missing module fails there.
+HUB_EXCLUDES = [
+    *COMMON_EXCLUDES,
+    "hub.testing",
+    "rich",
+    "pygments",
+    "markdown_it",
+    "mdurl",
+    "uvloop._testbase",
+]
+
 # Files whose change means a binary must be rebuilt.
 INPUT_GLOBS = [
     "edge_agent/**/*.py",

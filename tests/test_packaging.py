@@ -15,9 +15,11 @@ import platform
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +207,73 @@ def test_notify_ready_and_clean_sigterm(
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     print(f"ready after {ready_s:.2f} s")
+
+
+# ---- the frozen x86_64 hub ---------------------------------------------------------------
+
+# The hub binary ships neither its tests' helpers nor the build and test tooling.
+HUB_FORBIDDEN_MODULES = {"tkinter", "pytest", "PyInstaller", "rich"}
+
+
+@pytest.fixture(scope="session")
+def hub_bin() -> Path:
+    """Return the onefile x86_64 hub: EDGE_HUB_BIN, or dist/'s, rebuilt if stale."""
+    given = os.environ.get("EDGE_HUB_BIN")
+    return Path(given) if given else frozen("edge-hub")
+
+
+def test_hub_binary_size_and_manifest(hub_bin: Path) -> None:
+    size = hub_bin.stat().st_size
+    assert size <= MAX_BINARY_BYTES, f"{size / 2**20:.1f} MB > 30 MB"
+    manifest = json.loads(hub_bin.with_name(hub_bin.name + ".manifest.json").read_text())
+    assert manifest["program"] == "edge-hub" and manifest["python"].startswith("3.11.")
+    for dist in ("aiohttp", "aiosqlite", "cryptography", "pydantic", "uvloop"):
+        assert dist in manifest["packages"], manifest["packages"]
+    assert not HUB_FORBIDDEN_MODULES & set(manifest["top_level_modules"])
+    sums = hub_bin.parent / "SHA256SUMS"
+    listed = dict(reversed(ln.split(None, 1)) for ln in sums.read_text().splitlines())
+    assert listed[hub_bin.name] == hashlib.sha256(hub_bin.read_bytes()).hexdigest()
+
+
+def test_hub_binary_serves_and_stops_on_sigterm(hub_bin: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "{data_dir}"\n')
+    out_path, err_path = tmp_path / "hub.out", tmp_path / "hub.log"
+    # A clean environment and a foreign cwd: nothing may come from this interpreter or tree.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [str(hub_bin), "serve", "--config", str(config)],
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+    try:
+        started = time.monotonic()
+        url = None
+        while url is None and time.monotonic() - started < 60 and proc.poll() is None:
+            for line in out_path.read_text().splitlines():
+                if line.startswith("listening on https://"):
+                    url = line.removeprefix("listening on ")
+            time.sleep(0.02)
+        ready_s = time.monotonic() - started
+        assert url, f"no 'listening on' line (exit {proc.poll()}):\n{err_path.read_text()}"
+        ctx = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
+        with urllib.request.urlopen(f"{url}/healthz", context=ctx, timeout=10) as resp:
+            assert resp.status == 200
+            health = json.loads(resp.read())
+        assert health["status"] == "ok" and health["version"] == speclib.version()
+        proc.send_signal(signal.SIGTERM)  # to the onefile bootloader, as systemd does
+        code = proc.wait(timeout=STOP_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert code == 0, f"exit {code} after SIGTERM:\n{err_path.read_text()}"
+    print(f"hub listening after {ready_s:.2f} s")
 
 
 # ---- the agent's end-to-end scenario, pointed at the binary -----------------------------
