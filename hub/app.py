@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 from collections.abc import AsyncIterator
 
@@ -98,6 +99,7 @@ async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
         )
         await site.start()
         _tune_gc()
+        _raise_nofile_limit()
         host, port = _bound_address(runner, config)
         log.info("CA fingerprint %s", app[HUB].pki.ca_fingerprint())
         log.info("listening on https://%s:%d", host, port)
@@ -124,6 +126,15 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+
+
+def _raise_nofile_limit() -> None:
+    """Let the hub use every file descriptor it is allowed: one per device connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    log.info("open files limit %s (each device connection holds one)", soft)
 
 
 def _bound_address(runner: web.AppRunner, config: HubConfig) -> tuple[str, int]:
