@@ -161,8 +161,12 @@ def peer_cert(request: web.Request) -> PeerCert | None:
     cert = ssl_object.getpeercert()
     if not cert:
         return None
+    subject = cert.get("subject", ())
     common_names = [
-        value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"
+        attr[1]
+        for rdn in (subject if isinstance(subject, tuple) else ())
+        for attr in rdn
+        if attr[0] == "commonName"
     ]
     if len(common_names) != 1:
         return None

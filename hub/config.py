@@ -107,10 +107,10 @@ class HubConfig(_Section):
     """The whole configuration."""
 
     server: ServerConfig
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    fleet: FleetConfig = Field(default_factory=FleetConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    pki: PkiConfig = Field(default_factory=PkiConfig)
+    store: StoreConfig = Field(default_factory=lambda: StoreConfig())
+    fleet: FleetConfig = Field(default_factory=lambda: FleetConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    pki: PkiConfig = Field(default_factory=lambda: PkiConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -133,7 +133,7 @@ _LIST_FIELDS = {("server", "public_names")}
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Map ``EDGE_HUB_<SECTION>_<FIELD>`` variables onto the config tree."""
-    sections = {name: model for name, model in _section_models().items()}
+    sections = _section_models()
     out: dict[str, dict[str, Any]] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):

@@ -6,7 +6,8 @@
     devices
     device show ID
     device disable ID | device enable ID
-    target set ID RELEASE.json [--override svc.KEY=VALUE ...] [--deadline S] [--expires 1d]
+    target set ID RELEASE.json [--override svc.KEY=VALUE ...] [--deadline S] [--min-ready S]
+               [--expires 1d]
     target show ID
     events ID [--after SEQ] [--limit N]
     audit [--after ID] [--limit N]
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     tset.add_argument("release", help="release JSON (or a full target request body)")
     tset.add_argument("--override", action="append", default=[], metavar="SVC.KEY=VALUE")
     tset.add_argument("--deadline", type=float, default=None, help="apply deadline, seconds")
+    tset.add_argument("--min-ready", type=float, default=None, help="seconds up before good")
     tset.add_argument("--expires", default=None, help="target validity, e.g. 7d")
     target.add_parser("show").add_argument("id")
 
@@ -145,6 +147,8 @@ def _target_body(args: argparse.Namespace) -> dict[str, Any]:
         overrides.setdefault(svc, {})[var] = value
     if args.deadline is not None:
         body["apply_deadline_s"] = args.deadline
+    if args.min_ready is not None:
+        body["min_ready_s"] = args.min_ready
     if args.expires is not None:
         body["expires_in_s"] = parse_duration(args.expires)
     return body

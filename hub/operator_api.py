@@ -4,7 +4,8 @@
     GET  /api/v1/devices                   fleet picture
     GET  /api/v1/devices/{id}              one device
     GET  /api/v1/devices/{id}/target       its newest target (decoded) and revision
-    POST /api/v1/devices/{id}/target       {release, overrides, apply_deadline_s, expires_in_s}
+    POST /api/v1/devices/{id}/target       {release, overrides, apply_deadline_s, min_ready_s,
+                                            expires_in_s}
     POST /api/v1/devices/{id}/disable      refuse the device from now on
     POST /api/v1/devices/{id}/enable       accept it again
     GET  /api/v1/devices/{id}/events       ?after=seq&limit=n
@@ -72,6 +73,7 @@ class SetTargetRequest(_Body):
     release: Release
     overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
     apply_deadline_s: float = Field(120.0, gt=0, le=86400)
+    min_ready_s: float = Field(5.0, ge=0, le=3600)
     expires_in_s: int | None = Field(None, ge=60)
 
     @field_validator("overrides")
@@ -298,6 +300,7 @@ async def set_target(request: web.Request) -> web.Response:
                 issued_at=now,
                 expires_at=expires_at,
                 apply_deadline_s=req.apply_deadline_s,
+                min_ready_s=req.min_ready_s,
             )
             return sign_target(target, hub.pki.signing_key)
 
