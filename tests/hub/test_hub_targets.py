@@ -22,6 +22,7 @@ async def test_target_comes_back_in_sync_and_verifies(hub: RunningHub, device: D
         release_doc("7"),
         overrides={"web": {"MODE": "fast"}},
         apply_deadline_s=30,
+        min_ready_s=7,
         expires_in_s=3600,
     )
     assert revision == 1
@@ -37,7 +38,7 @@ async def test_target_comes_back_in_sync_and_verifies(hub: RunningHub, device: D
     )
     assert target.revision == 1 and target.release.ref == "app@7"
     assert target.overrides == {"web": {"MODE": "fast"}}
-    assert target.apply_deadline_s == 30
+    assert target.apply_deadline_s == 30 and target.min_ready_s == 7
     assert target.expires_at is not None
 
     # Known revision: nothing to send.
