@@ -20,6 +20,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, InvalidDocument, TargetRejected
 from edge_agent.executor import Reconciler, poll_health
 from edge_agent.models import CurrentService, Target, parse_document
+from edge_agent.sdnotify import sd_notify
 from edge_agent.store import AuditRow, Quota, Store, StoreLimits
 from edge_agent.supervisor import BackoffPolicy, RolloutWatch, Supervisor
 from edge_agent.tasks import cancel_and_wait
@@ -496,22 +497,9 @@ async def run_agent(config: AgentConfig) -> int:
         log.error("agent could not start: %s", exc.message)
         await agent.stop()
         return 1
-    notify_ready()
+    sd_notify("READY=1")
     await stop.wait()
     log.info("stopping on signal")
+    sd_notify("STOPPING=1")
     await agent.stop()
     return 0
-
-
-def notify_ready() -> None:
-    """Tell systemd (Type=notify) that the agent is ready, if it is watching."""
-    import os
-
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(addr)
-        s.sendall(b"READY=1")

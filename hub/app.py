@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 import hub
+from edge_agent.sdnotify import sd_notify
 from hub import device_api, operator_api
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
@@ -104,8 +105,10 @@ async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
         log.info("CA fingerprint %s", app[HUB].pki.ca_fingerprint())
         log.info("listening on https://%s:%d", host, port)
         print(f"listening on https://{host}:{port}", flush=True)
+        sd_notify("READY=1")
         await stop.wait()
         log.info("shutting down")
+        sd_notify("STOPPING=1")
     finally:
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
