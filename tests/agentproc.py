@@ -27,6 +27,15 @@ def agent_command() -> list[str]:
     return [binary] if binary else [sys.executable, "-m", "edge_agent"]
 
 
+def toml_value(value: Any) -> str:
+    """Render a scalar, list or (inline-table) dict as TOML."""
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    return json.dumps(value)
+
+
 def write_config(path: Path, **sections: Any) -> Path:
     """Write a TOML config from nested dicts of scalars."""
     lines: list[str] = []
@@ -36,7 +45,7 @@ def write_config(path: Path, **sections: Any) -> Path:
             lines.append(f"{key} = {json.dumps(value)}")
     for name, table in tables.items():
         lines.append(f"\n[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -325,3 +325,39 @@ async def test_disk_reserve_refuses_pull_with_an_event(
     await docker_env.wait_for(refused_event, timeout_s=10)
     assert await container_ids(docker, agent.device_id) == {}
     assert subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0
+
+
+async def test_lan_api_needs_a_technicians_own_token(
+    make_agent: AgentFactory, images: TestImages
+) -> None:
+    """On the LAN, each technician uses their own token; the audit names who acted."""
+    import hashlib
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "alice-secret-token"
+    await make_agent(
+        api={
+            "lan_listen": f"127.0.0.1:{port}",
+            "technicians": {"alice": hashlib.sha256(token.encode()).hexdigest()},
+        }
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v1/status") as resp:
+            assert resp.status == 401
+        bad = {"Authorization": "Bearer not-a-token"}
+        async with http.get(f"{base}/v1/status", headers=bad) as resp:
+            assert resp.status == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        body = release("1", [{"name": "web", "image": images.ref("good")}])
+        async with http.post(f"{base}/v1/apply", json=body, headers=auth) as resp:
+            assert resp.status == 202, await resp.text()
+        async with http.get(f"{base}/v1/audit", headers=auth) as resp:
+            audit = await resp.json()
+    accepted = [a for a in audit if a["action"] == "target.accept"]
+    assert accepted and accepted[0]["actor"] == "technician:alice"
