@@ -1,6 +1,6 @@
 """Catch-up benchmark: N queued log lines in the agent store delivered to a real hub.
 
-    python benchmarks/bench_catchup.py [--lines 1000000] [--batch 1000] [--batch-bytes 524288]
+    python benchmarks/bench_catchup.py [--lines 1000000] [--batch N] [--batch-bytes N]
 
 Measures, on loopback, against a real ``edge-hub serve`` process (TLS, mTLS, gzip):
 time and lines/s until the outbox is drained, and bytes on the wire (compressed request
@@ -38,8 +38,12 @@ HUB_EVENTS_DDL = """CREATE TABLE events (
     PRIMARY KEY (device_id, seq)) WITHOUT ROWID"""
 
 
-def make_lines(n: int, seed: int = 1) -> list[dict[str, str]]:
-    """Return n realistic container log records (~100-byte lines) as the agent queues them."""
+def make_lines(n: int, seed: int = 1) -> list[dict[str, str | float]]:
+    """Return n realistic container log records (~100-byte lines) as the agent queues them.
+
+    As ``edge_agent.logs.LogCollector`` does: ``ts`` in epoch seconds rounded to the
+    millisecond (a float), the line as the container wrote it (here with its own time).
+    """
     rng = random.Random(seed)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     out = []
@@ -70,7 +74,14 @@ def make_lines(n: int, seed: int = 1) -> list[dict[str, str]]:
                 f"{hms} WARN  upstream.client request to https://backend.local/api timed out "
                 f"after 5000ms, retrying (attempt {rng.randrange(2, 5)} of 5)"
             )
-        out.append({"service": rng.choice(SERVICES), "ts": ts, "stream": "stdout", "line": line})
+        out.append(
+            {
+                "service": rng.choice(SERVICES),
+                "ts": round(t.timestamp(), 3),
+                "stream": "stdout",
+                "line": line,
+            }
+        )
     return out
 
 
@@ -109,7 +120,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         dev = await open_device(work / "dev", limits=limits)
         lines = make_lines(args.lines)
-        raw_line_bytes = sum(len(p["line"].encode()) for p in lines)
+        raw_line_bytes = sum(len(str(p["line"]).encode()) for p in lines)
         t = time.perf_counter()
         for i in range(0, len(lines), 10_000):
             await dev.store.append_many("log", lines[i : i + 10_000])
@@ -159,9 +170,10 @@ def main() -> None:
     """Parse arguments and run."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lines", type=int, default=1_000_000)
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--batch-bytes", type=int, default=512 * 1024)
-    p.add_argument("--gzip-level", type=int, default=6)
+    defaults = SyncLimits()  # the agent's own defaults unless told otherwise
+    p.add_argument("--batch", type=int, default=defaults.batch_max_entries)
+    p.add_argument("--batch-bytes", type=int, default=defaults.batch_max_bytes)
+    p.add_argument("--gzip-level", type=int, default=defaults.gzip_level)
     asyncio.run(run(p.parse_args()))
 
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PROTOCOL_VERSION = 1
+# 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
+#    ``created_at`` (then it is the previous entry's); the first entry carries both.
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 1  # the oldest a hub still accepts
 
 OutboxKind = Literal["status", "event", "audit", "log", "dropped"]
 
@@ -98,13 +101,68 @@ class StatusSnapshot(Wire):
 
 
 class SyncRequest(Wire):
-    """One round trip: a bounded batch of outbox entries plus a status delta."""
+    """One round trip: a bounded batch of outbox entries plus a status delta.
+
+    From protocol 2 on, entries are compacted on the wire: an entry without ``seq`` has
+    the previous entry's seq + 1, one without ``created_at`` the previous entry's (so
+    consecutive entries queued together cost neither). After validation every entry is
+    complete, whatever the version. ``expand_entries`` is the one statement of the rule.
+    """
 
     protocol: int = PROTOCOL_VERSION
     entries: list[OutboxEntry] = Field(default_factory=list)
     status: StatusSnapshot | None = None
     applied_revision: int = 0
     known_target_revision: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("entries"), list):
+            protocol = data.get("protocol")
+            if type(protocol) is int and protocol >= 2:
+                return {**data, "entries": expand_entries(data["entries"])}
+        return data
+
+
+def expand_entries(entries: list[Any]) -> list[Any]:
+    """Return protocol-2 entries with the implied ``seq`` and ``created_at`` filled in.
+
+    Only what can be filled is: the first entry, or one after an entry whose seq is not
+    an integer, is left as it is for validation to name what is missing or wrong.
+    """
+    out: list[Any] = []
+    prev_seq: Any = None
+    prev_at: Any = None
+    for entry in entries:
+        if isinstance(entry, dict):
+            if "seq" not in entry and type(prev_seq) is int:
+                entry = {**entry, "seq": prev_seq + 1}
+            if "created_at" not in entry and prev_at is not None:
+                entry = {**entry, "created_at": prev_at}
+            prev_seq, prev_at = entry.get("seq"), entry.get("created_at")
+        else:
+            prev_seq = prev_at = None
+        out.append(entry)
+    return out
+
+
+def compact_entries(rows: list[tuple[int, str, str, str]]) -> str:
+    """Return protocol-2 JSON for ``entries`` from (seq, kind, created_at, payload JSON) rows.
+
+    Payloads are spliced in as given (already JSON); kind and created_at are JSON-safe
+    text (an outbox kind; ISO 8601). ``seq``/``created_at`` are left out where implied.
+    """
+    parts = []
+    prev_seq = -1
+    prev_at = None
+    for seq, kind, at, payload in rows:
+        head = "" if seq == prev_seq + 1 else f'"seq":{seq},'
+        if at != prev_at:
+            head += f'"created_at":"{at}",'
+        parts.append(f'{{{head}"kind":"{kind}","payload":{payload}}}')
+        prev_seq, prev_at = seq, at
+    return "[" + ",".join(parts) + "]"
 
 
 class SignedTarget(Wire):

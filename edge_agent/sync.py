@@ -28,7 +28,14 @@ import aiohttp
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
-from edge_agent.protocol import PROTOCOL_VERSION, SignedTarget, StatusSnapshot, SyncResponse
+from edge_agent.protocol import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    SignedTarget,
+    StatusSnapshot,
+    SyncResponse,
+    compact_entries,
+)
 from edge_agent.store import Store
 from edge_agent.target_gate import TargetGate
 
@@ -42,8 +49,10 @@ _M = TypeVar("_M", SyncResponse, SignedTarget)
 class SyncLimits:
     """Every bound and timing of the sync client (names follow ``HubConfig``)."""
 
-    batch_max_entries: int = 1000
-    batch_max_bytes: int = 512 * 1024
+    # A catch-up batch: fewer, larger requests (the hub's limits.max_entries_per_batch
+    # is 5,000 by default; a hub with a lower one answers 413 and the batch is halved).
+    batch_max_entries: int = 5000
+    batch_max_bytes: int = 2 * 1024 * 1024  # queued payload bytes per request
     max_rounds: int = 50
     sync_interval_s: float = 30.0
     debounce_s: float = 0.5
@@ -207,6 +216,7 @@ class Syncer:
         self.reach = reachability or Reachability()
         self._status_acked: dict[str, object] | None = None  # None: send a full snapshot
         self._batch_n = self.limits.batch_max_entries
+        self.protocol = PROTOCOL_VERSION  # lowered once if the hub is older
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -254,10 +264,13 @@ class Syncer:
             try:
                 resp = await flight.task
             except HubRefused as exc:
-                if exc.status != 413:
+                if exc.status == 413:
+                    await _cancel(flights)
+                    await self._too_large(flight)
+                elif self._older_hub(exc):
+                    await _cancel(flights)
+                else:
                     raise
-                await _cancel(flights)
-                await self._too_large(flight)
                 cursor, exhausted = 0, False  # re-derive the position from the store
                 continue
             await self._settle(flight, resp, result)
@@ -326,6 +339,26 @@ class Syncer:
             if revision is not None:
                 result.targets.append(revision)
 
+    def _older_hub(self, exc: HubRefused) -> bool:
+        """Speak protocol 1 from now on if the hub refused this one as unsupported.
+
+        A protocol-1 hub says so (400), or, validating first, misses the fields protocol 2
+        leaves out where implied (422 ``entries.N.seq: Field required``): the first entry
+        of a batch always carries them, so a newer hub never answers that.
+        """
+        if exc.status not in (400, 422) or self.protocol <= MIN_PROTOCOL_VERSION:
+            return False
+        signs = (
+            f"protocol {self.protocol} is not supported",
+            ".seq: Field required",
+            ".created_at: Field required",
+        )
+        if not any(sign in exc.message for sign in signs):
+            return False
+        log.info("the hub does not speak sync protocol %d; using 1", self.protocol)
+        self.protocol = MIN_PROTOCOL_VERSION
+        return True
+
     async def _too_large(self, flight: _Flight) -> None:
         if flight.entries > 1:
             self._batch_n = max(1, flight.entries // 2)
@@ -361,16 +394,23 @@ class Syncer:
     ) -> bytes:
         """Build the SyncRequest JSON; payloads are spliced in as stored (already JSON)."""
         head = {
-            "protocol": PROTOCOL_VERSION,
+            "protocol": self.protocol,
             "applied_revision": self.gate.applied_revision,
             "known_target_revision": self.gate.poll_after,
             "status": status.model_dump(mode="json", exclude_none=True) if status else None,
         }
-        entries = ",".join(
-            f'{{"seq":{seq},"kind":"{kind}","created_at":"{at}","payload":{payload}}}'
-            for seq, kind, at, payload in rows
-        )
-        return (json.dumps(head, separators=(",", ":"))[:-1] + f',"entries":[{entries}]}}').encode()
+        if self.protocol >= 2:
+            entries = compact_entries(rows)
+        else:
+            entries = (
+                "["
+                + ",".join(
+                    f'{{"seq":{seq},"kind":"{kind}","created_at":"{at}","payload":{payload}}}'
+                    for seq, kind, at, payload in rows
+                )
+                + "]"
+            )
+        return (json.dumps(head, separators=(",", ":"))[:-1] + f',"entries":{entries}}}').encode()
 
     def backoff_s(self, failures: int) -> float:
         """Return the delay after ``failures`` consecutive failures (capped, jittered)."""

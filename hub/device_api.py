@@ -13,6 +13,7 @@ the body); an unknown or disabled device is refused with 403.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -20,12 +21,12 @@ import time
 from aiohttp import web
 
 from edge_agent.protocol import (
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     EnrollRequest,
     EnrollResponse,
     RenewRequest,
     RenewResponse,
-    SyncRequest,
     SyncResponse,
 )
 from hub.auth import check_enrollment_token, require_peer, split_enrollment_token
@@ -39,8 +40,8 @@ from hub.errors import (
     PayloadTooLarge,
 )
 from hub.pki import load_csr
-from hub.store import AuditRecord, DeviceRecord, NewDevice, SyncBatch
-from hub.wire import parse, read_body, respond
+from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
+from hub.wire import parse, parse_sync, read_body, respond
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -163,12 +164,12 @@ async def sync(request: web.Request) -> web.Response:
     peer = require_peer(request)
     limits = hub.config.limits
     body = await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
-    req = parse(SyncRequest, body)
-    _check_batch(req, limits.max_entries_per_batch)
+    req, entries = parse_sync(body)
+    _check_batch(req.protocol, entries, limits.max_entries_per_batch)
     now = hub.now()
     result = await hub.store.ingest_sync(
         peer.device_id,
-        SyncBatch(req.entries, req.status, req.applied_revision, req.known_target_revision),
+        SyncBatch(entries, req.status, req.applied_revision, req.known_target_revision),
         now,
     )
     response = respond(
@@ -185,22 +186,23 @@ async def sync(request: web.Request) -> web.Response:
     return response
 
 
-def _check_batch(req: SyncRequest, max_entries: int) -> None:
-    if req.protocol != PROTOCOL_VERSION:
+def _check_batch(protocol: int, entries: list[EntryRow], max_entries: int) -> None:
+    if not MIN_PROTOCOL_VERSION <= protocol <= PROTOCOL_VERSION:
         raise InvalidRequest(
-            f"protocol {req.protocol} is not supported (hub speaks {PROTOCOL_VERSION})",
+            f"protocol {protocol} is not supported (hub speaks "
+            f"{MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
             fields=[{"field": "protocol", "message": "unsupported protocol version"}],
             status=400,
         )
-    if len(req.entries) > max_entries:
+    if len(entries) > max_entries:
         raise PayloadTooLarge(
-            f"batch of {len(req.entries)} entries is over the hub's limit of {max_entries} "
+            f"batch of {len(entries)} entries is over the hub's limit of {max_entries} "
             "(limits.max_entries_per_batch); split the batch"
         )
-    for prev, entry in zip(req.entries, req.entries[1:], strict=False):
-        if entry.seq <= prev.seq:
+    for prev, entry in itertools.pairwise(entries):
+        if entry[0] <= prev[0]:
             raise InvalidRequest(
-                f"entries must be in strictly increasing seq order ({prev.seq} then {entry.seq})",
+                f"entries must be in strictly increasing seq order ({prev[0]} then {entry[0]})",
                 fields=[{"field": "entries", "message": "seq not strictly increasing"}],
             )
 

@@ -7,16 +7,23 @@ size: a small gzip bomb must not become a large allocation.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import zlib
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, TypeVar, get_args
 
+import pydantic_core
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from edge_agent.errors import InvalidDocument
 from edge_agent.models import parse_document
+from edge_agent.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, OutboxKind, SyncRequest
 from hub.errors import HubError, InvalidRequest, PayloadTooLarge
+from hub.store.records import EntryRow, entry_row, iso_utc
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -70,6 +77,114 @@ def parse(model: type[M], body: bytes | dict[str, Any]) -> M:
             exc.message, fields=exc.errors, status=400 if malformed else 422
         ) from None
     return result
+
+
+def parse_sync(body: bytes) -> tuple[SyncRequest, list[EntryRow]]:
+    """Validate a SyncRequest body; return it (without entries) and its entries as stored.
+
+    The entries of a large batch are the hub's hot path, so a request in the shape the
+    agent sends is checked by hand (``_fast_sync``) and turned straight into store rows.
+    Anything that path does not accept as it is goes through the ``SyncRequest`` model,
+    which alone decides whether it is valid and names every bad field: the fast path
+    never accepts what the model refuses, and yields the rows the model's would.
+    """
+    with _collector_paused():
+        fast = _fast_sync(body)
+    if fast is not None:
+        return fast
+    req = parse(SyncRequest, body)
+    return req.model_copy(update={"entries": []}), [entry_row(e) for e in req.entries]
+
+
+_KINDS = frozenset(get_args(OutboxKind))
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+_INT64_MAX = 2**63 - 1
+_MISSING: Any = object()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Keep Python's cycle collector out of a parse that allocates a container per entry.
+
+    A decoded JSON document holds no reference cycles (reference counting frees it), but
+    its thousands of fresh dicts trigger collections that walk them again and again:
+    half the parse time of a 5,000-entry batch. Paused only for the parse, not the I/O.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _fast_sync(body: bytes) -> tuple[SyncRequest, list[EntryRow]] | None:
+    """Return the request and rows if every entry is plainly valid, else None."""
+    try:
+        doc = pydantic_core.from_json(body)
+    except ValueError:
+        return None
+    if type(doc) is not dict:
+        return None
+    entries = doc.get("entries", [])
+    protocol = doc.get("protocol", PROTOCOL_VERSION)
+    if (
+        type(entries) is not list
+        or type(protocol) is not int
+        or not MIN_PROTOCOL_VERSION <= protocol <= PROTOCOL_VERSION
+    ):
+        return None
+    try:
+        head = SyncRequest.model_validate({**doc, "entries": []})
+    except ValidationError:
+        return None
+    implied = "protocol" in doc and protocol >= 2  # as SyncRequest.expand_entries
+    rows: list[EntryRow] = []
+    append = rows.append
+    to_json = pydantic_core.to_json
+    kinds = _KINDS
+    prev_seq = 0  # 0 only before the first entry (seqs are >= 1)
+    prev_at: Any = _MISSING
+    at_text = ""
+    for e in entries:
+        if type(e) is not dict:
+            return None
+        seq = e.get("seq", _MISSING)
+        at = e.get("created_at", _MISSING)
+        kind = e.get("kind")
+        payload = e.get("payload")
+        n_keys = 4
+        if seq is _MISSING:
+            if not (implied and prev_seq):
+                return None
+            seq = prev_seq + 1
+            n_keys -= 1
+        elif type(seq) is not int or not prev_seq < seq <= _INT64_MAX:
+            return None  # also: >= 1, and strictly increasing
+        if at is _MISSING:
+            if not (implied and prev_seq):
+                return None
+            n_keys -= 1
+        elif at != prev_at:
+            if type(at) is not str:
+                return None
+            try:
+                at_text = iso_utc(_DATETIME.validate_python(at))
+            except ValidationError:
+                return None
+            prev_at = at
+        if (
+            type(kind) is not str
+            or kind not in kinds
+            or type(payload) is not dict
+            or len(e) != n_keys  # a key the model does not know
+        ):
+            return None
+        append((seq, kind, at_text, to_json(payload).decode()))
+        prev_seq = seq
+    return head, rows
 
 
 def respond(model: BaseModel, status: int = 200) -> web.Response:

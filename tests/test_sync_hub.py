@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import logging
 import os
 import stat
@@ -286,3 +288,37 @@ async def test_wiped_store_is_renumbered_not_lost(hub: HubProcess, tmp_path: Pat
         assert (await dev.store.counters())["outbox_renumbered"] == 10
     finally:
         await dev.close()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        (400, '{"error":"invalid_request","message":"protocol 2 is not supported (hub speaks 1)"'),
+        (
+            422,
+            '{"error":"invalid_request","message":"invalid SyncRequest: entries.1.seq: Field '
+            'required; entries.1.created_at: Field required"',
+        ),
+    ],
+)
+async def test_protocol_1_hub_gets_protocol_1(
+    hub: HubProcess, device: Device, refusal: tuple[int, str]
+) -> None:
+    """A hub that speaks only protocol 1 refuses compact entries; the agent falls back."""
+    real = device.syncer.client.sync
+    protocols: list[int] = []
+
+    async def old_hub(body_gz: bytes):  # type: ignore[no-untyped-def]
+        protocol = json.loads(gzip.decompress(body_gz))["protocol"]
+        protocols.append(protocol)
+        if protocol != 1:
+            status, text = refusal
+            raise HubRefused(f"POST /v1/sync: hub answered {status}: {text}", status=status)
+        return await real(body_gz)
+
+    device.syncer.client.sync = old_hub  # type: ignore[method-assign]
+    seqs = await device.store.append_many("event", [{"n": i} for i in range(100)])
+    result = await device.syncer.sync_once()
+    assert result.drained and result.acked_seq == seqs[-1]
+    assert protocols[0] == 2 and set(protocols[1:]) == {1} and device.syncer.protocol == 1
+    assert [s for s, _, _ in hub.events(device.identity.device_id)] == seqs

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
+
 from edge_agent.protocol import OutboxEntry, SignedTarget, StatusSnapshot
+
+# One outbox entry as the store keeps it: (seq, kind, created_at, payload), with
+# created_at as ``iso_utc`` text and the payload as compact JSON (``payload_json``).
+EntryRow = tuple[int, str, str, str]
+
+
+def iso_utc(value: datetime) -> str:
+    """Return a datetime as ISO 8601 UTC text with microseconds (sorts as time)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def payload_json(payload: dict[str, Any]) -> str:
+    """Return a payload as the compact JSON the store keeps."""
+    return pydantic_core.to_json(payload).decode()
+
+
+def entry_row(entry: OutboxEntry) -> EntryRow:
+    """Return the stored form of a validated entry."""
+    return entry.seq, entry.kind, iso_utc(entry.created_at), payload_json(entry.payload)
 
 
 @dataclass(frozen=True)
@@ -100,9 +121,9 @@ class EventRecord:
 
 @dataclass(frozen=True)
 class SyncBatch:
-    """What one sync call asks the store to make durable."""
+    """What one sync call asks the store to make durable (entries in increasing seq order)."""
 
-    entries: list[OutboxEntry]
+    entries: list[EntryRow]
     status: StatusSnapshot | None
     applied_revision: int
     known_target_revision: int

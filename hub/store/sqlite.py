@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import pydantic_core
 
 from edge_agent.protocol import SignedTarget
 from hub.auth import check_enrollment_token
@@ -263,19 +262,9 @@ class SqliteStore(HubStore):
     async def ingest_sync(self, device_id: str, batch: SyncBatch, now: datetime) -> SyncResult:
         """Store entries once each, merge the status, advance the ack; one transaction."""
         received = rows.ts(now)
-        # Serialize outside the writer thread: the writer only runs SQL.
-        entry_rows = [
-            (
-                device_id,
-                e.seq,
-                e.kind,
-                rows.ts(e.created_at),
-                received,
-                pydantic_core.to_json(e.payload).decode(),
-            )
-            for e in batch.entries
-        ]
-        last_seq = batch.entries[-1].seq if batch.entries else 0
+        # Entries come validated and serialized (``EntryRow``): the writer only runs SQL.
+        entry_rows = [(device_id, s, k, c, received, p) for s, k, c, p in batch.entries]
+        last_seq = batch.entries[-1][0] if batch.entries else 0
         applied = _applied_revision(batch)
         status = batch.status
 

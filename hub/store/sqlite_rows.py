@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from hub.store.records import AuditRecord, DeviceRecord, EnrollmentTokenRecord, EventRecord
+from hub.store.records import (
+    AuditRecord,
+    DeviceRecord,
+    EnrollmentTokenRecord,
+    EventRecord,
+    iso_utc,
+)
 
 DEVICE_COLUMNS = (
     "id, hostname, tags, cert_serial, cert_fingerprint, cert_not_after, enrolled_at, "
@@ -22,7 +28,7 @@ INSERT_AUDIT = "INSERT INTO audit (at, actor, action, target, outcome, detail) V
 
 def ts(value: datetime) -> str:
     """Return a datetime as ISO 8601 UTC text (sorts as time)."""
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    return iso_utc(value)
 
 
 def dt(value: str | None) -> datetime | None:

@@ -146,3 +146,45 @@ async def test_status_full_then_delta_merges(hub: RunningHub, device: DeviceIden
     assert shown["counters"] == {"dropped_logs": 7}
     assert shown["connectivity"] == "online"
     assert shown["drift"] == "no_target"
+
+
+async def test_protocol_2_entries_imply_seq_and_created_at(hub: RunningHub, device: DeviceIdentity):
+    t1, t2 = "2026-01-01T00:00:00.000001+00:00", "2026-01-02T00:00:00+00:00"
+    batch = [
+        {"seq": 3, "kind": "log", "created_at": t1, "payload": {"n": 3}},
+        {"kind": "log", "payload": {"n": 4}},  # seq 4, created_at t1
+        {"seq": 7, "kind": "event", "payload": {"n": 7}},  # a gap; created_at t1
+        {"kind": "event", "created_at": t2, "payload": {"n": 8}},  # seq 8
+    ]
+    status, body = await sync(hub, device, {"protocol": 2, "entries": batch})
+    assert status == 200 and body["acked_seq"] == 8
+    _status, shown = await hub.api("GET", f"/api/v1/devices/{device.device_id}/events")
+    got = [(e["seq"], e["kind"], e["created_at"], e["payload"]["n"]) for e in shown["events"]]
+    day2 = datetime.fromisoformat(t2).isoformat()
+    at1 = datetime.fromisoformat(t1).isoformat()
+    assert got == [
+        (3, "log", at1, 3),
+        (4, "log", at1, 4),
+        (7, "event", at1, 7),
+        (8, "event", day2, 8),
+    ]
+
+
+async def test_protocol_versions_and_implied_fields_are_checked(
+    hub: RunningHub, device: DeviceIdentity
+):
+    # Protocol 1 carries every field: an entry without seq is refused, naming it.
+    short = [*entries(1), {"kind": "event", "payload": {}}]
+    status, body = await sync(hub, device, {"protocol": 1, "entries": short})
+    assert status == 422 and {f["field"] for f in body["fields"]} == {
+        "entries.1.seq",
+        "entries.1.created_at",
+    }
+    # Protocol 2: the first entry has nothing to follow.
+    status, body = await sync(hub, device, {"protocol": 2, "entries": short[1:]})
+    assert status == 422 and body["fields"][0]["field"] == "entries.0.seq"
+    status, body = await sync(hub, device, {"protocol": 3, "entries": []})
+    assert status == 400 and body["fields"][0]["field"] == "protocol"
+    status, body = await sync(hub, device, {"protocol": 1, "entries": entries(1, 2)})
+    assert status == 200 and body["acked_seq"] == 2
+    assert await stored(hub, device.device_id) == [1, 2]

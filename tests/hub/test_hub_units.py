@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from edge_agent.protocol import OutboxEntry, ServiceReport, StatusSnapshot
+from edge_agent.protocol import OutboxEntry, ServiceReport, StatusSnapshot, SyncRequest
 from hub.config import load_config
-from hub.errors import ConfigError, Forbidden, TokenUsedUp
+from hub.errors import ConfigError, Forbidden, InvalidRequest, TokenUsedUp
 from hub.fleet import Connectivity, Drift, connectivity, drift, merge_status
 from hub.notify import TargetNotifier
 from hub.store import AuditRecord, EnrollmentTokenRecord, NewDevice, SyncBatch
+from hub.store.records import entry_row
 from hub.store.sqlite import SqliteStore
+from hub.wire import parse, parse_sync
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -121,7 +124,10 @@ async def test_store_enroll_is_atomic_and_sync_acks_by_position(tmp_path: Path):
 
         def batch(*seqs: int) -> SyncBatch:
             return SyncBatch(
-                [OutboxEntry(seq=s, kind="event", created_at=NOW, payload={}) for s in seqs],
+                [
+                    entry_row(OutboxEntry(seq=s, kind="event", created_at=NOW, payload={}))
+                    for s in seqs
+                ],
                 None,
                 0,
                 0,
@@ -174,3 +180,75 @@ async def test_group_commit_failing_job_rolls_back_alone(tmp_path: Path):
         (3,),
     ]
     await writer.stop()
+
+
+def _reference_sync(body: bytes) -> object:
+    """What the SyncRequest model alone makes of a body: (request, rows) or the error."""
+    try:
+        req = parse(SyncRequest, body)
+    except InvalidRequest as exc:
+        return ("error", exc.status, exc.fields)
+    return req.model_copy(update={"entries": []}), [entry_row(e) for e in req.entries]
+
+
+def _sync_outcome(body: bytes) -> object:
+    try:
+        return parse_sync(body)
+    except InvalidRequest as exc:
+        return ("error", exc.status, exc.fields)
+
+
+AT = "2026-01-01T00:00:00.000001+00:00"
+SYNC_BODIES: list[object] = [
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "log", "created_at": AT, "payload": {}}]},
+    {
+        "protocol": 2,
+        "entries": [
+            {"seq": 5, "kind": "log", "created_at": AT, "payload": {"a": [1, {"b": None}]}},
+            {"kind": "event", "payload": {"x": 1.5}},
+            {"seq": 9, "kind": "status", "payload": {}},
+            {"created_at": "2026-01-01T01:00:00Z", "kind": "audit", "payload": {"é": "ü"}},
+        ],
+        "status": {"full": True, "state": "idle"},
+        "applied_revision": 3,
+    },
+    {"protocol": 1, "entries": [{"seq": 1, "kind": "log", "created_at": AT, "payload": {}}]},
+    {"entries": [{"seq": 1, "kind": "log", "created_at": "2026-01-01T02:00:00", "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": "7", "kind": "log", "created_at": AT, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "log", "created_at": 17672256, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": True, "kind": "log", "created_at": AT, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 0, "kind": "log", "created_at": AT, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 2**63, "kind": "log", "created_at": AT, "payload": {}}]},
+    {"protocol": 2, "entries": [{"kind": "log", "created_at": AT, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "gossip", "created_at": AT, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 1, "kind": ["log"], "created_at": AT, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "log", "created_at": "soon", "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "log", "created_at": AT, "payload": [1]}]},
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "log", "created_at": AT}]},
+    {
+        "protocol": 2,
+        "entries": [{"seq": 1, "kind": "log", "created_at": AT, "payload": {}, "x": 0}],
+    },
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "log", "created_at": None, "payload": {}}]},
+    {"protocol": 2, "entries": [{"seq": 1, "kind": "log", "created_at": AT, "payload": {}}, 5]},
+    {"protocol": 2, "entries": [{"seq": 2, "kind": "log", "created_at": AT, "payload": {}}] * 2},
+    {"protocol": 2, "entries": {}},
+    {"protocol": "2", "entries": []},
+    {"protocol": 3, "entries": []},
+    {"protocol": 2, "entries": [], "status": {"full": "maybe"}},
+    {"protocol": 2, "entries": [], "surprise": 1},
+    [],
+    "not an object",
+]
+
+
+@pytest.mark.parametrize("doc", SYNC_BODIES)
+def test_fast_sync_parse_matches_the_model(doc: object):
+    body = json.dumps(doc).encode()
+    assert _sync_outcome(body) == _reference_sync(body)
+
+
+def test_fast_sync_parse_handles_malformed_json():
+    for body in (b"", b"{", b'{"entries": [}', b"\xff"):
+        outcome = _sync_outcome(body)
+        assert outcome == _reference_sync(body) and outcome[1] == 400  # type: ignore[index]
