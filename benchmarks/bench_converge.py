@@ -1,0 +1,187 @@
+"""Converge time of a 10-service release: the agent against ``docker-compose up -d``.
+
+    python benchmarks/bench_converge.py [--runs 3] [--services 10] [--poll-ms 25]
+
+Both deploy the same release on the same engine, in the same run, from an image already
+present (``edgefleet-test/good:1``; services differ only by environment), each on one
+bridge network of its own:
+
+- agent: a running ``edge-agent run`` (started fresh for each run, not timed; production
+  supervisor settings), timed from ``POST /v1/apply`` to ``GET /v1/status`` answering
+  ``state == "converged"`` with every service running (polled every ``--poll-ms``). The
+  target sets ``min_ready_s: 0`` so this measures converging, not the rollout watch's
+  "stay up for min_ready_s" (5 s by default), which would otherwise be added on top.
+- compose: the wall time of ``docker-compose -p PROJECT -f FILE up -d`` (a new process,
+  as an operator runs it) of the equivalent compose file; all containers are checked to be
+  running afterwards.
+
+Runs alternate which goes first; everything is torn down between runs (not timed) and at
+the end, also on failure. Prints each run, the medians and the ratio agent / compose
+(goal: < 1.00, faster than compose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _common import (
+    PRODUCTION_SUPERVISOR,
+    REPO,
+    AgentProcess,
+    cleanup_device,
+    ensure_testenv,
+    goal,
+    loadavg,
+    median,
+    running_count,
+    ten_services,
+    unique_suffix,
+)
+
+IMAGE = "edgefleet-test/good:1"
+
+
+def compose_file(path: Path, services: list[dict[str, Any]]) -> Path:
+    """Write the compose file equivalent to ``services`` (one default network) as JSON."""
+    doc = {
+        "version": "2.4",
+        "services": {
+            s["name"]: {"image": s["image"], "environment": s["environment"]} for s in services
+        },
+    }
+    path.write_text(json.dumps(doc, indent=2))  # YAML is a superset of JSON
+    return path
+
+
+def compose(project: str, file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run docker-compose for the project; raise with its output when it fails."""
+    done = subprocess.run(
+        ["docker-compose", "-p", project, "-f", str(file), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"docker-compose {' '.join(args)} failed:\n{done.stderr}")
+    return done
+
+
+def time_compose(project: str, file: Path, n: int) -> float:
+    """Return the wall time of ``docker-compose up -d`` from nothing to n running containers."""
+    t0 = time.perf_counter()
+    compose(project, file, "up", "-d")
+    elapsed = time.perf_counter() - t0
+    running = running_count(f"com.docker.compose.project={project}")
+    if running != n:
+        raise RuntimeError(f"compose: {running} of {n} containers running after up -d")
+    compose(project, file, "down", "-v", "--remove-orphans", "-t", "1")
+    return elapsed
+
+
+async def time_agent(
+    device_id: str, data_dir: Path, services: list[dict[str, Any]], poll_s: float
+) -> float:
+    """Return the time from POST /v1/apply to a converged status with every service running."""
+    agent = AgentProcess(device_id, data_dir, log_level="INFO", supervisor=PRODUCTION_SUPERVISOR)
+    body = {
+        "release": {"name": "bench", "version": "1", "services": services},
+        "min_ready_s": 0,
+    }
+    names = {s["name"] for s in services}
+    try:
+        await agent.start()
+        conn = aiohttp.UnixConnector(path=str(agent.socket))
+        async with aiohttp.ClientSession(connector=conn) as http:
+            t0 = time.perf_counter()
+            async with http.post("http://agent/v1/apply", json=body) as resp:
+                if resp.status >= 300:
+                    raise RuntimeError(f"apply refused ({resp.status}): {await resp.text()}")
+            async with asyncio.timeout(120):
+                while True:
+                    async with http.get("http://agent/v1/status") as resp:
+                        st = await resp.json()
+                    up = {s["name"] for s in st["services"] if s["state"] == "running"}
+                    if st["state"] == "converged" and up >= names:
+                        elapsed = time.perf_counter() - t0
+                        break
+                    if st["state"] in ("failed", "rolled_back"):
+                        raise RuntimeError(f"agent did not converge: {st['last_error']}")
+                    await asyncio.sleep(poll_s)
+        running = running_count(f"io.edgefleet.device={device_id}")
+        if running != len(services):
+            raise RuntimeError(f"agent: {running} of {len(services)} containers running")
+        return elapsed
+    except BaseException:
+        print(agent.log(), file=sys.stderr)
+        raise
+    finally:
+        await agent.stop()
+        agent.cleanup()
+        await cleanup_device(device_id)
+
+
+def compose_cli_start() -> float:
+    """Return the wall time of ``docker-compose version`` (the CLI's own start-up)."""
+    t0 = time.perf_counter()
+    subprocess.run(["docker-compose", "version"], capture_output=True, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=3, help="repetitions of each (default 3)")
+    p.add_argument("--services", type=int, default=10, help="services in the release")
+    p.add_argument("--image", default=IMAGE, help="an image present on the engine")
+    p.add_argument("--poll-ms", type=float, default=25, help="agent status poll interval")
+    args = p.parse_args()
+    if shutil.which("docker-compose") is None:
+        sys.exit("docker-compose not found: apt-get install docker-compose")
+    ensure_testenv()
+    suffix = unique_suffix()
+    device_id, project = f"bench-{suffix}", f"efbench{suffix}"
+    services = ten_services(args.services, args.image)
+    agent_s: list[float] = []
+    compose_s: list[float] = []
+    print(f"== converge {args.services} services from {args.image} ({loadavg()})")
+    print(f"   agent device {device_id}; compose project {project}; min_ready_s = 0")
+    with tempfile.TemporaryDirectory(prefix="bench-converge-") as tmp:
+        file = compose_file(Path(tmp) / "compose.yml", services)
+        try:
+            for run in range(args.runs):
+                order = ["agent", "compose"] if run % 2 == 0 else ["compose", "agent"]
+                for who in order:
+                    if who == "agent":
+                        data = Path(tmp) / f"agent-{run}"
+                        agent_s.append(
+                            asyncio.run(time_agent(device_id, data, services, args.poll_ms / 1e3))
+                        )
+                    else:
+                        compose_s.append(time_compose(project, file, args.services))
+                a, c = agent_s[-1], compose_s[-1]
+                print(f"   run {run + 1}: agent {a:6.3f} s   compose {c:6.3f} s")
+        finally:
+            subprocess.run(
+                ["docker-compose", "-p", project, "-f", str(file), "down", "-v", "-t", "1"],
+                capture_output=True,
+                cwd=REPO,
+            )
+            asyncio.run(cleanup_device(device_id))
+    a, c = median(agent_s), median(compose_s)
+    print(f"   median: agent {a:6.3f} s   compose {c:6.3f} s")
+    print(f"   (docker-compose CLI start-up alone: {compose_cli_start():.3f} s, included above)")
+    print(f"   ratio agent / compose: {a / c:.2f}  (goal < 1.00: {goal(a < c)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
