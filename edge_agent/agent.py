@@ -141,6 +141,8 @@ class Agent:
                 self.store,
                 max_line_bytes=self.config.logs.max_line_bytes,
                 max_lines_per_minute=self.config.logs.max_lines_per_minute,
+                interval_s=self.config.logs.interval_s,
+                services=lambda: self._current,
             )
             self._spawn(collector.run(), "logs")
         self._runners = await start_api(self, self.config.api)

@@ -54,15 +54,19 @@ class LogCollector:
     sink: LogSink
     max_line_bytes: int = 16 * 1024
     max_lines_per_minute: int = 6000
-    interval_s: float = 2.0
+    interval_s: float = 5.0
     clock: Callable[[], float] = time.time
+    # Where the containers come from; default: ask the source (an engine call per tick).
+    # The agent passes the reconciler's last view instead, so idle ticks cost no listing.
+    services: Callable[[], list[CurrentService]] | None = None
     _since: dict[str, float] = field(default_factory=dict)
     _budgets: dict[str, _Budget] = field(default_factory=dict)
 
     async def collect_once(self) -> int:
         """Read every running container's new lines; return how many were queued."""
         queued = 0
-        for svc in await self.source.list_services():
+        current = self.services() if self.services else await self.source.list_services()
+        for svc in current:
             if not svc.is_running and svc.container_id not in self._since:
                 continue
             queued += await self._collect(svc)

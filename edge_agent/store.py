@@ -115,6 +115,8 @@ class Store(OutboxMixin):
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._db.execute("PRAGMA busy_timeout=5000")
+            # A small page cache: the agent's working set is tiny and RSS matters on devices.
+            await self._db.execute("PRAGMA cache_size=-256")
             await self._set_sync("FULL")
             await self._migrate()
             await self._load_totals()

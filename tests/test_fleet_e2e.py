@@ -124,6 +124,15 @@ async def test_enroll_deploy_report_and_audit(
     accepted = await docker_env.wait_for(audit_on_hub, timeout_s=15)
     assert accepted[0]["object"] == f"target:{revision}" and accepted[0]["actor"] == "hub"
 
+    async def logs_on_hub() -> list[dict[str, Any]]:
+        status, body = await fleet_hub.api("GET", f"/api/v1/devices/{device_id}/events?limit=1000")
+        assert status == 200, body
+        return [e["payload"] for e in body["events"] if e["kind"] == "log"]
+
+    # The container's own output reaches the hub: no SSH, no VPN.
+    lines = await docker_env.wait_for(logs_on_hub, timeout_s=20)
+    assert any(p["service"] == "web" and p["line"] == "tick" for p in lines), lines[:5]
+
 
 async def _contacted(hub: RunningHub, device_id: str) -> dict[str, Any] | None:
     status, body = await hub.api("GET", f"/api/v1/devices/{device_id}")
