@@ -287,6 +287,7 @@ class Reconciler:
         clock: Callable[[], datetime] = utcnow,
         max_iterations: int = 5,
         safety_interval_s: float = 30.0,
+        debounce_s: float = 0.1,
         on_step_done: StepHook | None = None,
         on_error: Callable[[AgentError], None] | None = None,
         on_observed: Callable[[list[CurrentService]], None] | None = None,
@@ -298,6 +299,7 @@ class Reconciler:
         self.clock = clock
         self.max_iterations = max_iterations
         self.safety_interval_s = safety_interval_s
+        self.debounce_s = debounce_s
         self.on_step_done = on_step_done
         self.on_error = on_error
         self.on_observed = on_observed
@@ -344,6 +346,8 @@ class Reconciler:
             try:
                 async with asyncio.timeout(self._next_wake_s()):
                     await self._wake.wait()
+                # A burst of engine events (or a flapping service) becomes one converge.
+                await asyncio.sleep(self.debounce_s)
             except TimeoutError:
                 pass
             self._wake.clear()

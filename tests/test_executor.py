@@ -398,7 +398,11 @@ async def test_requesting_the_same_target_does_not_cancel(running: Any) -> None:
 async def test_crashed_container_is_restarted_after_backoff_without_polling(running: Any) -> None:
     rt = FakeRuntime()
     sup = Supervisor(BackoffPolicy(base_s=0.05, cap_s=1))
-    rec = running(Reconciler(rt, advisor=sup, health_wait=no_health_wait, safety_interval_s=3600))
+    rec = running(
+        Reconciler(
+            rt, advisor=sup, health_wait=no_health_wait, safety_interval_s=3600, debounce_s=0
+        )
+    )
     rec.request(target(svc("web")))
     async with asyncio.timeout(2):
         await rec.wait_converged()
@@ -496,3 +500,18 @@ def test_docker_runtime_has_every_method_the_protocol_names() -> None:
         for p in wanted:
             assert p.kind == got[p.name].kind or p.kind == p.POSITIONAL_OR_KEYWORD, (name, p)
             assert p.annotation == got[p.name].annotation, (name, p.name)
+
+
+async def test_a_burst_of_pokes_is_one_converge(running: Any) -> None:
+    rt = FakeRuntime()
+    rec = running(Reconciler(rt, health_wait=no_health_wait, safety_interval_s=3600))
+    rec.request(target(svc("web")))
+    async with asyncio.timeout(2):
+        await rec.wait_converged()
+    rt.log.clear()
+    for _ in range(5):  # e.g. a flapping container's events, a few ms apart
+        rec.poke("die")
+        await asyncio.sleep(0.01)
+    async with asyncio.timeout(2):
+        await rec.wait_converged()
+    assert rt.log.count("begin list ") == 1
