@@ -193,10 +193,14 @@ class DockerRuntime:
     async def list_services(self) -> list[CurrentService]:
         """Return this device's managed containers, as they are now."""
         filters = json.dumps({"label": self._label_filter()})
+        # Plain JSON, not aiodocker's container objects: those form reference cycles that
+        # only the cycle collector frees, which on a busy engine grows the agent's RSS.
         with _engine_errors("list containers"):
-            found = await self._docker.containers.list(all=True, filters=filters)
+            found = await self._docker._query_json(
+                "containers/json", params={"all": "1", "filters": filters}
+            )
         # A container removed between list and inspect is simply left out.
-        out = await asyncio.gather(*(_or_none(self.inspect(c.id)) for c in found))
+        out = await asyncio.gather(*(_or_none(self.inspect(c["Id"])) for c in found))
         return sorted((s for s in out if s is not None), key=lambda s: s.name)
 
     async def inspect(self, cid: str) -> CurrentService:
@@ -217,7 +221,8 @@ class DockerRuntime:
 
     async def _show(self, cid: str, what: str = "inspect") -> dict[str, Any]:
         with _engine_errors(f"{what} container {cid}"):
-            return await self._docker.containers.container(cid).show()
+            data: dict[str, Any] = await self._docker._query_json(f"containers/{cid}/json")
+            return data
 
     # -- images ---------------------------------------------------------------------------
 
