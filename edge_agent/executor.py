@@ -427,7 +427,10 @@ class Reconciler:
             self.advisor.observe(current, now)
         images = sorted({s.image for s in target.services()}) if target else []
         flags = await asyncio.gather(*(self.runtime.has_image(ref) for ref in images))
+        # Networks left by an apply cancelled after its last container went are removed too.
+        networks = await self.runtime.list_networks() if target else []
         return PlanContext(
+            networks_present=frozenset(networks),
             now=now,
             images_present=frozenset(ref for ref, ok in zip(images, flags, strict=True) if ok),
             restart_not_before=dict(self.advisor.restart_not_before()) if self.advisor else {},

@@ -61,6 +61,10 @@ class Runtime(Protocol):
         """Remove the release's network."""
         ...
 
+    async def list_networks(self) -> list[str]:
+        """Return the release names of this device's networks."""
+        ...
+
     async def create(self, service: Service, *, release: Release, revision: int) -> str:
         """Create the service's container and return its id."""
         ...

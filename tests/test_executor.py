@@ -109,6 +109,9 @@ class FakeRuntime:
         self.networks.add(release_name)
         return release_name
 
+    async def list_networks(self) -> list[str]:
+        return sorted(self.networks)
+
     async def remove_network(self, release_name: str) -> None:
         await self._call("remove_network", release_name)
         self.networks.discard(release_name)
@@ -515,3 +518,13 @@ async def test_a_burst_of_pokes_is_one_converge(running: Any) -> None:
     async with asyncio.timeout(2):
         await rec.wait_converged()
     assert rt.log.count("begin list ") == 1
+
+
+async def test_a_leftover_network_of_an_old_release_is_removed(running: Any) -> None:
+    rt = FakeRuntime()
+    rt.networks.add("old-release")  # its containers are gone; the network was left behind
+    rec = running(Reconciler(rt, health_wait=no_health_wait, safety_interval_s=3600))
+    rec.request(target(svc("web")))
+    async with asyncio.timeout(2):
+        await rec.wait_converged()
+    assert rt.networks == {target(svc("web")).release.name}

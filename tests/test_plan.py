@@ -476,6 +476,9 @@ class SimEngine:
         self.networks.add(release_name)
         return release_name
 
+    async def list_networks(self) -> list[str]:
+        return sorted(self.networks)
+
     async def remove_network(self, release_name: str) -> None:
         self.networks.discard(release_name)
 
