@@ -23,7 +23,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+# This checkout first: an installed (editable) edgefleet elsewhere would otherwise be
+# what runs, and the hub process is started from wherever ``hub`` was imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hubproc import HubProcess
 from synckit import enroll_device, open_device
