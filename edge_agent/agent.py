@@ -345,10 +345,9 @@ class Agent:
         self._fire("event", {"type": "error", "error": type(exc).__name__, "message": exc.message})
 
     def _on_settled(self, outcome: Any) -> None:
-        if self.watch is None and self.desired is not None and self.state == "starting":
+        # While a rollout is watched its verdict sets the state; otherwise convergence does.
+        if self.watch is None and str(outcome) == "converged" and self.state == "starting":
             self.state = "converged"
-        if str(outcome) == "converged" and self.state in ("converging", "starting"):
-            self.state = "converged" if self.watch is None else self.state
         self._fire("status", None)
 
     def _on_crash_loop(self, service: str, *_: Any) -> None:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ACTOR_KEY = web.AppKey("actor_fn", Callable[[web.Request], str | None])
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
+MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+ACTOR = web.RequestKey("actor", str)
 
 STATUS_BY_ERROR = {
     "InvalidDocument": 422,
@@ -99,14 +101,16 @@ async def _errors_and_actor(
         return web.json_response(
             {"error": "Unauthorized", "message": "a technician token is required"}, status=401
         )
-    request["actor"] = actor
+    request[ACTOR] = actor
     try:
         return await handler(request)
     except AgentError as exc:
         return error_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY_KEY]
         return web.json_response(
-            {"error": "TooLarge", "message": f"request body over {exc.max_size} bytes"}, status=413
+            {"error": "TooLarge", "message": f"request body over api.max_body_bytes ({limit})"},
+            status=413,
         )
     except web.HTTPException:
         raise
@@ -163,7 +167,7 @@ async def audit(request: web.Request) -> web.Response:
 async def apply(request: web.Request) -> web.Response:
     """Apply a target (or a bare release) sent by a technician."""
     body = await _json_body(request)
-    target = await request.app[AGENT_KEY].apply_local(body, actor=request["actor"])
+    target = await request.app[AGENT_KEY].apply_local(body, actor=request[ACTOR])
     return web.json_response(
         {"revision": target.revision, "release": target.release.ref}, status=202
     )
@@ -172,7 +176,7 @@ async def apply(request: web.Request) -> web.Response:
 async def restart_service(request: web.Request) -> web.Response:
     """Restart one service's container."""
     name = request.match_info["name"]
-    await request.app[AGENT_KEY].restart_service(name, actor=request["actor"])
+    await request.app[AGENT_KEY].restart_service(name, actor=request[ACTOR])
     return web.json_response({"restarted": name})
 
 
@@ -180,6 +184,7 @@ def create_api(agent: Agent, config: ApiConfig, *, lan: bool = False) -> web.App
     """Build the local API application."""
     app = web.Application(middlewares=[_errors_and_actor], client_max_size=config.max_body_bytes)
     app[AGENT_KEY] = agent
+    app[MAX_BODY_KEY] = config.max_body_bytes
     app[ACTOR_KEY] = token_actor(config.technicians) if lan else peer_user
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/containers", containers)
