@@ -13,6 +13,7 @@ Test-only code: it lives in the package so agent-side tests can import it too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -223,6 +224,21 @@ class RunningHub:
         if status != 201:
             raise RuntimeError(f"set target failed: {status} {resp}")
         return int(resp["revision"])
+
+    async def long_polls(self) -> int:
+        """Return how many long-polls the hub holds now (its ``/healthz`` says)."""
+        status, body = await self.request("GET", "/healthz")
+        if status != 200:
+            raise RuntimeError(f"healthz answered {status}: {body!r}")
+        return int(body["long_polls"])
+
+    async def wait_long_polls(self, count: int, timeout_s: float = 10.0) -> None:
+        """Wait until the hub holds at least ``count`` long-polls."""
+        deadline = time.monotonic() + timeout_s
+        while (held := await self.long_polls()) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"hub holds {held} long-polls, wanted {count}")
+            await asyncio.sleep(0.02)
 
     def stop(self, timeout: float = 15.0) -> int:
         """Send SIGTERM and wait for the process to exit; return its exit status."""

@@ -319,13 +319,19 @@ async def test_events_ignore_other_devices(
     assert event.container_id == mine
 
 
-async def test_event_stream_cancels_cleanly(runtime: DockerRuntime) -> None:
+async def test_event_stream_cancels_cleanly(runtime: DockerRuntime, images: TestImages) -> None:
+    streaming = asyncio.Event()
+
     async def consume() -> None:
         async for _ in runtime.events():
-            pass
+            streaming.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.3)
+    # The stream is open once an event of ours has come through it.
+    while not streaming.is_set():
+        await run_service(runtime, images.local("crash"), environment={"CRASH_AFTER": "0"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(streaming.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -19,7 +19,7 @@ async def test_sigterm_with_open_long_poll_exits_cleanly_and_fast(tmp_path: Path
         poll = asyncio.create_task(
             hub.request("GET", "/v1/target?after=0&wait=30", ssl_context=device.ssl_context())
         )
-        await asyncio.sleep(0.3)
+        await hub.wait_long_polls(1)
         started = time.monotonic()
         status = await asyncio.to_thread(hub.stop)
         assert status == 0, hub.log()

@@ -96,8 +96,9 @@ async def test_long_poll_returns_within_a_second_of_the_operator_call(
         )
         return status, body, time.monotonic()
 
+    held = await hub.long_polls()
     waiter = asyncio.create_task(poll())
-    await asyncio.sleep(0.5)  # the long-poll is open
+    await hub.wait_long_polls(held + 1)
     assert not waiter.done()
     set_at = time.monotonic()
     await hub.set_target(device.device_id, release_doc())
@@ -146,10 +147,11 @@ async def test_long_poll_wait_is_capped(hub: RunningHub, device: DeviceIdentity)
 async def test_long_poll_refused_when_disabled_while_waiting(
     hub: RunningHub, device: DeviceIdentity
 ):
+    held = await hub.long_polls()
     waiter = asyncio.create_task(
         hub.request("GET", "/v1/target?after=0&wait=5", ssl_context=device.ssl_context())
     )
-    await asyncio.sleep(0.3)
+    await hub.wait_long_polls(held + 1)
     await hub.api("POST", f"/api/v1/devices/{device.device_id}/disable")
     status, body = await asyncio.wait_for(waiter, 2)
     assert status == 403 and "disabled" in body["message"]
