@@ -6,6 +6,7 @@ The source stands in for the runtime (a boundary we own); the store is real SQLi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.errors import EngineUnavailable
+from edge_agent.errors import EngineUnavailable, StoreError
 from edge_agent.logs import LogCollector
 from edge_agent.logstream import LogLine
 from edge_agent.models import ContainerStatus, CurrentService
@@ -188,3 +189,24 @@ async def test_a_stale_view_never_forgets_a_container_the_engine_still_has(store
     await c.collect_once()
     assert set(await store.log_positions()) == {"c1"}
     assert "log_gaps" not in await store.counters()
+
+
+async def test_lines_and_position_commit_together_or_not_at_all(store: Store) -> None:
+    """Issue 7.12: the position is written in the transaction of the lines it covers."""
+    good = LogPosition("c1", "web", 5 * S, 1)
+    await store.append_logs([{"service": "web", "line": "a"}], position=good)
+    bad = LogPosition("c1", None, 6 * S, 1)  # type: ignore[arg-type]  # NOT NULL fails
+    with pytest.raises(StoreError):
+        await store.append_logs([{"service": "web", "line": "b"}], position=bad)
+    assert await texts(store) == ["a"]
+    assert await store.log_positions() == {"c1": good}
+
+
+async def test_a_new_store_sets_its_log_epoch_at_creation(tmp_path: Path) -> None:
+    before = time.time_ns()
+    s = await Store(tmp_path / "agent.db").open()
+    try:
+        epoch = await s.log_epoch_ns()
+    finally:
+        await s.close()
+    assert before - 10**9 < epoch < time.time_ns() + 10**9
