@@ -235,7 +235,7 @@ class LogCollector:
         elif line.ts_ns == read.ts_ns:
             read.at_ts += 1
         read.lines += 1
-        read.nbytes += len(line.text)
+        read.nbytes += len(line.text.encode())
         read.rows.extend(self._admit(budget, svc, line, read))
         return True
 
