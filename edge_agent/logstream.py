@@ -1,4 +1,6 @@
-"""Whole log lines from the Docker engine's multiplexed log stream — pure, no I/O.
+"""Whole log lines from the Docker engine's multiplexed log stream.
+
+Parsing only: the caller (``runtime.py``) opens the stream and hands over its reader.
 
 The engine (``timestamps=True``) sends frames ``[stream, 0, 0, 0, size(4)] payload``;
 each payload is ``<RFC 3339 nano time> <text>``. A line longer than the log driver's
@@ -11,17 +13,45 @@ counted — nothing in a container's output can raise here.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 HEADER = struct.Struct(">BxxxL")
 STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
 _NS = 1_000_000_000
+_STAMP_BYTES = 64  # "2026-12-01T00:23:04.341434750+00:00 " and then some
 _STAMP = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")
+
+
+class Reader(Protocol):
+    """A byte stream (aiohttp's ``StreamReader``)."""
+
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+async def read_frames(
+    reader: Reader, piece_bytes: int = 64 * 1024
+) -> AsyncIterator[tuple[int, bytes, bool]]:
+    """Yield (stream id, bytes, continued) per frame, a long frame in bounded pieces."""
+    try:
+        while True:
+            stream_id, size = HEADER.unpack(await reader.readexactly(HEADER.size))
+            continued = False
+            while size:
+                # The first piece holds the whole time stamp, however small the pieces.
+                step = piece_bytes if continued else max(piece_bytes, _STAMP_BYTES)
+                piece = await reader.readexactly(min(size, step))
+                size -= len(piece)
+                yield stream_id, piece, continued
+                continued = True
+    except asyncio.IncompleteReadError:
+        return  # the end of the log (or the engine cut it): what was whole is kept
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,7 @@ from edge_agent.errors import (
     RegistryAuthError,
     RuntimeAdapterError,
 )
-from edge_agent.logstream import HEADER as LOG_HEADER
-from edge_agent.logstream import LineAssembler, LogLine, format_since
+from edge_agent.logstream import LineAssembler, LogLine, format_since, read_frames
 from edge_agent.models import (
     LABEL_CONFIG_HASH,
     LABEL_DEVICE,
@@ -541,28 +540,11 @@ class DockerRuntime:
             path = f"containers/{cid}/logs"
             async with self._docker._query(path, params=params, timeout=timeout) as resp:
                 # Managed containers never have a TTY, so the stream is always multiplexed.
-                async for stream_id, piece, continued in _frames(resp.content):
+                async for stream_id, piece, continued in read_frames(resp.content):
                     for line in assembler.feed(stream_id, piece, continued=continued):
                         yield line
         for line in assembler.finish():
             yield line
-
-
-async def _frames(
-    content: aiohttp.StreamReader, piece_bytes: int = 64 * 1024
-) -> AsyncIterator[tuple[int, bytes, bool]]:
-    """Yield (stream id, bytes, continued) per frame, a long frame in bounded pieces."""
-    try:
-        while True:
-            stream_id, size = LOG_HEADER.unpack(await content.readexactly(LOG_HEADER.size))
-            continued = False
-            while size:
-                piece = await content.readexactly(min(size, piece_bytes))
-                size -= len(piece)
-                yield stream_id, piece, continued
-                continued = True
-    except asyncio.IncompleteReadError:
-        return  # the end of the log (or the engine cut it): what was whole is kept
 
 
 def _current_service(data: dict[str, Any]) -> CurrentService:

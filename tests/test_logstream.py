@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from edge_agent.logstream import LineAssembler, format_since, parse_stamp
+from edge_agent.logstream import HEADER, LineAssembler, format_since, parse_stamp, read_frames
 
 T = b"2026-12-01T00:23:04.341434750Z "
 T_NS = 1_796_084_584_341_434_750
@@ -61,3 +63,16 @@ def test_unparseable_stamps_keep_the_whole_text(raw: bytes) -> None:
 def test_since_round_trips_nanoseconds() -> None:
     assert format_since(T_NS) == "1796084584.341434750"
     assert parse_stamp(b"2026-12-01T00:23:04Z x") == (1_796_084_584_000_000_000, b"x")
+
+
+async def test_frames_are_read_in_bounded_pieces_and_a_cut_stream_ends_cleanly() -> None:
+    reader = asyncio.StreamReader()
+    body = T + b"y" * 100 + b"\n"
+    reader.feed_data(HEADER.pack(1, len(body)) + body + HEADER.pack(2, 5) + b"2026")
+    reader.feed_eof()
+    frames = [f async for f in read_frames(reader, piece_bytes=16)]
+    assert b"".join(p for _, p, _ in frames) == body  # the cut frame at the end is left out
+    assert [c for _, _, c in frames] == [False] + [True] * 5  # 64 bytes, then 16 at a time
+    a = LineAssembler(1000, clock_ns=lambda: 7)
+    (ln,) = [x for s, p, c in frames for x in a.feed(s, p, continued=c)]
+    assert (ln.ts_ns, ln.text) == (T_NS, "y" * 100)
