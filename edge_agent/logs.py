@@ -124,6 +124,8 @@ class LogCollector:
         queued = 0
         for cid in [c for c in positions if c not in live]:
             queued += await self._gone(positions[cid])
+        for cid in self.tracked() - live:  # gone before its first read: nothing to record
+            self.forget(cid)
         self._behind = False
         for svc in current:
             queued += await self._collect_safely(svc)

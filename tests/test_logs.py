@@ -210,3 +210,14 @@ async def test_a_new_store_sets_its_log_epoch_at_creation(tmp_path: Path) -> Non
     finally:
         await s.close()
     assert before - 10**9 < epoch < time.time_ns() + 10**9
+
+
+async def test_state_of_a_container_gone_before_its_first_read_is_forgotten(store: Store) -> None:
+    src = Source({}, [svc("c1")])
+    src.broken.add("c1")
+    c = LogCollector(src, store)
+    await c.collect_once()
+    assert c.tracked() == {"c1"}
+    src.services = []
+    await c.collect_once()
+    assert c.tracked() == set()
