@@ -4,7 +4,9 @@ Mixed into ``Store`` (one file, one writer connection). Per-kind totals (entries
 are kept in memory in step with the table, so a quota check is O(1) however much is
 queued; a transaction's changes to them land only when it commits. A quota hit drops
 the oldest entries of that kind and writes (or grows) a 'dropped' marker; audit records
-are never dropped; below the free-disk reserve logs are refused first.
+are never dropped; below the free-disk reserve logs are refused first. Container log
+lines are queued with their container's read position in one transaction
+(``append_logs``), so the position never runs ahead of or behind what is stored.
 """
 
 from __future__ import annotations
