@@ -141,6 +141,8 @@ class Agent:
                 self.store,
                 max_line_bytes=self.config.logs.max_line_bytes,
                 max_lines_per_minute=self.config.logs.max_lines_per_minute,
+                max_lines_per_read=self.config.logs.max_lines_per_read,
+                max_bytes_per_read=self.config.logs.max_bytes_per_read,
                 interval_s=self.config.logs.interval_s,
                 services=lambda: self._current,
             )

@@ -98,6 +98,8 @@ class LogsConfig(Section):
     enabled: bool = True
     max_line_bytes: int = Field(16 * 1024, ge=64)
     max_lines_per_minute: int = Field(6000, ge=1)
+    max_lines_per_read: int = Field(2000, ge=1)
+    max_bytes_per_read: int = Field(2 * 2**20, ge=1024)
     interval_s: float = Field(5.0, gt=0, le=3600)
 
 

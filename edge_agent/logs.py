@@ -1,9 +1,20 @@
-"""Container log collection into the outbox, bounded per container.
+"""Container log collection into the outbox, by persisted position, bounded per container.
 
-Each running managed container is read from its last position every ``interval_s``.
-A line longer than ``max_line_bytes`` is cut; a container writing more than
-``max_lines_per_minute`` has the rest of that minute suppressed, counted, and a line
-"suppressed N lines" takes their place — the bound is visible, never silent.
+Every ``interval_s`` each managed container is read from its stored position: the engine
+time of the last stored line and how many stored lines share that exact time. New lines
+and the position they reach are written in one store transaction, so a kill -9 at any
+moment neither loses nor repeats a line; after a restart reading resumes there (``since=``
+that time, skipping the lines already stored), also for what was written while the agent
+was down. A container never read before starts at the store's log epoch.
+
+Bounds, each counted: a read stops after ``max_lines_per_read`` lines or
+``max_bytes_per_read`` bytes (``log_reads_cut``; the rest is read next, nothing is lost);
+a line longer than ``max_line_bytes`` is cut (``log_lines_truncated``); a container
+writing more than ``max_lines_per_minute`` has the rest of that minute suppressed and a
+line "suppressed N lines" takes their place (``log_lines_suppressed``). A container that
+disappears is forgotten (memory and store); if it was removed before its log was read
+to the end, a gap line (``"gap": {...}``, counter ``log_gaps``) says so. One container
+whose log cannot be read never stops the others.
 """
 
 from __future__ import annotations
@@ -12,13 +23,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from edge_agent.errors import AgentError
+from edge_agent.logstream import LogLine
 from edge_agent.models import CurrentService
+from edge_agent.outbox import LogPosition
 
 log = logging.getLogger(__name__)
+_NS = 1_000_000_000
 
 
 class LogSource(Protocol):
@@ -26,17 +42,26 @@ class LogSource(Protocol):
 
     async def list_services(self) -> list[CurrentService]: ...
 
-    def logs(
-        self, container_id: str, *, since: float | None, tail: int | None
-    ) -> AsyncIterator[tuple[float, str, str]]: ...
+    def log_lines(
+        self, container_id: str, *, since_ns: int | None, max_line_bytes: int
+    ) -> AsyncIterator[LogLine]: ...
 
 
 class LogSink(Protocol):
-    """Where collected lines go (the store's outbox)."""
+    """Where collected lines and read positions go (the store)."""
 
-    async def append_many(self, kind: Any, payloads: Any) -> Any: ...
+    async def log_positions(self) -> dict[str, LogPosition]: ...
 
-    async def bump(self, name: str, by: int = 1) -> None: ...
+    async def log_epoch_ns(self) -> int: ...
+
+    async def append_logs(
+        self,
+        payloads: list[dict[str, Any]],
+        *,
+        position: LogPosition | None = None,
+        forget: str | None = None,
+        counters: dict[str, int] | None = None,
+    ) -> None: ...
 
 
 @dataclass
@@ -47,6 +72,25 @@ class _Budget:
 
 
 @dataclass
+class _Read:
+    """One read of one container: where it started, what it reached, what it counted."""
+
+    since: int
+    skip: int  # lines at exactly ``since`` stored before
+    ts_ns: int
+    at_ts: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    lines: int = 0
+    nbytes: int = 0
+    cut: bool = False
+    ended: bool = True  # read to the end of what the engine had
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+
+@dataclass
 class LogCollector:
     """Reads new container log lines and queues them, within per-container bounds."""
 
@@ -54,56 +98,166 @@ class LogCollector:
     sink: LogSink
     max_line_bytes: int = 16 * 1024
     max_lines_per_minute: int = 6000
+    max_lines_per_read: int = 2000
+    max_bytes_per_read: int = 2 * 2**20
     interval_s: float = 5.0
     clock: Callable[[], float] = time.time
     # Where the containers come from; default: ask the source (an engine call per tick).
-    # The agent passes the reconciler's last view instead, so idle ticks cost no listing.
+    # The agent passes the reconciler's last view instead, so idle ticks cost no listing;
+    # whether a known container is gone is always asked of the engine.
     services: Callable[[], list[CurrentService]] | None = None
-    _since: dict[str, float] = field(default_factory=dict)
+    _positions: dict[str, LogPosition] | None = None
+    _epoch_ns: int = 0
     _budgets: dict[str, _Budget] = field(default_factory=dict)
+    _failing: dict[str, int] = field(default_factory=dict)
+    _behind: bool = False
+
+    def tracked(self) -> set[str]:
+        """Return the container ids the collector holds state for."""
+        return set(self._positions or {}) | set(self._budgets) | set(self._failing)
 
     async def collect_once(self) -> int:
-        """Read every running container's new lines; return how many were queued."""
+        """Read every container's new lines; return how many log entries were queued."""
+        positions = await self._load()
+        current = await self._current(positions)
+        live = {svc.container_id for svc in current}
         queued = 0
-        current = self.services() if self.services else await self.source.list_services()
+        for cid in [c for c in positions if c not in live]:
+            queued += await self._gone(positions[cid])
+        for cid in self.tracked() - live:  # gone before its first read: nothing to record
+            self.forget(cid)
+        self._behind = False
         for svc in current:
-            if not svc.is_running and svc.container_id not in self._since:
-                continue
-            queued += await self._collect(svc)
+            queued += await self._collect_safely(svc)
+        return queued
+
+    async def _load(self) -> dict[str, LogPosition]:
+        if self._positions is None:
+            self._epoch_ns = await self.sink.log_epoch_ns()
+            self._positions = await self.sink.log_positions()
+        return self._positions
+
+    async def _current(self, positions: dict[str, LogPosition]) -> list[CurrentService]:
+        if self.services is None:
+            return await self.source.list_services()
+        view = self.services()
+        seen = {svc.container_id for svc in view}
+        if any(cid not in seen for cid in positions):
+            return await self.source.list_services()  # the engine says what is gone
+        return view
+
+    async def _gone(self, pos: LogPosition) -> int:
+        rows = [] if pos.drained else [self._gap_row(pos)]
+        await self.sink.append_logs(rows, forget=pos.container_id, counters={"log_gaps": len(rows)})
+        self.forget(pos.container_id)
+        if rows:
+            log.warning(
+                "log of container %s (%s) lost after %s: container removed",
+                pos.container_id[:12],
+                pos.service,
+                _iso(pos.ts_ns),
+            )
+        return len(rows)
+
+    def _gap_row(self, pos: LogPosition) -> dict[str, Any]:
+        return {
+            "service": pos.service,
+            "ts": round(self.clock(), 3),
+            "stream": "agent",
+            "line": f"log gap: container {pos.container_id[:12]} was removed before its "
+            f"log after {_iso(pos.ts_ns)} was read; how many lines were lost is unknown",
+            "gap": {
+                "container_id": pos.container_id,
+                "after_ts": round(pos.ts_ns / _NS, 9),
+                "lines": None,
+                "reason": "container removed",
+            },
+        }
+
+    async def _collect_safely(self, svc: CurrentService) -> int:
+        cid = svc.container_id
+        try:
+            queued = await self._collect(svc)
+        except AgentError as exc:
+            failures = self._failing[cid] = self._failing.get(cid, 0) + 1
+            if failures == 1:
+                log.warning("log of %s (%s) unreadable: %s", svc.name, cid[:12], exc.message)
+            return 0
+        if self._failing.pop(cid, 0):
+            log.info("log of %s (%s) readable again", svc.name, cid[:12])
         return queued
 
     async def _collect(self, svc: CurrentService) -> int:
         cid = svc.container_id
-        since = self._since.get(cid)
-        budget = self._budgets.setdefault(cid, _Budget(window_start=self.clock()))
-        rows: list[dict[str, Any]] = []
-        last = since
-        tail = None if since else 100
-        async for ts, stream, line in self.source.logs(cid, since=since, tail=tail):
-            if since is not None and ts <= since:
-                continue
-            last = ts if last is None else max(last, ts)
-            rows.extend(self._admit(budget, svc, ts, stream, line))
-        if last is not None:
-            self._since[cid] = last
-        rows.extend(self._roll_window(budget, svc))
-        if rows:
-            await self.sink.append_many("log", rows)
-        return len(rows)
+        pos = (self._positions or {}).get(cid)
+        if pos is not None and pos.drained and not svc.is_running:
+            return 0
+        read = await self._read(svc, pos)
+        drained = not svc.is_running and read.ended
+        new = LogPosition(cid, svc.name, read.ts_ns, read.at_ts, drained)
+        if read.rows or read.counters or new != pos:
+            await self.sink.append_logs(read.rows, position=new, counters=read.counters)
+        assert self._positions is not None
+        self._positions[cid] = new
+        self._behind = self._behind or read.cut
+        return len(read.rows)
+
+    async def _read(self, svc: CurrentService, pos: LogPosition | None) -> _Read:
+        since = pos.ts_ns if pos is not None else self._epoch_ns
+        at_ts = pos.at_ts if pos is not None else 0
+        read = _Read(since, at_ts, since, at_ts)
+        budget = self._budgets.setdefault(svc.container_id, _Budget(window_start=self.clock()))
+        lines = self.source.log_lines(
+            svc.container_id, since_ns=since, max_line_bytes=self.max_line_bytes
+        )
+        async with aclosing(lines) as stream:
+            async for line in stream:
+                if not self._take(read, budget, svc, line):
+                    break
+        read.rows.extend(self._roll_window(budget, svc))
+        return read
+
+    def _take(self, read: _Read, budget: _Budget, svc: CurrentService, line: LogLine) -> bool:
+        """Add one line to the read; False to stop reading (bound reached, line unfinished)."""
+        at_since = line.ts_ns == read.since
+        if line.ts_ns is not None and (line.ts_ns < read.since or (at_since and read.skip > 0)):
+            read.skip -= at_since
+            return True  # stored before
+        if not line.complete and svc.is_running:
+            read.ended = False  # the engine has only part of it yet: read it whole next time
+            return False
+        if read.lines >= self.max_lines_per_read or read.nbytes >= self.max_bytes_per_read:
+            read.cut, read.ended = True, False
+            read.count("log_reads_cut")
+            return False
+        # The position only moves forward: a line of the other stream stamped a moment
+        # earlier but written later is stored, and the engine's since= leaves it behind.
+        if line.ts_ns is not None and line.ts_ns > read.ts_ns:
+            read.ts_ns, read.at_ts = line.ts_ns, 1
+        elif line.ts_ns == read.ts_ns:
+            read.at_ts += 1
+        read.lines += 1
+        read.nbytes += len(line.text.encode())
+        read.rows.extend(self._admit(budget, svc, line, read))
+        return True
 
     def _admit(
-        self, budget: _Budget, svc: CurrentService, ts: float, stream: str, line: str
+        self, budget: _Budget, svc: CurrentService, line: LogLine, read: _Read
     ) -> list[dict[str, Any]]:
-        out = self._roll_window(budget, svc, now=ts)
+        out = self._roll_window(budget, svc, now=line.ts)
         if budget.used >= self.max_lines_per_minute:
             budget.suppressed += 1
+            read.count("log_lines_suppressed")
             return out
         budget.used += 1
-        raw = line.encode(errors="replace")
-        if len(raw) > self.max_line_bytes:
-            line = raw[: self.max_line_bytes].decode(errors="ignore") + " [truncated]"
         # Milliseconds are enough to order lines, and compress far better than nanoseconds.
-        out.append({"service": svc.name, "ts": round(ts, 3), "stream": stream, "line": line})
+        row = {"service": svc.name, "ts": round(line.ts, 3), "stream": line.stream}
+        if line.truncated_bytes:
+            read.count("log_lines_truncated")
+            row |= {"line": line.text + " [truncated]", "truncated_bytes": line.truncated_bytes}
+        else:
+            row["line"] = line.text
+        out.append(row)
         return out
 
     def _roll_window(
@@ -128,12 +282,14 @@ class LogCollector:
         return out
 
     def forget(self, container_id: str) -> None:
-        """Drop the position of a removed container."""
-        self._since.pop(container_id, None)
+        """Drop every piece of state held for a container."""
+        if self._positions is not None:
+            self._positions.pop(container_id, None)
         self._budgets.pop(container_id, None)
+        self._failing.pop(container_id, None)
 
     async def run(self) -> None:
-        """Collect every ``interval_s`` until cancelled; log once per failure streak."""
+        """Collect every ``interval_s`` (at once while behind) until cancelled."""
         failing = 0
         while True:
             try:
@@ -145,4 +301,8 @@ class LogCollector:
                 if not failing:
                     log.warning("log collection failing: %s", exc.message)
                 failing += 1
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(min(self.interval_s, 0.1) if self._behind else self.interval_s)
+
+
+def _iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / _NS, UTC).isoformat()

@@ -4,7 +4,9 @@ Mixed into ``Store`` (one file, one writer connection). Per-kind totals (entries
 are kept in memory in step with the table, so a quota check is O(1) however much is
 queued; a transaction's changes to them land only when it commits. A quota hit drops
 the oldest entries of that kind and writes (or grows) a 'dropped' marker; audit records
-are never dropped; below the free-disk reserve logs are refused first.
+are never dropped; below the free-disk reserve logs are refused first. Container log
+lines are queued with their container's read position in one transaction
+(``append_logs``), so the position never runs ahead of or behind what is stored.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +59,19 @@ class AuditRow:
     outcome: str
     detail: dict[str, Any] = field(default_factory=dict)
     at: str | None = None
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """How far a container's log has been stored: the engine time of the last stored line,
+    how many stored lines share that exact time, and whether the container had stopped
+    and was read to its end."""
+
+    container_id: str
+    service: str
+    ts_ns: int
+    at_ts: int
+    drained: bool = False
 
 
 def utc_now() -> str:
@@ -113,17 +128,58 @@ class OutboxMixin:
                 await bump_counter(db, "log_refused_disk_reserve", len(rows))
             return [None] * len(rows)
         async with self.transaction(durable=kind != "log") as db:
-            await db.executemany(
-                "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES (?,?,?,?)",
-                [(*r, len(r[2])) for r in rows],
-            )
-            async with db.execute("SELECT last_insert_rowid()") as cur:
-                last = (await cur.fetchone())[0]  # type: ignore[index]
-            self._count(kind, len(rows), sum(len(r[2]) for r in rows))
-            await self._enforce_quota(db, kind)
+            last = await self._insert(db, kind, rows)
         self._notify()
         # One writer and AUTOINCREMENT: the batch's seqs are consecutive, ending at ``last``.
         return list(range(last - len(rows) + 1, last + 1))
+
+    async def _insert(
+        self, db: aiosqlite.Connection, kind: str, rows: list[tuple[str, ...]]
+    ) -> int:
+        await db.executemany(
+            "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES (?,?,?,?)",
+            [(*r, len(r[2])) for r in rows],
+        )
+        async with db.execute("SELECT last_insert_rowid()") as cur:
+            last: int = (await cur.fetchone())[0]  # type: ignore[index]
+        self._count(kind, len(rows), sum(len(r[2]) for r in rows))
+        await self._enforce_quota(db, kind)
+        return last
+
+    async def append_logs(
+        self,
+        payloads: list[dict[str, Any]],
+        *,
+        position: LogPosition | None = None,
+        forget: str | None = None,
+        counters: dict[str, int] | None = None,
+    ) -> None:
+        """Queue log lines, the read position they reach and their counters in one
+        transaction: after a crash the position never runs ahead of, or behind, the lines."""
+        now = utc_now()
+        rows = [("log", now, json.dumps(p, separators=(",", ":"))) for p in payloads]
+        counts = dict(counters or {})
+        if rows and self._free_disk() < self.limits.log_disk_reserve_bytes:
+            counts["log_refused_disk_reserve"] = len(rows)
+            rows = []
+        async with self.transaction(durable=False) as db:
+            if rows:
+                await self._insert(db, "log", rows)
+            if position is not None:
+                await db.execute(
+                    "INSERT INTO log_positions (container_id, service, ts_ns, at_ts, drained,"
+                    " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT(container_id) DO UPDATE SET"
+                    " service = excluded.service, ts_ns = excluded.ts_ns, at_ts = excluded.at_ts,"
+                    " drained = excluded.drained, updated_at = excluded.updated_at",
+                    (*astuple(position), now),
+                )
+            if forget is not None:
+                await db.execute("DELETE FROM log_positions WHERE container_id = ?", (forget,))
+            for name, n in counts.items():
+                if n:
+                    await bump_counter(db, name, n)
+        if rows:
+            self._notify()
 
     async def append_audit(self, row: AuditRow) -> int:
         """Append an audit record (hash-chained, durable, never dropped); returns its id."""

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
@@ -33,6 +34,7 @@ from edge_agent.errors import (
     RegistryAuthError,
     RuntimeAdapterError,
 )
+from edge_agent.logstream import LineAssembler, LogLine, format_since, read_frames
 from edge_agent.models import (
     LABEL_CONFIG_HASH,
     LABEL_DEVICE,
@@ -508,22 +510,41 @@ class DockerRuntime:
         self, cid: str, *, since: float | None = None, tail: int | None = None
     ) -> AsyncIterator[tuple[float, str, str]]:
         """Yield ``(unix time, "stdout"|"stderr", line)`` of ``cid``'s log so far, oldest first."""
+        since_ns = None if since is None else int(since * _NS)
+        async for line in self.log_lines(cid, since_ns=since_ns, tail=tail):
+            yield line.ts, line.stream, line.text
+
+    async def log_lines(
+        self,
+        cid: str,
+        *,
+        since_ns: int | None = None,
+        tail: int | None = None,
+        max_line_bytes: int = 16 * 1024,
+    ) -> AsyncIterator[LogLine]:
+        """Stream ``cid``'s log lines from ``since_ns`` on (inclusive), both streams in the
+        engine's order, as the engine sends them: nothing is buffered beyond one line of
+        ``max_line_bytes``, so the caller bounds a read by stopping (close the iterator)."""
         await self._owned(cid, "read logs of")
-        params: dict[str, Any] = {"timestamps": True, "tail": "all" if tail is None else str(tail)}
-        if since is not None:
-            params["since"] = f"{since:.9f}"
-        container = self._docker.containers.container(cid)
-        lines: list[tuple[float, str, str]] = []
-        for stream in ("stdout", "stderr"):
-            with _engine_errors(f"read logs of container {cid}"):
-                chunks = await container.log(**{stream: True}, **params)
-            for raw in "".join(chunks).splitlines():
-                stamp, _, text = raw.partition(" ")
-                when = _parse_time(stamp)
-                lines.append((when.timestamp() if when else 0.0, stream, text))
-        lines.sort(key=lambda item: item[0])  # stable: keeps each stream's order
-        for item in lines if tail is None else lines[-tail:] if tail else []:
-            yield item
+        params: dict[str, Any] = {
+            "stdout": "true",
+            "stderr": "true",
+            "timestamps": "true",
+            "tail": "all" if tail is None else str(tail),
+        }
+        if since_ns is not None:
+            params["since"] = format_since(since_ns)
+        assembler = LineAssembler(max_line_bytes, time.time_ns)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=60, connect=10)
+        with _engine_errors(f"read logs of container {cid}"):
+            path = f"containers/{cid}/logs"
+            async with self._docker._query(path, params=params, timeout=timeout) as resp:
+                # Managed containers never have a TTY, so the stream is always multiplexed.
+                async for stream_id, piece, continued in read_frames(resp.content):
+                    for line in assembler.feed(stream_id, piece, continued=continued):
+                        yield line
+        for line in assembler.finish():
+            yield line
 
 
 def _current_service(data: dict[str, Any]) -> CurrentService:

@@ -20,9 +20,17 @@ from typing import Any
 import aiosqlite
 
 from edge_agent.errors import StoreError, StoreFull
-from edge_agent.outbox import AuditRow, OutboxMixin, Quota, StoreLimits, bump_counter, utc_now
+from edge_agent.outbox import (
+    AuditRow,
+    LogPosition,
+    OutboxMixin,
+    Quota,
+    StoreLimits,
+    bump_counter,
+    utc_now,
+)
 
-__all__ = ["AuditRow", "Quota", "Store", "StoreLimits", "StoredTarget"]
+__all__ = ["AuditRow", "LogPosition", "Quota", "Store", "StoreLimits", "StoredTarget"]
 
 # Numbered migrations; each runs with its schema_migrations row in one transaction.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -59,6 +67,25 @@ MIGRATIONS: list[tuple[int, str]] = [
             hash TEXT NOT NULL
         );
         CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        """,
+    ),
+    (
+        2,
+        # Each container's log read position, written with the lines it covers: the
+        # engine time of the last stored line and how many stored lines share it. The
+        # epoch is where a container never read before starts (the store's birth, or
+        # this migration's time for an older store).
+        """
+        CREATE TABLE log_positions (
+            container_id TEXT PRIMARY KEY,
+            service TEXT NOT NULL,
+            ts_ns INTEGER NOT NULL,
+            at_ts INTEGER NOT NULL,
+            drained INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL
+        );
+        INSERT OR IGNORE INTO meta (key, value) VALUES ('log_epoch_ns',
+            CAST(CAST((julianday('now') - 2440587.5) * 86400000000000 AS INTEGER) AS TEXT))
         """,
     ),
 ]
@@ -221,6 +248,21 @@ class Store(OutboxMixin):
         """Return every counter."""
         async with self.db.execute("SELECT name, value FROM counters ORDER BY name") as cur:
             return {name: value for name, value in await cur.fetchall()}
+
+    # ---- log read positions ----------------------------------------------------
+
+    async def log_positions(self) -> dict[str, LogPosition]:
+        """Return every container's stored log read position, by container id."""
+        async with self.db.execute(
+            "SELECT container_id, service, ts_ns, at_ts, drained FROM log_positions"
+        ) as cur:
+            return {
+                r[0]: LogPosition(r[0], r[1], r[2], r[3], bool(r[4])) for r in await cur.fetchall()
+            }
+
+    async def log_epoch_ns(self) -> int:
+        """Return where a container never read before starts (Unix nanoseconds)."""
+        return int(await self.get_meta("log_epoch_ns", "0") or 0)
 
     # ---- targets ---------------------------------------------------------------
 

@@ -1,0 +1,78 @@
+"""The engine's log frames into whole lines: a table of hostile output, no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edge_agent.logstream import HEADER, LineAssembler, format_since, parse_stamp, read_frames
+
+T = b"2026-12-01T00:23:04.341434750Z "
+T_NS = 1_796_084_584_341_434_750
+
+
+def assemble(frames: list[tuple[int, bytes]], max_line_bytes: int = 64) -> list[tuple]:
+    a = LineAssembler(max_line_bytes, clock_ns=lambda: 7)
+    out = [ln for stream, payload in frames for ln in a.feed(stream, payload)] + a.finish()
+    return [(ln.ts_ns, ln.stream, ln.text, ln.truncated_bytes, ln.complete) for ln in out]
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [
+        # Issue 7.3: `\r` is text, not a line break.
+        ([(1, T + b"a\rb\n")], [(T_NS, "stdout", "a\rb", 0, True)]),
+        ([(1, T + b"\xff\xfe bad\n")], [(T_NS, "stdout", "\ufffd\ufffd bad", 0, True)]),
+        ([(2, b"no time here\n")], [(None, "stderr", "no time here", 0, True)]),
+        ([(1, T + b"\n")], [(T_NS, "stdout", "", 0, True)]),
+        (
+            [(1, T + b"one\ntwo\n")],
+            [(T_NS, "stdout", "one", 0, True), (T_NS, "stdout", "two", 0, True)],
+        ),
+        # A long line in partial frames, the other stream in between.
+        (
+            [(1, T + b"abc"), (2, T + b"err\n"), (1, T + b"def\n")],
+            [(T_NS, "stderr", "err", 0, True), (T_NS, "stdout", "abcdef", 0, True)],
+        ),
+        ([(1, T + b"x" * 100 + b"\n")], [(T_NS, "stdout", "x" * 64, 36, True)]),
+        ([(1, T + b"tail without newline")], [(T_NS, "stdout", "tail without newline", 0, False)]),
+        # A character cut in half by the bound is left out, not replaced.
+        ([(1, T + b"x" * 63 + "é".encode() + b"\n")], [(T_NS, "stdout", "x" * 63, 1, True)]),
+    ],
+)
+def test_frames_become_lines(frames: list[tuple[int, bytes]], expected: list[tuple]) -> None:
+    assert assemble(frames) == expected
+
+
+def test_a_long_frame_in_pieces_keeps_its_time() -> None:
+    a = LineAssembler(1000, clock_ns=lambda: 7)
+    assert a.feed(1, T + b"abc") == []
+    (ln,) = a.feed(1, b"def\nghi\n", continued=True)[:1]
+    assert (ln.ts_ns, ln.text) == (T_NS, "abcdef")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"2026-13-01T00:00:00Z x", b"garbage x", b"2026-12-01T00:23:04.1Zx"],
+)
+def test_unparseable_stamps_keep_the_whole_text(raw: bytes) -> None:
+    assert parse_stamp(raw) == (None, raw)
+
+
+def test_since_round_trips_nanoseconds() -> None:
+    assert format_since(T_NS) == "1796084584.341434750"
+    assert parse_stamp(b"2026-12-01T00:23:04Z x") == (1_796_084_584_000_000_000, b"x")
+
+
+async def test_frames_are_read_in_bounded_pieces_and_a_cut_stream_ends_cleanly() -> None:
+    reader = asyncio.StreamReader()
+    body = T + b"y" * 100 + b"\n"
+    reader.feed_data(HEADER.pack(1, len(body)) + body + HEADER.pack(2, 5) + b"2026")
+    reader.feed_eof()
+    frames = [f async for f in read_frames(reader, piece_bytes=16)]
+    assert b"".join(p for _, p, _ in frames) == body  # the cut frame at the end is left out
+    assert [c for _, _, c in frames] == [False] + [True] * 5  # 64 bytes, then 16 at a time
+    a = LineAssembler(1000, clock_ns=lambda: 7)
+    (ln,) = [x for s, p, c in frames for x in a.feed(s, p, continued=c)]
+    assert (ln.ts_ns, ln.text) == (T_NS, "y" * 100)
