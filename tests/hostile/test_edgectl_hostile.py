@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ EVIL_STATE = "converged\x1b[8m\x9b2J"
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
+def hub(tmp_path: Path) -> Iterator[RunningHub]:
     running = start_hub(tmp_path / "hub")
     yield running
     assert running.stop() == 0
