@@ -13,7 +13,7 @@ from aiohttp import web
 
 import hub
 from edge_agent.sdnotify import sd_notify
-from hub import device_api, operator_api
+from hub import device_api, guard, operator_api
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.context import HUB, HubContext
@@ -29,7 +29,13 @@ async def healthz(request: web.Request) -> web.Response:
     """Answer that the hub is up (no authentication; for probes and tests)."""
     hub_ctx = request.app[HUB]
     return web.json_response(
-        {"status": "ok", "version": hub.__version__, "long_polls": hub_ctx.notifier.waiting()}
+        {
+            "status": "ok",
+            "version": hub.__version__,
+            "long_polls": hub_ctx.notifier.waiting(),
+            "rate_limit": request.app[guard.LIMITER].stats(),
+            "refusal_audit": request.app[guard.REFUSALS].stats(),
+        }
     )
 
 
@@ -48,13 +54,15 @@ def create_app(config: HubConfig) -> web.Application:
         operators=OperatorAuth.from_data_dir(config.data_dir),
     )
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=config.limits.max_decompressed_bytes
+        middlewares=[error_middleware, guard.guard_middleware],
+        client_max_size=config.limits.max_decompressed_bytes,
     )
     app[HUB] = context
     app.router.add_get("/healthz", healthz)
     app.add_routes(device_api.routes)
     app.add_routes(operator_api.routes)
     app.cleanup_ctx.append(_store_lifetime)
+    guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
     return app
 

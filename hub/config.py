@@ -23,6 +23,9 @@ Example (every key optional except ``server.data_dir``)::
     long_poll_max_wait_s = 60
     max_token_uses = 100000
     max_token_lifetime_s = 2592000
+    auth_failure_burst = 60               # refused credentials per source before 429 ...
+    auth_failure_per_s = 1.0              # ... refilled at this rate
+    refusal_audit_window_s = 60           # refusals per source aggregated into counted rows
 
     [pki]
     device_cert_days = 30
@@ -93,6 +96,13 @@ class LimitsConfig(_Section):
     max_token_uses: int = Field(100_000, ge=1)
     max_token_lifetime_s: int = Field(30 * 86400, ge=60)
     max_events_page: int = Field(1000, ge=1)
+    # Refused credentials (unknown operator token, refused enrollment) per source:
+    # a bucket of auth_failure_burst refilled at auth_failure_per_s; empty -> 429.
+    auth_failure_burst: int = Field(60, ge=1, le=1_000_000)
+    auth_failure_per_s: float = Field(1.0, gt=0, le=1_000_000)
+    max_tracked_sources: int = Field(100_000, ge=1)
+    refusal_audit_window_s: float = Field(60.0, gt=0, le=86400)
+    max_refusal_groups: int = Field(10_000, ge=1)
 
 
 class PkiConfig(_Section):

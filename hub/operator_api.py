@@ -34,6 +34,7 @@ from hub.auth import Permission, Principal, new_enrollment_token, require
 from hub.context import HubContext, ctx
 from hub.errors import HubError, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
+from hub.guard import audit_refusal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord
 from hub.wire import parse, read_body
 
@@ -127,9 +128,10 @@ async def _audited(
         principal = hub.operators.authenticate(request)
         actor = principal.name
         require(principal, permission)
-    except HubError as exc:
-        await hub.store.record_audit(
-            AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message})
+    except HubError as exc:  # aggregated per source: a client must not drive our disk
+        await audit_refusal(
+            request,
+            AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message}),
         )
         raise
     act = _Action(hub, principal, action, target)
