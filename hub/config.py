@@ -7,6 +7,10 @@ Example (every key optional except ``server.data_dir``)::
     port = 8443
     data_dir = "/var/lib/edge-hub"
     public_names = ["hub.example.com"]   # SANs of the server certificate, with 127.0.0.1/localhost
+    tls_handshake_timeout_s = 10  # a connection must finish TLS within this ...
+    header_timeout_s = 10         # ... then send a request's headers within this
+    keepalive_timeout_s = 75      # an idle kept-alive connection is closed after this
+    max_connections_per_source = 4096  # concurrent connections of one peer address
 
     [store]
     url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path"
@@ -63,6 +67,11 @@ class ServerConfig(_Section):
     public_names: list[str] = Field(default_factory=list)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
     access_log: bool = False
+    # Bounds on a connection before it is a request (hub.conn_guard).
+    tls_handshake_timeout_s: float = Field(10.0, gt=0, le=600)
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    keepalive_timeout_s: float = Field(75.0, gt=0, le=3600)
+    max_connections_per_source: int = Field(4096, ge=1)
 
 
 class StoreConfig(_Section):
