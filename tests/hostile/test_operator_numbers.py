@@ -106,3 +106,38 @@ async def test_non_ascii_authorization_is_401_and_refusal_audited(
     if method == "POST":
         rows = [a for a in await _audit_rows(hub) if a["target"] == "dev-raw"]
         assert [(a["actor"], a["outcome"]) for a in rows] == [("anonymous", "denied")]
+
+
+class _StoreFailingOnDisable:
+    """The real store, except that disabling a device fails as a defect would."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def set_device_disabled(self, *args: Any) -> Any:
+        raise RuntimeError("simulated defect below the handler")
+
+
+async def test_unexpected_failure_inside_an_audited_action_is_audited(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from hub.app import create_app
+    from hub.config import build_config
+    from hub.context import HUB
+
+    app = create_app(build_config({"server": {"data_dir": str(tmp_path / "data")}}, env={}))
+    real = app[HUB].store
+    app[HUB].store = _StoreFailingOnDisable(real)  # type: ignore[assignment]
+    token = (tmp_path / "data" / "admin.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/api/v1/devices/dev-x/disable", headers=auth)
+        assert resp.status == 500
+        assert "simulated" not in await resp.text()
+        rows = (await (await client.get("/api/v1/audit", headers=auth)).json())["audit"]
+    assert [(a["action"], a["target"], a["outcome"]) for a in rows] == [
+        ("device.disable", "dev-x", "error")
+    ]
