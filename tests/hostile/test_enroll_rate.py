@@ -9,6 +9,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import aiohttp
 import pytest
 
 from hub.ratelimit import SourceLimiter
+from hub.refusals import RefusalAudit
+from hub.store import AuditRecord
 from hub.testing import RunningHub, make_key_and_csr, start_hub
 
 N = 40
@@ -142,3 +145,46 @@ def test_source_limiter_forgets_the_least_recent_source_beyond_its_bound() -> No
         limiter.charge(peer, 0)
     assert limiter.stats()["tracked_sources"] == 2 and limiter.stats()["forgotten_sources"] == 1
     assert limiter.retry_after("a", 0) is None and limiter.retry_after("c", 0) is not None
+
+
+class _AuditSink:
+    """The store boundary of RefusalAudit: records rows, or fails while ``failing``."""
+
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+        self.failing = False
+
+    async def record_audit(self, row: Any) -> None:
+        if self.failing:
+            raise OSError("disk full")
+        self.rows.append(row)
+
+
+def _refusal(reason: str, target: str = "-") -> Any:
+
+    return AuditRecord(
+        "anonymous", "device.enroll", target, "denied", datetime.now(UTC), {"reason": reason}
+    )
+
+
+async def test_refusal_audit_counts_are_exact_and_survive_a_failed_flush() -> None:
+    sink = _AuditSink()
+    audit = RefusalAudit(sink, window_s=3600, max_groups=100)  # type: ignore[arg-type]
+    for i in range(10):
+        await audit.record("10.0.0.1", _refusal("unknown_token", target=f"t{i}"))
+    for _ in range(3):
+        await audit.record("10.0.0.2", _refusal("unknown_token"))
+    assert len(sink.rows) == 2  # one at once per group
+    sink.failing = True
+    with pytest.raises(OSError):
+        await audit.flush()
+    assert audit.stats()["pending"] == 11  # kept for the next flush
+    await audit.record("10.0.0.1", _refusal("unknown_token"))  # during the outage
+    sink.failing = False
+    await audit.stop()
+    counts = {}
+    for row in sink.rows:
+        counts[row.detail["peer"]] = counts.get(row.detail["peer"], 0) + row.detail["count"]
+    assert counts == {"10.0.0.1": 11, "10.0.0.2": 3}
+    assert len(sink.rows) <= 5
+    assert audit.stats() == {"refusals": 14, "audit_rows": len(sink.rows), "pending": 0}
