@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edge_agent.errors import AgentError, InvalidDocument
+from edge_agent.models import NAME_RE
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
@@ -39,6 +41,8 @@ ACTOR_KEY = web.AppKey("actor_fn", Callable[[web.Request], str | None])
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 ACTOR = web.RequestKey("actor", str)
+MAX_AUDIT_LIMIT = 10_000  # records per GET /v1/audit
+MAX_LOGGED_PATH = 200  # characters of a request path written to the log
 
 STATUS_BY_ERROR = {
     "InvalidDocument": 422,
@@ -81,8 +85,8 @@ def token_actor(technicians: dict[str, str]) -> Callable[[web.Request], str | No
 
     def resolve(request: web.Request) -> str | None:
         header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return None
+        if not header.startswith("Bearer ") or not header.isascii():
+            return None  # undecodable bytes are an unknown token, not a 500
         digest = hashlib.sha256(header[7:].encode()).hexdigest()
         for name, expected in technicians.items():
             if hmac.compare_digest(digest, expected.lower()):
@@ -114,9 +118,25 @@ async def _errors_and_actor(
         )
     except web.HTTPException:
         raise
-    except Exception as exc:
-        log.exception("local API %s %s failed", request.method, request.path)
-        return web.json_response({"error": "Internal", "message": repr(exc)}, status=500)
+    except Exception:
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """Log the exception under a fresh id; answer only the id (no internals leak)."""
+    error_id = secrets.token_hex(6)
+    log.exception(
+        "local API %s %s failed (error id %s)",
+        request.method,
+        request.path[:MAX_LOGGED_PATH],
+        error_id,
+    )
+    body = {
+        "error": "Internal",
+        "message": f"internal error {error_id}; see the agent log",
+        "error_id": error_id,
+    }
+    return web.json_response(body, status=500)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -157,11 +177,22 @@ async def targets(request: web.Request) -> web.Response:
 
 async def audit(request: web.Request) -> web.Response:
     """Return local audit records."""
-    try:
-        limit = min(int(request.query.get("limit", "100")), 10_000)
-    except ValueError as exc:
-        raise InvalidDocument("limit must be an integer", [{"field": "limit"}]) from exc
+    limit = _int_param(request, "limit", 100, 1, MAX_AUDIT_LIMIT)
     return web.json_response(await request.app[AGENT_KEY].store.audit_log(limit))
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """Return an integer query parameter within [low, high]; 422 naming it otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 12 else None
+    if value is None or not low <= value <= high:
+        raise InvalidDocument(
+            f"{name} must be an integer from {low} to {high}",
+            [{"field": name, "message": f"must be an integer from {low} to {high}"}],
+        )
+    return value
 
 
 async def apply(request: web.Request) -> web.Response:
@@ -176,6 +207,11 @@ async def apply(request: web.Request) -> web.Response:
 async def restart_service(request: web.Request) -> web.Response:
     """Restart one service's container."""
     name = request.match_info["name"]
+    if not NAME_RE.match(name):  # refused before the agent audits it: bounded text only
+        raise InvalidDocument(
+            f"service name is not valid (must match {NAME_RE.pattern})",
+            [{"field": "name", "message": "must match " + NAME_RE.pattern}],
+        )
     await request.app[AGENT_KEY].restart_service(name, actor=request[ACTOR])
     return web.json_response({"restarted": name})
 

@@ -136,7 +136,10 @@ class Store(OutboxMixin):
 
     async def open(self) -> Store:
         """Open the file, set pragmas and apply pending migrations."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives -wal/-shm the database's mode when it creates them: with this
+        # umask all three are 0600 from the start (a chmod afterwards left the WAL 0644).
+        old_umask = os.umask(0o077)
         try:
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute("PRAGMA journal_mode=WAL")
@@ -153,7 +156,12 @@ class Store(OutboxMixin):
                 self.inflight_upto = (await cur.fetchone())[0]  # type: ignore[index]
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        os.chmod(self.path, 0o600)
+        finally:
+            os.umask(old_umask)
+        for suffix in ("", "-wal", "-shm"):  # also files an older version created 0644
+            path = self.path.with_name(self.path.name + suffix)
+            if path.exists():
+                path.chmod(0o600)
         return self
 
     async def close(self) -> None:

@@ -13,9 +13,10 @@ from aiohttp import web
 
 import hub
 from edge_agent.sdnotify import sd_notify
-from hub import device_api, operator_api
+from hub import device_api, guard, operator_api
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
+from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
 from hub.context import HUB, HubContext
 from hub.pki import HubPKI
 from hub.store import open_store
@@ -23,13 +24,21 @@ from hub.wire import error_middleware
 
 log = logging.getLogger("hub")
 GC_YOUNG_THRESHOLD = 20_000
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Answer that the hub is up (no authentication; for probes and tests)."""
     hub_ctx = request.app[HUB]
     return web.json_response(
-        {"status": "ok", "version": hub.__version__, "long_polls": hub_ctx.notifier.waiting()}
+        {
+            "status": "ok",
+            "version": hub.__version__,
+            "long_polls": hub_ctx.notifier.waiting(),
+            "rate_limit": request.app[guard.LIMITER].stats(),
+            "refusal_audit": request.app[guard.REFUSALS].stats(),
+            "connections": request.app[CONNECTIONS].stats(),
+        }
     )
 
 
@@ -48,13 +57,16 @@ def create_app(config: HubConfig) -> web.Application:
         operators=OperatorAuth.from_data_dir(config.data_dir),
     )
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=config.limits.max_decompressed_bytes
+        middlewares=[connection_middleware, error_middleware, guard.guard_middleware],
+        client_max_size=config.limits.max_decompressed_bytes,
     )
     app[HUB] = context
+    app[CONNECTIONS] = ConnectionGuard(config.server, pki.server_ssl_context())
     app.router.add_get("/healthz", healthz)
     app.add_routes(device_api.routes)
     app.add_routes(operator_api.routes)
     app.cleanup_ctx.append(_store_lifetime)
+    guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
     return app
 
@@ -77,6 +89,7 @@ def make_runner(app: web.Application, config: HubConfig) -> web.AppRunner:
         auto_decompress=False,  # hub.wire.read_body bounds the gunzipped size itself
         access_log=logging.getLogger("hub.access") if config.server.access_log else None,
         shutdown_timeout=config.server.shutdown_timeout_s,
+        keepalive_timeout=config.server.keepalive_timeout_s,
         handle_signals=False,
     )
 
@@ -91,12 +104,8 @@ async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
     runner = make_runner(app, config)
     await runner.setup()
     try:
-        site = web.TCPSite(
-            runner,
-            config.server.host,
-            config.server.port,
-            ssl_context=app[HUB].pki.server_ssl_context(),
-            backlog=4096,
+        site = GuardedSite(
+            runner, config.server.host, config.server.port, app[CONNECTIONS], backlog=4096
         )
         await site.start()
         _tune_gc()

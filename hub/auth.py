@@ -81,6 +81,8 @@ class OperatorAuth:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("missing 'Authorization: Bearer <token>' header")
+        if not token.isascii():  # undecodable bytes arrive as surrogates: never a token
+            raise Unauthenticated("unknown operator token")
         digest = _sha256(token.strip())
         for known, principal in self._by_hash.items():
             if hmac.compare_digest(known, digest):

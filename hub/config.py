@@ -7,6 +7,10 @@ Example (every key optional except ``server.data_dir``)::
     port = 8443
     data_dir = "/var/lib/edge-hub"
     public_names = ["hub.example.com"]   # SANs of the server certificate, with 127.0.0.1/localhost
+    tls_handshake_timeout_s = 10  # a connection must finish TLS within this ...
+    header_timeout_s = 10         # ... then send a request's headers within this
+    keepalive_timeout_s = 75      # an idle kept-alive connection is closed after this
+    max_connections_per_source = 4096  # concurrent connections of one peer address
 
     [store]
     url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path"
@@ -23,6 +27,9 @@ Example (every key optional except ``server.data_dir``)::
     long_poll_max_wait_s = 60
     max_token_uses = 100000
     max_token_lifetime_s = 2592000
+    auth_failure_burst = 60               # refused credentials per source before 429 ...
+    auth_failure_per_s = 1.0              # ... refilled at this rate
+    refusal_audit_window_s = 60           # refusals per source aggregated into counted rows
 
     [pki]
     device_cert_days = 30
@@ -60,6 +67,11 @@ class ServerConfig(_Section):
     public_names: list[str] = Field(default_factory=list)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
     access_log: bool = False
+    # Bounds on a connection before it is a request (hub.conn_guard).
+    tls_handshake_timeout_s: float = Field(10.0, gt=0, le=600)
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    keepalive_timeout_s: float = Field(75.0, gt=0, le=3600)
+    max_connections_per_source: int = Field(4096, ge=1)
 
 
 class StoreConfig(_Section):
@@ -93,6 +105,13 @@ class LimitsConfig(_Section):
     max_token_uses: int = Field(100_000, ge=1)
     max_token_lifetime_s: int = Field(30 * 86400, ge=60)
     max_events_page: int = Field(1000, ge=1)
+    # Refused credentials (unknown operator token, refused enrollment) per source:
+    # a bucket of auth_failure_burst refilled at auth_failure_per_s; empty -> 429.
+    auth_failure_burst: int = Field(60, ge=1, le=1_000_000)
+    auth_failure_per_s: float = Field(1.0, gt=0, le=1_000_000)
+    max_tracked_sources: int = Field(100_000, ge=1)
+    refusal_audit_window_s: float = Field(60.0, gt=0, le=86400)
+    max_refusal_groups: int = Field(10_000, ge=1)
 
 
 class PkiConfig(_Section):

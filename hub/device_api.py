@@ -39,6 +39,7 @@ from hub.errors import (
     InvalidRequest,
     PayloadTooLarge,
 )
+from hub.guard import audit_refusal
 from hub.pki import load_csr
 from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
 from hub.wire import parse, parse_sync, read_body, respond
@@ -118,15 +119,16 @@ async def _precheck_token(hub: HubContext, token_id: str, secret_hash: str) -> N
 async def _audit_refusal(
     hub: HubContext, request: web.Request, token_id: str, exc: HubError
 ) -> None:
-    await hub.store.record_audit(
+    await audit_refusal(  # aggregated per source: a client must not drive our disk
+        request,
         AuditRecord(
-            actor=f"token:{token_id}",
+            actor=f"token:{token_id[:64]}",
             action="device.enroll",
             target="-",
             outcome="denied",
             at=hub.now(),
             detail={"reason": exc.code, "peer": request.remote or ""},
-        )
+        ),
     )
 
 

@@ -24,6 +24,7 @@ import os
 import re
 import ssl
 import sys
+import unicodedata
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,25 @@ class HubSaid(Exception):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(f"{status} {body.get('error', '')}: {body.get('message', '')}")
         self.status, self.body = status, body
+
+
+def sanitize(text: str) -> str:
+    """Return text safe for a terminal: control and format characters shown as escapes.
+
+    Device-supplied text (hostname, state, errors) reaches human output through this,
+    so an escape sequence cannot recolour, retitle or clear the operator's terminal;
+    bidi overrides (format characters) cannot reorder what is shown.
+    """
+    return "".join(_escape(c) if _is_unsafe(c) else c for c in text)
+
+
+def _is_unsafe(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def parse_duration(text: str) -> int:
@@ -188,11 +208,9 @@ def _print(args: argparse.Namespace, result: Any) -> None:
         print(json.dumps(result, indent=2, sort_keys=True))
         return
     if args.command == "token":
-        print(result["token"])
-        print(
-            f"# id {result['id']}, {result['uses']} use(s), expires {result['expires_at']}",
-            file=sys.stderr,
-        )
+        print(sanitize(result["token"]))
+        note = f"# id {result['id']}, {result['uses']} use(s), expires {result['expires_at']}"
+        print(sanitize(note), file=sys.stderr)
         return
     rows = [("ID", "HOSTNAME", "CONN", "TARGET", "APPLIED", "DRIFT", "STATE", "LAST CONTACT")]
     for d in result["devices"]:
@@ -208,6 +226,7 @@ def _print(args: argparse.Namespace, result: Any) -> None:
                 d["last_contact"] or "-",
             )
         )
+    rows = [tuple(sanitize(c) for c in r) for r in rows]  # device-supplied text
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -226,10 +245,11 @@ def main(argv: list[str] | None = None) -> None:
             raise CtlError("no token: pass --token/--token-file or set EDGECTL_TOKEN")
         _print(args, _run(args, Client(args.hub, token, args.ca)))
     except HubSaid as exc:
-        print(f"edgectl: hub refused: {exc}", file=sys.stderr)
+        print(sanitize(f"edgectl: hub refused: {exc}"), file=sys.stderr)
         for field in exc.body.get("fields") or []:
-            print(f"  {field.get('field')}: {field.get('message', '')}", file=sys.stderr)
+            line = f"  {field.get('field')}: {field.get('message', '')}"
+            print(sanitize(line), file=sys.stderr)
         raise SystemExit(1) from None
     except (CtlError, OSError) as exc:
-        print(f"edgectl: {exc}", file=sys.stderr)
+        print(sanitize(f"edgectl: {exc}"), file=sys.stderr)
         raise SystemExit(2) from None

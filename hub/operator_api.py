@@ -34,12 +34,15 @@ from hub.auth import Permission, Principal, new_enrollment_token, require
 from hub.context import HubContext, ctx
 from hub.errors import HubError, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
+from hub.guard import audit_refusal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord
 from hub.wire import parse, read_body
 
 routes = web.RouteTableDef()
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 TAG_VALUE_MAX = 255
+INT64_MAX = 2**63 - 1  # SQLite's integers: every id, seq and count the API takes
+MAX_EXPIRES_IN_S = 100 * 366 * 86400  # a target valid for a century is "no expiry"
 
 
 class _Body(BaseModel):
@@ -49,8 +52,8 @@ class _Body(BaseModel):
 class CreateTokenRequest(_Body):
     """Body of POST /api/v1/enrollment-tokens."""
 
-    uses: int = Field(1, ge=1)
-    expires_in_s: int = Field(3600, ge=1)
+    uses: int = Field(1, ge=1, le=INT64_MAX)
+    expires_in_s: int = Field(3600, ge=1, le=MAX_EXPIRES_IN_S)
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("tags")
@@ -74,7 +77,7 @@ class SetTargetRequest(_Body):
     overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
     apply_deadline_s: float = Field(120.0, gt=0, le=86400)
     min_ready_s: float = Field(5.0, ge=0, le=3600)
-    expires_in_s: int | None = Field(None, ge=60)
+    expires_in_s: int | None = Field(None, ge=60, le=MAX_EXPIRES_IN_S)
 
     @field_validator("overrides")
     @classmethod
@@ -125,9 +128,10 @@ async def _audited(
         principal = hub.operators.authenticate(request)
         actor = principal.name
         require(principal, permission)
-    except HubError as exc:
-        await hub.store.record_audit(
-            AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message})
+    except HubError as exc:  # aggregated per source: a client must not drive our disk
+        await audit_refusal(
+            request,
+            AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message}),
         )
         raise
     act = _Action(hub, principal, action, target)
@@ -137,6 +141,12 @@ async def _audited(
         outcome = "error" if exc.status >= 500 else "rejected"
         await hub.store.record_audit(
             AuditRecord(principal.name, action, target, outcome, hub.now(), {"reason": exc.message})
+        )
+        raise
+    except Exception as exc:  # a defect: still audited (the middleware answers 500)
+        reason = f"internal error {type(exc).__name__}"
+        await hub.store.record_audit(
+            AuditRecord(principal.name, action, target, "error", hub.now(), {"reason": reason})
         )
         raise
     if not act.recorded:
@@ -154,9 +164,9 @@ def _page(request: web.Request, after_name: str, max_limit: int) -> tuple[int, i
         limit = int(request.query.get("limit", str(max_limit)))
     except ValueError:
         after = limit = -1
-    if after < 0 or limit < 1:
+    if not 0 <= after <= INT64_MAX or not 1 <= limit <= INT64_MAX:
         raise InvalidRequest(
-            f"{after_name} must be >= 0 and limit >= 1",
+            f"{after_name} must be from 0 to {INT64_MAX} and limit from 1 to {INT64_MAX}",
             fields=[{"field": after_name}, {"field": "limit"}],
             status=400,
         )

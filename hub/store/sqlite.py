@@ -9,6 +9,7 @@ which the agent relies on when it deletes what was acknowledged.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -80,7 +81,10 @@ class SqliteStore(HubStore):
 
     async def open(self) -> None:
         """Open the writer (running migrations) and the reader."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives -wal/-shm the database's mode when it creates them: with this
+        # umask all three are 0600 from the start (a chmod afterwards left the WAL 0644).
+        old_umask = os.umask(0o077)
         try:
             wconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             writer = GroupCommitWriter(wconn, self._max_group)
@@ -90,7 +94,12 @@ class SqliteStore(HubStore):
             await self._rconn.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
-        self.path.chmod(0o600)
+        finally:
+            os.umask(old_umask)
+        for suffix in ("", "-wal", "-shm"):  # also files an older version created 0644
+            path = self.path.with_name(self.path.name + suffix)
+            if path.exists():
+                path.chmod(0o600)
         writer.start()
         self._writer = writer
         self._checkpointer = WalCheckpointer(self.path, synchronous=self._synchronous)
