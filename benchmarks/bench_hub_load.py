@@ -251,7 +251,11 @@ def pct(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-hub-load-"))
-    sections: dict[str, dict[str, Any]] = {}
+    # Every simulated device connects from 127.0.0.1: lift the per-source connection cap
+    # (a sync and a long-poll each) unless --hub-set says otherwise.
+    sections: dict[str, dict[str, Any]] = {
+        "server": {"max_connections_per_source": 2 * args.devices + 100}
+    }
     for item in args.hub_set:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
