@@ -125,4 +125,9 @@ class HubLink:
             ],
             counters=st["counters"],
             last_error=st["last_error"],
+            running_revision=st.get("running_revision"),
+            running_local_seq=st.get("running_local_seq"),
+            applying_revision=st.get("applying_revision"),
+            applying_local_seq=st.get("applying_local_seq"),
+            rollout_state=st.get("rollout_state"),
         )

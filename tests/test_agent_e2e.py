@@ -164,7 +164,7 @@ async def test_deploy_change_remove_from_registry(
     api2 = {**api, "environment": {"EXTRA": "1"}}
     code, body = await agent.call("POST", "/v1/apply", release("2", [web, api2]))
     assert code == 202, body
-    st = await wait_status(agent, lambda s: s["applied_revision"] == 2 and all_running({"api"})(s))
+    st = await wait_status(agent, lambda s: s["running_local_seq"] == 2 and all_running({"api"})(s))
     ids2 = await container_ids(docker, agent.device_id)
     assert ids2["web"] == ids1["web"], "unchanged service must keep its container"
     assert ids2["api"] != ids1["api"], "changed service must be recreated"
@@ -172,7 +172,7 @@ async def test_deploy_change_remove_from_registry(
 
     code, body = await agent.call("POST", "/v1/apply", release("3", [web]))
     assert code == 202, body
-    await wait_status(agent, lambda s: s["applied_revision"] == 3 and s["state"] == "converged")
+    await wait_status(agent, lambda s: s["running_local_seq"] == 3 and s["rollout_state"] == "good")
     ids3 = await docker_env.wait_for(
         lambda: _ids_without(docker, agent.device_id, "api"), timeout_s=15
     )
@@ -243,19 +243,22 @@ async def test_bad_release_rolls_back_on_device(
     )
     assert code == 202
     st = await wait_status(agent, lambda s: s["state"] == "rolled_back" and running(s, {"web"}), 45)
-    assert st["applied_revision"] == 1 and st["release"] == "app@1"
-    assert "revision 2 rolled_back" in (st["last_error"] or "")
+    assert st["running_local_seq"] == 1 and st["release"] == "app@1"
+    assert "revision 0+local.2 rolled_back" in (st["last_error"] or "")
     assert _target_state(agent, 2) == "rolled_back"
     ids = await container_ids(docker, agent.device_id)
     assert set(ids) == {"web"} and ids != good_ids  # the good config is recreated
     code, audit = await agent.call("GET", "/v1/audit")
-    assert any(a["action"] == "target.rollback" and a["object"] == "target:2" for a in audit)
+    assert any(
+        a["action"] == "target.rollback" and a["object"] == "target:0+local.2" for a in audit
+    )
 
 
-def _target_state(agent: AgentProcess, revision: int) -> str | None:
+def _target_state(agent: AgentProcess, local_seq: int) -> str | None:
+    """Return the state of the technician's n-th local target."""
     db = sqlite3.connect(f"file:{agent.data_dir / 'agent.db'}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT state FROM targets WHERE revision = ?", (revision,)).fetchone()
+        row = db.execute("SELECT state FROM targets WHERE local_seq = ?", (local_seq,)).fetchone()
     finally:
         db.close()
     return row[0] if row else None
@@ -275,7 +278,7 @@ async def test_killed_agent_restores_removed_containers(
     assert await container_ids(docker, agent.device_id) == {}
     await agent.start()
     st = await wait_status(agent, all_running({"a", "b"}))
-    assert st["applied_revision"] == 1
+    assert st["running_local_seq"] == 1
     assert set(await container_ids(docker, agent.device_id)) == {"a", "b"}
 
 
@@ -296,7 +299,8 @@ async def test_invalid_target_is_refused_and_changes_nothing(
     assert {"release.services.0.name", "release.services.0.image"} <= fields, fields
     assert any(f.startswith("release.services.0.ports.0.container") for f in fields), fields
     after = await agent.status()
-    assert after["target_revision"] == before["target_revision"] == 1
+    assert after["target_revision"] == before["target_revision"] == 0  # no hub target
+    assert _target_state(agent, 2) is None, "a refused document must not be stored"
     assert await container_ids(docker, agent.device_id) == ids
     code, audit = await agent.call("GET", "/v1/audit")
     assert audit[0]["action"] == "target.reject" and audit[0]["actor"].startswith("unix:")

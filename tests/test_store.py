@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import StoreError, StoreFull
-from edge_agent.store import AuditRow, Quota, Store, StoreLimits
+from edge_agent.store import MIGRATIONS, AuditRow, Quota, Store, StoreLimits
 
 
 def _limits(**quotas: Quota) -> StoreLimits:
@@ -38,7 +38,7 @@ async def test_migrations_idempotent_on_reopen(tmp_path: Path) -> None:
     await store.close()
     store = await _open(tmp_path)
     async with store.db.execute("SELECT version FROM schema_migrations") as cur:
-        assert [r[0] for r in await cur.fetchall()] == [1]
+        assert sorted(r[0] for r in await cur.fetchall()) == sorted(v for v, _ in MIGRATIONS)
     assert [r[2] for r in await _rows(store)] == [{"a": 1}]
     await _totals_match(store)
     await store.close()
