@@ -365,3 +365,64 @@ async def test_lan_api_needs_a_technicians_own_token(
             audit = await resp.json()
     accepted = [a for a in audit if a["action"] == "target.accept"]
     assert accepted and accepted[0]["actor"] == "technician:alice"
+
+
+async def test_slow_pull_does_not_count_against_the_apply_deadline(
+    make_agent: AgentFactory, images: TestImages, docker: aiodocker.Docker
+) -> None:
+    """Item 6: a pull slower than apply_deadline_s through a slow registry still becomes good."""
+    from faultproxy import FaultProxy
+
+    proxy = await FaultProxy("127.0.0.1", 5000).start()
+    ref = f"127.0.0.1:{proxy.port}/edgefleet/good:1"
+    try:
+        agent = await make_agent()
+        proxy.set_mode("delay", delay_ms=1500)
+        t0 = time.monotonic()
+        code, body = await agent.call(
+            "POST",
+            "/v1/apply",
+            {"release": release("1", [{"name": "web", "image": ref}]), "apply_deadline_s": 3},
+        )
+        assert code == 202, body
+        st = await wait_status(agent, lambda s: s["rollout_state"] == "applying")
+        # Pull progress is visible: still waiting for the images, no deadline running yet.
+        assert st["rollout_detail"]["images_ready"] is False, st
+        st = await wait_status(
+            agent, lambda s: s["rollout_state"] in ("good", "rolled_back", "failed"), 90
+        )
+        pulled_s = time.monotonic() - t0
+        assert st["rollout_state"] == "good", st
+        assert pulled_s > 3, f"the pull took {pulled_s:.1f}s: not slower than the deadline"
+        assert _target_state(agent, 1) == "good"
+    finally:
+        await proxy.close()
+        subprocess.run(["docker", "rmi", ref], capture_output=True)
+
+
+async def test_pull_failure_is_recorded_as_such_and_retried(
+    make_agent: AgentFactory, images: TestImages
+) -> None:
+    """Item 6: images that never arrive are a pull failure (not a failed release), retried."""
+    from faultproxy import FaultProxy
+
+    proxy = await FaultProxy("127.0.0.1", 5000).start()
+    ref = f"127.0.0.1:{proxy.port}/edgefleet/good:1"
+    try:
+        proxy.set_mode("cut")
+        agent = await make_agent(
+            supervisor={"pull_timeout_s": 3, "pull_retry_base_s": 2, "pull_retry_cap_s": 4}
+        )
+        svc = {"name": "web", "image": ref}
+        code, body = await agent.call("POST", "/v1/apply", release("1", [svc]))
+        assert code == 202, body
+        await wait_status(agent, lambda s: _target_state(agent, 1) == "pull_failed", 30)
+        code, audit = await agent.call("GET", "/v1/audit")
+        fail = [a for a in audit if a["action"] == "target.fail"]
+        assert fail and json.loads(fail[0]["detail"])["cause"] == "pull", audit
+        proxy.set_mode("pass")  # the registry is reachable again: the retry succeeds
+        st = await wait_status(agent, lambda s: s["rollout_state"] == "good", 60)
+        assert st["running_local_seq"] == 1 and _target_state(agent, 1) == "good"
+    finally:
+        await proxy.close()
+        subprocess.run(["docker", "rmi", ref], capture_output=True)
