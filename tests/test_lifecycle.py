@@ -267,3 +267,37 @@ async def test_store_wipe_does_not_reset_the_revision_floor(tmp_path: Path) -> N
         await s2.close()
     mode = (tmp_path / "ident" / "anchor.json").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+async def test_wiped_store_replay_of_an_old_signed_target_is_refused(tmp_path: Path) -> None:
+    """Item 10: after agent.db is deleted, an old target signed by the hub is still a replay."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_agent.signing import sign_target
+    from edge_agent.target_gate import TargetGate
+
+    key = Ed25519PrivateKey.generate()
+    old, new = sign_target(target(3), key), sign_target(target(5), key)
+
+    async def run(deliveries: list[Any]) -> tuple[list[int | None], list[dict[str, Any]]]:
+        store = await Store(tmp_path / "agent.db").open()
+        try:
+            anchor = RevisionAnchor(tmp_path / "identity").load()
+            lc = Lifecycle(store, Converger(), device_id="dev-1", anchor=anchor, key_id="k")
+
+            async def on_target(t: Target, _signed: Any) -> None:
+                await lc.accept(t, source="hub", actor="hub")
+
+            gate = TargetGate(store, key.public_key(), "dev-1", on_target)
+            await gate.load()
+            results = [await gate.deliver(s, source="sync") for s in deliveries]
+            return results, await store.audit_log()
+        finally:
+            await store.close()
+
+    assert (await run([old, new]))[0] == [3, 5]
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"agent.db{suffix}").unlink(missing_ok=True)
+    results, audit = await run([old])
+    assert results == [None], "a replayed target was accepted after a store wipe"
+    assert audit[0]["action"] == "target.reject" and "not newer than 5" in audit[0]["detail"]
