@@ -195,7 +195,7 @@ class Agent:
 
             identity = load_identity(self.config.data_dir)
             key_id = signing_key_id(identity.signing_public_key()) if identity else ""
-        anchor = RevisionAnchor(self.config.data_dir).load()
+        anchor = RevisionAnchor(self.config.data_dir, self.device_id).load()
         anchor.check_key(key_id)
         sc = self.config.supervisor
         return Lifecycle(

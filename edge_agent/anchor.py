@@ -2,9 +2,9 @@
 
 ``anchor.json`` in the data directory (0600, written atomically and fsynced with its
 directory) holds the highest target revision accepted from the hub and the id of the
-hub's signing key it was accepted under (the pin). It is raised durably before a hub
-target is activated; the target gate refuses any hub target not newer than it, even when
-``agent.db`` has been deleted.
+hub's signing key it was accepted under (the pin), for one device id (a new enrollment
+starts over). It is raised durably before a hub target is activated; the lifecycle
+refuses any hub target not newer than it, even when ``agent.db`` has been deleted.
 """
 
 from __future__ import annotations
@@ -22,15 +22,22 @@ ANCHOR_FILE = "anchor.json"
 class RevisionAnchor:
     """The highest accepted hub revision and the pinned key id, in one small file."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, device_id: str = "") -> None:
         self.path = data_dir / ANCHOR_FILE
+        self.device_id = device_id
         self.revision = 0
         self.key_id = ""
 
     def load(self) -> RevisionAnchor:
-        """Read the file (a missing file is revision 0); raise ConfigError if unreadable."""
+        """Read the file (a missing file is revision 0); raise ConfigError if unreadable.
+
+        An anchor written for another device id belongs to an earlier enrollment: a new
+        enrollment starts from revision 0 with the newly pinned key.
+        """
         try:
             doc = json.loads(self.path.read_text())
+            if doc.get("device_id", "") != self.device_id:
+                return self
             self.revision = int(doc.get("hub_revision", 0))
             self.key_id = str(doc.get("key_id", ""))
         except FileNotFoundError:
@@ -52,7 +59,12 @@ class RevisionAnchor:
         if revision <= self.revision and (key_id == self.key_id or not key_id):
             return
         new_revision = max(revision, self.revision)
-        body = json.dumps({"hub_revision": new_revision, "key_id": key_id or self.key_id})
+        doc = {
+            "device_id": self.device_id,
+            "hub_revision": new_revision,
+            "key_id": key_id or self.key_id,
+        }
+        body = json.dumps(doc)
         await asyncio.to_thread(self._write, body.encode())
         self.revision, self.key_id = new_revision, key_id or self.key_id
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edge_agent.anchor import RevisionAnchor
-from edge_agent.errors import TargetRejected
+from edge_agent.errors import ConfigError, TargetRejected
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, local_target
 from edge_agent.models import ContainerStatus, CurrentService, Release, Service, Target
 from edge_agent.rollout import (
@@ -250,7 +250,7 @@ async def test_local_apply_does_not_consume_the_hub_revision_space(store: Any) -
 
 async def test_store_wipe_does_not_reset_the_revision_floor(tmp_path: Path) -> None:
     """Item 10: the anchor beside the identity survives a wiped agent.db."""
-    anchor = RevisionAnchor(tmp_path / "ident").load()
+    anchor = RevisionAnchor(tmp_path / "ident", "dev-1").load()
     s1 = await Store(tmp_path / "a.db").open()
     lc = Lifecycle(s1, Converger(), device_id="dev-1", anchor=anchor, key_id="k1")
     await lc.accept(target(5), source="hub", actor="hub")
@@ -258,7 +258,7 @@ async def test_store_wipe_does_not_reset_the_revision_floor(tmp_path: Path) -> N
     (tmp_path / "a.db").unlink()
     s2 = await Store(tmp_path / "a.db").open()
     try:
-        fresh = RevisionAnchor(tmp_path / "ident").load()
+        fresh = RevisionAnchor(tmp_path / "ident", "dev-1").load()
         assert fresh.revision == 5 and fresh.key_id == "k1"
         lc2 = Lifecycle(s2, Converger(), device_id="dev-1", anchor=fresh, key_id="k1")
         with pytest.raises(TargetRejected, match="not newer than 5"):
@@ -282,7 +282,7 @@ async def test_wiped_store_replay_of_an_old_signed_target_is_refused(tmp_path: P
     async def run(deliveries: list[Any]) -> tuple[list[int | None], list[dict[str, Any]]]:
         store = await Store(tmp_path / "agent.db").open()
         try:
-            anchor = RevisionAnchor(tmp_path / "identity").load()
+            anchor = RevisionAnchor(tmp_path / "identity", "dev-1").load()
             lc = Lifecycle(store, Converger(), device_id="dev-1", anchor=anchor, key_id="k")
 
             async def on_target(t: Target, _signed: Any) -> None:
@@ -301,3 +301,16 @@ async def test_wiped_store_replay_of_an_old_signed_target_is_refused(tmp_path: P
     results, audit = await run([old])
     assert results == [None], "a replayed target was accepted after a store wipe"
     assert audit[0]["action"] == "target.reject" and "not newer than 5" in audit[0]["detail"]
+
+
+async def test_anchor_pins_the_key_and_a_new_enrollment_starts_over(tmp_path: Path) -> None:
+    anchor = RevisionAnchor(tmp_path, "dev-1").load()
+    await anchor.raise_to(7, "key-a")
+    same = RevisionAnchor(tmp_path, "dev-1").load()
+    assert (same.revision, same.key_id) == (7, "key-a")
+    with pytest.raises(ConfigError, match="signing key changed"):
+        same.check_key("key-b")
+    assert RevisionAnchor(tmp_path, "dev-2").load().revision == 0  # re-enrolled: new device id
+    (tmp_path / "anchor.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="anchor"):
+        RevisionAnchor(tmp_path, "dev-1").load()
