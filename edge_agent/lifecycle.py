@@ -311,33 +311,7 @@ class Lifecycle:
         failed = self.watched
         assert failed is not None
         good = await self.store.last_good_target(before=failed.id)
-        outcome = "rolled_back" if good else "failed"
-        state = "pull_failed" if action.pull else outcome
-        detail = {
-            "reason": action.reason,
-            "cause": "pull" if action.pull else "release",
-            "to_revision": good.label if good else None,
-        }
-        audit = AuditRow(
-            actor="agent",
-            action="target.rollback" if good else "target.fail",
-            object=f"target:{failed.stored.label}",
-            outcome=state,
-            detail=detail,
-        )
-        await self.store.set_target_state(failed.id, state, action.reason, audit=audit)
-        await self.store.append(
-            "event",
-            {
-                "type": "target",
-                "action": outcome,
-                "revision": failed.stored.revision,
-                "local_seq": failed.stored.local_seq,
-                **detail,
-            },
-        )
-        self.on_error(f"revision {failed.stored.label} {state}: {action.reason}")
-        log.warning("revision %s %s: %s", failed.stored.label, state, action.reason)
+        await self._record_failure(failed, action, good)
         self._cancel("deadline")
         if good is None:
             self.state = LifeState(failed.id, Phase.FAILED, pull_failed=action.pull)
@@ -348,6 +322,31 @@ class Lifecycle:
         self.desired = self.running.target
         self.on_state("rolled_back")
         self.converger.request(self.running.target)
+
+    async def _record_failure(
+        self, failed: Ref, action: RollBack, good: StoredTarget | None
+    ) -> None:
+        """Write the failed target's state with its audit row, then the event; log once."""
+        outcome = "rolled_back" if good else "failed"
+        state = "pull_failed" if action.pull else outcome
+        label = failed.stored.label
+        detail = {
+            "reason": action.reason,
+            "cause": "pull" if action.pull else "release",
+            "to_revision": good.label if good else None,
+        }
+        audit = AuditRow(
+            actor="agent",
+            action="target.rollback" if good else "target.fail",
+            object=f"target:{label}",
+            outcome=state,
+            detail=detail,
+        )
+        await self.store.set_target_state(failed.id, state, action.reason, audit=audit)
+        event = {"type": "target", "action": outcome, "revision": failed.stored.revision}
+        await self.store.append("event", {**event, "local_seq": failed.stored.local_seq, **detail})
+        self.on_error(f"revision {label} {state}: {action.reason}")
+        log.warning("revision %s %s: %s", label, state, action.reason)
 
     # ---- timers and jobs ----------------------------------------------------------------
 
