@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edge_agent import __version__
+from edge_agent.anchor import RevisionAnchor
 from edge_agent.api import Conflict, NotFound, start_api
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, InvalidDocument, TargetRejected
 from edge_agent.executor import Reconciler, poll_health
-from edge_agent.models import CurrentService, Target, parse_document
+from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
+from edge_agent.models import CurrentService, Target
 from edge_agent.sdnotify import sd_notify
 from edge_agent.store import AuditRow, Quota, Store, StoreLimits
 from edge_agent.supervisor import BackoffPolicy, RolloutWatch, Supervisor
@@ -71,16 +73,13 @@ class Agent:
         self.device_id = ""
         self.supervisor: Supervisor | None = None
         self.reconciler: Reconciler | None = None
-        self.watch: RolloutWatch | None = None
-        self.desired: Target | None = None
+        self.lifecycle: Lifecycle | None = None
         self.state = "starting"
         self.last_error: str | None = None
         self.started_at = now()
         self._tasks: list[asyncio.Task[Any]] = []
         self._runners: list[Any] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._recheck: asyncio.TimerHandle | None = None
-        self._verdict_lock = asyncio.Lock()
         self.hub_link: Any = None
         self._current: list[CurrentService] = []
         self._last_status = ""
@@ -183,167 +182,102 @@ class Agent:
             log.error("background task %s died: %r", task.get_name(), task.exception())
 
     async def _restore(self) -> None:
-        """Re-apply the stored target after a restart (re-watching it if it was unproven)."""
-        for stored in await self.store.target_history(limit=1000):
-            if stored.state in ("pending", "applying", "good"):
-                target = parse_document(Target, stored.document)
-                if stored.state == "good":
-                    self.desired = target
-                    self.reconciler.request(target)  # type: ignore[union-attr]
-                else:
-                    await self._activate(target)
-                log.info("restored target revision %d (%s)", target.revision, stored.state)
-                return
-        self.state = "idle"
+        """Build the target lifecycle and re-apply the stored target after a restart."""
+        self.lifecycle = self._make_lifecycle()
+        self.reconciler.on_images_ready = self.lifecycle.images_ready  # type: ignore[union-attr]
+        await self.lifecycle.restore()
+        if self.lifecycle.state.watching is None:
+            self.state = "idle"
+
+    def _make_lifecycle(self) -> Lifecycle:
+        key_id = ""
+        if self.config.hub.url:
+            from edge_agent.enroll import load_identity
+            from edge_agent.signing import key_id as signing_key_id
+
+            identity = load_identity(self.config.data_dir)
+            key_id = signing_key_id(identity.signing_public_key()) if identity else ""
+        anchor = RevisionAnchor(self.config.data_dir, self.device_id).load()
+        anchor.check_key(key_id)
+        sc = self.config.supervisor
+        return Lifecycle(
+            self.store,
+            self.reconciler,  # type: ignore[arg-type]
+            device_id=self.device_id,
+            anchor=anchor,
+            key_id=key_id,
+            policy=LifecyclePolicy(
+                pull_timeout_s=sc.pull_timeout_s,
+                pull_retry_base_s=sc.pull_retry_base_s,
+                pull_retry_cap_s=sc.pull_retry_cap_s,
+            ),
+            crash_looping=lambda: self.supervisor.crash_looping(),  # type: ignore[union-attr]
+            on_state=self._set_state,
+            on_error=self._set_error,
+        )
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+
+    def _set_error(self, message: str) -> None:
+        self.last_error = message
+
+    @property
+    def desired(self) -> Target | None:
+        """Return the target being converged to."""
+        return self.lifecycle.desired if self.lifecycle else None
+
+    @property
+    def watch(self) -> RolloutWatch | None:
+        """Return the watch of the rollout in progress."""
+        return self.lifecycle.watch if self.lifecycle else None
 
     # ---- targets ---------------------------------------------------------------
 
     async def max_revision(self) -> int:
-        """Return the highest revision ever stored (accepted or not)."""
-        latest = await self.store.latest_target()
-        return latest.revision if latest else 0
+        """Return the highest revision ever accepted from the hub (store or anchor)."""
+        return await self.lifecycle.hub_floor()  # type: ignore[union-attr]
 
-    async def accept_target(self, target: Target, *, source: str, actor: str) -> Target:
-        """Store a validated target durably with its audit row, then apply it."""
-        if target.device_id != self.device_id:
-            raise TargetRejected(f"target is for {target.device_id!r}, this is {self.device_id!r}")
-        if target.revision <= await self.max_revision():
-            raise TargetRejected(
-                f"revision {target.revision} is not newer than {await self.max_revision()}"
-            )
-        if target.is_expired(now()):
-            raise TargetRejected(f"target revision {target.revision} has expired")
-        audit = AuditRow(
-            actor=actor,
-            action="target.accept",
-            object=f"target:{target.revision}",
-            outcome="ok",
-            detail={"release": target.release.ref, "source": source},
-        )
-        doc = target.model_dump_json()
-        await self.store.save_target(target.revision, doc, source=source, audit=audit)
-        await self._activate(target)
-        return target
+    async def accept_target(self, target: Target, *, source: str, actor: str) -> Ref:
+        """Store a validated target durably with its audit row, then apply it (serialized)."""
+        return await self.lifecycle.accept(target, source=source, actor=actor)  # type: ignore[union-attr]
 
-    async def reject_target(self, reason: str, *, actor: str, revision: int | None) -> None:
+    async def reject_target(self, reason: str, *, actor: str, revision: int | str | None) -> None:
         """Record a refused target as an audit record."""
-        await self.store.append_audit(
-            AuditRow(
-                actor=actor,
-                action="target.reject",
-                object=f"target:{revision if revision is not None else '?'}",
-                outcome="refused",
-                detail={"reason": reason},
-            )
-        )
+        label = str(revision) if revision is not None else "?"
+        await self.lifecycle.reject(reason, actor=actor, label=label)  # type: ignore[union-attr]
 
-    async def apply_local(self, body: Any, *, actor: str) -> Target:
+    async def apply_local(self, body: Any, *, actor: str) -> Ref:
         """Apply a technician's target or bare release; refused while a hub manages us."""
-        if self.config.hub.url and not (isinstance(body, dict) and body.get("force")):
-            raise Conflict(
+        revision = body.get("revision") if isinstance(body, dict) else None
+        if self.config.hub.url and not (isinstance(body, dict) and body.get("force") is True):
+            reason = (
                 'this device is managed by a hub; local apply needs "force": true '
                 "(the hub's next target replaces it)"
             )
-        if not isinstance(body, dict):
-            raise InvalidDocument("body must be a JSON object", [{"field": "(body)"}])
-        body = {k: v for k, v in body.items() if k != "force"}
-        if "release" not in body and "services" in body:
-            body = {"release": body}
-        body.setdefault("device_id", self.device_id)
-        body.setdefault("revision", await self.max_revision() + 1)
+            await self.reject_target(reason, actor=actor, revision=revision)
+            raise Conflict(reason)
         try:
-            target = parse_document(Target, body)
-        except InvalidDocument as exc:
-            await self.reject_target(exc.message, actor=actor, revision=body.get("revision"))
-            raise
-        try:
+            target = local_target(body, self.device_id)
             return await self.accept_target(target, source="local", actor=actor)
-        except TargetRejected as exc:
-            await self.reject_target(exc.message, actor=actor, revision=target.revision)
+        except (InvalidDocument, TargetRejected) as exc:
+            await self.reject_target(exc.message, actor=actor, revision=revision)
             raise
-
-    async def _activate(self, target: Target) -> None:
-        """Converge to a new target and watch it against its deadline."""
-        await self.store.set_target_state(target.revision, "applying")
-        self.desired = target
-        self.state = "converging"
-        self.watch = RolloutWatch(target, now())
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._deadline_timer = loop.call_later(
-            target.apply_deadline_s + 0.5,
-            self.reconciler.poke,
-            "apply deadline",  # type: ignore[union-attr]
-        )
-        self.reconciler.request(target)  # type: ignore[union-attr]
 
     # ---- reconciler observers ----------------------------------------------------
 
     def _on_observed(self, current: list[CurrentService]) -> None:
         self._current = current
-        if self.watch is not None and not self.watch.verdict.is_final:
-            asyncio.get_running_loop().create_task(self._judge(current))
-
-    async def _judge(self, current: list[CurrentService]) -> None:
-        """Mark the watched target good, or roll back to the last good one."""
-        async with self._verdict_lock:
-            watch = self.watch
-            if watch is None or watch.verdict.is_final:
-                return
-            verdict = watch.evaluate(current, crash_looping=self.supervisor.crash_looping())  # type: ignore[union-attr]
-            rev = watch.target.revision
-            if verdict.status == "good":
-                await self.store.set_target_state(rev, "good")
-                self.state = "converged"
-                await self._event("target", {"action": "good", "revision": rev})
-            elif verdict.status == "failed":
-                await self._roll_back(watch.target, verdict.reason or "failed")
-            elif self._recheck is None or self._recheck.cancelled():
-                # Pending: look again soon, so min_ready_s and the deadline are judged on time.
-                self._recheck = asyncio.get_running_loop().call_later(1.0, self._poke_recheck)
-
-    def _poke_recheck(self) -> None:
-        self._recheck = None
-        if self.watch is not None and not self.watch.verdict.is_final:
-            self.reconciler.poke("rollout watch")  # type: ignore[union-attr]
-
-    async def _roll_back(self, failed: Target, reason: str) -> None:
-        good = await self.store.last_good_target(before=failed.revision)
-        outcome = "rolled_back" if good else "failed"
-        audit = AuditRow(
-            actor="agent",
-            action="target.rollback" if good else "target.fail",
-            object=f"target:{failed.revision}",
-            outcome=outcome,
-            detail={"reason": reason, "to_revision": good.revision if good else None},
-        )
-        await self.store.set_target_state(failed.revision, outcome, reason, audit=audit)
-        await self._event(
-            "target",
-            {
-                "action": outcome,
-                "revision": failed.revision,
-                "to_revision": good.revision if good else None,
-                "reason": reason,
-            },
-        )
-        self.last_error = f"revision {failed.revision} {outcome}: {reason}"
-        log.warning("revision %d %s: %s", failed.revision, outcome, reason)
-        if good is None:
-            self.state = "failed"
-            return
-        target = parse_document(Target, good.document)
-        self.desired = target
-        self.watch = None
-        self.state = "rolled_back"
-        self.reconciler.request(target)  # type: ignore[union-attr]
+        if self.lifecycle is not None:
+            self.lifecycle.observed(current)
 
     def _on_step_done(self, step: Any) -> None:
         self._fire("event", {"type": "step", "action": step.action, "detail": step.describe()})
 
     def _on_error(self, exc: AgentError) -> None:
         self.last_error = exc.message
+        if self.lifecycle is not None:
+            self.lifecycle.note_error(exc)
         self._fire("event", {"type": "error", "error": type(exc).__name__, "message": exc.message})
 
     def _on_settled(self, outcome: Any) -> None:
@@ -426,14 +360,11 @@ class Agent:
                     else None,
                 }
             )
-        latest = await self.store.latest_target()
         out: dict[str, Any] = {
             "device_id": self.device_id,
             "agent_version": __version__,
             "state": self.state,
-            "target_revision": latest.revision if latest else None,
-            "applied_revision": self.desired.revision if self.desired else None,
-            "release": self.desired.release.ref if self.desired else None,
+            **(await self.lifecycle.report() if self.lifecycle else {}),
             "reconciler": str(self.reconciler.state) if self.reconciler else None,
             "services": services,
             "last_error": self.last_error,

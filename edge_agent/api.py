@@ -198,9 +198,16 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 async def apply(request: web.Request) -> web.Response:
     """Apply a target (or a bare release) sent by a technician."""
     body = await _json_body(request)
-    target = await request.app[AGENT_KEY].apply_local(body, actor=request[ACTOR])
+    ref = await request.app[AGENT_KEY].apply_local(body, actor=request[ACTOR])
+    # A local target carries the hub revision it is based on plus its own local sequence.
     return web.json_response(
-        {"revision": target.revision, "release": target.release.ref}, status=202
+        {
+            "revision": ref.stored.revision,
+            "local_seq": ref.stored.local_seq,
+            "target": ref.stored.label,
+            "release": ref.target.release.ref,
+        },
+        status=202,
     )
 
 

@@ -57,6 +57,11 @@ class SupervisorConfig(Section):
     crash_loop_window_s: float = Field(120.0, gt=0)
     restart_unhealthy: bool = True
     safety_interval_s: float = Field(30.0, gt=0)
+    # A target's images must be present within this bound (its apply deadline starts then);
+    # a target whose pull failed is retried after pull_retry_base_s, doubling to the cap.
+    pull_timeout_s: float = Field(1800.0, gt=0)
+    pull_retry_base_s: float = Field(60.0, gt=0)
+    pull_retry_cap_s: float = Field(3600.0, gt=0)
 
     @model_validator(mode="after")
     def _cap(self) -> SupervisorConfig:

@@ -85,9 +85,13 @@ async def execute(
     *,
     health_wait: HealthWait,
     on_step_done: StepHook | None = None,
+    on_pulled: Callable[[Target], None] | None = None,
 ) -> None:
-    """Run a plan; raise ApplyFailed naming the first failing step, cancelling the rest."""
-    await _Apply(runtime, target, health_wait, on_step_done).run(steps)
+    """Run a plan; raise ApplyFailed naming the first failing step, cancelling the rest.
+
+    ``on_pulled`` is called once the pull phase is done (every image is then present).
+    """
+    await _Apply(runtime, target, health_wait, on_step_done, on_pulled).run(steps)
 
 
 class _Apply:
@@ -99,11 +103,13 @@ class _Apply:
         target: Target,
         health_wait: HealthWait,
         on_step_done: StepHook | None,
+        on_pulled: Callable[[Target], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.target = target
         self.health_wait = health_wait
         self.on_step_done = on_step_done
+        self.on_pulled = on_pulled
         self.services = {s.name: s for s in target.services()}
         self.created: dict[str, str] = {}
         self.done: dict[str, asyncio.Event] = {}
@@ -128,6 +134,8 @@ class _Apply:
         gone = [c for n, c in chains.items() if n not in self.services]
         self.done = {n: asyncio.Event() for n in owned}
         await _together(self._run_step, [s for s in steps if isinstance(s, PullStep)])
+        if self.on_pulled is not None:
+            _call_hook(self.on_pulled, self.target)
         await _together(self._run_chain, gone)
         await _together(self._run_step, [s for s in steps if isinstance(s, CreateNetworkStep)])
         await _together(self._run_service, list(owned.items()))
@@ -292,6 +300,7 @@ class Reconciler:
         on_error: Callable[[AgentError], None] | None = None,
         on_observed: Callable[[list[CurrentService]], None] | None = None,
         on_settled: Callable[[ReconcileState], None] | None = None,
+        on_images_ready: Callable[[Target], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.advisor = advisor
@@ -304,6 +313,8 @@ class Reconciler:
         self.on_error = on_error
         self.on_observed = on_observed
         self.on_settled = on_settled
+        # Called when every image of the target is present (its apply deadline starts).
+        self.on_images_ready = on_images_ready
         self.target: Target | None = None
         self.state = ReconcileState.IDLE
         self.last_error: AgentError | None = None
@@ -386,7 +397,10 @@ class Reconciler:
             current = await self.runtime.list_services()
             if self.on_observed is not None:
                 _call_hook(self.on_observed, current)
-            steps = plan(target, current, await self._context(target, current))
+            context = await self._context(target, current)
+            if target is not None and _images_of(target) <= context.images_present:
+                self._images_ready(target)
+            steps = plan(target, current, context)
             if not steps:
                 if self.failures:
                     log.info("reconcile recovered after %d failed applies", self.failures)
@@ -399,9 +413,14 @@ class Reconciler:
                 target,
                 health_wait=self.health_wait,
                 on_step_done=self.on_step_done,
+                on_pulled=self._images_ready,
             )
         stuck = ApplyFailed(f"not converged after {self.max_iterations} applies")
         return self._failed(stuck, ReconcileState.NOT_CONVERGED)
+
+    def _images_ready(self, target: Target) -> None:
+        if self.on_images_ready is not None:
+            _call_hook(self.on_images_ready, target)
 
     def _failed(self, exc: AgentError, outcome: ReconcileState) -> ReconcileState:
         self.failures += 1
@@ -425,7 +444,7 @@ class Reconciler:
         now = self.clock()
         if self.advisor is not None:
             self.advisor.observe(current, now)
-        images = sorted({s.image for s in target.services()}) if target else []
+        images = sorted(_images_of(target)) if target else []
         flags = await asyncio.gather(*(self.runtime.has_image(ref) for ref in images))
         # Networks left by an apply cancelled after its last container went are removed too.
         networks = await self.runtime.list_networks() if target else []
@@ -445,6 +464,10 @@ class Reconciler:
             for at in _future(self.advisor.restart_not_before().values(), now):
                 delay = min(delay, (at - now).total_seconds())
         return max(delay, 0.0)
+
+
+def _images_of(target: Target) -> set[str]:
+    return {s.image for s in target.services()}
 
 
 def _future(times: Iterable[datetime], now: datetime) -> list[datetime]:

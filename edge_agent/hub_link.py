@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.config import AgentConfig
 from edge_agent.enroll import Identity, enroll, load_identity, maintain_certificate
@@ -18,7 +18,7 @@ from edge_agent.sync import HubClient, Syncer, SyncLimits
 from edge_agent.target_gate import TargetGate
 
 if TYPE_CHECKING:
-    from edge_agent.agent import Agent
+    from edge_agent.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,25 @@ async def ensure_identity(config: AgentConfig) -> Identity:
         await asyncio.sleep(min(hub.backoff_cap_s, hub.backoff_base_s * 2 ** min(failures, 10)))
 
 
+class LinkedAgent(Protocol):
+    """What the hub link needs of the agent: its config and store, targets in, status out."""
+
+    config: AgentConfig
+    store: Store
+
+    async def accept_target(self, target: Target, *, source: str, actor: str) -> Any:
+        """Accept a verified hub target (serialized with rollbacks)."""
+        ...
+
+    async def status(self, *, counters: bool = True) -> dict[str, Any]:
+        """Return the agent's status."""
+        ...
+
+
 class HubLink:
     """Runs the sync loop, the target long-poll and certificate renewal for one agent."""
 
-    def __init__(self, agent: Agent, identity: Identity) -> None:
+    def __init__(self, agent: LinkedAgent, identity: Identity) -> None:
         self.agent = agent
         self.identity = identity
         hub = agent.config.hub
@@ -125,4 +140,9 @@ class HubLink:
             ],
             counters=st["counters"],
             last_error=st["last_error"],
+            running_revision=st.get("running_revision"),
+            running_local_seq=st.get("running_local_seq"),
+            applying_revision=st.get("applying_revision"),
+            applying_local_seq=st.get("applying_local_seq"),
+            rollout_state=st.get("rollout_state"),
         )

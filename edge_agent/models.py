@@ -213,7 +213,9 @@ class Target(Strict):
     """The desired state of one device at one revision."""
 
     device_id: str = Field(min_length=1, max_length=128)
-    revision: int = Field(ge=1)
+    # The hub's revision; a local (technician) target carries the hub revision it is
+    # based on (0 before any hub target) and gets a local sequence number in the store.
+    revision: int = Field(ge=0, le=2**63 - 1)
     release: Release
     overrides: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="service name -> environment overrides"

@@ -98,6 +98,13 @@ class StatusSnapshot(Wire):
     services: list[ServiceReport] | None = None
     counters: dict[str, int] | None = None
     last_error: str | None = None
+    # Additive (optional): what runs and what is being rolled out, reported apart. A local
+    # (technician) target is the hub revision it is based on plus a local sequence > 0.
+    running_revision: int | None = Field(None, ge=0, le=2**63 - 1)
+    running_local_seq: int | None = Field(None, ge=0, le=2**63 - 1)
+    applying_revision: int | None = Field(None, ge=0, le=2**63 - 1)
+    applying_local_seq: int | None = Field(None, ge=0, le=2**63 - 1)
+    rollout_state: str | None = Field(None, max_length=32)  # applying|settling|good|...
 
 
 class SyncRequest(Wire):

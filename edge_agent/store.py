@@ -88,14 +88,54 @@ MIGRATIONS: list[tuple[int, str]] = [
             CAST(CAST((julianday('now') - 2440587.5) * 86400000000000 AS INTEGER) AS TEXT))
         """,
     ),
+    (
+        3,
+        # Local (technician) applies get their own sequence on top of the hub revision they
+        # are based on, so they never consume the hub's revision space; history is ordered
+        # by the row id (arrival), not by revision.
+        """
+        CREATE TABLE targets_v3 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            revision INTEGER NOT NULL,
+            local_seq INTEGER NOT NULL DEFAULT 0,
+            document TEXT NOT NULL,
+            source TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            reason TEXT,
+            applied_at TEXT,
+            UNIQUE (source, revision, local_seq)
+        );
+        INSERT INTO targets_v3
+            (revision, local_seq, document, source, received_at, state, reason, applied_at)
+            SELECT revision, 0, document, source, received_at, state, reason, applied_at
+            FROM targets ORDER BY revision;
+        DROP TABLE targets;
+        ALTER TABLE targets_v3 RENAME TO targets;
+        """,
+    ),
 ]
 
-TARGET_STATES = ("pending", "applying", "good", "failed", "rolled_back", "rejected")
+TARGET_STATES = (
+    "pending",
+    "applying",
+    "good",
+    "failed",
+    "rolled_back",
+    "pull_failed",
+    "rejected",
+)
+TARGET_COLUMNS = "id, revision, local_seq, document, source, received_at, state, reason, applied_at"
 
 
 @dataclass(frozen=True)
 class StoredTarget:
-    """A target as kept in history."""
+    """A target as kept in history.
+
+    ``id`` orders history (arrival); ``revision`` is the hub's revision (for a local target
+    the hub revision it is based on) and ``local_seq`` the technician's sequence on top
+    of it (0 for a hub target).
+    """
 
     revision: int
     document: str
@@ -104,6 +144,13 @@ class StoredTarget:
     reason: str | None
     received_at: str
     applied_at: str | None
+    id: int = 0
+    local_seq: int = 0
+
+    @property
+    def label(self) -> str:
+        """Return how the target is named in audit, events and status: 5, or 5+local.2."""
+        return f"{self.revision}+local.{self.local_seq}" if self.local_seq else str(self.revision)
 
 
 class Store(OutboxMixin):
@@ -275,55 +322,88 @@ class Store(OutboxMixin):
     # ---- targets ---------------------------------------------------------------
 
     async def save_target(
-        self, revision: int, document: str, *, source: str, audit: AuditRow | None = None
-    ) -> None:
-        """Store a received target (and its audit row) durably in one transaction."""
+        self,
+        revision: int,
+        document: str,
+        *,
+        source: str,
+        local_seq: int = 0,
+        audit: AuditRow | None = None,
+    ) -> int:
+        """Store a received target (and its audit row) durably in one transaction; return its id."""
         async with self.transaction() as db:
             await db.execute(
-                "INSERT INTO targets (revision, document, source, received_at) VALUES (?,?,?,?)"
-                " ON CONFLICT(revision) DO NOTHING",
-                (revision, document, source, utc_now()),
+                "INSERT INTO targets (revision, local_seq, document, source, received_at)"
+                " VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (revision, local_seq, document, source, utc_now()),
             )
+            async with db.execute(
+                "SELECT id FROM targets WHERE source = ? AND revision = ? AND local_seq = ?",
+                (source, revision, local_seq),
+            ) as cur:
+                target_id: int = (await cur.fetchone())[0]  # type: ignore[index]
             if audit is not None:
                 await self._append_audit(db, audit)
+        return target_id
 
     async def set_target_state(
-        self, revision: int, state: str, reason: str | None = None, *, audit: AuditRow | None = None
+        self,
+        target_id: int,
+        state: str,
+        reason: str | None = None,
+        *,
+        audit: AuditRow | None = None,
     ) -> None:
-        """Record a target's outcome (good, failed, rolled_back, ...)."""
+        """Record a target's outcome (good, failed, rolled_back, ...), by its id."""
         if state not in TARGET_STATES:
             raise StoreError(f"unknown target state {state!r}")
         applied = utc_now() if state == "good" else None
         async with self.transaction() as db:
             await db.execute(
                 "UPDATE targets SET state = ?, reason = ?, applied_at = COALESCE(?, applied_at)"
-                " WHERE revision = ?",
-                (state, reason, applied, revision),
+                " WHERE id = ?",
+                (state, reason, applied, target_id),
             )
             if audit is not None:
                 await self._append_audit(db, audit)
 
     async def latest_target(self) -> StoredTarget | None:
-        """Return the newest stored target, whatever its state."""
-        return await self._one_target("SELECT * FROM targets ORDER BY revision DESC LIMIT 1", ())
+        """Return the newest stored target (by arrival), whatever its state."""
+        return await self._one_target(
+            f"SELECT {TARGET_COLUMNS} FROM targets ORDER BY id DESC LIMIT 1", ()
+        )
 
-    async def get_target(self, revision: int) -> StoredTarget | None:
-        """Return one stored target."""
-        return await self._one_target("SELECT * FROM targets WHERE revision = ?", (revision,))
+    async def max_hub_revision(self) -> int:
+        """Return the highest revision ever accepted from the hub (0 if none)."""
+        async with self.db.execute(
+            "SELECT COALESCE(MAX(revision), 0) FROM targets WHERE source = 'hub'"
+        ) as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def max_local_seq(self) -> int:
+        """Return the highest local (technician) sequence number handed out (0 if none)."""
+        async with self.db.execute("SELECT COALESCE(MAX(local_seq), 0) FROM targets") as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def get_target(self, target_id: int) -> StoredTarget | None:
+        """Return one stored target by id."""
+        return await self._one_target(
+            f"SELECT {TARGET_COLUMNS} FROM targets WHERE id = ?", (target_id,)
+        )
 
     async def last_good_target(self, before: int | None = None) -> StoredTarget | None:
-        """Return the newest target that converged healthy (optionally older than ``before``)."""
-        sql = "SELECT * FROM targets WHERE state = 'good'"
+        """Return the newest target that converged healthy (optionally older than id ``before``)."""
+        sql = f"SELECT {TARGET_COLUMNS} FROM targets WHERE state = 'good'"
         args: tuple[Any, ...] = ()
         if before is not None:
-            sql += " AND revision < ?"
+            sql += " AND id < ?"
             args = (before,)
-        return await self._one_target(sql + " ORDER BY revision DESC LIMIT 1", args)
+        return await self._one_target(sql + " ORDER BY id DESC LIMIT 1", args)
 
     async def target_history(self, limit: int = 50) -> list[StoredTarget]:
         """Return recent targets, newest first."""
         async with self.db.execute(
-            "SELECT * FROM targets ORDER BY revision DESC LIMIT ?", (limit,)
+            f"SELECT {TARGET_COLUMNS} FROM targets ORDER BY id DESC LIMIT ?", (limit,)
         ) as cur:
             return [_target_row(r) for r in await cur.fetchall()]
 
@@ -346,8 +426,10 @@ class Store(OutboxMixin):
 
 
 def _target_row(row: Any) -> StoredTarget:
-    revision, document, source, received_at, state, reason, applied_at = row
-    return StoredTarget(revision, document, source, state, reason, received_at, applied_at)
+    id_, revision, local_seq, document, source, received_at, state, reason, applied_at = row
+    return StoredTarget(
+        revision, document, source, state, reason, received_at, applied_at, id_, local_seq
+    )
 
 
 def _translate(exc: sqlite3.Error) -> StoreError:

@@ -232,6 +232,8 @@ class RolloutVerdict:
 
     status: Literal["pending", "good", "failed"]
     reason: str = ""
+    # "pull": the images never arrived within the pull bound (the release was not tried)
+    kind: Literal["release", "pull"] = "release"
 
     @property
     def is_final(self) -> bool:
@@ -240,24 +242,43 @@ class RolloutVerdict:
 
 
 class RolloutWatch:
-    """Decide whether a target applied at ``started_at`` came up within its deadline."""
+    """Decide whether a target came up within its deadline, counted from its images' arrival.
+
+    The apply deadline starts when every image of the target is present (``images_ready``);
+    until then only the pull bound (``pull_timeout_s`` from ``started_at``) runs, and
+    missing it fails the rollout as a pull failure, not as a failed release.
+    """
 
     def __init__(
         self,
         target: Target,
         started_at: datetime,
         *,
+        pull_timeout_s: float = 1800.0,
+        images_ready_at: datetime | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.target = target
         self.started_at = started_at
+        self.pull_timeout_s = pull_timeout_s
+        self.images_ready_at = images_ready_at
+        self.pull_error = ""
         self.clock = clock
         self.verdict = RolloutVerdict("pending")
 
+    def images_ready(self, at: datetime) -> bool:
+        """Start the apply deadline (once); return whether this call started it."""
+        if self.images_ready_at is not None:
+            return False
+        self.images_ready_at = at
+        return True
+
     @property
     def deadline(self) -> datetime:
-        """Return when the target must be good by."""
-        return self.started_at + timedelta(seconds=self.target.apply_deadline_s)
+        """Return when the target must be good by (the pull bound while images are missing)."""
+        if self.images_ready_at is None:
+            return self.started_at + timedelta(seconds=self.pull_timeout_s)
+        return self.images_ready_at + timedelta(seconds=self.target.apply_deadline_s)
 
     def evaluate(
         self, current: Sequence[CurrentService], *, crash_looping: Collection[str] = ()
@@ -265,10 +286,23 @@ class RolloutWatch:
         """Return the verdict for the current state; once good or failed, it stays."""
         if self.verdict.is_final:
             return self.verdict
+        now = self.clock()
+        if self.images_ready_at is None:
+            if now < self.deadline:
+                return RolloutVerdict("pending", "pulling images")
+            why = f"pull failed: images not present within {self.pull_timeout_s:g}s"
+            if self.pull_error:
+                why += f" ({self.pull_error})"
+            self.verdict = RolloutVerdict("failed", why, kind="pull")
+            return self.verdict
+        return self._evaluate_release(current, crash_looping, now)
+
+    def _evaluate_release(
+        self, current: Sequence[CurrentService], crash_looping: Collection[str], now: datetime
+    ) -> RolloutVerdict:
         services = self.target.services()
         looping = sorted(s.name for s in services if s.name in crash_looping)
         by_name = {c.name: c for c in current}
-        now = self.clock()
         problems = [
             (s.name, p)
             for s in services

@@ -9,7 +9,17 @@ from typing import Any
 from edge_agent.protocol import StatusSnapshot
 
 # The parts of a device's reported status that the hub keeps (columns of its row).
-STATUS_FIELDS = ("release", "state", "services", "counters", "last_error")
+STATUS_FIELDS = (
+    "release",
+    "state",
+    "services",
+    "counters",
+    "last_error",
+    "running_revision",
+    "running_local_seq",
+    "applying_revision",
+    "rollout_state",
+)
 
 
 class Connectivity(StrEnum):
@@ -24,8 +34,12 @@ class Drift(StrEnum):
     """Whether a device runs what the hub wants it to run."""
 
     NO_TARGET = "no_target"
-    IN_SYNC = "in_sync"
-    DRIFTED = "drifted"
+    IN_SYNC = "in_sync"  # runs the target, and the target proved good
+    UPDATING = "updating"  # rolling out the target (applying or settling)
+    DRIFTED = "drifted"  # runs something other than its target, and is not rolling it out
+
+
+ROLLING_OUT = ("applying", "settling")
 
 
 def connectivity(
@@ -42,11 +56,31 @@ def connectivity(
     return Connectivity.STALE
 
 
-def drift(target_revision: int, applied_revision: int) -> Drift:
-    """Return whether the applied revision differs from the target revision."""
+def drift(
+    target_revision: int,
+    applied_revision: int,
+    *,
+    running_revision: int | None = None,
+    running_local_seq: int | None = None,
+    applying_revision: int | None = None,
+    rollout_state: str | None = None,
+) -> Drift:
+    """Return whether the device runs its target.
+
+    In sync only when the running revision is the target (not a technician's local
+    target on top of it) and its rollout is good. Agents that do not report
+    ``rollout_state`` are judged by their applied revision alone.
+    """
     if target_revision <= 0:
         return Drift.NO_TARGET
-    return Drift.IN_SYNC if applied_revision == target_revision else Drift.DRIFTED
+    if rollout_state is None:
+        return Drift.IN_SYNC if applied_revision == target_revision else Drift.DRIFTED
+    runs_target = running_revision == target_revision and not running_local_seq
+    if runs_target and rollout_state == "good":
+        return Drift.IN_SYNC
+    if applying_revision == target_revision and rollout_state in ROLLING_OUT:
+        return Drift.UPDATING
+    return Drift.DRIFTED
 
 
 def merge_status(current: dict[str, Any], delta: StatusSnapshot) -> dict[str, Any]:

@@ -106,14 +106,12 @@ echo "device $DEVICE enrolled"
 say "deploying examples/sample-release.json to $DEVICE through the hub"
 ctl target set "$DEVICE" examples/sample-release.json --deadline 120
 
-say "waiting for the device to report the release running"
-for _ in $(seq 120); do
+say "waiting for the device to run the release and prove it good (in_sync)"
+for _ in $(seq 180); do
     if ctl --json device show "$DEVICE" | "$PY" -c '
 import json, sys
 d = json.load(sys.stdin)
-svcs = {s["name"]: s["state"] for s in d.get("services") or []}
-ok = d["applied_revision"] == d["target_revision"] and svcs and all(v == "running" for v in svcs.values())
-sys.exit(0 if ok else 1)'; then
+sys.exit(0 if d["drift"] == "in_sync" and d.get("rollout_state") == "good" else 1)'; then
         break
     fi
     sleep 1

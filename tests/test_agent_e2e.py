@@ -164,7 +164,7 @@ async def test_deploy_change_remove_from_registry(
     api2 = {**api, "environment": {"EXTRA": "1"}}
     code, body = await agent.call("POST", "/v1/apply", release("2", [web, api2]))
     assert code == 202, body
-    st = await wait_status(agent, lambda s: s["applied_revision"] == 2 and all_running({"api"})(s))
+    st = await wait_status(agent, lambda s: s["running_local_seq"] == 2 and all_running({"api"})(s))
     ids2 = await container_ids(docker, agent.device_id)
     assert ids2["web"] == ids1["web"], "unchanged service must keep its container"
     assert ids2["api"] != ids1["api"], "changed service must be recreated"
@@ -172,7 +172,7 @@ async def test_deploy_change_remove_from_registry(
 
     code, body = await agent.call("POST", "/v1/apply", release("3", [web]))
     assert code == 202, body
-    await wait_status(agent, lambda s: s["applied_revision"] == 3 and s["state"] == "converged")
+    await wait_status(agent, lambda s: s["running_local_seq"] == 3 and s["rollout_state"] == "good")
     ids3 = await docker_env.wait_for(
         lambda: _ids_without(docker, agent.device_id, "api"), timeout_s=15
     )
@@ -243,19 +243,22 @@ async def test_bad_release_rolls_back_on_device(
     )
     assert code == 202
     st = await wait_status(agent, lambda s: s["state"] == "rolled_back" and running(s, {"web"}), 45)
-    assert st["applied_revision"] == 1 and st["release"] == "app@1"
-    assert "revision 2 rolled_back" in (st["last_error"] or "")
+    assert st["running_local_seq"] == 1 and st["release"] == "app@1"
+    assert "revision 0+local.2 rolled_back" in (st["last_error"] or "")
     assert _target_state(agent, 2) == "rolled_back"
     ids = await container_ids(docker, agent.device_id)
     assert set(ids) == {"web"} and ids != good_ids  # the good config is recreated
     code, audit = await agent.call("GET", "/v1/audit")
-    assert any(a["action"] == "target.rollback" and a["object"] == "target:2" for a in audit)
+    assert any(
+        a["action"] == "target.rollback" and a["object"] == "target:0+local.2" for a in audit
+    )
 
 
-def _target_state(agent: AgentProcess, revision: int) -> str | None:
+def _target_state(agent: AgentProcess, local_seq: int) -> str | None:
+    """Return the state of the technician's n-th local target."""
     db = sqlite3.connect(f"file:{agent.data_dir / 'agent.db'}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT state FROM targets WHERE revision = ?", (revision,)).fetchone()
+        row = db.execute("SELECT state FROM targets WHERE local_seq = ?", (local_seq,)).fetchone()
     finally:
         db.close()
     return row[0] if row else None
@@ -275,7 +278,7 @@ async def test_killed_agent_restores_removed_containers(
     assert await container_ids(docker, agent.device_id) == {}
     await agent.start()
     st = await wait_status(agent, all_running({"a", "b"}))
-    assert st["applied_revision"] == 1
+    assert st["running_local_seq"] == 1
     assert set(await container_ids(docker, agent.device_id)) == {"a", "b"}
 
 
@@ -296,7 +299,8 @@ async def test_invalid_target_is_refused_and_changes_nothing(
     assert {"release.services.0.name", "release.services.0.image"} <= fields, fields
     assert any(f.startswith("release.services.0.ports.0.container") for f in fields), fields
     after = await agent.status()
-    assert after["target_revision"] == before["target_revision"] == 1
+    assert after["target_revision"] == before["target_revision"] == 0  # no hub target
+    assert _target_state(agent, 2) is None, "a refused document must not be stored"
     assert await container_ids(docker, agent.device_id) == ids
     code, audit = await agent.call("GET", "/v1/audit")
     assert audit[0]["action"] == "target.reject" and audit[0]["actor"].startswith("unix:")
@@ -361,3 +365,69 @@ async def test_lan_api_needs_a_technicians_own_token(
             audit = await resp.json()
     accepted = [a for a in audit if a["action"] == "target.accept"]
     assert accepted and accepted[0]["actor"] == "technician:alice"
+
+
+async def test_slow_pull_does_not_count_against_the_apply_deadline(
+    make_agent: AgentFactory, images: TestImages, docker: aiodocker.Docker
+) -> None:
+    """Item 6: a pull slower than apply_deadline_s through a slow registry still becomes good."""
+    from faultproxy import FaultProxy
+
+    proxy = await FaultProxy("127.0.0.1", 5000).start()
+    ref = f"127.0.0.1:{proxy.port}/edgefleet/good:1"
+    try:
+        agent = await make_agent()
+        proxy.set_mode("delay", delay_ms=1500)
+        t0 = time.monotonic()
+        code, body = await agent.call(
+            "POST",
+            "/v1/apply",
+            {
+                "release": release("1", [{"name": "web", "image": ref}]),
+                "apply_deadline_s": 3,
+                "min_ready_s": 1,
+            },
+        )
+        assert code == 202, body
+        st = await wait_status(agent, lambda s: s["rollout_state"] == "applying")
+        # Pull progress is visible: still waiting for the images, no deadline running yet.
+        assert st["rollout_detail"]["images_ready"] is False, st
+        st = await wait_status(
+            agent, lambda s: s["rollout_state"] in ("good", "rolled_back", "failed"), 90
+        )
+        pulled_s = time.monotonic() - t0
+        assert st["rollout_state"] == "good", (st["last_error"], agent.log())
+        # The pull alone outlasts the apply deadline (3 s) plus min_ready_s (1 s).
+        assert pulled_s > 5, f"the apply took {pulled_s:.1f}s: the pull was not slow"
+        assert _target_state(agent, 1) == "good"
+    finally:
+        await proxy.close()
+        subprocess.run(["docker", "rmi", ref], capture_output=True)
+
+
+async def test_pull_failure_is_recorded_as_such_and_retried(
+    make_agent: AgentFactory, images: TestImages
+) -> None:
+    """Item 6: images that never arrive are a pull failure (not a failed release), retried."""
+    from faultproxy import FaultProxy
+
+    proxy = await FaultProxy("127.0.0.1", 5000).start()
+    ref = f"127.0.0.1:{proxy.port}/edgefleet/good:1"
+    try:
+        proxy.set_mode("cut")
+        agent = await make_agent(
+            supervisor={"pull_timeout_s": 3, "pull_retry_base_s": 2, "pull_retry_cap_s": 4}
+        )
+        svc = {"name": "web", "image": ref}
+        code, body = await agent.call("POST", "/v1/apply", release("1", [svc]))
+        assert code == 202, body
+        await wait_status(agent, lambda s: _target_state(agent, 1) == "pull_failed", 30)
+        code, audit = await agent.call("GET", "/v1/audit")
+        fail = [a for a in audit if a["action"] == "target.fail"]
+        assert fail and json.loads(fail[0]["detail"])["cause"] == "pull", audit
+        proxy.set_mode("pass")  # the registry is reachable again: the retry succeeds
+        st = await wait_status(agent, lambda s: s["rollout_state"] == "good", 60)
+        assert st["running_local_seq"] == 1 and _target_state(agent, 1) == "good"
+    finally:
+        await proxy.close()
+        subprocess.run(["docker", "rmi", ref], capture_output=True)

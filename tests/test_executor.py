@@ -529,3 +529,24 @@ async def test_a_leftover_network_of_an_old_release_is_removed(running: Any) -> 
     async with asyncio.timeout(2):
         await rec.wait_converged()
     assert rt.networks == {target(svc("web")).release.name}
+
+
+async def test_images_ready_is_signalled_after_the_pulls_before_any_container() -> None:
+    """Item 6: the apply deadline can start when the images are present, not before."""
+    rt = FakeRuntime()
+    seen: list[list[str]] = []
+    rec = Reconciler(
+        rt,
+        health_wait=no_health_wait,
+        on_images_ready=lambda _t: seen.append(list(rt.log)),
+    )
+    pull = rt.gate(f"pull {LOCAL}")
+    rec.request(target(svc("web")))
+    apply = asyncio.create_task(rec.converge())
+    await until(lambda: f"begin pull {LOCAL}" in rt.log)
+    assert seen == [], "images reported ready while the pull is still running"
+    pull.set()
+    async with asyncio.timeout(2):
+        assert await apply
+    first = seen[0]
+    assert f"end pull {LOCAL}" in first and not any("create" in e for e in first), first

@@ -180,3 +180,61 @@ async def test_agent_keeps_running_its_target_while_the_hub_is_down(
         await docker_env.wait_for(restart_audited, timeout_s=30)
     finally:
         hub2.stop()
+
+
+async def test_fleet_view_is_never_in_sync_before_the_new_release_is_good(
+    fleet_hub: RunningHub, enrolled_agent: AgentProcess, images: TestImages
+) -> None:
+    """Item 14: sampled during an update to a slow-to-be-healthy release, no early in_sync."""
+    agent = enrolled_agent
+    device_id = agent_device_id(agent)
+    good = {"name": "web", "image": images.ref("good")}
+    first = await fleet_hub.set_target(
+        device_id, {"name": "app", "version": "1", "services": [good]}
+    )
+
+    async def hub_in_sync(revision: int) -> dict[str, Any] | None:
+        d = await hub_device(fleet_hub, device_id)
+        return d if d["drift"] == "in_sync" and d["running_revision"] == revision else None
+
+    await docker_env.wait_for(lambda: hub_in_sync(first), timeout_s=40, interval_s=0.3)
+    slow = {"name": "web", "image": images.ref("slow"), "environment": {"HEALTHY_AFTER": "6"}}
+    second = await fleet_hub.set_target(
+        device_id, {"name": "app", "version": "2", "services": [slow]}, min_ready_s=1
+    )
+    samples: list[tuple[str, Any, Any]] = []
+    good_at: float | None = None
+    async with asyncio.timeout(60):
+        while True:
+            d = await hub_device(fleet_hub, device_id)
+            samples.append((d["drift"], d["running_revision"], d["rollout_state"]))
+            st = await agent.status()
+            if good_at is None and st["running_revision"] == second:
+                assert st["rollout_state"] == "good", st
+                good_at = time.monotonic()
+            if d["drift"] == "in_sync" and d["running_revision"] == second:
+                break
+            if good_at is None:
+                # The agent does not report the new revision as running before it is good.
+                assert st["running_revision"] != second, st
+            await asyncio.sleep(0.2)
+    early = [s for s in samples[:-1] if s[0] == "in_sync" and s[2] != "good"]
+    assert not early, samples
+    assert good_at is not None, "the hub showed in_sync before the agent judged the release good"
+    assert any(s[0] == "updating" for s in samples), samples  # sampled during the update
+
+
+async def test_refused_local_apply_on_a_managed_device_is_audited(
+    enrolled_agent: AgentProcess, images: TestImages
+) -> None:
+    """Item 13: the 409 "managed by a hub, needs force" is an audit record with actor, outcome."""
+    agent = enrolled_agent
+    body = {"release": {"name": "app", "version": "x", "services": [{"name": "w", "image": "x"}]}}
+    code, resp = await agent.call("POST", "/v1/apply", body)
+    assert code == 409, resp
+    code, audit = await agent.call("GET", "/v1/audit")
+    assert code == 200
+    refused = [a for a in audit if a["action"] == "target.reject"]
+    assert refused, audit
+    assert refused[0]["outcome"] == "refused" and refused[0]["actor"].startswith("unix:")
+    assert "managed by a hub" in refused[0]["detail"]

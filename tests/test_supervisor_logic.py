@@ -245,7 +245,7 @@ ALL_GOOD = [
 
 def watch(clock: Clock) -> RolloutWatch:
     """Return a watch for TARGET started at T0."""
-    return RolloutWatch(TARGET, T0, clock=clock)
+    return RolloutWatch(TARGET, T0, images_ready_at=T0, clock=clock)
 
 
 def test_rollout_is_good_when_every_service_runs_and_is_healthy() -> None:
@@ -302,7 +302,7 @@ def test_rollout_treats_healthcheck_none_as_no_healthcheck() -> None:
     target = Target(
         device_id="dev", revision=1, release=Release(name="rel", version="1", services=[svc])
     )
-    w = RolloutWatch(target, T0, clock=Clock(at(1)))
+    w = RolloutWatch(target, T0, images_ready_at=T0, clock=Clock(at(1)))
     assert w.evaluate([up(svc)]).status == "good"
 
 
@@ -315,7 +315,7 @@ def test_rollout_waits_until_services_stayed_up_min_ready_s() -> None:
         min_ready_s=10,
     )
     clock = Clock(at(5))
-    w = RolloutWatch(target, T0, clock=clock)
+    w = RolloutWatch(target, T0, images_ready_at=T0, clock=clock)
     just_started = up(svc, started_at=at(4))
     verdict = w.evaluate([just_started])
     assert verdict.status == "pending" and "must stay up" in verdict.reason

@@ -94,6 +94,10 @@ class DeviceRecord:
     last_error: str | None = None
     status_at: datetime | None = None
     has_full_status: bool = False
+    running_revision: int | None = None
+    running_local_seq: int | None = None
+    applying_revision: int | None = None
+    rollout_state: str | None = None
 
 
 @dataclass(frozen=True)

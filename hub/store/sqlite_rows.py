@@ -18,7 +18,8 @@ DEVICE_COLUMNS = (
     "id, hostname, tags, cert_serial, cert_fingerprint, cert_not_after, enrolled_at, "
     "enrollment_token, disabled, last_contact, agent_version, applied_revision, "
     "target_revision, acked_seq, state, release, services, counters, last_error, "
-    "status_at, has_full_status"
+    "status_at, has_full_status, running_revision, running_local_seq, applying_revision, "
+    "rollout_state"
 )
 TOKEN_COLUMNS = "id, secret_hash, uses_total, uses_left, expires_at, tags, created_at, created_by"
 EVENT_COLUMNS = "device_id, seq, kind, created_at, received_at, payload"
@@ -82,6 +83,10 @@ def device(row: tuple[Any, ...]) -> DeviceRecord:
         last_error,
         status_at,
         has_full,
+        running,
+        running_local,
+        applying,
+        rollout_state,
     ) = row
     return DeviceRecord(
         id=id_,
@@ -105,6 +110,10 @@ def device(row: tuple[Any, ...]) -> DeviceRecord:
         last_error=last_error,
         status_at=dt(status_at),
         has_full_status=bool(has_full),
+        running_revision=running,
+        running_local_seq=running_local,
+        applying_revision=applying,
+        rollout_state=rollout_state,
     )
 
 

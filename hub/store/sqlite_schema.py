@@ -72,4 +72,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX audit_by_target ON audit (target, id)",
         ],
     ),
+    (
+        3,
+        "devices: running and applying revisions reported apart, rollout state",
+        [
+            "ALTER TABLE devices ADD COLUMN running_revision INTEGER",
+            "ALTER TABLE devices ADD COLUMN running_local_seq INTEGER",
+            "ALTER TABLE devices ADD COLUMN applying_revision INTEGER",
+            "ALTER TABLE devices ADD COLUMN rollout_state TEXT",
+        ],
+    ),
 ]
