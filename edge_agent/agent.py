@@ -22,7 +22,7 @@ from edge_agent.executor import Reconciler, poll_health
 from edge_agent.models import CurrentService, Target, parse_document
 from edge_agent.sdnotify import sd_notify
 from edge_agent.store import AuditRow, Quota, Store, StoreLimits
-from edge_agent.supervisor import BackoffPolicy, RolloutWatch, Supervisor
+from edge_agent.supervisor import BackoffPolicy, RolloutWatch, ServiceState, Supervisor
 from edge_agent.tasks import cancel_and_wait
 
 log = logging.getLogger("edge_agent")
@@ -350,8 +350,8 @@ class Agent:
             self.state = "converged"
         self._fire("status", None)
 
-    def _on_crash_loop(self, service: str, *_: Any) -> None:
-        self._fire("event", {"type": "container", "action": "crash_loop", "service": service})
+    def _on_crash_loop(self, state: ServiceState) -> None:
+        self._fire("event", state.crash_loop_event())
 
     def _fire(self, kind: str, payload: dict[str, Any] | None) -> None:
         asyncio.get_running_loop().create_task(self._fire_async(kind, payload))

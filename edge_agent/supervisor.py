@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from edge_agent.errors import ConfigError
 from edge_agent.models import ContainerStatus, CurrentService, Health, Service, Target
@@ -65,6 +65,20 @@ class ServiceState:
     next_restart_at: datetime | None = None
     unhealthy: bool = False
 
+    def crash_loop_event(self) -> dict[str, Any]:
+        """Return the JSON-ready outbox event announcing this service's crash loop."""
+        return {
+            "type": "container",
+            "action": "crash_loop",
+            "service": self.service,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+        }
+
+
+# Called once when a service enters a crash loop, with its state at that moment.
+CrashLoopCallback = Callable[[ServiceState], None]
+
 
 @dataclass
 class _Track:
@@ -90,7 +104,7 @@ class Supervisor:
         self,
         policy: BackoffPolicy | None = None,
         *,
-        on_crash_loop: Callable[[ServiceState], None] | None = None,
+        on_crash_loop: CrashLoopCallback | None = None,
     ) -> None:
         self.policy = policy or BackoffPolicy()
         self.on_crash_loop = on_crash_loop
