@@ -20,10 +20,16 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, InvalidDocument, TargetRejected
 from edge_agent.executor import Reconciler, poll_health
 from edge_agent.models import CurrentService, Target, parse_document
-from edge_agent.sdnotify import sd_notify
+from edge_agent.sdnotify import sd_notify, watchdog_interval_s
 from edge_agent.store import AuditRow, Quota, Store, StoreLimits
 from edge_agent.supervisor import BackoffPolicy, RolloutWatch, ServiceState, Supervisor
-from edge_agent.tasks import cancel_and_wait
+from edge_agent.tasks import (
+    EXIT_TASK_FAILED,
+    WATCHDOG_TASK,
+    TaskPolicy,
+    TaskSupervisor,
+    feed_watchdog,
+)
 
 log = logging.getLogger("edge_agent")
 
@@ -76,7 +82,18 @@ class Agent:
         self.state = "starting"
         self.last_error: str | None = None
         self.started_at = now()
-        self._tasks: list[asyncio.Task[Any]] = []
+        tc = config.tasks
+        self.tasks = TaskSupervisor(
+            TaskPolicy(
+                backoff_base_s=tc.backoff_base_s,
+                backoff_cap_s=tc.backoff_cap_s,
+                stable_after_s=tc.stable_after_s,
+                max_failures=tc.max_failures,
+            ),
+            on_failure=self._on_task_failure,
+        )
+        # one-shot tasks (queued events, verdicts): referenced until done, drained at stop
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._runners: list[Any] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._recheck: asyncio.TimerHandle | None = None
@@ -131,8 +148,8 @@ class Agent:
             on_settled=self._on_settled,
         )
         await self._restore()
-        self._spawn(self.reconciler.run(), "reconciler")
-        self._spawn(self._watch_events(), "events")
+        self._spawn("reconciler", self.reconciler.run)
+        self._spawn("events", self._watch_events)
         if self.config.logs.enabled:
             from edge_agent.logs import LogCollector
 
@@ -142,16 +159,16 @@ class Agent:
                 max_line_bytes=self.config.logs.max_line_bytes,
                 max_lines_per_minute=self.config.logs.max_lines_per_minute,
                 interval_s=self.config.logs.interval_s,
-                services=lambda: self._current,
+                services=self._log_services,
             )
-            self._spawn(collector.run(), "logs")
+            self._spawn("logs", collector.run, self.config.logs.interval_s)
         self._runners = await start_api(self, self.config.api)
         if identity is not None:
             from edge_agent.hub_link import HubLink
 
-            self.hub_link = HubLink(self, identity)
-            for coro, name in self.hub_link.tasks():
-                self._spawn(coro, name)
+            self.hub_link = HubLink(self, identity, beat=self.tasks.beat)
+            for name, factory, every_s in self.hub_link.tasks():
+                self._spawn(name, factory, every_s)
         await self._event("agent", {"action": "started", "version": __version__})
         log.info("agent %s started as device %s", __version__, self.device_id)
 
@@ -159,9 +176,9 @@ class Agent:
         """Stop every loop, close the API and the store; containers keep running."""
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
-        for task in reversed(self._tasks):
-            await cancel_and_wait(task)
-        self._tasks.clear()
+        await self._drain()  # events in flight are written before the loops stop
+        await self.tasks.stop()
+        await self._drain()
         if self.hub_link is not None:
             await self.hub_link.close()
         for runner in self._runners:
@@ -171,14 +188,43 @@ class Agent:
         await self.store.close()
         log.info("agent stopped")
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+    def _spawn(self, name: str, factory: Any, every_s: float | None = None) -> None:
+        """Run a loop under the task supervisor; ``every_s``: how often it beats, if it does."""
+        stale_s = None if every_s is None else every_s + self.config.tasks.heartbeat_grace_s
+        self.tasks.spawn(name, factory, stale_after_s=stale_s)
+
+    def _track(self, coro: Any, name: str) -> None:
+        """Run a one-shot coroutine, referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._inflight.add(task)
         task.add_done_callback(self._task_done)
-        self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s died: %r", task.get_name(), task.exception())
+            log.error("task %s failed: %r", task.get_name(), task.exception())
+
+    async def _drain(self) -> None:
+        """Wait (bounded) for the one-shot tasks in flight, then cancel what is left."""
+        if not self._inflight:
+            return
+        pending = set(self._inflight)
+        _, late = await asyncio.wait(pending, timeout=self.config.tasks.drain_timeout_s)
+        for task in late:
+            log.warning("task %s still running at stop; cancelled", task.get_name())
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    def _on_task_failure(self, name: str, exc: BaseException, streak: int) -> None:
+        self._track(self.store.bump("task_failures"), "count task failure")
+        if streak == 1:
+            detail = {"action": "task_failed", "task": name, "error": repr(exc)[:500]}
+            self._fire("event", {"type": "agent", **detail})
+
+    def _log_services(self) -> list[CurrentService]:
+        self.tasks.beat("logs")  # called by the collector on every round
+        return self._current
 
     async def _restore(self) -> None:
         """Re-apply the stored target after a restart (re-watching it if it was unproven)."""
@@ -281,7 +327,7 @@ class Agent:
     def _on_observed(self, current: list[CurrentService]) -> None:
         self._current = current
         if self.watch is not None and not self.watch.verdict.is_final:
-            asyncio.get_running_loop().create_task(self._judge(current))
+            self._track(self._judge(current), "judge")
 
     async def _judge(self, current: list[CurrentService]) -> None:
         """Mark the watched target good, or roll back to the last good one."""
@@ -354,7 +400,7 @@ class Agent:
         self._fire("event", state.crash_loop_event())
 
     def _fire(self, kind: str, payload: dict[str, Any] | None) -> None:
-        asyncio.get_running_loop().create_task(self._fire_async(kind, payload))
+        self._track(self._fire_async(kind, payload), f"queue {kind}")
 
     async def _fire_async(self, kind: str, payload: dict[str, Any] | None) -> None:
         try:
@@ -437,6 +483,7 @@ class Agent:
             "last_error": self.last_error,
         }
         if counters:
+            out["tasks"] = self.tasks.status()
             out["counters"] = await self.store.counters()
             out["outbox"] = await self.store.outbox_stats()
             out["started_at"] = self.started_at.isoformat()
@@ -498,9 +545,17 @@ async def run_agent(config: AgentConfig) -> int:
         log.error("agent could not start: %s", exc.message)
         await agent.stop()
         return 1
+    interval_s = watchdog_interval_s()
+    if interval_s is not None:
+        agent.tasks.spawn(WATCHDOG_TASK, lambda: feed_watchdog(agent.tasks, interval_s, sd_notify))
     sd_notify("READY=1")
-    await stop.wait()
-    log.info("stopping on signal")
+    fatal = asyncio.create_task(agent.tasks.fatal.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({fatal, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    fatal.cancel()
+    stopping.cancel()
+    code = EXIT_TASK_FAILED if agent.tasks.fatal.is_set() else 0
+    log.info("stopping: %s", "a background task keeps failing" if code else "signal")
     sd_notify("STOPPING=1")
     await agent.stop()
-    return 0
+    return code

@@ -101,6 +101,26 @@ class LogsConfig(Section):
     interval_s: float = Field(5.0, gt=0, le=3600)
 
 
+class TasksConfig(Section):
+    """Supervision of the agent's own background loops (sync, long-poll, events, ...)."""
+
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_cap_s: float = Field(60.0, gt=0)
+    stable_after_s: float = Field(60.0, gt=0)
+    # failures of one loop in a row (none lasting stable_after_s) that end the process
+    max_failures: int = Field(10, ge=1)
+    # added to a loop's expected beat interval before it counts as stalled (watchdog)
+    heartbeat_grace_s: float = Field(600.0, gt=0)
+    # how long stop() waits for events still being queued
+    drain_timeout_s: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _cap(self) -> TasksConfig:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("backoff_cap_s must be >= backoff_base_s")
+        return self
+
+
 class AgentConfig(Section):
     """The whole agent configuration."""
 
@@ -113,6 +133,7 @@ class AgentConfig(Section):
     hub: HubConfig = Field(default_factory=HubConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
 
     @property
     def store_path(self) -> Path:

@@ -1,0 +1,181 @@
+"""The background task supervisor: restart with backoff, count, fatal bound, cancellation.
+
+Issue 7 item 4: a background task (sync, long-poll) died for good while the process kept
+running. No I/O here: loops are small coroutines, time a settable clock where it matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from edge_agent.errors import ConfigError
+from edge_agent.tasks import EXIT_TASK_FAILED, TaskPolicy, TaskSupervisor
+
+FAST = TaskPolicy(backoff_base_s=0.01, backoff_cap_s=0.04, stable_after_s=60, max_failures=5)
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def until(predicate: object, timeout_s: float = 5.0) -> None:
+    """Wait until ``predicate()`` is true."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if predicate():  # type: ignore[operator]
+                return
+            await asyncio.sleep(0.005)
+
+
+def test_backoff_doubles_to_the_cap() -> None:
+    p = TaskPolicy(backoff_base_s=1, backoff_cap_s=10)
+    assert [p.delay_s(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    assert p.delay_s(10**6) == 10
+
+
+@pytest.mark.parametrize(
+    "kw", [{"backoff_base_s": 0}, {"backoff_base_s": 5, "backoff_cap_s": 1}, {"max_failures": 0}]
+)
+def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        TaskPolicy(**kw)
+
+
+async def test_sync_task_that_raises_is_restarted_with_backoff_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures: list[tuple[str, int]] = []
+    runs = 0
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 3:
+            raise RuntimeError("File descriptor 18 is used by transport")
+        await asyncio.Event().wait()
+
+    sup = TaskSupervisor(FAST, on_failure=lambda n, _e, k: failures.append((n, k)))
+    with caplog.at_level(logging.ERROR, logger="edge_agent.tasks"):
+        sup.spawn("sync", flaky)
+        await until(lambda: runs == 4)
+    st = sup.status()["sync"]
+    assert st["state"] == "running" and st["restarts"] == 3 and st["failures"] == 3
+    assert "File descriptor 18" in st["last_error"]
+    assert failures == [("sync", 1), ("sync", 2), ("sync", 3)]
+    # Logged once per streak, not once per restart.
+    assert len([r for r in caplog.records if "sync failed" in r.getMessage()]) == 1
+    assert sup.is_healthy() and not sup.fatal.is_set()
+    await sup.stop()
+    assert sup.status()["sync"]["state"] == "stopped"
+
+
+async def test_task_that_keeps_dying_ends_the_process_with_the_documented_code() -> None:
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    sup = TaskSupervisor(FAST)
+    sup.spawn("long-poll", broken)
+    await asyncio.wait_for(sup.fatal.wait(), 5)
+    assert EXIT_TASK_FAILED == 70
+    assert sup.status()["long-poll"]["state"] == "failed"
+    assert sup.status()["long-poll"]["failures"] == FAST.max_failures
+    assert sup.fatal_error is not None and "long-poll" in sup.fatal_error.message
+    assert sup.stale() == ["long-poll"] and not sup.is_healthy()
+    await sup.stop()
+
+
+async def test_a_loop_that_returns_is_a_failure_too() -> None:
+    async def returns() -> None:
+        return None
+
+    sup = TaskSupervisor(FAST)
+    sup.spawn("events", returns)
+    await asyncio.wait_for(sup.fatal.wait(), 5)
+    assert "returned" in (sup.status()["events"]["last_error"] or "")
+
+
+async def test_failures_spread_wider_than_stable_after_start_a_new_streak() -> None:
+    clock = Clock()
+    fail = asyncio.Event()
+    runs = 0
+
+    async def sometimes() -> None:
+        nonlocal runs
+        runs += 1
+        await fail.wait()
+        fail.clear()
+        raise RuntimeError("transient")
+
+    policy = TaskPolicy(backoff_base_s=0.01, backoff_cap_s=0.01, stable_after_s=60, max_failures=2)
+    sup = TaskSupervisor(policy, clock=clock)
+    sup.spawn("logs", sometimes)
+    for n in range(2, 6):
+        await until(lambda n=n: runs == n - 1)
+        clock.now += 61  # up for longer than stable_after_s each time
+        fail.set()
+        await until(lambda n=n: runs == n)
+    assert not sup.fatal.is_set()
+    assert sup.status()["logs"]["restarts"] == 4 and sup.status()["logs"]["failures"] == 1
+    await sup.stop()
+
+
+async def test_cancellation_propagates_and_is_not_counted() -> None:
+    cancelled = asyncio.Event()
+
+    async def loop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    sup = TaskSupervisor(FAST)
+    sup.spawn("reconciler", loop)
+    await asyncio.sleep(0)
+    await sup.stop()
+    assert cancelled.is_set()
+    assert sup.status()["reconciler"]["restarts"] == 0
+
+    async def owner() -> None:
+        await sup.stop()
+        await asyncio.Event().wait()
+
+    outer = asyncio.create_task(owner())
+    await asyncio.sleep(0)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+
+
+async def test_a_task_without_beats_within_its_bound_is_stale() -> None:
+    clock = Clock()
+    sup = TaskSupervisor(FAST, clock=clock)
+    sup.spawn("sync", lambda: asyncio.Event().wait(), stale_after_s=30)
+    sup.spawn("renew", lambda: asyncio.Event().wait())  # liveness only
+    await asyncio.sleep(0)
+    clock.now += 20
+    sup.beat("sync")
+    clock.now += 25
+    assert sup.is_healthy()
+    clock.now += 10
+    assert sup.stale() == ["sync"] and not sup.is_healthy()
+    sup.beat("sync")
+    assert sup.is_healthy()
+    await sup.stop()
+
+
+async def test_spawning_one_name_twice_is_refused() -> None:
+    sup = TaskSupervisor(FAST)
+    sup.spawn("sync", lambda: asyncio.Event().wait())
+    with pytest.raises(ValueError, match="already"):
+        sup.spawn("sync", lambda: asyncio.Event().wait())
+    await sup.stop()
