@@ -82,9 +82,11 @@ CrashLoopCallback = Callable[[ServiceState], None]
 
 @dataclass
 class _Track:
-    """Mutable history of one service's current container."""
+    """Mutable history of one service definition, across the containers that run it."""
 
     container_id: str | None = None
+    config_hash: str | None = None
+    last_seen: datetime | None = None
     attempts: int = 0
     exits: deque[datetime] = field(default_factory=deque)
     last_exit_code: int | None = None
@@ -143,10 +145,11 @@ class Supervisor:
         for c in current:
             seen.add(c.name)
             t = self._tracks.get(c.name)
-            if t is None or t.container_id not in (None, c.container_id):
-                # A new container (created or recreated): its history starts fresh.
-                t = self._tracks[c.name] = _Track()
-            t.container_id = c.container_id
+            if t is None or t.config_hash not in (None, c.config_hash):
+                # A new definition of the service gets a fresh history; a replaced container
+                # of the same definition keeps it (or a loop that recreates goes unseen).
+                t = self._tracks[c.name] = self._new_track()
+            t.container_id, t.config_hash, t.last_seen = c.container_id, c.config_hash, now
             if c.started_at is not None:
                 t.started_at = c.started_at
             if c.is_running:
@@ -158,8 +161,15 @@ class Supervisor:
                     self.record_exit(
                         c.name, c.finished_at or now, exit_code=c.exit_code, started_at=c.started_at
                     )
+        self._forget_gone(seen, now)
+
+    def _forget_gone(self, seen: set[str], now: datetime) -> None:
+        """Drop services unseen for a crash-loop window (kept that long across a recreate)."""
+        horizon = now - timedelta(seconds=self.policy.crash_loop_window_s)
         for name in set(self._tracks) - seen:
-            del self._tracks[name]
+            last = self._tracks[name].last_seen
+            if last is None or last < horizon:
+                del self._tracks[name]
 
     def _observe_running(self, c: CurrentService, t: _Track, now: datetime) -> None:
         up_s = (now - c.started_at).total_seconds() if c.started_at else 0.0
@@ -210,7 +220,14 @@ class Supervisor:
         self._tracks.pop(service, None)
 
     def _track(self, service: str) -> _Track:
-        return self._tracks.setdefault(service, _Track())
+        t = self._tracks.get(service)
+        if t is None:
+            t = self._tracks[service] = self._new_track()
+        return t
+
+    def _new_track(self) -> _Track:
+        # Only the last crash_loop_exits exits decide a crash loop: keep no more than that.
+        return _Track(exits=deque(maxlen=self.policy.crash_loop_exits))
 
     def _bump(self, service: str, t: _Track, at: datetime) -> datetime:
         """Count one restart-worthy failure at ``at`` and schedule the restart."""
