@@ -484,6 +484,7 @@ class Agent:
         }
         if counters:
             out["tasks"] = self.tasks.status()
+            out["event_loop"] = type(asyncio.get_running_loop()).__module__
             out["counters"] = await self.store.counters()
             out["outbox"] = await self.store.outbox_stats()
             out["started_at"] = self.started_at.isoformat()

@@ -144,12 +144,10 @@ def _run(args: argparse.Namespace) -> int:
     # Libraries' debug chatter (every SQL call, every HTTP connection) drowns the agent's own.
     for noisy in ("aiosqlite", "aiodocker", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency; a source run may lack it
-        pass
+    # The standard asyncio loop, not uvloop: uvloop can hand a cancelled connect's file
+    # descriptor to a new socket while the old transport still owns it (uvloop #653,
+    # aiohttp #10362), which killed the sync loop when long-polls were cancelled on hub
+    # loss. The agent mostly waits; uvloop bought it nothing measurable (docs/operations.md).
     return asyncio.run(run_agent(config))
 
 
