@@ -12,7 +12,7 @@ import logging
 import pytest
 
 from edge_agent.errors import ConfigError
-from edge_agent.tasks import EXIT_TASK_FAILED, TaskPolicy, TaskSupervisor
+from edge_agent.tasks import EXIT_TASK_FAILED, TaskPolicy, TaskSupervisor, feed_watchdog
 
 FAST = TaskPolicy(backoff_base_s=0.01, backoff_cap_s=0.04, stable_after_s=60, max_failures=5)
 
@@ -178,4 +178,22 @@ async def test_spawning_one_name_twice_is_refused() -> None:
     sup.spawn("sync", lambda: asyncio.Event().wait())
     with pytest.raises(ValueError, match="already"):
         sup.spawn("sync", lambda: asyncio.Event().wait())
+    await sup.stop()
+
+
+async def test_watchdog_is_fed_only_while_every_loop_is_on_time() -> None:
+    clock = Clock()
+    pings: list[str] = []
+    sup = TaskSupervisor(FAST, clock=clock)
+    sup.spawn("sync", lambda: asyncio.Event().wait(), stale_after_s=30)
+    sup.spawn("watchdog", lambda: feed_watchdog(sup, 0.01, lambda s: pings.append(s) or True))
+    await until(lambda: len(pings) >= 2)
+    clock.now += 31  # sync stalls
+    await asyncio.sleep(0.03)
+    stalled_at = len(pings)
+    await asyncio.sleep(0.1)
+    assert len(pings) == stalled_at  # no ping while sync is stale
+    sup.beat("sync")
+    await until(lambda: len(pings) > stalled_at)
+    assert set(pings) == {"WATCHDOG=1"}
     await sup.stop()
