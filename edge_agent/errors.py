@@ -19,6 +19,7 @@ The tree::
         ├── HubUnreachable        network-level failure (retryable)
         └── HubRefused            the hub answered 4xx (not retryable unless 408/413/429)
     TaskFailed                    (under AgentError) a background task failed, or kept failing
+    ImageInUse                    (under RuntimeAdapterError) image GC: a container uses it
 
 Third-party exceptions (aiodocker, aiohttp, sqlite3) are translated at the module
 that talks to them, with ``raise X from exc``.
@@ -137,3 +138,7 @@ class HubRefused(SyncError):
 
 class TaskFailed(AgentError):
     """A supervised background task ended unexpectedly or kept failing."""
+
+
+class ImageInUse(RuntimeAdapterError):
+    """An image cannot be removed: a container (of any device) uses it."""
