@@ -162,6 +162,8 @@ class Agent:
                 services=self._log_services,
             )
             self._spawn("logs", collector.run, self.config.logs.interval_s)
+        if self.config.image_gc.enabled:
+            self._spawn_image_gc()
         self._runners = await start_api(self, self.config.api)
         if identity is not None:
             from edge_agent.hub_link import HubLink
@@ -221,6 +223,24 @@ class Agent:
         if streak == 1:
             detail = {"action": "task_failed", "task": name, "error": repr(exc)[:500]}
             self._fire("event", {"type": "agent", **detail})
+
+    def _spawn_image_gc(self) -> None:
+        from edge_agent.image_gc import GcPolicy, ImageCollector
+
+        g = self.config.image_gc
+        gc = ImageCollector(
+            self.runtime,
+            self.store,
+            GcPolicy(g.keep_good, g.min_unused_s, g.max_removals_per_run),
+            interval_s=g.interval_s,
+            check_interval_s=g.check_interval_s,
+            beat=lambda: self.tasks.beat("image-gc"),
+        )
+        self._spawn("image-gc", lambda: gc.run(self._good_revision), g.check_interval_s)
+
+    async def _good_revision(self) -> int | None:
+        good = await self.store.last_good_target()
+        return good.revision if good else None
 
     def _log_services(self) -> list[CurrentService]:
         self.tasks.beat("logs")  # called by the collector on every round

@@ -121,6 +121,19 @@ class TasksConfig(Section):
         return self
 
 
+class ImageGcConfig(Section):
+    """Removal of images this device's old targets used (see edge_agent/image_gc.py)."""
+
+    enabled: bool = True
+    interval_s: float = Field(6 * 3600.0, gt=0)
+    # how often to look whether a new target turned good (which triggers a run)
+    check_interval_s: float = Field(60.0, gt=0)
+    # good targets whose images stay: the current release and the previous one (rollback)
+    keep_good: int = Field(2, ge=1)
+    min_unused_s: float = Field(3600.0, ge=0)
+    max_removals_per_run: int = Field(20, ge=1)
+
+
 class AgentConfig(Section):
     """The whole agent configuration."""
 
@@ -134,6 +147,7 @@ class AgentConfig(Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
+    image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
 
     @property
     def store_path(self) -> Path:

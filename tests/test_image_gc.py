@@ -167,3 +167,57 @@ async def test_collect_once_never_removes_an_image_an_unlabelled_container_uses(
     finally:
         await store.close()
         await other.delete(force=True)
+
+
+@pytest.mark.docker
+async def test_agent_removes_the_old_image_once_a_newer_target_is_good(
+    tmp_path: Any, tagged: list[str], device_id: str, docker: Any
+) -> None:
+    from agentproc import AgentProcess
+    from docker_env import cleanup_device, wait_for
+
+    agent = AgentProcess(
+        device_id,
+        tmp_path / "agent",
+        image_gc={"min_unused_s": 0, "check_interval_s": 0.3},
+        logs={"enabled": False},
+    )
+    await agent.start()
+    try:
+        for rev, ref in enumerate(tagged, start=1):
+            release = {
+                "name": "app",
+                "version": str(rev),
+                "services": [{"name": "web", "image": ref}],
+            }
+            code, body = await agent.call("POST", "/v1/apply", {"release": release})
+            assert code in (200, 201, 202), body
+
+            async def good(rev: int = rev) -> bool:
+                st = await agent.status()
+                return st["applied_revision"] == rev and st["state"] == "converged"
+
+            await wait_for(good, timeout_s=60, interval_s=0.3)
+
+        async def removed() -> bool:
+            return not await _has(docker, tagged[0])
+
+        await wait_for(removed, timeout_s=30, interval_s=0.3)
+        assert await _has(docker, tagged[1]) and await _has(docker, tagged[2])
+        st = await agent.status()
+        assert st["counters"]["images_removed"] == 1
+        assert st["tasks"]["image-gc"]["state"] == "running"
+    finally:
+        await agent.stop()
+        agent.cleanup()
+        await cleanup_device(docker, device_id)
+
+
+async def _has(docker: Any, ref: str) -> bool:
+    try:
+        await docker.images.inspect(ref)
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
