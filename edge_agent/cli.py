@@ -128,6 +128,12 @@ def format_status(st: dict[str, Any]) -> str:
     counters = {k: v for k, v in (st.get("counters") or {}).items() if v}
     if counters:
         lines.append("counters  " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    troubled = {
+        n: t for n, t in (st.get("tasks") or {}).items() if t["restarts"] or t["state"] != "running"
+    }
+    for name, t in sorted(troubled.items()):
+        state = f"{t['state']}, {t['restarts']} restarts"
+        lines.append(f"task      {name}: {state}, last error {t['last_error']}")
     return "\n".join(lines)
 
 

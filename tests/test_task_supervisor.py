@@ -197,3 +197,17 @@ async def test_watchdog_is_fed_only_while_every_loop_is_on_time() -> None:
     await until(lambda: len(pings) > stalled_at)
     assert set(pings) == {"WATCHDOG=1"}
     await sup.stop()
+
+
+def test_status_shows_restarted_and_dead_tasks_only() -> None:
+    from edge_agent.cli import format_status
+
+    tasks = {
+        "sync": {"state": "running", "restarts": 2, "last_error": "RuntimeError: fd 18"},
+        "events": {"state": "running", "restarts": 0, "last_error": None},
+        "long-poll": {"state": "failed", "restarts": 9, "last_error": "OSError: x"},
+    }
+    st = {"device_id": "d", "agent_version": "1", "state": "converged", "tasks": tasks}
+    text = format_status(st)
+    assert "task      sync: running, 2 restarts, last error RuntimeError: fd 18" in text
+    assert "long-poll: failed" in text and "events" not in text
