@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     # The standard asyncio loop, not uvloop: uvloop can hand a cancelled connect's file
     # descriptor to a new socket while the old transport still owns it (uvloop #653,
     # aiohttp #10362), which killed the sync loop when long-polls were cancelled on hub
-    # loss. The agent mostly waits; uvloop bought it nothing measurable (docs/operations.md).
+    # loss. The agent mostly waits; what uvloop saves it is small (docs/operations.md).
     return asyncio.run(run_agent(config))
 
 
