@@ -553,9 +553,9 @@ class _NoUnhealthy:
         return frozenset()
 
 
-async def run_agent(config: AgentConfig) -> int:
-    """Run the agent until SIGTERM or SIGINT; return the exit code."""
-    agent = Agent(config)
+async def run_agent(config: AgentConfig, *, runtime: Any = None) -> int:
+    """Run the agent until SIGTERM or SIGINT (0), or until a loop keeps failing (70)."""
+    agent = Agent(config, runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

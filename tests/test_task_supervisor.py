@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,3 +216,47 @@ def test_status_shows_restarted_and_dead_tasks_only() -> None:
     text = format_status(st)
     assert "task      sync: running, 2 restarts, last error RuntimeError: fd 18" in text
     assert "long-poll: failed" in text and "events" not in text
+
+
+class DyingEvents:
+    """A runtime (our adapter's boundary) whose event stream always breaks: no containers."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    async def list_services(self) -> list[Any]:
+        return []
+
+    async def list_networks(self) -> list[str]:
+        return []
+
+    async def events(self) -> AsyncIterator[Any]:
+        self.streams += 1
+        raise RuntimeError("File descriptor 18 is used by transport")
+        yield  # pragma: no cover - makes this an async generator
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_agent_exits_70_when_a_loop_keeps_dying(tmp_path: Path) -> None:
+    from edge_agent.agent import run_agent
+    from edge_agent.config import AgentConfig
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="ea-"))
+    config = AgentConfig.model_validate(
+        {
+            "device_id": "t-dying",
+            "data_dir": str(tmp_path),
+            "api": {"socket": str(sock_dir / "api.sock")},
+            "logs": {"enabled": False},
+            "image_gc": {"enabled": False},
+            "tasks": {"max_failures": 3, "backoff_base_s": 0.01, "backoff_cap_s": 0.01},
+        }
+    )
+    runtime = DyingEvents()
+    try:
+        code = await asyncio.wait_for(run_agent(config, runtime=runtime), 20)
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert code == EXIT_TASK_FAILED and runtime.streams == 3
