@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +56,7 @@ def test_watchdog_interval_is_half_of_watchdog_sec() -> None:
 
 
 async def test_agent_feeds_the_systemd_watchdog(
-    notify_socket: tuple[socket.socket, Path], tmp_path: Path
+    notify_socket: tuple[socket.socket, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real agent process pings WATCHDOG=1 (the stalled case: test_task_supervisor.py)."""
     import asyncio
@@ -74,12 +73,9 @@ async def test_agent_feeds_the_systemd_watchdog(
         logs={"enabled": True, "interval_s": 0.5},
         tasks={"heartbeat_grace_s": 1.0},
     )
-    os.environ["NOTIFY_SOCKET"] = str(path)
-    os.environ["WATCHDOG_USEC"] = "400000"
-    try:
-        await agent.start()
-    finally:
-        del os.environ["NOTIFY_SOCKET"], os.environ["WATCHDOG_USEC"]
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))  # inherited by the agent process
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    await agent.start()
     try:
         seen: list[bytes] = []
         async with asyncio.timeout(20):
