@@ -134,6 +134,7 @@ class Agent:
                 stable_after_s=sc.stable_after_s,
                 crash_loop_exits=sc.crash_loop_exits,
                 crash_loop_window_s=sc.crash_loop_window_s,
+                max_tracked=sc.max_tracked_services,
             ),
             on_crash_loop=self._on_crash_loop,
         )
@@ -505,6 +506,8 @@ class Agent:
         if counters:
             out["tasks"] = self.tasks.status()
             out["event_loop"] = type(asyncio.get_running_loop()).__module__
+            if self.supervisor is not None:
+                out["supervisor_forgotten_over_bound"] = self.supervisor.forgotten_over_bound
             out["counters"] = await self.store.counters()
             out["outbox"] = await self.store.outbox_stats()
             out["started_at"] = self.started_at.isoformat()

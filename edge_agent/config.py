@@ -55,6 +55,8 @@ class SupervisorConfig(Section):
     stable_after_s: float = Field(60.0, gt=0)
     crash_loop_exits: int = Field(5, ge=2)
     crash_loop_window_s: float = Field(120.0, gt=0)
+    # services whose restart history is kept (the longest-gone are forgotten beyond it)
+    max_tracked_services: int = Field(1000, ge=1)
     restart_unhealthy: bool = True
     safety_interval_s: float = Field(30.0, gt=0)
 

@@ -39,6 +39,8 @@ class BackoffPolicy:
     # this many exits (or unhealthy restarts) within the window is a crash loop
     crash_loop_exits: int = 5
     crash_loop_window_s: float = 300.0
+    # services whose history is kept; beyond it, the longest-gone are forgotten first
+    max_tracked: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 < self.base_s <= self.cap_s:
@@ -47,6 +49,8 @@ class BackoffPolicy:
             raise ConfigError("backoff: need factor >= 1 and positive stable_after_s, window")
         if self.crash_loop_exits < 2:
             raise ConfigError("backoff: crash_loop_exits must be at least 2")
+        if self.max_tracked < 1:
+            raise ConfigError("backoff: max_tracked must be at least 1")
 
     def delay_s(self, attempt: int) -> float:
         """Return the wait before restart number ``attempt`` (1-based), capped."""
@@ -111,6 +115,7 @@ class Supervisor:
         self.policy = policy or BackoffPolicy()
         self.on_crash_loop = on_crash_loop
         self._tracks: dict[str, _Track] = {}
+        self.forgotten_over_bound = 0  # histories dropped because max_tracked was reached
 
     def record_start(self, service: str, at: datetime) -> None:
         """Note that the service's container started at ``at``."""
@@ -170,6 +175,15 @@ class Supervisor:
             last = self._tracks[name].last_seen
             if last is None or last < horizon:
                 del self._tracks[name]
+        excess = len(self._tracks) - self.policy.max_tracked
+        if excess > 0:
+            gone = sorted((n for n in self._tracks if n not in seen), key=self._last_seen)
+            for name in gone[:excess]:
+                del self._tracks[name]
+                self.forgotten_over_bound += 1
+
+    def _last_seen(self, service: str) -> datetime:
+        return self._tracks[service].last_seen or datetime.min.replace(tzinfo=UTC)
 
     def _observe_running(self, c: CurrentService, t: _Track, now: datetime) -> None:
         up_s = (now - c.started_at).total_seconds() if c.started_at else 0.0

@@ -55,6 +55,7 @@ def test_delay_grows_exponentially_to_the_cap() -> None:
         {"factor": 0.5},
         {"stable_after_s": 0},
         {"crash_loop_exits": 1},
+        {"max_tracked": 0},
     ],
 )
 def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
@@ -176,6 +177,14 @@ def test_history_of_a_service_briefly_gone_is_kept_then_forgotten() -> None:
     assert sup.state("db").restarts == 1
     sup.observe([exited(1, 0, 1)], at(1 + POLICY.crash_loop_window_s + 1))
     assert "db" not in sup.states()
+
+
+def test_histories_of_gone_services_are_bounded() -> None:
+    sup = Supervisor(BackoffPolicy(max_tracked=2, crash_loop_window_s=10**6))
+    for n in range(5):
+        sup.observe([exited(1, 0, 1, name=f"s{n}", container_id=f"c{n}")], at(n))
+    assert sorted(sup.states()) == ["s3", "s4"]  # the longest-gone went first
+    assert sup.forgotten_over_bound == 3
 
 
 def test_exit_history_is_bounded() -> None:
