@@ -22,10 +22,16 @@ from edge_agent.errors import AgentError, InvalidDocument, TargetRejected
 from edge_agent.executor import Reconciler, poll_health
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
-from edge_agent.sdnotify import sd_notify
+from edge_agent.sdnotify import sd_notify, watchdog_interval_s
 from edge_agent.store import AuditRow, Quota, Store, StoreLimits
-from edge_agent.supervisor import BackoffPolicy, RolloutWatch, Supervisor
-from edge_agent.tasks import cancel_and_wait
+from edge_agent.supervisor import BackoffPolicy, RolloutWatch, ServiceState, Supervisor
+from edge_agent.tasks import (
+    EXIT_TASK_FAILED,
+    WATCHDOG_TASK,
+    TaskPolicy,
+    TaskSupervisor,
+    feed_watchdog,
+)
 
 log = logging.getLogger("edge_agent")
 
@@ -77,7 +83,18 @@ class Agent:
         self.state = "starting"
         self.last_error: str | None = None
         self.started_at = now()
-        self._tasks: list[asyncio.Task[Any]] = []
+        tc = config.tasks
+        self.tasks = TaskSupervisor(
+            TaskPolicy(
+                backoff_base_s=tc.backoff_base_s,
+                backoff_cap_s=tc.backoff_cap_s,
+                stable_after_s=tc.stable_after_s,
+                max_failures=tc.max_failures,
+            ),
+            on_failure=self._on_task_failure,
+        )
+        # one-shot tasks (queued events, verdicts): referenced until done, drained at stop
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._runners: list[Any] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.hub_link: Any = None
@@ -116,6 +133,7 @@ class Agent:
                 stable_after_s=sc.stable_after_s,
                 crash_loop_exits=sc.crash_loop_exits,
                 crash_loop_window_s=sc.crash_loop_window_s,
+                max_tracked=sc.max_tracked_services,
             ),
             on_crash_loop=self._on_crash_loop,
         )
@@ -130,8 +148,8 @@ class Agent:
             on_settled=self._on_settled,
         )
         await self._restore()
-        self._spawn(self.reconciler.run(), "reconciler")
-        self._spawn(self._watch_events(), "events")
+        self._spawn("reconciler", self.reconciler.run)
+        self._spawn("events", self._watch_events)
         if self.config.logs.enabled:
             from edge_agent.logs import LogCollector
 
@@ -143,16 +161,18 @@ class Agent:
                 max_lines_per_read=self.config.logs.max_lines_per_read,
                 max_bytes_per_read=self.config.logs.max_bytes_per_read,
                 interval_s=self.config.logs.interval_s,
-                services=lambda: self._current,
+                services=self._log_services,
             )
-            self._spawn(collector.run(), "logs")
+            self._spawn("logs", collector.run, self.config.logs.interval_s)
+        if self.config.image_gc.enabled:
+            self._spawn_image_gc()
         self._runners = await start_api(self, self.config.api)
         if identity is not None:
             from edge_agent.hub_link import HubLink
 
-            self.hub_link = HubLink(self, identity)
-            for coro, name in self.hub_link.tasks():
-                self._spawn(coro, name)
+            self.hub_link = HubLink(self, identity, beat=self.tasks.beat)
+            for name, factory, every_s in self.hub_link.tasks():
+                self._spawn(name, factory, every_s)
         await self._event("agent", {"action": "started", "version": __version__})
         log.info("agent %s started as device %s", __version__, self.device_id)
 
@@ -160,9 +180,11 @@ class Agent:
         """Stop every loop, close the API and the store; containers keep running."""
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
-        for task in reversed(self._tasks):
-            await cancel_and_wait(task)
-        self._tasks.clear()
+        await self._drain()  # events in flight are written before the loops stop
+        await self.tasks.stop()
+        await self._drain()
+        if self.lifecycle is not None:
+            await self.lifecycle.close()
         if self.hub_link is not None:
             await self.hub_link.close()
         for runner in self._runners:
@@ -172,14 +194,62 @@ class Agent:
         await self.store.close()
         log.info("agent stopped")
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+    def _spawn(self, name: str, factory: Any, every_s: float | None = None) -> None:
+        """Run a loop under the task supervisor; ``every_s``: how often it beats, if it does."""
+        stale_s = None if every_s is None else every_s + self.config.tasks.heartbeat_grace_s
+        self.tasks.spawn(name, factory, stale_after_s=stale_s)
+
+    def _track(self, coro: Any, name: str) -> None:
+        """Run a one-shot coroutine, referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._inflight.add(task)
         task.add_done_callback(self._task_done)
-        self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s died: %r", task.get_name(), task.exception())
+            log.error("task %s failed: %r", task.get_name(), task.exception())
+
+    async def _drain(self) -> None:
+        """Wait (bounded) for the one-shot tasks in flight, then cancel what is left."""
+        if not self._inflight:
+            return
+        pending = set(self._inflight)
+        _, late = await asyncio.wait(pending, timeout=self.config.tasks.drain_timeout_s)
+        for task in late:
+            log.warning("task %s still running at stop; cancelled", task.get_name())
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    def _on_task_failure(self, name: str, exc: BaseException, streak: int) -> None:
+        self._track(self.store.bump("task_failures"), "count task failure")
+        if streak == 1:
+            detail = {"action": "task_failed", "task": name, "error": repr(exc)[:500]}
+            self._fire("event", {"type": "agent", **detail})
+
+    def _spawn_image_gc(self) -> None:
+        from edge_agent.image_gc import GcPolicy, ImageCollector
+
+        g = self.config.image_gc
+        gc = ImageCollector(
+            self.runtime,
+            self.store,
+            GcPolicy(g.keep_good, g.min_unused_s, g.max_removals_per_run),
+            interval_s=g.interval_s,
+            check_interval_s=g.check_interval_s,
+            beat=lambda: self.tasks.beat("image-gc"),
+        )
+        self._spawn("image-gc", lambda: gc.run(self._good_revision), g.check_interval_s)
+
+    async def _good_revision(self) -> int | None:
+        # The row id, not the revision: a local target turning good keeps the hub revision.
+        good = await self.store.last_good_target()
+        return good.id if good else None
+
+    def _log_services(self) -> list[CurrentService]:
+        self.tasks.beat("logs")  # called by the collector on every round
+        return self._current
 
     async def _restore(self) -> None:
         """Build the target lifecycle and re-apply the stored target after a restart."""
@@ -286,11 +356,11 @@ class Agent:
             self.state = "converged"
         self._fire("status", None)
 
-    def _on_crash_loop(self, service: str, *_: Any) -> None:
-        self._fire("event", {"type": "container", "action": "crash_loop", "service": service})
+    def _on_crash_loop(self, state: ServiceState) -> None:
+        self._fire("event", state.crash_loop_event())
 
     def _fire(self, kind: str, payload: dict[str, Any] | None) -> None:
-        asyncio.get_running_loop().create_task(self._fire_async(kind, payload))
+        self._track(self._fire_async(kind, payload), f"queue {kind}")
 
     async def _fire_async(self, kind: str, payload: dict[str, Any] | None) -> None:
         try:
@@ -370,6 +440,10 @@ class Agent:
             "last_error": self.last_error,
         }
         if counters:
+            out["tasks"] = self.tasks.status()
+            out["event_loop"] = type(asyncio.get_running_loop()).__module__
+            if self.supervisor is not None:
+                out["supervisor_forgotten_over_bound"] = self.supervisor.forgotten_over_bound
             out["counters"] = await self.store.counters()
             out["outbox"] = await self.store.outbox_stats()
             out["started_at"] = self.started_at.isoformat()
@@ -418,9 +492,9 @@ class _NoUnhealthy:
         return frozenset()
 
 
-async def run_agent(config: AgentConfig) -> int:
-    """Run the agent until SIGTERM or SIGINT; return the exit code."""
-    agent = Agent(config)
+async def run_agent(config: AgentConfig, *, runtime: Any = None) -> int:
+    """Run the agent until SIGTERM or SIGINT (0), or until a loop keeps failing (70)."""
+    agent = Agent(config, runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -431,9 +505,17 @@ async def run_agent(config: AgentConfig) -> int:
         log.error("agent could not start: %s", exc.message)
         await agent.stop()
         return 1
+    interval_s = watchdog_interval_s()
+    if interval_s is not None:
+        agent.tasks.spawn(WATCHDOG_TASK, lambda: feed_watchdog(agent.tasks, interval_s, sd_notify))
     sd_notify("READY=1")
-    await stop.wait()
-    log.info("stopping on signal")
+    fatal = asyncio.create_task(agent.tasks.fatal.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({fatal, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    fatal.cancel()
+    stopping.cancel()
+    code = EXIT_TASK_FAILED if agent.tasks.fatal.is_set() else 0
+    log.info("stopping: %s", "a background task keeps failing" if code else "signal")
     sd_notify("STOPPING=1")
     await agent.stop()
-    return 0
+    return code

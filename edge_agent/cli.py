@@ -128,6 +128,12 @@ def format_status(st: dict[str, Any]) -> str:
     counters = {k: v for k, v in (st.get("counters") or {}).items() if v}
     if counters:
         lines.append("counters  " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    troubled = {
+        n: t for n, t in (st.get("tasks") or {}).items() if t["restarts"] or t["state"] != "running"
+    }
+    for name, t in sorted(troubled.items()):
+        state = f"{t['state']}, {t['restarts']} restarts"
+        lines.append(f"task      {name}: {state}, last error {t['last_error']}")
     return "\n".join(lines)
 
 
@@ -144,12 +150,10 @@ def _run(args: argparse.Namespace) -> int:
     # Libraries' debug chatter (every SQL call, every HTTP connection) drowns the agent's own.
     for noisy in ("aiosqlite", "aiodocker", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.root.level))
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency; a source run may lack it
-        pass
+    # The standard asyncio loop, not uvloop: uvloop can hand a cancelled connect's file
+    # descriptor to a new socket while the old transport still owns it (uvloop #653,
+    # aiohttp #10362), which killed the sync loop when long-polls were cancelled on hub
+    # loss. The agent mostly waits; what uvloop saves it is small (docs/operations.md).
     return asyncio.run(run_agent(config))
 
 

@@ -55,6 +55,8 @@ class SupervisorConfig(Section):
     stable_after_s: float = Field(60.0, gt=0)
     crash_loop_exits: int = Field(5, ge=2)
     crash_loop_window_s: float = Field(120.0, gt=0)
+    # services whose restart history is kept (the longest-gone are forgotten beyond it)
+    max_tracked_services: int = Field(1000, ge=1)
     restart_unhealthy: bool = True
     safety_interval_s: float = Field(30.0, gt=0)
     # A target's images must be present within this bound (its apply deadline starts then);
@@ -108,6 +110,39 @@ class LogsConfig(Section):
     interval_s: float = Field(5.0, gt=0, le=3600)
 
 
+class TasksConfig(Section):
+    """Supervision of the agent's own background loops (sync, long-poll, events, ...)."""
+
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_cap_s: float = Field(60.0, gt=0)
+    stable_after_s: float = Field(60.0, gt=0)
+    # failures of one loop in a row (none lasting stable_after_s) that end the process
+    max_failures: int = Field(10, ge=1)
+    # added to a loop's expected beat interval before it counts as stalled (watchdog)
+    heartbeat_grace_s: float = Field(600.0, gt=0)
+    # how long stop() waits for events still being queued
+    drain_timeout_s: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _cap(self) -> TasksConfig:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("backoff_cap_s must be >= backoff_base_s")
+        return self
+
+
+class ImageGcConfig(Section):
+    """Removal of images this device's old targets used (see edge_agent/image_gc.py)."""
+
+    enabled: bool = True
+    interval_s: float = Field(6 * 3600.0, gt=0)
+    # how often to look whether a new target turned good (which triggers a run)
+    check_interval_s: float = Field(60.0, gt=0)
+    # good targets whose images stay: the current release and the previous one (rollback)
+    keep_good: int = Field(2, ge=1)
+    min_unused_s: float = Field(3600.0, ge=0)
+    max_removals_per_run: int = Field(20, ge=1)
+
+
 class AgentConfig(Section):
     """The whole agent configuration."""
 
@@ -120,6 +155,8 @@ class AgentConfig(Section):
     hub: HubConfig = Field(default_factory=HubConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
 
     @property
     def store_path(self) -> Path:

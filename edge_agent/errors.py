@@ -18,6 +18,8 @@ The tree::
     └── SyncError                 talking to the hub failed
         ├── HubUnreachable        network-level failure (retryable)
         └── HubRefused            the hub answered 4xx (not retryable unless 408/413/429)
+    TaskFailed                    (under AgentError) a background task failed, or kept failing
+    ImageInUse                    (under RuntimeAdapterError) image GC: a container uses it
 
 Third-party exceptions (aiodocker, aiohttp, sqlite3) are translated at the module
 that talks to them, with ``raise X from exc``.
@@ -132,3 +134,11 @@ class HubRefused(SyncError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message, retryable=status in (408, 413, 429))
         self.status = status
+
+
+class TaskFailed(AgentError):
+    """A supervised background task ended unexpectedly or kept failing."""
+
+
+class ImageInUse(RuntimeAdapterError):
+    """An image cannot be removed: a container (of any device) uses it."""

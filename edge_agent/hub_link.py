@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.config import AgentConfig
@@ -14,7 +15,7 @@ from edge_agent.enroll import Identity, enroll, load_identity, maintain_certific
 from edge_agent.errors import AgentError, ConfigError, HubRefused
 from edge_agent.models import Target
 from edge_agent.protocol import ServiceReport, SignedTarget, StatusSnapshot
-from edge_agent.sync import HubClient, Syncer, SyncLimits
+from edge_agent.sync import HubClient, Reachability, Syncer, SyncLimits
 from edge_agent.target_gate import TargetGate
 
 if TYPE_CHECKING:
@@ -71,10 +72,35 @@ class LinkedAgent(Protocol):
         ...
 
 
+class _BeatingReachability(Reachability):
+    """Reachability that also reports each sync / long-poll round as a heartbeat."""
+
+    def __init__(self, beat: Callable[[str], None]) -> None:
+        super().__init__()
+        self._beat = beat
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a failed call and beat: a loop that keeps retrying is alive."""
+        super().failed(exc)
+        self._beat_current()
+
+    def succeeded(self) -> None:
+        """Note a successful call and beat."""
+        super().succeeded()
+        self._beat_current()
+
+    def _beat_current(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # the supervised task is named after its loop
+            self._beat(task.get_name())
+
+
 class HubLink:
     """Runs the sync loop, the target long-poll and certificate renewal for one agent."""
 
-    def __init__(self, agent: LinkedAgent, identity: Identity) -> None:
+    def __init__(
+        self, agent: LinkedAgent, identity: Identity, *, beat: Callable[[str], None] | None = None
+    ) -> None:
         self.agent = agent
         self.identity = identity
         hub = agent.config.hub
@@ -98,15 +124,20 @@ class HubLink:
                 request_timeout_s=hub.request_timeout_s,
                 long_poll_s=hub.long_poll_s,
             ),
+            reachability=_BeatingReachability(beat or (lambda _name: None)),
         )
         agent.store.on_append = self.syncer.notify
 
-    def tasks(self) -> list[tuple[Any, str]]:
-        """Return the coroutines to run in the background, with names."""
+    def tasks(self) -> list[tuple[str, Callable[[], Awaitable[None]], float | None]]:
+        """Return the background loops: name, factory, expected beat interval (None: none)."""
+        hub = self.agent.config.hub
+        # A round ends within its timeouts, or fails and waits at most the backoff cap.
+        sync_round_s = hub.sync_interval_s + hub.backoff_cap_s + 2 * hub.request_timeout_s
+        poll_round_s = hub.long_poll_s + hub.backoff_cap_s + 2 * hub.request_timeout_s
         return [
-            (self.syncer.run(), "sync"),
-            (self.syncer.run_long_poll(), "long-poll"),
-            (maintain_certificate(self.identity, self.client.reload_tls), "renew"),
+            ("sync", self.syncer.run, sync_round_s),
+            ("long-poll", self.syncer.run_long_poll, poll_round_s),
+            ("renew", lambda: maintain_certificate(self.identity, self.client.reload_tls), None),
         ]
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from edge_agent.errors import (
     DiskReserveError,
     EngineUnavailable,
+    ImageInUse,
     ImageNotFound,
     NotManaged,
     RegistryAuthError,
@@ -235,6 +236,28 @@ class DockerRuntime:
     async def _image(self, ref: str) -> dict[str, Any]:
         with _engine_errors(f"inspect image {ref}"):
             return await self._docker.images.inspect(ref)
+
+    async def image_id(self, ref: str) -> str | None:
+        """Return the id of image ``ref``, or None if the engine does not have it."""
+        info = await _or_none(self._image(ref))
+        return str(info["Id"]) if info else None
+
+    async def container_image_ids(self) -> set[str]:
+        """Return the image ids of every container on the engine, whoever's (for image GC)."""
+        with _engine_errors("list all containers"):
+            found = await self._docker._query_json("containers/json", params={"all": "1"})
+        return {str(c["ImageID"]) for c in found if c.get("ImageID")}
+
+    async def remove_image(self, ref: str) -> None:
+        """Remove image reference ``ref``, never forced; ImageInUse if a container uses it."""
+        try:
+            with _engine_errors(f"remove image {ref}"):
+                await self._docker.images.delete(ref, force=False)
+        except RuntimeAdapterError as exc:
+            if exc.status == 409:
+                raise ImageInUse(f"image {ref} is in use: {exc.message}", status=409) from exc
+            if exc.status != 404:  # already gone is fine
+                raise
 
     def free_disk_bytes(self) -> int:
         """Return the free bytes on the engine's data root (or ``/`` if it is not visible)."""

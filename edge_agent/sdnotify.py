@@ -23,3 +23,20 @@ def sd_notify(state: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def watchdog_interval_s(environ: dict[str, str] | None = None) -> float | None:
+    """Return how often to send ``WATCHDOG=1`` (half of ``WatchdogSec=``), or None if off.
+
+    systemd sets ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` (the main PID: a onefile binary's
+    bootloader, the agent's parent, with ``NotifyAccess=all``).
+    """
+    env = os.environ if environ is None else environ
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid not in (str(os.getpid()), str(os.getppid()))):
+        return None
+    return usec / 2e6

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from edge_agent.errors import ConfigError
 from edge_agent.models import ContainerStatus, CurrentService, Health, Service, Target
@@ -39,6 +39,8 @@ class BackoffPolicy:
     # this many exits (or unhealthy restarts) within the window is a crash loop
     crash_loop_exits: int = 5
     crash_loop_window_s: float = 300.0
+    # services whose history is kept; beyond it, the longest-gone are forgotten first
+    max_tracked: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 < self.base_s <= self.cap_s:
@@ -47,6 +49,8 @@ class BackoffPolicy:
             raise ConfigError("backoff: need factor >= 1 and positive stable_after_s, window")
         if self.crash_loop_exits < 2:
             raise ConfigError("backoff: crash_loop_exits must be at least 2")
+        if self.max_tracked < 1:
+            raise ConfigError("backoff: max_tracked must be at least 1")
 
     def delay_s(self, attempt: int) -> float:
         """Return the wait before restart number ``attempt`` (1-based), capped."""
@@ -65,12 +69,28 @@ class ServiceState:
     next_restart_at: datetime | None = None
     unhealthy: bool = False
 
+    def crash_loop_event(self) -> dict[str, Any]:
+        """Return the JSON-ready outbox event announcing this service's crash loop."""
+        return {
+            "type": "container",
+            "action": "crash_loop",
+            "service": self.service,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+        }
+
+
+# Called once when a service enters a crash loop, with its state at that moment.
+CrashLoopCallback = Callable[[ServiceState], None]
+
 
 @dataclass
 class _Track:
-    """Mutable history of one service's current container."""
+    """Mutable history of one service definition, across the containers that run it."""
 
     container_id: str | None = None
+    config_hash: str | None = None
+    last_seen: datetime | None = None
     attempts: int = 0
     exits: deque[datetime] = field(default_factory=deque)
     last_exit_code: int | None = None
@@ -90,11 +110,12 @@ class Supervisor:
         self,
         policy: BackoffPolicy | None = None,
         *,
-        on_crash_loop: Callable[[ServiceState], None] | None = None,
+        on_crash_loop: CrashLoopCallback | None = None,
     ) -> None:
         self.policy = policy or BackoffPolicy()
         self.on_crash_loop = on_crash_loop
         self._tracks: dict[str, _Track] = {}
+        self.forgotten_over_bound = 0  # histories dropped because max_tracked was reached
 
     def record_start(self, service: str, at: datetime) -> None:
         """Note that the service's container started at ``at``."""
@@ -129,10 +150,11 @@ class Supervisor:
         for c in current:
             seen.add(c.name)
             t = self._tracks.get(c.name)
-            if t is None or t.container_id not in (None, c.container_id):
-                # A new container (created or recreated): its history starts fresh.
-                t = self._tracks[c.name] = _Track()
-            t.container_id = c.container_id
+            if t is None or t.config_hash not in (None, c.config_hash):
+                # A new definition of the service gets a fresh history; a replaced container
+                # of the same definition keeps it (or a loop that recreates goes unseen).
+                t = self._tracks[c.name] = self._new_track()
+            t.container_id, t.config_hash, t.last_seen = c.container_id, c.config_hash, now
             if c.started_at is not None:
                 t.started_at = c.started_at
             if c.is_running:
@@ -144,8 +166,24 @@ class Supervisor:
                     self.record_exit(
                         c.name, c.finished_at or now, exit_code=c.exit_code, started_at=c.started_at
                     )
+        self._forget_gone(seen, now)
+
+    def _forget_gone(self, seen: set[str], now: datetime) -> None:
+        """Drop services unseen for a crash-loop window (kept that long across a recreate)."""
+        horizon = now - timedelta(seconds=self.policy.crash_loop_window_s)
         for name in set(self._tracks) - seen:
-            del self._tracks[name]
+            last = self._tracks[name].last_seen
+            if last is None or last < horizon:
+                del self._tracks[name]
+        excess = len(self._tracks) - self.policy.max_tracked
+        if excess > 0:
+            gone = sorted((n for n in self._tracks if n not in seen), key=self._last_seen)
+            for name in gone[:excess]:
+                del self._tracks[name]
+                self.forgotten_over_bound += 1
+
+    def _last_seen(self, service: str) -> datetime:
+        return self._tracks[service].last_seen or datetime.min.replace(tzinfo=UTC)
 
     def _observe_running(self, c: CurrentService, t: _Track, now: datetime) -> None:
         up_s = (now - c.started_at).total_seconds() if c.started_at else 0.0
@@ -196,7 +234,14 @@ class Supervisor:
         self._tracks.pop(service, None)
 
     def _track(self, service: str) -> _Track:
-        return self._tracks.setdefault(service, _Track())
+        t = self._tracks.get(service)
+        if t is None:
+            t = self._tracks[service] = self._new_track()
+        return t
+
+    def _new_track(self) -> _Track:
+        # Only the last crash_loop_exits exits decide a crash loop: keep no more than that.
+        return _Track(exits=deque(maxlen=self.policy.crash_loop_exits))
 
     def _bump(self, service: str, t: _Track, at: datetime) -> datetime:
         """Count one restart-worthy failure at ``at`` and schedule the restart."""

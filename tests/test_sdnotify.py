@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.sdnotify import sd_notify
+from edge_agent.sdnotify import sd_notify, watchdog_interval_s
 from hub.testing import start_hub
 
 
@@ -46,3 +46,45 @@ def test_hub_notifies_ready_and_stopping(
     finally:
         assert hub.stop() == 0
     assert sock.recv(64) == b"STOPPING=1"
+
+
+def test_watchdog_interval_is_half_of_watchdog_sec() -> None:
+    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "60000000"}) == 30.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "nonsense"}) is None
+
+
+async def test_agent_feeds_the_systemd_watchdog(
+    notify_socket: tuple[socket.socket, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real agent process pings WATCHDOG=1 (the stalled case: test_task_supervisor.py)."""
+    import asyncio
+
+    from agentproc import AgentProcess
+
+    sock, path = notify_socket
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    agent = AgentProcess(
+        "t-watchdog",
+        tmp_path / "agent",
+        docker={"url": "unix:///nonexistent/docker.sock"},
+        logs={"enabled": True, "interval_s": 0.5},
+        tasks={"heartbeat_grace_s": 1.0},
+    )
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))  # inherited by the agent process
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    await agent.start()
+    try:
+        seen: list[bytes] = []
+        async with asyncio.timeout(20):
+            while seen.count(b"WATCHDOG=1") < 3:
+                seen.append(await loop.sock_recv(sock, 64))
+        assert b"READY=1" in seen
+        status = await agent.status()
+        assert status["tasks"]["watchdog"]["state"] == "running"
+        assert set(status["tasks"]) >= {"reconciler", "events", "logs", "watchdog"}
+    finally:
+        await agent.stop()
+        agent.cleanup()

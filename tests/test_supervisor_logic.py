@@ -55,6 +55,7 @@ def test_delay_grows_exponentially_to_the_cap() -> None:
         {"factor": 0.5},
         {"stable_after_s": 0},
         {"crash_loop_exits": 1},
+        {"max_tracked": 0},
     ],
 )
 def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
@@ -150,13 +151,47 @@ def test_observe_counts_each_exit_once() -> None:
     assert sup.restart_not_before() == {"web": at(6)}
 
 
-def test_observe_starts_fresh_for_a_new_container_and_forgets_gone_ones() -> None:
+def test_observe_starts_fresh_for_a_new_service_definition() -> None:
     sup = Supervisor(POLICY)
-    sup.observe([exited(1, 0, 1), exited(1, 0, 1, name="db", container_id="c-db")], at(1))
-    sup.observe([exited(1, 0, 1, container_id="c-new")], at(1))
+    sup.observe([exited(1, 0, 1)], at(1))
+    sup.observe([exited(1, 0, 1, container_id="c-new", config_hash="h2")], at(1))
     assert sup.state("web").restarts == 1
     assert sup.state("web").next_restart_at == at(2)
+
+
+def test_crash_loop_history_survives_a_replaced_container() -> None:
+    """Issue 7 item 11: a new container id reset the history, so a loop went unseen."""
+    seen: list[ServiceState] = []
+    sup = Supervisor(POLICY, on_crash_loop=seen.append)
+    for n in range(POLICY.crash_loop_exits):
+        # Each crash ends with the container replaced (same definition, new id).
+        sup.observe([exited(1, 2 * n, 2 * n + 1, container_id=f"c-{n}")], at(2 * n + 1))
+    assert sup.state("web").crash_loop and sup.state("web").restarts == POLICY.crash_loop_exits
+    assert [s.service for s in seen] == ["web"]
+
+
+def test_history_of_a_service_briefly_gone_is_kept_then_forgotten() -> None:
+    sup = Supervisor(POLICY)
+    sup.observe([exited(1, 0, 1), exited(1, 0, 1, name="db", container_id="c-db")], at(1))
+    sup.observe([exited(1, 0, 1)], at(2))  # db removed, about to be recreated
+    assert sup.state("db").restarts == 1
+    sup.observe([exited(1, 0, 1)], at(1 + POLICY.crash_loop_window_s + 1))
     assert "db" not in sup.states()
+
+
+def test_histories_of_gone_services_are_bounded() -> None:
+    sup = Supervisor(BackoffPolicy(max_tracked=2, crash_loop_window_s=10**6))
+    for n in range(5):
+        sup.observe([exited(1, 0, 1, name=f"s{n}", container_id=f"c{n}")], at(n))
+    assert sorted(sup.states()) == ["s3", "s4"]  # the longest-gone went first
+    assert sup.forgotten_over_bound == 3
+
+
+def test_exit_history_is_bounded() -> None:
+    sup = Supervisor(BackoffPolicy(crash_loop_exits=3, crash_loop_window_s=10**6))
+    for n in range(1000):
+        sup.record_exit("web", at(n))
+    assert len(sup._tracks["web"].exits) == 3
 
 
 def test_observe_adopts_history_recorded_before_the_container_was_seen() -> None:

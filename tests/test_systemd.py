@@ -100,3 +100,13 @@ def test_sysusers_match_units() -> None:
     assert re.search(r"^u edge-agent ", agent, re.M)
     assert re.search(r"^m edge-agent docker$", agent, re.M)
     assert re.search(r"^u edge-hub ", hub, re.M) and "docker" not in hub
+
+
+def test_agent_unit_has_a_watchdog_and_restarts_on_task_failure() -> None:
+    """Issue 7 item 4: systemd saw nothing wrong while a background task was dead."""
+    from edge_agent.tasks import EXIT_TASK_FAILED
+
+    d = _directives("edge-agent")
+    assert d["WatchdogSec"] == ["60s"]
+    # A loop that keeps dying exits with this code, which must not be a "do not restart" one.
+    assert str(EXIT_TASK_FAILED) not in d["RestartPreventExitStatus"][0].split()
