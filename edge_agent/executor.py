@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 HealthWait = Callable[[str], Awaitable[None]]
 StepHook = Callable[[Step], None]
+BeforeRemove = Callable[[str], Awaitable[None]]
 _T = TypeVar("_T")
 
 
@@ -86,12 +87,16 @@ async def execute(
     health_wait: HealthWait,
     on_step_done: StepHook | None = None,
     on_pulled: Callable[[Target], None] | None = None,
+    before_remove: BeforeRemove | None = None,
 ) -> None:
     """Run a plan; raise ApplyFailed naming the first failing step, cancelling the rest.
 
-    ``on_pulled`` is called once the pull phase is done (every image is then present).
+    ``on_pulled`` is called once the pull phase is done (every image is then present);
+    ``before_remove`` is awaited with a container's id after it stopped, before it is
+    removed (the log collector reads its last lines there).
     """
-    await _Apply(runtime, target, health_wait, on_step_done, on_pulled).run(steps)
+    apply = _Apply(runtime, target, health_wait, on_step_done, on_pulled, before_remove)
+    await apply.run(steps)
 
 
 class _Apply:
@@ -104,9 +109,11 @@ class _Apply:
         health_wait: HealthWait,
         on_step_done: StepHook | None,
         on_pulled: Callable[[Target], None] | None = None,
+        before_remove: BeforeRemove | None = None,
     ) -> None:
         self.runtime = runtime
         self.target = target
+        self.before_remove = before_remove
         self.health_wait = health_wait
         self.on_step_done = on_step_done
         self.on_pulled = on_pulled
@@ -211,14 +218,20 @@ class _Apply:
 
     async def _remove(self, step: Step) -> None:
         assert isinstance(step, RemoveStep)
+        await self._removing(step.container_id)
         await self.runtime.remove(step.container_id)
 
     async def _recreate(self, step: Step) -> None:
         assert isinstance(step, RecreateStep)
         await self.runtime.stop(step.container_id, step.service.stop_timeout_s)
+        await self._removing(step.container_id)
         await self.runtime.remove(step.container_id)
         cid = await self._create_service(step.service.name, step)
         await self.runtime.start(cid)
+
+    async def _removing(self, container_id: str) -> None:
+        if self.before_remove is not None:
+            await self.before_remove(container_id)
 
     async def _remove_network(self, step: Step) -> None:
         assert isinstance(step, RemoveNetworkStep)
@@ -301,8 +314,10 @@ class Reconciler:
         on_observed: Callable[[list[CurrentService]], None] | None = None,
         on_settled: Callable[[ReconcileState], None] | None = None,
         on_images_ready: Callable[[Target], None] | None = None,
+        before_remove: BeforeRemove | None = None,
     ) -> None:
         self.runtime = runtime
+        self.before_remove = before_remove
         self.advisor = advisor
         self.health_wait = health_wait or poll_health(runtime)
         self.clock = clock
@@ -414,6 +429,7 @@ class Reconciler:
                 health_wait=self.health_wait,
                 on_step_done=self.on_step_done,
                 on_pulled=self._images_ready,
+                before_remove=self.before_remove,
             )
         stuck = ApplyFailed(f"not converged after {self.max_iterations} applies")
         return self._failed(stuck, ReconcileState.NOT_CONVERGED)

@@ -110,6 +110,8 @@ class LogCollector:
     _epoch_ns: int = 0
     _budgets: dict[str, _Budget] = field(default_factory=dict)
     _failing: dict[str, int] = field(default_factory=dict)
+    # collect_once and drain never read one container at the same time (no line twice)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _behind: bool = False
 
     def tracked(self) -> set[str]:
@@ -118,6 +120,29 @@ class LogCollector:
 
     async def collect_once(self) -> int:
         """Read every container's new lines; return how many log entries were queued."""
+        async with self._lock:
+            return await self._collect_all()
+
+    async def drain(self, container_id: str) -> None:
+        """Read a stopped container's last lines before it is removed (an update).
+
+        Afterwards its position is marked drained, so its removal is no gap. A container
+        still running, or one whose log cannot be read to the end within the per-read
+        bounds, stays undrained: its removal is then recorded as a gap, as it should be.
+        """
+        async with self._lock:
+            await self._load()
+            try:
+                found = [
+                    s for s in await self.source.list_services() if s.container_id == container_id
+                ]
+            except AgentError as exc:
+                log.warning("log of %s not read before removal: %s", container_id[:12], exc.message)
+                return
+            for svc in found:
+                await self._collect_safely(svc)
+
+    async def _collect_all(self) -> int:
         positions = await self._load()
         current = await self._current(positions)
         live = {svc.container_id for svc in current}

@@ -232,3 +232,33 @@ async def test_container_removed_while_the_agent_is_down_is_a_counted_gap(
         return _seqs(_stored(agent), "counter").count(1) == 2
 
     await wait_for(replaced, timeout_s=30, interval_s=0.3)
+
+
+async def test_an_update_reads_the_replaced_containers_last_lines_and_records_no_gap(
+    agent: AgentProcess, images: TestImages
+) -> None:
+    """An update stops, drains, then removes the old container: its last lines arrive."""
+    script = "trap 'echo bye; exit 0' TERM; " + COUNTER
+    for version, env in (("1", {}), ("2", {"GENERATION": "2"})):
+        svc = {
+            "name": "counter",
+            "image": images.ref("good"),
+            "command": ["sh", "-c", script],
+            "environment": env,
+        }
+        release = {"name": "app", "version": version, "services": [svc]}
+        code, body = await agent.call("POST", "/v1/apply", release)
+        assert code == 202, body
+        await wait_for(_seq_at_least(agent, 20), timeout_s=30, interval_s=0.3)
+
+    async def second_generation() -> list[dict[str, Any]] | None:
+        rows = [r for r in _stored(agent) if r.get("service") == "counter"]
+        return rows if [r["line"] for r in rows].count("seq 1") == 2 else None
+
+    rows = await wait_for(second_generation, timeout_s=30, interval_s=0.3)
+    lines = [r["line"] for r in rows]
+    first = lines[: lines.index("seq 1", 1)]
+    assert first[-1] == "bye", first[-3:]
+    assert _seqs([r for r in rows[: len(first)]], "counter") == list(range(1, len(first)))
+    assert not [r for r in _stored(agent) if r.get("gap")]
+    assert (await agent.status())["counters"].get("log_gaps", 0) == 0
