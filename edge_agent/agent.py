@@ -17,7 +17,7 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.api import Conflict, NotFound, start_api
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError, InvalidDocument, TargetRejected
+from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TargetRejected
 from edge_agent.executor import Reconciler, poll_health
 from edge_agent.models import CurrentService, Target, parse_document
 from edge_agent.sdnotify import sd_notify
@@ -497,7 +497,9 @@ async def run_agent(config: AgentConfig) -> int:
     except AgentError as exc:
         log.error("agent could not start: %s", exc.message)
         await agent.stop()
-        return 1
+        # A configuration error (a refused enrollment included) does not heal by itself:
+        # 2 is the status the unit does not restart on (RestartPreventExitStatus=2).
+        return 2 if isinstance(exc, ConfigError) else 1
     sd_notify("READY=1")
     await stop.wait()
     log.info("stopping on signal")
