@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from agentproc import REPO, agent_command, write_config
+from cryptography.hazmat.primitives import serialization
 from hubproc import HubProcess
 from synckit import enroll_device, open_device, until
 
