@@ -72,4 +72,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX audit_by_target ON audit (target, id)",
         ],
     ),
+    (
+        5,
+        "certificate lineage: the serial a renewal replaced, the newest certificate's key",
+        [
+            "ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE devices ADD COLUMN cert_key_sha256 TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ]
