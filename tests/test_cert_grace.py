@@ -219,7 +219,9 @@ def test_lineage_accepts_newest_or_previous_for_the_newest_key(
 @pytest.mark.parametrize(("presented", "csr_key"), [("a", "other"), ("z", "key-b"), ("", "")])
 def test_lineage_refuses_replaced_certificates(presented: str, csr_key: str) -> None:
     with pytest.raises(Unauthenticated):
-        check_lineage(presented, csr_key, CertLineage("b", "", "key-b") if not presented else LINEAGE)
+        check_lineage(
+            presented, csr_key, CertLineage("b", "", "key-b") if not presented else LINEAGE
+        )
 
 
 @pytest.mark.parametrize(
