@@ -337,3 +337,24 @@ def test_documented_agent_lines_run_against_a_real_agent(tmp_path: Path) -> None
         log.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
     assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
+
+
+def test_edgectl_help_describes_every_command() -> None:
+    from hub.edgectl import _parser as ctl_parser
+
+    for action in ctl_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            described = {a.dest: a.help for a in action._choices_actions}
+            assert set(described) == set(action.choices)
+            assert all(described.values()), described
+
+
+def test_docs_claim_no_database_backend_the_hub_lacks(tmp_path: Path) -> None:
+    from hub.config import load_config
+    from hub.errors import ConfigError
+
+    env = {"EDGE_HUB_SERVER_DATA_DIR": str(tmp_path), "EDGE_HUB_STORE_URL": "postgresql://h/db"}
+    with pytest.raises(ConfigError, match=r"store\.url"):
+        load_config(None, env).sqlite_path  # noqa: B018 - the property validates the url
+    claims = [p.name for p in DOCS if "postgres" in p.read_text().lower()]
+    assert claims == [], f"docs describe a PostgreSQL backend that does not exist: {claims}"
