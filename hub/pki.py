@@ -99,6 +99,7 @@ class HubPKI:
         self.ca_cert = ca_cert
         self.ca_key = ca_key
         self.signing_key = signing_key
+        self._challenge_secret: bytes | None = None
         self.ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
         self.signing_public_pem = (
             signing_key.public_key()
@@ -130,12 +131,14 @@ class HubPKI:
     def challenge_secret(self) -> bytes:
         """Return the HMAC key of renewal challenges (derived from the CA key: stable
         across restarts, never stored, unknown to anyone without the CA key)."""
-        der = self.ca_key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return hashlib.sha256(b"edgefleet renewal challenge v1\0" + der).digest()
+        if self._challenge_secret is None:
+            der = self.ca_key.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            self._challenge_secret = hashlib.sha256(b"edgefleet renewal v1\0" + der).digest()
+        return self._challenge_secret
 
     @classmethod
     def ensure(
