@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agentproc import AgentProcess
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -279,3 +280,41 @@ def test_proof_must_be_the_certificate_keys_signature() -> None:
             verify_proof(cert, msg, base64.b64encode(sig).decode())
     with pytest.raises(Unauthenticated):
         verify_proof(cert, msg, "not base64!")
+
+
+async def test_agent_offline_past_its_certificate_lifetime_comes_back(tmp_path: Path) -> None:
+    """A real agent process, stopped until its certificate expired, renews and syncs."""
+    hub = _short_lived_hub(tmp_path / "hub", grace_s=DAY_S)
+    agent = AgentProcess(
+        None,
+        tmp_path / "agent",
+        hub={
+            "url": hub.url,
+            "enrollment_token": hub.create_token(),
+            "ca_file": str(hub.ca_path),
+            "sync_interval_s": 0.5,
+            "long_poll_s": 2.0,
+            "backoff_cap_s": 1.0,
+        },
+    )
+    try:
+        await agent.start()
+        ident = load_identity(agent.data_dir)
+        assert ident is not None
+        assert await agent.stop() == 0
+        await _until_expired(ident)  # "weeks offline", in seconds
+        expired_serial = format(ident.certificate().serial_number, "x")
+        acked_before = hub.device(ident.device_id)["acked_seq"]
+        await agent.start()
+
+        async def renewed_and_synced() -> bool:
+            view = hub.device(ident.device_id)
+            renewed = view["certificate"]["serial"] != expired_serial
+            return bool(renewed and view["acked_seq"] > acked_before)
+
+        await until(renewed_and_synced, 30)
+        assert any(a["detail"]["via"] == "expired" for a in _audit(hub, "device.renew"))
+    finally:
+        await agent.stop()
+        agent.cleanup()
+        hub.stop()
