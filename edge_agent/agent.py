@@ -18,7 +18,7 @@ from edge_agent import __version__
 from edge_agent.anchor import RevisionAnchor
 from edge_agent.api import Conflict, NotFound, start_api
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError, InvalidDocument, TargetRejected
+from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TargetRejected
 from edge_agent.executor import Reconciler, poll_health
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
@@ -504,7 +504,9 @@ async def run_agent(config: AgentConfig, *, runtime: Any = None) -> int:
     except AgentError as exc:
         log.error("agent could not start: %s", exc.message)
         await agent.stop()
-        return 1
+        # A configuration error (a refused enrollment included) does not heal by itself:
+        # 2 is the status the unit does not restart on (RestartPreventExitStatus=2).
+        return 2 if isinstance(exc, ConfigError) else 1
     interval_s = watchdog_interval_s()
     if interval_s is not None:
         agent.tasks.spawn(WATCHDOG_TASK, lambda: feed_watchdog(agent.tasks, interval_s, sd_notify))

@@ -17,28 +17,44 @@ from edge_agent.errors import AgentError, ConfigError
 DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
 
 
+def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Add the options every command takes (before or after the command's name)."""
+
+    def default(value: Any) -> Any:
+        # After the command, an option left out must not reset one given before it.
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument(
+        "--config",
+        default=default(os.environ.get("EDGE_AGENT_CONFIG")),
+        help=f"TOML config file (env EDGE_AGENT_CONFIG; default {DEFAULT_CONFIG} if present)",
+    )
+    p.add_argument("--socket", default=default(None), help="local API socket (default: config)")
+    p.add_argument("--json", action="store_true", default=default(False), help="print raw JSON")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    p.add_argument(
-        "--config",
-        default=os.environ.get("EDGE_AGENT_CONFIG"),
-        help=f"TOML config file (env EDGE_AGENT_CONFIG; default {DEFAULT_CONFIG} if present)",
-    )
-    p.add_argument("--socket", help="local API socket (default: from the config)")
-    p.add_argument("--json", action="store_true", help="print raw JSON")
+    _global_options(p, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the agent in the foreground")
-    sub.add_parser("status", help="show the running agent's status")
-    sub.add_parser("containers", help="list the managed containers")
-    sub.add_parser("targets", help="show target history")
-    a = sub.add_parser("audit", help="show the local audit log")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    command("run", "run the agent in the foreground")
+    command("status", "show the running agent's status")
+    command("containers", "list the managed containers")
+    command("targets", "show target history")
+    a = command("audit", "show the local audit log")
     a.add_argument("--limit", type=int, default=50)
-    ap = sub.add_parser("apply", help="apply a target or release document (JSON file, - for stdin)")
+    ap = command("apply", "apply a target or release document (JSON file, - for stdin)")
     ap.add_argument("file")
-    r = sub.add_parser("restart", help="restart one service's container")
+    r = command("restart", "restart one service's container")
     r.add_argument("service")
-    st = sub.add_parser("selftest", help="check store, signatures, validation and Docker access")
+    st = command("selftest", "check store, signatures, validation and Docker access")
     st.add_argument("--data-dir", type=Path)
     return p
 

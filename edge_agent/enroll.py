@@ -13,14 +13,23 @@ SHA-256 fingerprint — then ``GET /v1/ca`` is fetched once without verification
 CA is accepted only if its fingerprint matches. Every later call verifies the hub against
 the pinned CA with hostname checking on, and presents the device certificate.
 
-Renewal writes ``device.key.new`` and ``device.crt.new`` then renames key, then cert;
-``load_identity`` completes a renewal cut between the two renames, or discards one cut
-before them, so the key and certificate on disk always match.
+Renewal keeps its new key in ``device.key.pending`` from before the request until the
+new certificate is installed, so a retry after a lost answer asks for the same key (the
+hub lets the replaced certificate renew again only for that key). On success it writes
+``device.crt.new``, then renames the pending key, then the certificate; ``load_identity``
+completes a renewal cut anywhere in between, or discards a certificate that matches
+neither key, so the key and certificate on disk always match.
+
+An expired certificate cannot complete a TLS handshake, so within the hub's grace
+(``pki.renew_grace_days``) it is renewed without one: ``POST /v1/renew/challenge``, then
+``POST /v1/renew/expired`` with the expired certificate and the device key's signature
+over the challenge and the new CSR (``protocol.renewal_proof_message``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import logging
@@ -34,13 +43,23 @@ from typing import Any
 
 import aiohttp
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge_agent import __version__
 from edge_agent.errors import ConfigError, HubRefused, HubUnreachable, SyncError
-from edge_agent.protocol import EnrollRequest, EnrollResponse, RenewRequest, RenewResponse
+from edge_agent.protocol import (
+    EnrollRequest,
+    EnrollResponse,
+    ExpiredRenewRequest,
+    RenewChallenge,
+    RenewChallengeRequest,
+    RenewRequest,
+    RenewResponse,
+    renewal_proof_message,
+)
 from edge_agent.signing import load_public_key
 
 log = logging.getLogger(__name__)
@@ -50,6 +69,7 @@ CERT_FILE = "device.crt"
 CA_FILE = "hub-ca.pem"
 SIGNING_KEY_FILE = "hub-signing.pub"
 IDENTITY_FILE = "identity.json"
+PENDING_KEY_FILE = "device.key.pending"
 RENEW_MARGIN = 1 / 3
 
 
@@ -87,10 +107,15 @@ class Identity:
 
     def ssl_context(self) -> ssl.SSLContext:
         """Return a TLS context: pinned hub CA, hostname check on, device certificate."""
+        ctx = self.server_only_ssl_context()
+        ctx.load_cert_chain(self.cert_path, self.key_path)
+        return ctx
+
+    def server_only_ssl_context(self) -> ssl.SSLContext:
+        """Return a TLS context: pinned hub CA, hostname check on, no client certificate."""
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_path))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = True
-        ctx.load_cert_chain(self.cert_path, self.key_path)
         return ctx
 
 
@@ -194,25 +219,78 @@ def renewal_due(cert: x509.Certificate, now: dt.datetime, margin: float = RENEW_
 
 
 async def renew(identity: Identity, *, timeout_s: float = 30.0) -> Identity:
-    """Get a new certificate for a new key over mTLS and swap both files in atomically."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """Get a new certificate for the pending key over mTLS and swap both files in."""
+    key = _pending_key(identity.data_dir)
     req = RenewRequest(csr_pem=_csr(key, identity.device_id))
     ctx = identity.ssl_context()
     body = await _request(
         "POST", identity.hub_url, "/v1/renew", ctx, req.model_dump_json(), timeout_s
     )
+    return _install_renewed(identity, key, body)
+
+
+async def renew_expired(identity: Identity, *, timeout_s: float = 30.0) -> Identity:
+    """Renew an expired certificate by proving the device key (no client certificate)."""
+    key = _pending_key(identity.data_dir)
+    csr_pem = _csr(key, identity.device_id)
+    ctx = identity.server_only_ssl_context()
+    ask = RenewChallengeRequest(device_id=identity.device_id).model_dump_json()
+    body = await _request("POST", identity.hub_url, "/v1/renew/challenge", ctx, ask, timeout_s)
+    challenge = RenewChallenge.model_validate_json(body).challenge
+    message = renewal_proof_message(identity.device_id, challenge, csr_pem)
+    req = ExpiredRenewRequest(
+        device_id=identity.device_id,
+        certificate_pem=identity.cert_path.read_text(),
+        challenge=challenge,
+        csr_pem=csr_pem,
+        signature_b64=base64.b64encode(_sign(identity.key_path, message)).decode(),
+    )
+    body = await _request(
+        "POST", identity.hub_url, "/v1/renew/expired", ctx, req.model_dump_json(), timeout_s
+    )
+    return _install_renewed(identity, key, body)
+
+
+def _install_renewed(identity: Identity, key: ec.EllipticCurvePrivateKey, body: bytes) -> Identity:
     resp = RenewResponse.model_validate_json(body)
     _check_cert_matches(resp.certificate_pem, key)
     d = identity.data_dir
-    _write_private(d / (KEY_FILE + ".new"), _key_pem(key))
     _write_private(d / (CERT_FILE + ".new"), resp.certificate_pem.encode())
-    os.replace(d / (KEY_FILE + ".new"), d / KEY_FILE)
+    os.replace(d / PENDING_KEY_FILE, d / KEY_FILE)
     os.replace(d / (CERT_FILE + ".new"), d / CERT_FILE)
     _fsync_dir(d)
     log.info(
         "renewed device certificate, valid until %s", identity.certificate().not_valid_after_utc
     )
     return identity
+
+
+def _pending_key(d: Path) -> ec.EllipticCurvePrivateKey:
+    """Return the key a renewal asks a certificate for, made (and kept) before asking."""
+    path = d / PENDING_KEY_FILE
+    if path.exists():
+        key = _load_ec_key(path)
+        if key is not None:
+            return key
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write_private(path, _key_pem(key))
+    _fsync_dir(d)
+    return key
+
+
+def _load_ec_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
+
+
+def _sign(key_path: Path, message: bytes) -> bytes:
+    key = _load_ec_key(key_path)
+    if key is None:
+        raise ConfigError(f"{key_path}: not an EC private key")
+    return key.sign(message, ec.ECDSA(hashes.SHA256()))
 
 
 async def renew_if_due(
@@ -222,8 +300,20 @@ async def renew_if_due(
     margin: float = RENEW_MARGIN,
     timeout_s: float = 30.0,
 ) -> bool:
-    """Renew the certificate if it is within ``margin`` of expiry; return whether it did."""
-    if not renewal_due(identity.certificate(), now or dt.datetime.now(dt.UTC), margin):
+    """Renew the certificate if it is within ``margin`` of expiry; return whether it did.
+
+    An expired certificate takes the grace path (``renew_expired``).
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    cert = identity.certificate()
+    if now >= cert.not_valid_after_utc:
+        log.warning(
+            "device certificate expired at %s: renewing by proof of the device key",
+            cert.not_valid_after_utc.isoformat(),
+        )
+        await renew_expired(identity, timeout_s=timeout_s)
+        return True
+    if not renewal_due(cert, now, margin):
         return False
     await renew(identity, timeout_s=timeout_s)
     return True
@@ -241,6 +331,10 @@ async def maintain_certificate(
     while True:
         try:
             renewed = await renew_if_due(identity, margin=margin)
+        except HubRefused as exc:
+            log.error("the hub refused certificate renewal (retry in %s s): %s", retry_s, exc)
+            await asyncio.sleep(retry_s)
+            continue
         except SyncError as exc:
             log.warning("certificate renewal failed (will retry): %s", exc)
             await asyncio.sleep(retry_s)
@@ -251,15 +345,29 @@ async def maintain_certificate(
 
 
 def _recover_renewal(d: Path) -> None:
-    new_key, new_cert = d / (KEY_FILE + ".new"), d / (CERT_FILE + ".new")
-    if new_key.exists():
-        # Cut before the first rename: the old pair is intact; forget the new one.
-        new_key.unlink()
-        new_cert.unlink(missing_ok=True)
-    elif new_cert.exists():
-        # Cut between the renames: the new key is in place, so its cert must follow.
-        os.replace(new_cert, d / CERT_FILE)
-        _fsync_dir(d)
+    # Written by agents before the pending key: the old pair is intact without it.
+    (d / (KEY_FILE + ".new")).unlink(missing_ok=True)
+    new_cert, pending = d / (CERT_FILE + ".new"), d / PENDING_KEY_FILE
+    if not new_cert.exists():
+        return
+    if pending.exists() and _cert_file_matches(new_cert, pending):
+        os.replace(pending, d / KEY_FILE)  # cut before the key rename: finish it
+    if _cert_file_matches(new_cert, d / KEY_FILE):
+        os.replace(new_cert, d / CERT_FILE)  # cut between the renames: the cert follows
+    else:
+        new_cert.unlink()  # matches neither key: the old pair stays
+    _fsync_dir(d)
+
+
+def _cert_file_matches(cert_path: Path, key_path: Path) -> bool:
+    key = _load_ec_key(key_path)
+    if key is None:
+        return False
+    try:
+        _check_cert_matches(cert_path.read_text(errors="replace"), key)
+    except (ValueError, SyncError):
+        return False
+    return True
 
 
 def _csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:

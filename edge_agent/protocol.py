@@ -5,6 +5,9 @@ authenticates with a one-time token because the device has no certificate yet.
 
     POST /v1/enroll            EnrollRequest  -> EnrollResponse        (token, no client cert)
     POST /v1/renew             RenewRequest   -> RenewResponse         (mTLS)
+    POST /v1/renew/challenge   RenewChallengeRequest -> RenewChallenge (no client cert)
+    POST /v1/renew/expired     ExpiredRenewRequest   -> RenewResponse  (no client cert;
+                               the expired certificate's key signs challenge and CSR)
     POST /v1/sync              SyncRequest    -> SyncResponse          (mTLS; body gzip)
     GET  /v1/target?after=N&wait=S            -> 200 SignedTarget | 204 (mTLS; long-poll)
 
@@ -13,6 +16,7 @@ Errors are JSON ``{"error": code, "message": text, "fields": [...]}`` with a 4xx
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
@@ -61,6 +65,35 @@ class RenewResponse(Wire):
     """The renewed client certificate."""
 
     certificate_pem: str
+
+
+class RenewChallengeRequest(Wire):
+    """Ask for a challenge to renew an expired certificate (no client certificate)."""
+
+    device_id: str = Field(min_length=1, max_length=64)
+
+
+class RenewChallenge(Wire):
+    """A short-lived, hub-authenticated nonce bound to one device id."""
+
+    challenge: str
+    expires_at: datetime
+
+
+class ExpiredRenewRequest(Wire):
+    """Renew an expired certificate: the device key signs the challenge and the new CSR."""
+
+    device_id: str = Field(min_length=1, max_length=64)
+    certificate_pem: str = Field(min_length=100, max_length=16384)
+    challenge: str = Field(min_length=1, max_length=1024)
+    csr_pem: str = Field(min_length=100, max_length=16384)
+    signature_b64: str = Field(min_length=1, max_length=2048)
+
+
+def renewal_proof_message(device_id: str, challenge: str, csr_pem: str) -> bytes:
+    """Return the bytes an expired certificate's key signs to renew it."""
+    csr_digest = hashlib.sha256(csr_pem.encode()).hexdigest()
+    return f"edgefleet-renew-v1\n{device_id}\n{challenge}\n{csr_digest}\n".encode()
 
 
 class OutboxEntry(Wire):

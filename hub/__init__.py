@@ -1,3 +1,3 @@
-"""edge-hub: enrolls devices, holds releases and rollouts, shows the fleet."""
+"""edge-hub: enrolls devices, signs and serves each device's target, shows the fleet."""
 
 __version__ = "0.1.0"

@@ -23,12 +23,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from hub.errors import Forbidden, TokenExpired, TokenUsedUp, Unauthenticated, UnknownToken
-from hub.pki import write_private
+from hub.pki import serial_hex, write_private
 from hub.store.records import EnrollmentTokenRecord
+
+if TYPE_CHECKING:
+    from hub.store import HubStore
 
 ENROLLMENT_PREFIX = "et_"
 
@@ -141,7 +145,7 @@ def check_enrollment_token(
 
 @dataclass(frozen=True)
 class PeerCert:
-    """The verified client certificate of a connection."""
+    """The verified client certificate of a connection (serial as ``pki.serial_hex``)."""
 
     device_id: str
     serial: str
@@ -172,12 +176,31 @@ def peer_cert(request: web.Request) -> PeerCert | None:
     ]
     if len(common_names) != 1:
         return None
-    return PeerCert(device_id=common_names[0], serial=str(cert.get("serialNumber", "")).lower())
+    try:
+        serial = serial_hex(int(str(cert.get("serialNumber", "")), 16))
+    except ValueError:
+        return None
+    return PeerCert(device_id=common_names[0], serial=serial)
 
 
-def require_peer(request: web.Request) -> PeerCert:
-    """Return the caller's device certificate identity, or raise Unauthenticated."""
+async def require_peer(
+    request: web.Request, store: HubStore, *, renewing: bool = False
+) -> PeerCert:
+    """Return the caller's device certificate identity, or raise Unauthenticated.
+
+    Only the newest certificate the hub issued to the device is accepted; when
+    ``renewing``, also the one it replaced (``hub.renewal.check_lineage`` decides).
+    An unknown device passes here and is refused (403) by the caller.
+    """
     peer = peer_cert(request)
     if peer is None:
         raise Unauthenticated("this route needs a client certificate issued by this hub")
-    return peer
+    lineage = await store.get_cert_lineage(peer.device_id)
+    if lineage is None or peer.serial == lineage.serial:
+        return peer
+    if renewing and peer.serial == lineage.previous_serial:
+        return peer
+    raise Unauthenticated(
+        f"certificate {peer.serial} of {peer.device_id} was replaced by a renewal; "
+        "use the newest one"
+    )

@@ -33,6 +33,7 @@ Example (every key optional except ``server.data_dir``)::
 
     [pki]
     device_cert_days = 30
+    renew_grace_days = 60
     server_cert_days = 365
 
 Environment: ``EDGE_HUB_SERVER_PORT=9443``, ``EDGE_HUB_LIMITS_MAX_BODY_BYTES=1048576``,
@@ -115,9 +116,13 @@ class LimitsConfig(_Section):
 
 
 class PkiConfig(_Section):
-    """Certificate lifetimes."""
+    """Certificate lifetimes and the renewal grace of an expired device certificate."""
 
-    device_cert_days: int = Field(30, ge=1, le=3650)
+    # Days, fractions allowed (tests use lifetimes of seconds).
+    device_cert_days: float = Field(30, gt=0, le=3650)
+    # How long after its device certificate expired a device may still renew it by
+    # proving its key (POST /v1/renew/expired); 0 turns the expired path off.
+    renew_grace_days: float = Field(60, ge=0, le=3650)
     server_cert_days: int = Field(365, ge=1, le=3650)
     ca_days: int = Field(3650, ge=1, le=36500)
 

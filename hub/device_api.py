@@ -2,7 +2,9 @@
 
     GET  /v1/ca                          the CA certificate (PEM); no client cert needed
     POST /v1/enroll   EnrollRequest  ->  EnrollResponse   token + CSR; no client cert
-    POST /v1/renew    RenewRequest   ->  RenewResponse    mTLS
+    POST /v1/renew    RenewRequest   ->  RenewResponse    mTLS (newest cert, or see hub.renewal)
+    POST /v1/renew/challenge  RenewChallengeRequest -> RenewChallenge  no client cert
+    POST /v1/renew/expired    ExpiredRenewRequest   -> RenewResponse   no client cert; proof
     POST /v1/sync     SyncRequest    ->  SyncResponse     mTLS; body may be gzip
     GET  /v1/target?after=N&wait=S   ->  200 SignedTarget | 204 on timeout (mTLS)
 
@@ -13,6 +15,7 @@ the body); an unknown or disabled device is refused with 403.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import logging
 import secrets
@@ -25,9 +28,12 @@ from edge_agent.protocol import (
     PROTOCOL_VERSION,
     EnrollRequest,
     EnrollResponse,
+    ExpiredRenewRequest,
+    RenewChallengeRequest,
     RenewRequest,
     RenewResponse,
     SyncResponse,
+    renewal_proof_message,
 )
 from hub.auth import check_enrollment_token, require_peer, split_enrollment_token
 from hub.context import HubContext, ctx
@@ -40,8 +46,17 @@ from hub.errors import (
     PayloadTooLarge,
 )
 from hub.guard import audit_refusal
-from hub.pki import load_csr
+from hub.pki import IssuedCert, load_csr, public_key_sha256, serial_hex
+from hub.renewal import (
+    check_challenge,
+    check_grace,
+    check_lineage,
+    issue_challenge,
+    load_issued_cert,
+    verify_proof,
+)
 from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
+from hub.store.records import RenewedCert
 from hub.wire import parse, parse_sync, read_body, respond
 
 log = logging.getLogger(__name__)
@@ -133,7 +148,7 @@ async def _audit_refusal(
 
 
 async def _enrolled_device(hub: HubContext, request: web.Request) -> DeviceRecord:
-    peer = require_peer(request)
+    peer = await require_peer(request, hub.store)
     device = await hub.store.get_device(peer.device_id)
     if device is None:
         raise Forbidden(f"device {peer.device_id!r} is not enrolled")
@@ -146,16 +161,64 @@ async def _enrolled_device(hub: HubContext, request: web.Request) -> DeviceRecor
 async def renew(request: web.Request) -> web.Response:
     """Issue a fresh client certificate for the calling device's new CSR."""
     hub = ctx(request)
-    device = await _enrolled_device(hub, request)
+    peer = await require_peer(request, hub.store, renewing=True)
     req = parse(RenewRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
-    csr = load_csr(req.csr_pem)
-    now = hub.now()
-    issued = hub.pki.issue_device_cert(csr, device.id, hub.config.pki.device_cert_days, now)
-    await hub.store.replace_device_cert(
-        device.id, issued.serial, issued.fingerprint, issued.not_after, now
-    )
-    log.info("renewed certificate of %s until %s", device.id, issued.not_after.isoformat())
+    issued = await _renew_device(hub, peer.device_id, peer.serial, req.csr_pem, "mtls")
     return respond(RenewResponse(certificate_pem=issued.pem))
+
+
+@routes.post("/v1/renew/challenge")
+async def renew_challenge(request: web.Request) -> web.Response:
+    """Answer a challenge for an expired certificate's renewal (stateless: no write)."""
+    hub = ctx(request)
+    req = parse(RenewChallengeRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
+    return respond(issue_challenge(hub.pki.challenge_secret(), req.device_id, hub.now()))
+
+
+@routes.post("/v1/renew/expired")
+async def renew_expired(request: web.Request) -> web.Response:
+    """Renew a recently expired certificate, proven by its key (see ``hub.renewal``)."""
+    hub = ctx(request)
+    req = parse(ExpiredRenewRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
+    now = hub.now()
+    check_challenge(hub.pki.challenge_secret(), req.challenge, req.device_id, now)
+    cert = load_issued_cert(req.certificate_pem, hub.pki.ca_cert, req.device_id)
+    message = renewal_proof_message(req.device_id, req.challenge, req.csr_pem)
+    verify_proof(cert, message, req.signature_b64)
+    grace = dt.timedelta(days=hub.config.pki.renew_grace_days)
+    check_grace(cert.not_valid_after_utc, now, grace)
+    serial = serial_hex(cert.serial_number)
+    issued = await _renew_device(hub, req.device_id, serial, req.csr_pem, "expired")
+    return respond(RenewResponse(certificate_pem=issued.pem))
+
+
+async def _renew_device(
+    hub: HubContext, device_id: str, presented_serial: str, csr_pem: str, via: str
+) -> IssuedCert:
+    device = await hub.store.get_device(device_id)
+    lineage = await hub.store.get_cert_lineage(device_id)
+    if device is None or lineage is None:
+        raise Forbidden(f"device {device_id!r} is not enrolled")
+    if device.disabled:
+        raise Forbidden(f"device {device_id!r} is disabled")
+    csr = load_csr(csr_pem)
+    from_previous = check_lineage(presented_serial, public_key_sha256(csr.public_key()), lineage)
+    now = hub.now()
+    issued = hub.pki.issue_device_cert(csr, device_id, hub.config.pki.device_cert_days, now)
+    renewed = RenewedCert(
+        issued.serial,
+        issued.fingerprint,
+        issued.not_after,
+        issued.key_sha256,
+        renewed_from=presented_serial,
+        from_previous=from_previous,
+        via=via,
+    )
+    await hub.store.replace_device_cert(device_id, renewed, now)
+    log.info(
+        "renewed certificate of %s (%s) until %s", device_id, via, issued.not_after.isoformat()
+    )
+    return issued
 
 
 @routes.post("/v1/sync")
@@ -163,7 +226,7 @@ async def sync(request: web.Request) -> web.Response:
     """Store a batch of outbox entries and a status delta; answer the ack and a newer target."""
     started = time.perf_counter()
     hub = ctx(request)
-    peer = require_peer(request)
+    peer = await require_peer(request, hub.store)
     limits = hub.config.limits
     body = await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
     req, entries = parse_sync(body)

@@ -122,18 +122,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print raw JSON")
     sub = p.add_subparsers(dest="command", required=True)
 
-    token = sub.add_parser("token").add_subparsers(dest="action", required=True)
+    token = sub.add_parser(
+        "token", help="enrollment tokens (token create)", description="enrollment tokens"
+    ).add_subparsers(dest="action", required=True)
     create = token.add_parser("create", help="create an enrollment token")
     create.add_argument("--uses", type=int, default=1)
     create.add_argument("--expires", default="1h")
     create.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("devices", help="list devices")
-    device = sub.add_parser("device").add_subparsers(dest="action", required=True)
-    for name in ("show", "disable", "enable"):
-        device.add_parser(name).add_argument("id")
+    device = sub.add_parser(
+        "device", help="one device: show, disable, enable", description="one device"
+    ).add_subparsers(dest="action", required=True)
+    for name, what in (
+        ("show", "show the device's view"),
+        ("disable", "refuse the device from now on"),
+        ("enable", "accept the device again"),
+    ):
+        device.add_parser(name, help=what).add_argument("id")
 
-    target = sub.add_parser("target").add_subparsers(dest="action", required=True)
+    target = sub.add_parser(
+        "target", help="a device's signed target: set, show", description="a device's target"
+    ).add_subparsers(dest="action", required=True)
     tset = target.add_parser("set", help="sign and send a release to a device")
     tset.add_argument("id")
     tset.add_argument("release", help="release JSON (or a full target request body)")
@@ -141,13 +151,18 @@ def _parser() -> argparse.ArgumentParser:
     tset.add_argument("--deadline", type=float, default=None, help="apply deadline, seconds")
     tset.add_argument("--min-ready", type=float, default=None, help="seconds up before good")
     tset.add_argument("--expires", default=None, help="target validity, e.g. 7d")
-    target.add_parser("show").add_argument("id")
+    target.add_parser("show", help="show the device's newest target").add_argument("id")
 
-    events = sub.add_parser("events", help="entries a device sent")
+    events = sub.add_parser(
+        "events", help="entries a device sent (its events, and technicians' audit records)"
+    )
     events.add_argument("id")
     events.add_argument("--after", type=int, default=0)
     events.add_argument("--limit", type=int, default=100)
-    audit = sub.add_parser("audit", help="the audit log")
+    audit = sub.add_parser(
+        "audit",
+        help="the hub's audit log (operators, enrollment, renewal; on-device actions: events)",
+    )
     audit.add_argument("--after", type=int, default=0)
     audit.add_argument("--limit", type=int, default=100)
     return p
@@ -253,3 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     except (CtlError, OSError) as exc:
         print(sanitize(f"edgectl: {exc}"), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ The tree::
     ├── PayloadTooLarge           413: body, decompressed body or batch over a limit
     ├── Unauthenticated           401: no or unknown operator token / client certificate
     ├── Forbidden                 403: authenticated but not allowed (disabled device, ...)
+    │   └── CertificateExpired    403: expired longer ago than the renewal grace
     ├── EnrollmentRefused         the enrollment token cannot be used; nothing was created
     │   ├── UnknownToken          401: no such token
     │   ├── TokenExpired          410: past its expiry
@@ -83,6 +84,12 @@ class Forbidden(HubError):
 
     status = 403
     code = "forbidden"
+
+
+class CertificateExpired(Forbidden):
+    """A device certificate expired longer ago than ``pki.renew_grace_days``."""
+
+    code = "certificate_expired"
 
 
 class EnrollmentRefused(HubError):

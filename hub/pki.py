@@ -82,6 +82,7 @@ class IssuedCert:
     serial: str
     fingerprint: str
     not_after: dt.datetime
+    key_sha256: str
 
 
 class HubPKI:
@@ -98,6 +99,7 @@ class HubPKI:
         self.ca_cert = ca_cert
         self.ca_key = ca_key
         self.signing_key = signing_key
+        self._challenge_secret: bytes | None = None
         self.ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
         self.signing_public_pem = (
             signing_key.public_key()
@@ -125,6 +127,18 @@ class HubPKI:
     def ca_fingerprint(self) -> str:
         """Return the CA certificate's ``sha256:<hex>`` fingerprint (what agents pin)."""
         return fingerprint(self.ca_cert)
+
+    def challenge_secret(self) -> bytes:
+        """Return the HMAC key of renewal challenges (derived from the CA key: stable
+        across restarts, never stored, unknown to anyone without the CA key)."""
+        if self._challenge_secret is None:
+            der = self.ca_key.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            self._challenge_secret = hashlib.sha256(b"edgefleet renewal v1\0" + der).digest()
+        return self._challenge_secret
 
     @classmethod
     def ensure(
@@ -189,7 +203,7 @@ class HubPKI:
         return builder.sign(self.ca_key, hashes.SHA256())
 
     def issue_device_cert(
-        self, csr: x509.CertificateSigningRequest, device_id: str, days: int, now: dt.datetime
+        self, csr: x509.CertificateSigningRequest, device_id: str, days: float, now: dt.datetime
     ) -> IssuedCert:
         """Issue a client certificate for ``device_id`` (CN and URI SAN) to the CSR's key."""
         public_key = csr.public_key()
@@ -210,9 +224,10 @@ class HubPKI:
         )
         return IssuedCert(
             pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-            serial=format(cert.serial_number, "x"),
+            serial=serial_hex(cert.serial_number),
             fingerprint=fingerprint(cert),
             not_after=cert.not_valid_after_utc,
+            key_sha256=public_key_sha256(public_key),
         )
 
     def server_ssl_context(self) -> ssl.SSLContext:
@@ -298,7 +313,7 @@ def _base_builder(
     public_key: object,
     common_name: str,
     now: dt.datetime,
-    days: int,
+    days: float,
 ) -> x509.CertificateBuilder:
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
@@ -352,6 +367,19 @@ def _server_cert_stale(
         except ValueError:
             want.add(n)
     return have != want
+
+
+def public_key_sha256(key: object) -> str:
+    """Return the SHA-256 hex of a public key's SubjectPublicKeyInfo DER."""
+    der = key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def serial_hex(serial_number: int) -> str:
+    """Return a certificate serial as the hub stores it (lower-case hex, no leading 0s)."""
+    return format(serial_number, "x")
 
 
 def device_csr_fingerprint(csr_pem: str) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import ssl
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agentproc import REPO, agent_command, write_config
 from cryptography.hazmat.primitives import serialization
 from hubproc import HubProcess
 from synckit import enroll_device, open_device, until
@@ -16,6 +20,8 @@ from synckit import enroll_device, open_device, until
 from edge_agent.enroll import (
     CERT_FILE,
     KEY_FILE,
+    ca_fingerprint,
+    enroll,
     load_identity,
     maintain_certificate,
     renew,
@@ -114,3 +120,56 @@ async def test_mtls_pins_the_hub_ca(hub: HubProcess, tmp_path: Path) -> None:
     finally:
         other.stop()
     assert os.stat(tmp_path / "dev" / KEY_FILE).st_mode & 0o077 == 0
+
+
+def _unit_no_restart_status() -> int:
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "edge-agent.service").read_text()
+    lines = [ln for ln in unit.splitlines() if ln.startswith("RestartPreventExitStatus=")]
+    assert len(lines) == 1, lines
+    return int(lines[0].split("=", 1)[1])
+
+
+def _expired_token(hub: HubProcess) -> str:
+    doc = hub._call("POST", "/api/v1/enrollment-tokens", {"uses": 1, "expires_in_s": 1})
+    expires_at = dt.datetime.fromisoformat(doc["expires_at"])
+    deadline = time.monotonic() + 10
+    while dt.datetime.now(dt.UTC) <= expires_at:  # a condition on the clock, not a fixed sleep
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return str(doc["token"])
+
+
+def _used_token(hub: HubProcess, tmp_path: Path) -> str:
+    token = hub.create_token()
+    fp = ca_fingerprint(hub.ca_path.read_text())
+    asyncio.run(enroll(hub.url, token, tmp_path / "first", ca_sha256=fp, hostname="t"))
+    return token
+
+
+@pytest.mark.parametrize("kind", ["unknown", "used", "expired"])
+def test_refused_enrollment_exits_with_the_config_error_code(
+    hub: HubProcess, tmp_path: Path, kind: str
+) -> None:
+    token = {
+        "unknown": lambda: "et_000000000000.not-a-secret",
+        "used": lambda: _used_token(hub, tmp_path),
+        "expired": lambda: _expired_token(hub),
+    }[kind]()
+    data = tmp_path / "agent"
+    data.mkdir()
+    cfg = write_config(
+        data / "agent.toml",
+        data_dir=str(data),
+        api={"socket": str(data / "api.sock")},
+        hub={"url": hub.url, "enrollment_token": token, "ca_file": str(hub.ca_path)},
+    )
+    proc = subprocess.run(
+        [*agent_command(), "--config", str(cfg), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+    )
+    assert proc.returncode == _unit_no_restart_status() == 2, proc.stderr[-2000:]
+    assert "refused enrollment" in proc.stderr
+    assert not (data / "identity.json").exists()

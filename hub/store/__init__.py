@@ -21,11 +21,13 @@ from edge_agent.protocol import SignedTarget
 from hub.config import HubConfig
 from hub.store.records import (
     AuditRecord,
+    CertLineage,
     DeviceRecord,
     EnrollmentTokenRecord,
     EntryRow,
     EventRecord,
     NewDevice,
+    RenewedCert,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -33,6 +35,7 @@ from hub.store.records import (
 
 __all__ = [
     "AuditRecord",
+    "CertLineage",
     "DeviceRecord",
     "EnrollmentTokenRecord",
     "EntryRow",
@@ -96,10 +99,13 @@ class HubStore(ABC):
         """Disable or enable a device (NotFound if unknown)."""
 
     @abstractmethod
-    async def replace_device_cert(
-        self, device_id: str, serial: str, fingerprint: str, not_after: datetime, now: datetime
-    ) -> None:
-        """Record a renewed client certificate (Forbidden if unknown or disabled)."""
+    async def replace_device_cert(self, device_id: str, cert: RenewedCert, now: datetime) -> None:
+        """Record a renewed client certificate (Forbidden if unknown, disabled, or the
+        certificate it was renewed from is no longer the newest one)."""
+
+    @abstractmethod
+    async def get_cert_lineage(self, device_id: str) -> CertLineage | None:
+        """Return the device's newest certificate serial and the one before it."""
 
     # sync ---------------------------------------------------------------------------
 

@@ -70,6 +70,28 @@ class NewDevice:
 
 
 @dataclass(frozen=True)
+class CertLineage:
+    """A device's newest certificate serial, the one it replaced, and the newest's key."""
+
+    serial: str
+    previous_serial: str
+    key_sha256: str
+
+
+@dataclass(frozen=True)
+class RenewedCert:
+    """A renewal to record: the new certificate and the one that asked for it."""
+
+    serial: str
+    fingerprint: str
+    not_after: datetime
+    key_sha256: str
+    renewed_from: str
+    from_previous: bool
+    via: str
+
+
+@dataclass(frozen=True)
 class DeviceRecord:
     """A device as the hub knows it."""
 

@@ -27,10 +27,12 @@ from hub.store import sqlite_rows as rows
 from hub.store.checkpoint import WalCheckpointer
 from hub.store.records import (
     AuditRecord,
+    CertLineage,
     DeviceRecord,
     EnrollmentTokenRecord,
     EventRecord,
     NewDevice,
+    RenewedCert,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -246,25 +248,48 @@ class SqliteStore(HubStore):
 
         return await self._w.submit(job)
 
-    async def replace_device_cert(
-        self, device_id: str, serial: str, fingerprint: str, not_after: datetime, now: datetime
-    ) -> None:
-        """Record a renewed client certificate."""
+    async def replace_device_cert(self, device_id: str, cert: RenewedCert, now: datetime) -> None:
+        """Record a renewed client certificate; the replaced one becomes the previous."""
 
         def job(db: sqlite3.Connection) -> None:
+            # Renewed from the previous certificate (a renewal whose answer was lost): the
+            # previous stays previous; the unused newest one is dropped.
             cur = db.execute(
-                "UPDATE devices SET cert_serial = ?, cert_fingerprint = ?, cert_not_after = ?, "
-                "last_contact = ? WHERE id = ? AND disabled = 0",
-                (serial, fingerprint, rows.ts(not_after), rows.ts(now), device_id),
+                "UPDATE devices SET prev_cert_serial = CASE WHEN ? THEN prev_cert_serial "
+                "ELSE cert_serial END, cert_serial = ?, cert_fingerprint = ?, "
+                "cert_not_after = ?, cert_key_sha256 = ?, last_contact = ? "
+                "WHERE id = ? AND disabled = 0 AND (cert_serial = ? OR prev_cert_serial = ?)",
+                (
+                    int(cert.from_previous),
+                    cert.serial,
+                    cert.fingerprint,
+                    rows.ts(cert.not_after),
+                    cert.key_sha256,
+                    rows.ts(now),
+                    device_id,
+                    cert.renewed_from,
+                    cert.renewed_from,
+                ),
             )
             if cur.rowcount == 0:
-                raise Forbidden(f"device {device_id!r} is unknown or disabled")
-            audit = AuditRecord(
-                f"device:{device_id}", "device.renew", device_id, "ok", now, {"cert_serial": serial}
-            )
+                raise Forbidden(f"device {device_id!r} is unknown, disabled, or renewed meanwhile")
+            detail = {
+                "cert_serial": cert.serial,
+                "renewed_from": cert.renewed_from,
+                "via": cert.via,
+            }
+            audit = AuditRecord(f"device:{device_id}", "device.renew", device_id, "ok", now, detail)
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
 
         await self._w.submit(job)
+
+    async def get_cert_lineage(self, device_id: str) -> CertLineage | None:
+        """Return the device's newest certificate serial and the one before it."""
+        found = await self._read(
+            "SELECT cert_serial, prev_cert_serial, cert_key_sha256 FROM devices WHERE id = ?",
+            (device_id,),
+        )
+        return CertLineage(*found[0]) if found else None
 
     # sync ---------------------------------------------------------------------------
 

@@ -82,4 +82,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE devices ADD COLUMN rollout_state TEXT",
         ],
     ),
+    (
+        4,
+        "certificate lineage: the serial a renewal replaced, the newest certificate's key",
+        [
+            "ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE devices ADD COLUMN cert_key_sha256 TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ]
