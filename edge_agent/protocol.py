@@ -13,15 +13,20 @@ Errors are JSON ``{"error": code, "message": text, "fields": [...]}`` with a 4xx
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
 #    ``created_at`` (then it is the previous entry's); the first entry carries both.
 PROTOCOL_VERSION = 2
 MIN_PROTOCOL_VERSION = 1  # the oldest a hub still accepts
+
+# Every integer on the wire fits a signed 64-bit column: the hub stores them in SQLite.
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 
 OutboxKind = Literal["status", "event", "audit", "log", "dropped"]
 
@@ -66,10 +71,19 @@ class RenewResponse(Wire):
 class OutboxEntry(Wire):
     """One record the device produced; ``seq`` is unique and increasing per device."""
 
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=INT64_MAX)
     kind: OutboxKind
     created_at: datetime
     payload: dict[str, Any]
+
+    @field_validator("created_at")
+    @classmethod
+    def _in_utc_range(cls, v: datetime) -> datetime:
+        try:
+            v.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("time is out of range once converted to UTC") from None
+        return v
 
 
 class ServiceReport(Wire):
@@ -80,9 +94,9 @@ class ServiceReport(Wire):
     health: str = "none"
     image: str = ""
     image_id: str = ""
-    restarts: int = 0
+    restarts: Count = 0
     crash_loop: bool = False
-    last_exit_code: int | None = None
+    last_exit_code: Int64 | None = None
     last_error: str | None = None
 
 
@@ -91,12 +105,12 @@ class StatusSnapshot(Wire):
 
     full: bool = True
     agent_version: str | None = None
-    target_revision: int | None = None
-    applied_revision: int | None = None
+    target_revision: Count | None = None
+    applied_revision: Count | None = None
     release: str | None = None
     state: str | None = None  # converging | converged | rolled_back | failed | idle
     services: list[ServiceReport] | None = None
-    counters: dict[str, int] | None = None
+    counters: dict[str, Int64] | None = None
     last_error: str | None = None
 
 
@@ -112,8 +126,8 @@ class SyncRequest(Wire):
     protocol: int = PROTOCOL_VERSION
     entries: list[OutboxEntry] = Field(default_factory=list)
     status: StatusSnapshot | None = None
-    applied_revision: int = 0
-    known_target_revision: int = 0
+    applied_revision: Count = 0
+    known_target_revision: Count = 0
 
     @model_validator(mode="before")
     @classmethod

@@ -23,6 +23,9 @@ Example (every key optional except ``server.data_dir``)::
     long_poll_max_wait_s = 60
     max_token_uses = 100000
     max_token_lifetime_s = 2592000
+    max_error_fields = 20                 # fields listed in a 422; then "N more"
+    inline_body_bytes = 262144            # larger sync bodies are parsed in worker processes
+    parse_workers = 2
 
     [pki]
     device_cert_days = 30
@@ -93,6 +96,11 @@ class LimitsConfig(_Section):
     max_token_uses: int = Field(100_000, ge=1)
     max_token_lifetime_s: int = Field(30 * 86400, ge=60)
     max_events_page: int = Field(1000, ge=1)
+    # Sync bodies: errors listed in a refusal; decoded size parsed on the event loop
+    # (larger ones are parsed in worker processes); how many such workers.
+    max_error_fields: int = Field(20, ge=1, le=1000)
+    inline_body_bytes: int = Field(256 * 1024, ge=0)
+    parse_workers: int = Field(2, ge=1, le=64)
 
 
 class PkiConfig(_Section):

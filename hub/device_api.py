@@ -39,9 +39,11 @@ from hub.errors import (
     InvalidRequest,
     PayloadTooLarge,
 )
+from hub.offload import SyncDecoder
 from hub.pki import load_csr
 from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
-from hub.wire import parse, parse_sync, read_body, respond
+from hub.sync_decode import SyncBounds
+from hub.wire import content_encoding, parse, read_body, read_raw, respond
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -161,14 +163,19 @@ async def sync(request: web.Request) -> web.Response:
     """Store a batch of outbox entries and a status delta; answer the ack and a newer target."""
     started = time.perf_counter()
     hub = ctx(request)
-    peer = require_peer(request)
-    limits = hub.config.limits
-    body = await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
-    req, entries = parse_sync(body)
-    _check_batch(req.protocol, entries, limits.max_entries_per_batch)
+    # Who is calling is settled before a byte of the body is read: an unknown or
+    # disabled device costs one indexed read, whatever it sends.
+    device = await _enrolled_device(hub, request)
+    raw = await read_raw(request, hub.config.limits.max_body_bytes)
+    try:
+        req, entries = await _decoder(hub).decode(raw, content_encoding(request))
+        _check_batch(req.protocol, entries)
+    except (InvalidRequest, PayloadTooLarge) as exc:
+        await _audit_sync_refusal(hub, device.id, exc)
+        raise
     now = hub.now()
     result = await hub.store.ingest_sync(
-        peer.device_id,
+        device.id,
         SyncBatch(entries, req.status, req.applied_revision, req.known_target_revision),
         now,
     )
@@ -186,18 +193,50 @@ async def sync(request: web.Request) -> web.Response:
     return response
 
 
-def _check_batch(protocol: int, entries: list[EntryRow], max_entries: int) -> None:
+_DECODERS: dict[int, SyncDecoder] = {}
+
+
+def _decoder(hub: HubContext) -> SyncDecoder:
+    """Return this hub's sync body decoder (one per application, made on first use)."""
+    decoder = _DECODERS.get(id(hub))
+    if decoder is None:
+        limits = hub.config.limits
+        bounds = SyncBounds(
+            limits.max_decompressed_bytes, limits.max_entries_per_batch, limits.max_error_fields
+        )
+        decoder = SyncDecoder(
+            bounds, inline_bytes=limits.inline_body_bytes, workers=limits.parse_workers
+        )
+        _DECODERS[id(hub)] = decoder
+    return decoder
+
+
+async def _audit_sync_refusal(hub: HubContext, device_id: str, exc: HubError) -> None:
+    """Record a refused sync (bounded detail: the code, message and first fields)."""
+    await hub.store.record_audit(
+        AuditRecord(
+            actor=f"device:{device_id}",
+            action="device.sync",
+            target=device_id,
+            outcome="rejected",
+            at=hub.now(),
+            detail={
+                "reason": exc.code,
+                "status": exc.status,
+                "message": exc.message[:300],
+                "fields": [str(f.get("field", ""))[:200] for f in exc.fields[:5]],
+            },
+        )
+    )
+
+
+def _check_batch(protocol: int, entries: list[EntryRow]) -> None:
     if not MIN_PROTOCOL_VERSION <= protocol <= PROTOCOL_VERSION:
         raise InvalidRequest(
             f"protocol {protocol} is not supported (hub speaks "
             f"{MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
             fields=[{"field": "protocol", "message": "unsupported protocol version"}],
             status=400,
-        )
-    if len(entries) > max_entries:
-        raise PayloadTooLarge(
-            f"batch of {len(entries)} entries is over the hub's limit of {max_entries} "
-            "(limits.max_entries_per_batch); split the batch"
         )
     for prev, entry in itertools.pairwise(entries):
         if entry[0] <= prev[0]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from edge_agent.protocol import SignedTarget
+from edge_agent.protocol import INT64_MAX, SignedTarget
 from hub.auth import check_enrollment_token
 from hub.errors import Conflict, Forbidden, NotFound, StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
@@ -319,16 +319,18 @@ class SqliteStore(HubStore):
 
         def job(db: sqlite3.Connection) -> TargetRecord:
             row = db.execute(
-                "SELECT disabled, target_revision, applied_revision FROM devices WHERE id = ?",
-                (device_id,),
+                "SELECT disabled, target_revision FROM devices WHERE id = ?", (device_id,)
             ).fetchone()
             if row is None:
                 raise NotFound(f"no device {device_id!r}")
-            disabled, target_revision, applied_revision = row
+            disabled, target_revision = row
             if disabled:
                 raise Conflict(f"device {device_id!r} is disabled")
-            # Revisions only grow, also past what the device applied (e.g. after a restore).
-            revision = max(target_revision, applied_revision) + 1
+            # The hub's own sequence alone: nothing a device reports (its applied revision,
+            # a technician's local apply) can make two targets share a number or overflow.
+            if target_revision >= INT64_MAX:
+                raise Conflict(f"device {device_id!r} has used up its target revisions")
+            revision = target_revision + 1
             signed = build(revision)
             db.execute(
                 "INSERT INTO targets VALUES (?,?,?,?,?)",

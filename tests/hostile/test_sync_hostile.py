@@ -23,13 +23,15 @@ from hub.testing import DeviceIdentity, RunningHub, start_hub
 INT64_MAX = 2**63 - 1
 NOW = "2026-01-01T00:00:00+00:00"
 SMALL_ANSWER = 16 * 1024  # a refusal is a message and a capped list of fields
+MAX_DECOMPRESSED = 4 * 1024 * 1024
 FAST_S = 2.0  # generous: two shared cores; the issue measured 7.5 s
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    """One hub with the default limits (16 MiB decompressed, 5,000 entries a batch)."""
-    running = start_hub(tmp_path_factory.mktemp("hostile-hub"))
+    """One hub with 4 MiB decompressed bodies (16 MiB by default), 5,000 entries a batch."""
+    limits = {"max_decompressed_bytes": MAX_DECOMPRESSED}
+    running = start_hub(tmp_path_factory.mktemp("hostile-hub"), sections={"limits": limits})
     yield running
     running.stop()
 
@@ -43,22 +45,22 @@ def gz(doc: bytes) -> bytes:
     return gzip.compress(doc, 6, mtime=0)
 
 
-def empty_entries_body(n: int = 16 * 1024 * 1024 // 3 - 20) -> bytes:
+def empty_entries_body(n: int = MAX_DECOMPRESSED // 3 - 20) -> bytes:
     """Millions of ``{}`` entries: each one fails validation four times (the 97 MB answer)."""
     return b'{"protocol":1,"entries":[' + b",".join([b"{}"] * n) + b"]}"
 
 
-def many_entries_body(n: int = 200_000) -> bytes:
-    """Valid-looking entries, 40 times the batch bound (protocol 2: seq and time implied)."""
+def many_entries_body(n: int = 100_000) -> bytes:
+    """Valid-looking entries, 20 times the batch bound (protocol 2: seq and time implied)."""
     first = f'{{"seq":1,"created_at":"{NOW}","kind":"event","payload":{{}}}}'
     rest = ',{"kind":"event","payload":{}}' * (n - 1)
     return f'{{"protocol":2,"entries":[{first}{rest}]}}'.encode()
 
 
-def dense_payload_body(n: int = 4_000_000) -> bytes:
-    """One entry whose payload holds millions of tiny values."""
+def dense_payload_body(n: int = 1_500_000) -> bytes:
+    """One invalid entry (unknown kind) whose payload holds millions of tiny values."""
     values = ",".join(["0"] * n)
-    entry = f'{{"seq":1,"created_at":"{NOW}","kind":"event","payload":{{"v":[{values}]}}}}'
+    entry = f'{{"seq":1,"created_at":"{NOW}","kind":"nope","payload":{{"v":[{values}]}}}}'
     return f'{{"protocol":2,"entries":[{entry}]}}'.encode()
 
 

@@ -188,3 +188,29 @@ async def test_protocol_versions_and_implied_fields_are_checked(
     status, body = await sync(hub, device, {"protocol": 1, "entries": entries(1, 2)})
     assert status == 200 and body["acked_seq"] == 2
     assert await stored(hub, device.device_id) == [1, 2]
+
+
+async def test_device_reported_revision_cannot_break_set_target(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 8: a device reporting revision 2^63-1 once made every set-target a 500."""
+    top = 2**63 - 1
+    body = {"entries": [], "applied_revision": top, "status": {"applied_revision": top}}
+    assert (await sync(hub, device, body))[0] == 200
+    first = await hub.set_target(
+        device.device_id,
+        {
+            "name": "app",
+            "version": "1",
+            "services": [{"name": "web", "image": "127.0.0.1:5000/busybox:1"}],
+        },
+    )
+    second = await hub.set_target(
+        device.device_id,
+        {
+            "name": "app",
+            "version": "2",
+            "services": [{"name": "web", "image": "127.0.0.1:5000/busybox:1"}],
+        },
+    )
+    assert (first, second) == (1, 2)  # the hub's own sequence, not the device's number
