@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
 #    ``created_at`` (then it is the previous entry's); the first entry carries both.
-PROTOCOL_VERSION = 2
+# 3: ``epoch`` names the agent store's sequence space (a wiped store starts a new one).
+PROTOCOL_VERSION = 3
 MIN_PROTOCOL_VERSION = 1  # the oldest a hub still accepts
 
 # Every integer on the wire fits a signed 64-bit column: the hub stores them in SQLite.
@@ -124,6 +125,9 @@ class SyncRequest(Wire):
     """
 
     protocol: int = PROTOCOL_VERSION
+    # The store generation: random per agent store, so a wiped store's seqs are never
+    # taken for the old store's. "" is the one space of agents before protocol 3.
+    epoch: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
     entries: list[OutboxEntry] = Field(default_factory=list)
     status: StatusSnapshot | None = None
     applied_revision: Count = 0

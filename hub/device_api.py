@@ -176,7 +176,14 @@ async def sync(request: web.Request) -> web.Response:
     now = hub.now()
     result = await hub.store.ingest_sync(
         device.id,
-        SyncBatch(entries, req.status, req.applied_revision, req.known_target_revision),
+        SyncBatch(
+            entries,
+            req.status,
+            req.applied_revision,
+            req.known_target_revision,
+            epoch=req.epoch,
+            protocol=req.protocol,
+        ),
         now,
     )
     response = respond(

@@ -34,7 +34,7 @@ class SyncDecoder:
 
     async def decode(self, raw: bytes, encoding: str) -> Decoded:
         """Return the request and rows of one sync body; raise HubError if refused."""
-        small = _small_body(raw, encoding, self.inline_bytes)
+        small = _small_body(raw, encoding, min(self.inline_bytes, self.bounds.max_decompressed))
         if small is not None:
             return decode_sync_body(small, self.bounds)
         async with self._slots:

@@ -66,7 +66,8 @@ def decode_sync_body(body: bytes, bounds: SyncBounds) -> Decoded:
     fast = _fast_sync(doc)
     if fast is not None:
         return fast
-    req = parse(SyncRequest, doc, bounds.max_error_fields)
+    # The JSON mode of the model, as for every other body: its messages say "object".
+    req = parse(SyncRequest, body, bounds.max_error_fields)
     return req.model_copy(update={"entries": []}), [entry_row(e) for e in req.entries]
 
 

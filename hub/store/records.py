@@ -127,6 +127,8 @@ class SyncBatch:
     status: StatusSnapshot | None
     applied_revision: int
     known_target_revision: int
+    epoch: str = ""  # the agent store's generation (protocol 3); "" before
+    protocol: int = 0
 
 
 @dataclass(frozen=True)

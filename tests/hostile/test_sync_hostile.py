@@ -147,9 +147,7 @@ async def test_disabled_device_is_refused_before_its_body_is_read(
 async def test_healthz_stays_fast_while_four_devices_send_hostile_bodies(
     hub: RunningHub, tmp_path: Path
 ) -> None:
-    devices = [
-        await hub.enroll(await hub.create_token(), tmp_path / f"d{i}") for i in range(4)
-    ]
+    devices = [await hub.enroll(await hub.create_token(), tmp_path / f"d{i}") for i in range(4)]
     bodies = [gz(HOSTILE[name]()) for name in sorted(HOSTILE)]
     rounds = 3
     statuses: list[int] = []
