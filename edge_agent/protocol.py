@@ -38,6 +38,26 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class HubDocument(BaseModel):
+    """Base for what the hub sends: fields this agent does not know are set aside, not errors.
+
+    A newer hub may add optional fields; an older agent must keep working. They land in
+    ``model_extra`` and ``unknown_fields`` names them so the agent can count them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+
+def unknown_fields(doc: BaseModel, path: str = "") -> list[str]:
+    """Return the dotted paths of fields in ``doc`` (and nested hub documents) not in its model."""
+    found = [f"{path}{k}" for k in (doc.model_extra or {})]
+    for name in type(doc).model_fields:
+        value = getattr(doc, name)
+        if isinstance(value, HubDocument):
+            found += unknown_fields(value, f"{path}{name}.")
+    return found
+
+
 class EnrollRequest(Wire):
     """First contact: a one-time token and a CSR whose key never leaves the device."""
 
@@ -47,7 +67,7 @@ class EnrollRequest(Wire):
     agent_version: str = Field("", max_length=64)
 
 
-class EnrollResponse(Wire):
+class EnrollResponse(HubDocument):
     """The device's identity: its id, client certificate, and the keys it pins."""
 
     device_id: str
@@ -63,7 +83,7 @@ class RenewRequest(Wire):
     csr_pem: str = Field(min_length=100, max_length=16384)
 
 
-class RenewResponse(Wire):
+class RenewResponse(HubDocument):
     """The renewed client certificate."""
 
     certificate_pem: str
@@ -183,7 +203,7 @@ def compact_entries(rows: list[tuple[int, str, str, str]]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-class SignedTarget(Wire):
+class SignedTarget(HubDocument):
     """A target signed with the hub's Ed25519 key: base64 payload of canonical JSON."""
 
     payload: str
@@ -191,7 +211,7 @@ class SignedTarget(Wire):
     key_id: str = ""
 
 
-class SyncResponse(Wire):
+class SyncResponse(HubDocument):
     """The highest seq the hub durably holds, and a newer target if there is one."""
 
     acked_seq: int

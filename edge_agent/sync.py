@@ -37,6 +37,7 @@ from edge_agent.protocol import (
     StatusSnapshot,
     SyncResponse,
     compact_entries,
+    unknown_fields,
 )
 from edge_agent.store import Store
 from edge_agent.target_gate import TargetGate
@@ -236,6 +237,7 @@ class Syncer:
         self._batch_n = self.limits.batch_max_entries
         self.protocol = PROTOCOL_VERSION  # lowered once if the hub is older
         self.epoch = ""  # this store's generation, read at each sync_once
+        self._unknown_seen: set[str] = set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -326,6 +328,7 @@ class Syncer:
 
     async def _settle(self, flight: _Flight, resp: SyncResponse, result: SyncResult) -> None:
         """Apply one answer: delete what the hub holds, note the status, hand on a target."""
+        await self._note_unknown(resp)
         result.sent += flight.entries
         result.raw_bytes += flight.raw_bytes
         result.wire_bytes += flight.wire_bytes
@@ -363,6 +366,17 @@ class Syncer:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:
                 result.targets.append(revision)
+
+    async def _note_unknown(self, resp: SyncResponse) -> None:
+        """Count a hub answer carrying fields this agent does not know; log each set once."""
+        fields = unknown_fields(resp)
+        if not fields:
+            return
+        await self.store.bump("wire_unknown_fields")
+        key = ",".join(sorted(fields))
+        if key not in self._unknown_seen:
+            self._unknown_seen.add(key)
+            log.warning("the hub's sync answer carries fields this agent ignores: %s", key)
 
     def _older_hub(self, exc: HubRefused) -> bool:
         """Speak protocol 1 from now on if the hub refused this one as unsupported.
