@@ -13,16 +13,41 @@ Errors are JSON ``{"error": code, "message": text, "fields": [...]}`` with a 4xx
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_agent.models import Target
+
 # 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
 #    ``created_at`` (then it is the previous entry's); the first entry carries both.
-# 3: ``epoch`` names the agent store's sequence space (a wiped store starts a new one).
+# 3: ``epoch`` names the agent store's sequence space (a wiped store starts a new one);
+#    ``features`` lists the target features the agent understands.
 PROTOCOL_VERSION = 3
 MIN_PROTOCOL_VERSION = 1  # the oldest a hub still accepts
+
+# Features of a target an agent must understand to apply it, each with the test of
+# whether a target uses it. From protocol 3 an agent reports the ones it has at every
+# sync; an older agent is taken to have BASELINE_FEATURES (what protocol 2 understood).
+# A hub refuses to set a target that uses a feature the device's agent has not reported.
+# A new optional Target field that an old agent would ignore to harm gets a feature here.
+FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
+    "depends_on": lambda t: any(s.depends_on for s in t.release.services),
+    "healthcheck": lambda t: any(s.healthcheck for s in t.release.services),
+    "registry_auth": lambda t: bool(t.release.registry_auth),
+    "overrides": lambda t: bool(t.overrides),
+    "expires_at": lambda t: t.expires_at is not None,
+}
+BASELINE_FEATURES = frozenset(FEATURE_TESTS)
+AGENT_FEATURES = frozenset(FEATURE_TESTS)  # what this agent understands
+
+
+def required_features(target: Target) -> set[str]:
+    """Return the features ``target`` uses."""
+    return {name for name, uses in FEATURE_TESTS.items() if uses(target)}
+
 
 # Every integer on the wire fits a signed 64-bit column: the hub stores them in SQLite.
 INT64_MAX = 2**63 - 1
@@ -148,6 +173,8 @@ class SyncRequest(Wire):
     # The store generation: random per agent store, so a wiped store's seqs are never
     # taken for the old store's. "" is the one space of agents before protocol 3.
     epoch: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    # The target features this agent understands (protocol 3); None: BASELINE_FEATURES.
+    features: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=256)
     entries: list[OutboxEntry] = Field(default_factory=list)
     status: StatusSnapshot | None = None
     applied_revision: Count = 0

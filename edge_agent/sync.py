@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
 from edge_agent.protocol import (
+    AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     SignedTarget,
@@ -444,6 +445,7 @@ class Syncer:
         }
         if self.protocol >= EPOCH_PROTOCOL:
             head["epoch"] = self.epoch
+            head["features"] = sorted(AGENT_FEATURES)
         if self.protocol >= 2:
             entries = compact_entries(rows)
         else:

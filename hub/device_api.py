@@ -183,6 +183,7 @@ async def sync(request: web.Request) -> web.Response:
             req.known_target_revision,
             epoch=req.epoch,
             protocol=req.protocol,
+            features=tuple(req.features) if req.features is not None else None,
         ),
         now,
     )

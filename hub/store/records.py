@@ -129,6 +129,7 @@ class SyncBatch:
     known_target_revision: int
     epoch: str = ""  # the agent store's generation (protocol 3); "" before
     protocol: int = 0
+    features: tuple[str, ...] | None = None  # what the agent understands; None: unchanged
 
 
 @dataclass(frozen=True)

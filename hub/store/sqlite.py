@@ -281,6 +281,9 @@ class SqliteStore(HubStore):
             inserted = _insert_entries(db, device_id, space, batch.entries, received)
             sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
             args: list[Any] = [received, applied, batch.protocol]
+            if batch.features is not None:
+                sets.append("features = ?")
+                args.append(rows.dumps(sorted(set(batch.features))))
             if status is not None:
                 sets_s, args_s = _status_update(
                     dict(zip(STATUS_FIELDS, current, strict=True)), status, received
@@ -297,6 +300,13 @@ class SqliteStore(HubStore):
             record = await self.get_target(device_id)
             target = record.signed if record is not None else None
         return SyncResult(acked, target, not has_full, inserted)
+
+    async def device_features(self, device_id: str) -> frozenset[str] | None:
+        """Return the target features the device's agent reported (None: never reported)."""
+        found = await self._read("SELECT features FROM devices WHERE id = ?", (device_id,))
+        if not found or found[0][0] is None:
+            return None
+        return frozenset(rows.loads(found[0][0]))
 
     # targets ------------------------------------------------------------------------
 

@@ -214,3 +214,30 @@ async def test_device_reported_revision_cannot_break_set_target(
         },
     )
     assert (first, second) == (1, 2)  # the hub's own sequence, not the device's number
+
+
+async def test_target_needing_a_feature_the_agent_lacks_is_refused(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 1: the hub never sets a target the device's agent cannot understand."""
+    release = {
+        "name": "app",
+        "version": "1",
+        "services": [
+            {"name": "db", "image": "127.0.0.1:5000/busybox:1"},
+            {"name": "web", "image": "127.0.0.1:5000/busybox:1", "depends_on": {"db": {}}},
+        ],
+    }
+    # An agent that never reported features (protocol 2) understands the baseline.
+    assert await hub.set_target(device.device_id, release) == 1
+    body = {"protocol": 3, "epoch": "e1", "features": ["healthcheck"], "entries": []}
+    assert (await sync(hub, device, body))[0] == 200
+    path = f"/api/v1/devices/{device.device_id}/target"
+    status, refused = await hub.api("POST", path, {"release": release})
+    assert status == 409 and "depends_on" in refused["message"]
+    assert refused["fields"] == [{"field": "release", "message": "needs feature depends_on"}]
+    plain = {**release, "services": release["services"][:1]}
+    assert await hub.set_target(device.device_id, plain) == 2
+    _, audit = await hub.api("GET", "/api/v1/audit?limit=1000")
+    rejected = [a for a in audit["audit"] if a["action"] == "target.set" and a["outcome"] != "ok"]
+    assert rejected and "depends_on" in rejected[-1]["detail"]["reason"]
