@@ -21,6 +21,7 @@ import time
 from aiohttp import web
 
 from edge_agent.protocol import (
+    INT64_MAX,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     EnrollRequest,
@@ -287,10 +288,10 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value <= INT64_MAX:
         raise InvalidRequest(
-            f"query parameter {name} must be a non-negative integer",
-            fields=[{"field": name, "message": "must be a non-negative integer"}],
+            f"query parameter {name} must be an integer from 0 to 2^63-1",
+            fields=[{"field": name, "message": "must be an integer from 0 to 2^63-1"}],
             status=400,
         )
     return value

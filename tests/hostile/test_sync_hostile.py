@@ -33,7 +33,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     limits = {"max_decompressed_bytes": MAX_DECOMPRESSED}
     running = start_hub(tmp_path_factory.mktemp("hostile-hub"), sections={"limits": limits})
     yield running
-    running.stop()
+    assert running.stop() == 0, running.log()[-3000:]  # worker processes end with it
 
 
 @pytest.fixture
@@ -262,3 +262,10 @@ async def test_non_finite_number_in_status_is_refused(hub: RunningHub, device: D
         status, raw, _ = await post_sync(session, hub.url, gz(raw_body))
     assert 400 <= status < 500, raw[:300]
     assert "applied_revision" in raw.decode()
+
+
+async def test_long_poll_after_beyond_64_bits_is_400(hub: RunningHub, device: DeviceIdentity):
+    url = hub.url + f"/v1/target?after={2**64}&wait=0"
+    async with device_session(device) as session, session.get(url) as resp:
+        body = await resp.json()
+    assert resp.status == 400 and body["fields"][0]["field"] == "after"
