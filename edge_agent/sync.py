@@ -46,6 +46,7 @@ from edge_agent.target_gate import TargetGate
 log = logging.getLogger(__name__)
 EPOCH_KEY = "store_epoch"
 EPOCH_PROTOCOL = 3  # the first protocol with store epochs
+FEATURES_PARAM = ",".join(sorted(AGENT_FEATURES))
 
 StatusSource = Callable[[], Awaitable[StatusSnapshot]]
 _M = TypeVar("_M", SyncResponse, SignedTarget)
@@ -148,7 +149,8 @@ class HubClient:
     async def wait_target(self, after: int, wait_s: float) -> SignedTarget | None:
         """Long-poll for a target newer than ``after``; None when the hub had none in time."""
         timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
-        params = {"after": str(after), "wait": f"{wait_s:g}"}
+        # features: a hub holds back a target this agent could not apply (older hubs ignore it)
+        params = {"after": str(after), "wait": f"{wait_s:g}", "features": FEATURES_PARAM}
         status, data = await self._call("GET", "/v1/target", params=params, timeout=timeout)
         return None if status == 204 or not data else _parse(SignedTarget, data, "/v1/target")
 

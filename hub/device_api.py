@@ -13,14 +13,19 @@ the body); an unknown or disabled device is refused with 403.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import logging
 import secrets
 import time
 
 from aiohttp import web
+from pydantic import ValidationError
 
+from edge_agent.models import Target, strip_unknown
 from edge_agent.protocol import (
+    BASELINE_FEATURES,
     INT64_MAX,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
@@ -28,7 +33,9 @@ from edge_agent.protocol import (
     EnrollResponse,
     RenewRequest,
     RenewResponse,
+    SignedTarget,
     SyncResponse,
+    required_features,
 )
 from hub.auth import check_enrollment_token, require_peer, split_enrollment_token
 from hub.context import HubContext, ctx
@@ -49,6 +56,7 @@ from hub.wire import content_encoding, parse, read_body, read_raw, respond
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
+MAX_FEATURES = 256  # feature names a long-poll may list (as SyncRequest.features)
 # Enrollment and renewal bodies are a token and a CSR: a few KiB.
 SMALL_BODY = 64 * 1024
 
@@ -188,15 +196,22 @@ async def sync(request: web.Request) -> web.Response:
         ),
         now,
     )
+    target = result.target
+    if target is not None:
+        known = frozenset(req.features) if req.features is not None else None
+        if known is None:
+            known = await hub.store.device_features(device.id)
+        if not is_deliverable(target, known):
+            target = None  # held: the device's agent cannot apply it (it was downgraded)
     response = respond(
         SyncResponse(
             acked_seq=result.acked_seq,
-            target=result.target,
+            target=target,
             want_full_status=result.want_full_status,
             server_time=now,
         )
     )
-    if result.target is not None:
+    if target is not None:
         response.enable_compression()
     response.headers["Server-Timing"] = f"hub;dur={(time.perf_counter() - started) * 1e3:.2f}"
     return response
@@ -262,11 +277,18 @@ async def long_poll_target(request: web.Request) -> web.Response:
     after = _int_param(request, "after", 0)
     wait = min(_float_param(request, "wait", 0.0), hub.config.limits.long_poll_max_wait_s)
     device = await _enrolled_device(hub, request)
+    features = _features_param(request)
+    if features is None:
+        features = await hub.store.device_features(device.id)
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         with hub.notifier.subscribe(device.id) as changed:
             target = await hub.store.get_target(device.id)
-            if target is not None and target.revision > after:
+            if (
+                target is not None
+                and target.revision > after
+                and is_deliverable(target.signed, features)
+            ):
                 response = respond(target.signed)
                 response.enable_compression()
                 return response
@@ -278,6 +300,35 @@ async def long_poll_target(request: web.Request) -> web.Response:
             except TimeoutError:
                 return web.Response(status=204)
         await _enrolled_device(hub, request)  # disabled while waiting -> 403
+
+
+def is_deliverable(signed: SignedTarget, features: frozenset[str] | None) -> bool:
+    """Return whether the device's agent understands every feature the target uses.
+
+    ``features`` None: the agent never reported any (before protocol 3): the baseline.
+    """
+    try:
+        doc, _ = strip_unknown(Target, json.loads(base64.b64decode(signed.payload)))
+        target = Target.model_validate(doc)
+    except (ValueError, ValidationError):
+        return True  # the hub signed it; the agent judges it
+    known = BASELINE_FEATURES if features is None else features
+    return required_features(target) <= known
+
+
+def _features_param(request: web.Request) -> frozenset[str] | None:
+    """Return the long-poll's ``features`` (comma-separated), None when absent; bounded."""
+    raw = request.query.get("features")
+    if raw is None:
+        return None
+    names = [n for n in raw.split(",") if n]
+    if len(names) > MAX_FEATURES or any(len(n) > 64 for n in names):
+        raise InvalidRequest(
+            f"query parameter features: at most {MAX_FEATURES} names of up to 64 characters",
+            fields=[{"field": "features", "message": "too many or too long"}],
+            status=400,
+        )
+    return frozenset(names)
 
 
 def _int_param(request: web.Request, name: str, default: int) -> int:

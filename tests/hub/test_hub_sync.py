@@ -241,3 +241,30 @@ async def test_target_needing_a_feature_the_agent_lacks_is_refused(
     _, audit = await hub.api("GET", "/api/v1/audit?limit=1000")
     rejected = [a for a in audit["audit"] if a["action"] == "target.set" and a["outcome"] != "ok"]
     assert rejected and "depends_on" in rejected[-1]["detail"]["reason"]
+
+
+async def test_target_is_held_from_an_agent_that_lost_a_feature(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 1: a target set for a capable agent is not delivered to a downgraded one."""
+    release = {
+        "name": "app",
+        "version": "1",
+        "services": [
+            {"name": "web", "image": "127.0.0.1:5000/busybox:1", "healthcheck": {"test": ["NONE"]}}
+        ],
+    }
+    assert await hub.set_target(device.device_id, release) == 1
+    downgraded = {"protocol": 3, "epoch": "e1", "features": ["depends_on"], "entries": []}
+    status, body = await sync(hub, device, downgraded)
+    assert status == 200 and body["target"] is None
+    ctx = device.ssl_context()
+    for query in ("after=0&wait=0.2&features=depends_on", "after=0&wait=0.2"):
+        status, _ = await hub.request("GET", f"/v1/target?{query}", ssl_context=ctx)
+        assert status == 204, query
+    status, _ = await hub.request(
+        "GET", "/v1/target?after=0&wait=0.2&features=healthcheck", ssl_context=ctx
+    )
+    assert status == 200
+    status, body = await sync(hub, device, {**downgraded, "features": ["healthcheck"]})
+    assert status == 200 and body["target"] is not None
