@@ -268,3 +268,24 @@ async def test_target_is_held_from_an_agent_that_lost_a_feature(
     assert status == 200
     status, body = await sync(hub, device, {**downgraded, "features": ["healthcheck"]})
     assert status == 200 and body["target"] is not None
+
+
+async def test_store_epochs_never_collide_and_a_returning_epoch_skips_what_it_sent(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 7: each store generation gets its own seqs on the hub."""
+
+    async def send(epoch: str, *seqs: int) -> int:
+        body = {"protocol": 3, "epoch": epoch, "entries": entries(*seqs)}
+        status, answer = await sync(hub, device, body)
+        assert status == 200, answer
+        return int(answer["acked_seq"])
+
+    assert await send("a", 1, 2, 3) == 3
+    assert await send("b", 1, 2) == 2  # a wiped store: fewer seqs, none a duplicate
+    assert await send("a", 3, 4, 5) == 5  # back again: 3 was delivered already
+    _status, body = await hub.api("GET", f"/api/v1/devices/{device.device_id}/events")
+    got = [(e["seq"], e["payload"]["n"]) for e in body["events"]]
+    assert got == [(1, 1), (2, 2), (3, 3), (4, 1), (5, 2), (6, 4), (7, 5)]
+    assert await send("b", 2, 3) == 3  # b resumes above its own position
+    assert (await stored(hub, device.device_id))[-1] == 8
