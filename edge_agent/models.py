@@ -11,7 +11,7 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -314,3 +314,46 @@ def parse_document(model: type[BaseModel], data: Any) -> Any:
         ]
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:10])
         raise InvalidDocument(f"invalid {model.__name__}: {summary}", fields) from None
+
+
+def strip_unknown(model: type[BaseModel], data: Any, path: str = "") -> tuple[Any, list[str]]:
+    """Return ``data`` without the fields ``model`` does not know, and their dotted paths.
+
+    For documents the hub sends (after their signature is verified): a newer hub may add
+    optional fields an older agent has never heard of. Only the shape is pruned here;
+    validation (strict, as for every document) comes after.
+    """
+    if not isinstance(data, dict):
+        return data, []
+    fields = model.model_fields
+    kept: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        info = fields.get(key)
+        if info is None:
+            unknown.append(where)
+            continue
+        kept[key], inner = _strip_value(info.annotation, value, where)
+        unknown += inner
+    return kept, unknown
+
+
+def _strip_value(annotation: Any, value: Any, path: str) -> tuple[Any, list[str]]:
+    """Prune ``value`` by its annotation: models, lists, dicts and optionals of models."""
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return strip_unknown(annotation, value, path)
+    if origin is list and args and isinstance(value, list):
+        pruned = [_strip_value(args[0], v, f"{path}.{i}") for i, v in enumerate(value)]
+        return [v for v, _ in pruned], [u for _, us in pruned for u in us]
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        pruned_d = {k: _strip_value(args[1], v, f"{path}.{k}") for k, v in value.items()}
+        return {k: v for k, (v, _) in pruned_d.items()}, [
+            u for _, us in pruned_d.values() for u in us
+        ]
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1 and isinstance(value, dict):  # X | None
+        return strip_unknown(models[0], value, path)
+    return value, []

@@ -17,15 +17,46 @@ Errors are JSON ``{"error": code, "message": text, "fields": [...]}`` with a 4xx
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
-from typing import Any, Literal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge_agent.models import Target
 
 # 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
 #    ``created_at`` (then it is the previous entry's); the first entry carries both.
-PROTOCOL_VERSION = 2
+# 3: ``epoch`` names the agent store's sequence space (a wiped store starts a new one);
+#    ``features`` lists the target features the agent understands.
+PROTOCOL_VERSION = 3
 MIN_PROTOCOL_VERSION = 1  # the oldest a hub still accepts
+
+# Features of a target an agent must understand to apply it, each with the test of
+# whether a target uses it. From protocol 3 an agent reports the ones it has at every
+# sync; an older agent is taken to have BASELINE_FEATURES (what protocol 2 understood).
+# A hub refuses to set a target that uses a feature the device's agent has not reported.
+# A new optional Target field that an old agent would ignore to harm gets a feature here.
+FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
+    "depends_on": lambda t: any(s.depends_on for s in t.release.services),
+    "healthcheck": lambda t: any(s.healthcheck for s in t.release.services),
+    "registry_auth": lambda t: bool(t.release.registry_auth),
+    "overrides": lambda t: bool(t.overrides),
+    "expires_at": lambda t: t.expires_at is not None,
+}
+BASELINE_FEATURES = frozenset(FEATURE_TESTS)
+AGENT_FEATURES = frozenset(FEATURE_TESTS)  # what this agent understands
+
+
+def required_features(target: Target) -> set[str]:
+    """Return the features ``target`` uses."""
+    return {name for name, uses in FEATURE_TESTS.items() if uses(target)}
+
+
+# Every integer on the wire fits a signed 64-bit column: the hub stores them in SQLite.
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 
 OutboxKind = Literal["status", "event", "audit", "log", "dropped"]
 
@@ -34,6 +65,26 @@ class Wire(BaseModel):
     """Base for wire messages: unknown fields are rejected."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class HubDocument(BaseModel):
+    """Base for what the hub sends: fields this agent does not know are set aside, not errors.
+
+    A newer hub may add optional fields; an older agent must keep working. They land in
+    ``model_extra`` and ``unknown_fields`` names them so the agent can count them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+
+def unknown_fields(doc: BaseModel, path: str = "") -> list[str]:
+    """Return the dotted paths of fields in ``doc`` (and nested hub documents) not in its model."""
+    found = [f"{path}{k}" for k in (doc.model_extra or {})]
+    for name in type(doc).model_fields:
+        value = getattr(doc, name)
+        if isinstance(value, HubDocument):
+            found += unknown_fields(value, f"{path}{name}.")
+    return found
 
 
 class EnrollRequest(Wire):
@@ -45,7 +96,7 @@ class EnrollRequest(Wire):
     agent_version: str = Field("", max_length=64)
 
 
-class EnrollResponse(Wire):
+class EnrollResponse(HubDocument):
     """The device's identity: its id, client certificate, and the keys it pins."""
 
     device_id: str
@@ -61,7 +112,7 @@ class RenewRequest(Wire):
     csr_pem: str = Field(min_length=100, max_length=16384)
 
 
-class RenewResponse(Wire):
+class RenewResponse(HubDocument):
     """The renewed client certificate."""
 
     certificate_pem: str
@@ -99,10 +150,19 @@ def renewal_proof_message(device_id: str, challenge: str, csr_pem: str) -> bytes
 class OutboxEntry(Wire):
     """One record the device produced; ``seq`` is unique and increasing per device."""
 
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=INT64_MAX)
     kind: OutboxKind
     created_at: datetime
     payload: dict[str, Any]
+
+    @field_validator("created_at")
+    @classmethod
+    def _in_utc_range(cls, v: datetime) -> datetime:
+        try:
+            v.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("time is out of range once converted to UTC") from None
+        return v
 
 
 class ServiceReport(Wire):
@@ -113,9 +173,9 @@ class ServiceReport(Wire):
     health: str = "none"
     image: str = ""
     image_id: str = ""
-    restarts: int = 0
+    restarts: Count = 0
     crash_loop: bool = False
-    last_exit_code: int | None = None
+    last_exit_code: Int64 | None = None
     last_error: str | None = None
 
 
@@ -124,12 +184,12 @@ class StatusSnapshot(Wire):
 
     full: bool = True
     agent_version: str | None = None
-    target_revision: int | None = None
-    applied_revision: int | None = None
+    target_revision: Count | None = None
+    applied_revision: Count | None = None
     release: str | None = None
     state: str | None = None  # converging | converged | rolled_back | failed | idle
     services: list[ServiceReport] | None = None
-    counters: dict[str, int] | None = None
+    counters: dict[str, Int64] | None = None
     last_error: str | None = None
     # Additive (optional): what runs and what is being rolled out, reported apart. A local
     # (technician) target is the hub revision it is based on plus a local sequence > 0.
@@ -150,10 +210,15 @@ class SyncRequest(Wire):
     """
 
     protocol: int = PROTOCOL_VERSION
+    # The store generation: random per agent store, so a wiped store's seqs are never
+    # taken for the old store's. "" is the one space of agents before protocol 3.
+    epoch: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    # The target features this agent understands (protocol 3); None: BASELINE_FEATURES.
+    features: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=256)
     entries: list[OutboxEntry] = Field(default_factory=list)
     status: StatusSnapshot | None = None
-    applied_revision: int = 0
-    known_target_revision: int = 0
+    applied_revision: Count = 0
+    known_target_revision: Count = 0
 
     @model_validator(mode="before")
     @classmethod
@@ -205,7 +270,7 @@ def compact_entries(rows: list[tuple[int, str, str, str]]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-class SignedTarget(Wire):
+class SignedTarget(HubDocument):
     """A target signed with the hub's Ed25519 key: base64 payload of canonical JSON."""
 
     payload: str
@@ -213,7 +278,7 @@ class SignedTarget(Wire):
     key_id: str = ""
 
 
-class SyncResponse(Wire):
+class SyncResponse(HubDocument):
     """The highest seq the hub durably holds, and a newer target if there is one."""
 
     acked_seq: int

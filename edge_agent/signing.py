@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.errors import InvalidDocument, TargetRejected
-from edge_agent.models import Target, parse_document
+from edge_agent.models import Target, parse_document, strip_unknown
 from edge_agent.protocol import SignedTarget
 
 
@@ -55,6 +55,26 @@ def verify_target(
     now: datetime,
 ) -> Target:
     """Return the target if it is signed by the pinned key, ours, newer and unexpired."""
+    target, _ = read_target(
+        signed, public_key, device_id=device_id, applied_revision=applied_revision, now=now
+    )
+    return target
+
+
+def read_target(
+    signed: SignedTarget,
+    public_key: Ed25519PublicKey,
+    *,
+    device_id: str,
+    applied_revision: int,
+    now: datetime,
+) -> tuple[Target, list[str]]:
+    """Verify a target as ``verify_target``; also return the fields it carried we do not know.
+
+    The signature covers the exact payload bytes; only after it verifies is the payload
+    read, tolerantly: fields this agent does not know (a newer hub's optional ones) are
+    left out and named, everything it knows is validated as strictly as ever.
+    """
     try:
         payload = base64.b64decode(signed.payload, validate=True)
         signature = base64.b64decode(signed.signature, validate=True)
@@ -65,9 +85,11 @@ def verify_target(
     except InvalidSignature as exc:
         raise TargetRejected("target signature does not verify with the pinned hub key") from exc
     try:
-        target: Target = parse_document(Target, payload)
-    except InvalidDocument as exc:
-        raise TargetRejected(f"signed target is invalid: {exc.message}") from exc
+        doc, unknown = strip_unknown(Target, json.loads(payload))
+        target: Target = parse_document(Target, doc)
+    except (InvalidDocument, ValueError) as exc:
+        message = exc.message if isinstance(exc, InvalidDocument) else str(exc)
+        raise TargetRejected(f"signed target is invalid: {message}") from exc
     if target.device_id != device_id:
         raise TargetRejected(f"target is addressed to {target.device_id!r}, not {device_id!r}")
     if target.revision <= applied_revision:
@@ -76,4 +98,4 @@ def verify_target(
         )
     if target.is_expired(now):
         raise TargetRejected(f"target revision {target.revision} expired at {target.expires_at}")
-    return target
+    return target, unknown

@@ -18,6 +18,8 @@ import gzip
 import json
 import logging
 import random
+import re
+import secrets
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,17 +31,22 @@ from pydantic import ValidationError
 
 from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
 from edge_agent.protocol import (
+    AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     SignedTarget,
     StatusSnapshot,
     SyncResponse,
     compact_entries,
+    unknown_fields,
 )
 from edge_agent.store import Store
 from edge_agent.target_gate import TargetGate
 
 log = logging.getLogger(__name__)
+EPOCH_KEY = "store_epoch"
+EPOCH_PROTOCOL = 3  # the first protocol with store epochs
+FEATURES_PARAM = ",".join(sorted(AGENT_FEATURES))
 
 StatusSource = Callable[[], Awaitable[StatusSnapshot]]
 _M = TypeVar("_M", SyncResponse, SignedTarget)
@@ -142,7 +149,8 @@ class HubClient:
     async def wait_target(self, after: int, wait_s: float) -> SignedTarget | None:
         """Long-poll for a target newer than ``after``; None when the hub had none in time."""
         timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
-        params = {"after": str(after), "wait": f"{wait_s:g}"}
+        # features: a hub holds back a target this agent could not apply (older hubs ignore it)
+        params = {"after": str(after), "wait": f"{wait_s:g}", "features": FEATURES_PARAM}
         status, data = await self._call("GET", "/v1/target", params=params, timeout=timeout)
         return None if status == 204 or not data else _parse(SignedTarget, data, "/v1/target")
 
@@ -171,6 +179,20 @@ def _parse(model: type[_M], data: bytes, path: str) -> _M:
         return model.model_validate_json(data)
     except ValidationError as exc:
         raise SyncError(f"{path}: unexpected answer: {exc}", retryable=True) from exc
+
+
+async def store_epoch(store: Store) -> str:
+    """Return the store's generation, made (random) on first use.
+
+    A store that synced before epochs existed (it has an ``acked_seq``) keeps the legacy
+    space "" so its queue continues where the hub holds it; a wiped store gets a new one.
+    """
+    epoch = await store.get_meta(EPOCH_KEY)
+    if epoch is None:
+        legacy = await store.get_meta("acked_seq") is not None
+        epoch = "" if legacy else secrets.token_hex(8)
+        await store.set_meta(EPOCH_KEY, epoch)
+    return epoch
 
 
 class Reachability:
@@ -217,6 +239,8 @@ class Syncer:
         self._status_acked: dict[str, object] | None = None  # None: send a full snapshot
         self._batch_n = self.limits.batch_max_entries
         self.protocol = PROTOCOL_VERSION  # lowered once if the hub is older
+        self.epoch = ""  # this store's generation, read at each sync_once
+        self._unknown_seen: set[str] = set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -228,6 +252,7 @@ class Syncer:
         """Ship queued entries until drained or the round cap; raise SyncError on failure."""
         async with self._lock:
             await self.gate.load()
+            self.epoch = await store_epoch(self.store)
             result = SyncResult()
             # Each call starts at the configured batch size; a 413 halves it for this call
             # only, so a hub limit costs at most log2(batch) refused requests per call.
@@ -306,11 +331,17 @@ class Syncer:
 
     async def _settle(self, flight: _Flight, resp: SyncResponse, result: SyncResult) -> None:
         """Apply one answer: delete what the hub holds, note the status, hand on a target."""
+        await self._note_unknown(resp)
         result.sent += flight.entries
         result.raw_bytes += flight.raw_bytes
         result.wire_bytes += flight.wire_bytes
-        if flight.entries and resp.acked_seq > await self.store.highest_assigned_seq():
-            # The hub holds seqs this store never handed out: the store was wiped and its
+        if (
+            self.protocol < EPOCH_PROTOCOL
+            and flight.entries
+            and resp.acked_seq > await self.store.highest_assigned_seq()
+        ):
+            # Only with a hub older than store epochs (protocol 3):
+            # the hub holds seqs this store never handed out: the store was wiped and its
             # seqs restarted. Move the queue past the hub's position, then send again.
             moved = await self.store.renumber_after(resp.acked_seq)
             log.warning(
@@ -339,6 +370,17 @@ class Syncer:
             if revision is not None:
                 result.targets.append(revision)
 
+    async def _note_unknown(self, resp: SyncResponse) -> None:
+        """Count a hub answer carrying fields this agent does not know; log each set once."""
+        fields = unknown_fields(resp)
+        if not fields:
+            return
+        await self.store.bump("wire_unknown_fields")
+        key = ",".join(sorted(fields))
+        if key not in self._unknown_seen:
+            self._unknown_seen.add(key)
+            log.warning("the hub's sync answer carries fields this agent ignores: %s", key)
+
     def _older_hub(self, exc: HubRefused) -> bool:
         """Speak protocol 1 from now on if the hub refused this one as unsupported.
 
@@ -352,11 +394,15 @@ class Syncer:
             f"protocol {self.protocol} is not supported",
             ".seq: Field required",
             ".created_at: Field required",
+            "epoch: Extra inputs are not permitted",  # a protocol-2 hub validating first
         )
         if not any(sign in exc.message for sign in signs):
             return False
-        log.info("the hub does not speak sync protocol %d; using 1", self.protocol)
-        self.protocol = MIN_PROTOCOL_VERSION
+        spoken = re.search(r"hub speaks (\d+)(?: to (\d+))?", exc.message)
+        newest = int(spoken.group(2) or spoken.group(1)) if spoken else MIN_PROTOCOL_VERSION
+        newest = max(MIN_PROTOCOL_VERSION, min(newest, self.protocol - 1))
+        log.info("the hub does not speak sync protocol %d; using %d", self.protocol, newest)
+        self.protocol = newest
         return True
 
     async def _too_large(self, flight: _Flight) -> None:
@@ -393,12 +439,15 @@ class Syncer:
         self, rows: list[tuple[int, str, str, str]], status: StatusSnapshot | None
     ) -> bytes:
         """Build the SyncRequest JSON; payloads are spliced in as stored (already JSON)."""
-        head = {
+        head: dict[str, object] = {
             "protocol": self.protocol,
             "applied_revision": self.gate.applied_revision,
             "known_target_revision": self.gate.poll_after,
             "status": status.model_dump(mode="json", exclude_none=True) if status else None,
         }
+        if self.protocol >= EPOCH_PROTOCOL:
+            head["epoch"] = self.epoch
+            head["features"] = sorted(AGENT_FEATURES)
         if self.protocol >= 2:
             entries = compact_entries(rows)
         else:

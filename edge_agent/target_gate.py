@@ -3,7 +3,9 @@
 A target is accepted only if it is signed by the pinned hub key, addressed to this
 device, newer than the newest target this device has accepted (so a replay of an older
 one — or of the same one after a restart — is refused), and not expired. A refused
-target is an audit record and is never handed to the agent.
+target is an audit record and is never handed to the agent. A target is read
+tolerantly once its signature verifies: fields this agent does not know are ignored,
+counted (``target_unknown_fields``) and named in an ``unknown_fields`` event.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.errors import TargetRejected
 from edge_agent.models import Target
 from edge_agent.protocol import SignedTarget
-from edge_agent.signing import verify_target
+from edge_agent.signing import read_target
 from edge_agent.store import AuditRow, Store
 
 log = logging.getLogger(__name__)
 
 TargetHandler = Callable[[Target, SignedTarget], Awaitable[None]]
 SEEN_MAX = 64
+MAX_NAMED_FIELDS = 50  # unknown fields named in one event (the count says how many)
 
 
 class TargetGate:
@@ -54,6 +57,7 @@ class TargetGate:
         self.poll_after = 0  # long-poll cursor: also past verified-but-refused (expired)
         self._loaded = False
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._unknown_seen: set[str] = set()  # field sets already reported as an event
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
@@ -74,7 +78,7 @@ class TargetGate:
                 return None  # the same message again (sync reply and long-poll race)
             self._remember(digest)
             try:
-                target = verify_target(
+                target, unknown = read_target(
                     signed,
                     self.public_key,
                     device_id=self.device_id,
@@ -94,7 +98,28 @@ class TargetGate:
                 raise
             self.known_revision = max(self.known_revision, target.revision)
             self.poll_after = max(self.poll_after, target.revision)
+            if unknown:
+                await self._note_unknown(target.revision, unknown)
             return target.revision
+
+    async def _note_unknown(self, revision: int, fields: list[str]) -> None:
+        """Count a target carrying fields this agent does not know; an event once per set."""
+        await self.store.bump("target_unknown_fields")
+        key = ",".join(sorted(fields))
+        if key in self._unknown_seen:
+            return
+        self._unknown_seen.add(key)
+        log.warning("target revision %d carries fields this agent ignores: %s", revision, key)
+        await self.store.append(
+            "event",
+            {
+                "type": "unknown_fields",
+                "document": "target",
+                "revision": revision,
+                "fields": sorted(fields)[:MAX_NAMED_FIELDS],
+                "count": len(fields),
+            },
+        )
 
     def _remember(self, digest: str) -> None:
         self._seen[digest] = None

@@ -75,6 +75,7 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     store = app[HUB].store
     await store.open()
     yield
+    app[HUB].sync_decoder.close()
     await store.close()
 
 

@@ -183,6 +183,24 @@ def peer_cert(request: web.Request) -> PeerCert | None:
     return PeerCert(device_id=common_names[0], serial=serial)
 
 
+def require_cert(request: web.Request) -> PeerCert:
+    """Return the caller's device certificate identity, or raise Unauthenticated."""
+    peer = peer_cert(request)
+    if peer is None:
+        raise Unauthenticated("this route needs a client certificate issued by this hub")
+    return peer
+
+
+def require_newest(peer: PeerCert, newest_serial: str, previous_serial: str = "") -> None:
+    """Refuse a certificate other than the newest the hub issued (or ``previous_serial``)."""
+    if peer.serial == newest_serial or (previous_serial and peer.serial == previous_serial):
+        return
+    raise Unauthenticated(
+        f"certificate {peer.serial} of {peer.device_id} was replaced by a renewal; "
+        "use the newest one"
+    )
+
+
 async def require_peer(
     request: web.Request, store: HubStore, *, renewing: bool = False
 ) -> PeerCert:
@@ -192,15 +210,8 @@ async def require_peer(
     ``renewing``, also the one it replaced (``hub.renewal.check_lineage`` decides).
     An unknown device passes here and is refused (403) by the caller.
     """
-    peer = peer_cert(request)
-    if peer is None:
-        raise Unauthenticated("this route needs a client certificate issued by this hub")
+    peer = require_cert(request)
     lineage = await store.get_cert_lineage(peer.device_id)
-    if lineage is None or peer.serial == lineage.serial:
-        return peer
-    if renewing and peer.serial == lineage.previous_serial:
-        return peer
-    raise Unauthenticated(
-        f"certificate {peer.serial} of {peer.device_id} was replaced by a renewal; "
-        "use the newest one"
-    )
+    if lineage is not None:
+        require_newest(peer, lineage.serial, lineage.previous_serial if renewing else "")
+    return peer

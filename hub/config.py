@@ -30,6 +30,9 @@ Example (every key optional except ``server.data_dir``)::
     auth_failure_burst = 60               # refused credentials per source before 429 ...
     auth_failure_per_s = 1.0              # ... refilled at this rate
     refusal_audit_window_s = 60           # refusals per source aggregated into counted rows
+    max_error_fields = 20                 # fields listed in a 422; then "N more"
+    inline_body_bytes = 262144            # larger sync bodies are parsed in worker processes
+    parse_workers = 2
 
     [pki]
     device_cert_days = 30
@@ -113,6 +116,11 @@ class LimitsConfig(_Section):
     max_tracked_sources: int = Field(100_000, ge=1)
     refusal_audit_window_s: float = Field(60.0, gt=0, le=86400)
     max_refusal_groups: int = Field(10_000, ge=1)
+    # Sync bodies: errors listed in a refusal; decoded size parsed on the event loop
+    # (larger ones are parsed in worker processes); how many such workers.
+    max_error_fields: int = Field(20, ge=1, le=1000)
+    inline_body_bytes: int = Field(256 * 1024, ge=0)
+    parse_workers: int = Field(2, ge=1, le=64)
 
 
 class PkiConfig(_Section):

@@ -10,8 +10,10 @@ from aiohttp import web
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.notify import TargetNotifier
+from hub.offload import SyncDecoder
 from hub.pki import HubPKI
 from hub.store import HubStore
+from hub.sync_decode import SyncBounds
 
 
 @dataclass
@@ -23,6 +25,16 @@ class HubContext:
     store: HubStore
     operators: OperatorAuth
     notifier: TargetNotifier = field(default_factory=TargetNotifier)
+    sync_decoder: SyncDecoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        limits = self.config.limits
+        bounds = SyncBounds(
+            limits.max_decompressed_bytes, limits.max_entries_per_batch, limits.max_error_fields
+        )
+        self.sync_decoder = SyncDecoder(
+            bounds, inline_bytes=limits.inline_body_bytes, workers=limits.parse_workers
+        )
 
     @staticmethod
     def now() -> datetime:

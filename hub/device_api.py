@@ -15,15 +15,21 @@ the body); an unknown or disabled device is refused with 403.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import itertools
+import json
 import logging
 import secrets
 import time
 
 from aiohttp import web
+from pydantic import ValidationError
 
+from edge_agent.models import Target, strip_unknown
 from edge_agent.protocol import (
+    BASELINE_FEATURES,
+    INT64_MAX,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     EnrollRequest,
@@ -32,10 +38,18 @@ from edge_agent.protocol import (
     RenewChallengeRequest,
     RenewRequest,
     RenewResponse,
+    SignedTarget,
     SyncResponse,
     renewal_proof_message,
+    required_features,
 )
-from hub.auth import check_enrollment_token, require_peer, split_enrollment_token
+from hub.auth import (
+    check_enrollment_token,
+    require_cert,
+    require_newest,
+    require_peer,
+    split_enrollment_token,
+)
 from hub.context import HubContext, ctx
 from hub.errors import (
     BadCSR,
@@ -57,11 +71,12 @@ from hub.renewal import (
 )
 from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
 from hub.store.records import RenewedCert
-from hub.wire import parse, parse_sync, read_body, respond
+from hub.wire import content_encoding, parse, read_body, read_raw, respond
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
+MAX_FEATURES = 256  # feature names a long-poll may list (as SyncRequest.features)
 # Enrollment and renewal bodies are a token and a CSR: a few KiB.
 SMALL_BODY = 64 * 1024
 
@@ -148,10 +163,12 @@ async def _audit_refusal(
 
 
 async def _enrolled_device(hub: HubContext, request: web.Request) -> DeviceRecord:
-    peer = await require_peer(request, hub.store)
+    # One read per call: the device row also holds the newest certificate's serial.
+    peer = require_cert(request)
     device = await hub.store.get_device(peer.device_id)
     if device is None:
         raise Forbidden(f"device {peer.device_id!r} is not enrolled")
+    require_newest(peer, device.cert_serial)
     if device.disabled:
         raise Forbidden(f"device {peer.device_id!r} is disabled")
     return device
@@ -226,43 +243,77 @@ async def sync(request: web.Request) -> web.Response:
     """Store a batch of outbox entries and a status delta; answer the ack and a newer target."""
     started = time.perf_counter()
     hub = ctx(request)
-    peer = await require_peer(request, hub.store)
-    limits = hub.config.limits
-    body = await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
-    req, entries = parse_sync(body)
-    _check_batch(req.protocol, entries, limits.max_entries_per_batch)
+    # Who is calling is settled before a byte of the body is read: an unknown or
+    # disabled device costs one indexed read, whatever it sends.
+    device = await _enrolled_device(hub, request)
+    raw = await read_raw(request, hub.config.limits.max_body_bytes)
+    try:
+        req, entries = await hub.sync_decoder.decode(raw, content_encoding(request))
+        _check_batch(req.protocol, entries)
+    except (InvalidRequest, PayloadTooLarge) as exc:
+        await _audit_sync_refusal(hub, device.id, exc)
+        raise
     now = hub.now()
     result = await hub.store.ingest_sync(
-        peer.device_id,
-        SyncBatch(entries, req.status, req.applied_revision, req.known_target_revision),
+        device.id,
+        SyncBatch(
+            entries,
+            req.status,
+            req.applied_revision,
+            req.known_target_revision,
+            epoch=req.epoch,
+            protocol=req.protocol,
+            features=tuple(req.features) if req.features is not None else None,
+        ),
         now,
     )
+    target = result.target
+    if target is not None:
+        known = frozenset(req.features) if req.features is not None else None
+        if known is None:
+            known = await hub.store.device_features(device.id)
+        if not is_deliverable(target, known):
+            target = None  # held: the device's agent cannot apply it (it was downgraded)
     response = respond(
         SyncResponse(
             acked_seq=result.acked_seq,
-            target=result.target,
+            target=target,
             want_full_status=result.want_full_status,
             server_time=now,
         )
     )
-    if result.target is not None:
+    if target is not None:
         response.enable_compression()
     response.headers["Server-Timing"] = f"hub;dur={(time.perf_counter() - started) * 1e3:.2f}"
     return response
 
 
-def _check_batch(protocol: int, entries: list[EntryRow], max_entries: int) -> None:
+async def _audit_sync_refusal(hub: HubContext, device_id: str, exc: HubError) -> None:
+    """Record a refused sync (bounded detail: the code, message and first fields)."""
+    await hub.store.record_audit(
+        AuditRecord(
+            actor=f"device:{device_id}",
+            action="device.sync",
+            target=device_id,
+            outcome="rejected",
+            at=hub.now(),
+            detail={
+                "reason": exc.code,
+                "status": exc.status,
+                "message": exc.message[:300],
+                "fields": [str(f.get("field", ""))[:200] for f in exc.fields[:5]],
+            },
+        )
+    )
+
+
+def _check_batch(protocol: int, entries: list[EntryRow]) -> None:
     if not MIN_PROTOCOL_VERSION <= protocol <= PROTOCOL_VERSION:
         raise InvalidRequest(
             f"protocol {protocol} is not supported (hub speaks "
             f"{MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
             fields=[{"field": "protocol", "message": "unsupported protocol version"}],
             status=400,
-        )
-    if len(entries) > max_entries:
-        raise PayloadTooLarge(
-            f"batch of {len(entries)} entries is over the hub's limit of {max_entries} "
-            "(limits.max_entries_per_batch); split the batch"
         )
     for prev, entry in itertools.pairwise(entries):
         if entry[0] <= prev[0]:
@@ -279,11 +330,18 @@ async def long_poll_target(request: web.Request) -> web.Response:
     after = _int_param(request, "after", 0)
     wait = min(_float_param(request, "wait", 0.0), hub.config.limits.long_poll_max_wait_s)
     device = await _enrolled_device(hub, request)
+    features = _features_param(request)
+    if features is None:
+        features = await hub.store.device_features(device.id)
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         with hub.notifier.subscribe(device.id) as changed:
             target = await hub.store.get_target(device.id)
-            if target is not None and target.revision > after:
+            if (
+                target is not None
+                and target.revision > after
+                and is_deliverable(target.signed, features)
+            ):
                 response = respond(target.signed)
                 response.enable_compression()
                 return response
@@ -297,6 +355,35 @@ async def long_poll_target(request: web.Request) -> web.Response:
         await _enrolled_device(hub, request)  # disabled while waiting -> 403
 
 
+def is_deliverable(signed: SignedTarget, features: frozenset[str] | None) -> bool:
+    """Return whether the device's agent understands every feature the target uses.
+
+    ``features`` None: the agent never reported any (before protocol 3): the baseline.
+    """
+    try:
+        doc, _ = strip_unknown(Target, json.loads(base64.b64decode(signed.payload)))
+        target = Target.model_validate(doc)
+    except (ValueError, ValidationError):
+        return True  # the hub signed it; the agent judges it
+    known = BASELINE_FEATURES if features is None else features
+    return required_features(target) <= known
+
+
+def _features_param(request: web.Request) -> frozenset[str] | None:
+    """Return the long-poll's ``features`` (comma-separated), None when absent; bounded."""
+    raw = request.query.get("features")
+    if raw is None:
+        return None
+    names = [n for n in raw.split(",") if n]
+    if len(names) > MAX_FEATURES or any(len(n) > 64 for n in names):
+        raise InvalidRequest(
+            f"query parameter features: at most {MAX_FEATURES} names of up to 64 characters",
+            fields=[{"field": "features", "message": "too many or too long"}],
+            status=400,
+        )
+    return frozenset(names)
+
+
 def _int_param(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -305,10 +392,10 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value <= INT64_MAX:
         raise InvalidRequest(
-            f"query parameter {name} must be a non-negative integer",
-            fields=[{"field": name, "message": "must be a non-negative integer"}],
+            f"query parameter {name} must be an integer from 0 to 2^63-1",
+            fields=[{"field": name, "message": "must be an integer from 0 to 2^63-1"}],
             status=400,
         )
     return value

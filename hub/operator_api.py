@@ -29,10 +29,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from edge_agent.models import ENV_KEY_RE, Release, Target
+from edge_agent.protocol import BASELINE_FEATURES, required_features
 from edge_agent.signing import sign_target
 from hub.auth import Permission, Principal, new_enrollment_token, require
 from hub.context import HubContext, ctx
-from hub.errors import HubError, InvalidRequest, NotFound
+from hub.errors import Conflict, HubError, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.guard import audit_refusal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord
@@ -312,8 +313,8 @@ async def set_target(request: web.Request) -> web.Response:
         now = hub.now()
         expires_at = now + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None
 
-        def build(revision: int) -> Any:
-            target = Target(
+        def make(revision: int) -> Target:
+            return Target(
                 device_id=device_id,
                 revision=revision,
                 release=req.release,
@@ -323,7 +324,11 @@ async def set_target(request: web.Request) -> web.Response:
                 apply_deadline_s=req.apply_deadline_s,
                 min_ready_s=req.min_ready_s,
             )
-            return sign_target(target, hub.pki.signing_key)
+
+        def build(revision: int) -> Any:
+            return sign_target(make(revision), hub.pki.signing_key)
+
+        await _check_features(hub, device_id, make(1))
 
         audit = act.ok(release=req.release.ref)
         record = await hub.store.put_target(device_id, build, audit, now)
@@ -337,6 +342,18 @@ async def set_target(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+async def _check_features(hub: HubContext, device_id: str, target: Target) -> None:
+    """Refuse (409) a target that uses a feature the device's agent has not reported."""
+    known = await hub.store.device_features(device_id)
+    missing = sorted(required_features(target) - (BASELINE_FEATURES if known is None else known))
+    if missing:
+        raise Conflict(
+            f"device {device_id!r} runs an agent without target feature(s) "
+            f"{', '.join(missing)}; update its agent first",
+            fields=[{"field": "release", "message": f"needs feature {m}"} for m in missing],
+        )
 
 
 async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:

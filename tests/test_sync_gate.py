@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.errors import TargetRejected
-from edge_agent.models import Release, Service, Target
-from edge_agent.protocol import SignedTarget
+from edge_agent.errors import InvalidDocument, TargetRejected
+from edge_agent.models import Release, Service, Target, parse_document
+from edge_agent.protocol import (
+    EnrollResponse,
+    RenewResponse,
+    SignedTarget,
+    SyncResponse,
+    unknown_fields,
+)
 from edge_agent.signing import sign_target
 from edge_agent.store import Store
 from edge_agent.target_gate import TargetGate
@@ -165,3 +171,78 @@ async def test_agent_refusal_is_audited(store: Store, key: Ed25519PrivateKey) ->
     assert await gate.deliver(sign_target(make_target(2), key), source="sync") is None
     [row] = await refusals(store)
     assert json.loads(row["detail"])["reason"] == "apply window closed"
+
+
+def sign_document(doc: dict, key: Ed25519PrivateKey) -> SignedTarget:
+    """Sign a raw target document, as a newer hub with fields we do not know would."""
+    payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return SignedTarget(
+        payload=base64.b64encode(payload).decode(),
+        signature=base64.b64encode(key.sign(payload)).decode(),
+    )
+
+
+async def test_target_with_unknown_fields_from_a_newer_hub_is_applied(
+    store: Store, key: Ed25519PrivateKey
+) -> None:
+    """Issue 7 item 1: an optional field added by a newer hub must not lock old agents out."""
+    agent = Agent(store)
+    gate = gate_for(store, key, agent)
+    await gate.load()
+    doc = make_target(1).model_dump(mode="json")
+    doc["rollout_id"] = "r-7"  # top level
+    doc["release"]["services"][0]["cpu_shares"] = 512  # nested in a service
+    doc["release"]["services"][0]["healthcheck"] = {"test": ["CMD", "true"], "jitter_s": 1}
+    assert await gate.deliver(sign_document(doc, key), source="sync") == 1
+    assert agent.accepted == [1] and await refusals(store) == []
+    assert (await store.counters())["target_unknown_fields"] == 1
+    events = [e.payload for e in await store.pending(max_entries=100, max_bytes=10**6)]
+    (note,) = [e for e in events if e.get("type") == "unknown_fields"]
+    assert note["fields"] == [
+        "release.services.0.cpu_shares",
+        "release.services.0.healthcheck.jitter_s",
+        "rollout_id",
+    ]
+    # A second target with the same unknown fields is counted, not reported again.
+    doc["revision"] = 2
+    assert await gate.deliver(sign_document(doc, key), source="long-poll") == 2
+    events = [e.payload for e in await store.pending(max_entries=100, max_bytes=10**6)]
+    assert sum(e.get("type") == "unknown_fields" for e in events) == 1
+    assert (await store.counters())["target_unknown_fields"] == 2
+
+
+async def test_unknown_field_in_a_document_people_write_is_still_refused() -> None:
+    doc = make_target(1).model_dump(mode="json")
+    doc["release"]["services"][0]["imagee"] = "typo"
+    with pytest.raises(InvalidDocument, match="imagee"):
+        parse_document(Target, doc)
+
+
+async def test_tampered_unknown_field_is_refused(store: Store, key: Ed25519PrivateKey) -> None:
+    """Tolerance comes after the signature: adding a field to a signed target breaks it."""
+    agent = Agent(store)
+    gate = gate_for(store, key, agent)
+    signed = sign_target(make_target(1), key)
+    doc = json.loads(base64.b64decode(signed.payload))
+    doc["extra"] = 1
+    forged = signed.model_copy(
+        update={"payload": base64.b64encode(json.dumps(doc).encode()).decode()}
+    )
+    assert await gate.deliver(forged, source="sync") is None
+    assert agent.accepted == []
+
+
+def test_hub_answers_with_unknown_fields_are_read() -> None:
+    """Issue 7 item 1: the wire responses of a newer hub parse; the new fields are named."""
+    raw = (
+        b'{"acked_seq":4,"want_full_status":false,"hint":"x","target":'
+        b'{"payload":"e30=","signature":"","key_id":"","alg":"ed25519"}}'
+    )
+    resp = SyncResponse.model_validate_json(raw)
+    assert resp.acked_seq == 4 and resp.target is not None
+    assert unknown_fields(resp) == ["hint", "target.alg"]
+    for model, doc in [
+        (RenewResponse, {"certificate_pem": "x", "chain": []}),
+        (EnrollResponse, {**dict.fromkeys(EnrollResponse.model_fields, "x"), "tags": {}, "n": 1}),
+    ]:
+        assert unknown_fields(model.model_validate(doc)) == [next(reversed(doc))]

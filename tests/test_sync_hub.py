@@ -20,7 +20,7 @@ from synckit import FAST, Device, enroll_device, open_device, until
 
 from edge_agent.enroll import enroll, load_identity, renew_if_due, renewal_due
 from edge_agent.errors import ConfigError, HubRefused, HubUnreachable, SyncError
-from edge_agent.protocol import ServiceReport, StatusSnapshot
+from edge_agent.protocol import PROTOCOL_VERSION, ServiceReport, StatusSnapshot
 from edge_agent.sync import SyncLimits
 
 
@@ -267,8 +267,15 @@ async def test_cancel_mid_flight_propagates_and_keeps_outbox(
         await proxy.close()
 
 
-async def test_wiped_store_is_renumbered_not_lost(hub: HubProcess, tmp_path: Path) -> None:
-    """A device whose store was wiped restarts its seqs; its new events must still arrive."""
+@pytest.mark.parametrize("new_entries", [10, 50])
+async def test_wiped_store_entries_are_never_taken_as_duplicates(
+    hub: HubProcess, tmp_path: Path, new_entries: int
+) -> None:
+    """Issue 7 item 7: a wiped store restarts its seqs in a new epoch; nothing is lost.
+
+    Both orders: the new store hands out fewer seqs than the hub held (10 < 30), and
+    more (50 > 30), which the old renumbering took for duplicates and then deleted.
+    """
     await enroll_device(hub, tmp_path / "dev")
     dev = await open_device(tmp_path / "dev")
     await dev.store.append_many("event", [{"life": 1, "n": i} for i in range(30)])
@@ -277,15 +284,14 @@ async def test_wiped_store_is_renumbered_not_lost(hub: HubProcess, tmp_path: Pat
     (tmp_path / "dev" / "agent.db").unlink()  # identity kept, store gone
     dev = await open_device(tmp_path / "dev")
     try:
-        await dev.store.append_many("event", [{"life": 2, "n": i} for i in range(10)])
-        with pytest.raises(SyncError, match="renumbered"):
-            await dev.syncer.sync_once()
+        await dev.store.append_many("event", [{"life": 2, "n": i} for i in range(new_entries)])
         result = await dev.syncer.sync_once()
-        assert result.drained and result.acked_seq == 40
+        assert result.drained and result.acked_seq == new_entries
+        assert await dev.store.outbox_stats() == {}
         stored = hub.events(dev.identity.device_id)
-        assert [p["life"] for _, _, p in stored] == [1] * 30 + [2] * 10
-        assert [s for s, _, _ in stored] == list(range(1, 41))
-        assert (await dev.store.counters())["outbox_renumbered"] == 10
+        expected = [(1, i) for i in range(30)] + [(2, i) for i in range(new_entries)]
+        assert [(p["life"], p["n"]) for _, _, p in stored] == expected
+        assert [s for s, _, _ in stored] == list(range(1, 31 + new_entries))
     finally:
         await dev.close()
 
@@ -293,7 +299,11 @@ async def test_wiped_store_is_renumbered_not_lost(hub: HubProcess, tmp_path: Pat
 @pytest.mark.parametrize(
     "refusal",
     [
-        (400, '{"error":"invalid_request","message":"protocol 2 is not supported (hub speaks 1)"'),
+        (
+            400,
+            '{"error":"invalid_request","message":'
+            f'"protocol {PROTOCOL_VERSION} is not supported (hub speaks 1)"',
+        ),
         (
             422,
             '{"error":"invalid_request","message":"invalid SyncRequest: entries.1.seq: Field '
@@ -320,5 +330,6 @@ async def test_protocol_1_hub_gets_protocol_1(
     seqs = await device.store.append_many("event", [{"n": i} for i in range(100)])
     result = await device.syncer.sync_once()
     assert result.drained and result.acked_seq == seqs[-1]
-    assert protocols[0] == 2 and set(protocols[1:]) == {1} and device.syncer.protocol == 1
+    assert protocols[0] == PROTOCOL_VERSION and set(protocols[1:]) == {1}
+    assert device.syncer.protocol == 1
     assert [s for s, _, _ in hub.events(device.identity.device_id)] == seqs

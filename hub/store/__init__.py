@@ -116,6 +116,10 @@ class HubStore(ABC):
         Raises Forbidden when the device is unknown or disabled (nothing stored).
         """
 
+    @abstractmethod
+    async def device_features(self, device_id: str) -> frozenset[str] | None:
+        """Return the target features the device's agent reported (None: never reported)."""
+
     # targets ------------------------------------------------------------------------
 
     @abstractmethod

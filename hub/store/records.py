@@ -153,6 +153,9 @@ class SyncBatch:
     status: StatusSnapshot | None
     applied_revision: int
     known_target_revision: int
+    epoch: str = ""  # the agent store's generation (protocol 3); "" before
+    protocol: int = 0
+    features: tuple[str, ...] | None = None  # what the agent understands; None: unchanged
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from edge_agent.protocol import SignedTarget
+from edge_agent.protocol import INT64_MAX, SignedTarget
 from hub.auth import check_enrollment_token
-from hub.errors import Conflict, Forbidden, NotFound, StoreError
+from hub.errors import Conflict, Forbidden, InvalidRequest, NotFound, StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
 from hub.store import HubStore
 from hub.store import sqlite_rows as rows
@@ -296,33 +297,27 @@ class SqliteStore(HubStore):
     async def ingest_sync(self, device_id: str, batch: SyncBatch, now: datetime) -> SyncResult:
         """Store entries once each, merge the status, advance the ack; one transaction."""
         received = rows.ts(now)
-        # Entries come validated and serialized (``EntryRow``): the writer only runs SQL.
-        entry_rows = [(device_id, s, k, c, received, p) for s, k, c, p in batch.entries]
-        last_seq = batch.entries[-1][0] if batch.entries else 0
         applied = _applied_revision(batch)
         status = batch.status
 
         def job(db: sqlite3.Connection) -> tuple[int, int, bool, int]:
             row = db.execute(
-                f"SELECT disabled, acked_seq, target_revision, has_full_status, "
+                f"SELECT disabled, target_revision, has_full_status, "
                 f"{', '.join(STATUS_FIELDS)} FROM devices WHERE id = ?",
                 (device_id,),
             ).fetchone()
             if row is None:
                 raise Forbidden(f"device {device_id!r} is not enrolled")
-            disabled, acked, target_revision, has_full, *current = row
+            disabled, target_revision, has_full, *current = row
             if disabled:
                 raise Forbidden(f"device {device_id!r} is disabled")
-            inserted = 0
-            if entry_rows:
-                before = db.total_changes
-                db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?)", entry_rows)
-                inserted = db.total_changes - before
-                # Entries arrive in seq order; everything up to the batch's last seq is now
-                # durable (gaps are entries the agent dropped and will never send).
-                acked = max(acked, last_seq)
-            sets = ["last_contact = ?", "acked_seq = ?", "applied_revision = ?"]
-            args: list[Any] = [received, acked, applied]
+            space = _seq_space(db, device_id, batch.epoch)
+            inserted = _insert_entries(db, device_id, space, batch.entries, received)
+            sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
+            args: list[Any] = [received, applied, batch.protocol]
+            if batch.features is not None:
+                sets.append("features = ?")
+                args.append(rows.dumps(sorted(set(batch.features))))
             if status is not None:
                 sets_s, args_s = _status_update(
                     dict(zip(STATUS_FIELDS, current, strict=True)), status, received
@@ -331,7 +326,7 @@ class SqliteStore(HubStore):
                 args += args_s
                 has_full = has_full or status.full
             db.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*args, device_id))
-            return acked, target_revision, bool(has_full), inserted
+            return space.acked, target_revision, bool(has_full), inserted
 
         acked, target_revision, has_full, inserted = await self._w.submit(job)
         target = None
@@ -339,6 +334,13 @@ class SqliteStore(HubStore):
             record = await self.get_target(device_id)
             target = record.signed if record is not None else None
         return SyncResult(acked, target, not has_full, inserted)
+
+    async def device_features(self, device_id: str) -> frozenset[str] | None:
+        """Return the target features the device's agent reported (None: never reported)."""
+        found = await self._read("SELECT features FROM devices WHERE id = ?", (device_id,))
+        if not found or found[0][0] is None:
+            return None
+        return frozenset(rows.loads(found[0][0]))
 
     # targets ------------------------------------------------------------------------
 
@@ -353,16 +355,18 @@ class SqliteStore(HubStore):
 
         def job(db: sqlite3.Connection) -> TargetRecord:
             row = db.execute(
-                "SELECT disabled, target_revision, applied_revision FROM devices WHERE id = ?",
-                (device_id,),
+                "SELECT disabled, target_revision FROM devices WHERE id = ?", (device_id,)
             ).fetchone()
             if row is None:
                 raise NotFound(f"no device {device_id!r}")
-            disabled, target_revision, applied_revision = row
+            disabled, target_revision = row
             if disabled:
                 raise Conflict(f"device {device_id!r} is disabled")
-            # Revisions only grow, also past what the device applied (e.g. after a restore).
-            revision = max(target_revision, applied_revision) + 1
+            # The hub's own sequence alone: nothing a device reports (its applied revision,
+            # a technician's local apply) can make two targets share a number or overflow.
+            if target_revision >= INT64_MAX:
+                raise Conflict(f"device {device_id!r} has used up its target revisions")
+            revision = target_revision + 1
             signed = build(revision)
             db.execute(
                 "INSERT INTO targets VALUES (?,?,?,?,?)",
@@ -444,6 +448,83 @@ def _status_update(
     if status.full:
         sets.append("has_full_status = 1")
     return sets, args
+
+
+@dataclass
+class _SeqSpace:
+    """Where a device's current store generation lives among the hub's seqs.
+
+    hub seq = device seq + offset, for device seqs above floor (at or below it, the
+    generation's entries are already held from an earlier visit); acked is in the
+    device's numbers; high is the highest hub seq stored for the device.
+    """
+
+    epoch: str
+    offset: int
+    floor: int
+    acked: int
+    high: int
+
+
+def _seq_space(db: sqlite3.Connection, device_id: str, epoch: str) -> _SeqSpace:
+    """Return the device's sequence space for ``epoch``, opening it if it is not current.
+
+    A new generation (a wiped store, or another store with this identity) gets seqs
+    above everything the hub holds, so no entry is taken for a duplicate of another
+    generation's; the generation it replaces keeps its acked position in device_epochs.
+    """
+    cur, offset, floor, acked, high = db.execute(
+        "SELECT store_epoch, seq_offset, seq_floor, acked_seq, seq_high FROM devices WHERE id = ?",
+        (device_id,),
+    ).fetchone()
+    if cur == epoch:
+        return _SeqSpace(epoch, offset, floor, acked, high)
+    db.execute(
+        "INSERT INTO device_epochs VALUES (?,?,?) ON CONFLICT(device_id, epoch) "
+        "DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+        (device_id, cur, acked),
+    )
+    seen = db.execute(
+        "SELECT acked_seq FROM device_epochs WHERE device_id = ? AND epoch = ?",
+        (device_id, epoch),
+    ).fetchone()
+    before = seen[0] if seen else 0
+    return _SeqSpace(epoch, high - before, before, before, high)
+
+
+def _insert_entries(
+    db: sqlite3.Connection,
+    device_id: str,
+    space: _SeqSpace,
+    entries: list[tuple[int, str, str, str]],
+    received: str,
+) -> int:
+    """Store the entries in ``space`` once each; update the device's position; return how many."""
+    fresh = [e for e in entries if e[0] > space.floor]
+    if fresh and fresh[-1][0] + space.offset > INT64_MAX:
+        raise InvalidRequest(
+            f"entries: seq {fresh[-1][0]} is beyond this device's sequence space on the hub",
+            fields=[{"field": "entries", "message": "seq out of range"}],
+        )
+    inserted = 0
+    if fresh:
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?)",
+            [(device_id, s + space.offset, k, c, received, p) for s, k, c, p in fresh],
+        )
+        inserted = db.total_changes - before
+        space.high = max(space.high, fresh[-1][0] + space.offset)
+    if entries:
+        # Entries arrive in seq order; everything up to the batch's last seq is now durable
+        # (gaps are entries the agent dropped and will never send).
+        space.acked = max(space.acked, entries[-1][0])
+    db.execute(
+        "UPDATE devices SET store_epoch = ?, seq_offset = ?, seq_floor = ?, acked_seq = ?, "
+        "seq_high = ? WHERE id = ?",
+        (space.epoch, space.offset, space.floor, space.acked, space.high, device_id),
+    )
+    return inserted
 
 
 def _applied_revision(batch: SyncBatch) -> int:

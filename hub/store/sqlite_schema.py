@@ -73,6 +73,28 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ],
     ),
     (
+        2,
+        "store epochs per device; device protocol and features",
+        [
+            # The device's current store generation and how its seqs map to the hub's:
+            # hub seq = device seq + seq_offset, for device seqs above seq_floor.
+            "ALTER TABLE devices ADD COLUMN store_epoch TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE devices ADD COLUMN seq_offset INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE devices ADD COLUMN seq_floor INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE devices ADD COLUMN seq_high INTEGER NOT NULL DEFAULT 0",
+            "UPDATE devices SET seq_high = (SELECT COALESCE(MAX(seq), 0) FROM events "
+            "WHERE events.device_id = devices.id)",
+            """CREATE TABLE device_epochs (
+                device_id TEXT NOT NULL,
+                epoch TEXT NOT NULL,
+                acked_seq INTEGER NOT NULL,
+                PRIMARY KEY (device_id, epoch)
+            ) WITHOUT ROWID""",
+            "ALTER TABLE devices ADD COLUMN protocol INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE devices ADD COLUMN features TEXT",
+        ],
+    ),
+    (
         3,
         "devices: running and applying revisions reported apart, rollout state",
         [

@@ -183,8 +183,109 @@ async def test_protocol_versions_and_implied_fields_are_checked(
     # Protocol 2: the first entry has nothing to follow.
     status, body = await sync(hub, device, {"protocol": 2, "entries": short[1:]})
     assert status == 422 and body["fields"][0]["field"] == "entries.0.seq"
-    status, body = await sync(hub, device, {"protocol": 3, "entries": []})
+    status, body = await sync(hub, device, {"protocol": 99, "entries": []})
     assert status == 400 and body["fields"][0]["field"] == "protocol"
     status, body = await sync(hub, device, {"protocol": 1, "entries": entries(1, 2)})
     assert status == 200 and body["acked_seq"] == 2
     assert await stored(hub, device.device_id) == [1, 2]
+
+
+async def test_device_reported_revision_cannot_break_set_target(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 8: a device reporting revision 2^63-1 once made every set-target a 500."""
+    top = 2**63 - 1
+    body = {"entries": [], "applied_revision": top, "status": {"applied_revision": top}}
+    assert (await sync(hub, device, body))[0] == 200
+    first = await hub.set_target(
+        device.device_id,
+        {
+            "name": "app",
+            "version": "1",
+            "services": [{"name": "web", "image": "127.0.0.1:5000/busybox:1"}],
+        },
+    )
+    second = await hub.set_target(
+        device.device_id,
+        {
+            "name": "app",
+            "version": "2",
+            "services": [{"name": "web", "image": "127.0.0.1:5000/busybox:1"}],
+        },
+    )
+    assert (first, second) == (1, 2)  # the hub's own sequence, not the device's number
+
+
+async def test_target_needing_a_feature_the_agent_lacks_is_refused(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 1: the hub never sets a target the device's agent cannot understand."""
+    release = {
+        "name": "app",
+        "version": "1",
+        "services": [
+            {"name": "db", "image": "127.0.0.1:5000/busybox:1"},
+            {"name": "web", "image": "127.0.0.1:5000/busybox:1", "depends_on": {"db": {}}},
+        ],
+    }
+    # An agent that never reported features (protocol 2) understands the baseline.
+    assert await hub.set_target(device.device_id, release) == 1
+    body = {"protocol": 3, "epoch": "e1", "features": ["healthcheck"], "entries": []}
+    assert (await sync(hub, device, body))[0] == 200
+    path = f"/api/v1/devices/{device.device_id}/target"
+    status, refused = await hub.api("POST", path, {"release": release})
+    assert status == 409 and "depends_on" in refused["message"]
+    assert refused["fields"] == [{"field": "release", "message": "needs feature depends_on"}]
+    plain = {**release, "services": release["services"][:1]}
+    assert await hub.set_target(device.device_id, plain) == 2
+    _, audit = await hub.api("GET", "/api/v1/audit?limit=1000")
+    rejected = [a for a in audit["audit"] if a["action"] == "target.set" and a["outcome"] != "ok"]
+    assert rejected and "depends_on" in rejected[-1]["detail"]["reason"]
+
+
+async def test_target_is_held_from_an_agent_that_lost_a_feature(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 1: a target set for a capable agent is not delivered to a downgraded one."""
+    release = {
+        "name": "app",
+        "version": "1",
+        "services": [
+            {"name": "web", "image": "127.0.0.1:5000/busybox:1", "healthcheck": {"test": ["NONE"]}}
+        ],
+    }
+    assert await hub.set_target(device.device_id, release) == 1
+    downgraded = {"protocol": 3, "epoch": "e1", "features": ["depends_on"], "entries": []}
+    status, body = await sync(hub, device, downgraded)
+    assert status == 200 and body["target"] is None
+    ctx = device.ssl_context()
+    for query in ("after=0&wait=0.2&features=depends_on", "after=0&wait=0.2"):
+        status, _ = await hub.request("GET", f"/v1/target?{query}", ssl_context=ctx)
+        assert status == 204, query
+    status, _ = await hub.request(
+        "GET", "/v1/target?after=0&wait=0.2&features=healthcheck", ssl_context=ctx
+    )
+    assert status == 200
+    status, body = await sync(hub, device, {**downgraded, "features": ["healthcheck"]})
+    assert status == 200 and body["target"] is not None
+
+
+async def test_store_epochs_never_collide_and_a_returning_epoch_skips_what_it_sent(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Issue 7 item 7: each store generation gets its own seqs on the hub."""
+
+    async def send(epoch: str, *seqs: int) -> int:
+        body = {"protocol": 3, "epoch": epoch, "entries": entries(*seqs)}
+        status, answer = await sync(hub, device, body)
+        assert status == 200, answer
+        return int(answer["acked_seq"])
+
+    assert await send("a", 1, 2, 3) == 3
+    assert await send("b", 1, 2) == 2  # a wiped store: fewer seqs, none a duplicate
+    assert await send("a", 3, 4, 5) == 5  # back again: 3 was delivered already
+    _status, body = await hub.api("GET", f"/api/v1/devices/{device.device_id}/events")
+    got = [(e["seq"], e["payload"]["n"]) for e in body["events"]]
+    assert got == [(1, 1), (2, 2), (3, 3), (4, 1), (5, 2), (6, 4), (7, 5)]
+    assert await send("b", 2, 3) == 3  # b resumes above its own position
+    assert (await stored(hub, device.device_id))[-1] == 8

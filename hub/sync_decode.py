@@ -1,0 +1,194 @@
+"""Decode one POST /v1/sync body into rows to store: pure, bounded, and safe to run anywhere.
+
+Runs inline for small bodies and in a worker process for large ones (``hub.offload``),
+so it takes and returns only picklable values. The order of the checks bounds the work
+a hostile body can cause: inflate within ``max_decompressed``; parse JSON; refuse
+non-finite numbers; count entries before any model is built; validate (fast path for
+the agent's own shape, else the ``SyncRequest`` model with a capped list of errors).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, get_args
+
+import pydantic_core
+from pydantic import TypeAdapter, ValidationError
+
+from edge_agent.protocol import (
+    INT64_MAX,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    OutboxKind,
+    SyncRequest,
+)
+from hub.errors import HubError, InvalidRequest, PayloadTooLarge
+from hub.store.records import EntryRow, entry_row, iso_utc
+from hub.wire import inflate, parse
+
+Decoded = tuple[SyncRequest, list[EntryRow]]
+# Bytes that may spell a non-finite number (NaN, Infinity, 1e999, a 309-digit integer
+# part): only a body containing one is walked for them.
+_MAYBE_NON_FINITE = re.compile(rb"NaN|Infinity|[eE][+]?0*[1-9]\d{2}|\d{309}")
+
+
+@dataclass(frozen=True)
+class SyncBounds:
+    """The limits one sync body is decoded within (from ``limits.*``)."""
+
+    max_decompressed: int
+    max_entries: int
+    max_error_fields: int = 20
+
+
+def decode_sync(raw: bytes, encoding: str, bounds: SyncBounds) -> Decoded:
+    """Return the request (without entries) and its entries as rows; raise HubError."""
+    return decode_sync_body(inflate(raw, encoding, bounds.max_decompressed), bounds)
+
+
+def decode_sync_body(body: bytes, bounds: SyncBounds) -> Decoded:
+    """Return the request and rows of an already inflated body; raise HubError."""
+    try:
+        doc = pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"request body is not JSON: {exc}",
+            fields=[{"field": "(body)", "message": str(exc), "type": "json_invalid"}],
+            status=400,
+        ) from None
+    if _MAYBE_NON_FINITE.search(body):
+        _refuse_non_finite(doc)
+    if type(doc) is dict:
+        _check_entry_count(doc.get("entries"), bounds.max_entries)
+    fast = _fast_sync(doc)
+    if fast is not None:
+        return fast
+    # The JSON mode of the model, as for every other body: its messages say "object".
+    req = parse(SyncRequest, body, bounds.max_error_fields)
+    return req.model_copy(update={"entries": []}), [entry_row(e) for e in req.entries]
+
+
+def decode_sync_job(raw: bytes, encoding: str, bounds: SyncBounds) -> tuple[Any, ...]:
+    """Run ``decode_sync`` in a worker process: ("ok", req, rows) or ("error", ...)."""
+    try:
+        req, rows = decode_sync(raw, encoding, bounds)
+    except HubError as exc:
+        return ("error", type(exc).__name__, exc.message, exc.fields, exc.status)
+    return ("ok", req, rows)
+
+
+def job_result(result: tuple[Any, ...]) -> Decoded:
+    """Return what ``decode_sync_job`` decoded, or raise the error it reported."""
+    if result[0] == "ok":
+        return result[1], result[2]
+    _, name, message, fields, status = result
+    if name == "PayloadTooLarge":
+        raise PayloadTooLarge(message, fields=fields)
+    raise InvalidRequest(message, fields=fields, status=status)
+
+
+def _check_entry_count(entries: Any, max_entries: int) -> None:
+    if type(entries) is list and len(entries) > max_entries:
+        raise PayloadTooLarge(
+            f"batch of {len(entries)} entries is over the hub's limit of {max_entries} "
+            "(limits.max_entries_per_batch); split the batch"
+        )
+
+
+def _refuse_non_finite(doc: Any) -> None:
+    """Raise InvalidRequest naming the first NaN or infinite number in ``doc``."""
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    while stack:
+        value, path = stack.pop()
+        if type(value) is float and not math.isfinite(value):
+            field = path or "(body)"
+            raise InvalidRequest(
+                f"{field}: NaN and infinite numbers are not JSON",
+                fields=[{"field": field, "message": "must be a finite number"}],
+            )
+        if type(value) is dict:
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in value.items())
+        elif type(value) is list:
+            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value))
+
+
+_KINDS = frozenset(get_args(OutboxKind))
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+_MISSING: Any = object()
+
+
+def _fast_sync(doc: Any) -> Decoded | None:
+    """Return the request and rows if every entry is plainly valid, else None.
+
+    The entries of a large batch are the hub's hot path, so a request in the shape the
+    agent sends is checked by hand and turned straight into store rows. Anything this
+    does not accept as it is goes through the ``SyncRequest`` model, which alone decides
+    whether it is valid and names every bad field: this path never accepts what the
+    model refuses, and yields the rows the model's would.
+    """
+    if type(doc) is not dict:
+        return None
+    entries = doc.get("entries", [])
+    protocol = doc.get("protocol", PROTOCOL_VERSION)
+    if (
+        type(entries) is not list
+        or type(protocol) is not int
+        or not MIN_PROTOCOL_VERSION <= protocol <= PROTOCOL_VERSION
+    ):
+        return None
+    try:
+        head = SyncRequest.model_validate({**doc, "entries": []})
+    except ValidationError:
+        return None
+    rows = _fast_rows(entries, implied="protocol" in doc and protocol >= 2)
+    return None if rows is None else (head, rows)
+
+
+def _fast_rows(entries: list[Any], *, implied: bool) -> list[EntryRow] | None:
+    rows: list[EntryRow] = []
+    append = rows.append
+    to_json = pydantic_core.to_json
+    kinds = _KINDS
+    prev_seq = 0  # 0 only before the first entry (seqs are >= 1)
+    prev_at: Any = _MISSING
+    at_text = ""
+    for e in entries:
+        if type(e) is not dict:
+            return None
+        seq = e.get("seq", _MISSING)
+        at = e.get("created_at", _MISSING)
+        kind = e.get("kind")
+        payload = e.get("payload")
+        n_keys = 4
+        if seq is _MISSING:
+            if not (implied and prev_seq) or prev_seq >= INT64_MAX:
+                return None
+            seq = prev_seq + 1
+            n_keys -= 1
+        elif type(seq) is not int or not prev_seq < seq <= INT64_MAX:
+            return None  # also: >= 1, and strictly increasing
+        if at is _MISSING:
+            if not (implied and prev_seq):
+                return None
+            n_keys -= 1
+        elif at != prev_at:
+            if type(at) is not str:
+                return None
+            try:
+                at_text = iso_utc(_DATETIME.validate_python(at))
+            except (ValidationError, OverflowError, ValueError):
+                return None  # the model names the field
+            prev_at = at
+        if (
+            type(kind) is not str
+            or kind not in kinds
+            or type(payload) is not dict
+            or len(e) != n_keys  # a key the model does not know
+        ):
+            return None
+        append((seq, kind, at_text, to_json(payload).decode()))
+        prev_seq = seq
+    return rows
