@@ -20,7 +20,7 @@ from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
 from hub.context import HUB, HubContext
 from hub.pki import HubPKI
 from hub.store import open_store
-from hub.wire import error_middleware
+from hub.wire import BODY_TIMEOUT, error_middleware
 
 log = logging.getLogger("hub")
 GC_YOUNG_THRESHOLD = 20_000
@@ -61,6 +61,7 @@ def create_app(config: HubConfig) -> web.Application:
         client_max_size=config.limits.max_decompressed_bytes,
     )
     app[HUB] = context
+    app[BODY_TIMEOUT] = config.server.body_timeout_s
     app[CONNECTIONS] = ConnectionGuard(config.server, pki.server_ssl_context())
     app.router.add_get("/healthz", healthz)
     app.add_routes(device_api.routes)

@@ -10,6 +10,7 @@ Example (every key optional except ``server.data_dir``)::
     tls_handshake_timeout_s = 10  # a connection must finish TLS within this ...
     header_timeout_s = 10         # ... then send a request's headers within this
     keepalive_timeout_s = 75      # an idle kept-alive connection is closed after this
+    body_timeout_s = 60           # a request's body must arrive within this (else 408)
     max_connections_per_source = 4096  # concurrent connections of one peer address
 
     [store]
@@ -76,6 +77,8 @@ class ServerConfig(_Section):
     header_timeout_s: float = Field(10.0, gt=0, le=600)
     keepalive_timeout_s: float = Field(75.0, gt=0, le=3600)
     max_connections_per_source: int = Field(4096, ge=1)
+    # A request's body must arrive within this once its headers did (hub.wire.read_raw).
+    body_timeout_s: float = Field(60.0, gt=0, le=3600)
 
 
 class StoreConfig(_Section):

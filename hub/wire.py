@@ -7,6 +7,7 @@ size: a small gzip bomb must not become a large allocation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from typing import Any, TypeVar
@@ -21,6 +22,9 @@ from hub.errors import HubError, InvalidRequest, PayloadTooLarge
 M = TypeVar("M", bound=BaseModel)
 MAX_ERROR_FIELDS = 20  # default of limits.max_error_fields
 log = logging.getLogger(__name__)
+# How long a request's body may take to arrive once its headers did (server.body_timeout_s).
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
+DEFAULT_BODY_TIMEOUT_S = 60.0
 
 
 async def read_raw(request: web.Request, max_bytes: int) -> bytes:
@@ -29,10 +33,19 @@ async def read_raw(request: web.Request, max_bytes: int) -> bytes:
     if length is not None and length > max_bytes:
         raise _too_large(length, max_bytes, "limits.max_body_bytes")
     buf = bytearray()
-    async for chunk in request.content.iter_any():
-        buf += chunk
-        if len(buf) > max_bytes:
-            raise _too_large(len(buf), max_bytes, "limits.max_body_bytes")
+    timeout_s = request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                buf += chunk
+                if len(buf) > max_bytes:
+                    raise _too_large(len(buf), max_bytes, "limits.max_body_bytes")
+    except TimeoutError:
+        raise InvalidRequest(
+            f"request body not received within {timeout_s:g} s "
+            f"({len(buf)} bytes arrived; server.body_timeout_s)",
+            status=408,
+        ) from None
     return bytes(buf)
 
 

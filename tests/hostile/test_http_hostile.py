@@ -152,3 +152,32 @@ async def test_long_poll_keeps_its_own_bound_beyond_the_header_timeout(
     )
     assert status == 204
     assert time.monotonic() - started >= wait - 0.1
+
+
+async def test_body_trickler_gets_408_within_the_body_bound(tmp_path: Path) -> None:
+    body_s = 1.0
+    trickle_hub = start_hub(tmp_path / "hub", sections={"server": {"body_timeout_s": body_s}})
+    try:
+        reader, writer = await _tls(trickle_hub)
+        head = (
+            "POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 60000\r\n\r\n"
+        )
+        writer.write(head.encode() + b'{"token": "')
+        started = time.monotonic()
+        answer = asyncio.ensure_future(reader.read(65536))
+        for _ in range(200):  # a byte every 0.1 s: the body would take hours
+            if answer.done():
+                break
+            writer.write(b"a")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            await asyncio.sleep(0.1)
+        reply = await asyncio.wait_for(answer, SLACK_S)
+        took = time.monotonic() - started
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"server.body_timeout_s" in reply
+        assert body_s <= took <= body_s + SLACK_S
+    finally:
+        assert trickle_hub.stop() == 0, trickle_hub.log()[-3000:]
