@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import itertools
 import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -45,6 +47,7 @@ from edge_agent.protocol import (
 )
 from hub.auth import (
     check_enrollment_token,
+    peer_cert,
     require_cert,
     require_newest,
     require_peer,
@@ -178,9 +181,11 @@ async def _enrolled_device(hub: HubContext, request: web.Request) -> DeviceRecor
 async def renew(request: web.Request) -> web.Response:
     """Issue a fresh client certificate for the calling device's new CSR."""
     hub = ctx(request)
-    peer = await require_peer(request, hub.store, renewing=True)
-    req = parse(RenewRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
-    issued = await _renew_device(hub, peer.device_id, peer.serial, req.csr_pem, "mtls")
+    peer = peer_cert(request)
+    async with _renewal_refusals_audited(hub, request, peer.device_id if peer else "", "mtls"):
+        peer = await require_peer(request, hub.store, renewing=True)
+        req = parse(RenewRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
+        issued = await _renew_device(hub, peer.device_id, peer.serial, req.csr_pem, "mtls")
     return respond(RenewResponse(certificate_pem=issued.pem))
 
 
@@ -196,17 +201,41 @@ async def renew_challenge(request: web.Request) -> web.Response:
 async def renew_expired(request: web.Request) -> web.Response:
     """Renew a recently expired certificate, proven by its key (see ``hub.renewal``)."""
     hub = ctx(request)
-    req = parse(ExpiredRenewRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
-    now = hub.now()
-    check_challenge(hub.pki.challenge_secret(), req.challenge, req.device_id, now)
-    cert = load_issued_cert(req.certificate_pem, hub.pki.ca_cert, req.device_id)
-    message = renewal_proof_message(req.device_id, req.challenge, req.csr_pem)
-    verify_proof(cert, message, req.signature_b64)
-    grace = dt.timedelta(days=hub.config.pki.renew_grace_days)
-    check_grace(cert.not_valid_after_utc, now, grace)
-    serial = serial_hex(cert.serial_number)
-    issued = await _renew_device(hub, req.device_id, serial, req.csr_pem, "expired")
+    async with _renewal_refusals_audited(hub, request, "", "expired"):
+        req = parse(ExpiredRenewRequest, await read_body(request, SMALL_BODY, SMALL_BODY))
+    async with _renewal_refusals_audited(hub, request, req.device_id, "expired"):
+        now = hub.now()
+        check_challenge(hub.pki.challenge_secret(), req.challenge, req.device_id, now)
+        cert = load_issued_cert(req.certificate_pem, hub.pki.ca_cert, req.device_id)
+        message = renewal_proof_message(req.device_id, req.challenge, req.csr_pem)
+        verify_proof(cert, message, req.signature_b64)
+        grace = dt.timedelta(days=hub.config.pki.renew_grace_days)
+        check_grace(cert.not_valid_after_utc, now, grace)
+        serial = serial_hex(cert.serial_number)
+        issued = await _renew_device(hub, req.device_id, serial, req.csr_pem, "expired")
     return respond(RenewResponse(certificate_pem=issued.pem))
+
+
+@contextlib.asynccontextmanager
+async def _renewal_refusals_audited(
+    hub: HubContext, request: web.Request, device_id: str, via: str
+) -> AsyncIterator[None]:
+    """Audit a refused renewal (aggregated per source, like refused enrollments)."""
+    try:
+        yield
+    except HubError as exc:
+        await audit_refusal(
+            request,
+            AuditRecord(
+                actor=f"device:{device_id[:128]}" if device_id else "anonymous",
+                action="device.renew",
+                target=device_id[:128] or "-",
+                outcome="denied",
+                at=hub.now(),
+                detail={"reason": exc.code, "via": via, "peer": request.remote or ""},
+            ),
+        )
+        raise
 
 
 async def _renew_device(

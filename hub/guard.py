@@ -1,9 +1,9 @@
 """Refusing unauthenticated clients cheaply: per-source rate limit and refusal audit.
 
 ``guard_middleware`` answers 429 (``Retry-After``) to a source whose failure bucket is
-empty, before any work, on the routes that take credentials (enrollment and the
-operator API); every refused credential charges the source. Refusal audit rows go
-through ``RefusalAudit`` (aggregated, counted, never dropped).
+empty, before any work, on the routes that take credentials (enrollment, certificate
+renewal and the operator API); every refused credential charges the source. Refusal
+audit rows go through ``RefusalAudit`` (aggregated, counted, never dropped).
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ async def audit_refusal(request: web.Request, record: AuditRecord) -> None:
 def _guarded_action(request: web.Request) -> str | None:
     if request.path == "/v1/enroll":
         return "device.enroll"
+    if request.path.startswith("/v1/renew"):
+        return "device.renew"
     if request.path.startswith("/api/"):
         return "operator.request"
     return None

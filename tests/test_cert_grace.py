@@ -139,7 +139,10 @@ async def test_expired_certificate_beyond_grace_is_refused_with_a_clear_error(
         assert "pki.renew_grace_days" in refused.value.message
         assert "re-enroll" in refused.value.message
         assert ident.cert_path.read_bytes() == old_cert  # nothing changed on the device
-        assert _audit(hub, "device.renew") == []  # nor on the hub
+        # Nothing changed on the hub either; the refusal itself is audited.
+        (refusal,) = _audit(hub, "device.renew")
+        assert refusal["outcome"] == "denied"
+        assert refusal["detail"]["reason"] == "certificate_expired"
     finally:
         hub.stop()
 
