@@ -26,7 +26,8 @@ from pydantic import (
 from edge_agent.errors import InvalidDocument
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Any name Docker accepts in an environment: no "=", no NUL (dotted names included).
+ENV_KEY_RE = re.compile(r"^[^=\x00]{1,1024}$")
 
 # Labels on every object the agent creates. The agent never touches an object without
 # LABEL_MANAGED == "edgefleet" and LABEL_DEVICE == its own device id.
@@ -114,9 +115,24 @@ class RegistryAuth(Strict):
 
 
 class Dependency(Strict):
-    """Start after the named service is started, or healthy."""
+    """Start after the named service is started, healthy, or has exited 0 (``completed``)."""
 
-    condition: Literal["started", "healthy"] = "started"
+    condition: Literal["started", "healthy", "completed"] = "started"
+
+
+class DeviceMapping(Strict):
+    """A host device made available in the container (``/dev/ttyUSB0:/dev/ttyUSB0:rwm``)."""
+
+    host: str = Field(min_length=2, max_length=4096, pattern=r"^/")
+    container: str = Field(min_length=2, max_length=4096, pattern=r"^/")
+    permissions: str = Field("rwm", pattern=r"^[rwm]{1,3}$")
+
+
+class LogLimits(Strict):
+    """Bounds of the engine's own log file of a container (json-file driver options)."""
+
+    max_size_bytes: int | None = Field(None, ge=1024)
+    max_files: int | None = Field(None, ge=1, le=1000)
 
 
 class Service(Strict):
@@ -136,6 +152,28 @@ class Service(Strict):
     cpus: float | None = Field(None, gt=0, le=1024)
     depends_on: dict[str, Dependency] = Field(default_factory=dict)
     stop_timeout_s: float = Field(10.0, ge=0, le=600)
+    # Container options (feature "container_options"; see protocol.FEATURE_TESTS). Each is
+    # part of config_hash only when set, so a service using none keeps its old hash.
+    user: str | None = Field(None, min_length=1, max_length=256)
+    working_dir: str | None = Field(None, pattern=r"^/", max_length=4096)
+    hostname: str | None = Field(None, min_length=1, max_length=253)
+    aliases: list[str] = Field(default_factory=list, max_length=64)  # extra network aliases
+    expose: list[str] = Field(default_factory=list)  # "8080" or "8080/udp"
+    cap_add: list[str] = Field(default_factory=list)
+    cap_drop: list[str] = Field(default_factory=list)
+    devices: list[DeviceMapping] = Field(default_factory=list)
+    privileged: bool = False
+    network_mode: Literal["bridge", "host"] = "bridge"  # bridge: the release's networks
+    networks: list[Name] = Field(default_factory=list)  # release networks; [] = ["default"]
+    tmpfs: dict[str, str] = Field(default_factory=dict)  # container path -> mount options
+    read_only: bool = False
+    extra_hosts: list[str] = Field(default_factory=list)  # "name:address"
+    dns: list[str] = Field(default_factory=list)
+    sysctls: dict[str, str] = Field(default_factory=dict)
+    security_opt: list[str] = Field(default_factory=list)
+    stop_signal: str | None = Field(None, min_length=1, max_length=32)
+    init: bool = False
+    log_limits: LogLimits | None = None
 
     @field_validator("environment")
     @classmethod
@@ -153,11 +191,42 @@ class Service(Strict):
             raise ValueError(f"labels under io.edgefleet. are reserved: {', '.join(bad)}")
         return v
 
+    def hashed_extras(self) -> set[str]:
+        """Return which later-added options this service sets ({"container_options"} or {})."""
+        doc = self.model_dump(mode="json", include=set(_HASHED_WHEN_SET) - {"networks"})
+        used = any(doc[name] != _SERVICE_DEFAULTS[name] for name in doc)
+        return {"container_options"} if used else set()
+
     def config_hash(self) -> str:
-        """Return a stable hash of everything that requires recreating the container."""
+        """Return a stable hash of everything that requires recreating the container.
+
+        Fields added after the first release count only when set (not at their default),
+        so upgrading the agent never recreates a container whose service uses none.
+        """
         doc = self.model_dump(mode="json", exclude={"depends_on"})
+        for name in _HASHED_WHEN_SET:
+            if doc.get(name) == _SERVICE_DEFAULTS[name]:
+                del doc[name]
         raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# Service fields that joined after the first release: hashed only when not at default.
+_HASHED_WHEN_SET = (
+    "user", "working_dir", "hostname", "aliases", "expose", "cap_add", "cap_drop",
+    "devices", "privileged", "network_mode", "networks", "tmpfs", "read_only",
+    "extra_hosts", "dns", "sysctls", "security_opt", "stop_signal", "init", "log_limits",
+)  # fmt: skip
+_SERVICE_DEFAULTS = {
+    name: Service.model_fields[name].get_default(call_default_factory=True)
+    for name in _HASHED_WHEN_SET
+}
+
+
+class NetworkSpec(Strict):
+    """A network of a release besides ``default`` (scoped to the device, like it)."""
+
+    internal: bool = False
 
 
 class Release(Strict):
@@ -167,6 +236,8 @@ class Release(Strict):
     version: str = Field(min_length=1, max_length=128)
     services: list[Service] = Field(min_length=1, max_length=256)
     registry_auth: list[RegistryAuth] = Field(default_factory=list)
+    # Networks besides "default" (feature "networks"); services name them in ``networks``.
+    networks: dict[Name, NetworkSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _graph(self) -> Release:
@@ -175,7 +246,13 @@ class Release(Strict):
         if dupes:
             raise ValueError(f"duplicate service name(s): {', '.join(dupes)}")
         known = set(names)
+        networks = {"default", *self.networks}
         for s in self.services:
+            unknown_nets = sorted(set(s.networks) - networks)
+            if unknown_nets:
+                raise ValueError(
+                    f"service {s.name!r} joins unknown network(s): {', '.join(unknown_nets)}"
+                )
             missing = sorted(set(s.depends_on) - known)
             if missing:
                 raise ValueError(f"service {s.name!r} depends on unknown {', '.join(missing)}")

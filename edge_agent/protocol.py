@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge_agent.models import Target
+from edge_agent.models import Service, Target
 
 # 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
 #    ``created_at`` (then it is the previous entry's); the first entry carries both.
@@ -43,9 +43,21 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
     "registry_auth": lambda t: bool(t.release.registry_auth),
     "overrides": lambda t: bool(t.overrides),
     "expires_at": lambda t: t.expires_at is not None,
+    "container_options": lambda t: any(_uses_container_options(s) for s in t.release.services),
+    "networks": lambda t: bool(t.release.networks),
+    "completed_dependency": lambda t: any(
+        d.condition == "completed" for s in t.release.services for d in s.depends_on.values()
+    ),
 }
-BASELINE_FEATURES = frozenset(FEATURE_TESTS)
-AGENT_FEATURES = frozenset(FEATURE_TESTS)  # what this agent understands
+BASELINE_FEATURES = frozenset(
+    {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
+)
+# What this agent understands: a feature joins when the agent implements it.
+AGENT_FEATURES = BASELINE_FEATURES
+
+
+def _uses_container_options(service: Service) -> bool:
+    return "container_options" in service.hashed_extras()
 
 
 def required_features(target: Target) -> set[str]:
