@@ -181,15 +181,20 @@ class Agent:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         await self._drain()  # events in flight are written before the loops stop
+        log.debug("stop: cancelling the background tasks")
         await self.tasks.stop()
         await self._drain()
         if self.lifecycle is not None:
+            log.debug("stop: closing the target lifecycle")
             await self.lifecycle.close()
         if self.hub_link is not None:
+            log.debug("stop: closing the hub link")
             await self.hub_link.close()
         for runner in self._runners:
+            log.debug("stop: closing the local API")
             await runner.cleanup()
         if self.runtime is not None and hasattr(self.runtime, "close"):
+            log.debug("stop: closing the engine client")
             await self.runtime.close()
         await self.store.close()
         log.info("agent stopped")

@@ -245,7 +245,7 @@ async def start_api(agent: Agent, config: ApiConfig) -> list[web.AppRunner]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         path.unlink()
-    runner = web.AppRunner(create_api(agent, config), access_log=None)
+    runner = web.AppRunner(create_api(agent, config), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     old = os.umask(0o177)
     try:
@@ -256,7 +256,9 @@ async def start_api(agent: Agent, config: ApiConfig) -> list[web.AppRunner]:
     runners.append(runner)
     if config.lan_listen:
         host, _, port = config.lan_listen.rpartition(":")
-        lan = web.AppRunner(create_api(agent, config, lan=True), access_log=None)
+        lan = web.AppRunner(
+            create_api(agent, config, lan=True), access_log=None, shutdown_timeout=2.0
+        )
         await lan.setup()
         await web.TCPSite(lan, host or "0.0.0.0", int(port)).start()
         runners.append(lan)

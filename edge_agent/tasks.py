@@ -159,6 +159,7 @@ class TaskSupervisor:
     async def stop(self) -> None:
         """Cancel every task (newest first) and wait for each to end."""
         for entry in reversed(list(self._entries.values())):
+            log.debug("stopping task %s", entry.name)
             await cancel_and_wait(entry.task)
             entry.state = "stopped"
 
