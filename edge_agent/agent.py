@@ -163,6 +163,7 @@ class Agent:
                 interval_s=self.config.logs.interval_s,
                 services=self._log_services,
             )
+            self.reconciler.before_remove = collector.drain  # an update loses no last lines
             self._spawn("logs", collector.run, self.config.logs.interval_s)
         if self.config.image_gc.enabled:
             self._spawn_image_gc()

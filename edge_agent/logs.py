@@ -42,6 +42,8 @@ class LogSource(Protocol):
 
     async def list_services(self) -> list[CurrentService]: ...
 
+    async def inspect(self, cid: str) -> CurrentService: ...
+
     def log_lines(
         self, container_id: str, *, since_ns: int | None, max_line_bytes: int
     ) -> AsyncIterator[LogLine]: ...
@@ -133,14 +135,19 @@ class LogCollector:
         async with self._lock:
             await self._load()
             try:
-                found = [
-                    s for s in await self.source.list_services() if s.container_id == container_id
-                ]
+                svc = await self.source.inspect(container_id)
             except AgentError as exc:
                 log.warning("log of %s not read before removal: %s", container_id[:12], exc.message)
                 return
-            for svc in found:
-                await self._collect_safely(svc)
+            queued = await self._collect_safely(svc)
+            pos = (self._positions or {}).get(container_id)
+            log.debug(
+                "log of %s (%s) read before removal: %d lines, drained=%s",
+                container_id[:12],
+                svc.name,
+                queued,
+                pos.drained if pos else None,
+            )
 
     async def _collect_all(self) -> int:
         positions = await self._load()
