@@ -26,6 +26,7 @@ from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
 from hub.store import HubStore
 from hub.store import sqlite_rows as rows
 from hub.store.checkpoint import WalCheckpointer
+from hub.store.sqlite_groups import GroupsMixin
 from hub.store.records import (
     AuditRecord,
     CertLineage,
@@ -69,7 +70,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(HubStore):
+class SqliteStore(GroupsMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(
