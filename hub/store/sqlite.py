@@ -26,7 +26,6 @@ from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
 from hub.store import HubStore
 from hub.store import sqlite_rows as rows
 from hub.store.checkpoint import WalCheckpointer
-from hub.store.sqlite_groups import GroupsMixin
 from hub.store.records import (
     AuditRecord,
     CertLineage,
@@ -39,6 +38,7 @@ from hub.store.records import (
     SyncResult,
     TargetRecord,
 )
+from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.writer import GroupCommitWriter
 
