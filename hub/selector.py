@@ -26,7 +26,7 @@ from hub.errors import InvalidSelector
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 TAG_VALUE_RE = re.compile(r"^[A-Za-z0-9_.\-/:@+]{1,63}$")
 MAX_SELECTOR_CHARS = 1024
-_TOKEN_RE = re.compile(r"\s*(?:(?P<word>[A-Za-z0-9_.\-/:@+]+)|(?P<sym>==|!=|[=!,()])|(?P<bad>.))")
+_TOKEN_RE = re.compile(r"\s*(?:(?P<word>[A-Za-z0-9_.\-/:@+]+)|(?P<sym>==|!=|[=!,()])|(?P<bad>\S))")
 
 
 class Op(StrEnum):
