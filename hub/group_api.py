@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edge_agent.models import ENV_KEY_RE, NAME_RE
 from hub.auth import Permission
 from hub.context import HubContext, ctx
-from hub.errors import HubError, InvalidRequest, NotFound
+from hub.errors import InvalidRequest, NotFound, OverrideConflict
 from hub.operator_api import _audited, _json_body, _principal, device_view
 from hub.overrides import GroupOverrides, resolve_overrides
 from hub.selector import TAG_KEY_RE, TAG_VALUE_RE, Selector, matches, parse
@@ -181,7 +181,7 @@ async def show_device_env(request: web.Request) -> web.Response:
     try:
         wanted = [GroupOverrides(g.name, parse(g.selector), g.overrides) for g in groups]
         body["resolved"], body["conflict"] = resolve_overrides(device.tags, own, wanted), None
-    except HubError as exc:  # OverrideConflict: shown, not an error of this read
+    except OverrideConflict as exc:  # shown: not an error of this read
         body["resolved"], body["conflict"] = None, exc.message
     return web.json_response(body)
 

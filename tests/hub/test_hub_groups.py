@@ -369,3 +369,11 @@ async def test_edgectl_tags_groups_and_overrides(hub: RunningHub, tmp_path: Path
     bad = await asyncio.to_thread(_edgectl_sync, hub, "group", "create", "x", "--selector", "a b")
     assert bad.returncode == 1 and "position 3" in bad.stderr
     assert (await edgectl(hub, "group", "delete", name)) == {"deleted": name}
+
+
+def test_edgectl_documents_the_group_commands():
+    from hub import edgectl
+
+    doc = edgectl.__doc__ or ""
+    for command in ("device tag", "device env", "group create", "group show", "group env"):
+        assert command in doc, command
