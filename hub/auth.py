@@ -44,6 +44,7 @@ class Permission(StrEnum):
     DEVICES_READ = "devices:read"
     DEVICES_WRITE = "devices:write"
     TARGETS_WRITE = "targets:write"
+    GROUPS_WRITE = "groups:write"
     AUDIT_READ = "audit:read"
 
 

@@ -112,6 +112,12 @@ class LimitsConfig(_Section):
     max_token_uses: int = Field(100_000, ge=1)
     max_token_lifetime_s: int = Field(30 * 86400, ge=60)
     max_events_page: int = Field(1000, ge=1)
+    # Devices, tags and groups: tags per device, groups on the hub, override variables
+    # per group or device (all services together), characters per override value.
+    max_device_tags: int = Field(64, ge=1, le=10_000)
+    max_groups: int = Field(1000, ge=1, le=1_000_000)
+    max_override_vars: int = Field(256, ge=1, le=100_000)
+    max_override_value_chars: int = Field(4096, ge=1, le=1_048_576)
     # Refused credentials (unknown operator token, refused enrollment) per source:
     # a bucket of auth_failure_burst refilled at auth_failure_per_s; empty -> 429.
     auth_failure_burst: int = Field(60, ge=1, le=1_000_000)

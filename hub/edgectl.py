@@ -6,6 +6,11 @@
     devices
     device show ID
     device disable ID | device enable ID
+    device tag ID [KEY=VALUE ...] [--remove KEY ...]
+    device env ID [SERVICE [VAR=VALUE ...] [--unset VAR ...]]   (no SERVICE: show)
+    group create NAME --selector "site=berlin,role in (kiosk,totem),!beta"
+    group list | group show NAME | group delete NAME
+    group env NAME SERVICE [VAR=VALUE ...] [--unset VAR ...]
     target set ID RELEASE.json [--override svc.KEY=VALUE ...] [--deadline S] [--min-ready S]
                [--expires 1d]
     target show ID
@@ -26,6 +31,7 @@ import ssl
 import sys
 import unicodedata
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -140,6 +146,14 @@ def _parser() -> argparse.ArgumentParser:
         ("enable", "accept the device again"),
     ):
         device.add_parser(name, help=what).add_argument("id")
+    tag = device.add_parser("tag", help="set and remove the device's tags")
+    tag.add_argument("id")
+    tag.add_argument("tags", nargs="*", metavar="KEY=VALUE")
+    tag.add_argument("--remove", action="append", default=[], metavar="KEY")
+    denv = device.add_parser("env", help="the device's own overrides (no SERVICE: show all)")
+    denv.add_argument("id")
+    _env_arguments(denv, service_required=False)
+    _group_parser(sub)
 
     target = sub.add_parser(
         "target", help="a device's signed target: set, show", description="a device's target"
@@ -166,6 +180,61 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--after", type=int, default=0)
     audit.add_argument("--limit", type=int, default=100)
     return p
+
+
+def _env_arguments(p: argparse.ArgumentParser, *, service_required: bool) -> None:
+    p.add_argument("service", nargs=None if service_required else "?")
+    p.add_argument("vars", nargs="*", metavar="VAR=VALUE")
+    p.add_argument("--unset", action="append", default=[], metavar="VAR")
+
+
+def _group_parser(sub: Any) -> None:
+    group = sub.add_parser(
+        "group",
+        help="groups (named tag selectors): create, list, show, delete, env",
+        description="groups of devices, chosen by their tags",
+    ).add_subparsers(dest="action", required=True)
+    create = group.add_parser("create", help="create a group from a tag selector")
+    create.add_argument("name")
+    create.add_argument("--selector", required=True, help='e.g. "site=berlin,role=kiosk"')
+    group.add_parser("list", help="list groups with their member counts")
+    group.add_parser("show", help="show a group and its members now").add_argument("name")
+    group.add_parser("delete", help="delete a group (devices keep their tags)").add_argument("name")
+    genv = group.add_parser("env", help="set/unset the group's overrides of a service")
+    genv.add_argument("name")
+    _env_arguments(genv, service_required=True)
+
+
+def _env_body(args: argparse.Namespace) -> dict[str, Any]:
+    return {"service": args.service, "set": _pairs(args.vars, "variable"), "unset": args.unset}
+
+
+def _run_group(args: argparse.Namespace, client: Client) -> Any:
+    action = args.action
+    if action == "create":
+        return client.call("POST", "/api/v1/groups", {"name": args.name, "selector": args.selector})
+    if action == "list":
+        return client.call("GET", "/api/v1/groups")
+    path = f"/api/v1/groups/{urllib.parse.quote(args.name, safe='')}"
+    if action == "show":
+        return client.call("GET", path)
+    if action == "delete":
+        return client.call("DELETE", path)
+    return client.call("PATCH", f"{path}/env", _env_body(args))
+
+
+def _run_device(args: argparse.Namespace, client: Client) -> Any:
+    path = f"/api/v1/devices/{args.id}"
+    if args.action == "show":
+        return client.call("GET", path)
+    if args.action == "tag":
+        body = {"set": _pairs(args.tags, "tag"), "remove": args.remove}
+        return client.call("PATCH", f"{path}/tags", body)
+    if args.action == "env":
+        if args.service is None:
+            return client.call("GET", f"{path}/env")
+        return client.call("PATCH", f"{path}/env", _env_body(args))
+    return client.call("POST", f"{path}/{args.action}")
 
 
 def _target_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,9 +273,9 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
     if cmd == "devices":
         return client.call("GET", "/api/v1/devices")
     if cmd == "device":
-        if action == "show":
-            return client.call("GET", f"/api/v1/devices/{args.id}")
-        return client.call("POST", f"/api/v1/devices/{args.id}/{action}")
+        return _run_device(args, client)
+    if cmd == "group":
+        return _run_group(args, client)
     if cmd == "target":
         if action == "show":
             return client.call("GET", f"/api/v1/devices/{args.id}/target")

@@ -5,6 +5,8 @@ The tree::
     HubError                      base; ``status`` is the HTTP status, ``code`` the wire code
     ├── ConfigError               bad configuration file or environment (exit, not HTTP)
     ├── InvalidRequest            400/422: malformed body or a field failed validation
+    │   ├── InvalidSelector       422: a tag selector does not parse (position and token)
+    │   └── OverrideConflict      409: two matching groups set one variable differently
     ├── PayloadTooLarge           413: body, decompressed body or batch over a limit
     ├── Unauthenticated           401: no or unknown operator token / client certificate
     ├── Forbidden                 403: authenticated but not allowed (disabled device, ...)
@@ -62,6 +64,25 @@ class InvalidRequest(HubError):
     ) -> None:
         super().__init__(message, fields=fields)
         self.status = status
+
+
+class InvalidSelector(InvalidRequest):
+    """A tag selector does not parse; ``position`` (1-based) and ``token`` say where."""
+
+    code = "invalid_selector"
+
+    def __init__(self, message: str, *, position: int, token: str) -> None:
+        super().__init__(message, fields=[{"field": "selector", "message": message}])
+        self.position, self.token = position, token
+
+
+class OverrideConflict(InvalidRequest):
+    """Two groups a device is in set one service variable to different values."""
+
+    code = "override_conflict"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, fields=[{"field": "overrides", "message": message}], status=409)
 
 
 class PayloadTooLarge(HubError):

@@ -37,6 +37,7 @@ from hub.errors import Conflict, HubError, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.guard import audit_refusal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord
+from hub.target_overrides import overrides_for_target
 from hub.wire import parse, read_body
 
 routes = web.RouteTableDef()
@@ -312,13 +313,15 @@ async def set_target(request: web.Request) -> web.Response:
         req = parse(SetTargetRequest, await _json_body(request))
         now = hub.now()
         expires_at = now + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None
+        # The device's group and own overrides, under the request's explicit ones.
+        overrides = await overrides_for_target(hub.store, device_id, req.release, req.overrides)
 
         def make(revision: int) -> Target:
             return Target(
                 device_id=device_id,
                 revision=revision,
                 release=req.release,
-                overrides=req.overrides,
+                overrides=overrides,
                 issued_at=now,
                 expires_at=expires_at,
                 apply_deadline_s=req.apply_deadline_s,

@@ -25,7 +25,9 @@ from hub.store.records import (
     DeviceRecord,
     EnrollmentTokenRecord,
     EntryRow,
+    EnvChange,
     EventRecord,
+    GroupRecord,
     NewDevice,
     RenewedCert,
     SyncBatch,
@@ -39,7 +41,9 @@ __all__ = [
     "DeviceRecord",
     "EnrollmentTokenRecord",
     "EntryRow",
+    "EnvChange",
     "EventRecord",
+    "GroupRecord",
     "HubStore",
     "NewDevice",
     "SyncBatch",
@@ -138,6 +142,51 @@ class HubStore(ABC):
     @abstractmethod
     async def get_target(self, device_id: str) -> TargetRecord | None:
         """Return the device's newest target."""
+
+    # tags, groups and overrides ----------------------------------------------------
+
+    @abstractmethod
+    async def update_device_tags(
+        self,
+        device_id: str,
+        set_tags: dict[str, str],
+        remove: list[str],
+        max_tags: int,
+        audit: AuditRecord,
+    ) -> DeviceRecord:
+        """Set and remove the device's tags (NotFound; InvalidRequest over ``max_tags``)."""
+
+    @abstractmethod
+    async def create_group(self, group: GroupRecord, max_groups: int, audit: AuditRecord) -> None:
+        """Store a new group (Conflict if the name is taken or ``max_groups`` are held)."""
+
+    @abstractmethod
+    async def get_group(self, name: str) -> GroupRecord | None:
+        """Return a group by name."""
+
+    @abstractmethod
+    async def list_groups(self) -> list[GroupRecord]:
+        """Return every group, ordered by name."""
+
+    @abstractmethod
+    async def delete_group(self, name: str, audit: AuditRecord) -> None:
+        """Delete a group and its overrides (NotFound if unknown)."""
+
+    @abstractmethod
+    async def change_group_env(
+        self, name: str, change: EnvChange, audit: AuditRecord
+    ) -> GroupRecord:
+        """Set/unset the group's overrides of one service (NotFound; InvalidRequest over bound)."""
+
+    @abstractmethod
+    async def change_device_env(
+        self, device_id: str, change: EnvChange, audit: AuditRecord
+    ) -> dict[str, dict[str, str]]:
+        """Set/unset the device's own overrides of one service; return them all."""
+
+    @abstractmethod
+    async def get_device_overrides(self, device_id: str) -> dict[str, dict[str, str]]:
+        """Return the device's own overrides (empty if none)."""
 
     # events and audit ---------------------------------------------------------------
 

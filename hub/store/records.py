@@ -166,3 +166,24 @@ class SyncResult:
     target: SignedTarget | None
     want_full_status: bool
     inserted: int
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """A named tag selector (canonical text) and its environment overrides."""
+
+    name: str
+    selector: str
+    overrides: dict[str, dict[str, str]]
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class EnvChange:
+    """Set and unset variables of one service's overrides, within ``max_vars`` in all."""
+
+    service: str
+    set_vars: dict[str, str]
+    unset: tuple[str, ...]
+    max_vars: int

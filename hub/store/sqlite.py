@@ -38,6 +38,7 @@ from hub.store.records import (
     SyncResult,
     TargetRecord,
 )
+from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.writer import GroupCommitWriter
 
@@ -69,7 +70,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(HubStore):
+class SqliteStore(GroupsMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(

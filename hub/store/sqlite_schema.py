@@ -112,4 +112,21 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE devices ADD COLUMN cert_key_sha256 TEXT NOT NULL DEFAULT ''",
         ],
     ),
+    (
+        6,
+        "groups (named tag selectors) and environment overrides per group and per device",
+        [
+            """CREATE TABLE groups (
+                name TEXT PRIMARY KEY,
+                selector TEXT NOT NULL,
+                overrides TEXT NOT NULL DEFAULT '{}',
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE device_overrides (
+                device_id TEXT PRIMARY KEY REFERENCES devices(id),
+                overrides TEXT NOT NULL DEFAULT '{}'
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]
