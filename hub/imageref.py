@@ -89,7 +89,8 @@ def parse_reference(text: str) -> ImageRef:
 
 def _split_registry(text: str, name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
-    is_host = bool(sep) and ("." in first or ":" in first or first == "localhost" or first != first.lower())
+    looks_like_host = "." in first or ":" in first or first == "localhost"
+    is_host = bool(sep) and (looks_like_host or first != first.lower())
     if is_host:
         match = _DOMAIN.match(first)
         if not match or (match.group(1) and int(match.group(1)) > 65535):
