@@ -14,6 +14,7 @@ every body read a size bound. Errors name the image and carry the registry's ans
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 from collections.abc import Iterable
@@ -120,7 +121,7 @@ class RegistryClient:
         if challenge is None:
             return None
         if challenge.scheme == "basic":
-            return aiohttp.BasicAuth(creds.username, creds.password).encode() if creds else None
+            return _basic(creds) if creds else None
         params = {"service": challenge.params.get("service", "")}
         params["scope"] = challenge.params.get("scope") or f"repository:{ref.repository}:pull"
         realm = challenge.params["realm"]
@@ -131,7 +132,7 @@ class RegistryClient:
             raise _refused(image, ref, 401, f"token realm {realm!r} is not HTTPS")
         headers = {}
         if creds:
-            headers["Authorization"] = aiohttp.BasicAuth(creds.username, creds.password).encode()
+            headers["Authorization"] = _basic(creds)
         query = urlencode({k: v for k, v in params.items() if v})
         url = f"{realm}{'&' if '?' in realm else '?'}{query}"
         token = await self._send(image, ref, "GET", url, headers, self._config.max_answer_bytes)
@@ -156,6 +157,11 @@ class RegistryClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             what = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
             raise _unavailable(image, ref, f"could not be reached: {what or 'timeout'}") from exc
+
+
+def _basic(creds: RegistryAuth) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
 
 
 class _TooLarge(Exception):
