@@ -45,6 +45,8 @@ class Permission(StrEnum):
     DEVICES_WRITE = "devices:write"
     TARGETS_WRITE = "targets:write"
     AUDIT_READ = "audit:read"
+    RELEASES_READ = "releases:read"
+    RELEASES_WRITE = "releases:write"
 
 
 @dataclass(frozen=True)

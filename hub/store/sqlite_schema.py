@@ -112,4 +112,24 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE devices ADD COLUMN cert_key_sha256 TEXT NOT NULL DEFAULT ''",
         ],
     ),
+    (
+        5,
+        "releases: immutable NAME@VERSION with images pinned to digests, retirement",
+        [
+            """CREATE TABLE releases (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                version TEXT NOT NULL,
+                document TEXT NOT NULL,
+                source TEXT NOT NULL,
+                images TEXT NOT NULL DEFAULT '[]',
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                retired_at TEXT,
+                retired_by TEXT,
+                retired_reason TEXT,
+                UNIQUE (name, version)
+            )""",
+        ],
+    ),
 ]
