@@ -26,7 +26,13 @@ import aiohttp
 
 from edge_agent.models import RegistryAuth
 from hub.config import RegistriesConfig
-from hub.errors import HubError, ImageNotResolved, RegistryRefusal, RegistryUnavailable
+from hub.errors import (
+    HubError,
+    ImageNotResolved,
+    InvalidReference,
+    RegistryRefusal,
+    RegistryUnavailable,
+)
 from hub.imageref import (
     ImageRef,
     api_host,
@@ -256,6 +262,7 @@ async def resolve_images(
     when a registry was unavailable, RegistryUnavailable (retrying may help).
     """
     distinct = list(dict.fromkeys(images))
+    _check_references(distinct)
     gate = asyncio.Semaphore(config.max_parallel)
     async with aiohttp.ClientSession() as session:
         client = RegistryClient(session, config, auths)
@@ -272,6 +279,18 @@ async def resolve_images(
     if failures:
         raise _merged([f for f in failures if isinstance(f, HubError)])
     return {r.requested: r for r in results if isinstance(r, Resolved)}
+
+
+def _check_references(images: list[str]) -> None:
+    """Raise one InvalidReference naming every malformed image, before any request."""
+    bad = []
+    for image in images:
+        try:
+            parse_reference(image)
+        except InvalidReference as exc:
+            bad.append({"image": image, "message": exc.message})
+    if bad:
+        raise InvalidReference("; ".join(b["message"] for b in bad), fields=bad)
 
 
 def _merged(failures: list[HubError]) -> HubError:

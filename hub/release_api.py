@@ -25,7 +25,7 @@ from pydantic import Field
 from edge_agent.models import Release
 from hub.auth import Permission
 from hub.context import HubContext, ctx
-from hub.errors import Conflict, HubError, InvalidReference, NotFound
+from hub.errors import Conflict, HubError, NotFound
 from hub.operator_api import _audited, _Body, _json_body, _page, _principal
 from hub.registry import Resolved, resolve_images
 from hub.store import ReleaseRecord
@@ -33,6 +33,7 @@ from hub.wire import parse
 
 routes = web.RouteTableDef()
 MAX_REASON = 1024
+REDACTED = "<redacted>"
 
 
 class CreateReleaseRequest(_Body):
@@ -66,8 +67,6 @@ async def pin(hub: HubContext, release: Release) -> tuple[Release, list[dict[str
     images = [s.image for s in release.services]
     try:
         resolved = await resolve_images(images, hub.config.registries, release.registry_auth)
-    except InvalidReference as exc:
-        raise InvalidReference(exc.message, fields=_fields_of(release, exc)) from None
     except HubError as exc:
         exc.fields = _fields_of(release, exc)
         raise
@@ -94,8 +93,6 @@ def _fields_of(release: Release, exc: HubError) -> list[dict[str, Any]]:
     out = []
     for i, service in enumerate(release.services):
         field = by_image.get(service.image)
-        if field is None and not exc.fields and service.image in exc.message:
-            field = {"message": exc.message}
         if field is not None:
             out.append({**field, "field": f"release.services.{i}.image"})
     return out or exc.fields
@@ -120,8 +117,15 @@ def release_view(r: ReleaseRecord, *, document: bool = True) -> dict[str, Any]:
             "reason": r.retired_reason,
         }
     if document:
-        view["release"] = json.loads(r.document)
+        view["release"] = _redacted(json.loads(r.document))
     return view
+
+
+def _redacted(doc: dict[str, Any]) -> dict[str, Any]:
+    """Return the document with registry passwords replaced (only devices get them)."""
+    for auth in doc.get("registry_auth", []):
+        auth["password"] = REDACTED
+    return doc
 
 
 def _ref(request: web.Request) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from edge_agent.models import RegistryAuth
 from hub.config import RegistriesConfig
-from hub.errors import ImageNotResolved, RegistryUnavailable
+from hub.errors import ImageNotResolved, InvalidReference, RegistryUnavailable
 from hub.registry import resolve_images
 
 OPEN = "127.0.0.1:5000"
@@ -215,3 +215,11 @@ async def test_manifest_over_the_size_bound_is_refused_naming_it():
         assert resolved.digest == "sha256:" + hashlib.sha256(b"{" + b" " * 5000 + b"}").hexdigest()
     finally:
         await runner.cleanup()
+
+
+async def test_malformed_references_are_all_named_before_any_request():
+    images = ["Bad Image!", f"{OPEN}/{GOOD}:1", "nginx:"]
+    with pytest.raises(InvalidReference) as exc:
+        await resolve_images(images, CONFIG)
+    assert [f["image"] for f in exc.value.fields] == ["Bad Image!", "nginx:"]
+    assert exc.value.status == 422

@@ -46,6 +46,7 @@ async def test_create_pins_every_image_to_the_registrys_digest(hub: RunningHub):
     assert body["images"][0]["requested"] == f"{OPEN}/{GOOD}:1"
     status, shown = await hub.api("GET", f"/api/v1/releases/{name}@1")
     assert status == 200 and shown["release"] == body["release"]
+    assert shown["release"]["registry_auth"][0]["password"] == "<redacted>"
     rows = await audit_rows(hub, f"{name}@1")
     assert [(a["action"], a["outcome"]) for a in rows] == [("release.create", "ok")]
 
@@ -194,3 +195,14 @@ async def test_edgectl_release_create_list_show_retire(hub: RunningHub, tmp_path
     bad = await edgectl(hub, "release", "create", name, "--version", "3", "-f", str(path))
     assert bad.returncode == 1
     assert "MANIFEST_UNKNOWN" in bad.stderr and "release.services.0.image" in bad.stderr
+
+
+async def test_version_with_slash_and_plus_is_addressable(hub: RunningHub, tmp_path: Path):
+    name = unique()
+    doc = release(name, version="2.0.0+build/7")
+    assert (await hub.api("POST", "/api/v1/releases", {"release": doc}))[0] == 201
+    shown = await edgectl(hub, "--json", "release", "show", f"{name}@2.0.0+build/7")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["version"] == "2.0.0+build/7"
+    retired = await edgectl(hub, "release", "retire", f"{name}@2.0.0+build/7", "--reason", "r")
+    assert retired.returncode == 0, retired.stderr
