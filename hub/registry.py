@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ MANIFEST_TYPES = (
 )
 ACCEPT = ", ".join(MANIFEST_TYPES)
 MAX_REGISTRY_ERRORS = 5
+log = logging.getLogger("hub.registry")
 _E = TypeVar("_E", bound=RegistryRefusal)
 
 
@@ -159,6 +161,9 @@ class RegistryClient:
                 body = b"" if method == "HEAD" else await _read_bounded(resp, limit)
                 return _Answer(resp.status, resp.headers, body)
         except _TooLarge as exc:
+            log.warning(
+                "registry %s: answer for %s over the %s-byte bound", ref.registry, image, exc
+            )
             raise _unavailable(image, ref, f"answered more than {exc} bytes") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             what = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
