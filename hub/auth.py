@@ -46,6 +46,8 @@ class Permission(StrEnum):
     TARGETS_WRITE = "targets:write"
     GROUPS_WRITE = "groups:write"
     AUDIT_READ = "audit:read"
+    RELEASES_READ = "releases:read"
+    RELEASES_WRITE = "releases:write"
 
 
 @dataclass(frozen=True)

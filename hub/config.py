@@ -35,6 +35,14 @@ Example (every key optional except ``server.data_dir``)::
     inline_body_bytes = 262144            # larger sync bodies are parsed in worker processes
     parse_workers = 2
 
+    [registries]                  # resolving image tags to digests (hub.registry)
+    insecure = []                 # host[:port] or CIDR spoken to over plain HTTP (as
+                                  # Docker's insecure-registries); loopback always is
+    timeout_s = 15                # one registry or token request, connect to last byte
+    max_manifest_bytes = 4194304  # a manifest or index read to digest it
+    max_answer_bytes = 65536      # an error body or a token answer
+    max_parallel = 8              # images of one release resolved at once
+
     [pki]
     device_cert_days = 30
     renew_grace_days = 60
@@ -144,6 +152,16 @@ class PkiConfig(_Section):
     ca_days: int = Field(3650, ge=1, le=36500)
 
 
+class RegistriesConfig(_Section):
+    """How the hub asks registries for image digests (hub.registry)."""
+
+    insecure: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(15.0, gt=0, le=600)
+    max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_answer_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_parallel: int = Field(8, ge=1, le=256)
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -152,6 +170,7 @@ class HubConfig(_Section):
     fleet: FleetConfig = Field(default_factory=lambda: FleetConfig())
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     pki: PkiConfig = Field(default_factory=lambda: PkiConfig())
+    registries: RegistriesConfig = Field(default_factory=lambda: RegistriesConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -169,7 +188,7 @@ class HubConfig(_Section):
         raise ConfigError(f"store.url: unsupported database url {url!r} (use sqlite:///PATH)")
 
 
-_LIST_FIELDS = {("server", "public_names")}
+_LIST_FIELDS = {("server", "public_names"), ("registries", "insecure")}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -200,6 +219,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "fleet": FleetConfig,
         "limits": LimitsConfig,
         "pki": PkiConfig,
+        "registries": RegistriesConfig,
     }
 
 

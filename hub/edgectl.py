@@ -16,6 +16,10 @@
     target show ID
     events ID [--after SEQ] [--limit N]
     audit [--after ID] [--limit N]
+    release create NAME --version V -f RELEASE.json
+    release list [--after ID] [--limit N]
+    release show NAME@VERSION
+    release retire NAME@VERSION --reason TEXT
 
 Environment: EDGECTL_HUB, EDGECTL_TOKEN, EDGECTL_TOKEN_FILE, EDGECTL_CA.
 Exit status: 0 ok, 1 the hub refused (its error is printed), 2 usage or connection error.
@@ -179,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--after", type=int, default=0)
     audit.add_argument("--limit", type=int, default=100)
+    _release_parser(sub)
     return p
 
 
@@ -237,6 +242,62 @@ def _run_device(args: argparse.Namespace, client: Client) -> Any:
     return client.call("POST", f"{path}/{args.action}")
 
 
+def _release_parser(sub: Any) -> None:
+    release = sub.add_parser(
+        "release",
+        help="releases on the hub: create, list, show, retire",
+        description="immutable NAME@VERSION releases, images pinned to digests",
+    ).add_subparsers(dest="action", required=True)
+    create = release.add_parser("create", help="create a release (images resolved to digests)")
+    create.add_argument("name")
+    create.add_argument("--version", required=True)
+    create.add_argument("-f", "--file", required=True, help="release JSON")
+    listing = release.add_parser("list", help="list releases, oldest first")
+    listing.add_argument("--after", type=int, default=0)
+    listing.add_argument("--limit", type=int, default=1000)
+    release.add_parser("show", help="show a release").add_argument("ref", metavar="NAME@VERSION")
+    retire = release.add_parser("retire", help="retire a release")
+    retire.add_argument("ref", metavar="NAME@VERSION")
+    retire.add_argument("--reason", required=True)
+
+
+def _release_body(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the create body: the file's release with the command line's name and version."""
+    try:
+        doc = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        raise CtlError(f"cannot read {args.file}: {exc}") from exc
+    if isinstance(doc, dict) and isinstance(doc.get("release"), dict):
+        doc = doc["release"]
+    if not isinstance(doc, dict):
+        raise CtlError(f"{args.file}: a release is a JSON object")
+    for key, value in (("name", args.name), ("version", args.version)):
+        if doc.get(key, value) != value:
+            raise CtlError(f"{args.file} says {key} {doc[key]!r}, the command line {value!r}")
+        doc[key] = value
+    return {"release": doc}
+
+
+def _run_release(args: argparse.Namespace, client: Client) -> Any:
+    if args.action == "create":
+        return client.call("POST", "/api/v1/releases", _release_body(args))
+    if args.action == "list":
+        return client.call("GET", f"/api/v1/releases?after={args.after}&limit={args.limit}")
+    ref = urllib.parse.quote(args.ref, safe="@")
+    if args.action == "show":
+        return client.call("GET", f"/api/v1/releases/{ref}")
+    return client.call("POST", f"/api/v1/releases/{ref}/retire", {"reason": args.reason})
+
+
+def _print_releases(result: dict[str, Any]) -> None:
+    rows = [("RELEASE", "CREATED", "BY", "IMAGES", "RETIRED")]
+    for r in result["releases"]:
+        retired = r["retired"]
+        note = f"{retired['at']} ({retired['reason']})" if retired else "-"
+        rows.append((r["ref"], r["created_at"], r["created_by"], str(len(r["images"])), note))
+    _print_table(rows)
+
+
 def _target_body(args: argparse.Namespace) -> dict[str, Any]:
     try:
         doc = json.loads(Path(args.release).read_text())
@@ -280,6 +341,8 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         if action == "show":
             return client.call("GET", f"/api/v1/devices/{args.id}/target")
         return client.call("POST", f"/api/v1/devices/{args.id}/target", _target_body(args))
+    if cmd == "release":
+        return _run_release(args, client)
     if cmd == "events":
         return client.call(
             "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"
@@ -288,6 +351,9 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
 
 
 def _print(args: argparse.Namespace, result: Any) -> None:
+    if args.command == "release" and args.action == "list" and not args.json:
+        _print_releases(result)
+        return
     if args.json or args.command not in ("devices", "token"):
         print(json.dumps(result, indent=2, sort_keys=True))
         return
@@ -310,6 +376,10 @@ def _print(args: argparse.Namespace, result: Any) -> None:
                 d["last_contact"] or "-",
             )
         )
+    _print_table(rows)
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     rows = [tuple(sanitize(c) for c in r) for r in rows]  # device-supplied text
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -18,6 +18,10 @@ The tree::
     ├── BadCSR                    400: the CSR does not parse, verify or use a known key type
     ├── NotFound                  404
     ├── Conflict                  409: the request clashes with the current state
+    ├── InvalidReference          422: an image reference breaks Docker's naming rules
+    ├── RegistryRefusal           a registry gave no digest; ``fields`` carry its answer
+    │   ├── ImageNotResolved      422: it refused (404 MANIFEST_UNKNOWN, 401, 403, ...)
+    │   └── RegistryUnavailable   502: unreachable, 5xx, or over a size bound (retryable)
     └── StoreError                500: the database failed (retryable)
 
 The middleware in ``hub.app`` turns every HubError into an ``ErrorBody`` JSON response.
@@ -160,6 +164,34 @@ class Conflict(HubError):
 
     status = 409
     code = "conflict"
+
+
+class InvalidReference(HubError):
+    """An image reference breaks Docker's naming rules."""
+
+    status = 422
+    code = "invalid_reference"
+
+
+class RegistryRefusal(HubError):
+    """A registry did not give an image's digest; ``fields`` carry its answer per image."""
+
+    code = "registry"
+
+
+class ImageNotResolved(RegistryRefusal):
+    """The registry answered that it will not resolve the image (unknown, unauthorized)."""
+
+    status = 422
+    code = "image_not_resolved"
+
+
+class RegistryUnavailable(RegistryRefusal):
+    """The registry could not be reached or answered unusably; trying later may work."""
+
+    status = 502
+    code = "registry_unavailable"
+    retryable = True
 
 
 class StoreError(HubError):

@@ -142,13 +142,15 @@ async def _audited(
     except HubError as exc:
         outcome = "error" if exc.status >= 500 else "rejected"
         await hub.store.record_audit(
-            AuditRecord(principal.name, action, target, outcome, hub.now(), {"reason": exc.message})
+            AuditRecord(
+                principal.name, action, act.target, outcome, hub.now(), {"reason": exc.message}
+            )
         )
         raise
     except Exception as exc:  # a defect: still audited (the middleware answers 500)
         reason = f"internal error {type(exc).__name__}"
         await hub.store.record_audit(
-            AuditRecord(principal.name, action, target, "error", hub.now(), {"reason": reason})
+            AuditRecord(principal.name, action, act.target, "error", hub.now(), {"reason": reason})
         )
         raise
     if not act.recorded:

@@ -29,6 +29,7 @@ from hub.store.records import (
     EventRecord,
     GroupRecord,
     NewDevice,
+    ReleaseRecord,
     RenewedCert,
     SyncBatch,
     SyncResult,
@@ -46,6 +47,7 @@ __all__ = [
     "GroupRecord",
     "HubStore",
     "NewDevice",
+    "ReleaseRecord",
     "SyncBatch",
     "SyncResult",
     "TargetRecord",
@@ -187,6 +189,34 @@ class HubStore(ABC):
     @abstractmethod
     async def get_device_overrides(self, device_id: str) -> dict[str, dict[str, str]]:
         """Return the device's own overrides (empty if none)."""
+
+
+    # releases -----------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_release(
+        self, release: ReleaseRecord, audit: AuditRecord
+    ) -> tuple[ReleaseRecord, bool]:
+        """Store a new release with its audit row; return it and whether it was created.
+
+        A release with the same name and version and the same ``source`` is returned as
+        it is (False: nothing but the audit row written); a different one is a Conflict.
+        """
+
+    @abstractmethod
+    async def get_release(self, name: str, version: str) -> ReleaseRecord | None:
+        """Return a release by name and version."""
+
+    @abstractmethod
+    async def list_releases(self, after_id: int, limit: int) -> list[ReleaseRecord]:
+        """Return releases with id > after_id, oldest first."""
+
+    @abstractmethod
+    async def retire_release(
+        self, name: str, version: str, reason: str, audit: AuditRecord
+    ) -> ReleaseRecord:
+        """Mark a release retired by the audit's actor at its time (NotFound; Conflict if
+        already retired)."""
 
     # events and audit ---------------------------------------------------------------
 

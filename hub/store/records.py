@@ -187,3 +187,30 @@ class EnvChange:
     set_vars: dict[str, str]
     unset: tuple[str, ...]
     max_vars: int
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """A release on the hub: immutable once created; only its retirement is added later.
+
+    ``document`` is the release as devices get it (every image ``repo@sha256:``),
+    ``source`` the release as it was submitted (canonical JSON; a repeated create is
+    compared with it), ``images`` per service the requested and the pinned image.
+    """
+
+    name: str
+    version: str
+    document: str
+    source: str
+    images: list[dict[str, Any]]
+    created_at: datetime
+    created_by: str
+    retired_at: datetime | None = None
+    retired_by: str | None = None
+    retired_reason: str | None = None
+    id: int = 0
+
+    @property
+    def ref(self) -> str:
+        """Return ``name@version``."""
+        return f"{self.name}@{self.version}"

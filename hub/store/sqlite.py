@@ -23,7 +23,7 @@ from edge_agent.protocol import INT64_MAX, SignedTarget
 from hub.auth import check_enrollment_token
 from hub.errors import Conflict, Forbidden, InvalidRequest, NotFound, StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
-from hub.store import HubStore
+from hub.store import HubStore, sqlite_releases
 from hub.store import sqlite_rows as rows
 from hub.store.checkpoint import WalCheckpointer
 from hub.store.records import (
@@ -33,6 +33,7 @@ from hub.store.records import (
     EnrollmentTokenRecord,
     EventRecord,
     NewDevice,
+    ReleaseRecord,
     RenewedCert,
     SyncBatch,
     SyncResult,
@@ -395,6 +396,32 @@ class SqliteStore(GroupsMixin, HubStore):
             SignedTarget.model_validate_json(document),
             datetime.fromisoformat(created_at),
             created_by,
+        )
+
+    # releases -----------------------------------------------------------------------
+
+    async def create_release(
+        self, release: ReleaseRecord, audit: AuditRecord
+    ) -> tuple[ReleaseRecord, bool]:
+        """Store a new release (or find the identical one) with its audit row."""
+        return await self._w.submit(lambda db: sqlite_releases.create(db, release, audit))
+
+    async def get_release(self, name: str, version: str) -> ReleaseRecord | None:
+        """Return a release by name and version."""
+        found = await self._read(sqlite_releases.SELECT_ONE, (name, version))
+        return sqlite_releases.record(found[0]) if found else None
+
+    async def list_releases(self, after_id: int, limit: int) -> list[ReleaseRecord]:
+        """Return releases with id > after_id, oldest first."""
+        found = await self._read(sqlite_releases.SELECT_PAGE, (after_id, limit))
+        return [sqlite_releases.record(r) for r in found]
+
+    async def retire_release(
+        self, name: str, version: str, reason: str, audit: AuditRecord
+    ) -> ReleaseRecord:
+        """Mark a release retired, with its audit row."""
+        return await self._w.submit(
+            lambda db: sqlite_releases.retire(db, name, version, reason, audit)
         )
 
     # events and audit ---------------------------------------------------------------

@@ -113,6 +113,26 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ],
     ),
     (
+        5,
+        "releases: immutable NAME@VERSION with images pinned to digests, retirement",
+        [
+            """CREATE TABLE releases (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                version TEXT NOT NULL,
+                document TEXT NOT NULL,
+                source TEXT NOT NULL,
+                images TEXT NOT NULL DEFAULT '[]',
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                retired_at TEXT,
+                retired_by TEXT,
+                retired_reason TEXT,
+                UNIQUE (name, version)
+            )""",
+        ],
+    ),
+    (
         6,
         "groups (named tag selectors) and environment overrides per group and per device",
         [

@@ -1,0 +1,90 @@
+"""SQLite queries of the releases table (migration 5); jobs run on the store's writer."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from hub.errors import Conflict, NotFound
+from hub.store import sqlite_rows as rows
+from hub.store.records import AuditRecord, ReleaseRecord
+
+COLUMNS = (
+    "id, name, version, document, source, images, created_at, created_by, "
+    "retired_at, retired_by, retired_reason"
+)
+SELECT_ONE = f"SELECT {COLUMNS} FROM releases WHERE name = ? AND version = ?"
+SELECT_PAGE = f"SELECT {COLUMNS} FROM releases WHERE id > ? ORDER BY id LIMIT ?"
+
+
+def record(row: tuple[Any, ...]) -> ReleaseRecord:
+    """Return a release row as a record."""
+    rid, name, version, document, source, images, created_at, created_by = row[:8]
+    retired_at, retired_by, retired_reason = row[8:]
+    return ReleaseRecord(
+        name,
+        version,
+        document,
+        source,
+        rows.loads(images) or [],
+        rows.dt(created_at),  # type: ignore[arg-type]
+        created_by,
+        rows.dt(retired_at),
+        retired_by,
+        retired_reason,
+        rid,
+    )
+
+
+def create(
+    db: sqlite3.Connection, release: ReleaseRecord, audit: AuditRecord
+) -> tuple[ReleaseRecord, bool]:
+    """Insert the release (or find the identical one) and write the audit row."""
+    found = db.execute(SELECT_ONE, (release.name, release.version)).fetchone()
+    if found is not None:
+        existing = record(found)
+        if existing.source != release.source:
+            raise Conflict(
+                f"release {release.ref} exists with different content; releases are "
+                "immutable: create a new version",
+                fields=[{"field": "release.version", "message": "already used"}],
+            )
+        db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
+        return existing, False
+    db.execute(
+        "INSERT INTO releases (name, version, document, source, images, created_at, "
+        "created_by) VALUES (?,?,?,?,?,?,?)",
+        (
+            release.name,
+            release.version,
+            release.document,
+            release.source,
+            rows.dumps(release.images),
+            rows.ts(release.created_at),
+            release.created_by,
+        ),
+    )
+    db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
+    stored = db.execute(SELECT_ONE, (release.name, release.version)).fetchone()
+    return record(stored), True
+
+
+def retire(
+    db: sqlite3.Connection, name: str, version: str, reason: str, audit: AuditRecord
+) -> ReleaseRecord:
+    """Mark the release retired and write the audit row."""
+    found = db.execute(SELECT_ONE, (name, version)).fetchone()
+    if found is None:
+        raise NotFound(f"no release {name}@{version}")
+    existing = record(found)
+    if existing.retired_at is not None:
+        raise Conflict(
+            f"release {existing.ref} was retired at {existing.retired_at.isoformat()} "
+            f"by {existing.retired_by}"
+        )
+    db.execute(
+        "UPDATE releases SET retired_at = ?, retired_by = ?, retired_reason = ? WHERE id = ?",
+        (rows.ts(audit.at), audit.actor, reason, existing.id),
+    )
+    db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
+    return record(db.execute(SELECT_ONE, (name, version)).fetchone())
