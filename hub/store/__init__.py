@@ -190,7 +190,6 @@ class HubStore(ABC):
     async def get_device_overrides(self, device_id: str) -> dict[str, dict[str, str]]:
         """Return the device's own overrides (empty if none)."""
 
-
     # releases -----------------------------------------------------------------------
 
     @abstractmethod
