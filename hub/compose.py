@@ -200,16 +200,7 @@ def _release(
         for err in exc.errors(include_url=False):
             notes.refuse(None, ".".join(str(p) for p in err["loc"]) or "services", err["msg"])
         return doc
-    _report_services(release, notes)
     return release.model_dump(mode="json", exclude_defaults=True)
-
-
-def _report_services(release: Release, notes: Notes) -> None:
-    for svc in release.services:
-        set_fields = sorted(
-            k for k, v in svc.model_dump(mode="json", exclude_defaults=True).items() if v != []
-        )
-        notes.mapped(svc.name, "(service)", "fields: " + ", ".join(set_fields))
 
 
 def _summary(refusals: list[dict[str, Any]]) -> str:

@@ -32,6 +32,15 @@ _HEALTH_DURATIONS = {
     "timeout": "timeout_s",
     "start_period": "start_period_s",
 }
+# Compose keys whose Service field has another name.
+_TARGET_FIELDS = {
+    "env_file": "environment",
+    "tmpfs": "tmpfs",
+    "stop_grace_period": "stop_timeout_s",
+    "logging": "log_limits",
+    "mem_limit": "mem_limit_bytes",
+    "deploy": "cpus / mem_limit_bytes",
+}
 _WHY_REFUSED = {
     "build": "the agent builds nothing: build the image in CI, push it, and name it in `image`",
     "secrets": "not supported: put the secret in the environment (per-device overrides) "
@@ -81,6 +90,9 @@ class ServiceMapper:
                 handler(self, value)
             except (ValueError, TypeError) as exc:
                 self.refuse(key, str(exc))
+                continue
+            if key != "container_name":
+                self.notes.mapped(self.name, key, "to " + _TARGET_FIELDS.get(key, key))
         return self._finish(spec)
 
     def _finish(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +224,9 @@ def _healthcheck(m: ServiceMapper, value: Any) -> None:
     test = value.get("test")
     if test is None:
         raise ValueError("test is required (the image's own test cannot be combined)")
+    if _health_test(test) == ["NONE"]:
+        m.doc["healthcheck"] = {"test": ["NONE"]}
+        return
     check: dict[str, Any] = {"test": _health_test(test), **_HEALTH_DEFAULTS}
     for key, name in _HEALTH_DURATIONS.items():
         if key in value:
