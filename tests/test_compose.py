@@ -190,7 +190,10 @@ def test_import_report_names_service_and_key() -> None:
     ignored = {(i.service, i.key): i.message for i in report.ignored}
     assert "obsolete" in ignored[(None, "version")]
     report = load("anchors.yml").report
-    assert {(i.service, i.key) for i in report.ignored} >= {(None, "x-defaults"), (None, "x-health")}
+    assert {(i.service, i.key) for i in report.ignored} >= {
+        (None, "x-defaults"),
+        (None, "x-health"),
+    }
 
 
 UNSUPPORTED = {
@@ -399,7 +402,9 @@ PORTS = [
 @pytest.mark.parametrize(("value", "expected"), PORTS)
 def test_short_ports(value: Any, expected: list[tuple[Any, ...]]) -> None:
     """Short-syntax ports: ranges, protocol, host IP (v4 and v6)."""
-    got = [(d["container"], d["host"], d["protocol"], d.get("host_ip")) for d in cv.parse_port(value)]
+    got = [
+        (d["container"], d["host"], d["protocol"], d.get("host_ip")) for d in cv.parse_port(value)
+    ]
     assert got == expected
 
 
@@ -454,7 +459,12 @@ def test_healthcheck_without_test_refused() -> None:
 def test_model_validation_errors_name_the_service_field() -> None:
     """What the Release model refuses is named under the service, with the rest."""
     src = json.dumps(
-        {"services": {"Web": {"image": "x", "build": "."}, "b": {"image": "y", "depends_on": ["c"]}}}
+        {
+            "services": {
+                "Web": {"image": "x", "build": "."},
+                "b": {"image": "y", "depends_on": ["c"]},
+            }
+        }
     )
     fields = refused(src)
     assert "services.Web.build" in fields and "services.Web.name" in fields
@@ -500,7 +510,7 @@ services:
     restart: unless-stopped
     depends_on:
       web: {condition: service_started}
-    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do wget -q -O /tmp/got.new http://web:8080/ && mv /tmp/got.new /tmp/got; sleep 1 & wait $$!; done"]
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; mkdir -p /tmp; while true; do wget -q -O /tmp/got.new http://web:8080/ && mv /tmp/got.new /tmp/got; sleep 1 & wait $$!; done"]
     healthcheck:
       test: ["CMD-SHELL", "grep -q hello-from-web /tmp/got"]
       interval: 1s
