@@ -27,9 +27,9 @@ from hub.errors import ComposeError
 FILES = Path(__file__).parent / "compose"
 
 
-def load(name: str, env: dict[str, str] | None = None, **kw: Any) -> ComposeImport:
-    """Import tests/compose/<name> with the file's directory as base_dir."""
-    path = FILES / name
+def load(file: str, env: dict[str, str] | None = None, **kw: Any) -> ComposeImport:
+    """Import tests/compose/<file> with the file's directory as base_dir."""
+    path = FILES / file
     return import_compose(
         path.read_text(),
         base_dir=path.parent,
@@ -498,26 +498,6 @@ def test_not_a_mapping_and_bad_yaml_refused() -> None:
 
 # --- a multi-service compose release on a real agent ------------------------------------
 
-E2E = """
-services:
-  web:
-    image: ${GOOD_IMAGE}
-    restart: unless-stopped
-    environment:
-      MESSAGE: hello-from-web
-  client:
-    image: ${GOOD_IMAGE}
-    restart: unless-stopped
-    depends_on:
-      web: {condition: service_started}
-    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; mkdir -p /tmp; while true; do wget -q -O /tmp/got.new http://web:8080/ && mv /tmp/got.new /tmp/got; sleep 1 & wait $$!; done"]
-    healthcheck:
-      test: ["CMD-SHELL", "grep -q hello-from-web /tmp/got"]
-      interval: 1s
-      timeout: 1s
-      retries: 2
-"""
-
 
 @pytest.fixture
 async def agent(
@@ -538,10 +518,7 @@ async def test_compose_release_runs_on_agent_and_services_reach_each_other(
     agent: AgentProcess, images: TestImages
 ) -> None:
     """An imported two-service release runs; the client gets web's page by service name."""
-    result = import_compose(
-        E2E, base_dir=None, env={"GOOD_IMAGE": images.ref("good")}, env_file=None,
-        name="pair", version="1",
-    )  # fmt: skip
+    result = load("e2e-pair.yml", env={"GOOD_IMAGE": images.ref("good")}, name="pair")
     code, body = await agent.call("POST", "/v1/apply", result.release)
     assert code == 202, body
     last: dict[str, Any] = {}
