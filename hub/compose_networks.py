@@ -22,14 +22,17 @@ def map_top_networks(notes: Notes, value: Any) -> dict[str, dict[str, Any]]:
         return {}
     out: dict[str, dict[str, Any]] = {}
     for name, spec in value.items():
+        if not isinstance(spec, dict | None):
+            notes.refuse(None, f"networks.{name}", "must be a mapping (or empty)")
+            continue
         doc: dict[str, Any] = {}
         for key, opt in (spec or {}).items():
             where = f"networks.{name}.{key}"
             if key == "driver" and opt == "bridge":
                 notes.ignored(None, where, "bridge is the driver the agent uses")
-            elif key == "internal" and name != "default":
-                doc["internal"] = cv.boolean(opt)
-            elif key.startswith("x-"):
+            elif key == "internal" and name != "default" and isinstance(opt, bool):
+                doc["internal"] = opt
+            elif str(key).startswith("x-"):
                 notes.ignored(None, where, "extension field (x-), ignored as compose does")
             else:
                 notes.refuse(None, where, _why_network(key))

@@ -88,8 +88,11 @@ class ServiceMapper:
                 continue
             try:
                 handler(self, value)
-            except (ValueError, TypeError) as exc:
+            except ValueError as exc:
                 self.refuse(key, str(exc))
+                continue
+            except (TypeError, AttributeError, KeyError) as exc:
+                self.refuse(key, f"malformed value ({type(exc).__name__}: {exc})")
                 continue
             if key != "container_name":
                 self.notes.mapped(self.name, key, "to " + _TARGET_FIELDS.get(key, key))

@@ -113,11 +113,14 @@ def map_top_volumes(notes: Notes, value: Any) -> set[str]:
         notes.refuse(None, "volumes", "must be a mapping")
         return set()
     for name, spec in value.items():
+        if not isinstance(spec, dict | None):
+            notes.refuse(None, f"volumes.{name}", "must be a mapping (or empty)")
+            continue
         for key, opt in (spec or {}).items():
             where = f"volumes.{name}.{key}"
             if key == "driver" and opt == "local":
                 notes.ignored(None, where, "local is the driver the agent uses")
-            elif key.startswith("x-"):
+            elif str(key).startswith("x-"):
                 notes.ignored(None, where, "extension field (x-), ignored as compose does")
             else:
                 notes.refuse(None, where, "not supported: the agent creates its own volumes")

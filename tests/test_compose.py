@@ -17,6 +17,8 @@ import docker_env
 import pytest
 from agentproc import AgentProcess
 from docker_env import TestImages
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.models import Release
 from hub import compose_values as cv
@@ -535,3 +537,46 @@ async def test_compose_release_runs_on_agent_and_services_reach_each_other(
     except TimeoutError:
         pytest.fail(f"client never healthy: {json.dumps(last, indent=1)}\n{agent.log()}")
     assert last["release"] == "pair@1"
+
+
+_KEYS = sorted(
+    {"image", "command", "environment", "ports", "volumes", "healthcheck", "depends_on",
+     "labels", "networks", "deploy", "logging", "devices", "tmpfs", "sysctls", "extra_hosts",
+     "restart", "env_file", "expose", "user", "cpus", "mem_limit", "stop_grace_period",
+     "container_name", "network_mode", "read_only", "build", "x-note"}
+)  # fmt: skip
+_LEAF = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
+    st.sampled_from(["80:80", "./x:/y", "/a:/b:ro", "1m", "db", "CMD", "${X:-1}", "$$", "10s"]),
+)  # fmt: skip
+_VALUE = st.recursive(
+    _LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from([*_KEYS, "target", "source", "test", "a"]), inner, max_size=3
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    services=st.dictionaries(
+        st.sampled_from(["web", "db", "Bad"]),
+        st.one_of(_LEAF, st.dictionaries(st.sampled_from(_KEYS), _VALUE, max_size=6)),
+        max_size=3,
+    ),
+    volumes=_VALUE,
+    networks=_VALUE,
+)
+def test_any_document_imports_or_is_refused(services: Any, volumes: Any, networks: Any) -> None:
+    """Whatever the shape, the import returns a valid release or raises ComposeError."""
+    src = json.dumps({"services": services, "volumes": volumes, "networks": networks})
+    try:
+        result = text(src)
+    except ComposeError as exc:
+        assert exc.fields and all(f["field"] and f["message"] for f in exc.fields)
+    else:
+        Release.model_validate(result.release)
