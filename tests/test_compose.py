@@ -196,6 +196,17 @@ def test_import_report_names_service_and_key() -> None:
         (None, "x-defaults"),
         (None, "x-health"),
     }
+    assert "ignored  x-health: extension field (x-), ignored as compose does" in report.lines()
+
+
+def test_extension_fields_ignored_in_service_volume_network() -> None:
+    """x- keys in a service, a volume and a network are ignored and reported."""
+    src = (
+        "name: proj\nservices:\n  a:\n    image: x\n    restart: always\n    x-owner: ops\n"
+        "volumes:\n  v:\n    x-note: 1\nnetworks:\n  n:\n    x-note: 1\n"
+    )
+    ignored = {i.field for i in text(src).report.ignored}
+    assert ignored == {"name", "services.a.x-owner", "volumes.v.x-note", "networks.n.x-note"}
 
 
 UNSUPPORTED = {
