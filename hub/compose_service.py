@@ -337,10 +337,10 @@ def _network_mode(m: ServiceMapper, value: Any) -> None:
 
 
 def _devices(m: ServiceMapper, value: Any) -> None:
-    m.doc["devices"] = [cv.parse_device(d) for d in cv_list(value)]
+    m.doc["devices"] = [cv.parse_device(d) for d in _as_list(value)]
 
 
-def cv_list(value: Any) -> list[Any]:
+def _as_list(value: Any) -> list[Any]:
     """Return ``value`` as a list (a single item becomes a one-item list)."""
     return value if isinstance(value, list) else [value]
 
