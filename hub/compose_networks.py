@@ -30,6 +30,8 @@ def map_top_networks(notes: Notes, value: Any) -> dict[str, dict[str, Any]]:
             where = f"networks.{name}.{key}"
             if key == "driver" and opt == "bridge":
                 notes.ignored(None, where, "bridge is the driver the agent uses")
+            elif key == "external" and opt is False:
+                notes.ignored(None, where, "false is the default")
             elif key == "internal" and name != "default" and isinstance(opt, bool):
                 doc["internal"] = opt
             elif str(key).startswith("x-"):

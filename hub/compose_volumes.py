@@ -120,6 +120,8 @@ def map_top_volumes(notes: Notes, value: Any) -> set[str]:
             where = f"volumes.{name}.{key}"
             if key == "driver" and opt == "local":
                 notes.ignored(None, where, "local is the driver the agent uses")
+            elif key == "external" and opt is False:
+                notes.ignored(None, where, "false is the default")
             elif str(key).startswith("x-"):
                 notes.ignored(None, where, "extension field (x-), ignored as compose does")
             else:

@@ -242,6 +242,11 @@ def test_relative_bind_mount_refused_with_what_to_use() -> None:
     assert "'./data'" in message and "absolute path" in message and "named volume" in message
 
 
+def test_gitea_refused_only_for_its_relative_bind() -> None:
+    """A public file with one relative bind: exactly that key is refused; external: false is not."""
+    assert list(refused(name="gitea.yml")) == ["services.server.volumes.0"]
+
+
 def test_unsupported_key_not_in_list_is_refused_not_dropped() -> None:
     """A key the importer does not know is refused, never silently dropped."""
     fields = refused("services:\n  a:\n    image: x\n    runtime: nvidia\n    platform: arm64\n")
