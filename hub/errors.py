@@ -200,3 +200,12 @@ class StoreError(HubError):
     status = 500
     code = "store"
     retryable = True
+
+
+class ComposeError(InvalidRequest):
+    """A compose file cannot be imported (an InvalidRequest, 422).
+
+    ``fields`` names every refused key (``services.web.build``), not only the first.
+    """
+
+    code = "compose_refused"
