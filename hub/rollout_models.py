@@ -304,3 +304,46 @@ class DeviceObservation(Frozen):
     def all_up(self) -> bool:
         """Return whether every service runs (and is healthy where it has a healthcheck)."""
         return all(s.running and s.healthy is not False for s in self.services)
+
+
+class TargetIssue(Frozen):
+    """A target the hub must issue: the rollout's release, or on rollback the previous one."""
+
+    device_id: str
+    release: str | None  # None: the device ran no release before; the hub issues an empty one
+    rollback: bool = False
+
+
+class RolloutEvent(Frozen):
+    """Something the decision did, for the audit log and the operator."""
+
+    kind: str  # stage_started | stage_passed | stage_failed | halted | rolling_back | ...
+    stage: int | None = None
+    detail: str = ""
+
+
+class StageProgress(Frozen):
+    """One stage's devices by verdict; devices not yet issued count as pending."""
+
+    stage: int
+    size: str  # as the operator wrote it: "1", "10%"
+    planned: int
+    pending: int = 0
+    applying: int = 0
+    healthy: int = 0
+    failed: int = 0
+    offline: int = 0
+    rolled_back: int = 0
+
+
+class Decision(Frozen):
+    """What the planner decided: the new state, targets to issue, events, verdicts, progress.
+
+    The hub applies it in one store transaction together with the events' audit records.
+    """
+
+    state: RolloutState
+    issue: tuple[TargetIssue, ...] = ()
+    events: tuple[RolloutEvent, ...] = ()
+    verdicts: dict[str, Verdict] = Field(default_factory=dict)
+    progress: tuple[StageProgress, ...] = ()

@@ -1,0 +1,482 @@
+"""The rollout's stage planner and health gate: (spec, state, observations, now) -> Decision.
+
+Pure: no I/O, no clock; ``now`` is passed in. The hub applies a ``Decision`` in one store
+transaction with the audit records of its events.
+
+Rules (docs/deployments.md, "Rollouts: stages and the health gate"):
+
+- Stages are cumulative sizes (``1, 10%, 50%, 100%`` of the members frozen at start);
+  a stage never shrinks. Which devices a stage adds is ``order_devices``: those online
+  now first, then by a stable hash of (rollout id, device id).
+- The gate judges each touched device: pending, applying, healthy, failed or offline.
+  Healthy and failed are sticky. A device that has not reported the target by
+  ``stage_deadline_s`` after it was issued (and its window opened) is offline: counted,
+  never waited for. One that talked but is not good by then has failed.
+- The failed count is judged over every device touched so far: more than ``max_failed``
+  (a count, or a share rounded down) fails the stage. A stage passes when none of its
+  devices is pending or applying any more.
+- A failed stage halts the rollout; with ``rollback_on_failure`` every touched device is
+  sent the release the hub targeted at it before the rollout (fleet rollback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from hub.errors import Conflict, InvalidRequest
+from hub.rollout_models import (
+    ACTIVE_STATUSES,
+    Amount,
+    Decision,
+    DeviceAssignment,
+    DeviceObservation,
+    RolloutEvent,
+    RolloutSpec,
+    RolloutState,
+    RolloutStatus,
+    StageProgress,
+    TargetIssue,
+    Verdict,
+    window_opens_at,
+)
+
+Observations = Mapping[str, DeviceObservation]
+ON_DEVICE_FAILURE = ("rolled_back", "failed")
+UNDECIDED = (Verdict.PENDING, Verdict.APPLYING)
+OVERLAP_EXAMPLES = 5
+
+
+# ---- ordering and sizes ---------------------------------------------------------------
+
+
+def order_devices(device_ids: Iterable[str], online: Collection[str], rollout_id: str) -> list[str]:
+    """Return the devices in rollout order: online first, then by sha256(rollout id, device id).
+
+    The hash spreads each rollout over the fleet differently, yet the same inputs always
+    give the same order.
+    """
+
+    def key(device_id: str) -> tuple[bool, str, str]:
+        digest = hashlib.sha256(f"{rollout_id}\0{device_id}".encode()).hexdigest()
+        return (device_id not in online, digest, device_id)
+
+    return sorted(set(device_ids), key=key)
+
+
+def stage_sizes(stages: Sequence[Amount], total: int) -> list[int]:
+    """Return each stage's cumulative number of devices: never shrinking, the last = total."""
+    sizes: list[int] = []
+    for stage in stages:
+        size = max(stage.of(total, round_up=True), sizes[-1] if sizes else 0)
+        sizes.append(size)
+    if sizes:
+        sizes[-1] = total
+    return sizes
+
+
+def start_rollout(
+    rollout_id: str,
+    spec: RolloutSpec,
+    members: Iterable[str],
+    online: Collection[str],
+    now: datetime,
+) -> RolloutState:
+    """Return the state of a new rollout over ``members`` (frozen now); nothing is issued yet."""
+    ordered = order_devices(members, online, rollout_id)
+    if not ordered:
+        raise InvalidRequest(
+            f"rollout of {spec.release}: no device matches",
+            fields=[{"field": "group" if spec.group else "selector", "message": "no members"}],
+        )
+    return RolloutState(
+        rollout_id=rollout_id, members=tuple(ordered), started_at=now, updated_at=now
+    )
+
+
+# ---- the health gate -----------------------------------------------------------------
+
+
+def device_deadline(spec: RolloutSpec, assignment: DeviceAssignment) -> datetime:
+    """Return when the device must have reported the target good (window-aware)."""
+    start = assignment.issued_at
+    if spec.window is not None and spec.tz is not None:
+        start = window_opens_at(spec.window, spec.tz, start)
+    return start + timedelta(seconds=spec.stage_deadline_s)
+
+
+def _about_target(a: DeviceAssignment, obs: DeviceObservation | None) -> bool:
+    """Return whether the observation was reported after the target was issued, about it."""
+    if obs is None or obs.reported_at is None or obs.reported_at < a.issued_at:
+        return False
+    if a.revision is not None and obs.rollout_revision is not None:
+        return obs.rollout_revision == a.revision
+    return True
+
+
+def _failed(a: DeviceAssignment, reason: str) -> tuple[Verdict, DeviceAssignment]:
+    return Verdict.FAILED, a.model_copy(update={"failed_reason": reason})
+
+
+def judge_device(
+    spec: RolloutSpec, a: DeviceAssignment, obs: DeviceObservation | None, now: datetime
+) -> tuple[Verdict, DeviceAssignment]:
+    """Return the gate's verdict on one device and its assignment updated (soak, verdict)."""
+    if a.failed_reason is not None:
+        return Verdict.FAILED, a
+    deadline = device_deadline(spec, a)
+    if obs is None or not _about_target(a, obs):
+        if a.healthy_at is not None:
+            return Verdict.HEALTHY, a
+        return (Verdict.OFFLINE if now >= deadline else Verdict.PENDING), a
+    if obs.rollout_state in ON_DEVICE_FAILURE:
+        return _failed(a, f"on-device rollback ({obs.rollout_state})")
+    if spec.gate.fail_on_crash_loop and obs.crash_loop:
+        return _failed(a, "crash loop")
+    if a.healthy_at is not None:
+        return Verdict.HEALTHY, a
+    runs = obs.release == spec.release and obs.rollout_state in (None, "good") and obs.all_up
+    if not runs:
+        # The soak restarts once every service is up again; the deadline bounds the wait.
+        a = a.model_copy(update={"soak_started_at": None})
+        if now < deadline:
+            return Verdict.APPLYING, a
+        if not obs.online:
+            return Verdict.OFFLINE, a
+        return _failed(a, f"not good within stage_deadline_s={spec.stage_deadline_s:g}")
+    return _soak(spec, a, obs, now, deadline)
+
+
+def _soak(
+    spec: RolloutSpec,
+    a: DeviceAssignment,
+    obs: DeviceObservation,
+    now: datetime,
+    deadline: datetime,
+) -> tuple[Verdict, DeviceAssignment]:
+    """Judge a device that runs the target with every service up."""
+    if a.soak_started_at is None:
+        a = a.model_copy(update={"soak_started_at": now, "restarts_at_soak_start": obs.restarts})
+    soak_started_at = a.soak_started_at or now
+    restarts = obs.restarts - a.restarts_at_soak_start
+    limit = spec.gate.max_restarts_during_soak
+    if restarts > limit:
+        return _failed(a, f"{restarts} restarts during the soak (max_restarts_during_soak={limit})")
+    if (now - soak_started_at).total_seconds() >= spec.soak_s:
+        return Verdict.HEALTHY, a.model_copy(update={"healthy_at": now})
+    if not obs.online and now >= deadline + timedelta(seconds=spec.soak_s):
+        return Verdict.OFFLINE, a
+    return Verdict.APPLYING, a
+
+
+def judge_rollback(
+    spec: RolloutSpec, a: DeviceAssignment, obs: DeviceObservation | None, now: datetime
+) -> Verdict:
+    """Return where a device is on its way back to its previous release."""
+    issued = a.rollback_issued_at or now
+    back = (
+        obs is not None
+        and obs.reported_at is not None
+        and obs.reported_at >= issued
+        and obs.release == a.previous_release
+        and obs.rollout_state not in ("applying", "settling")
+    )
+    if back:
+        return Verdict.ROLLED_BACK
+    if now < issued + timedelta(seconds=spec.stage_deadline_s):
+        talked = obs is not None and obs.reported_at is not None and obs.reported_at >= issued
+        return Verdict.APPLYING if talked else Verdict.PENDING
+    return Verdict.FAILED if obs is not None and obs.online else Verdict.OFFLINE
+
+
+def _judge_all(
+    spec: RolloutSpec, state: RolloutState, observations: Observations, now: datetime
+) -> tuple[RolloutState, dict[str, Verdict]]:
+    """Judge every touched device; return the state with assignments updated, and verdicts."""
+    verdicts: dict[str, Verdict] = {}
+    if state.status in (RolloutStatus.ROLLING_BACK, RolloutStatus.ROLLED_BACK):
+        for device_id, a in state.assignments.items():
+            verdicts[device_id] = judge_rollback(spec, a, observations.get(device_id), now)
+        return state, verdicts
+    assignments = dict(state.assignments)
+    for device_id, a in state.assignments.items():
+        verdict, updated = judge_device(spec, a, observations.get(device_id), now)
+        verdicts[device_id] = verdict
+        if updated is not a:
+            assignments[device_id] = updated
+    return state.model_copy(update={"assignments": assignments}), verdicts
+
+
+# ---- the stage planner ---------------------------------------------------------------
+
+
+def plan_rollout(
+    spec: RolloutSpec, state: RolloutState, observations: Observations, now: datetime
+) -> Decision:
+    """Return the decision for this moment: targets to issue, verdicts, stage moves, progress."""
+    state, verdicts = _judge_all(spec, state, observations, now)
+    issues: list[TargetIssue] = []
+    events: list[RolloutEvent] = []
+    if state.status in (RolloutStatus.RUNNING, RolloutStatus.PAUSED):
+        failed = sum(1 for v in verdicts.values() if v is Verdict.FAILED)
+        allowed = spec.max_failed.of(len(state.assignments), round_up=False)
+        if failed > allowed:
+            touched = len(state.assignments)
+            reason = f"{failed} of {touched} devices failed (max_failed={spec.max_failed})"
+            return _fail(spec, state, verdicts, now, reason)
+    if state.status is RolloutStatus.RUNNING:
+        state = _advance(spec, state, observations, verdicts, now, issues, events)
+    elif state.status is RolloutStatus.ROLLING_BACK and not any(
+        v in UNDECIDED for v in verdicts.values()
+    ):
+        state = state.model_copy(update={"status": RolloutStatus.ROLLED_BACK})
+        events.append(RolloutEvent(kind="rolled_back", detail=state.reason or ""))
+    state = state.model_copy(update={"updated_at": now})
+    return _decision(spec, state, verdicts, issues, events)
+
+
+def _advance(
+    spec: RolloutSpec,
+    state: RolloutState,
+    observations: Observations,
+    verdicts: dict[str, Verdict],
+    now: datetime,
+    issues: list[TargetIssue],
+    events: list[RolloutEvent],
+) -> RolloutState:
+    """Issue the current stage's devices; pass stages whose devices are all decided."""
+    sizes = stage_sizes(spec.stages, len(state.members))
+    while True:
+        added = _assign_stage(spec, state, observations, sizes, now)
+        if added:
+            state = _with_assigned(state, added)
+            for device_id in added:
+                issues.append(TargetIssue(device_id=device_id, release=spec.release))
+                verdicts[device_id] = Verdict.PENDING
+            events.append(
+                RolloutEvent(
+                    kind="stage_started", stage=state.current_stage, detail=f"{len(added)} devices"
+                )
+            )
+            return state
+        if any(verdicts[d] in UNDECIDED for d in state.assignments):
+            return state
+        events.append(RolloutEvent(kind="stage_passed", stage=state.current_stage))
+        if state.current_stage == len(sizes) - 1:
+            events.append(RolloutEvent(kind="completed"))
+            return state.model_copy(update={"status": RolloutStatus.COMPLETED})
+        state = state.model_copy(update={"current_stage": state.current_stage + 1})
+
+
+def _assign_stage(
+    spec: RolloutSpec,
+    state: RolloutState,
+    observations: Observations,
+    sizes: list[int],
+    now: datetime,
+) -> dict[str, DeviceAssignment]:
+    """Return the assignments of the devices the current stage adds (none if all issued)."""
+    missing = sizes[state.current_stage] - len(state.assignments)
+    if missing <= 0:
+        return {}
+    rest = [d for d in state.members if d not in state.assignments]
+    online = {d for d in rest if d in observations and observations[d].online}
+    chosen = order_devices(rest, online, state.rollout_id)[:missing]
+    return {
+        d: DeviceAssignment(
+            stage=state.current_stage,
+            previous_release=observations[d].target_release if d in observations else None,
+            issued_at=now,
+        )
+        for d in chosen
+    }
+
+
+def _with_assigned(state: RolloutState, added: Mapping[str, DeviceAssignment]) -> RolloutState:
+    return state.model_copy(update={"assignments": {**state.assignments, **added}})
+
+
+def _fail(
+    spec: RolloutSpec,
+    state: RolloutState,
+    verdicts: dict[str, Verdict],
+    now: datetime,
+    reason: str,
+) -> Decision:
+    """Halt the rollout at its current stage; roll the touched devices back if configured."""
+    stage = state.current_stage
+    state = state.model_copy(update={"failed_stage": stage, "reason": reason, "updated_at": now})
+    events = [RolloutEvent(kind="stage_failed", stage=stage, detail=reason)]
+    if not spec.rollback_on_failure:
+        events.append(RolloutEvent(kind="halted", stage=stage, detail=reason))
+        state = state.model_copy(update={"status": RolloutStatus.HALTED})
+        return _decision(spec, state, verdicts, [], events)
+    state, issues = _begin_rollback(state, now, reason)
+    events.append(RolloutEvent(kind="rolling_back", stage=stage, detail=reason))
+    _, verdicts = _judge_all(spec, state, {}, now)
+    return _decision(spec, state, verdicts, issues, events)
+
+
+def _begin_rollback(
+    state: RolloutState, now: datetime, reason: str
+) -> tuple[RolloutState, list[TargetIssue]]:
+    """Send every touched device the release it ran before; return the state and issues."""
+    assignments = {
+        d: a.model_copy(update={"rollback_issued_at": now}) for d, a in state.assignments.items()
+    }
+    issues = [
+        TargetIssue(device_id=d, release=a.previous_release, rollback=True)
+        for d, a in assignments.items()
+    ]
+    state = state.model_copy(
+        update={
+            "status": RolloutStatus.ROLLING_BACK,
+            "assignments": assignments,
+            "reason": reason,
+            "updated_at": now,
+        }
+    )
+    return state, issues
+
+
+def _decision(
+    spec: RolloutSpec,
+    state: RolloutState,
+    verdicts: dict[str, Verdict],
+    issues: list[TargetIssue],
+    events: list[RolloutEvent],
+) -> Decision:
+    return Decision(
+        state=state,
+        issue=tuple(issues),
+        events=tuple(events),
+        verdicts=verdicts,
+        progress=progress(spec, state, verdicts),
+    )
+
+
+def progress(
+    spec: RolloutSpec, state: RolloutState, verdicts: Mapping[str, Verdict]
+) -> tuple[StageProgress, ...]:
+    """Return per stage its devices by verdict; devices not issued yet count as pending."""
+    sizes = stage_sizes(spec.stages, len(state.members))
+    by_stage: dict[int, Counter[Verdict]] = {i: Counter() for i in range(len(sizes))}
+    for device_id, a in state.assignments.items():
+        by_stage[a.stage][verdicts.get(device_id, Verdict.PENDING)] += 1
+    rows = []
+    for i, size in enumerate(sizes):
+        planned = size - (sizes[i - 1] if i else 0)
+        counts = by_stage[i]
+        issued = sum(counts.values())
+        rows.append(
+            StageProgress(
+                stage=i,
+                size=str(spec.stages[i]),
+                planned=planned,
+                pending=counts[Verdict.PENDING] + max(0, planned - issued),
+                **{v.value: counts[v] for v in Verdict if v is not Verdict.PENDING},
+            )
+        )
+    return tuple(rows)
+
+
+# ---- operator actions ----------------------------------------------------------------
+
+
+def _require(state: RolloutState, action: str, allowed: Collection[RolloutStatus]) -> None:
+    if state.status not in allowed:
+        names = ", ".join(sorted(s.value for s in allowed))
+        raise Conflict(
+            f"cannot {action} rollout {state.rollout_id}: it is {state.status.value} "
+            f"(only {names})",
+            fields=[{"field": "status", "message": state.status.value}],
+        )
+
+
+def _action(
+    state: RolloutState, now: datetime, status: RolloutStatus, kind: str, reason: str
+) -> Decision:
+    state = state.model_copy(
+        update={"status": status, "reason": reason or state.reason, "updated_at": now}
+    )
+    return Decision(state=state, events=(RolloutEvent(kind=kind, detail=reason),))
+
+
+def pause(state: RolloutState, now: datetime, reason: str = "") -> Decision:
+    """Stop adding devices; the gate keeps judging (and halting on) the touched ones."""
+    _require(state, "pause", {RolloutStatus.RUNNING})
+    return _action(state, now, RolloutStatus.PAUSED, "paused", reason)
+
+
+def resume(state: RolloutState, now: datetime, reason: str = "") -> Decision:
+    """Continue a paused rollout where it stood."""
+    _require(state, "resume", {RolloutStatus.PAUSED})
+    return _action(state, now, RolloutStatus.RUNNING, "resumed", reason)
+
+
+def abort(state: RolloutState, now: datetime, reason: str = "") -> Decision:
+    """Stop the rollout for good; touched devices keep the target they have."""
+    _require(state, "abort", {RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED})
+    return _action(state, now, RolloutStatus.ABORTED, "aborted", reason)
+
+
+def rollback(state: RolloutState, now: datetime, reason: str = "") -> Decision:
+    """Roll back by hand: every touched device is sent the release it ran before."""
+    allowed = {
+        RolloutStatus.RUNNING,
+        RolloutStatus.PAUSED,
+        RolloutStatus.HALTED,
+        RolloutStatus.COMPLETED,
+        RolloutStatus.ABORTED,
+    }
+    _require(state, "roll back", allowed)
+    reason = reason or "rolled back by hand"
+    state, issues = _begin_rollback(state, now, reason)
+    return Decision(
+        state=state,
+        issue=tuple(issues),
+        events=(RolloutEvent(kind="rolling_back", stage=state.current_stage, detail=reason),),
+    )
+
+
+# ---- overlap -------------------------------------------------------------------------
+
+
+def check_overlap(
+    new: RolloutSpec, active_rollouts: Iterable[RolloutState], members: Collection[str]
+) -> tuple[str, ...]:
+    """Return the ids of the rollouts ``new`` supersedes; raise Conflict on any other overlap.
+
+    Only active rollouts (running, paused, halted, rolling back) count. The hub aborts the
+    superseded ones (``abort(..., reason="superseded by ...")``) as it starts the new one.
+    """
+    wanted = set(members)
+    superseded: list[str] = []
+    clashes: list[dict[str, object]] = []
+    for other in active_rollouts:
+        if other.status not in ACTIVE_STATUSES:
+            continue
+        shared = sorted(wanted.intersection(other.members))
+        if not shared:
+            continue
+        if new.supersedes == other.rollout_id:
+            superseded.append(other.rollout_id)
+            continue
+        clashes.append(
+            {
+                "field": "supersedes",
+                "rollout": other.rollout_id,
+                "devices": len(shared),
+                "examples": shared[:OVERLAP_EXAMPLES],
+            }
+        )
+    if clashes:
+        summary = "; ".join(f"{c['rollout']} ({c['devices']} devices)" for c in clashes)
+        raise Conflict(
+            f"rollout of {new.release} overlaps active rollouts: {summary}; "
+            "pass supersedes=<rollout id> to replace one",
+            fields=clashes,
+        )
+    return tuple(superseded)
