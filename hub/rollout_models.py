@@ -245,6 +245,7 @@ class DeviceAssignment(Frozen):
     previous_release: str | None  # the release the hub targeted at it before; None = none
     issued_at: datetime
     revision: int | None = None  # the hub revision of the target, once the hub issued it
+    seen_at: datetime | None = None  # when the hub first saw a report about the target
     soak_started_at: datetime | None = None
     restarts_at_soak_start: int = 0
     healthy_at: datetime | None = None

@@ -131,6 +131,11 @@ def judge_device(
         if a.healthy_at is not None:
             return Verdict.HEALTHY, a
         return (Verdict.OFFLINE if now >= deadline else Verdict.PENDING), a
+    if a.seen_at is None:
+        a = a.model_copy(update={"seen_at": obs.reported_at})
+    if a.seen_at is not None and a.seen_at >= deadline:
+        # First heard of after its deadline: it was away, not slow; it gets a fresh one.
+        deadline = a.seen_at + timedelta(seconds=spec.stage_deadline_s)
     if obs.rollout_state in ON_DEVICE_FAILURE:
         return _failed(a, f"on-device rollback ({obs.rollout_state})")
     if spec.gate.fail_on_crash_loop and obs.crash_loop:
@@ -261,7 +266,12 @@ def _advance(
                 )
             )
             return state
-        if any(verdicts[d] in UNDECIDED for d in state.assignments):
+        # Devices of earlier stages that return late are judged, but never hold a stage.
+        if any(
+            verdicts[d] in UNDECIDED
+            for d, a in state.assignments.items()
+            if a.stage == state.current_stage
+        ):
             return state
         events.append(RolloutEvent(kind="stage_passed", stage=state.current_stage))
         if state.current_stage == len(sizes) - 1:

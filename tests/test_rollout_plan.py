@@ -595,3 +595,33 @@ def test_thousand_devices_fail_at_a_stage_and_roll_back() -> None:
     assert back == dict.fromkeys(touched, OLD)
     assert all(fleet.devices[d].release == OLD for d in fleet.devices)
     assert sum(p.rolled_back for p in end.progress) == len(touched)
+
+
+def test_a_device_returning_after_its_deadline_gets_a_fresh_one() -> None:
+    sp = spec(stage_deadline_s=300)
+    v, a = judge_device(sp, ISSUED, None, NOW + timedelta(seconds=400))
+    assert v is Verdict.OFFLINE
+    back = seen(3600, rollout_state="applying", release=OLD)
+    v, a = judge_device(sp, a, back, NOW + timedelta(seconds=3600))
+    assert v is Verdict.APPLYING  # not failed: it was away, not slow
+    v, _ = judge_device(sp, a, back, NOW + timedelta(seconds=3900))
+    assert v is Verdict.FAILED  # its fresh deadline passed while it talked
+
+
+def test_a_returning_device_of_an_earlier_stage_does_not_hold_the_current_one() -> None:
+    sp = spec(stages="1,100%", soak_s=0, stage_deadline_s=300)
+    fleet = SimFleet.of(3, {"dev-0000": "silent"})
+    now_online = {
+        d: o.model_copy(update={"online": d == "dev-0000"}) for d, o in fleet.observations().items()
+    }
+    first = plan_rollout(sp, started(3, sp), now_online, NOW)  # online now: goes first
+    fleet.apply(first.issue, NOW)
+    assert [i.device_id for i in first.issue] == ["dev-0000"]
+    t = NOW + timedelta(seconds=300)
+    second = plan_rollout(sp, first.state, fleet.observations(), t)  # offline: stage 0 passes
+    fleet.apply(second.issue, t)
+    returned = fleet.devices["dev-0000"]
+    returned.behaviour, returned.reported_at, returned.state = "good", t, "applying"
+    end = plan_rollout(sp, second.state, fleet.observations(), t + timedelta(seconds=1))
+    assert end.state.status is RolloutStatus.COMPLETED
+    assert end.verdicts["dev-0000"] is Verdict.APPLYING
