@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     field_validator,
     model_validator,
 )
@@ -58,7 +59,8 @@ class Amount(Frozen):
     def __str__(self) -> str:
         if self.count is not None:
             return str(self.count)
-        return f"{self.percent:g}%"
+        percent = self.percent or 0.0
+        return f"{int(percent) if percent.is_integer() else percent!r}%"  # exact: round-trips
 
 
 def parse_amount(value: Any) -> Any:
@@ -78,7 +80,8 @@ def parse_amount(value: Any) -> Any:
     return value
 
 
-AmountField = Annotated[Amount, BeforeValidator(parse_amount)]
+# Written and read as the operator writes it: 3 -> "3", 5% -> "5%".
+AmountField = Annotated[Amount, BeforeValidator(parse_amount), PlainSerializer(str)]
 
 
 def parse_stages(value: Any) -> Any:

@@ -96,6 +96,23 @@ def start_rollout(
     )
 
 
+def record_revisions(state: RolloutState, revisions: Mapping[str, int]) -> RolloutState:
+    """Return the state with the hub revision of each issued target recorded.
+
+    The gate then only takes reports about exactly that revision as news of the target.
+    """
+    unknown = sorted(set(revisions) - set(state.assignments))
+    if unknown:
+        raise InvalidRequest(
+            f"rollout {state.rollout_id} did not assign {', '.join(unknown[:5])}",
+            fields=[{"field": "device_id", "message": "not assigned"}],
+        )
+    assignments = dict(state.assignments)
+    for device_id, revision in revisions.items():
+        assignments[device_id] = assignments[device_id].model_copy(update={"revision": revision})
+    return state.model_copy(update={"assignments": assignments})
+
+
 # ---- the health gate -----------------------------------------------------------------
 
 

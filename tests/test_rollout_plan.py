@@ -35,6 +35,7 @@ from hub.rollouts import (
     order_devices,
     pause,
     plan_rollout,
+    record_revisions,
     resume,
     rollback,
     stage_sizes,
@@ -625,3 +626,32 @@ def test_a_returning_device_of_an_earlier_stage_does_not_hold_the_current_one() 
     end = plan_rollout(sp, second.state, fleet.observations(), t + timedelta(seconds=1))
     assert end.state.status is RolloutStatus.COMPLETED
     assert end.verdicts["dev-0000"] is Verdict.APPLYING
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    counts=counts_first,
+    percents=stage_lists,
+    max_failed=st.one_of(
+        st.integers(0, 5), st.floats(0, 100).map(lambda p: f"{p!r}%"), st.just("12.3456789%")
+    ),
+)
+def test_spec_and_state_round_trip_as_json(
+    counts: list[int], percents: list[str], max_failed: Any
+) -> None:
+    sp = spec(stages=[*counts, *percents], max_failed=max_failed, window="01:00-04:00", tz="UTC")
+    dumped = sp.model_dump(mode="json")
+    assert dumped["stages"] == [str(s) for s in sp.stages]  # as the operator writes them
+    assert RolloutSpec.model_validate_json(sp.model_dump_json()) == sp
+    decision = plan_rollout(sp, started(5, sp), SimFleet.of(5).observations(), NOW)
+    state = decision.state
+    assert RolloutState.model_validate_json(state.model_dump_json()) == state
+
+
+def test_revisions_recorded_after_issue() -> None:
+    sp = spec()
+    first = plan_rollout(sp, started(2, sp), {}, NOW)
+    state = record_revisions(first.state, {"dev-0000": 11, "dev-0001": 12})
+    assert state.assignments["dev-0001"].revision == 12
+    with pytest.raises(InvalidRequest):
+        record_revisions(state, {"dev-0099": 1})
