@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -535,33 +535,43 @@ def test_stages_never_shrink(counts: list[int], percents: list[str], total: int)
     assert sizes == sorted(sizes) and sizes[-1] == total and all(s <= total for s in sizes)
 
 
-@settings(max_examples=60, deadline=None)
+DEVICES = st.tuples(
+    st.sampled_from(["good", "good", "good", "fails", "silent"]),
+    st.sampled_from([OLD, OLD, "app@0", None]),
+)
+
+
+@settings(max_examples=80, deadline=None)
 @given(
-    behaviours=st.lists(
-        st.sampled_from(["good", "good", "good", "fails", "silent"]), min_size=1, max_size=30
-    ),
+    devices=st.lists(DEVICES, min_size=1, max_size=30),
     stages=stage_lists,
     max_failed=st.integers(0, 3),
 )
-def test_rollout_properties(behaviours: list[str], stages: list[str], max_failed: int) -> None:
-    n = len(behaviours)
+def test_rollout_properties(
+    devices: list[tuple[str, str | None]], stages: list[str], max_failed: int
+) -> None:
+    n = len(devices)
     sp = spec(stages=stages, max_failed=max_failed)
-    fleet = SimFleet.of(n, dict(zip(ids(n), behaviours, strict=True)))
+    fleet = SimFleet.of(n, {d: b for d, (b, _) in zip(ids(n), devices, strict=True)})
+    previous = {d: p for d, (_, p) in zip(ids(n), devices, strict=True)}
+    for device_id, release in previous.items():
+        fleet.devices[device_id].target = fleet.devices[device_id].release = release
     decisions = fleet.run(sp, started(n, sp), NOW)
     forward = [i.device_id for i in fleet.issued if not i.rollback]
     assert len(forward) == len(set(forward))  # a device is assigned at most once
     touched = [len(d.state.assignments) for d in decisions]
     assert touched == sorted(touched)  # stages never shrink
     end = decisions[-1]
-    members = set(ids(n))
+    event(end.state.status.value)
     if end.state.status is RolloutStatus.ROLLED_BACK:
         back = {i.device_id: i.release for i in fleet.issued if i.rollback}
-        assert back == {d: OLD for d in end.state.assignments}  # each to its previous release
-    failed = [d for d, v in end.verdicts.items() if v is Verdict.FAILED]
+        assert back == {d: previous[d] for d in end.state.assignments}
+        for d in end.state.assignments:  # each runs its previous release, or is offline
+            assert fleet.devices[d].release == previous[d] or end.verdicts[d] is Verdict.OFFLINE
+    failed = {d for d, v in end.verdicts.items() if v is Verdict.FAILED}
     settled = {d for d, v in end.verdicts.items() if v in (Verdict.HEALTHY, Verdict.OFFLINE)}
-    completes = settled | set(failed) == members and len(failed) <= sp.max_failed.of(
-        n, round_up=False
-    )
+    allowed = sp.max_failed.of(n, round_up=False)
+    completes = settled | failed == set(ids(n)) and len(failed) <= allowed
     assert (end.state.status is RolloutStatus.COMPLETED) == completes
 
 
