@@ -1,4 +1,4 @@
-"""The rollout's stage planner and health gate: (spec, state, observations, now) -> Decision.
+"""The rollout's stage planner: (spec, state, observations, now) -> Decision.
 
 Pure: no I/O, no clock; ``now`` is passed in. The hub applies a ``Decision`` in one store
 transaction with the audit records of its events.
@@ -8,10 +8,10 @@ Rules (docs/deployments.md, "Rollouts: stages and the health gate"):
 - Stages are cumulative sizes (``1, 10%, 50%, 100%`` of the members frozen at start);
   a stage never shrinks. Which devices a stage adds is ``order_devices``: those online
   now first, then by a stable hash of (rollout id, device id).
-- The gate judges each touched device: pending, applying, healthy, failed or offline.
-  Healthy and failed are sticky. A device that has not reported the target by
-  ``stage_deadline_s`` after it was issued (and its window opened) is offline: counted,
-  never waited for. One that talked but is not good by then has failed.
+- The gate (``hub.rollout_gate``) judges each touched device: pending, applying,
+  healthy, failed or offline. Healthy and failed are sticky. A device that has not
+  reported the target by ``stage_deadline_s`` after it was issued (and its window
+  opened) is offline: counted, never waited for. One that talked but is not good by then has failed.
 - The failed count is judged over every device touched so far: more than ``max_failed``
   (a count, or a share rounded down) fails the stage. A stage passes when none of its
   devices is pending or applying any more.
@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from hub.errors import Conflict, InvalidRequest
+from hub.rollout_gate import judge_device, judge_rollback
 from hub.rollout_models import (
     ACTIVE_STATUSES,
     Amount,
@@ -40,11 +41,9 @@ from hub.rollout_models import (
     StageProgress,
     TargetIssue,
     Verdict,
-    window_opens_at,
 )
 
 Observations = Mapping[str, DeviceObservation]
-ON_DEVICE_FAILURE = ("rolled_back", "failed")
 UNDECIDED = (Verdict.PENDING, Verdict.APPLYING)
 OVERLAP_EXAMPLES = 5
 
@@ -113,106 +112,6 @@ def record_revisions(state: RolloutState, revisions: Mapping[str, int]) -> Rollo
     return state.model_copy(update={"assignments": assignments})
 
 
-# ---- the health gate -----------------------------------------------------------------
-
-
-def device_deadline(spec: RolloutSpec, assignment: DeviceAssignment) -> datetime:
-    """Return when the device must have reported the target good (window-aware)."""
-    start = assignment.issued_at
-    if spec.window is not None and spec.tz is not None:
-        start = window_opens_at(spec.window, spec.tz, start)
-    return start + timedelta(seconds=spec.stage_deadline_s)
-
-
-def _about_target(a: DeviceAssignment, obs: DeviceObservation | None) -> bool:
-    """Return whether the observation was reported after the target was issued, about it."""
-    if obs is None or obs.reported_at is None or obs.reported_at < a.issued_at:
-        return False
-    if a.revision is not None and obs.rollout_revision is not None:
-        return obs.rollout_revision == a.revision
-    return True
-
-
-def _failed(a: DeviceAssignment, reason: str) -> tuple[Verdict, DeviceAssignment]:
-    return Verdict.FAILED, a.model_copy(update={"failed_reason": reason})
-
-
-def judge_device(
-    spec: RolloutSpec, a: DeviceAssignment, obs: DeviceObservation | None, now: datetime
-) -> tuple[Verdict, DeviceAssignment]:
-    """Return the gate's verdict on one device and its assignment updated (soak, verdict)."""
-    if a.failed_reason is not None:
-        return Verdict.FAILED, a
-    deadline = device_deadline(spec, a)
-    if obs is None or not _about_target(a, obs):
-        if a.healthy_at is not None:
-            return Verdict.HEALTHY, a
-        return (Verdict.OFFLINE if now >= deadline else Verdict.PENDING), a
-    if a.seen_at is None:
-        a = a.model_copy(update={"seen_at": obs.reported_at})
-    if a.seen_at is not None and a.seen_at >= deadline:
-        # First heard of after its deadline: it was away, not slow; it gets a fresh one.
-        deadline = a.seen_at + timedelta(seconds=spec.stage_deadline_s)
-    if obs.rollout_state in ON_DEVICE_FAILURE:
-        return _failed(a, f"on-device rollback ({obs.rollout_state})")
-    if spec.gate.fail_on_crash_loop and obs.crash_loop:
-        return _failed(a, "crash loop")
-    if a.healthy_at is not None:
-        return Verdict.HEALTHY, a
-    runs = obs.release == spec.release and obs.rollout_state in (None, "good") and obs.all_up
-    if not runs:
-        # The soak restarts once every service is up again; the deadline bounds the wait.
-        a = a.model_copy(update={"soak_started_at": None})
-        if now < deadline:
-            return Verdict.APPLYING, a
-        if not obs.online:
-            return Verdict.OFFLINE, a
-        return _failed(a, f"not good within stage_deadline_s={spec.stage_deadline_s:g}")
-    return _soak(spec, a, obs, now, deadline)
-
-
-def _soak(
-    spec: RolloutSpec,
-    a: DeviceAssignment,
-    obs: DeviceObservation,
-    now: datetime,
-    deadline: datetime,
-) -> tuple[Verdict, DeviceAssignment]:
-    """Judge a device that runs the target with every service up."""
-    if a.soak_started_at is None:
-        a = a.model_copy(update={"soak_started_at": now, "restarts_at_soak_start": obs.restarts})
-    soak_started_at = a.soak_started_at or now
-    restarts = obs.restarts - a.restarts_at_soak_start
-    limit = spec.gate.max_restarts_during_soak
-    if restarts > limit:
-        return _failed(a, f"{restarts} restarts during the soak (max_restarts_during_soak={limit})")
-    if (now - soak_started_at).total_seconds() >= spec.soak_s:
-        return Verdict.HEALTHY, a.model_copy(update={"healthy_at": now})
-    if not obs.online and now >= deadline + timedelta(seconds=spec.soak_s):
-        return Verdict.OFFLINE, a
-    return Verdict.APPLYING, a
-
-
-def judge_rollback(
-    spec: RolloutSpec, a: DeviceAssignment, obs: DeviceObservation | None, now: datetime
-) -> Verdict:
-    """Return where a device is on its way back to its previous release."""
-    issued = a.rollback_issued_at or now
-    back = (
-        obs is not None
-        and obs.reported_at is not None
-        and obs.reported_at >= issued
-        and obs.release == a.previous_release
-        and obs.rollout_state not in ("applying", "settling")
-    )
-    if back:
-        return Verdict.ROLLED_BACK
-    if now < issued + timedelta(seconds=spec.stage_deadline_s):
-        talked = obs is not None and obs.reported_at is not None and obs.reported_at >= issued
-        return Verdict.APPLYING if talked else Verdict.PENDING
-    return Verdict.FAILED if obs is not None and obs.online else Verdict.OFFLINE
-
-
 def _judge_all(
     spec: RolloutSpec, state: RolloutState, observations: Observations, now: datetime
 ) -> tuple[RolloutState, dict[str, Verdict]]:
@@ -249,7 +148,7 @@ def plan_rollout(
             reason = f"{failed} of {touched} devices failed (max_failed={spec.max_failed})"
             return _fail(spec, state, verdicts, now, reason)
     if state.status is RolloutStatus.RUNNING:
-        state = _advance(spec, state, observations, verdicts, now, issues, events)
+        state, issues, events = _advance(spec, state, observations, verdicts, now)
     elif state.status is RolloutStatus.ROLLING_BACK and not any(
         v in UNDECIDED for v in verdicts.values()
     ):
@@ -265,40 +164,45 @@ def _advance(
     observations: Observations,
     verdicts: dict[str, Verdict],
     now: datetime,
-    issues: list[TargetIssue],
-    events: list[RolloutEvent],
-) -> RolloutState:
-    """Issue the current stage's devices; pass stages whose devices are all decided."""
+) -> tuple[RolloutState, list[TargetIssue], list[RolloutEvent]]:
+    """Pass every stage whose devices are all decided; issue the next stage's devices.
+
+    New devices are added to ``verdicts`` as pending.
+    """
     sizes = stage_sizes(spec.stages, len(state.members))
+    events: list[RolloutEvent] = []
     while True:
-        added = _assign_stage(spec, state, observations, sizes, now)
+        added = _assign_stage(state, observations, sizes, now)
         if added:
-            state = _with_assigned(state, added)
-            for device_id in added:
-                issues.append(TargetIssue(device_id=device_id, release=spec.release))
-                verdicts[device_id] = Verdict.PENDING
+            verdicts.update(dict.fromkeys(added, Verdict.PENDING))
+            issues = [TargetIssue(device_id=d, release=spec.release) for d in added]
+            detail = f"{len(added)} devices"
             events.append(
-                RolloutEvent(
-                    kind="stage_started", stage=state.current_stage, detail=f"{len(added)} devices"
-                )
+                RolloutEvent(kind="stage_started", stage=state.current_stage, detail=detail)
             )
-            return state
-        # Devices of earlier stages that return late are judged, but never hold a stage.
-        if any(
-            verdicts[d] in UNDECIDED
-            for d, a in state.assignments.items()
-            if a.stage == state.current_stage
-        ):
-            return state
+            return _with_assigned(state, added), issues, events
+        if _stage_undecided(state, verdicts):
+            return state, [], events
         events.append(RolloutEvent(kind="stage_passed", stage=state.current_stage))
         if state.current_stage == len(sizes) - 1:
             events.append(RolloutEvent(kind="completed"))
-            return state.model_copy(update={"status": RolloutStatus.COMPLETED})
+            return state.model_copy(update={"status": RolloutStatus.COMPLETED}), [], events
         state = state.model_copy(update={"current_stage": state.current_stage + 1})
 
 
+def _stage_undecided(state: RolloutState, verdicts: Mapping[str, Verdict]) -> bool:
+    """Return whether a device of the current stage is still pending or applying.
+
+    Devices of earlier stages that return late are judged, but never hold a stage.
+    """
+    return any(
+        verdicts[d] in UNDECIDED
+        for d, a in state.assignments.items()
+        if a.stage == state.current_stage
+    )
+
+
 def _assign_stage(
-    spec: RolloutSpec,
     state: RolloutState,
     observations: Observations,
     sizes: list[int],

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from hub.errors import Conflict, InvalidRequest
+from hub.rollout_gate import device_deadline, judge_device
 from hub.rollout_models import (
     DeviceAssignment,
     DeviceObservation,
@@ -30,8 +31,6 @@ from hub.rollout_models import (
 from hub.rollouts import (
     abort,
     check_overlap,
-    device_deadline,
-    judge_device,
     order_devices,
     pause,
     plan_rollout,
