@@ -372,6 +372,12 @@ def rollback(state: RolloutState, now: datetime, reason: str = "") -> Decision:
     )
 
 
+def supersede(state: RolloutState, by: str, now: datetime) -> Decision:
+    """Abort an active rollout (even one rolling back) because rollout ``by`` replaces it."""
+    _require(state, "supersede", ACTIVE_STATUSES)
+    return _action(state, now, RolloutStatus.ABORTED, "superseded", f"superseded by {by}")
+
+
 # ---- overlap -------------------------------------------------------------------------
 
 
@@ -380,8 +386,8 @@ def check_overlap(
 ) -> tuple[str, ...]:
     """Return the ids of the rollouts ``new`` supersedes; raise Conflict on any other overlap.
 
-    Only active rollouts (running, paused, halted, rolling back) count. The hub aborts the
-    superseded ones (``abort(..., reason="superseded by ...")``) as it starts the new one.
+    Only active rollouts (running, paused, halted, rolling back) count. The hub ends the
+    superseded ones with ``supersede`` as it starts the new one.
     """
     wanted = set(members)
     superseded: list[str] = []

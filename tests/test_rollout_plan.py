@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from hub.errors import Conflict, InvalidRequest
 from hub.rollout_gate import device_deadline, judge_device
 from hub.rollout_models import (
+    ACTIVE_STATUSES,
     DeviceAssignment,
     DeviceObservation,
     RolloutSpec,
@@ -39,6 +40,7 @@ from hub.rollouts import (
     rollback,
     stage_sizes,
     start_rollout,
+    supersede,
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -664,3 +666,12 @@ def test_revisions_recorded_after_issue() -> None:
     assert state.assignments["dev-0001"].revision == 12
     with pytest.raises(InvalidRequest):
         record_revisions(state, {"dev-0099": 1})
+
+
+@pytest.mark.parametrize("status", sorted(ACTIVE_STATUSES))
+def test_a_superseded_rollout_is_aborted_from_any_active_status(status: RolloutStatus) -> None:
+    old = started(3, spec(), "r1").model_copy(update={"status": status})
+    assert check_overlap(spec(supersedes="r1"), [old], ids(3)) == ("r1",)
+    done = supersede(old, "r2", NOW)
+    assert done.state.status is RolloutStatus.ABORTED and done.state.reason == "superseded by r2"
+    assert not done.issue and done.events[0].kind == "superseded"
