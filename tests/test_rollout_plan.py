@@ -675,3 +675,17 @@ def test_a_superseded_rollout_is_aborted_from_any_active_status(status: RolloutS
     done = supersede(old, "r2", NOW)
     assert done.state.status is RolloutStatus.ABORTED and done.state.reason == "superseded by r2"
     assert not done.issue and done.events[0].kind == "superseded"
+
+
+def test_progress_per_stage_while_running() -> None:
+    sp = spec(stages="2,100%", soak_s=600)
+    fleet = SimFleet.of(10, {"dev-0003": "silent"})
+    first = plan_rollout(sp, started(10, sp), fleet.observations(), NOW)
+    counts = [(p.planned, p.pending, p.applying, p.healthy) for p in first.progress]
+    assert counts == [(2, 2, 0, 0), (8, 8, 0, 0)]
+    fleet.apply(first.issue, NOW)
+    soaking = plan_rollout(sp, first.state, fleet.observations(), NOW + timedelta(seconds=5))
+    assert [(p.pending, p.applying) for p in soaking.progress] == [(0, 2), (8, 0)]
+    done = plan_rollout(sp, soaking.state, fleet.observations(), NOW + timedelta(seconds=605))
+    assert [(p.healthy, p.pending) for p in done.progress] == [(2, 0), (0, 8)]
+    assert len(done.issue) == 8  # stage 1 began in the same decision
