@@ -251,7 +251,12 @@ def _release_parser(sub: Any) -> None:
     create = release.add_parser("create", help="create a release (images resolved to digests)")
     create.add_argument("name")
     create.add_argument("--version", required=True)
-    create.add_argument("-f", "--file", required=True, help="release JSON")
+    create.add_argument(
+        "-f", "--file", required=True, help="release JSON, or a compose file (.yml/.yaml)"
+    )
+    create.add_argument(
+        "--env-file", help="variables for a compose file (default: the .env beside it)"
+    )
     listing = release.add_parser("list", help="list releases, oldest first")
     listing.add_argument("--after", type=int, default=0)
     listing.add_argument("--limit", type=int, default=1000)
@@ -261,8 +266,42 @@ def _release_parser(sub: Any) -> None:
     retire.add_argument("--reason", required=True)
 
 
+def _is_compose(path: Path) -> bool:
+    return path.suffix in (".yml", ".yaml")
+
+
+def _compose_release(args: argparse.Namespace) -> dict[str, Any]:
+    """Import a compose file beside its ``.env`` and env files; print the import report."""
+    from hub.compose import import_compose
+    from hub.errors import ComposeError
+
+    path = Path(args.file)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CtlError(f"cannot read {args.file}: {exc}") from exc
+    try:
+        imported = import_compose(
+            text,
+            base_dir=path.resolve().parent,
+            env=dict(os.environ),  # the shell wins over .env, as docker compose reads them
+            env_file=Path(args.env_file) if args.env_file else None,
+            name=args.name,
+            version=args.version,
+        )
+    except ComposeError as exc:
+        lines = [f"  {f.get('field')}: {f.get('message')}" for f in exc.fields]
+        raise CtlError("\n".join([f"{args.file}: {exc.message}", *lines])) from None
+    print(f"import report for {args.file}:", file=sys.stderr)
+    for line in imported.report.lines():
+        print(f"  {sanitize(line)}", file=sys.stderr)
+    return {"release": imported.release}
+
+
 def _release_body(args: argparse.Namespace) -> dict[str, Any]:
     """Return the create body: the file's release with the command line's name and version."""
+    if _is_compose(Path(args.file)):
+        return _compose_release(args)
     try:
         doc = json.loads(Path(args.file).read_text())
     except (OSError, ValueError) as exc:

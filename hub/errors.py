@@ -6,7 +6,8 @@ The tree::
     ├── ConfigError               bad configuration file or environment (exit, not HTTP)
     ├── InvalidRequest            400/422: malformed body or a field failed validation
     │   ├── InvalidSelector       422: a tag selector does not parse (position and token)
-    │   └── OverrideConflict      409: two matching groups set one variable differently
+    │   ├── OverrideConflict      409: two matching groups set one variable differently
+    │   └── ComposeError          422: a compose file uses what the agent cannot honour
     ├── PayloadTooLarge           413: body, decompressed body or batch over a limit
     ├── Unauthenticated           401: no or unknown operator token / client certificate
     ├── Forbidden                 403: authenticated but not allowed (disabled device, ...)

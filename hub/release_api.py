@@ -1,6 +1,7 @@
 """Releases on the hub: immutable ``NAME@VERSION`` with every image pinned to a digest.
 
-    POST /api/v1/releases                         {"release": {...}} -> 201 created,
+    POST /api/v1/releases                         {"release": {...}} or {"compose": {name,
+                                                  version, text, env}} -> 201 created,
                                                   200 when the same release exists
     GET  /api/v1/releases                         ?after=id&limit=n (oldest first)
     GET  /api/v1/releases/{name}@{version}        one release, its pinned document
@@ -20,10 +21,12 @@ import json
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge_agent.models import Release
 from hub.auth import Permission
+from hub.compose import import_compose
+from hub.compose_report import ImportReport
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, HubError, NotFound
 from hub.operator_api import _audited, _Body, _json_body, _page, _principal
@@ -33,17 +36,35 @@ from hub.wire import parse
 
 routes = web.RouteTableDef()
 MAX_REASON = 1024
+MAX_COMPOSE_CHARS = 1_000_000
 REDACTED = "<redacted>"
 
 
-class CreateReleaseRequest(_Body):
-    """Body of POST /api/v1/releases: the JSON release form.
+class ComposeForm(_Body):
+    """A docker-compose file to import (``hub.compose``) as release NAME@VERSION.
 
-    Seam for the compose form: it adds its own field here (e.g. ``compose``) and a
-    branch in ``_release_of`` that turns it into a ``Release``; the rest is shared.
+    Variables come from ``env`` only (the hub has no ``.env`` or shell of the operator's);
+    a service's ``env_file`` cannot be read over REST and is refused by name — use
+    ``edgectl release create -f compose.yaml``, which imports beside the files.
     """
 
-    release: Release
+    name: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=128)
+    text: str = Field(min_length=1, max_length=MAX_COMPOSE_CHARS)
+    env: dict[str, str] = Field(default_factory=dict, max_length=4096)
+
+
+class CreateReleaseRequest(_Body):
+    """Body of POST /api/v1/releases: the JSON release form, or a compose file."""
+
+    release: Release | None = None
+    compose: ComposeForm | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CreateReleaseRequest:
+        if (self.release is None) == (self.compose is None):
+            raise ValueError('give exactly one of "release" (JSON form) or "compose"')
+        return self
 
 
 class RetireRequest(_Body):
@@ -52,8 +73,15 @@ class RetireRequest(_Body):
     reason: str = Field(min_length=1, max_length=MAX_REASON)
 
 
-def _release_of(req: CreateReleaseRequest) -> Release:
-    return req.release
+def _release_of(req: CreateReleaseRequest) -> tuple[Release, ImportReport | None]:
+    if req.release is not None:
+        return req.release, None
+    assert req.compose is not None
+    form = req.compose
+    imported = import_compose(
+        form.text, base_dir=None, env=form.env, env_file=None, name=form.name, version=form.version
+    )
+    return Release.model_validate(imported.release), imported.report
 
 
 def canonical(release: Release) -> str:
@@ -140,7 +168,7 @@ async def create_release(request: web.Request) -> web.Response:
     """Resolve every image to a digest and store the release (idempotent, immutable)."""
     hub = ctx(request)
     async with _audited(request, Permission.RELEASES_WRITE, "release.create", "-") as act:
-        release = _release_of(parse(CreateReleaseRequest, await _json_body(request)))
+        release, report = _release_of(parse(CreateReleaseRequest, await _json_body(request)))
         act.target = release.ref
         source = canonical(release)
         existing = await hub.store.get_release(release.name, release.version)
@@ -152,7 +180,7 @@ async def create_release(request: web.Request) -> web.Response:
             )
         if existing is not None:
             await hub.store.record_audit(act.ok(idempotent=True))
-            return web.json_response(release_view(existing), status=200)
+            return web.json_response(_with_report(release_view(existing), report), status=200)
         pinned, images = await pin(hub, release)
         record = ReleaseRecord(
             release.name,
@@ -165,7 +193,13 @@ async def create_release(request: web.Request) -> web.Response:
         )
         digests = {row["service"]: row["digest"] for row in images}
         stored, created = await hub.store.create_release(record, act.ok(digests=digests))
-    return web.json_response(release_view(stored), status=201 if created else 200)
+    view = _with_report(release_view(stored), report)
+    return web.json_response(view, status=201 if created else 200)
+
+
+def _with_report(view: dict[str, Any], report: ImportReport | None) -> dict[str, Any]:
+    """Add the compose import report (what was mapped, ignored, warned) to a view."""
+    return view if report is None else {**view, "import_report": report.model_dump()}
 
 
 @routes.get("/api/v1/releases")

@@ -98,7 +98,7 @@ async def test_bad_input_is_422_naming_the_field_and_stores_nothing(hub: Running
         ({"release": release(name, image="Bad Image!")}, "release.services.0.image"),
         ({"release": release(name) | {"version": ""}}, "release.version"),
         ({"release": release(name), "colour": "blue"}, "colour"),
-        ({}, "release"),
+        ({}, "(document)"),  # the message names both forms: "release" or "compose"
     ]
     for body, field in cases:
         status, err = await hub.api("POST", "/api/v1/releases", body)
@@ -206,3 +206,53 @@ async def test_version_with_slash_and_plus_is_addressable(hub: RunningHub, tmp_p
     assert json.loads(shown.stdout)["version"] == "2.0.0+build/7"
     retired = await edgectl(hub, "release", "retire", f"{name}@2.0.0+build/7", "--reason", "r")
     assert retired.returncode == 0, retired.stderr
+
+
+COMPOSE = """
+services:
+  web:
+    image: ${IMAGE}
+    container_name: shop-web
+    restart: always
+  worker:
+    image: ${IMAGE}
+    depends_on: [web]
+    environment:
+      - MODE=${MODE:-batch}
+"""
+
+
+async def test_edgectl_creates_a_release_from_a_compose_file_beside_its_env(
+    hub: RunningHub, tmp_path: Path
+):
+    name = unique()
+    (tmp_path / "compose.yaml").write_text(COMPOSE)
+    (tmp_path / ".env").write_text(f"IMAGE={OPEN}/{GOOD}:1\n")
+    made = await edgectl(
+        hub, "--json", "release", "create", name, "--version", "1",
+        "-f", str(tmp_path / "compose.yaml"),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    pinned = f"{OPEN}/{GOOD}@{docker_digest(f'{OPEN}/{GOOD}:1')}"
+    services = {s["name"]: s for s in created["release"]["services"]}
+    assert {n: s["image"] for n, s in services.items()} == {"web": pinned, "worker": pinned}
+    assert services["worker"]["environment"] == {"MODE": "batch"}
+    assert "shop-web" in services["web"]["aliases"]
+    assert "import report" in made.stderr and "container_name" in made.stderr
+
+
+async def test_compose_form_over_rest_reports_and_refuses_by_name(hub: RunningHub):
+    name = unique()
+    form = {"name": name, "version": "1", "text": COMPOSE, "env": {"IMAGE": f"{OPEN}/{GOOD}:1"}}
+    status, body = await hub.api("POST", "/api/v1/releases", {"compose": form})
+    assert status == 201, body
+    assert any(m["key"] == "container_name" for m in body["import_report"]["mapped"])
+    refused = {**form, "name": unique(), "text": COMPOSE + "    build: ./web\n"}
+    status, err = await hub.api("POST", "/api/v1/releases", {"compose": refused})
+    assert status == 422 and "services.worker.build" in [f["field"] for f in err["fields"]]
+    status, _ = await hub.api("GET", f"/api/v1/releases/{refused['name']}@1")
+    assert status == 404  # nothing stored
+    both = {"compose": form, "release": release(name)}
+    status, err = await hub.api("POST", "/api/v1/releases", both)
+    assert status == 422 and "exactly one" in err["message"]
