@@ -26,6 +26,7 @@ from aiodocker.exceptions import DockerError
 from aiodocker.networks import DockerNetwork
 from pydantic import BaseModel, ConfigDict
 
+from edge_agent.container_config import container_config
 from edge_agent.errors import (
     DiskReserveError,
     EngineUnavailable,
@@ -67,6 +68,9 @@ _NS = 1_000_000_000
 _ENGINE_DOWN = 900  # aiodocker's status for "cannot connect to the engine"
 _AUTH_HINTS = ("unauthorized", "authentication required", "no basic auth credentials")
 _NOT_FOUND_HINTS = ("not found", "manifest unknown", "no such image", "does not exist")
+DEFAULT_NETWORK = "default"
+# On a release network besides "default": its name in the release.
+LABEL_NETWORK = "io.edgefleet.network"
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
@@ -316,19 +320,31 @@ class DockerRuntime:
                 status=403,
             )
 
-    async def ensure_network(self, release_name: str) -> str:
-        """Create this release's bridge network if missing and return its name."""
-        name = self.object_name(release_name)
+    def network_name(self, release_name: str, network: str = DEFAULT_NETWORK) -> str:
+        """Return the engine name of a release network (``default``: ``ef-<dev>-<release>``)."""
+        if network == DEFAULT_NETWORK:
+            return self.object_name(release_name)
+        return self.object_name(f"{release_name}_{network}")
+
+    async def ensure_network(
+        self, release_name: str, network: str = DEFAULT_NETWORK, *, internal: bool = False
+    ) -> str:
+        """Create a network of this release if missing and return its engine name."""
+        name = self.network_name(release_name, network)
         for _ in range(2):
             found = await self._find("network", name)
             if found is not None:
-                self._check_ours("network", found)
+                self._check_network(found, release_name, network, internal)
                 return name
+            labels = {**self.base_labels(), LABEL_RELEASE: release_name}
+            if network != DEFAULT_NETWORK:
+                labels[LABEL_NETWORK] = network
             config = {
                 "Name": name,
                 "Driver": "bridge",
                 "CheckDuplicate": True,
-                "Labels": {**self.base_labels(), LABEL_RELEASE: release_name},
+                "Internal": internal,
+                "Labels": labels,
             }
             try:
                 with _engine_errors(f"create network {name}"):
@@ -339,9 +355,31 @@ class DockerRuntime:
                     raise
         raise RuntimeAdapterError(f"create network {name}: conflicts but cannot be found")
 
-    async def remove_network(self, release_name: str) -> None:
-        """Remove this release's network; a missing network is not an error."""
-        name = self.object_name(release_name)
+    def _check_network(
+        self, found: dict[str, Any], release_name: str, network: str, internal: bool
+    ) -> None:
+        """Refuse a network that is not this device's, another's, or of another spec."""
+        self._check_ours("network", found)
+        labels = found.get("Labels") or {}
+        key = (labels.get(LABEL_RELEASE), labels.get(LABEL_NETWORK, DEFAULT_NETWORK))
+        if key != (release_name, network):
+            raise RuntimeAdapterError(
+                f"network {found['Name']} belongs to release {key[0]} network {key[1]}, "
+                f"not to release {release_name} network {network}",
+                status=409,
+            )
+        if bool(found.get("Internal")) != internal:
+            # An engine network cannot change in place while containers are attached.
+            raise RuntimeAdapterError(
+                f"network {network} of release {release_name} exists with internal="
+                f"{bool(found.get('Internal'))}; the release wants internal={internal}: "
+                "a network's spec cannot change under a release name, name a new network",
+                status=409,
+            )
+
+    async def remove_network(self, release_name: str, network: str = DEFAULT_NETWORK) -> None:
+        """Remove a network of this release; a missing network is not an error."""
+        name = self.network_name(release_name, network)
         found = await self._find("network", name)
         if found is None:
             return
@@ -350,12 +388,16 @@ class DockerRuntime:
             await DockerNetwork(self._docker, found["Id"]).delete()
 
     async def list_networks(self) -> list[str]:
-        """Return the release names of this device's networks."""
+        """Return this device's networks as keys: ``release``, or ``release/network``."""
         filters = {"label": self._label_filter()}
         with _engine_errors("list networks"):
             found = await self._docker.networks.list(filters=filters)
-        names = {(n.get("Labels") or {}).get(LABEL_RELEASE, "") for n in found or []}
-        return sorted(names - {""})
+        keys = set()
+        for n in found or []:
+            labels = n.get("Labels") or {}
+            if labels.get(LABEL_RELEASE):
+                keys.add(network_key(labels[LABEL_RELEASE], labels.get(LABEL_NETWORK)))
+        return sorted(keys)
 
     async def ensure_volume(self, name: str) -> str:
         """Create this device's named volume if missing and return its engine name."""
@@ -377,9 +419,10 @@ class DockerRuntime:
         existing = await _or_none(self._show(name))
         if existing is not None:
             self._refuse_existing(name, existing)
-        network = await self.ensure_network(release.name)
+        networks = [await self._ensure_joined(release, n) for n in joined_networks(service)]
         mounts = [await self._mount(v) for v in service.volumes]
-        config = self._container_config(service, release, revision, network, mounts)
+        config = container_config(service, self._labels(service, release, revision), mounts)
+        attach = _attach(config, service, networks[:1])
         try:
             with _engine_errors(f"create container {name}", image=service.image):
                 container = await self._docker.containers.create(config, name=name)
@@ -387,8 +430,31 @@ class DockerRuntime:
             if exc.status == 409:
                 self._refuse_existing(name, await _or_none(self._show(name)) or {})
             raise
+        # Engines before API 1.44 attach one network at create; the rest before start.
+        for net in networks[1:]:
+            with _engine_errors(f"connect container {name} to {net}"):
+                await self._docker._query_json(
+                    f"networks/{net}/connect",
+                    method="POST",
+                    data={"Container": container.id, "EndpointConfig": attach},
+                )
         log.info("created %s (%s) from %s", name, container.id[:12], service.image)
         return str(container.id)
+
+    async def _ensure_joined(self, release: Release, network: str) -> str:
+        spec = release.networks.get(network)
+        internal = spec.internal if spec is not None else False
+        return await self.ensure_network(release.name, network, internal=internal)
+
+    def _labels(self, service: Service, release: Release, revision: int) -> dict[str, str]:
+        return {
+            **service.labels,
+            **self.base_labels(),
+            LABEL_SERVICE: service.name,
+            LABEL_RELEASE: release.ref,
+            LABEL_REVISION: str(revision),
+            LABEL_CONFIG_HASH: service.config_hash(),
+        }
 
     def _refuse_existing(self, name: str, data: dict[str, Any]) -> NoReturn:
         cid = str(data.get("Id", "?"))[:12]
@@ -405,63 +471,6 @@ class DockerRuntime:
     async def _mount(self, vol: VolumeMount) -> dict[str, Any]:
         source = await self.ensure_volume(vol.source) if vol.type == "volume" else vol.source
         return {"Type": vol.type, "Source": source, "Target": vol.target, "ReadOnly": vol.read_only}
-
-    def _container_config(
-        self,
-        service: Service,
-        release: Release,
-        revision: int,
-        network: str,
-        mounts: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """Return the engine's create body for ``service``."""
-        labels = {
-            **service.labels,
-            **self.base_labels(),
-            LABEL_SERVICE: service.name,
-            LABEL_RELEASE: release.ref,
-            LABEL_REVISION: str(revision),
-            LABEL_CONFIG_HASH: service.config_hash(),
-        }
-        bindings: dict[str, list[dict[str, str]]] = {}
-        for p in service.ports:
-            bindings.setdefault(f"{p.container}/{p.protocol}", []).append(
-                {"HostIp": p.host_ip, "HostPort": str(p.host or "")}
-            )
-        host_config: dict[str, Any] = {
-            # The agent's supervisor restarts crashed containers with its own backoff
-            # and crash-loop accounting, so the engine must never restart them itself.
-            "RestartPolicy": {"Name": "no"},
-            "NetworkMode": network,
-            "PortBindings": bindings,
-            "Mounts": mounts,
-        }
-        if service.mem_limit_bytes is not None:
-            host_config["Memory"] = service.mem_limit_bytes
-        if service.cpus is not None:
-            host_config["NanoCpus"] = int(service.cpus * _NS)
-        config: dict[str, Any] = {
-            "Image": service.image,
-            "Labels": labels,
-            "Env": [f"{k}={v}" for k, v in sorted(service.environment.items())],
-            "ExposedPorts": {key: {} for key in bindings},
-            "StopTimeout": math.ceil(service.stop_timeout_s),
-            "HostConfig": host_config,
-            "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [service.name]}}},
-        }
-        if service.command is not None:
-            config["Cmd"] = service.command
-        if service.entrypoint is not None:
-            config["Entrypoint"] = service.entrypoint
-        if (hc := service.healthcheck) is not None:
-            config["Healthcheck"] = {
-                "Test": hc.test,
-                "Interval": int(hc.interval_s * _NS),
-                "Timeout": int(hc.timeout_s * _NS),
-                "Retries": hc.retries,
-                "StartPeriod": int(hc.start_period_s * _NS),
-            }
-        return config
 
     async def start(self, cid: str) -> None:
         """Start managed container ``cid``; starting a running one is a no-op."""
@@ -568,6 +577,29 @@ class DockerRuntime:
                         yield line
         for line in assembler.finish():
             yield line
+
+
+def network_key(release_name: str, network: str | None = None) -> str:
+    """Return the key of a release network: ``release``, or ``release/network``."""
+    if network is None or network == DEFAULT_NETWORK:
+        return release_name
+    return f"{release_name}/{network}"
+
+
+def joined_networks(service: Service) -> list[str]:
+    """Return the release networks ``service`` joins (none in host network mode)."""
+    if service.network_mode == "host":
+        return []
+    return list(service.networks) or [DEFAULT_NETWORK]
+
+
+def _attach(config: dict[str, Any], service: Service, first: list[str]) -> dict[str, Any]:
+    """Put the container on the first of its networks; return the endpoint for the others."""
+    endpoint = {"Aliases": [service.name, *service.aliases]}
+    if first:
+        config["HostConfig"]["NetworkMode"] = first[0]
+        config["NetworkingConfig"] = {"EndpointsConfig": {first[0]: endpoint}}
+    return endpoint
 
 
 def _current_service(data: dict[str, Any]) -> CurrentService:
