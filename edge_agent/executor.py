@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 from edge_agent.errors import AgentError, ApplyFailed
 from edge_agent.models import ContainerStatus, CurrentService, Health, Target
 from edge_agent.reconcile import (
+    DEFAULT_NETWORK,
     CreateNetworkStep,
     CreateStep,
     PlanContext,
@@ -192,7 +193,10 @@ class _Apply:
 
     async def _create_network(self, step: Step) -> None:
         assert isinstance(step, CreateNetworkStep)
-        await self.runtime.ensure_network(step.release)
+        if step.network == DEFAULT_NETWORK and not step.internal:
+            await self.runtime.ensure_network(step.release)  # what every runtime offers
+        else:
+            await self.runtime.ensure_network(step.release, step.network, internal=step.internal)
 
     async def _create(self, step: Step) -> None:
         assert isinstance(step, CreateStep)
@@ -235,7 +239,10 @@ class _Apply:
 
     async def _remove_network(self, step: Step) -> None:
         assert isinstance(step, RemoveNetworkStep)
-        await self.runtime.remove_network(step.release)
+        if step.network == DEFAULT_NETWORK:
+            await self.runtime.remove_network(step.release)
+        else:
+            await self.runtime.remove_network(step.release, step.network)
 
 
 async def _together(fn: Callable[[_T], Awaitable[None]], items: Sequence[_T]) -> None:

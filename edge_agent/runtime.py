@@ -53,6 +53,7 @@ from edge_agent.models import (
     Service,
     VolumeMount,
 )
+from edge_agent.reconcile import DEFAULT_NETWORK, joined_networks, network_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,7 +69,6 @@ _NS = 1_000_000_000
 _ENGINE_DOWN = 900  # aiodocker's status for "cannot connect to the engine"
 _AUTH_HINTS = ("unauthorized", "authentication required", "no basic auth credentials")
 _NOT_FOUND_HINTS = ("not found", "manifest unknown", "no such image", "does not exist")
-DEFAULT_NETWORK = "default"
 # On a release network besides "default": its name in the release.
 LABEL_NETWORK = "io.edgefleet.network"
 _FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -577,20 +577,6 @@ class DockerRuntime:
                         yield line
         for line in assembler.finish():
             yield line
-
-
-def network_key(release_name: str, network: str | None = None) -> str:
-    """Return the key of a release network: ``release``, or ``release/network``."""
-    if network is None or network == DEFAULT_NETWORK:
-        return release_name
-    return f"{release_name}/{network}"
-
-
-def joined_networks(service: Service) -> list[str]:
-    """Return the release networks ``service`` joins (none in host network mode)."""
-    if service.network_mode == "host":
-        return []
-    return list(service.networks) or [DEFAULT_NETWORK]
 
 
 def _attach(config: dict[str, Any], service: Service, first: list[str]) -> dict[str, Any]:
