@@ -53,7 +53,7 @@ BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
 )
 # What this agent understands: a feature joins when the agent implements it.
-AGENT_FEATURES = BASELINE_FEATURES
+AGENT_FEATURES = BASELINE_FEATURES | {"container_options", "networks", "completed_dependency"}
 
 
 def _uses_container_options(service: Service) -> bool:
