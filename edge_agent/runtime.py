@@ -87,6 +87,19 @@ class RuntimeEvent(BaseModel):
     time: datetime
 
 
+class HostContainer(BaseModel):
+    """A container on the engine, whoever's: what the hub's drift views compare."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    image: str
+    image_id: str
+    digest: str  # the manifest digest the image was pulled by, "" if unknown
+    state: str
+    managed: bool  # carries this device's labels
+
+
 def _parse_time(value: str | None) -> datetime | None:
     """Return the engine's RFC 3339 (nanosecond) time as a datetime, or None if unset."""
     if not value or value.startswith("0001-01-01"):
@@ -251,6 +264,26 @@ class DockerRuntime:
         with _engine_errors("list all containers"):
             found = await self._docker._query_json("containers/json", params={"all": "1"})
         return {str(c["ImageID"]) for c in found if c.get("ImageID")}
+
+    async def host_containers(self, *, limit: int) -> tuple[list[HostContainer], int]:
+        """Return up to ``limit`` containers on the engine by name, and how many there are."""
+        with _engine_errors("list all containers"):
+            found = await self._docker._query_json("containers/json", params={"all": "1"})
+            images = await self._docker._query_json("images/json")
+        digests = {str(i.get("Id")): i.get("RepoDigests") or [] for i in images}
+        out = [
+            HostContainer(
+                name=(c.get("Names") or ["/" + str(c.get("Id", ""))[:12]])[0].lstrip("/"),
+                image=str(c.get("Image", "")),
+                image_id=str(c.get("ImageID", "")),
+                digest=_digest_of(str(c.get("Image", "")), digests.get(str(c.get("ImageID")), [])),
+                state=str(c.get("State", "")),
+                managed=self.is_ours(c.get("Labels")),
+            )
+            for c in found
+        ]
+        out.sort(key=lambda h: h.name)
+        return out[:limit], len(out)
 
     async def remove_image(self, ref: str) -> None:
         """Remove image reference ``ref``, never forced; ImageInUse if a container uses it."""
@@ -577,6 +610,15 @@ class DockerRuntime:
                         yield line
         for line in assembler.finish():
             yield line
+
+
+def _digest_of(image: str, repo_digests: list[str]) -> str:
+    """Return the manifest digest of a container's image: from its ref, else the image's."""
+    if "@" in image:
+        return image.rpartition("@")[2]
+    repo = image.rpartition(":")[0] if ":" in image.rpartition("/")[2] else image
+    matching = [d for d in repo_digests if d.partition("@")[0] == repo] or repo_digests
+    return matching[0].partition("@")[2] if matching else ""
 
 
 def _attach(config: dict[str, Any], service: Service, first: list[str]) -> dict[str, Any]:
