@@ -276,7 +276,9 @@ class DockerRuntime:
                 name=(c.get("Names") or ["/" + str(c.get("Id", ""))[:12]])[0].lstrip("/"),
                 image=str(c.get("Image", "")),
                 image_id=str(c.get("ImageID", "")),
-                digest=_digest_of(str(c.get("Image", "")), digests.get(str(c.get("ImageID")), [])),
+                digest=manifest_digest(
+                    str(c.get("Image", "")), digests.get(str(c.get("ImageID")), [])
+                ),
                 state=str(c.get("State", "")),
                 managed=self.is_ours(c.get("Labels")),
             )
@@ -612,7 +614,7 @@ class DockerRuntime:
             yield line
 
 
-def _digest_of(image: str, repo_digests: list[str]) -> str:
+def manifest_digest(image: str, repo_digests: list[str]) -> str:
     """Return the manifest digest of a container's image: from its ref, else the image's."""
     if "@" in image:
         return image.rpartition("@")[2]

@@ -12,7 +12,7 @@ from agentproc import AgentProcess
 from docker_env import TestImages, cleanup_device, make_release, make_service, wait_for
 
 from edge_agent.protocol import HOST_CONTAINERS_MAX, HostContainerReport, StatusSnapshot
-from edge_agent.runtime import DockerRuntime
+from edge_agent.runtime import DockerRuntime, manifest_digest
 
 pytestmark = pytest.mark.docker
 
@@ -92,3 +92,18 @@ async def test_agent_status_reports_every_host_container(
         await agent.stop()
         agent.cleanup()
         await cleanup_device(docker, device_id)
+
+
+@pytest.mark.parametrize(
+    ("image", "repo_digests", "expected"),
+    [
+        ("reg:5000/a/b@sha256:" + "1" * 64, [], "sha256:" + "1" * 64),
+        ("reg:5000/a/b:1", ["other/x@sha256:2", "reg:5000/a/b@sha256:3"], "sha256:3"),
+        ("reg:5000/a/b", ["reg:5000/a/b@sha256:4"], "sha256:4"),
+        ("busybox:1.36", ["busybox@sha256:5"], "sha256:5"),
+        ("local/built:1", [], ""),
+        ("sha256:" + "6" * 64, ["some/repo@sha256:7"], "sha256:7"),
+    ],
+)
+def test_manifest_digest(image: str, repo_digests: list[str], expected: str) -> None:
+    assert manifest_digest(image, repo_digests) == expected
