@@ -22,6 +22,7 @@ from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TargetRe
 from edge_agent.executor import Reconciler, poll_health
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
+from edge_agent.protocol import HOST_CONTAINERS_MAX
 from edge_agent.sdnotify import sd_notify, watchdog_interval_s
 from edge_agent.store import AuditRow, Quota, Store, StoreLimits
 from edge_agent.supervisor import BackoffPolicy, RolloutWatch, ServiceState, Supervisor
@@ -64,6 +65,10 @@ async def resolve_device_id(config: AgentConfig, store: Store) -> str:
     return device_id
 
 
+# The host container report in a status waits this long for the engine, then is left out.
+HOST_REPORT_TIMEOUT_S = 5.0
+
+
 def now() -> datetime:
     """Return the current UTC time."""
     return datetime.now(UTC)
@@ -100,6 +105,7 @@ class Agent:
         self.hub_link: Any = None
         self._current: list[CurrentService] = []
         self._last_status = ""
+        self._host_report_failing = False
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -445,6 +451,7 @@ class Agent:
             "services": services,
             "last_error": self.last_error,
         }
+        out["host_containers"], out["host_containers_total"] = await self._host_containers()
         if counters:
             out["tasks"] = self.tasks.status()
             out["event_loop"] = type(asyncio.get_running_loop()).__module__
@@ -454,6 +461,24 @@ class Agent:
             out["outbox"] = await self.store.outbox_stats()
             out["started_at"] = self.started_at.isoformat()
         return out
+
+    async def _host_containers(self) -> tuple[list[dict[str, Any]] | None, int | None]:
+        """Return the host's containers (bounded) and their count; None if the engine is away."""
+        report = getattr(self.runtime, "host_containers", None)
+        if report is None:
+            return None, None
+        try:
+            async with asyncio.timeout(HOST_REPORT_TIMEOUT_S):
+                found, total = await report(limit=HOST_CONTAINERS_MAX)
+        except (AgentError, TimeoutError) as exc:
+            if not self._host_report_failing:
+                log.warning("host container report unavailable: %s", exc)
+            self._host_report_failing = True
+            return None, None
+        if self._host_report_failing:
+            log.info("host container report available again")
+            self._host_report_failing = False
+        return [h.model_dump() for h in found], total
 
     # ---- engine events -------------------------------------------------------------
 

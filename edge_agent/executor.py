@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 from edge_agent.errors import AgentError, ApplyFailed
 from edge_agent.models import ContainerStatus, CurrentService, Health, Target
 from edge_agent.reconcile import (
+    DEFAULT_NETWORK,
     CreateNetworkStep,
     CreateStep,
     PlanContext,
@@ -72,6 +73,33 @@ def poll_health(
 
 
 _STOPPED = frozenset({ContainerStatus.EXITED, ContainerStatus.DEAD, ContainerStatus.CREATED})
+_FINISHED = frozenset({ContainerStatus.EXITED, ContainerStatus.DEAD})
+
+
+def poll_completion(
+    runtime: Runtime, *, timeout_s: float = 120.0, interval_s: float = 0.5
+) -> HealthWait:
+    """Return a wait that polls until the service's container exited 0, bounded.
+
+    A non-zero exit raises ApplyFailed at once: the dependent is never started.
+    """
+
+    async def wait(service: str) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    found = [c for c in await runtime.list_services() if c.name == service]
+                    finished = [c for c in found if c.status in _FINISHED]
+                    if found and len(finished) == len(found):
+                        codes = sorted({c.exit_code for c in finished}, key=str)
+                        if codes == [0]:
+                            return
+                        raise ApplyFailed(f"{service} exited with code {codes[-1]}")
+                    await asyncio.sleep(interval_s)
+        except TimeoutError:
+            raise ApplyFailed(f"{service} not completed after {timeout_s:g}s") from None
+
+    return wait
 
 
 def is_healthy(c: CurrentService) -> bool:
@@ -88,14 +116,19 @@ async def execute(
     on_step_done: StepHook | None = None,
     on_pulled: Callable[[Target], None] | None = None,
     before_remove: BeforeRemove | None = None,
+    completion_wait: HealthWait | None = None,
 ) -> None:
     """Run a plan; raise ApplyFailed naming the first failing step, cancelling the rest.
 
     ``on_pulled`` is called once the pull phase is done (every image is then present);
     ``before_remove`` is awaited with a container's id after it stopped, before it is
-    removed (the log collector reads its last lines there).
+    removed (the log collector reads its last lines there). A dependent waits for its
+    ``healthy`` dependencies with ``health_wait`` and its ``completed`` ones with
+    ``completion_wait`` (default: ``poll_completion``).
     """
-    apply = _Apply(runtime, target, health_wait, on_step_done, on_pulled, before_remove)
+    apply = _Apply(
+        runtime, target, health_wait, on_step_done, on_pulled, before_remove, completion_wait
+    )
     await apply.run(steps)
 
 
@@ -110,11 +143,16 @@ class _Apply:
         on_step_done: StepHook | None,
         on_pulled: Callable[[Target], None] | None = None,
         before_remove: BeforeRemove | None = None,
+        completion_wait: HealthWait | None = None,
     ) -> None:
         self.runtime = runtime
         self.target = target
         self.before_remove = before_remove
         self.health_wait = health_wait
+        self.waits = {
+            "healthy": (health_wait, "not healthy"),
+            "completed": (completion_wait or poll_completion(runtime), "did not complete"),
+        }
         self.on_step_done = on_step_done
         self.on_pulled = on_pulled
         self.services = {s.name: s for s in target.services()}
@@ -168,12 +206,14 @@ class _Apply:
         for dep, cond in sorted(self.services[name].depends_on.items()):
             if dep in self.done:
                 await self.done[dep].wait()
-            if cond.condition == "healthy":
-                try:
-                    await self.health_wait(dep)
-                except Exception as exc:
-                    msg = f"{step.describe()}: dependency {dep} not healthy: {exc}"
-                    raise ApplyFailed(msg, step=step) from exc
+            if cond.condition == "started":
+                continue
+            wait, how = self.waits[cond.condition]
+            try:
+                await wait(dep)
+            except Exception as exc:
+                msg = f"{step.describe()}: dependency {dep} {how}: {exc}"
+                raise ApplyFailed(msg, step=step) from exc
 
     async def _run_step(self, step: Step) -> None:
         try:
@@ -192,7 +232,10 @@ class _Apply:
 
     async def _create_network(self, step: Step) -> None:
         assert isinstance(step, CreateNetworkStep)
-        await self.runtime.ensure_network(step.release)
+        if step.network == DEFAULT_NETWORK and not step.internal:
+            await self.runtime.ensure_network(step.release)  # what every runtime offers
+        else:
+            await self.runtime.ensure_network(step.release, step.network, internal=step.internal)
 
     async def _create(self, step: Step) -> None:
         assert isinstance(step, CreateStep)
@@ -235,7 +278,10 @@ class _Apply:
 
     async def _remove_network(self, step: Step) -> None:
         assert isinstance(step, RemoveNetworkStep)
-        await self.runtime.remove_network(step.release)
+        if step.network == DEFAULT_NETWORK:
+            await self.runtime.remove_network(step.release)
+        else:
+            await self.runtime.remove_network(step.release, step.network)
 
 
 async def _together(fn: Callable[[_T], Awaitable[None]], items: Sequence[_T]) -> None:
@@ -305,6 +351,7 @@ class Reconciler:
         *,
         advisor: RestartAdvisor | None = None,
         health_wait: HealthWait | None = None,
+        completion_wait: HealthWait | None = None,
         clock: Callable[[], datetime] = utcnow,
         max_iterations: int = 5,
         safety_interval_s: float = 30.0,
@@ -320,6 +367,7 @@ class Reconciler:
         self.before_remove = before_remove
         self.advisor = advisor
         self.health_wait = health_wait or poll_health(runtime)
+        self.completion_wait = completion_wait or poll_completion(runtime)
         self.clock = clock
         self.max_iterations = max_iterations
         self.safety_interval_s = safety_interval_s
@@ -430,6 +478,7 @@ class Reconciler:
                 on_step_done=self.on_step_done,
                 on_pulled=self._images_ready,
                 before_remove=self.before_remove,
+                completion_wait=self.completion_wait,
             )
         stuck = ApplyFailed(f"not converged after {self.max_iterations} applies")
         return self._failed(stuck, ReconcileState.NOT_CONVERGED)

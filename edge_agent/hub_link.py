@@ -176,4 +176,6 @@ class HubLink:
             applying_revision=st.get("applying_revision"),
             applying_local_seq=st.get("applying_local_seq"),
             rollout_state=st.get("rollout_state"),
+            host_containers=st.get("host_containers"),
+            host_containers_total=st.get("host_containers_total"),
         )

@@ -28,6 +28,8 @@ from edge_agent.errors import InvalidDocument
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # Any name Docker accepts in an environment: no "=", no NUL (dotted names included).
 ENV_KEY_RE = re.compile(r"^[^=\x00]{1,1024}$")
+EXPOSE_RE = re.compile(r"^[0-9]{1,5}(/(tcp|udp|sctp))?$")
+EXTRA_HOST_RE = re.compile(r"^[^:\s]{1,253}:\S{1,64}$")  # name:address (IPv6 has colons)
 
 # Labels on every object the agent creates. The agent never touches an object without
 # LABEL_MANAGED == "edgefleet" and LABEL_DEVICE == its own device id.
@@ -134,6 +136,12 @@ class LogLimits(Strict):
     max_size_bytes: int | None = Field(None, ge=1024)
     max_files: int | None = Field(None, ge=1, le=1000)
 
+    @model_validator(mode="after")
+    def _files_need_size(self) -> LogLimits:
+        if self.max_files is not None and self.max_files > 1 and self.max_size_bytes is None:
+            raise ValueError("max_files above 1 needs max_size_bytes (files rotate by size)")
+        return self
+
 
 class Service(Strict):
     """One container of a release."""
@@ -182,6 +190,40 @@ class Service(Strict):
         if bad:
             raise ValueError(f"invalid variable name(s): {', '.join(sorted(bad))}")
         return v
+
+    @field_validator("expose")
+    @classmethod
+    def _expose_form(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not EXPOSE_RE.match(p) or not 1 <= int(p.split("/")[0]) <= 65535]
+        if bad:
+            raise ValueError(f"must be PORT or PORT/tcp|udp|sctp: {', '.join(bad)}")
+        return v
+
+    @field_validator("extra_hosts")
+    @classmethod
+    def _extra_host_form(cls, v: list[str]) -> list[str]:
+        bad = [h for h in v if not EXTRA_HOST_RE.match(h)]
+        if bad:
+            raise ValueError(f"must be NAME:ADDRESS: {', '.join(bad)}")
+        return v
+
+    @field_validator("tmpfs")
+    @classmethod
+    def _tmpfs_paths(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [p for p in v if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"must be absolute container paths: {', '.join(bad)}")
+        return v
+
+    @model_validator(mode="after")
+    def _host_network(self) -> Service:
+        if self.network_mode != "host":
+            return self
+        if self.ports:
+            raise ValueError("network_mode host publishes no ports: the service binds host ports")
+        if self.networks or self.aliases:
+            raise ValueError("network_mode host joins no release network (networks, aliases)")
+        return self
 
     @field_validator("labels")
     @classmethod

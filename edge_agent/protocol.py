@@ -53,7 +53,7 @@ BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
 )
 # What this agent understands: a feature joins when the agent implements it.
-AGENT_FEATURES = BASELINE_FEATURES
+AGENT_FEATURES = BASELINE_FEATURES | {"container_options", "networks", "completed_dependency"}
 
 
 def _uses_container_options(service: Service) -> bool:
@@ -191,6 +191,21 @@ class ServiceReport(Wire):
     last_error: str | None = None
 
 
+# At most this many host containers in one status snapshot (the total is reported too).
+HOST_CONTAINERS_MAX = 200
+
+
+class HostContainerReport(Wire):
+    """One container on the device's engine, managed by this agent or not (read-only)."""
+
+    name: str = Field(max_length=256)
+    image: str = Field("", max_length=1024)  # the reference it was created from
+    image_id: str = Field("", max_length=128)
+    digest: str = Field("", max_length=128)  # sha256:... of the manifest, "" if unknown
+    state: str = Field(max_length=32)  # the engine's: running, exited, created, ...
+    managed: bool = False  # carries this device's edgefleet labels
+
+
 class StatusSnapshot(Wire):
     """The device's current state; in a delta, absent (None) fields did not change."""
 
@@ -210,6 +225,10 @@ class StatusSnapshot(Wire):
     applying_revision: int | None = Field(None, ge=0, le=2**63 - 1)
     applying_local_seq: int | None = Field(None, ge=0, le=2**63 - 1)
     rollout_state: str | None = Field(None, max_length=32)  # applying|settling|good|...
+    # Additive (optional): every container on the host, by name, at most
+    # HOST_CONTAINERS_MAX of them; host_containers_total counts them all.
+    host_containers: list[HostContainerReport] | None = Field(None, max_length=HOST_CONTAINERS_MAX)
+    host_containers_total: Count | None = None
 
 
 class SyncRequest(Wire):

@@ -5,8 +5,12 @@ passed in a ``PlanContext``. Steps are typed data, one model per action, discrim
 ``action``; ``edge_agent.executor`` runs them through a ``Runtime``.
 
 Plan order (also the executor's phases): pulls; teardown of services no longer in the
-target; the release network; each target service's steps in dependency order; removal
-of networks of releases no longer wanted.
+target; the release networks the (re)created services join; each target service's steps
+in dependency order; removal of networks no longer wanted (other releases' networks, and
+the current release's networks no service joins any more).
+
+A release network is known by its key: ``release`` for the release's ``default``
+network, ``release/network`` for the others ("/" is not allowed in names).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from edge_agent.models import (
     Target,
 )
 
+DEFAULT_NETWORK = "default"
 # Stop timeout for containers whose service is gone from the target (no spec to ask).
 DEFAULT_STOP_TIMEOUT_S = 10.0
 DOCKER_HUB = "docker.io"
@@ -53,16 +58,18 @@ class Runtime(Protocol):
         """Pull an image and return its id."""
         ...
 
-    async def ensure_network(self, release_name: str) -> str:
-        """Create the release's network if missing and return its id."""
+    async def ensure_network(
+        self, release_name: str, network: str = DEFAULT_NETWORK, *, internal: bool = False
+    ) -> str:
+        """Create a network of the release if missing and return its name."""
         ...
 
-    async def remove_network(self, release_name: str) -> None:
-        """Remove the release's network."""
+    async def remove_network(self, release_name: str, network: str = DEFAULT_NETWORK) -> None:
+        """Remove a network of the release."""
         ...
 
     async def list_networks(self) -> list[str]:
-        """Return the release names of this device's networks."""
+        """Return the keys of this device's networks (``release`` or ``release/network``)."""
         ...
 
     async def create(self, service: Service, *, release: Release, revision: int) -> str:
@@ -109,14 +116,18 @@ class PullStep(_Step):
 
 
 class CreateNetworkStep(_Step):
-    """Create the release's network (idempotent)."""
+    """Create a network of the release (idempotent)."""
 
     action: Literal["create_network"] = "create_network"
     release: str
+    network: str = DEFAULT_NETWORK
+    internal: bool = False
 
     def describe(self) -> str:
         """Return a short human description for logs and events."""
-        return f"create network of {self.release}"
+        if self.network == DEFAULT_NETWORK:
+            return f"create network of {self.release}"
+        return f"create network {self.network} of {self.release}"
 
 
 class CreateStep(_Step):
@@ -205,14 +216,17 @@ class RecreateStep(_Step):
 
 
 class RemoveNetworkStep(_Step):
-    """Remove the network of a release that is no longer wanted."""
+    """Remove a network that is no longer wanted."""
 
     action: Literal["remove_network"] = "remove_network"
     release: str
+    network: str = DEFAULT_NETWORK
 
     def describe(self) -> str:
         """Return a short human description for logs and events."""
-        return f"remove network of {self.release}"
+        if self.network == DEFAULT_NETWORK:
+            return f"remove network of {self.release}"
+        return f"remove network {self.network} of {self.release}"
 
 
 Step = Annotated[
@@ -239,7 +253,7 @@ class PlanContext:
     restart_not_before: Mapping[str, datetime] = field(default_factory=dict)
     # services the supervisor wants restarted because their healthcheck failed
     restart_unhealthy: frozenset[str] = frozenset()
-    # releases whose network is known to exist (networks of other releases are removed)
+    # keys of the networks known to exist (see network_key); unwanted ones are removed
     networks_present: frozenset[str] = frozenset()
 
     def is_deferred(self, service: str) -> bool:
@@ -275,12 +289,54 @@ def plan(target: Target | None, current: Sequence[CurrentService], ctx: PlanCont
 
     ordered = [s for name in start_order(wanted) for s in chains.get(name, [])]
     built = [s.service for s in ordered if isinstance(s, CreateStep | RecreateStep)]
-    network: list[Step] = [CreateNetworkStep(release=release)] if built else []
+    networks = _network_steps(target.release, built)
+    drops = _network_drops(target, current, ctx)
+    return [*_pulls(built, ctx.images_present), *teardown, *networks, *ordered, *drops]
+
+
+def _network_steps(release: Release, built: Iterable[Service]) -> list[Step]:
+    """Return the creation of every network a service about to be (re)created joins."""
+    joined = sorted({n for svc in built for n in joined_networks(svc)})
+    specs = release.networks
+    return [
+        CreateNetworkStep(
+            release=release.name, network=n, internal=n in specs and specs[n].internal
+        )
+        for n in joined
+    ]
+
+
+def _network_drops(
+    target: Target, current: Sequence[CurrentService], ctx: PlanContext
+) -> list[Step]:
+    """Return the removal of networks no target service joins (after the services' steps)."""
+    release = target.release.name
+    wanted = {release} | {
+        network_key(release, n) for svc in target.release.services for n in joined_networks(svc)
+    }
     # A network cannot go while a container (even one being removed) is attached to it.
     removing = {c.release for c in current if c.status == ContainerStatus.REMOVING}
-    stale = ({c.release for c in current} | ctx.networks_present) - removing - {release, ""}
-    drops: list[Step] = [RemoveNetworkStep(release=r) for r in sorted(stale)]
-    return [*_pulls(built, ctx.images_present), *teardown, *network, *ordered, *drops]
+    present = {c.release for c in current if c.release} | ctx.networks_present
+    stale = [k for k in sorted(present - wanted) if k.partition("/")[0] not in removing]
+    drops: list[Step] = []
+    for key in stale:
+        owner, _, network = key.partition("/")
+        drops.append(RemoveNetworkStep(release=owner, network=network or DEFAULT_NETWORK))
+    return drops
+
+
+def network_key(release_name: str, network: str | None = None) -> str:
+    """Return the key of a release network: ``release``, or ``release/network``."""
+    if network is None or network == DEFAULT_NETWORK:
+        return release_name
+    return f"{release_name}/{network}"
+
+
+def joined_networks(service: Service) -> list[str]:
+    """Return the release networks ``service`` joins (none in host network mode)."""
+    if service.network_mode == "host":
+        return []
+    return list(service.networks) or [DEFAULT_NETWORK]
 
 
 def _service_steps(svc: Service, c: CurrentService, release: str, ctx: PlanContext) -> list[Step]:

@@ -26,6 +26,7 @@ from aiodocker.exceptions import DockerError
 from aiodocker.networks import DockerNetwork
 from pydantic import BaseModel, ConfigDict
 
+from edge_agent.container_config import container_config
 from edge_agent.errors import (
     DiskReserveError,
     EngineUnavailable,
@@ -52,6 +53,7 @@ from edge_agent.models import (
     Service,
     VolumeMount,
 )
+from edge_agent.reconcile import DEFAULT_NETWORK, joined_networks, network_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +69,8 @@ _NS = 1_000_000_000
 _ENGINE_DOWN = 900  # aiodocker's status for "cannot connect to the engine"
 _AUTH_HINTS = ("unauthorized", "authentication required", "no basic auth credentials")
 _NOT_FOUND_HINTS = ("not found", "manifest unknown", "no such image", "does not exist")
+# On a release network besides "default": its name in the release.
+LABEL_NETWORK = "io.edgefleet.network"
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
@@ -81,6 +85,19 @@ class RuntimeEvent(BaseModel):
     exit_code: int | None = None
     health: Health | None = None
     time: datetime
+
+
+class HostContainer(BaseModel):
+    """A container on the engine, whoever's: what the hub's drift views compare."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    image: str
+    image_id: str
+    digest: str  # the manifest digest the image was pulled by, "" if unknown
+    state: str
+    managed: bool  # carries this device's labels
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -248,6 +265,28 @@ class DockerRuntime:
             found = await self._docker._query_json("containers/json", params={"all": "1"})
         return {str(c["ImageID"]) for c in found if c.get("ImageID")}
 
+    async def host_containers(self, *, limit: int) -> tuple[list[HostContainer], int]:
+        """Return up to ``limit`` containers on the engine by name, and how many there are."""
+        with _engine_errors("list all containers"):
+            found = await self._docker._query_json("containers/json", params={"all": "1"})
+            images = await self._docker._query_json("images/json")
+        digests = {str(i.get("Id")): i.get("RepoDigests") or [] for i in images}
+        out = [
+            HostContainer(
+                name=(c.get("Names") or ["/" + str(c.get("Id", ""))[:12]])[0].lstrip("/"),
+                image=str(c.get("Image", "")),
+                image_id=str(c.get("ImageID", "")),
+                digest=manifest_digest(
+                    str(c.get("Image", "")), digests.get(str(c.get("ImageID")), [])
+                ),
+                state=str(c.get("State", "")),
+                managed=self.is_ours(c.get("Labels")),
+            )
+            for c in found
+        ]
+        out.sort(key=lambda h: h.name)
+        return out[:limit], len(out)
+
     async def remove_image(self, ref: str) -> None:
         """Remove image reference ``ref``, never forced; ImageInUse if a container uses it."""
         try:
@@ -316,19 +355,31 @@ class DockerRuntime:
                 status=403,
             )
 
-    async def ensure_network(self, release_name: str) -> str:
-        """Create this release's bridge network if missing and return its name."""
-        name = self.object_name(release_name)
+    def network_name(self, release_name: str, network: str = DEFAULT_NETWORK) -> str:
+        """Return the engine name of a release network (``default``: ``ef-<dev>-<release>``)."""
+        if network == DEFAULT_NETWORK:
+            return self.object_name(release_name)
+        return self.object_name(f"{release_name}_{network}")
+
+    async def ensure_network(
+        self, release_name: str, network: str = DEFAULT_NETWORK, *, internal: bool = False
+    ) -> str:
+        """Create a network of this release if missing and return its engine name."""
+        name = self.network_name(release_name, network)
         for _ in range(2):
             found = await self._find("network", name)
             if found is not None:
-                self._check_ours("network", found)
+                self._check_network(found, release_name, network, internal)
                 return name
+            labels = {**self.base_labels(), LABEL_RELEASE: release_name}
+            if network != DEFAULT_NETWORK:
+                labels[LABEL_NETWORK] = network
             config = {
                 "Name": name,
                 "Driver": "bridge",
                 "CheckDuplicate": True,
-                "Labels": {**self.base_labels(), LABEL_RELEASE: release_name},
+                "Internal": internal,
+                "Labels": labels,
             }
             try:
                 with _engine_errors(f"create network {name}"):
@@ -339,9 +390,31 @@ class DockerRuntime:
                     raise
         raise RuntimeAdapterError(f"create network {name}: conflicts but cannot be found")
 
-    async def remove_network(self, release_name: str) -> None:
-        """Remove this release's network; a missing network is not an error."""
-        name = self.object_name(release_name)
+    def _check_network(
+        self, found: dict[str, Any], release_name: str, network: str, internal: bool
+    ) -> None:
+        """Refuse a network that is not this device's, another's, or of another spec."""
+        self._check_ours("network", found)
+        labels = found.get("Labels") or {}
+        key = (labels.get(LABEL_RELEASE), labels.get(LABEL_NETWORK, DEFAULT_NETWORK))
+        if key != (release_name, network):
+            raise RuntimeAdapterError(
+                f"network {found['Name']} belongs to release {key[0]} network {key[1]}, "
+                f"not to release {release_name} network {network}",
+                status=409,
+            )
+        if bool(found.get("Internal")) != internal:
+            # An engine network cannot change in place while containers are attached.
+            raise RuntimeAdapterError(
+                f"network {network} of release {release_name} exists with internal="
+                f"{bool(found.get('Internal'))}; the release wants internal={internal}: "
+                "a network's spec cannot change under a release name, name a new network",
+                status=409,
+            )
+
+    async def remove_network(self, release_name: str, network: str = DEFAULT_NETWORK) -> None:
+        """Remove a network of this release; a missing network is not an error."""
+        name = self.network_name(release_name, network)
         found = await self._find("network", name)
         if found is None:
             return
@@ -350,12 +423,16 @@ class DockerRuntime:
             await DockerNetwork(self._docker, found["Id"]).delete()
 
     async def list_networks(self) -> list[str]:
-        """Return the release names of this device's networks."""
+        """Return this device's networks as keys: ``release``, or ``release/network``."""
         filters = {"label": self._label_filter()}
         with _engine_errors("list networks"):
             found = await self._docker.networks.list(filters=filters)
-        names = {(n.get("Labels") or {}).get(LABEL_RELEASE, "") for n in found or []}
-        return sorted(names - {""})
+        keys = set()
+        for n in found or []:
+            labels = n.get("Labels") or {}
+            if labels.get(LABEL_RELEASE):
+                keys.add(network_key(labels[LABEL_RELEASE], labels.get(LABEL_NETWORK)))
+        return sorted(keys)
 
     async def ensure_volume(self, name: str) -> str:
         """Create this device's named volume if missing and return its engine name."""
@@ -377,9 +454,10 @@ class DockerRuntime:
         existing = await _or_none(self._show(name))
         if existing is not None:
             self._refuse_existing(name, existing)
-        network = await self.ensure_network(release.name)
+        networks = [await self._ensure_joined(release, n) for n in joined_networks(service)]
         mounts = [await self._mount(v) for v in service.volumes]
-        config = self._container_config(service, release, revision, network, mounts)
+        config = container_config(service, self._labels(service, release, revision), mounts)
+        attach = _attach(config, service, networks[:1])
         try:
             with _engine_errors(f"create container {name}", image=service.image):
                 container = await self._docker.containers.create(config, name=name)
@@ -387,8 +465,31 @@ class DockerRuntime:
             if exc.status == 409:
                 self._refuse_existing(name, await _or_none(self._show(name)) or {})
             raise
+        # Engines before API 1.44 attach one network at create; the rest before start.
+        for net in networks[1:]:
+            with _engine_errors(f"connect container {name} to {net}"):
+                await self._docker._query_json(
+                    f"networks/{net}/connect",
+                    method="POST",
+                    data={"Container": container.id, "EndpointConfig": attach},
+                )
         log.info("created %s (%s) from %s", name, container.id[:12], service.image)
         return str(container.id)
+
+    async def _ensure_joined(self, release: Release, network: str) -> str:
+        spec = release.networks.get(network)
+        internal = spec.internal if spec is not None else False
+        return await self.ensure_network(release.name, network, internal=internal)
+
+    def _labels(self, service: Service, release: Release, revision: int) -> dict[str, str]:
+        return {
+            **service.labels,
+            **self.base_labels(),
+            LABEL_SERVICE: service.name,
+            LABEL_RELEASE: release.ref,
+            LABEL_REVISION: str(revision),
+            LABEL_CONFIG_HASH: service.config_hash(),
+        }
 
     def _refuse_existing(self, name: str, data: dict[str, Any]) -> NoReturn:
         cid = str(data.get("Id", "?"))[:12]
@@ -405,63 +506,6 @@ class DockerRuntime:
     async def _mount(self, vol: VolumeMount) -> dict[str, Any]:
         source = await self.ensure_volume(vol.source) if vol.type == "volume" else vol.source
         return {"Type": vol.type, "Source": source, "Target": vol.target, "ReadOnly": vol.read_only}
-
-    def _container_config(
-        self,
-        service: Service,
-        release: Release,
-        revision: int,
-        network: str,
-        mounts: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """Return the engine's create body for ``service``."""
-        labels = {
-            **service.labels,
-            **self.base_labels(),
-            LABEL_SERVICE: service.name,
-            LABEL_RELEASE: release.ref,
-            LABEL_REVISION: str(revision),
-            LABEL_CONFIG_HASH: service.config_hash(),
-        }
-        bindings: dict[str, list[dict[str, str]]] = {}
-        for p in service.ports:
-            bindings.setdefault(f"{p.container}/{p.protocol}", []).append(
-                {"HostIp": p.host_ip, "HostPort": str(p.host or "")}
-            )
-        host_config: dict[str, Any] = {
-            # The agent's supervisor restarts crashed containers with its own backoff
-            # and crash-loop accounting, so the engine must never restart them itself.
-            "RestartPolicy": {"Name": "no"},
-            "NetworkMode": network,
-            "PortBindings": bindings,
-            "Mounts": mounts,
-        }
-        if service.mem_limit_bytes is not None:
-            host_config["Memory"] = service.mem_limit_bytes
-        if service.cpus is not None:
-            host_config["NanoCpus"] = int(service.cpus * _NS)
-        config: dict[str, Any] = {
-            "Image": service.image,
-            "Labels": labels,
-            "Env": [f"{k}={v}" for k, v in sorted(service.environment.items())],
-            "ExposedPorts": {key: {} for key in bindings},
-            "StopTimeout": math.ceil(service.stop_timeout_s),
-            "HostConfig": host_config,
-            "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [service.name]}}},
-        }
-        if service.command is not None:
-            config["Cmd"] = service.command
-        if service.entrypoint is not None:
-            config["Entrypoint"] = service.entrypoint
-        if (hc := service.healthcheck) is not None:
-            config["Healthcheck"] = {
-                "Test": hc.test,
-                "Interval": int(hc.interval_s * _NS),
-                "Timeout": int(hc.timeout_s * _NS),
-                "Retries": hc.retries,
-                "StartPeriod": int(hc.start_period_s * _NS),
-            }
-        return config
 
     async def start(self, cid: str) -> None:
         """Start managed container ``cid``; starting a running one is a no-op."""
@@ -568,6 +612,24 @@ class DockerRuntime:
                         yield line
         for line in assembler.finish():
             yield line
+
+
+def manifest_digest(image: str, repo_digests: list[str]) -> str:
+    """Return the manifest digest of a container's image: from its ref, else the image's."""
+    if "@" in image:
+        return image.rpartition("@")[2]
+    repo = image.rpartition(":")[0] if ":" in image.rpartition("/")[2] else image
+    matching = [d for d in repo_digests if d.partition("@")[0] == repo] or repo_digests
+    return matching[0].partition("@")[2] if matching else ""
+
+
+def _attach(config: dict[str, Any], service: Service, first: list[str]) -> dict[str, Any]:
+    """Put the container on the first of its networks; return the endpoint for the others."""
+    endpoint = {"Aliases": [service.name, *service.aliases]}
+    if first:
+        config["HostConfig"]["NetworkMode"] = first[0]
+        config["NetworkingConfig"] = {"EndpointsConfig": {first[0]: endpoint}}
+    return endpoint
 
 
 def _current_service(data: dict[str, Any]) -> CurrentService:

@@ -197,3 +197,18 @@ async def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 
             if value:
                 return value
             await asyncio.sleep(interval_s)
+
+
+async def docker_exec(container: str, *cmd: str, timeout_s: float = 20.0) -> tuple[int, str]:
+    """Run ``cmd`` in a running container (``docker exec``); return exit code and output."""
+    proc = await asyncio.create_subprocess_exec(
+        "docker",
+        "exec",
+        container,
+        *cmd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(timeout_s):
+        out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")

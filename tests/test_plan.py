@@ -19,6 +19,7 @@ from edge_agent.models import (
     Dependency,
     Health,
     HealthCheck,
+    NetworkSpec,
     RegistryAuth,
     Release,
     Service,
@@ -37,6 +38,8 @@ from edge_agent.reconcile import (
     Step,
     StopStep,
     auth_for,
+    joined_networks,
+    network_key,
     plan,
     registry_of,
     start_order,
@@ -64,7 +67,10 @@ def svc(name: str, image: str = IMG, **kw: Any) -> Service:
 def tgt(*services: Service, release: str = "rel", **kw: Any) -> Target:
     """Return a target for device dev."""
     auth = kw.pop("registry_auth", [])
-    rel = Release(name=release, version="1", services=list(services), registry_auth=auth)
+    nets = kw.pop("networks", {})
+    rel = Release(
+        name=release, version="1", services=list(services), registry_auth=auth, networks=nets
+    )
     return Target(device_id="dev", revision=kw.pop("revision", 1), release=rel, **kw)
 
 
@@ -103,6 +109,14 @@ cache = svc("cache", restart="unless-stopped")
 web2 = svc("web", depends_on={"db": Dependency()}, environment={"V": "2"})
 later = {"web": NOW + timedelta(seconds=5), "job": NOW + timedelta(seconds=5)}
 earlier = {"web": NOW - timedelta(seconds=1)}
+
+
+front = svc("front", networks=["front", "back"])
+back = svc("back", networks=["back"])
+plain = svc("plain")
+hostnet = svc("hostnet", network_mode="host")
+NETS = {"front": NetworkSpec(), "back": NetworkSpec(internal=True)}
+front_only = svc("front", networks=["front"])
 
 
 def st_(name: str, cid: str | None = None) -> StartStep:
@@ -303,6 +317,60 @@ CASES: list[tuple[str, Target | None, list[CurrentService], PlanContext, list[St
         ctx(),
         [RemoveStep(service="db", container_id="c-1")],
     ),
+    (
+        "release networks: each one joined is created before the services, internal honoured",
+        tgt(front, back, plain, networks=NETS),
+        [],
+        ctx(),
+        [
+            CreateNetworkStep(release="rel", network="back", internal=True),
+            CreateNetworkStep(release="rel", network="default"),
+            CreateNetworkStep(release="rel", network="front"),
+            CreateStep(service=back),
+            st_("back"),
+            CreateStep(service=front),
+            st_("front"),
+            CreateStep(service=plain),
+            st_("plain"),
+        ],
+    ),
+    (
+        "host network mode: no release network",
+        tgt(hostnet),
+        [],
+        ctx(),
+        [CreateStep(service=hostnet), st_("hostnet")],
+    ),
+    (
+        "release networks present and wanted: nothing",
+        tgt(front, back, networks=NETS),
+        [cur(front), cur(back)],
+        ctx(networks_present=frozenset({"rel", "rel/front", "rel/back"})),
+        [],
+    ),
+    (
+        "a network the release no longer uses goes after its services were recreated",
+        tgt(front_only, networks={"front": NetworkSpec()}),
+        [cur(front), cur(back)],
+        ctx(networks_present=frozenset({"rel", "rel/front", "rel/back"})),
+        [
+            StopStep(service="back", container_id="c-back"),
+            RemoveStep(service="back", container_id="c-back"),
+            CreateNetworkStep(release="rel", network="front"),
+            RecreateStep(service=front_only, container_id="c-front"),
+            RemoveNetworkStep(release="rel", network="back"),
+        ],
+    ),
+    (
+        "every network of an old release goes; a removing container keeps its release's",
+        tgt(db, release="rel2"),
+        [cur(db, release="rel2"), cur("x", ContainerStatus.REMOVING, release="busy")],
+        ctx(networks_present=frozenset({"old", "old/back", "busy", "busy/front", "rel2"})),
+        [
+            RemoveNetworkStep(release="old"),
+            RemoveNetworkStep(release="old", network="back"),
+        ],
+    ),
 ]
 
 
@@ -377,6 +445,14 @@ NAMES = ["api", "cache", "db", "web", "worker"]
 IMAGES = ["busybox:1.36", IMG, IMG2]
 
 
+NETWORK_CHOICES: list[dict[str, Any]] = [
+    {},
+    {"network_mode": "host"},
+    {"networks": ["back"]},
+    {"networks": ["default", "front"]},
+]
+
+
 @st.composite
 def targets(draw: st.DrawFn) -> Target:
     """Draw a valid target: unique names, acyclic dependencies, optional overrides."""
@@ -393,10 +469,16 @@ def targets(draw: st.DrawFn) -> Target:
                 environment=draw(st.dictionaries(st.sampled_from("AB"), st.sampled_from("12"))),
                 healthcheck=draw(st.none() | st.just(HC)),
                 depends_on={d: Dependency(condition=c) for d, c in zip(deps, conds, strict=True)},
+                **draw(st.sampled_from(NETWORK_CHOICES)),
             )
         )
     overrides = draw(st.dictionaries(st.sampled_from(names), st.just({"O": "1"}), max_size=2))
-    release = Release(name=draw(st.sampled_from(["r1", "r2"])), version="1", services=services)
+    release = Release(
+        name=draw(st.sampled_from(["r1", "r2"])),
+        version="1",
+        services=services,
+        networks=draw(st.sampled_from([NETS, {"front": NetworkSpec(), "back": NetworkSpec()}])),
+    )
     return Target(device_id="dev", revision=1, release=release, overrides=overrides)
 
 
@@ -448,9 +530,12 @@ def scenarios(draw: st.DrawFn) -> tuple[Target, list[CurrentService], PlanContex
         images_present=frozenset(draw(st.lists(st.sampled_from(IMAGES)))),
         restart_not_before={n: NOW + timedelta(seconds=d) for n, d in backoff.items()},
         restart_unhealthy=frozenset(draw(st.lists(st.sampled_from(NAMES)))),
-        networks_present=frozenset(draw(st.lists(st.sampled_from(["r1", "r2", "r-old"])))),
+        networks_present=frozenset(draw(st.lists(st.sampled_from(NETWORK_KEYS)))),
     )
     return target, current, context
+
+
+NETWORK_KEYS = ["r1", "r2", "r-old", "r1/back", "r2/front", "r-old/back"]
 
 
 class SimEngine:
@@ -461,6 +546,7 @@ class SimEngine:
         self.images = set(images)
         self.networks = set(nets)
         self._ids = itertools.count()
+        self.attached: dict[str, set[str]] = {}  # networks of containers created here
 
     async def list_services(self) -> list[CurrentService]:
         return list(self.containers.values())
@@ -472,21 +558,29 @@ class SimEngine:
         self.images.add(ref)
         return "sha256:" + ref
 
-    async def ensure_network(self, release_name: str) -> str:
-        self.networks.add(release_name)
+    async def ensure_network(
+        self, release_name: str, network: str = "default", *, internal: bool = False
+    ) -> str:
+        self.networks.add(network_key(release_name, network))
         return release_name
 
     async def list_networks(self) -> list[str]:
         return sorted(self.networks)
 
-    async def remove_network(self, release_name: str) -> None:
-        self.networks.discard(release_name)
+    async def remove_network(self, release_name: str, network: str = "default") -> None:
+        key = network_key(release_name, network)
+        assert not any(key in self.attached.get(c, ()) for c in self.containers), (
+            "network removed while a container is attached"
+        )
+        self.networks.discard(key)
 
     async def create(self, service: Service, *, release: Release, revision: int) -> str:
         assert service.image in self.images, "created before its image was pulled"
-        assert release.name in self.networks, "created before its network"
+        keys = {network_key(release.name, n) for n in joined_networks(service)}
+        assert keys <= self.networks, "created before its networks"
         assert all(c.name != service.name for c in self.containers.values()), "name taken"
         cid = f"new{next(self._ids)}"
+        self.attached[cid] = keys
         self.containers[cid] = CurrentService(
             name=service.name,
             container_id=cid,
