@@ -102,7 +102,12 @@ class ServiceMapper:
         environment = {**self.env_files, **self.env}
         if environment:
             self.doc["environment"] = environment
-        if self.aliases:
+        if self.aliases and self.doc.get("network_mode") == "host":
+            # The host's network has no aliases: the name means nothing there.
+            self.notes.ignored(
+                self.name, "container_name", "network_mode host: no network to alias it on"
+            )
+        elif self.aliases:
             self.doc["aliases"] = self.aliases
         if self.tmpfs:
             self.doc["tmpfs"] = self.tmpfs
