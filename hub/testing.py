@@ -240,6 +240,27 @@ class RunningHub:
                 raise TimeoutError(f"hub holds {held} long-polls, wanted {count}")
             await asyncio.sleep(0.02)
 
+    def edgectl_sync(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``edgectl ARGS`` against this hub as admin (a real process); return it done."""
+        env = {
+            **os.environ,
+            "EDGECTL_HUB": self.url,
+            "EDGECTL_CA": str(self.ca_path),
+            "EDGECTL_TOKEN_FILE": str(self.data_dir / "admin.token"),
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "hub.edgectl", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
+    async def edgectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``edgectl ARGS`` in a thread (the event loop keeps serving)."""
+        return await asyncio.to_thread(self.edgectl_sync, *args)
+
     def stop(self, timeout: float = 15.0) -> int:
         """Send SIGTERM and wait for the process to exit; return its exit status."""
         if self.process.poll() is None:

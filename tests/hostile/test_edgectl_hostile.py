@@ -7,18 +7,14 @@ exact (JSON escapes control characters itself).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hub import edgectl
-from hub.testing import REPO_ROOT, RunningHub, start_hub
+from hub.testing import RunningHub, start_hub
 
 EVIL_HOSTNAME = "pwn\x1b]0;owned\x07\x1b[2J\x1b[31mred\u202eevil\r\n"
 EVIL_STATE = "converged\x1b[8m\x9b2J"
@@ -29,23 +25,6 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
     running = start_hub(tmp_path / "hub")
     yield running
     assert running.stop() == 0
-
-
-def _edgectl(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "EDGECTL_HUB": hub.url,
-        "EDGECTL_CA": str(hub.ca_path),
-        "EDGECTL_TOKEN_FILE": str(hub.data_dir / "admin.token"),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from hub.edgectl import main; main()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def _has_controls(text: str) -> list[str]:
@@ -65,12 +44,12 @@ async def test_edgectl_devices_table_escapes_a_hostile_hostname_and_state(
     )
     assert status == 200
 
-    human = await asyncio.to_thread(_edgectl, hub, "devices")
+    human = await hub.edgectl("devices")
     assert human.returncode == 0, human.stderr
     assert _has_controls(human.stdout) == [], human.stdout
     assert "pwn" in human.stdout and "\\x1b" in human.stdout  # shown, escaped
 
-    raw = await asyncio.to_thread(_edgectl, hub, "--json", "devices")
+    raw = await hub.edgectl("--json", "devices")
     (row,) = [d for d in json.loads(raw.stdout)["devices"] if d["id"] == device.device_id]
     assert row["hostname"] == EVIL_HOSTNAME and row["state"] == EVIL_STATE  # exact
 

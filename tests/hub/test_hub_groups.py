@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +14,7 @@ from conftest import release_doc
 
 from edge_agent.protocol import SyncResponse
 from edge_agent.signing import load_public_key, verify_target
-from hub.testing import REPO_ROOT, DeviceIdentity, RunningHub, start_hub
+from hub.testing import DeviceIdentity, RunningHub, start_hub
 
 BOUNDS = {
     "max_device_tags": 3,
@@ -314,25 +310,8 @@ async def test_tag_group_and_override_bounds_are_enforced_and_named(
     assert {r["action"] for r in refused} == {"device.tag", "group.create", "group.env"}
 
 
-def _edgectl_sync(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "EDGECTL_HUB": hub.url,
-        "EDGECTL_CA": str(hub.ca_path),
-        "EDGECTL_TOKEN_FILE": str(hub.data_dir / "admin.token"),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "hub.edgectl", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 async def edgectl(hub: RunningHub, *args: str) -> Any:
-    done = await asyncio.to_thread(_edgectl_sync, hub, *args)
+    done = await hub.edgectl(*args)
     assert done.returncode == 0, (args, done.stderr)
     return json.loads(done.stdout)
 
@@ -366,7 +345,7 @@ async def test_edgectl_tags_groups_and_overrides(hub: RunningHub, tmp_path: Path
     target = await edgectl(hub, "target", "show", dev)
     assert target["target"]["overrides"] == {"web": {"LEVEL": "info"}}
 
-    bad = await asyncio.to_thread(_edgectl_sync, hub, "group", "create", "x", "--selector", "a b")
+    bad = await hub.edgectl("group", "create", "x", "--selector", "a b")
     assert bad.returncode == 1 and "position 3" in bad.stderr
     assert (await edgectl(hub, "group", "delete", name)) == {"deleted": name}
 

@@ -135,41 +135,19 @@ async def test_events_paging(hub: RunningHub, device: DeviceIdentity):
     assert status == 400
 
 
-def _edgectl_sync(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "EDGECTL_HUB": hub.url,
-        "EDGECTL_CA": str(hub.ca_path),
-        "EDGECTL_TOKEN_FILE": str(hub.data_dir / "admin.token"),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from hub.cli import edgectl_main; edgectl_main()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-async def _edgectl(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_edgectl_sync, hub, *args)
-
-
 async def test_edgectl_end_to_end(hub: RunningHub, tmp_path: Path):
-    made = await _edgectl(
-        hub, "token", "create", "--uses", "2", "--expires", "10m", "--tag", "site=x"
+    made = await hub.edgectl(
+        "token", "create", "--uses", "2", "--expires", "10m", "--tag", "site=x"
     )
     assert made.returncode == 0, made.stderr
     device = await hub.enroll(made.stdout.strip(), tmp_path / "d")
     assert device.tags == {"site": "x"}
 
-    listed = await _edgectl(hub, "devices")
+    listed = await hub.edgectl("devices")
     assert listed.returncode == 0 and device.device_id in listed.stdout
 
     (tmp_path / "release.json").write_text(json.dumps(release_doc("3")))
-    result = await _edgectl(
-        hub,
+    result = await hub.edgectl(
         "target",
         "set",
         device.device_id,
@@ -181,18 +159,18 @@ async def test_edgectl_end_to_end(hub: RunningHub, tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["revision"] == 1
-    shown = json.loads((await _edgectl(hub, "target", "show", device.device_id)).stdout)
+    shown = json.loads((await hub.edgectl("target", "show", device.device_id)).stdout)
     assert shown["target"]["overrides"] == {"web": {"MODE": "slow"}}
 
     (tmp_path / "bad.json").write_text(json.dumps({"name": "app", "version": "1"}))
-    bad = await _edgectl(hub, "target", "set", device.device_id, str(tmp_path / "bad.json"))
+    bad = await hub.edgectl("target", "set", device.device_id, str(tmp_path / "bad.json"))
     assert bad.returncode == 1 and "release.services" in bad.stderr
 
-    assert (await _edgectl(hub, "device", "disable", device.device_id)).returncode == 0
-    shown = json.loads((await _edgectl(hub, "device", "show", device.device_id)).stdout)
+    assert (await hub.edgectl("device", "disable", device.device_id)).returncode == 0
+    shown = json.loads((await hub.edgectl("device", "show", device.device_id)).stdout)
     assert shown["disabled"] is True
-    assert (await _edgectl(hub, "events", device.device_id)).returncode == 0
-    assert (await _edgectl(hub, "audit", "--limit", "5")).returncode == 0
+    assert (await hub.edgectl("events", device.device_id)).returncode == 0
+    assert (await hub.edgectl("audit", "--limit", "5")).returncode == 0
 
     unauth = await asyncio.to_thread(
         subprocess.run,

@@ -3,17 +3,13 @@ retired, audited; and the same through edgectl."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 from test_registry import BASIC, GOOD, OPEN, docker_digest
 
-from hub.testing import REPO_ROOT, RunningHub
+from hub.testing import RunningHub
 
 
 def release(name: str, version: str = "1", image: str = f"{OPEN}/{GOOD}:1", **extra):
@@ -146,53 +142,30 @@ async def test_list_pages_oldest_first(hub: RunningHub):
     assert "release" not in page["releases"][0]
 
 
-def _edgectl_sync(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "EDGECTL_HUB": hub.url,
-        "EDGECTL_CA": str(hub.ca_path),
-        "EDGECTL_TOKEN_FILE": str(hub.data_dir / "admin.token"),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from hub.cli import edgectl_main; edgectl_main()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-async def edgectl(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_edgectl_sync, hub, *args)
-
-
 async def test_edgectl_release_create_list_show_retire(hub: RunningHub, tmp_path: Path):
     name = unique()
     doc = release(name, version="ignored")
     del doc["name"], doc["version"]  # the command line names them
     path = tmp_path / "release.json"
     path.write_text(json.dumps(doc))
-    made = await edgectl(
-        hub, "--json", "release", "create", name, "--version", "2", "-f", str(path)
-    )
+    made = await hub.edgectl("--json", "release", "create", name, "--version", "2", "-f", str(path))
     assert made.returncode == 0, made.stderr
     created = json.loads(made.stdout)
     assert created["ref"] == f"{name}@2"
     assert created["images"][0]["digest"] == docker_digest(f"{OPEN}/{GOOD}:1")
-    human = await edgectl(hub, "release", "list")
+    human = await hub.edgectl("release", "list")
     assert human.returncode == 0 and f"{name}@2" in human.stdout
-    shown = await edgectl(hub, "--json", "release", "show", f"{name}@2")
+    shown = await hub.edgectl("--json", "release", "show", f"{name}@2")
     assert json.loads(shown.stdout)["release"] == created["release"]
-    retired = await edgectl(
-        hub, "--json", "release", "retire", f"{name}@2", "--reason", "superseded"
+    retired = await hub.edgectl(
+        "--json", "release", "retire", f"{name}@2", "--reason", "superseded"
     )
     assert json.loads(retired.stdout)["retired"]["reason"] == "superseded"
-    listed = json.loads((await edgectl(hub, "--json", "release", "list")).stdout)
+    listed = json.loads((await hub.edgectl("--json", "release", "list")).stdout)
     mine = [r for r in listed["releases"] if r["ref"] == f"{name}@2"]
     assert mine[0]["retired"]["reason"] == "superseded"
     path.write_text(json.dumps(release(name, version="3", image=f"{OPEN}/{GOOD}:nope")))
-    bad = await edgectl(hub, "release", "create", name, "--version", "3", "-f", str(path))
+    bad = await hub.edgectl("release", "create", name, "--version", "3", "-f", str(path))
     assert bad.returncode == 1
     assert "MANIFEST_UNKNOWN" in bad.stderr and "release.services.0.image" in bad.stderr
 
@@ -201,10 +174,10 @@ async def test_version_with_slash_and_plus_is_addressable(hub: RunningHub, tmp_p
     name = unique()
     doc = release(name, version="2.0.0+build/7")
     assert (await hub.api("POST", "/api/v1/releases", {"release": doc}))[0] == 201
-    shown = await edgectl(hub, "--json", "release", "show", f"{name}@2.0.0+build/7")
+    shown = await hub.edgectl("--json", "release", "show", f"{name}@2.0.0+build/7")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["version"] == "2.0.0+build/7"
-    retired = await edgectl(hub, "release", "retire", f"{name}@2.0.0+build/7", "--reason", "r")
+    retired = await hub.edgectl("release", "retire", f"{name}@2.0.0+build/7", "--reason", "r")
     assert retired.returncode == 0, retired.stderr
 
 
@@ -228,8 +201,7 @@ async def test_edgectl_creates_a_release_from_a_compose_file_beside_its_env(
     name = unique()
     (tmp_path / "compose.yaml").write_text(COMPOSE)
     (tmp_path / ".env").write_text(f"IMAGE={OPEN}/{GOOD}:1\n")
-    made = await edgectl(
-        hub, "--json", "release", "create", name, "--version", "1",
+    made = await hub.edgectl("--json", "release", "create", name, "--version", "1",
         "-f", str(tmp_path / "compose.yaml"),
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
