@@ -36,7 +36,9 @@ def save_host_report(
     )
     release = db.execute("SELECT release FROM devices WHERE id = ?", (device_id,)).fetchone()[0]
     keys = sighting_keys(containers, release)
-    held = {k for (k,) in db.execute("SELECT key FROM host_sightings WHERE device_id = ?", (device_id,))}
+    held = {
+        k for (k,) in db.execute("SELECT key FROM host_sightings WHERE device_id = ?", (device_id,))
+    }
     db.executemany(
         "DELETE FROM host_sightings WHERE device_id = ? AND key = ?",
         [(device_id, k) for k in held - keys],
