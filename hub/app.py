@@ -13,7 +13,7 @@ from aiohttp import web
 
 import hub
 from edge_agent.sdnotify import sd_notify
-from hub import device_api, group_api, guard, operator_api, release_api
+from hub import device_api, drift_api, group_api, guard, operator_api, release_api
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
@@ -68,6 +68,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(operator_api.routes)
     app.add_routes(group_api.routes)
     app.add_routes(release_api.routes)
+    app.add_routes(drift_api.routes)
     app.cleanup_ctx.append(_store_lifetime)
     guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)

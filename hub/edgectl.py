@@ -184,7 +184,35 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--after", type=int, default=0)
     audit.add_argument("--limit", type=int, default=100)
     _release_parser(sub)
+    _drift_parser(sub)
     return p
+
+
+def _drift_parser(sub: Any) -> None:
+    sub.add_parser("drift", help="devices whose containers differ from their target, or stale")
+    sub.add_parser("retired", help="devices still holding a retired release, and since when")
+
+
+def _print_drift(result: dict[str, Any]) -> None:
+    rows = [("DEVICE", "KIND", "SERVICE", "CONTAINER", "EXPECTED", "ACTUAL")]
+    for d in result["devices"]:
+        for f in d["differences"]:
+            cells = (f.get(k) for k in ("service", "container", "expected", "actual"))
+            rows.append((d["device_id"], f["kind"], *(str(c) if c else "-" for c in cells)))
+    _print_table(rows)
+    if result["not_reported"]:
+        print(sanitize(f"# not reporting host containers: {', '.join(result['not_reported'])}"))
+
+
+def _print_retired(result: dict[str, Any]) -> None:
+    rows = [("RELEASE", "DEVICE", "SINCE", "CONTAINERS")]
+    for r in result["releases"]:
+        for d in r["devices"]:
+            names = ", ".join(c["name"] for c in d["containers"])
+            rows.append((r["ref"], d["device_id"], d["since"], names))
+        if not r["devices"]:
+            rows.append((r["ref"], "-", "-", "-"))
+    _print_table(rows)
 
 
 def _env_arguments(p: argparse.ArgumentParser, *, service_required: bool) -> None:
@@ -382,6 +410,8 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return client.call("POST", f"/api/v1/devices/{args.id}/target", _target_body(args))
     if cmd == "release":
         return _run_release(args, client)
+    if cmd in ("drift", "retired"):
+        return client.call("GET", f"/api/v1/{cmd}")
     if cmd == "events":
         return client.call(
             "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"
@@ -390,6 +420,9 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
 
 
 def _print(args: argparse.Namespace, result: Any) -> None:
+    if args.command in ("drift", "retired") and not args.json:
+        (_print_drift if args.command == "drift" else _print_retired)(result)
+        return
     if args.command == "release" and args.action == "list" and not args.json:
         _print_releases(result)
         return

@@ -28,6 +28,7 @@ from hub.store.records import (
     EnvChange,
     EventRecord,
     GroupRecord,
+    HostReport,
     NewDevice,
     ReleaseRecord,
     RenewedCert,
@@ -45,6 +46,7 @@ __all__ = [
     "EnvChange",
     "EventRecord",
     "GroupRecord",
+    "HostReport",
     "HubStore",
     "NewDevice",
     "ReleaseRecord",
@@ -216,6 +218,12 @@ class HubStore(ABC):
     ) -> ReleaseRecord:
         """Mark a release retired by the audit's actor at its time (NotFound; Conflict if
         already retired)."""
+
+    # host reports (drift, retired) -------------------------------------------------
+
+    @abstractmethod
+    async def list_host_reports(self) -> dict[str, HostReport]:
+        """Return the latest host container report of every device that sent one, by id."""
 
     # events and audit ---------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pydantic_core
 
-from edge_agent.protocol import OutboxEntry, SignedTarget, StatusSnapshot
+from edge_agent.protocol import HostContainerReport, OutboxEntry, SignedTarget, StatusSnapshot
 
 # One outbox entry as the store keeps it: (seq, kind, created_at, payload), with
 # created_at as ``iso_utc`` text and the payload as compact JSON (``payload_json``).
@@ -214,3 +214,13 @@ class ReleaseRecord:
     def ref(self) -> str:
         """Return ``name@version``."""
         return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """The latest host container report the hub keeps of one device."""
+
+    containers: list[HostContainerReport]
+    total: int
+    reported_at: datetime
+    sightings: dict[str, datetime] = field(default_factory=dict)  # key -> first seen

@@ -40,6 +40,7 @@ from hub.store.records import (
     TargetRecord,
 )
 from hub.store.sqlite_groups import GroupsMixin
+from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.writer import GroupCommitWriter
 
@@ -71,7 +72,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(GroupsMixin, HubStore):
+class SqliteStore(GroupsMixin, HostsMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(
@@ -328,6 +329,8 @@ class SqliteStore(GroupsMixin, HubStore):
                 args += args_s
                 has_full = has_full or status.full
             db.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*args, device_id))
+            if status is not None:
+                save_host_report(db, device_id, status, received)
             return space.acked, target_revision, bool(has_full), inserted
 
         acked, target_revision, has_full, inserted = await self._w.submit(job)

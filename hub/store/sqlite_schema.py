@@ -149,4 +149,24 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        8,
+        "the latest host container report per device, and when each digest/release was first seen",
+        [
+            """CREATE TABLE host_reports (
+                device_id TEXT PRIMARY KEY REFERENCES devices(id),
+                containers TEXT NOT NULL,
+                total INTEGER NOT NULL,
+                reported_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            # At most HOST_CONTAINERS_MAX digests + 1 release per device: keys no longer
+            # reported are deleted with each report.
+            """CREATE TABLE host_sightings (
+                device_id TEXT NOT NULL REFERENCES devices(id),
+                key TEXT NOT NULL,
+                first_seen TEXT NOT NULL,
+                PRIMARY KEY (device_id, key)
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]
