@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from test_hub_sync import sync
-from test_releases import edgectl, release, unique
+from test_releases import release, unique
 
 from hub.testing import DeviceIdentity, RunningHub
 
@@ -131,16 +131,16 @@ async def test_edgectl_drift_and_retired(hub: RunningHub, tmp_path: Path):
     await hub.set_target(dev.device_id, doc)
     await report(hub, dev, ref, [box(f"ef-{dev.device_id}-web", OTHER)])
     await hub.api("POST", f"/api/v1/releases/{ref}/retire", {"reason": "old"})
-    human = await edgectl(hub, "drift")
+    human = await hub.edgectl("drift")
     assert human.returncode == 0, human.stderr
     line = next(x for x in human.stdout.splitlines() if x.startswith(dev.device_id))
     assert "other_digest" in line and OTHER in line and digest in line
-    listed = json.loads((await edgectl(hub, "--json", "drift")).stdout)
+    listed = json.loads((await hub.edgectl("--json", "drift")).stdout)
     assert dev.device_id in [d["device_id"] for d in listed["devices"]]
-    retired = await edgectl(hub, "retired")
+    retired = await hub.edgectl("retired")
     assert retired.returncode == 0, retired.stderr
     assert any(ref in x and dev.device_id in x for x in retired.stdout.splitlines())
-    as_json = json.loads((await edgectl(hub, "--json", "retired")).stdout)
+    as_json = json.loads((await hub.edgectl("--json", "retired")).stdout)
     assert dev.device_id in [
         d["device_id"] for r in as_json["releases"] if r["ref"] == ref for d in r["devices"]
     ]
