@@ -3,8 +3,8 @@
 A target is identified by its store id (arrival order). The rollout of one target moves
 through phases::
 
-    accepted -> [waiting_window ->] applying (images being pulled) -> settling (images present, apply deadline
-    running) -> good | rolled_back | failed
+    accepted -> [waiting_window ->] applying (images being pulled) -> settling (images
+    present, apply deadline running) -> good | rolled_back | failed
 
 A verdict or an images-ready signal about a target that is no longer the one rolled out
 is stale and ignored: acceptance and rollback are decided one event at a time, so a
