@@ -332,8 +332,8 @@ def _check_acyclic(graph: dict[str, set[str]]) -> None:
 class MaintenanceWindow(Strict):
     """A daily window (local wall-clock time in ``tz``) in which a target may start applying."""
 
-    start: str = Field(max_length=5, description="HH:MM; may be after end (wraps midnight)")
-    end: str = Field(max_length=5, description="HH:MM")
+    start: str = Field(max_length=8, description="HH:MM[:SS]; after end: wraps midnight")
+    end: str = Field(max_length=8, description="HH:MM[:SS]")
     tz: str = Field(max_length=64, description="IANA time zone, e.g. Europe/Berlin")
 
     @field_validator("start", "end")

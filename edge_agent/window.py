@@ -1,6 +1,6 @@
 """Daily maintenance windows in a device's local time: parsing and the next opening. Pure.
 
-A window is ``start``-``end`` in ``HH:MM`` wall-clock time of an IANA zone; it may wrap
+A window is ``start``-``end`` in ``HH:MM`` (or ``HH:MM:SS``) wall-clock time of an IANA zone; it may wrap
 past midnight (``22:00``-``02:00``). Wall-clock times are resolved by ``zoneinfo``: on the
 day clocks go forward, a start inside the skipped hour falls one hour later in UTC terms
 (02:30 CET is 03:30 CEST); on the day clocks go back, an ambiguous time is its first
@@ -15,7 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-HHMM_RE = re.compile(r"^(\d{2}):(\d{2})$")
+HHMM_RE = re.compile(r"^(\d{2}):(\d{2})(?::(\d{2}))?$")
 
 
 class WindowLike(Protocol):
@@ -32,14 +32,14 @@ class WindowLike(Protocol):
 
 
 def parse_hhmm(value: str) -> time:
-    """Return the wall-clock time of ``HH:MM`` (00:00-23:59)."""
+    """Return the wall-clock time of ``HH:MM`` (00:00-23:59), seconds optional (``HH:MM:SS``)."""
     match = HHMM_RE.match(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a time like '01:00'")
-    hour, minute = int(match.group(1)), int(match.group(2))
-    if hour > 23 or minute > 59:
+    hour, minute, second = (int(g or 0) for g in match.groups())
+    if hour > 23 or minute > 59 or second > 59:
         raise ValueError(f"{value!r} has a time outside 00:00-23:59")
-    return time(hour, minute)
+    return time(hour, minute, second)
 
 
 def parse_window(value: str) -> tuple[time, time]:

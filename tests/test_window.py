@@ -131,3 +131,9 @@ def test_decide_window(
     state: LifeState, event: object, expect_state: LifeState, expect_actions: list[object]
 ) -> None:
     assert decide(state, event) == (expect_state, expect_actions)  # type: ignore[arg-type]
+
+
+def test_window_seconds() -> None:
+    w = W(start="10:00:05", end="10:00:10", tz="UTC")
+    assert next_opening(w, u("2026-06-01 10:00")) == u("2026-06-01 10:00:05")
+    assert next_opening(w, u("2026-06-01 10:00:07")) is None
