@@ -1,10 +1,10 @@
 """Daily maintenance windows in a device's local time: parsing and the next opening. Pure.
 
-A window is ``start``-``end`` in ``HH:MM`` (or ``HH:MM:SS``) wall-clock time of an IANA zone; it may wrap
-past midnight (``22:00``-``02:00``). Wall-clock times are resolved by ``zoneinfo``: on the
-day clocks go forward, a start inside the skipped hour falls one hour later in UTC terms
-(02:30 CET is 03:30 CEST); on the day clocks go back, an ambiguous time is its first
-occurrence, so a window spanning the repeated hour lasts an hour longer.
+A window is ``start``-``end`` in ``HH:MM`` (or ``HH:MM:SS``) wall-clock time of an IANA
+zone; it may wrap past midnight (``22:00``-``02:00``). Wall-clock times are resolved by
+``zoneinfo``: on the day clocks go forward, a start inside the skipped hour falls one hour
+later in UTC terms (02:30 CET is 03:30 CEST); on the day clocks go back, an ambiguous time
+is its first occurrence, so a window spanning the repeated hour lasts an hour longer.
 A contract module: the hub's rollout window uses the same rules.
 """
 
