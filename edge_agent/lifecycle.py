@@ -5,7 +5,10 @@ so acceptance, judging and rollback never interleave: a target accepted while a 
 writes to the store waits for it, then wins. Hub targets must be newer than the highest
 hub revision ever accepted (kept in the store and in the anchor beside the identity);
 local (technician) targets never consume the hub's revision space: they carry the hub
-revision they are based on and a local sequence number of their own.
+revision they are based on and a local sequence number of their own. A target with a
+closed maintenance window is stored at once and waits (a timer, re-checked against the
+wall clock at least every ``window_recheck_s``) until the window opens; a stored waiting
+target re-arms the timer on restore. Rolling back never waits.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from edge_agent.rollout import (
     Accepted,
     Action,
     Activate,
+    AwaitWindow,
     Event,
     ImagesReady,
     Judged,
@@ -36,11 +40,13 @@ from edge_agent.rollout import (
     RollBack,
     ScheduleRetry,
     StartDeadline,
+    WindowOpened,
     decide,
     retry_delay_s,
 )
 from edge_agent.store import AuditRow, Store, StoredTarget
 from edge_agent.supervisor import RolloutWatch
+from edge_agent.window import next_opening
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,9 @@ class LifecyclePolicy:
     pull_retry_base_s: float = 60.0
     pull_retry_cap_s: float = 3600.0
     recheck_s: float = 1.0
+    # A waiting target's timer wakes at least this often to re-read the wall clock, so a
+    # clock stepped while waiting (NTP after a cold boot) moves the opening with it.
+    window_recheck_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class Lifecycle:
         self.watched: Ref | None = None
         self.running: Ref | None = None
         self.retries: dict[int, int] = {}
+        self.waiting: tuple[Ref, datetime] | None = None
         self._lock = asyncio.Lock()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._jobs: set[asyncio.Task[None]] = set()
@@ -142,7 +152,10 @@ class Lifecycle:
                     good = await self.store.last_good_target(before=stored.id)
                     if good is not None:
                         self.running = Ref(good, parse_document(Target, good.document))
-                    await self._handle(Accepted(ref.id), ref)
+                    # Applying had started inside the window: it goes on after a restart.
+                    waits = stored.state in ("pending", "pull_failed")
+                    opens = opens_at(ref.target) if waits else None
+                    await self._handle(Accepted(ref.id, opens), ref)
                 log.info("restored target %s (%s)", stored.label, stored.state)
                 return
 
@@ -192,7 +205,7 @@ class Lifecycle:
         stored = await self.store.get_target(target_id)
         assert stored is not None
         ref = Ref(stored, target)
-        await self._handle(Accepted(target_id), ref)
+        await self._handle(Accepted(target_id, opens_at(target)), ref)
         return ref
 
     async def reject(self, reason: str, *, actor: str, label: str) -> None:
@@ -255,7 +268,20 @@ class Lifecycle:
             if stored is None:
                 return
             ref = Ref(stored, parse_document(Target, stored.document))
-            await self._handle(RetryDue(target_id), ref)
+            await self._handle(RetryDue(target_id, opens_at(ref.target)), ref)
+
+    async def _window_due(self, target_id: int) -> None:
+        async with self._lock:
+            waiting = self.waiting
+            if waiting is None or waiting[0].id != target_id:
+                return
+            ref = waiting[0]
+            opens = opens_at(ref.target)
+            if opens is not None:
+                self._await_window(ref, opens)  # not yet by the wall clock: wait on
+                return
+            log.info("maintenance window of target %s opened", ref.stored.label)
+            await self._handle(WindowOpened(target_id), ref)
 
     async def _handle(
         self, event: Event, ref: Ref | None = None, *, at: datetime | None = None
@@ -269,6 +295,9 @@ class Lifecycle:
         if isinstance(action, Activate):
             assert ref is not None
             await self._activate(ref)
+        elif isinstance(action, AwaitWindow):
+            assert ref is not None
+            self._await_window(ref, action.opens_at)
         elif isinstance(action, StartDeadline):
             assert self.watch is not None
             self.watch.images_ready(at or now())
@@ -282,7 +311,20 @@ class Lifecycle:
         elif isinstance(action, Recheck) and "recheck" not in self._timers:
             self._later("recheck", self.policy.recheck_s, self._poke)
 
+    def _await_window(self, ref: Ref, opens: datetime) -> None:
+        if self.waiting is None or self.waiting[0].id != ref.id:
+            log.info(
+                "target %s waits for its maintenance window (opens %s)",
+                ref.stored.label,
+                opens.isoformat(),
+            )
+        self.waiting = (ref, opens)
+        delay = max(0.0, min((opens - now()).total_seconds(), self.policy.window_recheck_s))
+        self._later("window", delay, lambda: self._job(self._window_due(ref.id)))
+
     async def _activate(self, ref: Ref) -> None:
+        self.waiting = None
+        self._cancel("window")
         await self.store.set_target_state(ref.id, "applying")
         self.watched, self.desired = ref, ref.target
         self.watch = RolloutWatch(ref.target, now(), pull_timeout_s=self.policy.pull_timeout_s)
@@ -392,6 +434,8 @@ class Lifecycle:
     async def report(self) -> dict[str, Any]:
         """Return the revision fields of the status: running and applying reported apart."""
         applying = self.watched if self.state.phase in (Phase.APPLYING, Phase.SETTLING) else None
+        if self.state.phase is Phase.WAITING_WINDOW and self.waiting is not None:
+            applying = self.waiting[0]
         running = self.running
         out: dict[str, Any] = {
             "target_revision": await self.hub_floor(),
@@ -405,12 +449,21 @@ class Lifecycle:
         }
         if self.desired is not None and self.desired.is_expired(now()):
             out["target_expired"] = True
-        if applying is not None and self.watch is not None:
+        if self.state.phase is Phase.WAITING_WINDOW and self.waiting is not None:
+            out["window_opens_at"] = self.waiting[1].isoformat()
+        elif applying is not None and self.watch is not None:
             out["rollout_detail"] = {
                 "images_ready": self.watch.images_ready_at is not None,
                 "pull_error": self.watch.pull_error or None,
             }
         return out
+
+
+def opens_at(target: Target) -> datetime | None:
+    """Return when ``target``'s window next opens; None if open now, absent or immediate."""
+    if target.window is None or target.immediate:
+        return None
+    return next_opening(target.window, now())
 
 
 def _accept_audit(actor: str, label: str, target: Target, source: str) -> AuditRow:
@@ -419,8 +472,14 @@ def _accept_audit(actor: str, label: str, target: Target, source: str) -> AuditR
         action="target.accept",
         object=f"target:{label}",
         outcome="ok",
-        detail={"release": target.release.ref, "source": source},
+        detail={"release": target.release.ref, "source": source, **_window_detail(target)},
     )
+
+
+def _window_detail(target: Target) -> dict[str, Any]:
+    if target.immediate:
+        return {"immediate": True}
+    return {"window": target.window.model_dump()} if target.window else {}
 
 
 def local_target(body: Any, device_id: str) -> Target:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from edge_agent.errors import InvalidDocument
+from edge_agent.window import parse_hhmm, zone
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # Any name Docker accepts in an environment: no "=", no NUL (dotted names included).
@@ -328,6 +329,32 @@ def _check_acyclic(graph: dict[str, set[str]]) -> None:
         visit(n, [])
 
 
+class MaintenanceWindow(Strict):
+    """A daily window (local wall-clock time in ``tz``) in which a target may start applying."""
+
+    start: str = Field(max_length=8, description="HH:MM[:SS]; after end: wraps midnight")
+    end: str = Field(max_length=8, description="HH:MM[:SS]")
+    tz: str = Field(max_length=64, description="IANA time zone, e.g. Europe/Berlin")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _check_time(cls, v: str) -> str:
+        parse_hhmm(v)
+        return v
+
+    @field_validator("tz")
+    @classmethod
+    def _check_tz(cls, v: str) -> str:
+        zone(v)
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MaintenanceWindow:
+        if parse_hhmm(self.start) == parse_hhmm(self.end):
+            raise ValueError("window is empty (start equals end)")
+        return self
+
+
 class Target(Strict):
     """The desired state of one device at one revision."""
 
@@ -344,6 +371,10 @@ class Target(Strict):
     apply_deadline_s: float = Field(120.0, gt=0, le=86400)
     # Every service must stay up (and healthy) this long before the target counts as good.
     min_ready_s: float = Field(5.0, ge=0, le=3600)
+    # Applying starts only inside this window (device-local time), also while offline.
+    window: MaintenanceWindow | None = None
+    # Apply at once, whatever the window: the hub returns a device to its previous release.
+    immediate: bool = False
 
     @model_validator(mode="after")
     def _overrides_known(self) -> Target:

@@ -48,12 +48,18 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
     "completed_dependency": lambda t: any(
         d.condition == "completed" for s in t.release.services for d in s.depends_on.values()
     ),
+    "window": lambda t: t.window is not None or t.immediate,
 }
 BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
 )
 # What this agent understands: a feature joins when the agent implements it.
-AGENT_FEATURES = BASELINE_FEATURES | {"container_options", "networks", "completed_dependency"}
+AGENT_FEATURES = BASELINE_FEATURES | {
+    "container_options",
+    "networks",
+    "completed_dependency",
+    "window",
+}
 
 
 def _uses_container_options(service: Service) -> bool:

@@ -3,19 +3,22 @@
 A target is identified by its store id (arrival order). The rollout of one target moves
 through phases::
 
-    accepted -> applying (images being pulled) -> settling (images present, apply deadline
-    running) -> good | rolled_back | failed
+    accepted -> [waiting_window ->] applying (images being pulled) -> settling (images
+    present, apply deadline running) -> good | rolled_back | failed
 
 A verdict or an images-ready signal about a target that is no longer the one rolled out
 is stale and ignored: acceptance and rollback are decided one event at a time, so a
 rollback that finishes after a newer target was accepted can never override it. A
 rollout that failed because its images never arrived is retried later (with backoff)
-unless a newer target has been accepted meanwhile.
+unless a newer target has been accepted meanwhile. A target with a maintenance window
+that is closed waits (``waiting_window``) until it opens; so does its retry. Rolling back
+never waits: the last good target is converged to at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 
 from edge_agent.supervisor import RolloutVerdict
@@ -25,6 +28,7 @@ class Phase(StrEnum):
     """Where the rollout of the newest target is (reported as ``rollout_state``)."""
 
     IDLE = "idle"  # no target yet
+    WAITING_WINDOW = "waiting_window"  # accepted; its maintenance window is closed
     APPLYING = "applying"  # accepted; images being pulled
     SETTLING = "settling"  # images present; containers coming up within the apply deadline
     GOOD = "good"  # the target runs and stayed healthy for min_ready_s
@@ -49,7 +53,18 @@ class LifeState:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A target was stored (from the hub, a technician, a retry or a restore)."""
+    """A target was stored (from the hub, a technician, a retry or a restore).
+
+    ``opens_at``: when its maintenance window next opens; None if open now (or none).
+    """
+
+    target_id: int
+    opens_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WindowOpened:
+    """The maintenance window of the waiting target opened."""
 
     target_id: int
 
@@ -71,12 +86,13 @@ class Judged:
 
 @dataclass(frozen=True)
 class RetryDue:
-    """The backoff after a pull failure of the target has passed."""
+    """The backoff after a pull failure of the target has passed (``opens_at`` as Accepted)."""
 
     target_id: int
+    opens_at: datetime | None = None
 
 
-Event = Accepted | ImagesReady | Judged | RetryDue
+Event = Accepted | WindowOpened | ImagesReady | Judged | RetryDue
 
 # ---- actions ------------------------------------------------------------------------
 
@@ -86,6 +102,14 @@ class Activate:
     """Converge to the target and start watching it."""
 
     target_id: int
+
+
+@dataclass(frozen=True)
+class AwaitWindow:
+    """Wake the lifecycle when the target's maintenance window opens."""
+
+    target_id: int
+    opens_at: datetime
 
 
 @dataclass(frozen=True)
@@ -123,15 +147,19 @@ class Recheck:
     """Judge again soon (min_ready_s and the deadline are judged on time)."""
 
 
-Action = Activate | StartDeadline | MarkGood | RollBack | ScheduleRetry | Recheck
+Action = Activate | AwaitWindow | StartDeadline | MarkGood | RollBack | ScheduleRetry | Recheck
 
 
 def decide(state: LifeState, event: Event) -> tuple[LifeState, list[Action]]:
     """Return the next state and the actions to execute, in order."""
     if isinstance(event, Accepted):
-        return LifeState(event.target_id, Phase.APPLYING), [Activate(event.target_id)]
+        return _start(event.target_id, event.opens_at)
     if event.target_id != state.watching:
         return state, []  # about a target that is no longer rolled out: stale
+    if isinstance(event, WindowOpened):
+        if state.phase is not Phase.WAITING_WINDOW:
+            return state, []
+        return _start(event.target_id, None)
     if isinstance(event, ImagesReady):
         if state.phase is not Phase.APPLYING:
             return state, []
@@ -139,8 +167,14 @@ def decide(state: LifeState, event: Event) -> tuple[LifeState, list[Action]]:
     if isinstance(event, RetryDue):
         if state.phase in ACTIVE or not state.pull_failed:
             return state, []
-        return LifeState(event.target_id, Phase.APPLYING), [Activate(event.target_id)]
+        return _start(event.target_id, event.opens_at)
     return _judged(state, event)
+
+
+def _start(target_id: int, opens_at: datetime | None) -> tuple[LifeState, list[Action]]:
+    if opens_at is not None:
+        return LifeState(target_id, Phase.WAITING_WINDOW), [AwaitWindow(target_id, opens_at)]
+    return LifeState(target_id, Phase.APPLYING), [Activate(target_id)]
 
 
 def _judged(state: LifeState, event: Judged) -> tuple[LifeState, list[Action]]:

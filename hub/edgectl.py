@@ -12,7 +12,7 @@
     group list | group show NAME | group delete NAME
     group env NAME SERVICE [VAR=VALUE ...] [--unset VAR ...]
     target set ID RELEASE.json [--override svc.KEY=VALUE ...] [--deadline S] [--min-ready S]
-               [--expires 1d]
+               [--expires 1d] [--window 01:00-04:00 --tz Europe/Berlin] [--immediate]
     target show ID
     events ID [--after SEQ] [--limit N]
     audit [--after ID] [--limit N]
@@ -169,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     tset.add_argument("--deadline", type=float, default=None, help="apply deadline, seconds")
     tset.add_argument("--min-ready", type=float, default=None, help="seconds up before good")
     tset.add_argument("--expires", default=None, help="target validity, e.g. 7d")
+    tset.add_argument("--window", default=None, help="apply only inside HH:MM-HH:MM (device-local)")
+    tset.add_argument("--tz", default=None, help="the window's IANA time zone, e.g. Europe/Berlin")
+    tset.add_argument("--immediate", action="store_true", help="apply at once, whatever the window")
     target.add_parser("show", help="show the device's newest target").add_argument("id")
 
     events = sub.add_parser(
@@ -383,7 +386,21 @@ def _target_body(args: argparse.Namespace) -> dict[str, Any]:
         body["min_ready_s"] = args.min_ready
     if args.expires is not None:
         body["expires_in_s"] = parse_duration(args.expires)
+    if args.window is not None or args.tz is not None:
+        body["window"] = _window(args.window, args.tz)
+    if args.immediate:
+        body["immediate"] = True
     return body
+
+
+def _window(window: str | None, tz: str | None) -> dict[str, str]:
+    """Return the request's window from ``--window HH:MM-HH:MM --tz ZONE`` (checked by the hub)."""
+    if window is None or tz is None:
+        raise CtlError("--window and --tz go together (e.g. --window 01:00-04:00 --tz UTC)")
+    start, dash, end = window.partition("-")
+    if not dash:
+        raise CtlError(f"bad --window {window!r} (use HH:MM-HH:MM)")
+    return {"start": start, "end": end, "tz": tz}
 
 
 def _run(args: argparse.Namespace, client: Client) -> Any:

@@ -5,7 +5,7 @@
     GET  /api/v1/devices/{id}              one device
     GET  /api/v1/devices/{id}/target       its newest target (decoded) and revision
     POST /api/v1/devices/{id}/target       {release, overrides, apply_deadline_s, min_ready_s,
-                                            expires_in_s}
+                                            expires_in_s, window, immediate}
     POST /api/v1/devices/{id}/disable      refuse the device from now on
     POST /api/v1/devices/{id}/enable       accept it again
     GET  /api/v1/devices/{id}/events       ?after=seq&limit=n
@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from edge_agent.models import ENV_KEY_RE, Release, Target
+from edge_agent.models import ENV_KEY_RE, MaintenanceWindow, Release, Target
 from edge_agent.protocol import BASELINE_FEATURES, required_features
 from edge_agent.signing import sign_target
 from hub.auth import Permission, Principal, new_enrollment_token, require
@@ -80,6 +80,10 @@ class SetTargetRequest(_Body):
     apply_deadline_s: float = Field(120.0, gt=0, le=86400)
     min_ready_s: float = Field(5.0, ge=0, le=3600)
     expires_in_s: int | None = Field(None, ge=60, le=MAX_EXPIRES_IN_S)
+    # Signed into the target: the agent starts applying only inside the window (its local
+    # time, also offline); ``immediate`` applies at once (a return to a previous release).
+    window: MaintenanceWindow | None = None
+    immediate: bool = False
 
     @field_validator("overrides")
     @classmethod
@@ -328,6 +332,8 @@ async def set_target(request: web.Request) -> web.Response:
                 expires_at=expires_at,
                 apply_deadline_s=req.apply_deadline_s,
                 min_ready_s=req.min_ready_s,
+                window=req.window,
+                immediate=req.immediate,
             )
 
         def build(revision: int) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, time, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,8 +23,12 @@ from pydantic import (
     model_validator,
 )
 
+# The window rules are the agent's (a contract module), so hub and agent read them alike.
+from edge_agent.window import parse_window, window_opens_at
+
+__all__ = ["parse_window", "window_opens_at"]
+
 RELEASE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}@[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-WINDOW_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 MAX_STAGES = 20
 MAX_SOAK_S = 7 * 86400.0
 
@@ -115,35 +119,6 @@ def check_stages(stages: tuple[Amount, ...]) -> None:
             raise ValueError(f"stage {i + 1} ({stage}) is not larger than stage {i} ({prev})")
     if stages[-1].percent != 100:
         raise ValueError(f"the last stage must be 100% (it is {stages[-1]})")
-
-
-def parse_window(value: str) -> tuple[time, time]:
-    """Return (start, end) of ``HH:MM-HH:MM``; the window may wrap past midnight."""
-    match = WINDOW_RE.match(value.strip())
-    if not match:
-        raise ValueError(f"{value!r} is not a window like '01:00-04:00'")
-    h1, m1, h2, m2 = (int(g) for g in match.groups())
-    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
-        raise ValueError(f"{value!r} has a time outside 00:00-23:59")
-    if (h1, m1) == (h2, m2):
-        raise ValueError(f"{value!r} is empty (start equals end)")
-    return time(h1, m1), time(h2, m2)
-
-
-def window_opens_at(window: str, tz: str, t: datetime) -> datetime:
-    """Return ``t`` if inside the daily window (local time in ``tz``), else the next start."""
-    start, end = parse_window(window)
-    zone = ZoneInfo(tz)
-    day = t.astimezone(zone).date()
-    starts = []
-    for offset in (-1, 0, 1):
-        d = day + timedelta(days=offset)
-        opens = datetime.combine(d, start, tzinfo=zone)
-        closes = datetime.combine(d if end > start else d + timedelta(days=1), end, tzinfo=zone)
-        if opens <= t < closes:
-            return t
-        starts.append(opens)
-    return min(s for s in starts if s > t)
 
 
 class HealthGate(Frozen):
