@@ -214,3 +214,17 @@ class ReleaseRecord:
     def ref(self) -> str:
         """Return ``name@version``."""
         return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A rollout as stored: its spec and state as JSON (``hub.rollout_models``)."""
+
+    id: str
+    release: str
+    spec: str
+    state: str
+    status: str
+    created_at: datetime
+    created_by: str
+    updated_at: datetime

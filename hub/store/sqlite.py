@@ -40,6 +40,7 @@ from hub.store.records import (
     TargetRecord,
 )
 from hub.store.sqlite_groups import GroupsMixin
+from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.writer import GroupCommitWriter
 
@@ -71,7 +72,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(GroupsMixin, HubStore):
+class SqliteStore(GroupsMixin, RolloutsMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(

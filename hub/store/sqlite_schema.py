@@ -149,4 +149,21 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        7,
+        "rollouts: spec and state of each staged rollout (hub.rollouts plans them)",
+        [
+            """CREATE TABLE rollouts (
+                id TEXT PRIMARY KEY,
+                release TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                state TEXT NOT NULL,
+                status TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX rollouts_status ON rollouts (status)",
+        ],
+    ),
 ]
