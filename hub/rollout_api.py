@@ -102,12 +102,12 @@ async def _superseded(
     hub: HubContext, spec: RolloutSpec, members: list[str], new_id: str, now: datetime
 ) -> list[tuple[RolloutRecord, datetime, Decision]]:
     active = [load(r) for r in await hub.store.list_rollouts([s.value for s in ACTIVE_STATUSES])]
+    ids = check_overlap(spec, [a.state for a in active], members)
     limit = hub.config.rollouts.max_active
-    if len(active) >= limit:
+    if len(active) - len(ids) >= limit:  # a rollout that supersedes one takes its place
         raise Conflict(
             f"the hub runs {len(active)} active rollouts, the bound (rollouts.max_active)"
         )
-    ids = check_overlap(spec, [a.state for a in active], members)
     out = []
     for a in active:
         if a.record.id in ids:

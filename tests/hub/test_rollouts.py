@@ -351,3 +351,41 @@ def _edgectl_sync(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[st
 
 async def edgectl(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(_edgectl_sync, hub, *args)
+
+
+async def test_bad_spec_is_422_naming_the_field_and_nothing_is_stored(rhub, fleet_of):
+    fleet = await fleet_of(1)
+    release = await make_release(rhub, "bad-spec-" + fleet.tag, "1")
+    before = await _ids(rhub)
+    status, body = await start(rhub, release=release, group=fleet.tag, stages="10%,5%")
+    assert status == 422, body
+    assert any("stages" in json.dumps(f) for f in body["fields"]), body
+    status, body = await start(rhub, release=release, group="no-such-group")
+    assert status == 404, body
+    assert await _ids(rhub) == before
+
+
+async def test_max_active_rollouts_bound_is_409_audited_and_superseding_takes_the_place(
+    tmp_path: Path,
+):
+    hub = start_hub(tmp_path / "h", sections={"rollouts": {"tick_s": 0.1, "max_active": 1}})
+    try:
+        for site in ("a", "b"):
+            await hub.enroll(await hub.create_token(tags={"site": site}), tmp_path / site)
+        web = {"name": "web", "image": f"{OPEN}/{GOOD}:1"}
+        doc = {"name": "m", "version": "1", "services": [web]}
+        status, body = await hub.api("POST", "/api/v1/releases", {"release": doc})
+        assert status == 201, body
+        status, first = await start(hub, release="m@1", selector="site=a", soak_s=3600)
+        assert status == 201, first
+        status, refused = await start(hub, release="m@1", selector="site=b", soak_s=0)
+        assert status == 409 and "rollouts.max_active" in refused["message"], refused
+        _, audit = await hub.api("GET", "/api/v1/audit?limit=1000")
+        outcomes = [(a["action"], a["outcome"]) for a in audit["audit"]]
+        assert ("rollout.start", "rejected") in outcomes
+        status, newer = await start(
+            hub, release="m@1", selector="site=a", soak_s=0, supersedes=first["id"]
+        )
+        assert status == 201, newer
+    finally:
+        assert hub.stop() == 0
