@@ -13,12 +13,13 @@ from aiohttp import web
 
 import hub
 from edge_agent.sdnotify import sd_notify
-from hub import device_api, drift_api, group_api, guard, operator_api, release_api
+from hub import device_api, drift_api, group_api, guard, operator_api, release_api, rollout_api
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
 from hub.context import HUB, HubContext
 from hub.pki import HubPKI
+from hub.rollout_engine import ENGINE, RolloutEngine
 from hub.store import open_store
 from hub.wire import BODY_TIMEOUT, error_middleware
 
@@ -38,6 +39,7 @@ async def healthz(request: web.Request) -> web.Response:
             "rate_limit": request.app[guard.LIMITER].stats(),
             "refusal_audit": request.app[guard.REFUSALS].stats(),
             "connections": request.app[CONNECTIONS].stats(),
+            "rollout_engine": request.app[ENGINE].stats(),
         }
     )
 
@@ -69,7 +71,10 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(group_api.routes)
     app.add_routes(release_api.routes)
     app.add_routes(drift_api.routes)
+    app.add_routes(rollout_api.routes)
+    app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)
+    app.cleanup_ctx.append(_engine_lifetime)  # after the store: stops before it closes
     guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
     return app
@@ -81,6 +86,13 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     yield
     app[HUB].sync_decoder.close()
     await store.close()
+
+
+async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
+    engine = app[ENGINE]
+    engine.start()
+    yield
+    await engine.stop()
 
 
 async def _wake_long_polls(app: web.Application) -> None:

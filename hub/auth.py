@@ -48,6 +48,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     RELEASES_READ = "releases:read"
     RELEASES_WRITE = "releases:write"
+    ROLLOUTS_WRITE = "rollouts:write"
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,13 @@ class RegistriesConfig(_Section):
     max_parallel: int = Field(8, ge=1, le=256)
 
 
+class RolloutsConfig(_Section):
+    """The rollout engine (hub.rollout_engine): how often it plans, how much it holds."""
+
+    tick_s: float = Field(1.0, gt=0, le=3600)
+    max_active: int = Field(100, ge=1, le=100_000)
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -171,6 +178,7 @@ class HubConfig(_Section):
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     pki: PkiConfig = Field(default_factory=lambda: PkiConfig())
     registries: RegistriesConfig = Field(default_factory=lambda: RegistriesConfig())
+    rollouts: RolloutsConfig = Field(default_factory=lambda: RolloutsConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -220,6 +228,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "limits": LimitsConfig,
         "pki": PkiConfig,
         "registries": RegistriesConfig,
+        "rollouts": RolloutsConfig,
     }
 
 

@@ -20,6 +20,10 @@
     release list [--after ID] [--limit N]
     release show NAME@VERSION
     release retire NAME@VERSION --reason TEXT
+    rollout start NAME@VERSION --group G [--stages 1,10%,50%,100%] [--soak 10m]
+                  [--max-failed 5%] [--window 01:00-04:00 --tz Europe/Berlin]
+    rollout list | rollout status ID [--watch]
+    rollout pause|resume|abort|rollback ID [--reason TEXT]
 
 Environment: EDGECTL_HUB, EDGECTL_TOKEN, EDGECTL_TOKEN_FILE, EDGECTL_CA.
 Exit status: 0 ok, 1 the hub refused (its error is printed), 2 usage or connection error.
@@ -39,6 +43,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from hub import edgectl_rollout
 
 DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -188,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=100)
     _release_parser(sub)
     _drift_parser(sub)
+    edgectl_rollout.add_parser(sub)
     return p
 
 
@@ -429,6 +436,8 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return _run_release(args, client)
     if cmd in ("drift", "retired"):
         return client.call("GET", f"/api/v1/{cmd}")
+    if cmd == "rollout":
+        return edgectl_rollout.run(args, client.call, parse_duration)
     if cmd == "events":
         return client.call(
             "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"
@@ -436,7 +445,10 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
     return client.call("GET", f"/api/v1/audit?after={args.after}&limit={args.limit}")
 
 
-def _print(args: argparse.Namespace, result: Any) -> None:
+def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
+    if args.command == "rollout":
+        edgectl_rollout.show(args, result, client.call, sanitize)
+        return
     if args.command in ("drift", "retired") and not args.json:
         (_print_drift if args.command == "drift" else _print_retired)(result)
         return
@@ -486,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
             token = Path(args.token_file).read_text().strip()
         if not token:
             raise CtlError("no token: pass --token/--token-file or set EDGECTL_TOKEN")
-        _print(args, _run(args, Client(args.hub, token, args.ca)))
+        client = Client(args.hub, token, args.ca)
+        _print(args, _run(args, client), client)
     except HubSaid as exc:
         print(sanitize(f"edgectl: hub refused: {exc}"), file=sys.stderr)
         for field in exc.body.get("fields") or []:

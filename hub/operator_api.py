@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,7 @@ from hub.context import HubContext, ctx
 from hub.errors import Conflict, HubError, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.guard import audit_refusal
-from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord
+from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
 from hub.wire import parse, read_body
 
@@ -319,31 +320,12 @@ async def set_target(request: web.Request) -> web.Response:
         req = parse(SetTargetRequest, await _json_body(request))
         now = hub.now()
         expires_at = now + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None
-        # The device's group and own overrides, under the request's explicit ones.
-        overrides = await overrides_for_target(hub.store, device_id, req.release, req.overrides)
-
-        def make(revision: int) -> Target:
-            return Target(
-                device_id=device_id,
-                revision=revision,
-                release=req.release,
-                overrides=overrides,
-                issued_at=now,
-                expires_at=expires_at,
-                apply_deadline_s=req.apply_deadline_s,
-                min_ready_s=req.min_ready_s,
-                window=req.window,
-                immediate=req.immediate,
-            )
-
-        def build(revision: int) -> Any:
-            return sign_target(make(revision), hub.pki.signing_key)
-
-        await _check_features(hub, device_id, make(1))
-
-        audit = act.ok(release=req.release.ref)
-        record = await hub.store.put_target(device_id, build, audit, now)
-    hub.notifier.notify(device_id)  # after commit
+        options = TargetOptions(
+            req.apply_deadline_s, req.min_ready_s, expires_at, req.window, req.immediate
+        )
+        record = await issue_target(
+            hub, device_id, req.release, req.overrides, options, act.ok(release=req.release.ref)
+        )
     return web.json_response(
         {
             "device_id": device_id,
@@ -353,6 +335,57 @@ async def set_target(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """How a target is applied: the agent's deadlines, and when it expires."""
+
+    apply_deadline_s: float = 120.0
+    min_ready_s: float = 5.0
+    expires_at: datetime | None = None
+    window: MaintenanceWindow | None = None
+    immediate: bool = False  # apply at once, whatever the window (a rollback)
+
+
+async def issue_target(
+    hub: HubContext,
+    device_id: str,
+    release: Release,
+    explicit: dict[str, dict[str, str]],
+    options: TargetOptions,
+    audit: AuditRecord,
+) -> TargetRecord:
+    """Sign and store the device's next target with ``audit``, then wake its long-poll.
+
+    The target carries the device's group and own overrides under ``explicit``. NotFound
+    if the device is unknown; Conflict if it is disabled or its agent lacks a feature the
+    release needs; OverrideConflict if its groups disagree.
+    """
+    now = audit.at
+    overrides = await overrides_for_target(hub.store, device_id, release, explicit)
+
+    def make(revision: int) -> Target:
+        return Target(
+            device_id=device_id,
+            revision=revision,
+            release=release,
+            overrides=overrides,
+            issued_at=now,
+            expires_at=options.expires_at,
+            apply_deadline_s=options.apply_deadline_s,
+            min_ready_s=options.min_ready_s,
+            window=options.window,
+            immediate=options.immediate,
+        )
+
+    def build(revision: int) -> Any:
+        return sign_target(make(revision), hub.pki.signing_key)
+
+    await _check_features(hub, device_id, make(1))
+    record = await hub.store.put_target(device_id, build, audit, now)
+    hub.notifier.notify(device_id)  # after commit
+    return record
 
 
 async def _check_features(hub: HubContext, device_id: str, target: Target) -> None:

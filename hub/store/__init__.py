@@ -14,7 +14,7 @@ seqs may have gaps where the agent dropped entries)::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from edge_agent.protocol import SignedTarget
@@ -32,6 +32,7 @@ from hub.store.records import (
     NewDevice,
     ReleaseRecord,
     RenewedCert,
+    RolloutRecord,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -50,6 +51,7 @@ __all__ = [
     "HubStore",
     "NewDevice",
     "ReleaseRecord",
+    "RolloutRecord",
     "SyncBatch",
     "SyncResult",
     "TargetRecord",
@@ -224,6 +226,36 @@ class HubStore(ABC):
     @abstractmethod
     async def list_host_reports(self) -> dict[str, HostReport]:
         """Return the latest host container report of every device that sent one, by id."""
+
+    # rollouts -----------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_rollout(
+        self,
+        rollout: RolloutRecord,
+        superseded: Sequence[tuple[RolloutRecord, datetime]],
+        audits: Sequence[AuditRecord],
+    ) -> None:
+        """Store a new rollout and end the ones it supersedes (each saved over the
+        ``updated_at`` it was read with), with the audit rows, in one transaction.
+
+        Conflict if the id is taken or a superseded rollout changed meanwhile.
+        """
+
+    @abstractmethod
+    async def save_rollout(
+        self, rollout: RolloutRecord, expected_updated_at: datetime, audits: Sequence[AuditRecord]
+    ) -> None:
+        """Save the rollout's new state and status if its stored ``updated_at`` is still
+        ``expected_updated_at``, with the audit rows, in one transaction (Conflict if not)."""
+
+    @abstractmethod
+    async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
+        """Return a rollout by id."""
+
+    @abstractmethod
+    async def list_rollouts(self, statuses: Sequence[str] | None = None) -> list[RolloutRecord]:
+        """Return rollouts (only those in ``statuses`` if given), oldest first."""
 
     # events and audit ---------------------------------------------------------------
 

@@ -224,3 +224,17 @@ class HostReport:
     total: int
     reported_at: datetime
     sightings: dict[str, datetime] = field(default_factory=dict)  # key -> first seen
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A rollout as stored: its spec and state as JSON (``hub.rollout_models``)."""
+
+    id: str
+    release: str
+    spec: str
+    state: str
+    status: str
+    created_at: datetime
+    created_by: str
+    updated_at: datetime

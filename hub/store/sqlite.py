@@ -41,6 +41,7 @@ from hub.store.records import (
 )
 from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
+from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.writer import GroupCommitWriter
 
@@ -72,7 +73,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(GroupsMixin, HostsMixin, HubStore):
+class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(

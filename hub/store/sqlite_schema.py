@@ -150,6 +150,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ],
     ),
     (
+        7,
+        "rollouts: spec and state of each staged rollout (hub.rollouts plans them)",
+        [
+            """CREATE TABLE rollouts (
+                id TEXT PRIMARY KEY,
+                release TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                state TEXT NOT NULL,
+                status TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX rollouts_status ON rollouts (status)",
+        ],
+    ),
+    (
         8,
         "the latest host container report per device, and when each digest/release was first seen",
         [

@@ -1,0 +1,179 @@
+"""``edgectl rollout ...``: start, list, show (and watch), pause, resume, abort, roll back.
+
+    rollout start NAME@VERSION (--group G | --selector S) [--stages 1,10%,50%,100%]
+                  [--soak 10m] [--max-failed 5%] [--deadline 30m] [--window 01:00-04:00
+                  --tz Europe/Berlin] [--supersedes ID] [--no-rollback]
+    rollout list
+    rollout status ID [--watch [--interval S]]
+    rollout pause|resume|abort|rollback ID [--reason TEXT]
+
+``status --watch`` redraws a progress bar per stage (rich, when it is installed; plain
+lines otherwise) until the rollout is no longer active. Everything prints JSON with
+``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+Call = Callable[..., Any]
+ACTIVE = ("running", "paused", "halted", "rolling_back")
+DONE_COLUMNS = ("healthy", "failed", "offline", "rolled_back")
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``rollout`` command and its actions."""
+    rollout = sub.add_parser(
+        "rollout",
+        help="staged rollouts of a release: start, list, status, pause, resume, abort, rollback",
+    ).add_subparsers(dest="action", required=True)
+    start = rollout.add_parser("start", help="start a staged rollout of a release")
+    start.add_argument("release", metavar="NAME@VERSION")
+    whom = start.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--group")
+    whom.add_argument("--selector")
+    start.add_argument("--stages", default="100%", help="cumulative sizes, e.g. 1,10%%,100%%")
+    start.add_argument("--soak", default="10m", help="healthy this long to pass (e.g. 10m)")
+    start.add_argument("--max-failed", default="0", help="a count or a share, e.g. 5%%")
+    start.add_argument("--deadline", help="per device: good within this long (default 30m)")
+    start.add_argument("--window", help="maintenance window HH:MM-HH:MM (needs --tz)")
+    start.add_argument("--tz", help="IANA time zone of the window")
+    start.add_argument("--supersedes", help="the active rollout this one replaces")
+    start.add_argument("--no-rollback", action="store_true", help="halt on failure, no rollback")
+    rollout.add_parser("list", help="list rollouts, oldest first")
+    status = rollout.add_parser("status", help="a rollout's progress per stage")
+    status.add_argument("id")
+    status.add_argument("--watch", action="store_true", help="redraw until it is done")
+    status.add_argument("--interval", type=float, default=1.0)
+    for name in ("pause", "resume", "abort", "rollback"):
+        act = rollout.add_parser(name, help=f"{name} a rollout")
+        act.add_argument("id")
+        act.add_argument("--reason", default="")
+
+
+def start_body(args: argparse.Namespace, duration: Callable[[str], int]) -> dict[str, Any]:
+    """Return the POST /api/v1/rollouts body of ``rollout start``."""
+    body: dict[str, Any] = {
+        "release": args.release,
+        "stages": args.stages,
+        "soak_s": duration(args.soak),
+        "max_failed": args.max_failed,
+    }
+    optional = {
+        "group": args.group,
+        "selector": args.selector,
+        "window": args.window,
+        "tz": args.tz,
+        "supersedes": args.supersedes,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if args.deadline is not None:
+        body["stage_deadline_s"] = duration(args.deadline)
+    if args.no_rollback:
+        body["rollback_on_failure"] = False
+    return body
+
+
+def run(args: argparse.Namespace, call: Call, duration: Callable[[str], int]) -> Any:
+    """Run one ``rollout`` action; return the hub's answer."""
+    if args.action == "start":
+        return call("POST", "/api/v1/rollouts", start_body(args, duration))
+    if args.action == "list":
+        return call("GET", "/api/v1/rollouts")
+    path = f"/api/v1/rollouts/{urllib.parse.quote(args.id, safe='')}"
+    if args.action == "status":
+        return call("GET", path)
+    return call("POST", f"{path}/{args.action}", {"reason": args.reason})
+
+
+def show(args: argparse.Namespace, result: Any, call: Call, clean: Callable[[str], str]) -> None:
+    """Print the answer: a table, a progress view, or (``--json``) the JSON."""
+    if args.action == "status" and args.watch:
+        watch(args, result, call, clean)
+    elif args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif args.action == "list":
+        for r in result["rollouts"]:
+            line = f"{r['id']}  {r['release']}  {r['status']}  stage {r['current_stage'] + 1}"
+            print(clean(f"{line}/{r['stages']}  {r['members']} devices  {r['created_at']}"))
+    else:
+        print("\n".join(clean(line) for line in plain_lines(result)))
+
+
+def plain_lines(view: dict[str, Any]) -> list[str]:
+    """Return the rollout's status as plain text: a header, then a line per stage."""
+    head = f"{view['id']}  {view['release']}  {view['status']}  ({view['members']} devices)"
+    lines = [head + (f"  reason: {view['reason']}" if view.get("reason") else "")]
+    for p in view["progress"]:
+        done = sum(p[c] for c in DONE_COLUMNS)
+        counts = "  ".join(f"{c} {p[c]}" for c in ("pending", "applying", *DONE_COLUMNS) if p[c])
+        lines.append(f"  stage {p['stage'] + 1} ({p['size']}): {done}/{p['planned']}  {counts}")
+    return lines
+
+
+def watch(
+    args: argparse.Namespace, view: dict[str, Any], call: Call, clean: Callable[[str], str]
+) -> None:
+    """Redraw the progress until the rollout is no longer active."""
+    path = f"/api/v1/rollouts/{urllib.parse.quote(args.id, safe='')}"
+
+    def fetch() -> dict[str, Any]:
+        return dict(call("GET", path))
+
+    try:
+        import rich.progress  # noqa: F401  (optional)
+    except ImportError:
+        rich_missing = True
+    else:
+        rich_missing = False
+    if rich_missing or args.json:
+        _watch_plain(args, view, fetch, clean)
+        return
+    _watch_rich(args, view, fetch, clean)
+
+
+def _watch_plain(
+    args: argparse.Namespace,
+    view: dict[str, Any],
+    fetch: Callable[[], dict[str, Any]],
+    clean: Callable[[str], str],
+) -> None:
+    while True:
+        out = json.dumps(view, sort_keys=True) if args.json else "\n".join(plain_lines(view))
+        print(clean(out), flush=True)
+        if view["status"] not in ACTIVE:
+            return
+        time.sleep(args.interval)
+        view = fetch()
+
+
+def _watch_rich(
+    args: argparse.Namespace,
+    view: dict[str, Any],
+    fetch: Callable[[], dict[str, Any]],
+    clean: Callable[[str], str],
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, transient=True) as bars:
+        tasks = [
+            bars.add_task(clean(f"stage {p['stage'] + 1} ({p['size']})"), total=p["planned"])
+            for p in view["progress"]
+        ]
+        while True:
+            for task, p in zip(tasks, view["progress"], strict=True):
+                detail = " ".join(f"{c[0]}{p[c]}" for c in DONE_COLUMNS if p[c])
+                label = clean(f"stage {p['stage'] + 1} ({p['size']}) {view['status']} {detail}")
+                done = sum(p[c] for c in DONE_COLUMNS)
+                bars.update(task, completed=done, description=label)
+            if view["status"] not in ACTIVE:
+                break
+            time.sleep(args.interval)
+            view = fetch()
+    print("\n".join(clean(line) for line in plain_lines(view)))

@@ -1,0 +1,333 @@
+"""The rollout engine: a background task of the hub that walks every active rollout.
+
+Every ``rollouts.tick_s`` (or when woken) it loads the active rollouts, builds each
+member's ``DeviceObservation`` from the device rows, asks the pure planner
+(``hub.rollouts.plan_rollout``) for a ``Decision`` and applies it:
+
+1. each ``TargetIssue`` becomes the device's next signed target (the release document
+   from the releases store, the device's resolved overrides) through
+   ``hub.operator_api.issue_target``: one store transaction per device, audited as
+   ``target.set`` with the rollout named;
+2. the issued revisions are recorded on the state (``record_revisions``);
+3. the new state and one audit row per event are saved in ONE transaction, over the state
+   the decision was planned from (compare-and-set: an operator's action in between wins,
+   the engine replans on its next tick).
+
+A crash between 1 and 3 leaves targets issued that the state does not record; the next
+tick plans the same devices again (the order is deterministic) and issues them once more
+(a newer revision of the same release). Operator actions and the engine take ``lock``,
+so inside one hub process they never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.models import MaintenanceWindow, Release
+from hub.context import HubContext
+from hub.errors import HubError, NotFound
+from hub.fleet import connectivity
+from hub.operator_api import TargetOptions, issue_target
+from hub.rollout_models import (
+    ACTIVE_STATUSES,
+    Decision,
+    DeviceObservation,
+    RolloutSpec,
+    RolloutState,
+    ServiceObservation,
+    TargetIssue,
+)
+from hub.rollouts import plan_rollout, record_revisions
+from hub.store import AuditRecord, DeviceRecord, RolloutRecord
+
+log = logging.getLogger(__name__)
+ENGINE_ACTOR = "rollout-engine"
+HEALTH = {"healthy": True, "unhealthy": False}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A stored rollout, parsed."""
+
+    record: RolloutRecord
+    spec: RolloutSpec
+    state: RolloutState
+
+
+def load(record: RolloutRecord) -> Loaded:
+    """Parse a stored rollout's spec and state."""
+    return Loaded(
+        record,
+        RolloutSpec.model_validate_json(record.spec),
+        RolloutState.model_validate_json(record.state),
+    )
+
+
+def to_record(loaded: Loaded, state: RolloutState) -> RolloutRecord:
+    """Return the stored form of the rollout with ``state``."""
+    r = loaded.record
+    return RolloutRecord(
+        r.id,
+        r.release,
+        r.spec,
+        state.model_dump_json(),
+        state.status.value,
+        r.created_at,
+        r.created_by,
+        state.updated_at,
+    )
+
+
+def event_audits(
+    rollout_id: str, decision: Decision, actor: str, now: datetime
+) -> list[AuditRecord]:
+    """Return one audit row per event of the decision."""
+    return [
+        AuditRecord(
+            actor,
+            f"rollout.{e.kind}",
+            rollout_id,
+            "ok",
+            now,
+            {"stage": e.stage, "detail": e.detail},
+        )
+        for e in decision.events
+    ]
+
+
+# ---- observations ---------------------------------------------------------------------
+
+
+def _services(reports: list[dict[str, Any]] | None) -> tuple[ServiceObservation, ...]:
+    return tuple(
+        ServiceObservation(
+            name=str(s.get("name", "")),
+            running=s.get("state") == "running",
+            healthy=HEALTH.get(str(s.get("health", "none"))),
+            restarts=int(s.get("restarts") or 0),
+            crash_loop=bool(s.get("crash_loop")),
+        )
+        for s in reports or []
+    )
+
+
+def observe_device(
+    hub: HubContext, d: DeviceRecord, target_release: str | None, now: datetime
+) -> DeviceObservation:
+    """Return what the hub knows of the device now, as the gate reads it."""
+    fleet = hub.config.fleet
+    online = connectivity(d.last_contact, now, fleet.online_after_s, fleet.stale_after_s)
+    about = d.applying_revision if d.applying_revision is not None else d.running_revision
+    return DeviceObservation(
+        device_id=d.id,
+        online=online.value == "online",
+        last_contact=d.last_contact,
+        reported_at=d.status_at,
+        target_release=target_release,
+        release=d.release,
+        revision=d.running_revision,
+        rollout_revision=about,
+        rollout_state=d.rollout_state,
+        services=_services(d.services),
+    )
+
+
+async def target_release(hub: HubContext, device_id: str) -> str | None:
+    """Return the release (NAME@VERSION) of the device's newest target, if any."""
+    record = await hub.store.get_target(device_id)
+    if record is None:
+        return None
+    document = json.loads(base64.b64decode(record.signed.payload))
+    release = document.get("release") or {}
+    return f"{release.get('name')}@{release.get('version')}"
+
+
+async def observe(hub: HubContext, loaded: Loaded, now: datetime) -> dict[str, DeviceObservation]:
+    """Return the observations of the rollout's members (the unassigned ones only while
+    the rollout may still add devices: their current target release is read then)."""
+    members = set(loaded.state.members)
+    devices = [d for d in await hub.store.list_devices() if d.id in members]
+    adding = loaded.state.status.value == "running"
+    out: dict[str, DeviceObservation] = {}
+    for d in devices:
+        assigned = d.id in loaded.state.assignments
+        previous = await target_release(hub, d.id) if adding and not assigned else None
+        out[d.id] = observe_device(hub, d, previous, now)
+    return out
+
+
+# ---- applying a decision --------------------------------------------------------------
+
+
+async def _release_document(hub: HubContext, ref: str) -> Release:
+    name, _, version = ref.partition("@")
+    record = await hub.store.get_release(name, version)
+    if record is None:
+        raise NotFound(f"no release {ref}")
+    return Release.model_validate_json(record.document)
+
+
+def target_options(spec: RolloutSpec, *, rollback: bool) -> TargetOptions:
+    """Return how a rollout's target is applied: inside its window; a rollback at once.
+
+    The window travels inside the signed target, so the agent honours it offline too.
+    Without a window every target applies at once and none needs the "window" feature.
+    """
+    if spec.window is None or spec.tz is None:
+        return TargetOptions()
+    if rollback:
+        return TargetOptions(immediate=True)
+    start, _, end = spec.window.partition("-")
+    return TargetOptions(window=MaintenanceWindow(start=start.strip(), end=end.strip(), tz=spec.tz))
+
+
+async def issue(
+    hub: HubContext, loaded: Loaded, issues: Sequence[TargetIssue], actor: str, now: datetime
+) -> tuple[dict[str, int], list[AuditRecord]]:
+    """Issue each target; return the revisions issued and audit rows of those that failed."""
+    revisions: dict[str, int] = {}
+    failures: list[AuditRecord] = []
+    documents: dict[str, Release] = {}
+    rid = loaded.record.id
+    for item in issues:
+        detail: dict[str, Any] = {
+            "rollout": rid,
+            "release": item.release,
+            "rollback": item.rollback,
+        }
+        try:
+            if item.release is None:
+                raise NotFound("it ran no release before the rollout: nothing to send back")
+            if item.release not in documents:
+                documents[item.release] = await _release_document(hub, item.release)
+            audit = AuditRecord(actor, "target.set", item.device_id, "ok", now, detail)
+            options = target_options(loaded.spec, rollback=item.rollback)
+            record = await issue_target(
+                hub, item.device_id, documents[item.release], {}, options, audit
+            )
+            revisions[item.device_id] = record.revision
+        except HubError as exc:
+            failures.append(
+                AuditRecord(
+                    actor,
+                    "rollout.issue_failed",
+                    item.device_id,
+                    "error",
+                    now,
+                    {**detail, "reason": exc.message},
+                )
+            )
+    return revisions, failures
+
+
+async def apply(
+    hub: HubContext,
+    loaded: Loaded,
+    decision: Decision,
+    actor: str,
+    now: datetime,
+    extra: Sequence[AuditRecord] = (),
+) -> RolloutState:
+    """Issue the decision's targets, then save its state and audit rows in one transaction."""
+    revisions, failures = await issue(hub, loaded, decision.issue, actor, now)
+    state = decision.state
+    if revisions:
+        state = record_revisions(state, revisions)
+    audits = [*extra, *event_audits(loaded.record.id, decision, actor, now), *failures]
+    await hub.store.save_rollout(to_record(loaded, state), loaded.record.updated_at, audits)
+    return state
+
+
+def _unchanged(old: RolloutState, decision: Decision) -> bool:
+    if decision.issue or decision.events:
+        return False
+    return decision.state.model_copy(update={"updated_at": old.updated_at}) == old
+
+
+# ---- the task ------------------------------------------------------------------------
+
+
+class RolloutEngine:
+    """Plans and applies every active rollout, every ``tick_s`` or when woken."""
+
+    def __init__(self, hub: HubContext) -> None:
+        self.hub = hub
+        self.lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """Return the engine's counters (shown on /healthz)."""
+        return {"ticks": self.ticks, "failures": self.failures, "last_error": self.last_error}
+
+    def wake(self) -> None:
+        """Plan now rather than at the next tick."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the background task."""
+        self._task = asyncio.create_task(self._run(), name="hub-rollout-engine")
+
+    async def stop(self) -> None:
+        """Cancel the background task and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        tick_s = self.hub.config.rollouts.tick_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), tick_s)
+            self._wake.clear()
+            async with self.lock:
+                await self.tick()
+
+    async def tick(self) -> None:
+        """Step every active rollout once; a failing rollout is counted and logged, the
+        others still step (the loop never dies of one)."""
+        self.ticks += 1
+        statuses = [s.value for s in ACTIVE_STATUSES]
+        for record in await self._active(statuses):
+            try:
+                await self.step(load(record))
+            except Exception as exc:  # counted, visible on /healthz, retried next tick
+                self.failures += 1
+                self.last_error = f"{record.id}: {type(exc).__name__}: {exc}"
+                log.exception("rollout %s: step failed", record.id)
+
+    async def _active(self, statuses: list[str]) -> list[RolloutRecord]:
+        try:
+            return await self.hub.store.list_rollouts(statuses)
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = f"list: {type(exc).__name__}: {exc}"
+            log.exception("rollouts: cannot list the active ones")
+            return []
+
+    async def step(self, loaded: Loaded) -> None:
+        """Plan the rollout against the fleet now and apply the decision."""
+        now = self.hub.now()
+        observations = await observe(self.hub, loaded, now)
+        decision = plan_rollout(loaded.spec, loaded.state, observations, now)
+        if _unchanged(loaded.state, decision):
+            return
+        await apply(self.hub, loaded, decision, ENGINE_ACTOR, now)
+
+
+ENGINE = web.AppKey("rollout_engine", RolloutEngine)
