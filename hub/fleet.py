@@ -39,7 +39,7 @@ class Drift(StrEnum):
     DRIFTED = "drifted"  # runs something other than its target, and is not rolling it out
 
 
-ROLLING_OUT = ("applying", "settling")
+ROLLING_OUT = ("waiting_window", "applying", "settling")  # on its way to the target
 
 
 def connectivity(

@@ -25,6 +25,12 @@ from hub.fleet import Drift, drift
             {"running_revision": 1, "applying_revision": 2, "rollout_state": "settling"},
             Drift.UPDATING,
         ),
+        # waiting for its maintenance window: on its way to the target, not drifted
+        (
+            2,
+            {"running_revision": 1, "applying_revision": 2, "rollout_state": "waiting_window"},
+            Drift.UPDATING,
+        ),
         (2, {"running_revision": 2, "rollout_state": "settling"}, Drift.DRIFTED),
         (2, {"running_revision": 1, "rollout_state": "rolled_back"}, Drift.DRIFTED),
         (2, {"running_revision": None, "rollout_state": "failed"}, Drift.DRIFTED),
