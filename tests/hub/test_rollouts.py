@@ -12,9 +12,6 @@ import asyncio
 import base64
 import gzip
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,7 +22,7 @@ from typing import Any
 import pytest
 from test_registry import GOOD, OPEN
 
-from hub.testing import REPO_ROOT, DeviceIdentity, RunningHub, start_hub
+from hub.testing import DeviceIdentity, RunningHub, start_hub
 
 SIM_SYNC_S = 0.1  # the simulated devices' sync interval
 
@@ -301,23 +298,22 @@ async def _ids_for(hub: RunningHub, release: str) -> list[str]:
 async def test_edgectl_rollout_start_pause_resume_abort_list_status(rhub, fleet_of):
     fleet = await fleet_of(3)
     release = await make_release(rhub, "ctl-" + fleet.tag, "1")
-    started = await edgectl(
-        rhub, "--json", "rollout", "start", release, "--group", fleet.tag,
+    started = await rhub.edgectl("--json", "rollout", "start", release, "--group", fleet.tag,
         "--stages", "1,100%", "--soak", "1h", "--max-failed", "34%",
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     rid = json.loads(started.stdout)["id"]
     for action, status in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
-        done = await edgectl(rhub, "--json", "rollout", action, rid, "--reason", "ctl")
+        done = await rhub.edgectl("--json", "rollout", action, rid, "--reason", "ctl")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["status"] == status
-    refused = await edgectl(rhub, "rollout", "resume", rid)
+    refused = await rhub.edgectl("rollout", "resume", rid)
     assert refused.returncode == 1 and "aborted" in refused.stderr
-    listed = await edgectl(rhub, "rollout", "list")
+    listed = await rhub.edgectl("rollout", "list")
     assert rid in listed.stdout and "aborted" in listed.stdout
-    shown = await edgectl(rhub, "rollout", "status", rid)
+    shown = await rhub.edgectl("rollout", "status", rid)
     assert shown.returncode == 0 and "stage 1 (1)" in shown.stdout
-    spec = json.loads((await edgectl(rhub, "--json", "rollout", "status", rid)).stdout)["spec"]
+    spec = json.loads((await rhub.edgectl("--json", "rollout", "status", rid)).stdout)["spec"]
     assert spec["stages"] == ["1", "100%"] and spec["soak_s"] == 3600
     assert spec["max_failed"] == "34%"
 
@@ -327,30 +323,9 @@ async def test_edgectl_rollout_status_watch_follows_until_completed(rhub, fleet_
     release = await make_release(rhub, "watch-" + fleet.tag, "1")
     status, body = await start(rhub, release=release, group=fleet.tag, stages="1,100%", soak_s=1)
     assert status == 201
-    watched = await edgectl(rhub, "rollout", "status", body["id"], "--watch", "--interval", "0.2")
+    watched = await rhub.edgectl("rollout", "status", body["id"], "--watch", "--interval", "0.2")
     assert watched.returncode == 0, watched.stderr
     assert "completed" in watched.stdout and "stage 2 (100%)" in watched.stdout
-
-
-def _edgectl_sync(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "EDGECTL_HUB": hub.url,
-        "EDGECTL_TOKEN": hub.admin_token,
-        "EDGECTL_CA": str(hub.ca_path),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from hub.cli import edgectl_main; edgectl_main()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-async def edgectl(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_edgectl_sync, hub, *args)
 
 
 async def test_bad_spec_is_422_naming_the_field_and_nothing_is_stored(rhub, fleet_of):
