@@ -128,6 +128,7 @@ class Lifecycle:
         self.running: Ref | None = None
         self.retries: dict[int, int] = {}
         self.waiting: tuple[Ref, datetime] | None = None
+        self.failed: Ref | None = None  # the target the last rollback or failure was about
         self._lock = asyncio.Lock()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._jobs: set[asyncio.Task[None]] = set()
@@ -352,6 +353,7 @@ class Lifecycle:
     async def _roll_back(self, action: RollBack) -> None:
         failed = self.watched
         assert failed is not None
+        self.failed = failed
         good = await self.store.last_good_target(before=failed.id)
         await self._record_failure(failed, action, good)
         self._cancel("deadline")
@@ -436,6 +438,9 @@ class Lifecycle:
         applying = self.watched if self.state.phase in (Phase.APPLYING, Phase.SETTLING) else None
         if self.state.phase is Phase.WAITING_WINDOW and self.waiting is not None:
             applying = self.waiting[0]
+        if self.state.phase in (Phase.ROLLED_BACK, Phase.FAILED) and self.failed is not None:
+            # The target that failed: so the hub knows which target rollout_state is about.
+            applying = self.failed
         running = self.running
         out: dict[str, Any] = {
             "target_revision": await self.hub_floor(),
