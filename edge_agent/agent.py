@@ -19,10 +19,9 @@ from edge_agent.anchor import RevisionAnchor
 from edge_agent.api import Conflict, NotFound, start_api
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TargetRejected
-from edge_agent.executor import Reconciler, poll_health
+from edge_agent.executor import Reconciler, poll_completion, poll_health
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
-from edge_agent.protocol import HOST_CONTAINERS_MAX
 from edge_agent.sdnotify import sd_notify, watchdog_interval_s
 from edge_agent.store import AuditRow, Quota, Store, StoreLimits
 from edge_agent.supervisor import BackoffPolicy, RolloutWatch, ServiceState, Supervisor
@@ -63,10 +62,6 @@ async def resolve_device_id(config: AgentConfig, store: Store) -> str:
     device_id = f"local-{socket.gethostname().lower()}"[:128]
     await store.set_meta("device_id", device_id)
     return device_id
-
-
-# The host container report in a status waits this long for the engine, then is left out.
-HOST_REPORT_TIMEOUT_S = 5.0
 
 
 def now() -> datetime:
@@ -147,6 +142,7 @@ class Agent:
             self.runtime,
             advisor=self.supervisor if sc.restart_unhealthy else _NoUnhealthy(self.supervisor),
             health_wait=poll_health(self.runtime, timeout_s=self.config.supervisor.backoff_cap_s),
+            completion_wait=poll_completion(self.runtime, timeout_s=sc.completed_wait_s),
             safety_interval_s=sc.safety_interval_s,
             on_step_done=self._on_step_done,
             on_error=self._on_error,
@@ -468,8 +464,9 @@ class Agent:
         if report is None:
             return None, None
         try:
-            async with asyncio.timeout(HOST_REPORT_TIMEOUT_S):
-                found, total = await report(limit=HOST_CONTAINERS_MAX)
+            sc = self.config.supervisor
+            async with asyncio.timeout(sc.host_report_timeout_s):
+                found, total = await report(limit=sc.host_containers_max)
         except (AgentError, TimeoutError) as exc:
             if not self._host_report_failing:
                 log.warning("host container report unavailable: %s", exc)

@@ -64,6 +64,12 @@ class SupervisorConfig(Section):
     pull_timeout_s: float = Field(1800.0, gt=0)
     pull_retry_base_s: float = Field(60.0, gt=0)
     pull_retry_cap_s: float = Field(3600.0, gt=0)
+    # A "completed" dependency must exit 0 within this bound, or the apply fails.
+    completed_wait_s: float = Field(120.0, gt=0)
+    # The read-only report of every container on the host: at most this many, and the
+    # engine must answer within the timeout (else the report is left out, logged once).
+    host_containers_max: int = Field(200, ge=0, le=200)
+    host_report_timeout_s: float = Field(5.0, gt=0)
 
     @model_validator(mode="after")
     def _cap(self) -> SupervisorConfig:

@@ -56,3 +56,18 @@ def test_cli_reports_config_errors_with_exit_2(tmp_path: Path, capsys) -> None:
     bad.write_text("[hub]\nbatch_max_entries = 0\n")
     assert main(["--config", str(bad), "run"]) == 2
     assert "hub.batch_max_entries" in capsys.readouterr().err
+
+
+def test_completed_wait_and_host_report_bounds_are_configured_and_bounded(tmp_path):
+    from edge_agent.config import load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'data_dir = "/tmp/x"\n[supervisor]\ncompleted_wait_s = 7\n'
+        "host_containers_max = 10\nhost_report_timeout_s = 2\n"
+    )
+    sc = load_config(path, {}).supervisor
+    assert (sc.completed_wait_s, sc.host_containers_max, sc.host_report_timeout_s) == (7, 10, 2)
+    path.write_text('data_dir = "/tmp/x"\n[supervisor]\nhost_containers_max = 201\n')
+    with pytest.raises(ConfigError, match="host_containers_max"):
+        load_config(path, {})
