@@ -326,19 +326,23 @@ class Lifecycle:
     async def _activate(self, ref: Ref) -> None:
         self.waiting = None
         self._cancel("window")
-        await self.store.set_target_state(ref.id, "applying")
+        # In memory before the first await: decide() has already made the phase APPLYING,
+        # and a status read meanwhile must name this target, not the previous one.
         self.watched, self.desired = ref, ref.target
         self.watch = RolloutWatch(ref.target, now(), pull_timeout_s=self.policy.pull_timeout_s)
         self.on_state("converging")
+        await self.store.set_target_state(ref.id, "applying")
         self._later("deadline", self.policy.pull_timeout_s + 0.5, self._poke)
         self.converger.request(ref.target)
 
     async def _mark_good(self) -> None:
         ref = self.watched
         assert ref is not None
-        await self.store.set_target_state(ref.id, "good")
+        # Before the first await: decide() has already made the phase GOOD, and a status
+        # read meanwhile must not report "good" with nothing running.
         self.running = ref
         self.retries.pop(ref.id, None)
+        await self.store.set_target_state(ref.id, "good")
         self.on_state("converged")
         await self.store.append(
             "event",

@@ -314,3 +314,51 @@ async def test_anchor_pins_the_key_and_a_new_enrollment_starts_over(tmp_path: Pa
     (tmp_path / "anchor.json").write_text("{not json")
     with pytest.raises(ConfigError, match="anchor"):
         RevisionAnchor(tmp_path, "dev-1").load()
+
+
+class HeldWriteStore(Store):
+    """A store whose target-state write of ``hold`` waits until the test lets it through."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.hold: str | None = None
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def set_target_state(self, target_id: int, state: str, *args: Any, **kw: Any) -> None:
+        if state == self.hold:
+            self.held.set()
+            await self.release.wait()
+        await super().set_target_state(target_id, state, *args, **kw)
+
+
+@pytest.mark.parametrize("hold", ["applying", "good"])
+async def test_status_read_during_a_state_write_names_the_target_the_phase_is_about(
+    tmp_path: Path, hold: str
+) -> None:
+    """The frozen agent once reported "good" with nothing running, mid-write."""
+    store = await HeldWriteStore(tmp_path / "agent.db").open()
+    try:
+        lc = Lifecycle(store, Converger(), device_id="dev-1")
+        t1, t2 = target(1, "1"), target(2, "2")
+        await lc.accept(t1, source="hub", actor="hub")
+        lc.images_ready(t1)
+        lc.observed(running(t1))
+        await settle(lc)
+        store.hold = hold
+        pending = asyncio.create_task(lc.accept(t2, source="hub", actor="hub"))
+        if hold == "good":
+            await pending
+            lc.images_ready(t2)
+            lc.observed(running(t2))
+        await store.held.wait()  # the lifecycle now awaits its store write
+        report = await lc.report()
+        if hold == "applying":
+            assert (report["rollout_state"], report["applying_revision"]) == ("applying", 2)
+        else:
+            assert (report["rollout_state"], report["running_revision"]) == ("good", 2)
+        store.release.set()
+        await pending
+        await settle(lc)
+    finally:
+        await store.close()
