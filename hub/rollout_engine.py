@@ -152,16 +152,33 @@ async def target_release(hub: HubContext, device_id: str) -> str | None:
     return f"{release.get('name')}@{release.get('version')}"
 
 
-async def observe(hub: HubContext, loaded: Loaded, now: datetime) -> dict[str, DeviceObservation]:
+# device id -> (its target revision, that target's release): read once per new target.
+TargetReleases = dict[str, tuple[int, str | None]]
+
+
+async def observe(
+    hub: HubContext,
+    loaded: Loaded,
+    now: datetime,
+    *,
+    devices: Sequence[DeviceRecord] | None = None,
+    known: TargetReleases | None = None,
+) -> dict[str, DeviceObservation]:
     """Return the observations of the rollout's members (the unassigned ones only while
-    the rollout may still add devices: their current target release is read then)."""
+    the rollout may still add devices: their current target release is read then, or
+    taken from ``known`` while the device's target revision is unchanged)."""
     members = set(loaded.state.members)
-    devices = [d for d in await hub.store.list_devices() if d.id in members]
+    fleet = await hub.store.list_devices() if devices is None else devices
+    known = {} if known is None else known
     adding = loaded.state.status.value == "running"
     out: dict[str, DeviceObservation] = {}
-    for d in devices:
-        assigned = d.id in loaded.state.assignments
-        previous = await target_release(hub, d.id) if adding and not assigned else None
+    for d in (d for d in fleet if d.id in members):
+        previous = None
+        if adding and d.id not in loaded.state.assignments:
+            cached = known.get(d.id)
+            if cached is None or cached[0] != d.target_revision:
+                cached = known[d.id] = (d.target_revision, await target_release(hub, d.id))
+            previous = cached[1]
         out[d.id] = observe_device(hub, d, previous, now)
     return out
 
@@ -262,6 +279,7 @@ class RolloutEngine:
 
     def __init__(self, hub: HubContext) -> None:
         self.hub = hub
+        self._known: TargetReleases = {}  # the active rollouts' members only
         self.lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -303,27 +321,39 @@ class RolloutEngine:
         others still step (the loop never dies of one)."""
         self.ticks += 1
         statuses = [s.value for s in ACTIVE_STATUSES]
-        for record in await self._active(statuses):
+        active = await self._active(statuses)
+        members: set[str] = set()
+        try:
+            devices = await self.hub.store.list_devices() if active else []
+        except Exception as exc:  # the store is away: counted, tried again next tick
+            self._failed("devices", exc)
+            return
+        for record in active:
             try:
-                await self.step(load(record))
+                loaded = load(record)
+                members.update(loaded.state.members)
+                await self.step(loaded, devices)
             except Exception as exc:  # counted, visible on /healthz, retried next tick
-                self.failures += 1
-                self.last_error = f"{record.id}: {type(exc).__name__}: {exc}"
-                log.exception("rollout %s: step failed", record.id)
+                self._failed(record.id, exc)
+        for device_id in [d for d in self._known if d not in members]:
+            del self._known[device_id]  # only the active rollouts' members are kept
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        log.error("rollouts: %s failed: %s", what, self.last_error, exc_info=exc)
 
     async def _active(self, statuses: list[str]) -> list[RolloutRecord]:
         try:
             return await self.hub.store.list_rollouts(statuses)
         except Exception as exc:
-            self.failures += 1
-            self.last_error = f"list: {type(exc).__name__}: {exc}"
-            log.exception("rollouts: cannot list the active ones")
+            self._failed("list", exc)
             return []
 
-    async def step(self, loaded: Loaded) -> None:
+    async def step(self, loaded: Loaded, devices: Sequence[DeviceRecord] | None = None) -> None:
         """Plan the rollout against the fleet now and apply the decision."""
         now = self.hub.now()
-        observations = await observe(self.hub, loaded, now)
+        observations = await observe(self.hub, loaded, now, devices=devices, known=self._known)
         decision = plan_rollout(loaded.spec, loaded.state, observations, now)
         if _unchanged(loaded.state, decision):
             return
