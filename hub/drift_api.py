@@ -20,7 +20,7 @@ from edge_agent.protocol import HostContainerReport
 from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.drift import DeviceFacts, RetiredRelease, differences, retired_on
-from hub.operator_api import _principal
+from hub.operator_calls import principal
 from hub.store import DeviceRecord, HostReport, ReleaseRecord
 
 routes = web.RouteTableDef()
@@ -61,7 +61,7 @@ def _report_view(report: HostReport | None) -> dict[str, Any]:
 @routes.get("/api/v1/drift")
 async def list_drift(request: web.Request) -> web.Response:
     """List the devices that differ from their target, with what differs."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     now = hub.now()
     stale_after_s = hub.config.fleet.stale_after_s
@@ -138,7 +138,7 @@ def _release_row(release: ReleaseRecord, devices: list[dict[str, Any]]) -> dict[
 @routes.get("/api/v1/retired")
 async def list_retired(request: web.Request) -> web.Response:
     """List every retired release with the devices still holding it, and since when."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     facts = [f for _, f in await _facts(hub)]
     releases = [_release_row(r, _holders(r, facts)) for r in await _retired_releases(hub)]

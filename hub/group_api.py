@@ -25,7 +25,8 @@ from edge_agent.models import ENV_KEY_RE, NAME_RE
 from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import InvalidRequest, NotFound, OverrideConflict
-from hub.operator_api import _audited, _json_body, _principal, device_view
+from hub.operator_api import device_view
+from hub.operator_calls import audited, json_body, principal
 from hub.overrides import GroupOverrides, resolve_overrides
 from hub.selector import TAG_KEY_RE, TAG_VALUE_RE, Selector, matches, parse
 from hub.store import DeviceRecord, EnvChange, GroupRecord
@@ -35,7 +36,7 @@ routes = web.RouteTableDef()
 GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -43,7 +44,7 @@ def _bad(what: str, names: list[str], rule: re.Pattern[str]) -> ValueError:
     return ValueError(f"invalid {what} {', '.join(sorted(names))}: must match {rule.pattern}")
 
 
-class TagsRequest(_Body):
+class TagsRequest(Body):
     """Body of PATCH /api/v1/devices/{id}/tags."""
 
     set: dict[str, str] = Field(default_factory=dict)
@@ -74,7 +75,7 @@ class TagsRequest(_Body):
         return self
 
 
-class EnvRequest(_Body):
+class EnvRequest(Body):
     """Body of PATCH .../env: set and unset variables of one service's overrides."""
 
     service: str
@@ -114,7 +115,7 @@ class EnvRequest(_Body):
         return EnvChange(self.service, dict(self.set), tuple(self.unset), max_vars)
 
 
-class CreateGroupRequest(_Body):
+class CreateGroupRequest(Body):
     """Body of POST /api/v1/groups."""
 
     name: str
@@ -152,8 +153,8 @@ async def change_tags(request: web.Request) -> web.Response:
     """Set and remove a device's tags; answer the device view."""
     hub = ctx(request)
     device_id = request.match_info["device_id"]
-    async with _audited(request, Permission.DEVICES_WRITE, "device.tag", device_id) as act:
-        req = parse_body(TagsRequest, await _json_body(request))
+    async with audited(request, Permission.DEVICES_WRITE, "device.tag", device_id) as act:
+        req = parse_body(TagsRequest, await json_body(request))
         audit = act.ok(set=req.set, remove=req.remove)
         device = await hub.store.update_device_tags(
             device_id, req.set, req.remove, hub.config.limits.max_device_tags, audit
@@ -164,7 +165,7 @@ async def change_tags(request: web.Request) -> web.Response:
 @routes.get("/api/v1/devices/{device_id}/env")
 async def show_device_env(request: web.Request) -> web.Response:
     """Show a device's own overrides, its groups' and how they resolve now."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device_id = request.match_info["device_id"]
     device = await hub.store.get_device(device_id)
@@ -191,8 +192,8 @@ async def change_device_env(request: web.Request) -> web.Response:
     """Set/unset a device's own overrides of one service."""
     hub = ctx(request)
     device_id = request.match_info["device_id"]
-    async with _audited(request, Permission.DEVICES_WRITE, "device.env", device_id) as act:
-        change = _env_change(hub, parse_body(EnvRequest, await _json_body(request)))
+    async with audited(request, Permission.DEVICES_WRITE, "device.env", device_id) as act:
+        change = _env_change(hub, parse_body(EnvRequest, await json_body(request)))
         audit = act.ok(service=change.service, set=sorted(change.set_vars), unset=change.unset)
         own = await hub.store.change_device_env(device_id, change, audit)
     return web.json_response({"device_id": device_id, "device": own})
@@ -207,8 +208,8 @@ def _env_change(hub: HubContext, req: EnvRequest) -> EnvChange:
 async def create_group(request: web.Request) -> web.Response:
     """Create a group: a name for a tag selector."""
     hub = ctx(request)
-    async with _audited(request, Permission.GROUPS_WRITE, "group.create", "-") as act:
-        req = parse_body(CreateGroupRequest, await _json_body(request))
+    async with audited(request, Permission.GROUPS_WRITE, "group.create", "-") as act:
+        req = parse_body(CreateGroupRequest, await json_body(request))
         act.target = f"group:{req.name}"
         selector = str(parse(req.selector))  # canonical form
         now = hub.now()
@@ -222,7 +223,7 @@ async def create_group(request: web.Request) -> web.Response:
 @routes.get("/api/v1/groups")
 async def list_groups(request: web.Request) -> web.Response:
     """List every group with its member count."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     devices = await hub.store.list_devices()
     views = []
@@ -243,7 +244,7 @@ async def _group_or_404(hub: HubContext, name: str) -> GroupRecord:
 @routes.get("/api/v1/groups/{name}")
 async def show_group(request: web.Request) -> web.Response:
     """Show a group with the devices whose tags match it now."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     group = await _group_or_404(hub, request.match_info["name"])
     return web.json_response(group_view(group, await hub.store.list_devices()))
@@ -254,7 +255,7 @@ async def delete_group(request: web.Request) -> web.Response:
     """Delete a group and its overrides (devices keep their tags)."""
     hub = ctx(request)
     name = request.match_info["name"]
-    async with _audited(request, Permission.GROUPS_WRITE, "group.delete", f"group:{name}") as act:
+    async with audited(request, Permission.GROUPS_WRITE, "group.delete", f"group:{name}") as act:
         await hub.store.delete_group(name, act.ok())
     return web.json_response({"deleted": name})
 
@@ -264,8 +265,8 @@ async def change_group_env(request: web.Request) -> web.Response:
     """Set/unset a group's overrides of one service."""
     hub = ctx(request)
     name = request.match_info["name"]
-    async with _audited(request, Permission.GROUPS_WRITE, "group.env", f"group:{name}") as act:
-        change = _env_change(hub, parse_body(EnvRequest, await _json_body(request)))
+    async with audited(request, Permission.GROUPS_WRITE, "group.env", f"group:{name}") as act:
+        change = _env_change(hub, parse_body(EnvRequest, await json_body(request)))
         audit = act.ok(service=change.service, set=sorted(change.set_vars), unset=change.unset)
         group = await hub.store.change_group_env(name, change, audit)
     return web.json_response(group_view(group))

@@ -20,39 +20,32 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from edge_agent.models import ENV_KEY_RE, MaintenanceWindow, Release, Target
 from edge_agent.protocol import BASELINE_FEATURES, required_features
 from edge_agent.signing import sign_target
-from hub.auth import Permission, Principal, new_enrollment_token, require
+from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
-from hub.errors import Conflict, HubError, InvalidRequest, NotFound
+from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
-from hub.guard import audit_refusal
+from hub.operator_calls import INT64_MAX, Body, audited, json_body, page, principal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
-from hub.wire import parse, read_body
+from hub.wire import parse
 
 routes = web.RouteTableDef()
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 TAG_VALUE_MAX = 255
-INT64_MAX = 2**63 - 1  # SQLite's integers: every id, seq and count the API takes
 MAX_EXPIRES_IN_S = 100 * 366 * 86400  # a target valid for a century is "no expiry"
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CreateTokenRequest(_Body):
+class CreateTokenRequest(Body):
     """Body of POST /api/v1/enrollment-tokens."""
 
     uses: int = Field(1, ge=1, le=INT64_MAX)
@@ -73,7 +66,7 @@ class CreateTokenRequest(_Body):
         return v
 
 
-class SetTargetRequest(_Body):
+class SetTargetRequest(Body):
     """Body of POST /api/v1/devices/{id}/target."""
 
     release: Release
@@ -101,85 +94,6 @@ class SetTargetRequest(_Body):
             if bad:
                 raise ValueError(f"{svc}: invalid variable name(s): {', '.join(bad)}")
         return v
-
-
-class _Action:
-    """An audited operator action in progress."""
-
-    def __init__(self, hub: HubContext, principal: Principal, action: str, target: str) -> None:
-        self.hub, self.principal, self.action, self.target = hub, principal, action, target
-        self.recorded = False
-
-    def ok(self, **detail: Any) -> AuditRecord:
-        """Return the success audit row (the store writes it with the change)."""
-        self.recorded = True
-        return AuditRecord(
-            self.principal.name, self.action, self.target, "ok", self.hub.now(), detail
-        )
-
-
-def _principal(request: web.Request, permission: Permission) -> Principal:
-    principal = ctx(request).operators.authenticate(request)
-    require(principal, permission)
-    return principal
-
-
-@asynccontextmanager
-async def _audited(
-    request: web.Request, permission: Permission, action: str, target: str
-) -> AsyncIterator[_Action]:
-    """Authenticate, authorize and audit one state-changing operator action."""
-    hub = ctx(request)
-    actor = "anonymous"
-    try:
-        principal = hub.operators.authenticate(request)
-        actor = principal.name
-        require(principal, permission)
-    except HubError as exc:  # aggregated per source: a client must not drive our disk
-        await audit_refusal(
-            request,
-            AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message}),
-        )
-        raise
-    act = _Action(hub, principal, action, target)
-    try:
-        yield act
-    except HubError as exc:
-        outcome = "error" if exc.status >= 500 else "rejected"
-        await hub.store.record_audit(
-            AuditRecord(
-                principal.name, action, act.target, outcome, hub.now(), {"reason": exc.message}
-            )
-        )
-        raise
-    except Exception as exc:  # a defect: still audited (the middleware answers 500)
-        reason = f"internal error {type(exc).__name__}"
-        await hub.store.record_audit(
-            AuditRecord(principal.name, action, act.target, "error", hub.now(), {"reason": reason})
-        )
-        raise
-    if not act.recorded:
-        await hub.store.record_audit(act.ok())
-
-
-async def _json_body(request: web.Request) -> bytes:
-    limits = ctx(request).config.limits
-    return await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
-
-
-def _page(request: web.Request, after_name: str, max_limit: int) -> tuple[int, int]:
-    try:
-        after = int(request.query.get(after_name, "0"))
-        limit = int(request.query.get("limit", str(max_limit)))
-    except ValueError:
-        after = limit = -1
-    if not 0 <= after <= INT64_MAX or not 1 <= limit <= INT64_MAX:
-        raise InvalidRequest(
-            f"{after_name} must be from 0 to {INT64_MAX} and limit from 1 to {INT64_MAX}",
-            fields=[{"field": after_name}, {"field": "limit"}],
-            status=400,
-        )
-    return after, min(limit, max_limit)
 
 
 def device_view(hub: HubContext, d: DeviceRecord, now: datetime) -> dict[str, Any]:
@@ -229,8 +143,8 @@ def device_view(hub: HubContext, d: DeviceRecord, now: datetime) -> dict[str, An
 async def create_token(request: web.Request) -> web.Response:
     """Create an enrollment token; the secret is in this response only."""
     hub = ctx(request)
-    async with _audited(request, Permission.TOKENS_CREATE, "token.create", "-") as act:
-        req = parse(CreateTokenRequest, await _json_body(request))
+    async with audited(request, Permission.TOKENS_CREATE, "token.create", "-") as act:
+        req = parse(CreateTokenRequest, await json_body(request))
         limits = hub.config.limits
         if req.uses > limits.max_token_uses or req.expires_in_s > limits.max_token_lifetime_s:
             raise InvalidRequest(
@@ -266,7 +180,7 @@ async def create_token(request: web.Request) -> web.Response:
 @routes.get("/api/v1/devices")
 async def list_devices(request: web.Request) -> web.Response:
     """List every device with its fleet state."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     now = hub.now()
     devices = [device_view(hub, d, now) for d in await hub.store.list_devices()]
@@ -283,7 +197,7 @@ async def _device_or_404(hub: HubContext, device_id: str) -> DeviceRecord:
 @routes.get("/api/v1/devices/{device_id}")
 async def show_device(request: web.Request) -> web.Response:
     """Show one device."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device = await _device_or_404(hub, request.match_info["device_id"])
     return web.json_response(device_view(hub, device, hub.now()))
@@ -292,7 +206,7 @@ async def show_device(request: web.Request) -> web.Response:
 @routes.get("/api/v1/devices/{device_id}/target")
 async def show_target(request: web.Request) -> web.Response:
     """Show the device's newest target, decoded, and its signed form."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device_id = request.match_info["device_id"]
     await _device_or_404(hub, device_id)
@@ -316,8 +230,8 @@ async def set_target(request: web.Request) -> web.Response:
     """Sign and store the device's next target revision, then wake its long-poll."""
     hub = ctx(request)
     device_id = request.match_info["device_id"]
-    async with _audited(request, Permission.TARGETS_WRITE, "target.set", device_id) as act:
-        req = parse(SetTargetRequest, await _json_body(request))
+    async with audited(request, Permission.TARGETS_WRITE, "target.set", device_id) as act:
+        req = parse(SetTargetRequest, await json_body(request))
         now = hub.now()
         expires_at = now + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None
         options = TargetOptions(
@@ -404,7 +318,7 @@ async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
     hub = ctx(request)
     device_id = request.match_info["device_id"]
     action = "device.disable" if disabled else "device.enable"
-    async with _audited(request, Permission.DEVICES_WRITE, action, device_id) as act:
+    async with audited(request, Permission.DEVICES_WRITE, action, device_id) as act:
         device = await hub.store.set_device_disabled(device_id, disabled, act.ok())
     hub.notifier.notify(device_id)  # an open long-poll re-checks and is refused
     return web.json_response(device_view(hub, device, hub.now()))
@@ -425,11 +339,11 @@ async def enable_device(request: web.Request) -> web.Response:
 @routes.get("/api/v1/devices/{device_id}/events")
 async def list_events(request: web.Request) -> web.Response:
     """Page through the entries a device sent, in seq order."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device_id = request.match_info["device_id"]
     await _device_or_404(hub, device_id)
-    after, limit = _page(request, "after", hub.config.limits.max_events_page)
+    after, limit = page(request, "after", hub.config.limits.max_events_page)
     events = await hub.store.list_events(device_id, after, limit)
     return web.json_response(
         {
@@ -451,9 +365,9 @@ async def list_events(request: web.Request) -> web.Response:
 @routes.get("/api/v1/audit")
 async def list_audit(request: web.Request) -> web.Response:
     """Page through the audit log, oldest first."""
-    _principal(request, Permission.AUDIT_READ)
+    principal(request, Permission.AUDIT_READ)
     hub = ctx(request)
-    after, limit = _page(request, "after", hub.config.limits.max_events_page)
+    after, limit = page(request, "after", hub.config.limits.max_events_page)
     rows = await hub.store.list_audit(after, limit)
     return web.json_response(
         {

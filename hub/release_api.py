@@ -29,7 +29,7 @@ from hub.compose import import_compose
 from hub.compose_report import ImportReport
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, HubError, NotFound
-from hub.operator_api import _audited, _Body, _json_body, _page, _principal
+from hub.operator_calls import Body, audited, json_body, page, principal
 from hub.registry import Resolved, resolve_images
 from hub.store import ReleaseRecord
 from hub.wire import parse
@@ -40,7 +40,7 @@ MAX_COMPOSE_CHARS = 1_000_000
 REDACTED = "<redacted>"
 
 
-class ComposeForm(_Body):
+class ComposeForm(Body):
     """A docker-compose file to import (``hub.compose``) as release NAME@VERSION.
 
     Variables come from ``env`` only (the hub has no ``.env`` or shell of the operator's);
@@ -54,7 +54,7 @@ class ComposeForm(_Body):
     env: dict[str, str] = Field(default_factory=dict, max_length=4096)
 
 
-class CreateReleaseRequest(_Body):
+class CreateReleaseRequest(Body):
     """Body of POST /api/v1/releases: the JSON release form, or a compose file."""
 
     release: Release | None = None
@@ -67,7 +67,7 @@ class CreateReleaseRequest(_Body):
         return self
 
 
-class RetireRequest(_Body):
+class RetireRequest(Body):
     """Body of POST /api/v1/releases/{ref}/retire."""
 
     reason: str = Field(min_length=1, max_length=MAX_REASON)
@@ -167,8 +167,8 @@ def _ref(request: web.Request) -> tuple[str, str]:
 async def create_release(request: web.Request) -> web.Response:
     """Resolve every image to a digest and store the release (idempotent, immutable)."""
     hub = ctx(request)
-    async with _audited(request, Permission.RELEASES_WRITE, "release.create", "-") as act:
-        release, report = _release_of(parse(CreateReleaseRequest, await _json_body(request)))
+    async with audited(request, Permission.RELEASES_WRITE, "release.create", "-") as act:
+        release, report = _release_of(parse(CreateReleaseRequest, await json_body(request)))
         act.target = release.ref
         source = canonical(release)
         existing = await hub.store.get_release(release.name, release.version)
@@ -205,9 +205,9 @@ def _with_report(view: dict[str, Any], report: ImportReport | None) -> dict[str,
 @routes.get("/api/v1/releases")
 async def list_releases(request: web.Request) -> web.Response:
     """List releases, oldest first (without their documents)."""
-    _principal(request, Permission.RELEASES_READ)
+    principal(request, Permission.RELEASES_READ)
     hub = ctx(request)
-    after, limit = _page(request, "after", hub.config.limits.max_events_page)
+    after, limit = page(request, "after", hub.config.limits.max_events_page)
     found = await hub.store.list_releases(after, limit)
     return web.json_response(
         {
@@ -220,7 +220,7 @@ async def list_releases(request: web.Request) -> web.Response:
 @routes.get("/api/v1/releases/{ref}")
 async def show_release(request: web.Request) -> web.Response:
     """Show one release with its pinned document."""
-    _principal(request, Permission.RELEASES_READ)
+    principal(request, Permission.RELEASES_READ)
     name, version = _ref(request)
     found = await ctx(request).store.get_release(name, version)
     if found is None:
@@ -233,9 +233,9 @@ async def retire_release(request: web.Request) -> web.Response:
     """Retire a release: it stays readable; fleet views flag devices still running it."""
     hub = ctx(request)
     target = request.match_info["ref"]
-    async with _audited(request, Permission.RELEASES_WRITE, "release.retire", target) as act:
+    async with audited(request, Permission.RELEASES_WRITE, "release.retire", target) as act:
         name, version = _ref(request)
-        req = parse(RetireRequest, await _json_body(request))
+        req = parse(RetireRequest, await json_body(request))
         stored = await hub.store.retire_release(
             name, version, req.reason, act.ok(reason=req.reason)
         )

@@ -30,7 +30,7 @@ from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, NotFound
 from hub.fleet import connectivity
-from hub.operator_api import _audited, _Body, _json_body, _principal
+from hub.operator_calls import Body, audited, json_body, principal
 from hub.rollout_engine import (
     ENGINE,
     Loaded,
@@ -58,7 +58,7 @@ ACTIONS: dict[str, Callable[[RolloutState, datetime, str], Decision]] = {
 }
 
 
-class ActionRequest(_Body):
+class ActionRequest(Body):
     """Body of POST /api/v1/rollouts/{id}/{action} (may be empty)."""
 
     reason: str = Field("", max_length=MAX_REASON)
@@ -121,8 +121,8 @@ async def create_rollout(request: web.Request) -> web.Response:
     """Start a rollout; the engine issues its first stage at its next tick."""
     hub = ctx(request)
     engine = request.app[ENGINE]
-    async with _audited(request, Permission.ROLLOUTS_WRITE, "rollout.start", "-") as act:
-        spec = parse(RolloutSpec, await _json_body(request))
+    async with audited(request, Permission.ROLLOUTS_WRITE, "rollout.start", "-") as act:
+        spec = parse(RolloutSpec, await json_body(request))
         act.target = rollout_id = "ro-" + uuid.uuid4().hex[:12]
         await _check_release(hub, spec.release)
         async with engine.lock:
@@ -194,7 +194,7 @@ async def _rollout_or_404(hub: HubContext, rollout_id: str) -> Loaded:
 @routes.get("/api/v1/rollouts")
 async def list_rollouts(request: web.Request) -> web.Response:
     """List every rollout, oldest first."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     records = await ctx(request).store.list_rollouts()
     return web.json_response({"rollouts": [_summary(load(r)) for r in records]})
 
@@ -202,7 +202,7 @@ async def list_rollouts(request: web.Request) -> web.Response:
 @routes.get("/api/v1/rollouts/{rollout_id}")
 async def show_rollout(request: web.Request) -> web.Response:
     """Show one rollout with its per-stage progress."""
-    _principal(request, Permission.DEVICES_READ)
+    principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     loaded = await _rollout_or_404(hub, request.match_info["rollout_id"])
     return web.json_response(await _view(hub, loaded))
@@ -214,8 +214,8 @@ async def act_on_rollout(request: web.Request) -> web.Response:
     hub = ctx(request)
     engine = request.app[ENGINE]
     rollout_id, action = request.match_info["rollout_id"], request.match_info["action"]
-    async with _audited(request, Permission.ROLLOUTS_WRITE, f"rollout.{action}", rollout_id) as act:
-        raw = await _json_body(request)
+    async with audited(request, Permission.ROLLOUTS_WRITE, f"rollout.{action}", rollout_id) as act:
+        raw = await json_body(request)
         req = parse(ActionRequest, raw) if raw.strip() else ActionRequest()
         async with engine.lock:
             loaded = await _rollout_or_404(hub, rollout_id)

@@ -1,0 +1,109 @@
+"""What every operator handler does: authenticate, authorize, audit, read a bounded
+body, read a page's bounds. The operator, release, group, rollout and drift APIs share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from hub.auth import Permission, Principal, require
+from hub.context import HubContext, ctx
+from hub.errors import HubError, InvalidRequest
+from hub.guard import audit_refusal
+from hub.store import AuditRecord
+from hub.wire import read_body
+
+INT64_MAX = 2**63 - 1  # SQLite's integers: every id, seq and count the API takes
+
+
+class Body(BaseModel):
+    """A request body people write: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Action:
+    """An audited operator action in progress."""
+
+    def __init__(self, hub: HubContext, principal: Principal, action: str, target: str) -> None:
+        self.hub, self.principal, self.action, self.target = hub, principal, action, target
+        self.recorded = False
+
+    def ok(self, **detail: Any) -> AuditRecord:
+        """Return the success audit row (the store writes it with the change)."""
+        self.recorded = True
+        return AuditRecord(
+            self.principal.name, self.action, self.target, "ok", self.hub.now(), detail
+        )
+
+
+def principal(request: web.Request, permission: Permission) -> Principal:
+    """Return the authenticated caller, refused unless it holds ``permission``."""
+    principal = ctx(request).operators.authenticate(request)
+    require(principal, permission)
+    return principal
+
+
+@asynccontextmanager
+async def audited(
+    request: web.Request, permission: Permission, action: str, target: str
+) -> AsyncIterator[Action]:
+    """Authenticate, authorize and audit one state-changing operator action."""
+    hub = ctx(request)
+    actor = "anonymous"
+    try:
+        principal = hub.operators.authenticate(request)
+        actor = principal.name
+        require(principal, permission)
+    except HubError as exc:  # aggregated per source: a client must not drive our disk
+        await audit_refusal(
+            request,
+            AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message}),
+        )
+        raise
+    act = Action(hub, principal, action, target)
+    try:
+        yield act
+    except HubError as exc:
+        outcome = "error" if exc.status >= 500 else "rejected"
+        await hub.store.record_audit(
+            AuditRecord(
+                principal.name, action, act.target, outcome, hub.now(), {"reason": exc.message}
+            )
+        )
+        raise
+    except Exception as exc:  # a defect: still audited (the middleware answers 500)
+        reason = f"internal error {type(exc).__name__}"
+        await hub.store.record_audit(
+            AuditRecord(principal.name, action, act.target, "error", hub.now(), {"reason": reason})
+        )
+        raise
+    if not act.recorded:
+        await hub.store.record_audit(act.ok())
+
+
+async def json_body(request: web.Request) -> bytes:
+    """Return the request body within the hub's body bounds."""
+    limits = ctx(request).config.limits
+    return await read_body(request, limits.max_body_bytes, limits.max_decompressed_bytes)
+
+
+def page(request: web.Request, after_name: str, max_limit: int) -> tuple[int, int]:
+    """Return ``(after, limit)`` from the query, bounded (400 naming both when bad)."""
+    try:
+        after = int(request.query.get(after_name, "0"))
+        limit = int(request.query.get("limit", str(max_limit)))
+    except ValueError:
+        after = limit = -1
+    if not 0 <= after <= INT64_MAX or not 1 <= limit <= INT64_MAX:
+        raise InvalidRequest(
+            f"{after_name} must be from 0 to {INT64_MAX} and limit from 1 to {INT64_MAX}",
+            fields=[{"field": after_name}, {"field": "limit"}],
+            status=400,
+        )
+    return after, min(limit, max_limit)
