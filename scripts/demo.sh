@@ -50,7 +50,7 @@ run) ;;
 esac
 
 say "installing edgefleet and its dependencies (if missing)"
-if ! "$PY" -c 'import edge_agent, hub, aiodocker, aiosqlite, aiohttp, uvloop, cryptography, pydantic' 2>/dev/null; then
+if ! "$PY" -c 'import edge_agent.agent, hub.app, hub.edgectl, aiodocker, aiosqlite, aiohttp, uvloop, cryptography, pydantic, yaml' 2>/dev/null; then
     "$PY" -m pip install -q -e '.[hub]'
 fi
 say "bringing up the Docker engine and the local registry"
