@@ -1,16 +1,21 @@
 """Frozen edge-agent: size per architecture, start-to-ready, idle memory vs from source.
 
-    python benchmarks/bench_binary.py [--runs N] [--idle-s S]
+    python benchmarks/bench_binary.py [--runs N] [--idle-s S] [--allow-stale]
+        [--json-out PATH]
 
 Reads the binaries in dist/ (build them with packaging/build.sh --mode both, and
-packaging/build-arm.sh for ARM). Prints each measurement as a ratio to its goal
-(ratio <= 1.00 meets it):
+packaging/build-arm.sh for ARM). Refuses binaries built from other sources than this
+tree (each manifest's ``inputs_sha256`` against ``speclib.inputs_hash``) unless
+``--allow-stale``. Prints each measurement as a ratio to its goal (ratio <= 1.00 meets
+it):
 
 - size: each onefile binary <= 30 MB;
 - start-to-ready (x86_64): ``--version`` and ``selftest`` (Docker check skipped so the
   engine's latency is not counted), onefile vs onedir vs from source, median of N, <= 1 s;
-- idle memory: ``edge-agent run`` (standalone, empty target) after READY=1 on a
-  NOTIFY_SOCKET plus S seconds, frozen vs source in the same run; frozen <= source.
+- start-to-ready of ``edge-agent run`` (standalone, empty target): process start to
+  READY=1 on a NOTIFY_SOCKET, median (min-max) of N starts, <= 1 s;
+- idle memory: the same process S seconds after READY=1, frozen vs source in the same
+  run (the median start's reading); frozen <= source.
   RSS is summed over the process tree (the onefile bootloader is a process of its own);
   PSS is also shown, since RSS counts shared library pages in each process.
 """
@@ -18,6 +23,7 @@ packaging/build-arm.sh for ARM). Prints each measurement as a ratio to its goal
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -30,6 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "packaging"))
 import speclib  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import figures  # noqa: E402
 
 DIST = REPO / "dist"
 GOAL_SIZE = 30 * 2**20
@@ -47,16 +56,39 @@ def _ratio(value: float, goal: float) -> str:
     return f"{r:5.2f}x {'ok' if r <= 1 else 'OVER'}"
 
 
-def bench_sizes() -> None:
+def stale_binaries() -> list[str]:
+    """Return the binaries in dist/ whose manifest's inputs hash is not this tree's."""
+    stale = []
+    hashes: dict[str, str] = {}
+    for manifest in sorted(DIST.glob("edge-*.manifest.json")):
+        m = json.loads(manifest.read_text())
+        program = m.get("program", "")
+        want = hashes.setdefault(program, speclib.inputs_hash(program))
+        if m.get("inputs_sha256") != want:
+            stale.append(manifest.name.removesuffix(".manifest.json"))
+    return stale
+
+
+def bench_sizes() -> list[figures.Figure]:
     print("== size (onefile binaries in dist/; goal <= 30 MB)")
     found = sorted(
         p
         for p in DIST.glob("edge-*-linux-*")
         if p.is_file() and not p.name.endswith((".json", ".tar.gz"))
     )
+    out = []
     for p in found:
         size = p.stat().st_size
         print(f"  {p.name:42s} {size / 2**20:6.1f} MB  {_ratio(size, GOAL_SIZE)}")
+        out.append(
+            figures.Figure(
+                name=f"{p.name} size",
+                unit="MB",
+                values=[size / 2**20],
+                goal="≤ 30 MB",
+                ok=size <= GOAL_SIZE,
+            )
+        )
     for p in sorted(DIST.glob("edge-*-onedir")):
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
         tgz = p.with_name(p.name + ".tar.gz")
@@ -64,6 +96,7 @@ def bench_sizes() -> None:
         print(f"  {p.name + '/':42s} {size / 2**20:6.1f} MB unpacked{extra}")
     if not found:
         print("  (no binaries in dist/)")
+    return out
 
 
 def _time(cmd: list[str], runs: int) -> float:
@@ -166,38 +199,76 @@ def _idle(cmd: list[str], idle_s: float) -> tuple[float, int, int] | str:
             notify.close()
 
 
-def bench_idle(idle_s: float) -> None:
-    print(f"== agent run: ready (READY=1) and idle memory after {idle_s:.0f} s")
-    results = {}
+def bench_idle(idle_s: float, runs: int) -> list[figures.Figure]:
+    print(
+        f"== agent run: start-to-ready (READY=1, median of {runs}) and memory {idle_s:.0f} s later"
+    )
+    results: dict[str, tuple[list[float], int, int]] = {}
     for label, cmd in _variants().items():
-        r = _idle(cmd, idle_s)
-        if isinstance(r, str):
-            print(f"  {label:8s} {r}")
+        got = [_idle(cmd, idle_s) for _ in range(runs)]
+        fails = [r for r in got if isinstance(r, str)]
+        if fails:
+            print(f"  {label:8s} {fails[0]}")
             continue
-        results[label] = r
-        ready, rss, pss = r
+        ok = sorted((r for r in got if not isinstance(r, str)), key=lambda r: r[0])
+        readies = [r[0] for r in ok]
+        _, rss, pss = ok[len(ok) // 2]
+        results[label] = (readies, rss, pss)
+        med = statistics.median(readies)
         print(
-            f"  {label:8s} ready {ready * 1000:6.0f} ms  {_ratio(ready, GOAL_READY_S)}"
+            f"  {label:8s} ready {med * 1000:6.0f} ms ({min(readies) * 1000:.0f}-"
+            f"{max(readies) * 1000:.0f})  {_ratio(med, GOAL_READY_S)}"
             f"   RSS {rss / 2**20:6.1f} MB   PSS {pss / 2**20:6.1f} MB"
         )
+    out = []
     src = results.get("source")
     for label in ("onefile", "onedir"):
-        if src and label in results:
-            print(
-                f"  {label} / source: RSS {_ratio(results[label][1], src[1])}"
-                f"   PSS {results[label][2] / src[2]:.2f}x"
+        if label not in results:
+            continue
+        readies, rss, pss = results[label]
+        out.append(
+            figures.Figure(
+                name=f"agent {label}: start to READY=1",
+                unit="s",
+                values=readies,
+                goal=f"≤ {GOAL_READY_S:g} s",
+                ok=statistics.median(readies) <= GOAL_READY_S,
             )
+        )
+        if src:
+            print(f"  {label} / source: RSS {_ratio(rss, src[1])}   PSS {pss / src[2]:.2f}x")
+            out.append(
+                figures.ratio_figure(
+                    f"agent {label}: idle RSS / from source",
+                    "bytes",
+                    [float(rss)],
+                    "the same agent from source",
+                    [float(src[1])],
+                    goal_max=1.0,
+                )
+            )
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--idle-s", type=float, default=5.0)
+    ap.add_argument("--allow-stale", action="store_true", help="measure stale binaries too")
+    figures.add_json_out(ap)
     args = ap.parse_args()
     os.chdir(REPO)
-    bench_sizes()
+    stale = stale_binaries()
+    if stale and not args.allow_stale:
+        sys.exit(
+            "stale binaries (built from other sources than this tree): "
+            + ", ".join(stale)
+            + "\nrebuild: packaging/build.sh --mode both (and packaging/build-arm.sh),"
+            " or pass --allow-stale"
+        )
+    sizes = bench_sizes()
     bench_start(args.runs)
-    bench_idle(args.idle_s)
+    figures.write(args.json_out, sizes + bench_idle(args.idle_s, args.runs))
 
 
 if __name__ == "__main__":

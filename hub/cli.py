@@ -2,6 +2,7 @@
 
 edge-hub serve --config hub.toml     serve until SIGTERM/SIGINT
 edge-hub init  --config hub.toml     create CA, keys, admin token; print what agents pin
+edge-hub --version                   print the version and exit
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import sys
 
+from hub import __version__
 from hub.config import HubConfig, load_config
 from hub.edgectl import main as edgectl_main
 from hub.errors import HubError
@@ -21,6 +23,7 @@ __all__ = ["edgectl_main", "hub_main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-hub", description="edgefleet hub")
+    parser.add_argument("--version", action="version", version=f"edge-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the device and operator APIs over HTTPS")
     serve.add_argument("--config", help="TOML config file (EDGE_HUB_* env vars override it)")

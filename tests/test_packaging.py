@@ -235,6 +235,13 @@ def test_hub_binary_size_and_manifest(hub_bin: Path) -> None:
     assert listed[hub_bin.name] == hashlib.sha256(hub_bin.read_bytes()).hexdigest()
 
 
+def test_hub_binary_version(hub_bin: Path) -> None:
+    """``edge-hub --version`` (what the ARM build's smoke test runs) answers in the binary."""
+    proc = _run(hub_bin, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"edge-hub {speclib.version()}"
+
+
 def test_hub_binary_serves_and_stops_on_sigterm(hub_bin: Path, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     config = tmp_path / "hub.toml"

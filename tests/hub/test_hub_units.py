@@ -254,3 +254,16 @@ def test_fast_sync_parse_handles_malformed_json():
         outcome = _sync_outcome(body)
         reference = _reference_sync(body)
         assert outcome[:2] == reference[:2] == ("error", 400)  # type: ignore[index]
+
+
+def test_edge_hub_version_prints_the_version_and_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The ARM build's smoke test runs ``edge-hub --version``: it must exist and exit 0."""
+    from hub import __version__
+    from hub.cli import hub_main
+
+    with pytest.raises(SystemExit) as exited:
+        hub_main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"edge-hub {__version__}"
