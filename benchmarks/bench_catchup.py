@@ -149,10 +149,19 @@ def ceiling(rows: list[tuple[int, str, str, str]], path: Path, per_request: int)
 
 
 def proc_cpu_s(pid: int) -> float:
-    """Return utime + stime of ``pid`` in seconds."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """Return utime + stime of ``pid`` and every live descendant (decode workers), seconds."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            raw = Path(f"/proc/{p}/stat").read_text()
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        todo += [int(k) for k in kids]
+    return total
 
 
 async def catch_up(args: argparse.Namespace, work: Path, lines: list[dict]) -> dict:
