@@ -386,6 +386,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._settled = asyncio.Condition()
         self._wanted = 0  # bumped by request()/poke(); an apply serves every ticket <= it
+        self._urgent = False  # a new target: converge without the event debounce
         self._served = -1
         # outcome and error of the last settled apply, read by wait_converged()
         self._outcome = ReconcileState.IDLE
@@ -398,6 +399,8 @@ class Reconciler:
         self.target = target
         if changed and self._apply is not None and not self._apply.done():
             self._apply.cancel()
+        # A new target is one decision, not a burst of engine events: no debounce.
+        self._urgent = self._urgent or changed
         self.poke("new target" if changed else "same target")
 
     def poke(self, reason: str) -> None:
@@ -421,10 +424,12 @@ class Reconciler:
                 async with asyncio.timeout(self._next_wake_s()):
                     await self._wake.wait()
                 # A burst of engine events (or a flapping service) becomes one converge.
-                await asyncio.sleep(self.debounce_s)
+                if not self._urgent:
+                    await asyncio.sleep(self.debounce_s)
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._urgent = False
             self._apply = asyncio.create_task(self.converge())
             try:
                 # wait() does not raise when the apply is cancelled by request();
@@ -457,10 +462,13 @@ class Reconciler:
 
     async def _iterate(self, target: Target | None) -> ReconcileState:
         for _ in range(self.max_iterations):
-            current = await self.runtime.list_services()
+            # The engine reads of one iteration are independent: made at once, not in turn.
+            current, (images, networks) = await asyncio.gather(
+                self.runtime.list_services(), self._engine_facts(target)
+            )
             if self.on_observed is not None:
                 _call_hook(self.on_observed, current)
-            context = await self._context(target, current)
+            context = self._context(target, current, images, networks)
             if target is not None and _images_of(target) <= context.images_present:
                 self._images_ready(target)
             steps = plan(target, current, context)
@@ -505,18 +513,31 @@ class Reconciler:
         if self.on_settled is not None:
             _call_hook(self.on_settled, outcome)
 
-    async def _context(self, target: Target | None, current: list[CurrentService]) -> PlanContext:
+    async def _engine_facts(self, target: Target | None) -> tuple[frozenset[str], list[str]]:
+        """Return the target's images the engine has, and the device's networks."""
+        if target is None:
+            return frozenset(), []
+        images = sorted(_images_of(target))
+        # Networks left by an apply cancelled after its last container went are removed too.
+        *flags, networks = await asyncio.gather(
+            *(self.runtime.has_image(ref) for ref in images), self.runtime.list_networks()
+        )
+        return frozenset(ref for ref, ok in zip(images, flags, strict=True) if ok), networks
+
+    def _context(
+        self,
+        target: Target | None,
+        current: list[CurrentService],
+        images_present: frozenset[str],
+        networks: list[str],
+    ) -> PlanContext:
         now = self.clock()
         if self.advisor is not None:
             self.advisor.observe(current, now)
-        images = sorted(_images_of(target)) if target else []
-        flags = await asyncio.gather(*(self.runtime.has_image(ref) for ref in images))
-        # Networks left by an apply cancelled after its last container went are removed too.
-        networks = await self.runtime.list_networks() if target else []
         return PlanContext(
             networks_present=frozenset(networks),
             now=now,
-            images_present=frozenset(ref for ref, ok in zip(images, flags, strict=True) if ok),
+            images_present=images_present,
             restart_not_before=dict(self.advisor.restart_not_before()) if self.advisor else {},
             restart_unhealthy=self.advisor.restart_unhealthy() if self.advisor else frozenset(),
         )

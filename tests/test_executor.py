@@ -550,3 +550,48 @@ async def test_images_ready_is_signalled_after_the_pulls_before_any_container() 
         assert await apply
     first = seen[0]
     assert f"end pull {LOCAL}" in first and not any("create" in e for e in first), first
+
+
+async def test_new_target_is_applied_without_the_event_debounce(running: Any) -> None:
+    """The debounce gathers bursts of engine events; a new target is applied at once."""
+    rt = FakeRuntime()
+    rec = running(Reconciler(rt, health_wait=no_health_wait, debounce_s=30))
+    rec.request(target(svc("web")))
+    async with asyncio.timeout(5):  # would wait out the 30 s debounce before the fix
+        await rec.wait_converged()
+    assert rt.by_name("web").is_running
+
+
+async def test_engine_event_pokes_still_wait_for_the_debounce(running: Any) -> None:
+    rt = FakeRuntime()
+    rec = running(Reconciler(rt, health_wait=no_health_wait, debounce_s=30))
+    rec.request(target(svc("web")))
+    async with asyncio.timeout(5):
+        await rec.wait_converged()
+    rt.log.clear()
+    rec.poke("die")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await rec.wait_converged()
+    assert "begin list " not in rt.log  # still debouncing: the engine was not read
+
+
+class _NetworkReadsLogged(FakeRuntime):
+    async def list_networks(self) -> list[str]:
+        self.log.append("list_networks")
+        return await super().list_networks()
+
+
+async def test_engine_reads_of_an_iteration_are_made_at_once(running: Any) -> None:
+    """Containers, images and networks are read concurrently, not one after the other."""
+    rt = _NetworkReadsLogged()
+    gate = rt.gate("list ")
+    rec = running(Reconciler(rt, health_wait=no_health_wait))
+    rec.request(target(svc("web")))
+    # While the container list is held, the network read has already been made.
+    await until(lambda: "begin list " in rt.log and "list_networks" in rt.log)
+    assert "end list " not in rt.log
+    gate.set()
+    async with asyncio.timeout(5):
+        await rec.wait_converged()
+    assert rt.by_name("web").is_running
