@@ -165,9 +165,10 @@ def _watch_plain(
     """Print the view as JSON every poll, or as plain lines at first and when they change."""
     last = None
     while True:
-        out = json.dumps(view, sort_keys=True) if args.json else "\n".join(plain_lines(view))
+        lines = [json.dumps(view, sort_keys=True)] if args.json else plain_lines(view)
+        out = "\n".join(clean(line) for line in lines)  # hub-supplied text, line by line
         if args.json or out != last:
-            print(clean(out), flush=True)
+            print(out, flush=True)
             last = out
         if view["status"] not in ACTIVE:
             return

@@ -160,7 +160,7 @@ async def test_watch_prints_plain_progress_lines_when_stdout_is_not_a_tty(whub, 
     watched = await whub.edgectl("rollout", "status", rid, "--watch", "--interval", "0.1")
     assert watched.returncode == 0, watched.stderr
     out = watched.stdout
-    assert "\x1b[" not in out  # no terminal control sequences
+    assert "\x1b[" not in out and "\\x0a" not in out  # no control sequences, real lines
     heads = [line for line in out.splitlines() if line.startswith(rid)]
     assert len(heads) >= 2, out  # progress while running, not only the end
     assert " running " in heads[0], out
