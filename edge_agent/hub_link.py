@@ -178,4 +178,5 @@ class HubLink:
             rollout_state=st.get("rollout_state"),
             host_containers=st.get("host_containers"),
             host_containers_total=st.get("host_containers_total"),
+            window_opens_at=st.get("window_opens_at"),
         )

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.models import Service, Target
 
@@ -235,6 +242,17 @@ class StatusSnapshot(Wire):
     # HOST_CONTAINERS_MAX of them; host_containers_total counts them all.
     host_containers: list[HostContainerReport] | None = Field(None, max_length=HOST_CONTAINERS_MAX)
     host_containers_total: Count | None = None
+    # Additive (optional): while rollout_state is waiting_window, when the window next
+    # opens (UTC). An older hub refuses the field; the agent then stops sending it.
+    window_opens_at: AwareDatetime | None = None
+
+    @field_validator("window_opens_at")
+    @classmethod
+    def _opening_in_utc(cls, v: datetime | None) -> datetime | None:
+        try:
+            return None if v is None else v.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("time is out of range once converted to UTC") from None
 
 
 class SyncRequest(Wire):

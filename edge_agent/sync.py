@@ -46,6 +46,10 @@ from edge_agent.target_gate import TargetGate
 log = logging.getLogger(__name__)
 EPOCH_KEY = "store_epoch"
 EPOCH_PROTOCOL = 3  # the first protocol with store epochs
+# A hub's 422 naming a status field it does not know (``status.F: Extra inputs ...``).
+_EXTRA_STATUS_FIELD = re.compile(r"status\.(\w+): Extra inputs are not permitted")
+# Additive status fields an older hub may refuse: the agent leaves them out for it.
+_OMITTABLE_STATUS_FIELDS = frozenset({"window_opens_at"})
 FEATURES_PARAM = ",".join(sorted(AGENT_FEATURES))
 
 StatusSource = Callable[[], Awaitable[StatusSnapshot]]
@@ -241,6 +245,7 @@ class Syncer:
         self.protocol = PROTOCOL_VERSION  # lowered once if the hub is older
         self.epoch = ""  # this store's generation, read at each sync_once
         self._unknown_seen: set[str] = set()
+        self._status_omit: set[str] = set()  # status fields an older hub refused as unknown
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -292,7 +297,7 @@ class Syncer:
                 if exc.status == 413:
                     await _cancel(flights)
                     await self._too_large(flight)
-                elif self._older_hub(exc):
+                elif self._older_hub(exc) or self._status_field_refused(exc):
                     await _cancel(flights)
                 else:
                     raise
@@ -405,6 +410,22 @@ class Syncer:
         self.protocol = newest
         return True
 
+    def _status_field_refused(self, exc: HubRefused) -> bool:
+        """Stop reporting status fields a hub older than them refused (422, extra input).
+
+        Additive status fields (``window_opens_at``) are unknown to an older hub, which
+        refuses the whole sync naming them; leaving them out keeps the outbox moving.
+        """
+        if exc.status != 422:
+            return False
+        named = set(_EXTRA_STATUS_FIELD.findall(exc.message)) & _OMITTABLE_STATUS_FIELDS
+        if not named - self._status_omit:
+            return False
+        log.warning("the hub does not know status field(s) %s; not reporting them", named)
+        self._status_omit |= named
+        self._status_acked = None  # the next report is a full one, without them
+        return True
+
     async def _too_large(self, flight: _Flight) -> None:
         if flight.entries > 1:
             self._batch_n = max(1, flight.entries // 2)
@@ -424,7 +445,7 @@ class Syncer:
         if self._status_source is None:
             return None, {}
         snap = await self._status_source()
-        doc = snap.model_dump(mode="json", exclude={"full"})
+        doc = snap.model_dump(mode="json", exclude={"full", *self._status_omit})
         if self._status_acked is None:
             return StatusSnapshot.model_validate({**doc, "full": True}), doc
         changed = {k: v for k, v in doc.items() if v != self._status_acked.get(k)}

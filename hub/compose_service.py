@@ -154,9 +154,14 @@ def _read_env_file(m: ServiceMapper, spec: dict[str, Any]) -> dict[str, str]:
     if unknown:
         raise ValueError(f"unsupported key(s): {', '.join(sorted(unknown))}")
     path = Path(cv.scalar(spec.get("path")))
+    if m.base_dir is None:
+        # No compose directory: the text came over REST. Any path would name a file of
+        # the hub's host, whose contents would end up in the release: never read it.
+        raise ValueError(
+            f"{path}: the compose file's directory is unknown (sent over REST), so no "
+            "env_file is read; put the variables under environment, or import with edgectl"
+        )
     if not path.is_absolute():
-        if m.base_dir is None:
-            raise ValueError(f"{path} is relative and the compose file's directory is unknown")
         path = m.base_dir / path
     if not path.is_file():
         if not cv.boolean(spec.get("required", True)):

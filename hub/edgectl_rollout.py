@@ -7,15 +7,18 @@
     rollout status ID [--watch [--interval S]]
     rollout pause|resume|abort|rollback ID [--reason TEXT]
 
-``status --watch`` redraws a progress bar per stage (rich, when it is installed; plain
-lines otherwise) until the rollout is no longer active. Everything prints JSON with
-``--json``.
+``status --watch`` redraws a progress bar per stage (rich, when it is installed and
+stdout is a terminal; otherwise plain lines, printed again whenever the progress changes)
+until the rollout is no longer active. Devices holding the target for their maintenance
+window are listed with when it opens (at most WAITING_SHOWN; ``--json`` has them all).
+Everything prints JSON with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from typing import Any
 Call = Callable[..., Any]
 ACTIVE = ("running", "paused", "halted", "rolling_back")
 DONE_COLUMNS = ("healthy", "failed", "offline", "rolled_back")
+WAITING_SHOWN = 10  # devices waiting for their window listed by name; the rest counted
 
 
 def add_parser(sub: Any) -> None:
@@ -113,6 +117,18 @@ def plain_lines(view: dict[str, Any]) -> list[str]:
         done = sum(p[c] for c in DONE_COLUMNS)
         counts = "  ".join(f"{c} {p[c]}" for c in ("pending", "applying", *DONE_COLUMNS) if p[c])
         lines.append(f"  stage {p['stage'] + 1} ({p['size']}): {done}/{p['planned']}  {counts}")
+    return lines + waiting_lines(view.get("waiting_window") or {})
+
+
+def waiting_lines(waiting: dict[str, str | None]) -> list[str]:
+    """Return lines naming the devices that wait for their maintenance window to open."""
+    if not waiting:
+        return []
+    lines = [f"  waiting for the maintenance window: {len(waiting)} device(s)"]
+    for device_id, opens in sorted(waiting.items())[:WAITING_SHOWN]:
+        lines.append(f"    {device_id}  opens {opens or '(not reported)'}")
+    if len(waiting) > WAITING_SHOWN:
+        lines.append(f"    ... and {len(waiting) - WAITING_SHOWN} more (--json lists all)")
     return lines
 
 
@@ -125,16 +141,19 @@ def watch(
     def fetch() -> dict[str, Any]:
         return dict(call("GET", path))
 
-    try:
-        import rich.progress  # noqa: F401  (optional)
-    except ImportError:
-        rich_missing = True
-    else:
-        rich_missing = False
-    if rich_missing or args.json:
+    if args.json or not sys.stdout.isatty() or not has_rich():
         _watch_plain(args, view, fetch, clean)
         return
     _watch_rich(args, view, fetch, clean)
+
+
+def has_rich() -> bool:
+    """Return whether rich (optional) can be imported."""
+    try:
+        import rich.progress  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _watch_plain(
@@ -143,9 +162,14 @@ def _watch_plain(
     fetch: Callable[[], dict[str, Any]],
     clean: Callable[[str], str],
 ) -> None:
+    """Print the view as JSON every poll, or as plain lines at first and when they change."""
+    last = None
     while True:
-        out = json.dumps(view, sort_keys=True) if args.json else "\n".join(plain_lines(view))
-        print(clean(out), flush=True)
+        lines = [json.dumps(view, sort_keys=True)] if args.json else plain_lines(view)
+        out = "\n".join(clean(line) for line in lines)  # hub-supplied text, line by line
+        if args.json or out != last:
+            print(out, flush=True)
+            last = out
         if view["status"] not in ACTIVE:
             return
         time.sleep(args.interval)

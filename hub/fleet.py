@@ -19,6 +19,7 @@ STATUS_FIELDS = (
     "running_local_seq",
     "applying_revision",
     "rollout_state",
+    "window_opens_at",
 )
 
 
@@ -95,6 +96,8 @@ def merge_status(current: dict[str, Any], delta: StatusSnapshot) -> dict[str, An
         if value is not None or delta.full:
             if name == "services" and value is not None:
                 value = [s.model_dump(mode="json") for s in value]
+            elif name == "window_opens_at" and value is not None:
+                value = value.isoformat()  # UTC (the model normalizes it): sorts as time
             merged[name] = value
     return merged
 

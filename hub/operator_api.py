@@ -116,6 +116,7 @@ def device_view(hub: HubContext, d: DeviceRecord, now: datetime) -> dict[str, An
         "running_local_seq": d.running_local_seq,
         "applying_revision": d.applying_revision,
         "rollout_state": d.rollout_state,
+        "window_opens_at": d.window_opens_at.isoformat() if d.window_opens_at else None,
         "drift": drift(
             d.target_revision,
             d.applied_revision,

@@ -45,7 +45,7 @@ from hub.rollouts import abort, check_overlap, pause, plan_rollout, resume, roll
 from hub.rollouts import supersede as supersede_state
 from hub.selector import matches
 from hub.selector import parse as parse_selector
-from hub.store import RolloutRecord
+from hub.store import DeviceRecord, RolloutRecord
 from hub.wire import parse
 
 routes = web.RouteTableDef()
@@ -153,7 +153,9 @@ async def create_rollout(request: web.Request) -> web.Response:
 async def _view(hub: HubContext, loaded: Loaded) -> dict[str, Any]:
     """Return the rollout as the API shows it, with its progress judged now."""
     now = hub.now()
-    decision = plan_rollout(loaded.spec, loaded.state, await observe(hub, loaded, now), now)
+    devices = await hub.store.list_devices()
+    observed = await observe(hub, loaded, now, devices=devices)
+    decision = plan_rollout(loaded.spec, loaded.state, observed, now)
     state = loaded.state
     return {
         **_summary(loaded),
@@ -164,6 +166,16 @@ async def _view(hub: HubContext, loaded: Loaded) -> dict[str, Any]:
         "reason": state.reason,
         "progress": [p.model_dump() for p in decision.progress],
         "devices": {d: v.value for d, v in sorted(decision.verdicts.items())},
+        "waiting_window": _waiting(devices, set(state.members)),
+    }
+
+
+def _waiting(devices: list[DeviceRecord], members: set[str]) -> dict[str, str | None]:
+    """Return the members holding a target for their maintenance window, and when it opens."""
+    return {
+        d.id: d.window_opens_at.isoformat() if d.window_opens_at else None
+        for d in devices
+        if d.id in members and d.rollout_state == "waiting_window"
     }
 
 

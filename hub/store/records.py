@@ -120,6 +120,7 @@ class DeviceRecord:
     running_local_seq: int | None = None
     applying_revision: int | None = None
     rollout_state: str | None = None
+    window_opens_at: datetime | None = None  # while waiting for its maintenance window
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ DEVICE_COLUMNS = (
     "enrollment_token, disabled, last_contact, agent_version, applied_revision, "
     "target_revision, acked_seq, state, release, services, counters, last_error, "
     "status_at, has_full_status, running_revision, running_local_seq, applying_revision, "
-    "rollout_state"
+    "rollout_state, window_opens_at"
 )
 TOKEN_COLUMNS = "id, secret_hash, uses_total, uses_left, expires_at, tags, created_at, created_by"
 EVENT_COLUMNS = "device_id, seq, kind, created_at, received_at, payload"
@@ -87,6 +87,7 @@ def device(row: tuple[Any, ...]) -> DeviceRecord:
         running_local,
         applying,
         rollout_state,
+        window_opens_at,
     ) = row
     return DeviceRecord(
         id=id_,
@@ -114,6 +115,7 @@ def device(row: tuple[Any, ...]) -> DeviceRecord:
         running_local_seq=running_local,
         applying_revision=applying,
         rollout_state=rollout_state,
+        window_opens_at=dt(window_opens_at),
     )
 
 

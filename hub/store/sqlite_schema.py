@@ -186,4 +186,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        9,
+        "devices: when the maintenance window of a waiting target opens (agent-reported)",
+        ["ALTER TABLE devices ADD COLUMN window_opens_at TEXT"],
+    ),
 ]
