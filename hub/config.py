@@ -167,6 +167,9 @@ class RolloutsConfig(_Section):
 
     tick_s: float = Field(1.0, gt=0, le=3600)
     max_active: int = Field(100, ge=1, le=100_000)
+    # Woken by members' reports, the engine waits this long so the rest of the burst
+    # joins the same tick: at most one woken tick per this many seconds.
+    wake_coalesce_s: float = Field(0.1, ge=0, le=60)
 
 
 class HubConfig(_Section):

@@ -34,9 +34,10 @@ from typing import Any
 from aiohttp import web
 
 from edge_agent.models import MaintenanceWindow, Release
+from edge_agent.protocol import StatusSnapshot
 from hub.context import HubContext
 from hub.errors import HubError, NotFound
-from hub.fleet import connectivity
+from hub.fleet import STATUS_FIELDS, connectivity, merge_status
 from hub.operator_api import TargetOptions, issue_target
 from hub.rollout_models import (
     ACTIVE_STATUSES,
@@ -107,6 +108,9 @@ def event_audits(
 
 # ---- observations ---------------------------------------------------------------------
 
+# What the gate reads of a device's reported status (``observe_device``).
+GATE_FIELDS = ("release", "running_revision", "applying_revision", "rollout_state")
+
 
 def _services(reports: list[dict[str, Any]] | None) -> tuple[ServiceObservation, ...]:
     return tuple(
@@ -140,6 +144,21 @@ def observe_device(
         rollout_state=d.rollout_state,
         services=_services(d.services),
     )
+
+
+def has_news(device: DeviceRecord, status: StatusSnapshot | None) -> bool:
+    """Return whether a sync's status changes what the gate observes of the device.
+
+    ``device`` is the row before the sync; the snapshot is merged as the store merges it
+    (a delta changes only what it carries). Counters, errors, image ids: no news.
+    """
+    if status is None:
+        return False
+    before = {name: getattr(device, name) for name in STATUS_FIELDS}
+    after = merge_status(before, status)
+    if any(before[name] != after[name] for name in GATE_FIELDS):
+        return True
+    return _services(before["services"]) != _services(after["services"])
 
 
 async def target_release(hub: HubContext, device_id: str) -> str | None:
@@ -283,17 +302,35 @@ class RolloutEngine:
         self.lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._urgent = False  # woken by an operator: no coalescing wait
+        self._members: frozenset[str] = frozenset()  # of the active rollouts, at the last tick
         self.ticks = 0
+        self.reports = 0  # members' reports with news, each a wake-up (coalesced)
         self.failures = 0
         self.last_error: str | None = None
 
     def stats(self) -> dict[str, Any]:
         """Return the engine's counters (shown on /healthz)."""
-        return {"ticks": self.ticks, "failures": self.failures, "last_error": self.last_error}
+        return {
+            "ticks": self.ticks,
+            "reports": self.reports,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
 
     def wake(self) -> None:
         """Plan now rather than at the next tick."""
+        self._urgent = True
         self._wake.set()
+
+    def on_report(self, device: DeviceRecord, status: StatusSnapshot | None) -> None:
+        """Wake (coalesced) when a stored sync changed what the gate sees of a member.
+
+        ``device`` is its row from before the sync. Called after the sync's commit.
+        """
+        if device.id in self._members and has_news(device, status):
+            self.reports += 1
+            self._wake.set()
 
     def start(self) -> None:
         """Start the background task."""
@@ -308,11 +345,14 @@ class RolloutEngine:
             self._task = None
 
     async def _run(self) -> None:
-        tick_s = self.hub.config.rollouts.tick_s
+        config = self.hub.config.rollouts
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick_s)
+                await asyncio.wait_for(self._wake.wait(), config.tick_s)
+            if self._wake.is_set() and not self._urgent and config.wake_coalesce_s > 0:
+                await asyncio.sleep(config.wake_coalesce_s)  # the rest of the burst joins
             self._wake.clear()
+            self._urgent = False
             async with self.lock:
                 await self.tick()
 
@@ -337,6 +377,7 @@ class RolloutEngine:
                 self._failed(record.id, exc)
         for device_id in [d for d in self._known if d not in members]:
             del self._known[device_id]  # only the active rollouts' members are kept
+        self._members = frozenset(members)
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.failures += 1
