@@ -230,7 +230,7 @@ def target_options(spec: RolloutSpec, *, rollback: bool) -> TargetOptions:
 async def issue(
     hub: HubContext, loaded: Loaded, issues: Sequence[TargetIssue], actor: str, now: datetime
 ) -> tuple[dict[str, int], list[AuditRecord]]:
-    """Issue each target; return the revisions issued and audit rows of those that failed."""
+    """Issue each target; return the revisions issued and audit rows of those not issued."""
     revisions: dict[str, int] = {}
     failures: list[AuditRecord] = []
     documents: dict[str, Release] = {}
@@ -241,9 +241,10 @@ async def issue(
             "release": item.release,
             "rollback": item.rollback,
         }
+        if item.release is None:
+            failures.append(kept_audit(loaded, item, actor, now))
+            continue
         try:
-            if item.release is None:
-                raise NotFound("it ran no release before the rollout: nothing to send back")
             if item.release not in documents:
                 documents[item.release] = await _release_document(hub, item.release)
             audit = AuditRecord(actor, "target.set", item.device_id, "ok", now, detail)
@@ -264,6 +265,20 @@ async def issue(
                 )
             )
     return revisions, failures
+
+
+def kept_audit(loaded: Loaded, item: TargetIssue, actor: str, now: datetime) -> AuditRecord:
+    """Return the audit row of a rollback not sent: the device ran no release before.
+
+    A target always names a release (of at least one service), so "no target" cannot be
+    sent back; the device keeps the rollout's release and the gate says whether it runs it.
+    """
+    reason = (
+        f"it ran no release before the rollout: nothing to send back, it keeps "
+        f"{loaded.spec.release} unless it failed it on the device"
+    )
+    detail = {"rollout": loaded.record.id, "keeps": loaded.spec.release, "reason": reason}
+    return AuditRecord(actor, "rollout.rollback_kept", item.device_id, "ok", now, detail)
 
 
 async def apply(
