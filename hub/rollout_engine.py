@@ -230,41 +230,60 @@ def target_options(spec: RolloutSpec, *, rollback: bool) -> TargetOptions:
 async def issue(
     hub: HubContext, loaded: Loaded, issues: Sequence[TargetIssue], actor: str, now: datetime
 ) -> tuple[dict[str, int], list[AuditRecord]]:
-    """Issue each target; return the revisions issued and audit rows of those not issued."""
+    """Issue each target; return the revisions issued and audit rows of those not issued.
+
+    Up to ``rollouts.issue_parallel`` at once (each its own transaction, so the store's
+    group commit shares the fsyncs); the audit rows keep the order of ``issues``.
+    """
+    documents: dict[str, Release | HubError] = {}
+    for ref in dict.fromkeys(i.release for i in issues if i.release is not None):
+        try:
+            documents[ref] = await _release_document(hub, ref)
+        except HubError as exc:
+            documents[ref] = exc
+    gate = asyncio.Semaphore(hub.config.rollouts.issue_parallel)
+
+    async def one(item: TargetIssue) -> int | AuditRecord:
+        if item.release is None:
+            return kept_audit(loaded, item, actor, now)
+        async with gate:
+            return await _issue_one(hub, loaded, item, documents[item.release], actor, now)
+
+    outcomes = await asyncio.gather(*(one(item) for item in issues))
     revisions: dict[str, int] = {}
     failures: list[AuditRecord] = []
-    documents: dict[str, Release] = {}
-    rid = loaded.record.id
-    for item in issues:
-        detail: dict[str, Any] = {
-            "rollout": rid,
-            "release": item.release,
-            "rollback": item.rollback,
-        }
-        if item.release is None:
-            failures.append(kept_audit(loaded, item, actor, now))
-            continue
-        try:
-            if item.release not in documents:
-                documents[item.release] = await _release_document(hub, item.release)
-            audit = AuditRecord(actor, "target.set", item.device_id, "ok", now, detail)
-            options = target_options(loaded.spec, rollback=item.rollback)
-            record = await issue_target(
-                hub, item.device_id, documents[item.release], {}, options, audit
-            )
-            revisions[item.device_id] = record.revision
-        except HubError as exc:
-            failures.append(
-                AuditRecord(
-                    actor,
-                    "rollout.issue_failed",
-                    item.device_id,
-                    "error",
-                    now,
-                    {**detail, "reason": exc.message},
-                )
-            )
+    for item, outcome in zip(issues, outcomes, strict=True):
+        if isinstance(outcome, AuditRecord):
+            failures.append(outcome)
+        else:
+            revisions[item.device_id] = outcome
     return revisions, failures
+
+
+async def _issue_one(
+    hub: HubContext,
+    loaded: Loaded,
+    item: TargetIssue,
+    document: Release | HubError,
+    actor: str,
+    now: datetime,
+) -> int | AuditRecord:
+    """Issue one target; return its revision, or the audit row saying why it was not."""
+    detail: dict[str, Any] = {
+        "rollout": loaded.record.id,
+        "release": item.release,
+        "rollback": item.rollback,
+    }
+    try:
+        if isinstance(document, HubError):
+            raise document
+        audit = AuditRecord(actor, "target.set", item.device_id, "ok", now, detail)
+        options = target_options(loaded.spec, rollback=item.rollback)
+        record = await issue_target(hub, item.device_id, document, {}, options, audit)
+        return record.revision
+    except HubError as exc:
+        reason = {**detail, "reason": exc.message}
+        return AuditRecord(actor, "rollout.issue_failed", item.device_id, "error", now, reason)
 
 
 def kept_audit(loaded: Loaded, item: TargetIssue, actor: str, now: datetime) -> AuditRecord:
