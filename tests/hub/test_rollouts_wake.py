@@ -19,6 +19,8 @@ import pytest
 from test_rollouts import SimDevice, make_release, start, wait_for
 
 from edge_agent.protocol import ServiceReport, StatusSnapshot
+from hub.config import build_config
+from hub.errors import ConfigError
 from hub.rollout_engine import has_news
 from hub.store import DeviceRecord
 from hub.testing import RunningHub, start_hub
@@ -133,3 +135,25 @@ def test_has_news_is_what_the_gate_reads_of_a_report(
     device: DeviceRecord, status: StatusSnapshot | None, news: bool
 ) -> None:
     assert has_news(device, status) is news
+
+
+@pytest.mark.parametrize(
+    ("rollouts", "named"),
+    [
+        ({"wake_coalesce_s": -1}, "rollouts.wake_coalesce_s"),
+        ({"wake_coalesce_s": 61}, "rollouts.wake_coalesce_s"),
+        ({"issue_parallel": 0}, "rollouts.issue_parallel"),
+        ({"issue_parallel": 257}, "rollouts.issue_parallel"),
+    ],
+)
+def test_engine_bounds_out_of_range_are_refused_naming_the_field(
+    rollouts: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"server": {"data_dir": "/d"}, "rollouts": rollouts}, env={})
+    assert named in err.value.message
+
+
+def test_engine_bounds_defaults() -> None:
+    config = build_config({"server": {"data_dir": "/d"}}, env={}).rollouts
+    assert (config.wake_coalesce_s, config.issue_parallel) == (0.1, 16)
