@@ -167,6 +167,11 @@ class RolloutsConfig(_Section):
 
     tick_s: float = Field(1.0, gt=0, le=3600)
     max_active: int = Field(100, ge=1, le=100_000)
+    # Woken by members' reports, the engine waits this long so the rest of the burst
+    # joins the same tick: at most one woken tick per this many seconds.
+    wake_coalesce_s: float = Field(0.1, ge=0, le=60)
+    # Targets a tick issues at once (each its own transaction; group commit shares fsyncs).
+    issue_parallel: int = Field(16, ge=1, le=256)
 
 
 class HubConfig(_Section):

@@ -72,6 +72,7 @@ from hub.renewal import (
     load_issued_cert,
     verify_proof,
 )
+from hub.rollout_engine import ENGINE
 from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
 from hub.store.records import RenewedCert
 from hub.wire import content_encoding, parse, read_body, read_raw, respond
@@ -296,6 +297,7 @@ async def sync(request: web.Request) -> web.Response:
         ),
         now,
     )
+    request.app[ENGINE].on_report(device, req.status)  # a member's news: plan soon
     target = result.target
     if target is not None:
         known = frozenset(req.features) if req.features is not None else None

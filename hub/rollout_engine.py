@@ -34,9 +34,10 @@ from typing import Any
 from aiohttp import web
 
 from edge_agent.models import MaintenanceWindow, Release
+from edge_agent.protocol import StatusSnapshot
 from hub.context import HubContext
 from hub.errors import HubError, NotFound
-from hub.fleet import connectivity
+from hub.fleet import STATUS_FIELDS, connectivity, merge_status
 from hub.operator_api import TargetOptions, issue_target
 from hub.rollout_models import (
     ACTIVE_STATUSES,
@@ -107,6 +108,9 @@ def event_audits(
 
 # ---- observations ---------------------------------------------------------------------
 
+# What the gate reads of a device's reported status (``observe_device``).
+GATE_FIELDS = ("release", "running_revision", "applying_revision", "rollout_state")
+
 
 def _services(reports: list[dict[str, Any]] | None) -> tuple[ServiceObservation, ...]:
     return tuple(
@@ -140,6 +144,21 @@ def observe_device(
         rollout_state=d.rollout_state,
         services=_services(d.services),
     )
+
+
+def has_news(device: DeviceRecord, status: StatusSnapshot | None) -> bool:
+    """Return whether a sync's status changes what the gate observes of the device.
+
+    ``device`` is the row before the sync; the snapshot is merged as the store merges it
+    (a delta changes only what it carries). Counters, errors, image ids: no news.
+    """
+    if status is None:
+        return False
+    before = {name: getattr(device, name) for name in STATUS_FIELDS}
+    after = merge_status(before, status)
+    if any(before[name] != after[name] for name in GATE_FIELDS):
+        return True
+    return _services(before["services"]) != _services(after["services"])
 
 
 async def target_release(hub: HubContext, device_id: str) -> str | None:
@@ -211,40 +230,74 @@ def target_options(spec: RolloutSpec, *, rollback: bool) -> TargetOptions:
 async def issue(
     hub: HubContext, loaded: Loaded, issues: Sequence[TargetIssue], actor: str, now: datetime
 ) -> tuple[dict[str, int], list[AuditRecord]]:
-    """Issue each target; return the revisions issued and audit rows of those that failed."""
+    """Issue each target; return the revisions issued and audit rows of those not issued.
+
+    Up to ``rollouts.issue_parallel`` at once (each its own transaction, so the store's
+    group commit shares the fsyncs); the audit rows keep the order of ``issues``.
+    """
+    documents: dict[str, Release | HubError] = {}
+    for ref in dict.fromkeys(i.release for i in issues if i.release is not None):
+        try:
+            documents[ref] = await _release_document(hub, ref)
+        except HubError as exc:
+            documents[ref] = exc
+    gate = asyncio.Semaphore(hub.config.rollouts.issue_parallel)
+
+    async def one(item: TargetIssue) -> int | AuditRecord:
+        if item.release is None:
+            return kept_audit(loaded, item, actor, now)
+        async with gate:
+            return await _issue_one(hub, loaded, item, documents[item.release], actor, now)
+
+    outcomes = await asyncio.gather(*(one(item) for item in issues))
     revisions: dict[str, int] = {}
     failures: list[AuditRecord] = []
-    documents: dict[str, Release] = {}
-    rid = loaded.record.id
-    for item in issues:
-        detail: dict[str, Any] = {
-            "rollout": rid,
-            "release": item.release,
-            "rollback": item.rollback,
-        }
-        try:
-            if item.release is None:
-                raise NotFound("it ran no release before the rollout: nothing to send back")
-            if item.release not in documents:
-                documents[item.release] = await _release_document(hub, item.release)
-            audit = AuditRecord(actor, "target.set", item.device_id, "ok", now, detail)
-            options = target_options(loaded.spec, rollback=item.rollback)
-            record = await issue_target(
-                hub, item.device_id, documents[item.release], {}, options, audit
-            )
-            revisions[item.device_id] = record.revision
-        except HubError as exc:
-            failures.append(
-                AuditRecord(
-                    actor,
-                    "rollout.issue_failed",
-                    item.device_id,
-                    "error",
-                    now,
-                    {**detail, "reason": exc.message},
-                )
-            )
+    for item, outcome in zip(issues, outcomes, strict=True):
+        if isinstance(outcome, AuditRecord):
+            failures.append(outcome)
+        else:
+            revisions[item.device_id] = outcome
     return revisions, failures
+
+
+async def _issue_one(
+    hub: HubContext,
+    loaded: Loaded,
+    item: TargetIssue,
+    document: Release | HubError,
+    actor: str,
+    now: datetime,
+) -> int | AuditRecord:
+    """Issue one target; return its revision, or the audit row saying why it was not."""
+    detail: dict[str, Any] = {
+        "rollout": loaded.record.id,
+        "release": item.release,
+        "rollback": item.rollback,
+    }
+    try:
+        if isinstance(document, HubError):
+            raise document
+        audit = AuditRecord(actor, "target.set", item.device_id, "ok", now, detail)
+        options = target_options(loaded.spec, rollback=item.rollback)
+        record = await issue_target(hub, item.device_id, document, {}, options, audit)
+        return record.revision
+    except HubError as exc:
+        reason = {**detail, "reason": exc.message}
+        return AuditRecord(actor, "rollout.issue_failed", item.device_id, "error", now, reason)
+
+
+def kept_audit(loaded: Loaded, item: TargetIssue, actor: str, now: datetime) -> AuditRecord:
+    """Return the audit row of a rollback not sent: the device ran no release before.
+
+    A target always names a release (of at least one service), so "no target" cannot be
+    sent back; the device keeps the rollout's release and the gate says whether it runs it.
+    """
+    reason = (
+        f"it ran no release before the rollout: nothing to send back, it keeps "
+        f"{loaded.spec.release} unless it failed it on the device"
+    )
+    detail = {"rollout": loaded.record.id, "keeps": loaded.spec.release, "reason": reason}
+    return AuditRecord(actor, "rollout.rollback_kept", item.device_id, "ok", now, detail)
 
 
 async def apply(
@@ -283,17 +336,35 @@ class RolloutEngine:
         self.lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._urgent = False  # woken by an operator: no coalescing wait
+        self._members: frozenset[str] = frozenset()  # of the active rollouts, at the last tick
         self.ticks = 0
+        self.reports = 0  # members' reports with news, each a wake-up (coalesced)
         self.failures = 0
         self.last_error: str | None = None
 
     def stats(self) -> dict[str, Any]:
         """Return the engine's counters (shown on /healthz)."""
-        return {"ticks": self.ticks, "failures": self.failures, "last_error": self.last_error}
+        return {
+            "ticks": self.ticks,
+            "reports": self.reports,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
 
     def wake(self) -> None:
         """Plan now rather than at the next tick."""
+        self._urgent = True
         self._wake.set()
+
+    def on_report(self, device: DeviceRecord, status: StatusSnapshot | None) -> None:
+        """Wake (coalesced) when a stored sync changed what the gate sees of a member.
+
+        ``device`` is its row from before the sync. Called after the sync's commit.
+        """
+        if device.id in self._members and has_news(device, status):
+            self.reports += 1
+            self._wake.set()
 
     def start(self) -> None:
         """Start the background task."""
@@ -308,11 +379,14 @@ class RolloutEngine:
             self._task = None
 
     async def _run(self) -> None:
-        tick_s = self.hub.config.rollouts.tick_s
+        config = self.hub.config.rollouts
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick_s)
+                await asyncio.wait_for(self._wake.wait(), config.tick_s)
+            if self._wake.is_set() and not self._urgent and config.wake_coalesce_s > 0:
+                await asyncio.sleep(config.wake_coalesce_s)  # the rest of the burst joins
             self._wake.clear()
+            self._urgent = False
             async with self.lock:
                 await self.tick()
 
@@ -337,6 +411,7 @@ class RolloutEngine:
                 self._failed(record.id, exc)
         for device_id in [d for d in self._known if d not in members]:
             del self._known[device_id]  # only the active rollouts' members are kept
+        self._members = frozenset(members)
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.failures += 1

@@ -18,6 +18,7 @@ from hub.rollout_models import (
 )
 
 ON_DEVICE_FAILURE = ("rolled_back", "failed")
+APPLYING_STATES = ("waiting_window", "applying", "settling")
 
 
 def device_deadline(spec: RolloutSpec, assignment: DeviceAssignment) -> datetime:
@@ -101,6 +102,10 @@ def judge_rollback(
     spec: RolloutSpec, a: DeviceAssignment, obs: DeviceObservation | None, now: datetime
 ) -> Verdict:
     """Return where a device is on its way back to its previous release."""
+    if a.previous_release is None and _about_target(a, obs):
+        verdict = _none_before(obs)
+        if verdict is not None:
+            return verdict
     issued = a.rollback_issued_at or now
     back = (
         obs is not None
@@ -115,3 +120,18 @@ def judge_rollback(
         talked = obs is not None and obs.reported_at is not None and obs.reported_at >= issued
         return Verdict.APPLYING if talked else Verdict.PENDING
     return Verdict.FAILED if obs is not None and obs.online else Verdict.OFFLINE
+
+
+def _none_before(obs: DeviceObservation | None) -> Verdict | None:
+    """Judge the rollback of a device that ran no release before the rollout.
+
+    Nothing is sent to it (a target names a release): failed on the device, it runs no
+    rollout target again (back); running the release, it keeps it (failed, at once: no
+    target will change that); still applying it, None (the deadline decides).
+    """
+    assert obs is not None
+    if obs.rollout_state in ON_DEVICE_FAILURE:
+        return Verdict.ROLLED_BACK
+    if obs.rollout_state in APPLYING_STATES:
+        return None
+    return Verdict.FAILED

@@ -289,7 +289,7 @@ class TargetIssue(Frozen):
     """A target the hub must issue: the rollout's release, or on rollback the previous one."""
 
     device_id: str
-    release: str | None  # None: the device ran no release before; the hub issues an empty one
+    release: str | None  # None: it ran no release before; nothing is sent (it keeps it)
     rollback: bool = False
 
 

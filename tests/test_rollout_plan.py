@@ -86,6 +86,8 @@ class SimDevice:
 
     def receive(self, issue: TargetIssue, t: datetime) -> None:
         """Take a target issued at t, and report at once unless silent."""
+        if issue.release is None:
+            return  # nothing to send back: the engine sends no target (rollout.rollback_kept)
         self.target = issue.release
         if self.behaviour == "silent":
             return
@@ -319,7 +321,9 @@ def test_halt_rolls_back_each_device_to_its_previous_release() -> None:
     rollbacks = {i.device_id: i.release for i in fleet.issued if i.rollback}
     assert rollbacks == previous  # only the touched devices, each to its own previous release
     assert "1 of 4 devices failed" in (end.state.reason or "")
-    assert [p.rolled_back for p in end.progress] == [4, 0]
+    # dev-0002 ran nothing before: it keeps the release it runs well (not back: failed)
+    assert [p.rolled_back for p in end.progress] == [3, 0]
+    assert [p.failed for p in end.progress] == [1, 0]
     assert [p.pending for p in end.progress] == [0, 6]
 
 
@@ -568,6 +572,9 @@ def test_rollout_properties(
         back = {i.device_id: i.release for i in fleet.issued if i.rollback}
         assert back == {d: previous[d] for d in end.state.assignments}
         for d in end.state.assignments:  # each runs its previous release, or is offline
+            if previous[d] is None and fleet.devices[d].release == sp.release:
+                assert end.verdicts[d] is Verdict.FAILED  # nothing to go back to: kept, not back
+                continue
             assert fleet.devices[d].release == previous[d] or end.verdicts[d] is Verdict.OFFLINE
     failed = {d for d, v in end.verdicts.items() if v is Verdict.FAILED}
     settled = {d for d, v in end.verdicts.items() if v in (Verdict.HEALTHY, Verdict.OFFLINE)}
