@@ -41,10 +41,11 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
-for _p in (REPO, REPO / "tests"):
+for _p in (REPO, REPO / "tests", REPO / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+import figures  # noqa: E402
 from synckit import SimulatedDevice, close_simulated, enroll_simulated  # noqa: E402
 
 from hub.testing import RunningHub, start_hub  # noqa: E402
@@ -252,6 +253,23 @@ def report(args: argparse.Namespace, results: list[tuple[Phase, Phase]], load0: 
         f"median: rollout {roll_s:.2f} s (goal < {GOAL_S:.0f} s: {verdict}), "
         f"long-poll delivery floor {floor_s:.2f} s, ratio rollout / floor {roll_s / floor_s:.2f}"
     )
+    figures.write(
+        args.json_out,
+        [
+            figures.Figure(
+                name=f"rollout to {args.devices} simulated devices, one stage 100%",
+                unit="s",
+                values=[r.seconds for _, r in results],
+                goal=f"< {GOAL_S:g} s",
+                ok=roll_s < GOAL_S,
+                baseline_name="long-poll delivery floor (per-device target set)",
+                baseline=[f.seconds for f, _ in results],
+                ratio=roll_s / floor_s,
+                note="hub CPU per device, rollout: "
+                + ", ".join(f"{r.cpu_ms_per_device:.2f} ms" for _, r in results),
+            )
+        ],
+    )
 
 
 def parse() -> argparse.Namespace:
@@ -259,6 +277,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices")
     parser.add_argument("--runs", type=int, default=1, help="floor + rollout pairs")
     parser.add_argument("--parallel", type=int, default=32, help="floor: target sets in flight")
+    figures.add_json_out(parser)
     return parser.parse_args()
 
 
