@@ -213,6 +213,21 @@ async def _release_document(hub: HubContext, ref: str) -> Release:
     return Release.model_validate_json(record.document)
 
 
+# How far back a rollback looks in a device's own targets for a release the hub does not
+# hold (one set with ``edgectl target set FILE``, never created as a hub release).
+TARGET_HISTORY = 50
+
+
+async def _release_sent_to(hub: HubContext, device_id: str, ref: str) -> Release | None:
+    """Return release ``ref`` as the hub last sent it to the device, if among its targets."""
+    for record in await hub.store.list_targets(device_id, TARGET_HISTORY):
+        document = json.loads(base64.b64decode(record.signed.payload))
+        release = document.get("release") or {}
+        if f"{release.get('name')}@{release.get('version')}" == ref:
+            return Release.model_validate(release)
+    return None
+
+
 def target_options(spec: RolloutSpec, *, rollback: bool) -> TargetOptions:
     """Return how a rollout's target is applied: inside its window; a rollback at once.
 
@@ -247,7 +262,12 @@ async def issue(
         if item.release is None:
             return kept_audit(loaded, item, actor, now)
         async with gate:
-            return await _issue_one(hub, loaded, item, documents[item.release], actor, now)
+            document = documents[item.release]
+            if isinstance(document, NotFound) and item.rollback:
+                # The device's previous release was never a hub release: send it back
+                # as the hub sent it before.
+                document = await _release_sent_to(hub, item.device_id, item.release) or document
+            return await _issue_one(hub, loaded, item, document, actor, now)
 
     outcomes = await asyncio.gather(*(one(item) for item in issues))
     revisions: dict[str, int] = {}

@@ -149,6 +149,10 @@ class HubStore(ABC):
     async def get_target(self, device_id: str) -> TargetRecord | None:
         """Return the device's newest target."""
 
+    @abstractmethod
+    async def list_targets(self, device_id: str, limit: int) -> list[TargetRecord]:
+        """Return the device's newest ``limit`` targets, newest first."""
+
     # tags, groups and overrides ----------------------------------------------------
 
     @abstractmethod

@@ -389,21 +389,26 @@ class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
 
     async def get_target(self, device_id: str) -> TargetRecord | None:
         """Return the device's newest target."""
+        found = await self.list_targets(device_id, 1)
+        return found[0] if found else None
+
+    async def list_targets(self, device_id: str, limit: int) -> list[TargetRecord]:
+        """Return the device's newest ``limit`` targets, newest first."""
         found = await self._read(
             "SELECT device_id, revision, document, created_at, created_by FROM targets "
-            "WHERE device_id = ? ORDER BY revision DESC LIMIT 1",
-            (device_id,),
+            "WHERE device_id = ? ORDER BY revision DESC LIMIT ?",
+            (device_id, limit),
         )
-        if not found:
-            return None
-        dev, revision, document, created_at, created_by = found[0]
-        return TargetRecord(
-            dev,
-            revision,
-            SignedTarget.model_validate_json(document),
-            datetime.fromisoformat(created_at),
-            created_by,
-        )
+        return [
+            TargetRecord(
+                dev,
+                revision,
+                SignedTarget.model_validate_json(document),
+                datetime.fromisoformat(created_at),
+                created_by,
+            )
+            for dev, revision, document, created_at, created_by in found
+        ]
 
     # releases -----------------------------------------------------------------------
 

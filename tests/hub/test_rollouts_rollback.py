@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from synckit import until
 from test_registry import GOOD, OPEN
 from test_rollouts import audit_of, fleet_of, make_release, rhub, start, wait_for
 
@@ -108,3 +109,37 @@ def test_gate_judges_the_rollback_of_a_device_with_no_previous_release_at_once(
     assignment: DeviceAssignment, obs: DeviceObservation | None, verdict: Verdict
 ) -> None:
     assert judge_rollback(SPEC, assignment, obs, NOW + timedelta(seconds=2)) is verdict
+
+
+async def test_rollback_sends_back_a_previous_release_that_was_never_a_hub_release(
+    rhub: RunningHub, fleet_of: Any
+) -> None:
+    """A device whose target came from ``edgectl target set FILE`` (no hub release of that
+    name) gets that same release back, as the hub sent it before: not ``issue_failed``."""
+    name = "adhoc-" + datetime.now(UTC).strftime("%H%M%S%f")
+    bad = f"{name}-new@2"
+    fleet = await fleet_of(1, bad=lambda ref: ref == bad)
+    await make_release(rhub, f"{name}-new", "2")
+    [device] = fleet.devices
+    adhoc = {
+        "name": name,
+        "version": "1",
+        "services": [{"name": "web", "image": f"{OPEN}/{GOOD}:1", "environment": {"A": "1"}}],
+    }
+    await rhub.set_target(device.identity.device_id, adhoc)  # never created as a release
+
+    async def has_it() -> bool:  # the fleet syncs every SIM_SYNC_S
+        return device.release == f"{name}@1"
+
+    await until(has_it, timeout_s=20)
+    status, body = await start(
+        rhub, release=bad, group=fleet.tag, soak_s=0, stage_deadline_s=600, max_failed=0
+    )
+    assert status == 201, body
+    done = await wait_for(rhub, body["id"], lambda b: b["status"] == "rolled_back", timeout_s=20)
+    assert done["devices"] == {device.identity.device_id: "rolled_back"}
+    assert device.received[-1] == f"{name}@1" and device.release == f"{name}@1"
+    rows = await _audit_rows(rhub, device.identity.device_id)
+    assert not [r for r in rows if r["action"] == "rollout.issue_failed"], rows
+    sent = [r for r in rows if r["action"] == "target.set" and r["detail"].get("rollback")]
+    assert len(sent) == 1 and sent[0]["detail"]["release"] == f"{name}@1", rows
