@@ -45,6 +45,9 @@ AGENT_SUPERVISOR = {
 # A zone far from UTC, so the window is read in the device's local time, not the host's.
 WINDOW_TZ = "Asia/Kathmandu"
 WINDOW_OPENS_IN_S = 12
+# How long a device of the cut-off scenario has to run the release: ample on a loaded
+# machine, and the time the rollout waits for the cut-off device before counting it offline.
+STAGE_DEADLINE_S = 15
 
 
 @pytest.fixture
@@ -208,7 +211,12 @@ async def test_a_device_cut_off_during_a_stage_is_counted_offline_and_catches_up
     await _rollout(hub, "completed", release=old, group=fleet.tag, stages="100%", soak_s=0)
     new = await _release(hub, fleet.tag, "2", images.ref("healthy"))
     rollout = await _start_rollout(
-        hub, release=new, group=fleet.tag, stages="1,100%", soak_s=3, stage_deadline_s=8
+        hub,
+        release=new,
+        group=fleet.tag,
+        stages="1,100%",
+        soak_s=3,
+        stage_deadline_s=STAGE_DEADLINE_S,
     )
     cut = await _cut_one_outside_first_stage(hub, fleet, rollout)
     agent, link, device = fleet.agents[cut], fleet.links[cut], fleet.device(cut)
