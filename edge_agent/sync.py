@@ -315,6 +315,10 @@ class Syncer:
         )
         # Status rides only on a request with none other in flight, so reports stay ordered.
         status, doc = await self._status_delta() if alone else (None, {})
+        if status is not None:
+            # Until its answer arrives the hub may or may not hold this report; a lost
+            # answer must not leave a base the hub has moved past: the next one is full.
+            self._status_acked = None
         if not rows and status is None and not first:
             return None
         body = self._encode(rows, status)

@@ -10,7 +10,6 @@ socket throughout.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import docker_env
 import pytest
 from agentproc import AgentProcess
 from docker_env import TestImages
+from fleetkit import hub_agent, running
 from hubproc import HubProcess, release_doc
 
 pytestmark = pytest.mark.docker
@@ -41,28 +41,21 @@ async def agent(
 ) -> AsyncIterator[AgentProcess]:
     """Start an agent enrolled with the hub, retrying quickly while the hub is away."""
     token = await asyncio.to_thread(hub.create_token, 1)
-    proc = AgentProcess(
-        None,
+    proc = hub_agent(
         tmp_path / "agent",
+        hub.url,
+        hub.ca_path,
+        token,
         hub={
-            "url": hub.url,
-            "enrollment_token": token,
-            "ca_file": str(hub.ca_path),
             "sync_interval_s": 1.0,
             "long_poll_s": 5.0,
             "backoff_base_s": 0.2,
             "backoff_cap_s": 1.0,
             "request_timeout_s": 5.0,
         },
-        logs={"enabled": False},
     )
-    await proc.start()
-    yield proc
-    await proc.stop()
-    proc.cleanup()
-    identity = proc.data_dir / "identity.json"
-    if identity.exists():
-        await docker_env.cleanup_device(docker, json.loads(identity.read_text())["device_id"])
+    async with running(docker, proc):
+        yield proc
 
 
 class Hammer:

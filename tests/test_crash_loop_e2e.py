@@ -7,7 +7,6 @@ event was lost. Real hub process, real agent process, real Docker engine.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import docker_env
 import pytest
 from agentproc import AgentProcess
 from docker_env import TestImages
+from fleetkit import hub_agent, running
 
 from hub.testing import RunningHub, start_hub
 
@@ -39,32 +39,21 @@ async def agent(
 ) -> AsyncIterator[AgentProcess]:
     """Start an agent that enrolls with the hub, with a short crash-loop threshold."""
     token = await hub.create_token(uses=1)
-    proc = AgentProcess(
-        None,
+    proc = hub_agent(
         tmp_path / "agent",
-        hub={
-            "url": hub.url,
-            "enrollment_token": token,
-            "ca_file": str(hub.ca_path),
-            "sync_interval_s": 1.0,
-            "long_poll_s": 10.0,
-            "backoff_cap_s": 2.0,
-        },
+        hub.url,
+        hub.ca_path,
+        token,
+        hub={"sync_interval_s": 1.0, "long_poll_s": 10.0, "backoff_cap_s": 2.0},
         supervisor={
             "backoff_base_s": 0.2,
             "backoff_cap_s": 1.0,
             "crash_loop_exits": CRASH_LOOP_EXITS,
             "crash_loop_window_s": 300.0,
         },
-        logs={"enabled": False},
     )
-    await proc.start()
-    yield proc
-    await proc.stop()
-    proc.cleanup()
-    identity = proc.data_dir / "identity.json"
-    if identity.exists():
-        await docker_env.cleanup_device(docker, json.loads(identity.read_text())["device_id"])
+    async with running(docker, proc):
+        yield proc
 
 
 async def hub_events(hub: RunningHub, device_id: str) -> list[dict[str, Any]]:
