@@ -36,6 +36,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "ok",
             "version": hub.__version__,
             "long_polls": hub_ctx.notifier.waiting(),
+            "long_poll": hub_ctx.notifier.stats(),
             "rate_limit": request.app[guard.LIMITER].stats(),
             "refusal_audit": request.app[guard.REFUSALS].stats(),
             "connections": request.app[CONNECTIONS].stats(),
@@ -62,6 +63,7 @@ def create_app(config: HubConfig) -> web.Application:
         middlewares=[connection_middleware, error_middleware, guard.guard_middleware],
         client_max_size=config.limits.max_decompressed_bytes,
     )
+    context.notifier.max_held = config.limits.max_long_polls
     app[HUB] = context
     app[BODY_TIMEOUT] = config.server.body_timeout_s
     app[CONNECTIONS] = ConnectionGuard(config.server, pki.server_ssl_context())

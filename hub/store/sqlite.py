@@ -145,8 +145,9 @@ class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
         if self._rconn is None:
             raise StoreError("store is not open")
         try:
-            async with self._rconn.execute(sql, args) as cur:
-                return list(await cur.fetchall())
+            # One hop to the reader thread (execute + fetchall + close), not three: each
+            # hop waits for the GIL, which the loop holds while thousands of devices talk.
+            return list(await self._rconn.execute_fetchall(sql, args))
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc
 
