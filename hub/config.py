@@ -29,6 +29,7 @@ Example (every key optional except ``server.data_dir``)::
     long_poll_jitter = 0.25               # granted wait shortened by up to this fraction
     max_long_polls = 20000                # held at once; over it: 503 + Retry-After
     long_poll_retry_max_s = 30            # Retry-After drawn from 1..this (full, shutdown)
+    max_tls_handshakes = 32               # at once; further connections wait in the backlog
     max_token_uses = 100000
     max_token_lifetime_s = 2592000
     auth_failure_burst = 60               # refused credentials per source before 429 ...
@@ -127,6 +128,8 @@ class LimitsConfig(_Section):
     long_poll_jitter: float = Field(0.25, ge=0, lt=1)
     max_long_polls: int = Field(20_000, ge=1)
     long_poll_retry_max_s: float = Field(30.0, ge=1, le=3600)
+    # TLS handshakes in progress at once; more connections wait in the listen backlog.
+    max_tls_handshakes: int = Field(32, ge=1, le=100_000)
     max_token_uses: int = Field(100_000, ge=1)
     max_token_lifetime_s: int = Field(30 * 86400, ge=60)
     max_events_page: int = Field(1000, ge=1)
