@@ -296,15 +296,33 @@ def hub_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return sections
 
 
-async def held_polls(hub: RunningHub) -> int:
-    """Return the long-polls the hub holds (its /healthz)."""
+async def hub_counts(hub: RunningHub) -> tuple[int, int]:
+    """Return (open connections, held long-polls) as the hub's /healthz says."""
     try:
         status, body = await hub.request("GET", "/healthz", timeout_s=30)
     except (aiohttp.ClientError, TimeoutError, OSError):
-        return -1  # a hub busy with the connection storm; ask again
+        return -1, -1  # a hub busy with the connection storm; ask again
     if status != 200:
-        return -1
-    return int(body.get("long_poll", {}).get("held", body["long_polls"]))
+        return -1, -1
+    # minus one: this request's own connection
+    return int(body["connections"]["open"]) - 1, int(body["long_poll"]["held"])
+
+
+async def wait_for_hub(hub: RunningHub, connections: int, polls: int, timeout_s: float) -> float:
+    """Wait until the hub holds ``connections`` and ``polls``; return the seconds it took."""
+    started = time.perf_counter()
+    while time.perf_counter() < started + timeout_s:
+        open_now, held_now = await hub_counts(hub)
+        if open_now >= connections and held_now >= polls:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        print(
+            f"warning: the hub holds {open_now} connections and {held_now} polls "
+            f"after {timeout_s:.0f} s (wanted {connections} and {polls})",
+            flush=True,
+        )
+    return time.perf_counter() - started
 
 
 async def hold_polls(
@@ -314,15 +332,17 @@ async def hold_polls(
     window: list[float],
     sample: Sample,
 ) -> tuple[list[asyncio.Task[None]], float]:
-    """Open every device's long-poll; return the tasks and how long until all were held."""
-    started = time.perf_counter()
-    tasks = [asyncio.create_task(long_poll(d, hub, args, window, sample)) for d in devices]
-    deadline = started + max(30.0, args.interval)
-    while time.perf_counter() < deadline:
-        if await held_polls(hub) >= len(devices):
-            break
-        await asyncio.sleep(0.5)
-    return tasks, time.perf_counter() - started
+    """Open every device's long-poll, spread over one interval (as the syncs are); return
+    the tasks and how long until the hub held all of them."""
+    spread = random.Random(11)
+
+    async def later(dev: SimDevice) -> None:
+        await asyncio.sleep(spread.uniform(0, args.interval))
+        await long_poll(dev, hub, args, window, sample)
+
+    tasks = [asyncio.create_task(later(d)) for d in devices]
+    timeout_s = max(120.0, 4 * args.interval)
+    return tasks, await wait_for_hub(hub, 2 * len(devices), len(devices), timeout_s)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -359,6 +379,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         # Every device has its sync connection after one interval: RSS "connected" then,
         # and only then the long-polls, so the RSS they add is measured on its own.
         await asyncio.sleep(max(0.0, t0 + args.interval + 1.0 - time.perf_counter()))
+        connected_s = await wait_for_hub(hub, len(devices), 0, max(120.0, 4 * args.interval))
+        print(f"{len(devices)} devices connected after {connected_s:.1f} s more", flush=True)
         rss_connected = watch.rss()
         if args.long_poll:
             polls, held_after_s = await hold_polls(hub, devices, args, window, sample)
