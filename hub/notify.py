@@ -45,7 +45,8 @@ class Waiter:
 
     def is_set(self) -> bool:
         """Return whether the poll was woken (a notify or close landed)."""
-        return self._future.done() and self._future.result()
+        future = self._future
+        return future.done() and not future.cancelled() and future.result()
 
     async def wait_until(self, deadline: float) -> bool:
         """Wait until woken (True) or the loop time ``deadline`` (False)."""
