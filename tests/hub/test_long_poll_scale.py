@@ -8,7 +8,10 @@ real hub processes of their own (the session hub must keep its default limits).
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +170,42 @@ async def test_held_polls_are_told_to_come_back_later_on_shutdown(
     status, retry_after = await asyncio.wait_for(held, 15)
     await asyncio.to_thread(stopper.join)
     assert status == 204 and retry_after is not None and 1 <= int(retry_after) <= 5
+
+
+def _get_healthz_over_tls(hub: RunningHub) -> ssl.SSLSocket:
+    context = hub.ssl_context()
+    raw = socket.create_connection(("127.0.0.1", hub.port), timeout=10)
+    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+    while sock.recv(65536):  # to the end: TLS 1.3 tickets arrive after the handshake
+        pass
+    return sock
+
+
+def test_the_hub_issues_no_tls_session_tickets(hub: RunningHub):
+    sock = _get_healthz_over_tls(hub)
+    try:
+        assert sock.version() == "TLSv1.3"
+        assert sock.session is not None and not sock.session.has_ticket
+    finally:
+        sock.close()
+
+
+async def test_tls_handshakes_beyond_the_bound_wait_for_a_free_slot(tmp_path: Path):
+    """With max_tls_handshakes=1 a connection stuck before its ClientHello holds the only
+    slot: the next client is accepted only when that handshake times out."""
+    sections = {"limits": {"max_tls_handshakes": 1}, "server": {"tls_handshake_timeout_s": 1.5}}
+    small = start_hub(tmp_path / "hub", sections=sections)
+    try:
+        _, body = await small.request("GET", "/healthz")
+        failures = body["connections"]["handshake_failures"]
+        stuck = socket.create_connection(("127.0.0.1", small.port))  # sends nothing
+        await asyncio.sleep(0.2)  # accepted: it holds the slot
+        started = time.monotonic()
+        status, body = await small.request("GET", "/healthz", timeout_s=10)
+        waited = time.monotonic() - started
+        stuck.close()
+        assert status == 200 and waited >= 1.0  # not before the stuck handshake's bound
+        assert body["connections"]["handshake_failures"] == failures + 1
+    finally:
+        small.stop()
