@@ -30,6 +30,7 @@ import asyncio
 import gc
 import gzip
 import json
+import math
 import os
 import random
 import shutil
@@ -46,6 +47,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge_agent.protocol import AGENT_FEATURES
 from hub.testing import RunningHub, client_ssl_context, make_key_and_csr, start_hub
 
 GOAL_RATE = 10_000 / 30.0
@@ -56,11 +58,18 @@ GOAL_P99_MS = 100.0
 class Sample:
     """Measurements collected inside the measurement window."""
 
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # from the scheduled send time
+    service_ms: list[float] = field(default_factory=list)  # from the actual send time
     hub_ms: list[float] = field(default_factory=list)
     lag_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     acked_entries: int = 0
+    scheduled: int = 0  # syncs due inside the window: each must end in a latency or an error
+    polls: dict[str, int] = field(default_factory=dict)  # long-poll answers in the window
+
+    def count(self, key: str, into: dict[str, int] | None = None) -> None:
+        into = self.errors if into is None else into
+        into[key] = into.get(key, 0) + 1
 
 
 @dataclass
@@ -147,22 +156,30 @@ async def run_device(
     hub: RunningHub,
     args: argparse.Namespace,
     t0: float,
-    window: tuple[float, float],
+    window: list[float],
     sample: Sample,
     rng: random.Random,
 ) -> None:
-    """Sync on the interval until the window closes."""
+    """Sync on the interval until the window closes.
+
+    Latency counts from the *scheduled* send time (no coordinated omission): a device whose
+    previous sync ran late sends the next at once, and that wait is part of its latency.
+    Every sync due inside the window ends as a latency or an error; one still unanswered
+    when the run ends is counted as ``unfinished`` (``Sample.scheduled`` minus the rest).
+    """
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
     start = t0 + rng.uniform(0, args.interval)
     k = 0
     while True:
         due = start + k * args.interval
         k += 1
-        if due >= window[1]:
-            return
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if due >= window[1]:  # read after the sleep: the window is set while devices run
+            return
+        in_window = window[0] <= due < window[1]
+        sample.scheduled += in_window
         sent = time.perf_counter()
         body = sync_body(dev, args.entries, rng)
         if args.fresh or dev.session is None:
@@ -175,40 +192,58 @@ async def run_device(
                 status = resp.status
                 timing = resp.headers.get("Server-Timing", "")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if window[0] <= sent < window[1]:
-                sample.errors[type(exc).__name__] = sample.errors.get(type(exc).__name__, 0) + 1
+            if in_window:
+                sample.count(type(exc).__name__)
             continue
         done = time.perf_counter()
         dev.syncs += 1
         if status == 200:
             dev.acked = json.loads(raw)["acked_seq"]
-        if not window[0] <= sent < window[1]:
+        if not in_window:
             continue
         if status != 200:
-            sample.errors[f"http_{status}"] = sample.errors.get(f"http_{status}", 0) + 1
+            sample.count(f"http_{status}")
             continue
-        sample.latencies_ms.append((done - sent) * 1e3)
+        sample.latencies_ms.append((done - due) * 1e3)
+        sample.service_ms.append((done - sent) * 1e3)
         sample.lag_ms.append(max(0.0, sent - due) * 1e3)
         if timing.startswith("hub;dur="):
             sample.hub_ms.append(float(timing.removeprefix("hub;dur=")))
         sample.acked_entries += args.entries
 
 
-async def long_poll(dev: SimDevice, hub: RunningHub, end: float) -> None:
-    """Hold GET /v1/target open (60 s waits) until the end, as an agent does."""
-    while time.perf_counter() < end:
-        if dev.session is None:
+POLL_FEATURES = ",".join(sorted(AGENT_FEATURES))  # what an agent sends (no features read)
+
+
+async def long_poll(
+    dev: SimDevice,
+    hub: RunningHub,
+    args: argparse.Namespace,
+    window: list[float],
+    sample: Sample,
+) -> None:
+    """Hold GET /v1/target open until the end, as an agent does (its wait, its features,
+    its Retry-After handling); answers inside the window are counted by status."""
+    params = {"after": "0", "wait": f"{args.poll_wait:g}", "features": POLL_FEATURES}
+    timeout = aiohttp.ClientTimeout(total=args.poll_wait + 30)
+    while time.perf_counter() < window[1]:
+        if dev.session is None:  # its first sync has not started yet
             await asyncio.sleep(0.5)
             continue
+        retry_after = 0.0
         try:
             async with dev.session.get(
-                hub.url + "/v1/target",
-                params={"after": "0", "wait": "60"},
-                timeout=aiohttp.ClientTimeout(total=90),
+                hub.url + "/v1/target", params=params, timeout=timeout
             ) as resp:
                 await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            await asyncio.sleep(1)
+                key = f"http_{resp.status}"
+                retry_after = float(resp.headers.get("Retry-After", "0"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            key, retry_after = type(exc).__name__, 1.0
+        if window[0] <= time.perf_counter() < window[1]:
+            sample.count(key, sample.polls)
+        if retry_after:
+            await asyncio.sleep(retry_after)
 
 
 class ProcWatch:
@@ -249,10 +284,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-hub-load-"))
-    # Every simulated device connects from 127.0.0.1: lift the per-source connection cap
-    # (a sync and a long-poll each) unless --hub-set says otherwise.
+def hub_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Return the hub's config: the per-source cap lifted (every device is 127.0.0.1)."""
     sections: dict[str, dict[str, Any]] = {
         "server": {"max_connections_per_source": 2 * args.devices + 100}
     }
@@ -260,8 +293,63 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         sections.setdefault(section, {})[name] = json.loads(value) if value[:1].isdigit() else value
-    hub = start_hub(work / "hub", sections=sections)
+    return sections
+
+
+async def hub_counts(hub: RunningHub) -> tuple[int, int]:
+    """Return (open connections, held long-polls) as the hub's /healthz says."""
+    try:
+        status, body = await hub.request("GET", "/healthz", timeout_s=30)
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return -1, -1  # a hub busy with the connection storm; ask again
+    if status != 200:
+        return -1, -1
+    # minus one: this request's own connection
+    return int(body["connections"]["open"]) - 1, int(body["long_poll"]["held"])
+
+
+async def wait_for_hub(hub: RunningHub, connections: int, polls: int, timeout_s: float) -> float:
+    """Wait until the hub holds ``connections`` and ``polls``; return the seconds it took."""
+    started = time.perf_counter()
+    while time.perf_counter() < started + timeout_s:
+        open_now, held_now = await hub_counts(hub)
+        if open_now >= connections and held_now >= polls:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        print(
+            f"warning: the hub holds {open_now} connections and {held_now} polls "
+            f"after {timeout_s:.0f} s (wanted {connections} and {polls})",
+            flush=True,
+        )
+    return time.perf_counter() - started
+
+
+async def hold_polls(
+    hub: RunningHub,
+    devices: list[SimDevice],
+    args: argparse.Namespace,
+    window: list[float],
+    sample: Sample,
+) -> tuple[list[asyncio.Task[None]], float]:
+    """Open every device's long-poll, spread over one interval (as the syncs are); return
+    the tasks and how long until the hub held all of them."""
+    spread = random.Random(11)
+
+    async def later(dev: SimDevice) -> None:
+        await asyncio.sleep(spread.uniform(0, args.interval))
+        await long_poll(dev, hub, args, window, sample)
+
+    tasks = [asyncio.create_task(later(d)) for d in devices]
+    timeout_s = max(120.0, 4 * args.interval)
+    return tasks, await wait_for_hub(hub, 2 * len(devices), len(devices), timeout_s)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-hub-load-"))
+    hub = start_hub(work / "hub", sections=hub_sections(args))
     watch = ProcWatch(hub.pid)
+    held_after_s = float("nan")
     try:
         rss_idle = watch.rss()
         t = time.perf_counter()
@@ -272,11 +360,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"({len(devices) / enroll_s:.0f}/s); hub RSS {watch.rss() / 2**20:.0f} MiB",
             flush=True,
         )
+        rss_enrolled = watch.rss()
 
         quiet_client_gc()
         rng = random.Random(7)
         t0 = time.perf_counter()
-        window = (t0 + args.warmup, t0 + args.warmup + args.duration)
+        # The window opens once every connection and poll is up (set below, in place): a
+        # connection storm still in progress is not the steady state being measured.
+        window = [math.inf, math.inf]
         sample = Sample()
         tasks = [
             asyncio.create_task(
@@ -284,20 +375,31 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             for d in devices
         ]
-        if args.long_poll:
-            tasks += [asyncio.create_task(long_poll(d, hub, window[1])) for d in devices]
         watcher = asyncio.create_task(watch.watch(window[1]))
+        # Every device has its sync connection after one interval: RSS "connected" then,
+        # and only then the long-polls, so the RSS they add is measured on its own.
+        await asyncio.sleep(max(0.0, t0 + args.interval + 1.0 - time.perf_counter()))
+        connected_s = await wait_for_hub(hub, len(devices), 0, max(120.0, 4 * args.interval))
+        print(f"{len(devices)} devices connected after {connected_s:.1f} s more", flush=True)
+        rss_connected = watch.rss()
+        if args.long_poll:
+            polls, held_after_s = await hold_polls(hub, devices, args, window, sample)
+            tasks += polls
+            print(f"{len(devices)} long-polls held after {held_after_s:.1f} s", flush=True)
+        rss_held = watch.rss()
         # The load generator's own GC pauses must not count against the hub: collect and
-        # freeze once every session exists (after one interval), well before the window.
-        settle = t0 + max(0.0, min(args.interval + 0.5, args.warmup - 4.0))
-        await asyncio.sleep(max(0.0, settle - time.perf_counter()))
+        # freeze once every session exists, well before the window.
         quiet_client_gc()
+        window[0] = max(t0 + args.warmup, time.perf_counter() + args.interval)
+        window[1] = window[0] + args.duration
         await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
         cpu0, client0 = watch.cpu_s(), time.process_time()
         await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
         cpu1, client1 = watch.cpu_s(), time.process_time()
         rss_end = watch.rss()
-        for task in tasks:
+        # A sync due in the window gets a grace period to answer, then counts as unfinished.
+        await asyncio.sleep(args.grace)
+        for task in [*tasks, watcher]:
             task.cancel()
         await asyncio.gather(*tasks, watcher, return_exceptions=True)
         await asyncio.gather(*(d.session.close() for d in devices if d.session))
@@ -305,39 +407,84 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         status = hub.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    return figures(
+        args,
+        sample,
+        watch,
+        status,
+        enroll_s,
+        held_after_s,
+        (cpu0, cpu1),
+        (client0, client1),
+        (rss_idle, rss_enrolled, rss_connected, rss_held, rss_end),
+    )
+
+
+def figures(
+    args: argparse.Namespace,
+    sample: Sample,
+    watch: ProcWatch,
+    status: int | None,
+    enroll_s: float,
+    held_after_s: float,
+    hub_cpu: tuple[float, float],
+    client_cpu: tuple[float, float],
+    rss: tuple[int, ...],
+) -> dict[str, Any]:
+    """Return the run's figures (and its verdict) as one dict."""
+    rss_idle, rss_enrolled, rss_connected, rss_held, rss_end = rss
     lat = sample.latencies_ms
-    rate = len(lat) / args.duration
-    p99 = pct(lat, 0.99)
+    answered = len(lat) + sum(sample.errors.values())
+    unfinished = max(0, sample.scheduled - answered)
+    if unfinished:
+        sample.errors["unfinished"] = unfinished
+    failed = sum(sample.errors.values())
+    poll_failed = sum(v for k, v in sample.polls.items() if k not in ("http_200", "http_204"))
+    p99 = pct(lat + [float("inf")] * failed, 0.99)  # a failed sync is slower than any
+    n = args.devices
     return {
-        "devices": args.devices,
+        "devices": n,
         "interval_s": args.interval,
         "duration_s": args.duration,
         "entries_per_sync": args.entries,
         "long_poll": args.long_poll,
+        "poll_wait_s": args.poll_wait,
         "fresh_tls": args.fresh,
-        "offered_syncs_per_s": args.devices / args.interval,
-        "syncs_per_s": rate,
+        "offered_syncs_per_s": n / args.interval,
+        "scheduled": sample.scheduled,
+        "syncs_per_s": len(lat) / args.duration,
         "entries_per_s": sample.acked_entries / args.duration,
         "p50_ms": pct(lat, 0.50),
         "p90_ms": pct(lat, 0.90),
         "p99_ms": p99,
         "max_ms": max(lat) if lat else float("nan"),
         "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+        "service_p99_ms": pct(sample.service_ms, 0.99),
         "hub_handler_p50_ms": pct(sample.hub_ms, 0.5),
         "hub_handler_p99_ms": pct(sample.hub_ms, 0.99),
         "client_lag_p99_ms": pct(sample.lag_ms, 0.99),
         "errors": sample.errors,
-        "hub_cpu_pct": 100 * (cpu1 - cpu0) / args.duration,
-        "client_cpu_pct": 100 * (client1 - client0) / args.duration,
+        "failed": failed,
+        "polls": sample.polls,
+        "poll_failed": poll_failed,
+        "polls_held_after_s": held_after_s,
+        "hub_cpu_pct": 100 * (hub_cpu[1] - hub_cpu[0]) / args.duration,
+        "client_cpu_pct": 100 * (client_cpu[1] - client_cpu[0]) / args.duration,
         "hub_rss_idle_mib": rss_idle / 2**20,
+        "hub_rss_connected_mib": rss_connected / 2**20,
+        "hub_rss_held_mib": rss_held / 2**20,
         "hub_rss_peak_mib": watch.peak_rss / 2**20,
         "hub_rss_end_mib": rss_end / 2**20,
+        "kib_per_connected_device": (rss_connected - rss_enrolled) / n / 1024,
+        "kib_per_held_poll": (rss_held - rss_connected) / n / 1024 if args.long_poll else 0.0,
+        "kib_per_held_device": (rss_held - rss_enrolled) / n / 1024,
         "hub_exit_status": status,
-        "enroll_per_s": args.devices / enroll_s,
+        "enroll_per_s": n / enroll_s,
         "loadavg_1m_end": os.getloadavg()[0],
         "cpus": os.cpu_count(),
-        "ratio_rate_vs_goal": rate / GOAL_RATE,
+        "ratio_rate_vs_goal": len(lat) / args.duration / GOAL_RATE,
         "ratio_p99_vs_goal": GOAL_P99_MS / p99,
+        "held": p99 < GOAL_P99_MS and failed == 0 and poll_failed == 0,
     }
 
 
@@ -347,27 +494,42 @@ def report(r: dict[str, Any]) -> None:
     print(
         f"  fleet        {r['devices']} devices, one sync every {r['interval_s']:g} s, "
         f"{r['entries_per_sync']} entries + status delta per sync"
-        f"{', long-poll open' if r['long_poll'] else ''}"
-        f"{', new TLS connection per sync' if r['fresh_tls'] else ', kept-alive TLS'}"
+        + (f", long-poll open ({r['poll_wait_s']:g} s waits)" if r["long_poll"] else "")
+        + (", new TLS connection per sync" if r["fresh_tls"] else ", kept-alive TLS")
     )
     print(
-        f"  offered      {r['offered_syncs_per_s']:.1f} syncs/s; achieved "
+        f"  offered      {r['offered_syncs_per_s']:.1f} syncs/s; answered "
         f"{r['syncs_per_s']:.1f} syncs/s ({r['entries_per_s']:.0f} entries/s) "
-        f"over {r['duration_s']:g} s; errors {r['errors'] or 'none'}"
+        f"over {r['duration_s']:g} s; {r['scheduled']} due, failed {r['failed']} "
+        f"{r['errors'] or ''}"
     )
+    if r["long_poll"]:
+        print(
+            f"  long-polls   answers in the window {r['polls']}; failed {r['poll_failed']}; "
+            f"all held {r['polls_held_after_s']:.1f} s after opening"
+        )
     print(
         f"  latency      p50 {r['p50_ms']:.1f} ms  p90 {r['p90_ms']:.1f} ms  "
-        f"p99 {r['p99_ms']:.1f} ms  max {r['max_ms']:.1f} ms (client-side, full round trip)"
+        f"p99 {r['p99_ms']:.1f} ms  max {r['max_ms']:.1f} ms (client-side, from the "
+        f"scheduled send time; a failed sync counts as slower than any)"
     )
     print(
         f"  hub handler  p50 {r['hub_handler_p50_ms']:.2f} ms  "
-        f"p99 {r['hub_handler_p99_ms']:.2f} ms; "
+        f"p99 {r['hub_handler_p99_ms']:.2f} ms; service time p99 {r['service_p99_ms']:.1f} ms; "
         f"client scheduling lag p99 {r['client_lag_p99_ms']:.1f} ms"
     )
     print(
-        f"  hub process  CPU {r['hub_cpu_pct']:.0f}% of one core; RSS idle "
-        f"{r['hub_rss_idle_mib']:.0f} MiB, peak {r['hub_rss_peak_mib']:.0f} MiB; "
-        f"client CPU {r['client_cpu_pct']:.0f}%"
+        f"  hub memory   RSS idle {r['hub_rss_idle_mib']:.0f} MiB, connected "
+        f"{r['hub_rss_connected_mib']:.0f}, polls held {r['hub_rss_held_mib']:.0f}, peak "
+        f"{r['hub_rss_peak_mib']:.0f}; per device {r['kib_per_connected_device']:.1f} KiB "
+        f"connected + {r['kib_per_held_poll']:.1f} KiB its long-poll = "
+        f"{r['kib_per_held_device']:.1f} KiB held"
+    )
+    saturated = r["client_cpu_pct"] > 85 or r["client_lag_p99_ms"] > GOAL_P99_MS
+    print(
+        f"  CPU          hub {r['hub_cpu_pct']:.0f}% of one core; load generator "
+        f"{r['client_cpu_pct']:.0f}% of one core"
+        + (" (SATURATED: its lag, not the hub, may set the latency)" if saturated else "")
     )
     print(f"  enrollment   {r['enroll_per_s']:.0f} devices/s")
     busy = r["loadavg_1m_end"] > r["cpus"]
@@ -376,11 +538,38 @@ def report(r: dict[str, Any]) -> None:
         f"end {r['loadavg_1m_end']:.1f}"
         + (" (above the CPU count: other work competed)" if busy else "")
     )
-
     print(
-        f"  vs goal      syncs/s {r['ratio_rate_vs_goal']:.2f}x of 333/s; "
-        f"p99 {r['ratio_p99_vs_goal']:.2f}x (100 ms / p99; >= 1 meets the goal)"
+        f"  vs goal      p99 {r['ratio_p99_vs_goal']:.2f}x (100 ms / p99; >= 1 meets it); "
+        f"{'HELD' if r['held'] else 'NOT held'} (p99 < 100 ms and no failed sync or poll)"
     )
+
+
+def find_capacity(ns: argparse.Namespace, runner: asyncio.Runner) -> list[dict[str, Any]]:
+    """Step the fleet up (fresh hub each step) until a step is not held; print capacity."""
+    results: list[dict[str, Any]] = []
+    for devices in ns.steps:
+        step = argparse.Namespace(**{**vars(ns), "devices": devices})
+        if ns.rate:
+            step.interval = devices / ns.rate
+        step.warmup = ns.warmup if ns.warmup is not None else 2 * step.interval + 5.0
+        result = runner.run(main(step))
+        report(result)
+        results.append(result)
+        if not result["held"]:
+            break
+    held = [r for r in results if r["held"]]
+    print()
+    if held:
+        best = held[-1]
+        print(
+            f"capacity: {best['devices']} devices ({best['offered_syncs_per_s']:.0f} syncs/s"
+            f"{', long-polls held' if best['long_poll'] else ''}) held p99 "
+            f"{best['p99_ms']:.1f} ms with no failures"
+            + (f"; {results[-1]['devices']} did not" if not results[-1]["held"] else "")
+        )
+    else:
+        print(f"capacity: below {results[0]['devices']} devices (the first step was not held)")
+    return results
 
 
 if __name__ == "__main__":
@@ -395,10 +584,29 @@ if __name__ == "__main__":
         help="seconds before measuring (default 2 intervals + 5 s: the TLS connection storm "
         "and the GC work it leaves behind are over)",
     )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="seconds a sync due in the window may take after it ends",
+    )
     parser.add_argument("--entries", type=int, default=2)
     parser.add_argument("--enroll-concurrency", type=int, default=32)
     parser.add_argument("--long-poll", action="store_true")
+    parser.add_argument(
+        "--poll-wait",
+        type=float,
+        default=30.0,
+        help="long-poll wait asked for (the agent's default: 30 s)",
+    )
     parser.add_argument("--fresh", action="store_true", help="new TLS connection per sync")
+    parser.add_argument(
+        "--find-capacity",
+        metavar="N,N,...",
+        help="step the fleet through these sizes (fresh hub each) until one is not held; "
+        "with --rate the interval is size/rate, else --interval",
+    )
+    parser.add_argument("--rate", type=float, default=None, help="syncs/s for --find-capacity")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir (hub data, log)")
     parser.add_argument(
@@ -409,8 +617,6 @@ if __name__ == "__main__":
         help="hub config override, e.g. store.synchronous=NORMAL",
     )
     ns = parser.parse_args()
-    if ns.warmup is None:
-        ns.warmup = 2 * ns.interval + 5.0
     try:
         import uvloop
 
@@ -418,7 +624,13 @@ if __name__ == "__main__":
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        result = runner.run(main(ns))
-    report(result)
+        if ns.find_capacity:
+            ns.steps = [int(x) for x in ns.find_capacity.split(",")]
+            results = find_capacity(ns, runner)
+        else:
+            if ns.warmup is None:
+                ns.warmup = 2 * ns.interval + 5.0
+            results = [runner.run(main(ns))]
+            report(results[0])
     if ns.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(results, indent=2))

@@ -123,9 +123,16 @@ class SyncError(AgentError):
 
 
 class HubUnreachable(SyncError):
-    """The hub could not be reached (network-level failure)."""
+    """The hub could not be reached (network-level failure), or asked to be left alone.
+
+    ``retry_after_s``: the delay the hub asked for (a Retry-After header), if any.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class HubRefused(SyncError):

@@ -147,7 +147,7 @@ class HubClient:
     async def sync(self, body_gz: bytes) -> SyncResponse:
         """POST one gzip-compressed SyncRequest body; return the hub's answer."""
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
-        _, data = await self._call("POST", "/v1/sync", data=body_gz, headers=headers)
+        _, data, _ = await self._call("POST", "/v1/sync", data=body_gz, headers=headers)
         return _parse(SyncResponse, data, "/v1/sync")
 
     async def wait_target(self, after: int, wait_s: float) -> SignedTarget | None:
@@ -155,23 +155,51 @@ class HubClient:
         timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
         # features: a hub holds back a target this agent could not apply (older hubs ignore it)
         params = {"after": str(after), "wait": f"{wait_s:g}", "features": FEATURES_PARAM}
-        status, data = await self._call("GET", "/v1/target", params=params, timeout=timeout)
+        status, data, retry_after = await self._call(
+            "GET", "/v1/target", params=params, timeout=timeout
+        )
+        if status == 204 and retry_after is not None:  # the hub is shutting down
+            raise HubUnreachable(
+                "GET /v1/target: hub asked to come back later", retry_after_s=retry_after
+            )
         return None if status == 204 or not data else _parse(SignedTarget, data, "/v1/target")
 
-    async def _call(self, method: str, path: str, **kw: object) -> tuple[int, bytes]:
+    async def _call(self, method: str, path: str, **kw: object) -> tuple[int, bytes, float | None]:
         try:
             async with self._session_now().request(method, self.base_url + path, **kw) as resp:  # type: ignore[arg-type]
                 data = await resp.read()
                 status = resp.status
+                retry_after = _retry_after_s(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
             raise HubUnreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if status >= 500:
-            raise HubUnreachable(f"{method} {path}: hub answered {status}: {_snippet(data)}")
+            raise HubUnreachable(
+                f"{method} {path}: hub answered {status}: {_snippet(data)}",
+                retry_after_s=retry_after,
+            )
         if status >= 400:
             raise HubRefused(
                 f"{method} {path}: hub answered {status}: {_snippet(data)}", status=status
             )
-        return status, data
+        return status, data, retry_after
+
+
+def _retry_after_s(raw: str | None) -> float | None:
+    """Return a Retry-After header's seconds (the delta form), None if absent or not one."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None  # the HTTP-date form: not sent by our hub; back off as usual
+    return value if 0 <= value < 86400 else None
+
+
+def poll_delay_s(backoff_s: float, exc: AgentError, cap_s: float) -> float:
+    """Return the long-poll's delay after a failure: its backoff, or what the hub asked
+    for (Retry-After, already jittered by the hub) if longer, within the backoff cap."""
+    asked = getattr(exc, "retry_after_s", None) or 0.0
+    return min(cap_s, max(backoff_s, asked))
 
 
 def _snippet(data: bytes) -> str:
@@ -528,7 +556,9 @@ class Syncer:
             except AgentError as exc:
                 failures += 1
                 self.reach.failed(exc)
-                await asyncio.sleep(self.backoff_s(failures))
+                await asyncio.sleep(
+                    poll_delay_s(self.backoff_s(failures), exc, self.limits.backoff_cap_s)
+                )
                 continue
             failures = 0
             self.reach.succeeded()

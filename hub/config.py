@@ -26,6 +26,10 @@ Example (every key optional except ``server.data_dir``)::
     max_decompressed_bytes = 16777216     # request body after gunzip
     max_entries_per_batch = 5000
     long_poll_max_wait_s = 60
+    long_poll_jitter = 0.25               # granted wait shortened by up to this fraction
+    max_long_polls = 20000                # held at once; over it: 503 + Retry-After
+    long_poll_retry_max_s = 30            # Retry-After drawn from 1..this (full, shutdown)
+    max_tls_handshakes = 32               # at once; further connections wait in the backlog
     max_token_uses = 100000
     max_token_lifetime_s = 2592000
     auth_failure_burst = 60               # refused credentials per source before 429 ...
@@ -117,6 +121,15 @@ class LimitsConfig(_Section):
     max_decompressed_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_entries_per_batch: int = Field(5000, ge=1)
     long_poll_max_wait_s: float = Field(60.0, gt=0, le=3600)
+    # Long-polls: the wait granted is shortened by up to this fraction (random), so polls
+    # opened together do not expire together; at most max_long_polls are held (over it,
+    # and while shutting down, a poll is answered at once with a Retry-After drawn from
+    # 1 s to long_poll_retry_max_s, so a fleet does not come back all at once).
+    long_poll_jitter: float = Field(0.25, ge=0, lt=1)
+    max_long_polls: int = Field(20_000, ge=1)
+    long_poll_retry_max_s: float = Field(30.0, ge=1, le=3600)
+    # TLS handshakes in progress at once; more connections wait in the listen backlog.
+    max_tls_handshakes: int = Field(32, ge=1, le=100_000)
     max_token_uses: int = Field(100_000, ge=1)
     max_token_lifetime_s: int = Field(30 * 86400, ge=60)
     max_events_page: int = Field(1000, ge=1)

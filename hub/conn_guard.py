@@ -21,6 +21,8 @@ only then); connections still in their handshake are bounded by the handshake ti
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +31,7 @@ from aiohttp import web
 
 from hub.config import ServerConfig
 
+log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -39,7 +42,16 @@ class ConnectionGuard:
         self.config, self.ssl_context = config, ssl_context
         self.handler_factory: Callable[[], asyncio.Protocol] | None = None
         self._per_source: dict[str, int] = {}
-        self.counters = dict.fromkeys(("refused_per_source", "header_timeouts", "idle_timeouts"), 0)
+        self.counters = dict.fromkeys(
+            (
+                "refused_per_source",
+                "header_timeouts",
+                "idle_timeouts",
+                "handshake_failures",
+                "accept_errors",
+            ),
+            0,
+        )
 
     def protocol(self) -> GuardedConnection:
         """Return the protocol of a newly accepted connection (the server's factory)."""
@@ -179,7 +191,14 @@ async def connection_middleware(request: web.Request, handler: Handler) -> web.S
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP (TLS) site whose connections go through a ConnectionGuard."""
+    """A TCP (TLS) site whose connections go through a ConnectionGuard.
+
+    With TLS, at most ``max_handshakes`` handshakes run at once: the site accepts a
+    connection only when a handshake slot is free, so the rest wait in the kernel's
+    listen backlog at no cost to us. A fleet reconnecting at once (a hub restart) then
+    cannot fill one event-loop turn with thousands of handshake steps (~1 ms of CPU
+    each) and stall every established connection's requests behind them.
+    """
 
     def __init__(
         self,
@@ -189,10 +208,12 @@ class GuardedSite(web.BaseSite):
         guard: ConnectionGuard,
         *,
         backlog: int = 128,
+        max_handshakes: int = 32,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host_port = (host, port)
         self._guard = guard
+        self._max_handshakes = max_handshakes
 
     @property
     def name(self) -> str:
@@ -206,11 +227,94 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         self._guard.handler_factory = server
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._guard.protocol,
-            *self._host_port,
-            ssl=self._guard.ssl_context,
-            ssl_handshake_timeout=self._guard.config.tls_handshake_timeout_s,
-            backlog=self._backlog,
-            reuse_address=True,
+        if self._guard.ssl_context is None:
+            self._server = await loop.create_server(
+                self._guard.protocol, *self._host_port, backlog=self._backlog, reuse_address=True
+            )
+            return
+        self._server = HandshakeBoundedServer(
+            self._guard, listen_sockets(*self._host_port, self._backlog), self._max_handshakes
         )
+
+
+def listen_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Bind and listen on every address of ``host`` (non-blocking, SO_REUSEADDR)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # one port for every address
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class HandshakeBoundedServer:
+    """Accept loops that start a TLS handshake only while fewer than N are running."""
+
+    def __init__(
+        self, guard: ConnectionGuard, sockets: list[socket.socket], max_handshakes: int
+    ) -> None:
+        self._guard = guard
+        self.sockets = sockets
+        self._slots = asyncio.Semaphore(max_handshakes)
+        self._handshakes: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in sockets]
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and the like: count, breathe, go on
+                self._slots.release()
+                self._guard.counters["accept_errors"] += 1
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self._guard.protocol,
+                conn,
+                ssl=self._guard.ssl_context,
+                ssl_handshake_timeout=self._guard.config.tls_handshake_timeout_s,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            self._guard.counters["handshake_failures"] += 1
+            conn.close()
+        finally:
+            self._slots.release()
+
+    def handshakes(self) -> int:
+        """Return the TLS handshakes in progress."""
+        return len(self._handshakes)
+
+    def close(self) -> None:
+        """Stop accepting, abandon handshakes in progress and close the listening sockets."""
+        for task in (*self._accepting, *self._handshakes):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the accept loops have ended."""
+        await asyncio.gather(*self._accepting, return_exceptions=True)

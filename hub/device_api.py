@@ -63,6 +63,7 @@ from hub.errors import (
     PayloadTooLarge,
 )
 from hub.guard import audit_refusal
+from hub.notify import granted_wait, retry_after_s
 from hub.pki import IssuedCert, load_csr, public_key_sha256, serial_hex
 from hub.renewal import (
     check_challenge,
@@ -356,17 +357,33 @@ def _check_batch(protocol: int, entries: list[EntryRow]) -> None:
 
 @routes.get("/v1/target")
 async def long_poll_target(request: web.Request) -> web.Response:
-    """Answer the newest target once its revision is > ``after``; 204 after ``wait`` s."""
+    """Answer the newest target once its revision is > ``after``; 204 after ``wait`` s.
+
+    The wait granted is jittered (``limits.long_poll_jitter``); over
+    ``limits.max_long_polls`` held polls the answer is 503 with a jittered Retry-After,
+    and while the hub shuts down 204 with one, so a fleet does not return all at once.
+    """
     hub = ctx(request)
+    limits = hub.config.limits
+    notifier = hub.notifier
     after = _int_param(request, "after", 0)
-    wait = min(_float_param(request, "wait", 0.0), hub.config.limits.long_poll_max_wait_s)
+    draw = notifier.rng.random()
+    wait = granted_wait(
+        _float_param(request, "wait", 0.0),
+        limits.long_poll_max_wait_s,
+        limits.long_poll_jitter,
+        draw,
+    )
     device = await _enrolled_device(hub, request)
     features = _features_param(request)
     if features is None:
         features = await hub.store.device_features(device.id)
-    deadline = asyncio.get_running_loop().time() + wait
+    if notifier.is_full():
+        return _come_back_later(hub, 503)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
     while True:
-        with hub.notifier.subscribe(device.id) as changed:
+        with notifier.subscribe(device.id) as changed:
             target = await hub.store.get_target(device.id)
             if (
                 target is not None
@@ -376,14 +393,17 @@ async def long_poll_target(request: web.Request) -> web.Response:
                 response = respond(target.signed)
                 response.enable_compression()
                 return response
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 or hub.notifier.closed:
-                return web.Response(status=204)
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
+            if notifier.closed:
+                return _come_back_later(hub, 204)
+            if loop.time() >= deadline or not await changed.wait_until(deadline):
                 return web.Response(status=204)
         await _enrolled_device(hub, request)  # disabled while waiting -> 403
+
+
+def _come_back_later(hub: HubContext, status: int) -> web.Response:
+    """Answer a poll at once with a jittered Retry-After (full, or shutting down)."""
+    delay = retry_after_s(1.0, hub.config.limits.long_poll_retry_max_s, hub.notifier.rng.random())
+    return web.Response(status=status, headers={"Retry-After": str(delay)})
 
 
 def is_deliverable(signed: SignedTarget, features: frozenset[str] | None) -> bool:

@@ -145,10 +145,11 @@ class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
         if self._rconn is None:
             raise StoreError("store is not open")
         try:
-            # One step on the reader thread: a statement left open between execute and
-            # fetchall would hold the connection's read snapshot for the reads queued
-            # meanwhile, which then miss writes committed since (a long-poll woken by a
-            # new target read the old one and waited out its timeout).
+            # One step on the reader thread (execute + fetchall + close), not three: a
+            # statement left open between execute and fetchall would hold the connection's
+            # read snapshot for the reads queued meanwhile, which then miss writes committed
+            # since (a long-poll woken by a new target read the old one and waited out its
+            # timeout); and each hop waits for the GIL, which the loop holds under load.
             return list(await self._rconn.execute_fetchall(sql, args))
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc

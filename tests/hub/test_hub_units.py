@@ -93,7 +93,7 @@ async def test_notifier_wakes_subscribers_and_forgets_them():
     with notifier.subscribe("d1") as event:
         assert notifier.waiting() == 1
         notifier.notify("d1")
-        await asyncio.wait_for(event.wait(), 1)
+        assert await event.wait_until(asyncio.get_running_loop().time() + 1)
     assert notifier.waiting() == 0
     with notifier.subscribe("d1") as event:
         assert not event.is_set()  # a fresh subscription is not woken by an old notify
