@@ -1,7 +1,7 @@
 """A soak: one agent with a 5-service release under a seeded stream of faults, sampled.
 
     python benchmarks/soak.py --minutes N [--seed S] [--out DIR] [--interval-s 5]
-        [--rss-bound-mib-h 2] [--fd-bound-h 6] [--json-out PATH]
+        [--rss-bound-mib-h 2] [--fd-bound-h 6] [--warmup-s 60] [--keep] [--json-out PATH]
 
 A real hub process (``tests/hubproc.py``) and a real agent process (``tests/agentproc.py``,
 production ``[supervisor]`` settings, container log collection on) enrolled with it
@@ -18,7 +18,8 @@ At the end the network is healed and the hub up; the soak waits until the agent 
 every seq it had assigned acknowledged, stops it (SIGTERM) and checks exactly-once
 delivery (``soak_delivery.py``). In ``--out``: ``samples.csv``, one PNG per series,
 ``faults.csv``, ``report.txt``. Slopes are per hour over the second half of the run;
-RSS, PSS, CPU and open files within each agent lifetime (a restart resets them). The
+RSS, PSS, CPU and open files within each agent lifetime (a restart resets them), leaving
+out each lifetime's first ``--warmup-s`` (60 s). The
 verdict: RSS and open-file slopes within their bounds, every event delivered once.
 """
 
@@ -58,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rss-bound-mib-h", type=float, default=2.0, help="RSS slope bound, MiB per hour"
     )
     p.add_argument("--fd-bound-h", type=float, default=6.0, help="open-file slope bound, per hour")
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=60.0,
+        help="seconds after each agent start left out of the growth slopes",
+    )
     p.add_argument("--keep", action="store_true", help="keep the hub and agent data dirs")
     figures.add_json_out(p)
     return p.parse_args(argv)
@@ -131,7 +138,7 @@ class Soak:
 
 def verdict(samples: list[Sample], args: argparse.Namespace) -> tuple[dict[str, float], bool, bool]:
     """Return the slopes and whether RSS and open files stay within their bounds."""
-    sl = slopes(samples)
+    sl = slopes(samples, args.warmup_s)
     rss_ok = not math.isnan(sl["rss_kib"]) and sl["rss_kib"] / 1024 <= args.rss_bound_mib_h
     fd_ok = not math.isnan(sl["open_fds"]) and sl["open_fds"] <= args.fd_bound_h
     return sl, rss_ok, fd_ok
@@ -161,7 +168,9 @@ def report_lines(
         "max open files per lifetime: "
         + ", ".join(f"#{k}: {v:.0f}" for k, v in sorted(fd_max.items())),
         f"second-half samples: {len(half)} over "
-        f"{(half[-1].t_s - half[0].t_s) / 60 if half else 0:.1f} min",
+        f"{(half[-1].t_s - half[0].t_s) / 60 if half else 0:.1f} min, of them "
+        f"{sum(1 for s in half if s.lifetime and s.age_s >= args.warmup_s)} past an agent's "
+        f"first {args.warmup_s:g} s (used for the per-lifetime slopes)",
         f"RSS slope {sl['rss_kib'] / 1024:.2f} MiB/h (bound {args.rss_bound_mib_h:g}): "
         f"{goal(rss_ok)}",
         f"open files slope {sl['open_fds']:.2f} /h (bound {args.fd_bound_h:g}): {goal(fd_ok)}",

@@ -53,6 +53,7 @@ class Rig:
         self.device_id = ""
         self.lifetime = 0
         self.lifetime_started = 0.0
+        self.starting = False
         self._cpu_prev: tuple[int, float, float] | None = None  # pid, cpu s, monotonic
         self._cut_until = 0.0
         self._restore: asyncio.Task[None] | None = None
@@ -87,7 +88,11 @@ class Rig:
 
     async def _start_agent(self) -> None:
         assert self.agent is not None
-        await self.agent.start(timeout_s=60)
+        self.starting = True  # readings of a process in start-up are not samples of it
+        try:
+            await self.agent.start(timeout_s=60)
+        finally:
+            self.starting = False
         self.lifetime += 1
         self.lifetime_started = time.monotonic()
         self._cpu_prev = None
@@ -183,13 +188,25 @@ class Rig:
     async def sample(self, t_s: float) -> Sample:
         """Read the agent's process, store and outbox, and the hub's event count."""
         assert self.agent is not None and self.agent.proc is not None
-        pid = self.agent.proc.pid
-        s = Sample(t_s=round(t_s, 2), lifetime=self.lifetime, pid=pid)
-        with contextlib.suppress(OSError, RuntimeError):
-            s.rss_kib = rss_kb(pid)
-            s.pss_kib = float(pss_kb(pid) or "nan")
-            s.open_fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
-            s.cpu_pct = self._cpu_pct(pid)
+        s = Sample(t_s=round(t_s, 2), lifetime=0, pid=0)
+        if not self.starting and self.agent.proc.returncode is None:
+            s.lifetime, s.pid = self.lifetime, self.agent.proc.pid
+            s.age_s = round(time.monotonic() - self.lifetime_started, 2)
+            with contextlib.suppress(OSError, RuntimeError):
+                self._read_process(s)
+        await self._read_store_and_hub(s)
+        return s
+
+    def _read_process(self, s: Sample) -> None:
+        """Fill in RSS, PSS, open files and CPU of the agent process ``s.pid``."""
+        s.rss_kib = rss_kb(s.pid)
+        s.pss_kib = float(pss_kb(s.pid) or "nan")
+        s.open_fds = len(list(Path(f"/proc/{s.pid}/fd").iterdir()))
+        s.cpu_pct = self._cpu_pct(s.pid)
+
+    async def _read_store_and_hub(self, s: Sample) -> None:
+        """Fill in the store size, the outbox depth and the hub's event count."""
+        assert self.agent is not None
         s.store_bytes = sum(p.stat().st_size for p in self.agent.data_dir.glob("agent.db*"))
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
@@ -198,7 +215,6 @@ class Rig:
             s.outbox_bytes = sum(v["bytes"] for v in outbox.values())
         with contextlib.suppress(sqlite3.Error):
             s.hub_events = await asyncio.to_thread(self._hub_count)
-        return s
 
     def _cpu_pct(self, pid: int) -> float:
         """Return the CPU share since the previous reading (or since start) in % of a core."""

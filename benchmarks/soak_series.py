@@ -32,8 +32,9 @@ class Sample:
     """One reading of the agent and the hub; NaN where a reading was not possible."""
 
     t_s: float
-    lifetime: int
+    lifetime: int  # which agent process (1, 2, ...); 0 while none is up
     pid: int
+    age_s: float = math.nan  # seconds since this agent process was started
     rss_kib: float = math.nan
     pss_kib: float = math.nan
     cpu_pct: float = math.nan
@@ -62,7 +63,7 @@ def within_slope(samples: list[Sample], name: str) -> float:
     groups: dict[int, list[tuple[float, float]]] = {}
     for s in samples:
         y = getattr(s, name)
-        if not math.isnan(y):
+        if s.lifetime and not math.isnan(y):
             groups.setdefault(s.lifetime, []).append((s.t_s, y))
     sxx = sxy = 0.0
     for pts in groups.values():
@@ -88,18 +89,22 @@ def max_per_lifetime(samples: list[Sample], name: str) -> dict[int, float]:
     out: dict[int, float] = {}
     for s in samples:
         y = getattr(s, name)
-        if not math.isnan(y):
+        if s.lifetime and not math.isnan(y):
             out[s.lifetime] = max(out.get(s.lifetime, y), y)
     return out
 
 
-def slopes(samples: list[Sample]) -> dict[str, float]:
-    """Return the slope per hour of every series over the second half of the run."""
+def slopes(samples: list[Sample], warmup_s: float) -> dict[str, float]:
+    """Return the slope per hour of every series over the second half of the run.
+
+    Per-lifetime series leave out each lifetime's first ``warmup_s`` (a restarted agent
+    warms up again: imports, caches, connections)."""
     half = second_half(samples)
+    warm = [s for s in half if s.lifetime and s.age_s >= warmup_s]
     out = {}
     for name, (_, per_lifetime) in SERIES.items():
         if per_lifetime:
-            out[name] = within_slope(half, name)
+            out[name] = within_slope(warm, name)
         else:
             out[name] = slope_per_hour([s.t_s for s in half], [getattr(s, name) for s in half])
     return out

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from soak_delivery import AgentOutbox, check_delivery
 from soak_faults import plan_faults
-from soak_series import Sample, within_slope
+from soak_series import Sample, max_per_lifetime, slopes, within_slope
 
 
 def test_fault_plan_is_the_same_for_the_same_seed_and_ordered_in_time() -> None:
@@ -77,3 +77,14 @@ def test_slope_within_lifetimes_ignores_the_reset_of_a_restart() -> None:
     # Each lifetime grows 1 KiB per second: 3600 KiB per hour, whatever the resets.
     grow = [Sample(t, 1 + t // 10, 1, rss_kib=float(t % 10)) for t in range(30)]
     assert within_slope(grow, "rss_kib") == pytest.approx(3600.0)
+
+
+def test_growth_slopes_leave_out_warm_up_and_samples_with_no_agent_up() -> None:
+    # Warm-up (age < 60 s) climbs steeply, then flat; a sample with no agent up reads 0.
+    samples = [
+        Sample(float(t), 1, 1, age_s=float(t), rss_kib=float(t * 100 if t < 60 else 6000))
+        for t in range(0, 400, 5)
+    ]
+    samples.insert(50, Sample(250.0, 0, 0, open_fds=0.0, rss_kib=0.0))
+    assert slopes(samples, warmup_s=60.0)["rss_kib"] == pytest.approx(0.0)
+    assert max_per_lifetime(samples, "rss_kib") == {1: 6000.0}
