@@ -1,7 +1,8 @@
 """A soak: one agent with a 5-service release under a seeded stream of faults, sampled.
 
     python benchmarks/soak.py --minutes N [--seed S] [--out DIR] [--interval-s 5]
-        [--rss-bound-mib-h 2] [--fd-bound-h 6] [--warmup-s 60] [--keep] [--json-out PATH]
+        [--rss-bound-mib-h 2] [--fd-bound-h 6] [--warmup-s 60]
+        [--agent-kill-every 90 240] [--keep] [--json-out PATH]
 
 A real hub process (``tests/hubproc.py``) and a real agent process (``tests/agentproc.py``,
 production ``[supervisor]`` settings, container log collection on) enrolled with it
@@ -41,7 +42,7 @@ import figures
 from _common import cleanup_device, docker_env, ensure_testenv, goal, loadavg
 from figures import Figure
 from soak_delivery import Delivery, check_delivery
-from soak_faults import Fault, plan_faults
+from soak_faults import Fault, FaultRates, plan_faults
 from soak_rig import Rig
 from soak_series import Sample, max_per_lifetime, plot_all, second_half, slopes, write_csv
 
@@ -64,6 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=60.0,
         help="seconds after each agent start left out of the growth slopes",
+    )
+    p.add_argument(
+        "--agent-kill-every",
+        type=float,
+        nargs=2,
+        default=(90.0, 240.0),
+        metavar=("MIN_S", "MAX_S"),
+        help="interval range of agent kill -9 (0 0: never, for one long agent lifetime)",
     )
     p.add_argument("--keep", action="store_true", help="keep the hub and agent data dirs")
     figures.add_json_out(p)
@@ -234,7 +243,9 @@ async def soak_main(args: argparse.Namespace) -> int:
     """Run the soak and write its report; exit code 0 whatever the verdicts."""
     images = docker_env.TestImages()
     seconds = args.minutes * 60
-    plan = plan_faults(random.Random(args.seed), seconds)
+    low, high = args.agent_kill_every
+    rates = FaultRates(agent_kill=(low, high))
+    plan = plan_faults(random.Random(args.seed), seconds, rates)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     rig = Rig(work, images.ref("good"))
     load = loadavg()
@@ -252,7 +263,9 @@ async def soak_main(args: argparse.Namespace) -> int:
         await rig.close()
         if rig.device_id:
             await cleanup_device(rig.device_id)
-        if not args.keep:
+        if args.keep:
+            print(f"hub and agent data kept in {work}")
+        else:
             shutil.rmtree(work, ignore_errors=True)
     lines = report_lines(soak, delivery, drained_s, args, load)
     write_report(soak, delivery, lines, args.out)

@@ -44,8 +44,12 @@ def _stream(
     seconds: float,
     length: tuple[float, float] | None,
 ) -> list[Fault]:
-    """Return faults of one kind at intervals drawn from ``every`` until ``seconds``."""
+    """Return faults of one kind at intervals drawn from ``every`` until ``seconds``.
+
+    ``every`` of (0, 0) turns the kind off."""
     out: list[Fault] = []
+    if every[1] <= 0:
+        return out
     t = rng.uniform(*every)
     while t < seconds:
         duration = rng.uniform(*length) if length else 0.0
