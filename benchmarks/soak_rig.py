@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -95,7 +96,10 @@ class Rig:
             self.starting = False
         self.lifetime += 1
         self.lifetime_started = time.monotonic()
-        self._cpu_prev = None
+        assert self.agent.proc is not None
+        # CPU is measured from ready on: start-up (imports, migrations) is not idle work.
+        pid = self.agent.proc.pid
+        self._cpu_prev = (pid, cpu_s(pid), self.lifetime_started)
 
     async def _wait_device_id(self) -> str:
         assert self.agent is not None
@@ -217,13 +221,12 @@ class Rig:
             s.hub_events = await asyncio.to_thread(self._hub_count)
 
     def _cpu_pct(self, pid: int) -> float:
-        """Return the CPU share since the previous reading (or since start) in % of a core."""
+        """Return the CPU share since the previous reading (or since ready) in % of a core."""
         now, used = time.monotonic(), cpu_s(pid)
-        if self._cpu_prev is None or self._cpu_prev[0] != pid:
-            base_used, base_t = 0.0, self.lifetime_started
-        else:
-            _, base_used, base_t = self._cpu_prev
-        self._cpu_prev = (pid, used, now)
+        prev, self._cpu_prev = self._cpu_prev, (pid, used, now)
+        if prev is None or prev[0] != pid:
+            return math.nan
+        _, base_used, base_t = prev
         return round(100 * (used - base_used) / max(now - base_t, 1e-6), 3)
 
     def _hub_count(self) -> int:
