@@ -145,12 +145,22 @@ class Soak:
         return check_delivery(outbox, rows), drained_s
 
 
-def verdict(samples: list[Sample], args: argparse.Namespace) -> tuple[dict[str, float], bool, bool]:
-    """Return the slopes and whether RSS and open files stay within their bounds."""
+def verdict(
+    samples: list[Sample], args: argparse.Namespace
+) -> tuple[dict[str, float], bool | None, bool | None]:
+    """Return the slopes and whether RSS and open files stay within their bounds.
+
+    None when a slope could not be taken (no lifetime with 3 samples past its warm-up)."""
     sl = slopes(samples, args.warmup_s)
-    rss_ok = not math.isnan(sl["rss_kib"]) and sl["rss_kib"] / 1024 <= args.rss_bound_mib_h
-    fd_ok = not math.isnan(sl["open_fds"]) and sl["open_fds"] <= args.fd_bound_h
+    rss, fds = sl["rss_kib"] / 1024, sl["open_fds"]
+    rss_ok = None if math.isnan(rss) else rss <= args.rss_bound_mib_h
+    fd_ok = None if math.isnan(fds) else fds <= args.fd_bound_h
     return sl, rss_ok, fd_ok
+
+
+def word(ok: bool | None) -> str:
+    """Return the verdict word, or say the run was too short to judge."""
+    return "n/a (too few samples past warm-up)" if ok is None else goal(ok)
 
 
 def report_lines(
@@ -181,8 +191,8 @@ def report_lines(
         f"{sum(1 for s in half if s.lifetime and s.age_s >= args.warmup_s)} past an agent's "
         f"first {args.warmup_s:g} s (used for the per-lifetime slopes)",
         f"RSS slope {sl['rss_kib'] / 1024:.2f} MiB/h (bound {args.rss_bound_mib_h:g}): "
-        f"{goal(rss_ok)}",
-        f"open files slope {sl['open_fds']:.2f} /h (bound {args.fd_bound_h:g}): {goal(fd_ok)}",
+        f"{word(rss_ok)}",
+        f"open files slope {sl['open_fds']:.2f} /h (bound {args.fd_bound_h:g}): {word(fd_ok)}",
         f"delivery (waited {drained_s:.1f} s for the last acks): {delivery.summary()}",
         f"hub events by kind: {json.dumps(delivery.kinds)}",
         f"every event delivered exactly once: {goal(delivery.ok)}",
