@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+# Containers created and not yet started that this process remembers as its own.
+MAX_UNSTARTED = 1024
 # Container actions worth a reconcile or a record; exec_* (healthcheck probes) and the
 # like are dropped.
 EVENT_ACTIONS = frozenset(
@@ -176,6 +178,11 @@ class DockerRuntime:
         # long-running timeout (connect stays bounded).
         timeout = aiohttp.ClientTimeout(total=120, connect=10)
         self._docker = aiodocker.Docker(url=url, timeout=timeout)
+        # Engine round trips this process can skip on the converge path: networks it made
+        # or checked (forgotten when removed, or when a listing no longer shows them), and
+        # containers it created and has not started yet (known to be ours).
+        self._networks_ok: set[tuple[str, bool]] = set()  # (name, internal)
+        self._created: set[str] = set()
 
     # -- names and labels -------------------------------------------------------------
 
@@ -366,10 +373,13 @@ class DockerRuntime:
     ) -> str:
         """Create a network of this release if missing and return its engine name."""
         name = self.network_name(release_name, network)
+        if (name, internal) in self._networks_ok:
+            return name
         for _ in range(2):
             found = await self._find("network", name)
             if found is not None:
                 self._check_network(found, release_name, network, internal)
+                self._networks_ok.add((name, internal))
                 return name
             labels = {**self.base_labels(), LABEL_RELEASE: release_name}
             if network != DEFAULT_NETWORK:
@@ -384,6 +394,7 @@ class DockerRuntime:
             try:
                 with _engine_errors(f"create network {name}"):
                     await self._docker.networks.create(config)
+                self._networks_ok.add((name, internal))
                 return name
             except RuntimeAdapterError as exc:
                 if exc.status != 409:  # 409: created concurrently; look again
@@ -415,6 +426,7 @@ class DockerRuntime:
     async def remove_network(self, release_name: str, network: str = DEFAULT_NETWORK) -> None:
         """Remove a network of this release; a missing network is not an error."""
         name = self.network_name(release_name, network)
+        self._networks_ok = {ok for ok in self._networks_ok if ok[0] != name}
         found = await self._find("network", name)
         if found is None:
             return
@@ -432,6 +444,9 @@ class DockerRuntime:
             labels = n.get("Labels") or {}
             if labels.get(LABEL_RELEASE):
                 keys.add(network_key(labels[LABEL_RELEASE], labels.get(LABEL_NETWORK)))
+        # A network removed behind the agent's back is looked up again before use.
+        present = {n.get("Name") for n in found or []}
+        self._networks_ok = {ok for ok in self._networks_ok if ok[0] in present}
         return sorted(keys)
 
     async def ensure_volume(self, name: str) -> str:
@@ -451,9 +466,8 @@ class DockerRuntime:
     async def create(self, service: Service, *, release: Release, revision: int) -> str:
         """Create (not start) the container of ``service`` and return its id."""
         name = self.object_name(service.name)
-        existing = await _or_none(self._show(name))
-        if existing is not None:
-            self._refuse_existing(name, existing)
+        # No look before creating: the engine refuses a taken name (409), and only then is
+        # the holder inspected to say whose it is.
         networks = [await self._ensure_joined(release, n) for n in joined_networks(service)]
         mounts = [await self._mount(v) for v in service.volumes]
         config = container_config(service, self._labels(service, release, revision), mounts)
@@ -474,6 +488,9 @@ class DockerRuntime:
                     data={"Container": container.id, "EndpointConfig": attach},
                 )
         log.info("created %s (%s) from %s", name, container.id[:12], service.image)
+        if len(self._created) >= MAX_UNSTARTED:  # creates whose start never came: forget
+            self._created.clear()
+        self._created.add(str(container.id))
         return str(container.id)
 
     async def _ensure_joined(self, release: Release, network: str) -> str:
@@ -509,7 +526,10 @@ class DockerRuntime:
 
     async def start(self, cid: str) -> None:
         """Start managed container ``cid``; starting a running one is a no-op."""
-        await self._owned(cid, "start")
+        if cid in self._created:  # created by this process a moment ago: ours
+            self._created.discard(cid)
+        else:
+            await self._owned(cid, "start")
         with _engine_errors(f"start container {cid}"):
             await self._docker.containers.container(cid).start()
 
