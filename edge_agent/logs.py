@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +45,12 @@ class LogSource(Protocol):
     async def inspect(self, cid: str) -> CurrentService: ...
 
     def log_lines(
-        self, container_id: str, *, since_ns: int | None, max_line_bytes: int
+        self,
+        container_id: str,
+        *,
+        since_ns: int | None,
+        max_line_bytes: int,
+        follow: bool = False,
     ) -> AsyncIterator[LogLine]: ...
 
 
@@ -63,6 +68,7 @@ class LogSink(Protocol):
         position: LogPosition | None = None,
         forget: str | None = None,
         counters: dict[str, int] | None = None,
+        positions: Sequence[LogPosition] = (),
     ) -> None: ...
 
 
@@ -74,8 +80,9 @@ class _Budget:
 
 
 @dataclass
-class _Read:
-    """One read of one container: where it started, what it reached, what it counted."""
+class Read:
+    """One read (or stream) of one container: where it started, what it reached and
+    counted; the rows taken and not yet written."""
 
     since: int
     skip: int  # lines at exactly ``since`` stored before
@@ -90,6 +97,21 @@ class _Read:
 
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
+
+    def take_out(self) -> tuple[list[dict[str, Any]], dict[str, int], int, int]:
+        """Return and clear the rows, counters, lines and bytes taken so far."""
+        out = (self.rows, self.counters, self.lines, self.nbytes)
+        self.rows, self.counters, self.lines, self.nbytes = [], {}, 0, 0
+        return out
+
+    def put_back(self, taken: tuple[list[dict[str, Any]], dict[str, int], int, int]) -> None:
+        """Undo ``take_out`` (the write failed): the rows go back in front, in order."""
+        rows, counters, lines, nbytes = taken
+        self.rows[:0] = rows
+        for name, n in counters.items():
+            self.count(name, n)
+        self.lines += lines
+        self.nbytes += nbytes
 
 
 @dataclass
@@ -133,7 +155,7 @@ class LogCollector:
         bounds, stays undrained: its removal is then recorded as a gap, as it should be.
         """
         async with self._lock:
-            await self._load()
+            await self.load()
             try:
                 svc = await self.source.inspect(container_id)
             except AgentError as exc:
@@ -150,12 +172,12 @@ class LogCollector:
             )
 
     async def _collect_all(self) -> int:
-        positions = await self._load()
-        current = await self._current(positions)
+        positions = await self.load()
+        current = await self.current(positions)
         live = {svc.container_id for svc in current}
         queued = 0
         for cid in [c for c in positions if c not in live]:
-            queued += await self._gone(positions[cid])
+            queued += await self.gone(positions[cid])
         for cid in self.tracked() - live:  # gone before its first read: nothing to record
             self.forget(cid)
         self._behind = False
@@ -163,13 +185,13 @@ class LogCollector:
             queued += await self._collect_safely(svc)
         return queued
 
-    async def _load(self) -> dict[str, LogPosition]:
+    async def load(self) -> dict[str, LogPosition]:
         if self._positions is None:
             self._epoch_ns = await self.sink.log_epoch_ns()
             self._positions = await self.sink.log_positions()
         return self._positions
 
-    async def _current(self, positions: dict[str, LogPosition]) -> list[CurrentService]:
+    async def current(self, positions: dict[str, LogPosition]) -> list[CurrentService]:
         if self.services is None:
             return await self.source.list_services()
         view = self.services()
@@ -178,7 +200,7 @@ class LogCollector:
             return await self.source.list_services()  # the engine says what is gone
         return view
 
-    async def _gone(self, pos: LogPosition) -> int:
+    async def gone(self, pos: LogPosition) -> int:
         rows = [] if pos.drained else [self._gap_row(pos)]
         await self.sink.append_logs(rows, forget=pos.container_id, counters={"log_gaps": len(rows)})
         self.forget(pos.container_id)
@@ -234,22 +256,22 @@ class LogCollector:
         self._behind = self._behind or read.cut
         return len(read.rows)
 
-    async def _read(self, svc: CurrentService, pos: LogPosition | None) -> _Read:
+    async def _read(self, svc: CurrentService, pos: LogPosition | None) -> Read:
         since = pos.ts_ns if pos is not None else self._epoch_ns
         at_ts = pos.at_ts if pos is not None else 0
-        read = _Read(since, at_ts, since, at_ts)
+        read = Read(since, at_ts, since, at_ts)
         budget = self._budgets.setdefault(svc.container_id, _Budget(window_start=self.clock()))
         lines = self.source.log_lines(
             svc.container_id, since_ns=since, max_line_bytes=self.max_line_bytes
         )
         async with aclosing(lines) as stream:
             async for line in stream:
-                if not self._take(read, budget, svc, line):
+                if not self.take(read, budget, svc, line):
                     break
-        read.rows.extend(self._roll_window(budget, svc))
+        read.rows.extend(self.roll_window(budget, svc))
         return read
 
-    def _take(self, read: _Read, budget: _Budget, svc: CurrentService, line: LogLine) -> bool:
+    def take(self, read: Read, budget: _Budget, svc: CurrentService, line: LogLine) -> bool:
         """Add one line to the read; False to stop reading (bound reached, line unfinished)."""
         at_since = line.ts_ns == read.since
         if line.ts_ns is not None and (line.ts_ns < read.since or (at_since and read.skip > 0)):
@@ -274,9 +296,9 @@ class LogCollector:
         return True
 
     def _admit(
-        self, budget: _Budget, svc: CurrentService, line: LogLine, read: _Read
+        self, budget: _Budget, svc: CurrentService, line: LogLine, read: Read
     ) -> list[dict[str, Any]]:
-        out = self._roll_window(budget, svc, now=line.ts)
+        out = self.roll_window(budget, svc, now=line.ts)
         if budget.used >= self.max_lines_per_minute:
             budget.suppressed += 1
             read.count("log_lines_suppressed")
@@ -292,7 +314,7 @@ class LogCollector:
         out.append(row)
         return out
 
-    def _roll_window(
+    def roll_window(
         self, budget: _Budget, svc: CurrentService, now: float | None = None
     ) -> list[dict[str, Any]]:
         now = self.clock() if now is None else now
@@ -312,6 +334,32 @@ class LogCollector:
             )
         budget.window_start, budget.used, budget.suppressed = now, 0, 0
         return out
+
+    def budget(self, container_id: str) -> _Budget:
+        """Return the container's lines-per-minute budget."""
+        return self._budgets.setdefault(container_id, _Budget(window_start=self.clock()))
+
+    def start_of(self, container_id: str) -> Read:
+        """Return an empty read from the container's stored position (or the log epoch)."""
+        pos = (self._positions or {}).get(container_id)
+        since = pos.ts_ns if pos is not None else self._epoch_ns
+        at_ts = pos.at_ts if pos is not None else 0
+        return Read(since, at_ts, since, at_ts)
+
+    def position(self, container_id: str) -> LogPosition | None:
+        """Return the container's stored position, if any."""
+        return (self._positions or {}).get(container_id)
+
+    def stored(self, position: LogPosition) -> None:
+        """Record that ``position`` is in the store."""
+        if self._positions is not None:
+            self._positions[position.container_id] = position
+
+    def reset(self) -> None:
+        """Forget everything held in memory; the next read starts from the store."""
+        self._positions = None
+        self._budgets.clear()
+        self._failing.clear()
 
     def forget(self, container_id: str) -> None:
         """Drop every piece of state held for a container."""

@@ -588,12 +588,15 @@ class DockerRuntime:
         since_ns: int | None = None,
         tail: int | None = None,
         max_line_bytes: int = 16 * 1024,
+        follow: bool = False,
     ) -> AsyncIterator[LogLine]:
         """Stream ``cid``'s log lines from ``since_ns`` on (inclusive), both streams in the
         engine's order, as the engine sends them: nothing is buffered beyond one line of
-        ``max_line_bytes``, so the caller bounds a read by stopping (close the iterator)."""
+        ``max_line_bytes``, so the caller bounds a read by stopping (close the iterator).
+        ``follow``: go on with new lines as they are written, until the container stops."""
         await self._owned(cid, "read logs of")
         params: dict[str, Any] = {
+            "follow": "true" if follow else "false",
             "stdout": "true",
             "stderr": "true",
             "timestamps": "true",
@@ -602,7 +605,8 @@ class DockerRuntime:
         if since_ns is not None:
             params["since"] = format_since(since_ns)
         assembler = LineAssembler(max_line_bytes, time.time_ns)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=60, connect=10)
+        # A followed container may be quiet for hours: no read timeout then.
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None if follow else 60, connect=10)
         with _engine_errors(f"read logs of container {cid}"):
             path = f"containers/{cid}/logs"
             async with self._docker._query(path, params=params, timeout=timeout) as resp:

@@ -36,6 +36,7 @@ HOSTILE = (
     "while true; do sleep 1 & wait $!; done"
 )
 SEQ = re.compile(r"^seq (\d+)$")
+NO_POLL_S = 3600.0  # the largest interval_s: a poller would read once an hour
 
 
 @pytest.fixture
@@ -142,7 +143,8 @@ async def test_collector_forgets_a_removed_container(
 async def agent(
     tmp_path: Path, device_id: str, docker: aiodocker.Docker
 ) -> AsyncIterator[AgentProcess]:
-    proc = AgentProcess(device_id, tmp_path / "agent", logs={"interval_s": 1.0})
+    # No poll interval to lean on: every line must come from the followed stream.
+    proc = AgentProcess(device_id, tmp_path / "agent", logs={"interval_s": NO_POLL_S})
     try:
         yield await proc.start()
     finally:
@@ -262,3 +264,39 @@ async def test_an_update_reads_the_replaced_containers_last_lines_and_records_no
     assert _seqs([r for r in rows[: len(first)]], "counter") == list(range(1, len(first)))
     assert not [r for r in _stored(agent) if r.get("gap")]
     assert (await agent.status())["counters"].get("log_gaps", 0) == 0
+
+
+async def test_lines_arrive_promptly_without_a_poll_interval(
+    agent: AgentProcess, images: TestImages, docker: aiodocker.Docker
+) -> None:
+    """Issue 9: logs were polled every interval_s; followed, they arrive as written."""
+    await _deploy_counter(agent, images)
+    await wait_for(_seq_at_least(agent, 1), timeout_s=30, interval_s=0.3)
+    # Once flowing, what the engine has is stored within the flush deadline (~1 s).
+    for _ in range(3):
+        written = await _engine_seq(docker, agent.device_id)
+        await wait_for(_seq_at_least(agent, written), timeout_s=5, interval_s=0.2)
+    status = await agent.status()
+    assert status["logs"]["streams"] == 1 and status["logs"]["failing"] == []
+    assert status["counters"]["log_batches"] >= 1
+
+
+async def test_a_container_restarted_by_the_engine_is_followed_again(
+    agent: AgentProcess, images: TestImages, docker: aiodocker.Docker
+) -> None:
+    """Issue 9: the engine ends a followed stream at a stop; a restart is a new stream."""
+    await _deploy_counter(agent, images)
+    await wait_for(_seq_at_least(agent, 20), timeout_s=30, interval_s=0.3)
+    cid = (await _containers(docker, agent.device_id))["counter"]
+    await docker.containers.container(cid).restart(timeout=1)
+
+    async def second_generation() -> list[int] | None:
+        seqs = _seqs(_stored(agent), "counter")
+        restart = seqs.index(1, 1) if seqs.count(1) == 2 else None
+        return seqs if restart is not None and len(seqs) - restart >= 40 else None
+
+    seqs = await wait_for(second_generation, timeout_s=30, interval_s=0.3)
+    restart = seqs.index(1, 1)
+    assert seqs[:restart] == list(range(1, restart + 1)), "first run lost or repeated lines"
+    assert seqs[restart:] == list(range(1, len(seqs) - restart + 1)), "second run"
+    assert not [r for r in _stored(agent) if r.get("gap")]
