@@ -21,9 +21,13 @@ import pytest
 from agentproc import AgentProcess
 from docker_env import TestImages, make_release, make_service, wait_for
 
+from edge_agent.errors import EngineUnavailable
+from edge_agent.logfollow import LogFollower
 from edge_agent.logs import LogCollector
+from edge_agent.logstream import LogLine
 from edge_agent.runtime import DockerRuntime
 from edge_agent.store import Store, StoreLimits
+from edge_agent.tasks import cancel_and_wait
 
 pytestmark = pytest.mark.docker
 
@@ -134,6 +138,113 @@ async def test_collector_forgets_a_removed_container(
     gap = [r for r in await _log_rows(store) if r.get("gap")]
     assert gap and gap[0]["gap"]["container_id"] == cid
     assert (await store.counters())["log_gaps"] == 1
+
+
+# ---- the follower on the real engine ------------------------------------------------
+
+
+class FlakySource:
+    """The runtime, whose first ``fail`` log opens fail (a boundary we own: LogSource)."""
+
+    def __init__(self, runtime: DockerRuntime, fail: int) -> None:
+        self.runtime, self.fail, self.opens = runtime, fail, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runtime, name)
+
+    async def log_lines(self, cid: str, **kw: Any) -> AsyncIterator[LogLine]:
+        self.opens += 1
+        if self.opens <= self.fail:
+            raise EngineUnavailable("read logs: engine unreachable (injected)")
+        async for item in self.runtime.log_lines(cid, **kw):
+            yield item
+
+
+async def _following(follower: LogFollower) -> asyncio.Task[None]:
+    task = asyncio.create_task(follower.run())
+    await asyncio.sleep(0)
+    return task
+
+
+async def test_a_burst_is_written_in_bounded_batches_not_a_transaction_per_line(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """Issue 9: a followed burst is batched; one container holds at most the batch bound."""
+    burst = 'for i in $(seq 3000); do echo "seq $i"; done; while true; do sleep 1 & wait $!; done'
+    await _start(runtime, images, "burst", burst)
+    collector = LogCollector(runtime, store, max_lines_per_read=1000)
+    follower = LogFollower(collector, flush_interval_s=0.2, rescan_s=3600)
+    task = await _following(follower)
+    try:
+
+        async def all_lines() -> list[int] | None:
+            seqs = _seqs(await _log_rows(store), "burst")
+            return seqs if len(seqs) >= 3000 else None
+
+        seqs = await wait_for(all_lines, timeout_s=30, interval_s=0.2)
+        assert seqs == list(range(1, 3001))
+        counters = await store.counters()
+        assert 3 <= counters["log_batches"] <= 30, counters
+        assert counters["log_reads_cut"] >= 2
+        assert follower.status()["pending_lines"] <= 1000
+    finally:
+        await cancel_and_wait(task)
+
+
+async def test_a_failing_stream_is_retried_counted_and_visible(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """Issue 9: a stream that fails is retried with backoff, counted and shown in status."""
+    await _start(runtime, images, "counter", COUNTER)
+    source = FlakySource(runtime, fail=2)
+    collector = LogCollector(source, store)  # type: ignore[arg-type]
+    follower = LogFollower(collector, flush_interval_s=0.2, rescan_s=3600, retry_base_s=0.5)
+    task = await _following(follower)
+    try:
+
+        async def failing() -> list[dict[str, Any]] | None:
+            return follower.status()["failing"] or None
+
+        (shown,) = await wait_for(failing, timeout_s=10, interval_s=0.05)
+        assert shown["service"] == "counter" and "injected" in shown["last_error"]
+
+        async def recovered() -> list[int] | None:
+            seqs = _seqs(await _log_rows(store), "counter")
+            return seqs if len(seqs) >= 40 and not follower.status()["failing"] else None
+
+        seqs = await wait_for(recovered, timeout_s=30, interval_s=0.2)
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert (await store.counters())["log_stream_failures"] == 2
+        assert not task.done()
+    finally:
+        await cancel_and_wait(task)
+
+
+async def test_a_stopped_container_is_read_to_its_end_once(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """A container that exited is read once (its last words), then left alone."""
+    cid = await _start(runtime, images, "oneshot", 'echo "last words"')
+    await wait_for(lambda: _exited(runtime, cid), timeout_s=20)
+    source = FlakySource(runtime, fail=0)
+    follower = LogFollower(LogCollector(source, store), rescan_s=0.05)  # type: ignore[arg-type]
+    task = await _following(follower)
+    try:
+
+        async def drained() -> bool:
+            pos = (await store.log_positions()).get(cid)
+            return pos is not None and pos.drained
+
+        await wait_for(drained, timeout_s=10)
+        await asyncio.sleep(0.5)  # ten rescans: none may open the stream again
+        assert source.opens == 1
+        assert [r["line"] for r in await _log_rows(store)] == ["last words"]
+    finally:
+        await cancel_and_wait(task)
+
+
+async def _exited(runtime: DockerRuntime, cid: str) -> bool:
+    return not (await runtime.inspect(cid)).is_running
 
 
 # ---- a real agent process, killed -------------------------------------------------
