@@ -10,8 +10,12 @@ stream when the container stops: the follower then asks the engine whether it ru
 drained). A container that disappears is forgotten, with a gap line if its log was not
 read to the end.
 
-Lines of every stream go into one batch, written in one store transaction with every
-position it reaches: ``flush_interval_s`` after its first line, or at once when one
+The follower wakes once per tick (every ``flush_interval_s``, aligned): a quiet stream's
+connection is read only at ticks (``readpace.ReadPacer``), so ten
+containers writing a line a second cost one wake-up a second, not ten; a stream that
+flows is read without pause. Lines of every stream go into one batch, written in one
+store transaction with every position it reaches: at the tick after its first line, or
+at once when one
 container has ``max_lines_per_read`` lines or ``max_bytes_per_read`` bytes in it
 (``log_reads_cut``; its stream waits for the write, so memory stays bounded). A kill -9
 loses the batch and its positions together: nothing lost, nothing repeated. Bounds on
@@ -36,6 +40,7 @@ from edge_agent.logs import LogCollector, Read
 from edge_agent.logstream import LogLine
 from edge_agent.models import CurrentService
 from edge_agent.outbox import LogPosition
+from edge_agent.readpace import ReadPacer
 from edge_agent.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,11 @@ class LogFollower:
     _full: asyncio.Event = field(default_factory=asyncio.Event)
     _flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _group: asyncio.TaskGroup | None = None
+    _batches: int = 0  # transactions written (a store counter would cost one more)
+    _pacer: ReadPacer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._pacer = ReadPacer(self.flush_interval_s)
 
     def notice(self, action: str = "") -> None:
         """Re-check the followed containers against the engine (an engine event came)."""
@@ -92,6 +102,8 @@ class LogFollower:
             "streams": sum(s.is_alive() for s in self._streams.values()),
             "failing": failing,
             "pending_lines": sum(s.read.lines for s in self._streams.values()),
+            "opens": sum(s.opened for s in self._streams.values()),
+            "batches": self._batches,
         }
 
     async def run(self) -> None:
@@ -214,7 +226,11 @@ class LogFollower:
         # What the engine re-sends from the position (lines at exactly that time) is skipped.
         read.since, read.skip, stream.held = read.ts_ns, read.at_ts, None
         lines = self.collector.source.log_lines(
-            cid, since_ns=read.since, max_line_bytes=self.collector.max_line_bytes, follow=True
+            cid,
+            since_ns=read.since,
+            max_line_bytes=self.collector.max_line_bytes,
+            follow=True,
+            pace=self._pacer,
         )
         stream.opened += 1
         async with aclosing(lines) as source:
@@ -268,11 +284,16 @@ class LogFollower:
 
     # ---- writing batches ------------------------------------------------------------------
 
+    def _next_tick(self) -> float:
+        """Return the loop time of the next tick: a multiple of ``flush_interval_s``."""
+        now = asyncio.get_running_loop().time()
+        return (now // self.flush_interval_s + 1) * self.flush_interval_s
+
     async def _flusher(self) -> None:
         while True:
             await self._dirty.wait()
             try:
-                async with asyncio.timeout(self.flush_interval_s):
+                async with asyncio.timeout_at(self._next_tick()):
                     await self._full.wait()
             except TimeoutError:
                 pass
@@ -296,7 +317,6 @@ class LogFollower:
             positions = self._moved()
             if not rows and not counters and not positions:
                 return
-            counters["log_batches"] = 1
             try:
                 await self.collector.sink.append_logs(rows, positions=positions, counters=counters)
             except BaseException:
@@ -304,6 +324,7 @@ class LogFollower:
                     s.read.put_back(t)
                 self._dirty.set()
                 raise
+            self._batches += 1
             for pos in positions:
                 self.collector.stored(pos)
 

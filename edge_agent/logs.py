@@ -32,6 +32,7 @@ from edge_agent.errors import AgentError
 from edge_agent.logstream import LogLine
 from edge_agent.models import CurrentService
 from edge_agent.outbox import LogPosition
+from edge_agent.readpace import ReadPacer
 
 log = logging.getLogger(__name__)
 _NS = 1_000_000_000
@@ -51,6 +52,7 @@ class LogSource(Protocol):
         since_ns: int | None,
         max_line_bytes: int,
         follow: bool = False,
+        pace: ReadPacer | None = None,
     ) -> AsyncIterator[LogLine]: ...
 
 
