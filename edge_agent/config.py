@@ -118,7 +118,7 @@ class LogsConfig(Section):
     # engine call); lines never wait for it. Was the poll interval before issue 9.
     interval_s: float = Field(5.0, gt=0, le=3600)
     # a batch is written this long after its first line (or at once when full)
-    flush_interval_s: float = Field(1.0, gt=0, le=60)
+    flush_interval_s: float = Field(2.0, gt=0, le=60)
     stream_retry_base_s: float = Field(1.0, gt=0)
     stream_retry_cap_s: float = Field(60.0, gt=0)
 

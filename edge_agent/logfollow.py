@@ -68,7 +68,7 @@ class LogFollower:
     """Follows every managed container's log; batches the lines into the store."""
 
     collector: LogCollector
-    flush_interval_s: float = 1.0
+    flush_interval_s: float = 2.0
     rescan_s: float = 5.0
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
