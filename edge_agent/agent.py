@@ -503,7 +503,7 @@ class Agent:
                     if ev.action in ("die", "oom", "health_status", "destroy", "stop"):
                         self.reconciler.poke(ev.action)  # type: ignore[union-attr]
                     if self.logs is not None and ev.action in ("start", "restart", "destroy"):
-                        self.logs.notice(ev.action)
+                        self.logs.notice(ev.action, ev.container_id)
                     if ev.action in ("die", "oom", "health_status", "start"):
                         await self._event(
                             "container",

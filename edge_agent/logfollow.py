@@ -86,8 +86,14 @@ class LogFollower:
     def __post_init__(self) -> None:
         self._pacer = ReadPacer(self.flush_interval_s)
 
-    def notice(self, action: str = "") -> None:
-        """Re-check the followed containers against the engine (an engine event came)."""
+    def notice(self, action: str, container_id: str) -> None:
+        """Re-check the followed containers against the engine if an event may change them."""
+        stream = self._streams.get(container_id)
+        followed = stream is not None and stream.is_alive()
+        if action == "destroy" and stream is None and self.collector.position(container_id) is None:
+            return  # never followed: nothing to forget
+        if action != "destroy" and followed:
+            return  # a start of a container already followed (its stream is open)
         self._wake.set()
 
     def status(self) -> dict[str, Any]:
