@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -14,6 +15,7 @@ from edge_agent.logstream import (
     parse_stamp,
     read_frames,
 )
+from edge_agent.readpace import ReadPacer
 
 T = b"2026-12-01T00:23:04.341434750Z "
 T_NS = 1_796_084_584_341_434_750
@@ -100,3 +102,35 @@ def test_frames_fed_in_chunks_of_any_size_become_the_same_lines(chunk: int) -> N
         (T_NS, "stderr", "err" * 40),
         (T_NS, "stdout", "x"),
     ]
+
+
+class _Counting(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reads: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.reads.append(data)
+
+
+async def test_a_held_connection_is_read_once_per_tick_with_all_it_got() -> None:
+    """Issue 9: ten quiet streams woke the agent once per line; held, once per tick."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, proto = await loop.connect_accepted_socket(_Counting, ours)
+    pacer = ReadPacer(interval_s=1.0)
+    try:
+        await asyncio.sleep(1.0 - loop.time() % 1.0 + 0.05)  # just after a tick
+        pacer.hold(transport)  # type: ignore[arg-type]
+        for i in range(5):
+            theirs.send(f"line {i}\n".encode())
+            await asyncio.sleep(0.02)
+        assert proto.reads == []  # held: nothing read between ticks
+        await asyncio.sleep(1.0)
+        assert proto.reads == [b"".join(f"line {i}\n".encode() for i in range(5))]
+        pacer.release(transport)  # type: ignore[arg-type]
+        theirs.send(b"flowing\n")
+        await asyncio.sleep(0.05)
+        assert proto.reads[-1] == b"flowing\n" and pacer.held() == 0
+    finally:
+        transport.close()
+        theirs.close()
