@@ -173,12 +173,16 @@ class LogFollower:
         else:
             current = await self.collector.current(positions)
         live = {svc.container_id: svc for svc in current}
-        for cid in [c for c in self._streams if c not in live]:
-            await cancel_and_wait(self._streams.pop(cid).task)
-        gone = [pos for cid, pos in positions.items() if cid not in live]
-        if gone:
-            await self.flush()  # a gone container's last batch goes before its forgetting
-        for pos in gone:
+        dead = [cid for cid in self._streams if cid not in live]
+        for cid in dead:
+            await cancel_and_wait(self._streams[cid].task)
+        if dead or any(cid not in live for cid in positions):
+            # What a gone container's stream read is written (and its position, drained or
+            # not) before the container is forgotten: no line lost, no false gap.
+            await self.flush()
+        for cid in dead:
+            del self._streams[cid]
+        for pos in [pos for cid, pos in positions.items() if cid not in live]:
             await self.collector.gone(pos)
         for cid in self.collector.tracked() - live.keys():
             self.collector.forget(cid)

@@ -244,6 +244,36 @@ async def test_a_stopped_container_is_read_to_its_end_once(
         await cancel_and_wait(task)
 
 
+async def test_lines_read_from_a_container_removed_before_they_were_written_are_kept(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """The stream of a removed container was dropped with the lines it held unwritten."""
+    cid = await _start(runtime, images, "counter", COUNTER)
+    # Ticks 10 s apart: lines read at one tick wait for the next to be written.
+    follower = LogFollower(LogCollector(runtime, store), flush_interval_s=10.0, rescan_s=3600)
+    task = await _following(follower)
+    try:
+
+        async def pending() -> bool:
+            return follower.status()["pending_lines"] >= 20
+
+        await wait_for(pending, timeout_s=25, interval_s=0.05)
+        stored = len(_seqs(await _log_rows(store), "counter"))
+        held = follower.status()["pending_lines"]
+        await runtime.remove(cid)
+        follower.notice("destroy", cid)
+
+        await wait_for(lambda: _no_positions(store), timeout_s=10)
+        seqs = _seqs(await _log_rows(store), "counter")
+        assert len(seqs) >= stored + held >= 20 and seqs == list(range(1, len(seqs) + 1))
+    finally:
+        await cancel_and_wait(task)
+
+
+async def _no_positions(store: Store) -> bool:
+    return not await store.log_positions()
+
+
 async def _exited(runtime: DockerRuntime, cid: str) -> bool:
     return not (await runtime.inspect(cid)).is_running
 
