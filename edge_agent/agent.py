@@ -255,7 +255,6 @@ class Agent:
             max_lines_per_minute=lc.max_lines_per_minute,
             max_lines_per_read=lc.max_lines_per_read,
             max_bytes_per_read=lc.max_bytes_per_read,
-            interval_s=lc.interval_s,
             services=lambda: self._current,
         )
         self.logs = LogFollower(

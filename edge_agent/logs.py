@@ -1,6 +1,10 @@
 """Container log collection into the outbox, by persisted position, bounded per container.
 
-Every ``interval_s`` each managed container is read from its stored position: the engine
+The agent follows each container's log as a stream (``logfollow.py``), with this
+collector's positions, bounds and per-line rules; ``collect_once`` reads every container
+to its current end (what tests call, and the drain when no follower runs).
+
+Each managed container is read from its stored position: the engine
 time of the last stored line and how many stored lines share that exact time. New lines
 and the position they reach are written in one store transaction, so a kill -9 at any
 moment neither loses nor repeats a line; after a restart reading resumes there (``since=``
@@ -126,7 +130,6 @@ class LogCollector:
     max_lines_per_minute: int = 6000
     max_lines_per_read: int = 2000
     max_bytes_per_read: int = 2 * 2**20
-    interval_s: float = 5.0
     clock: Callable[[], float] = time.time
     # Where the containers come from; default: ask the source (an engine call per tick).
     # The agent passes the reconciler's last view instead, so idle ticks cost no listing;
@@ -138,7 +141,6 @@ class LogCollector:
     _failing: dict[str, int] = field(default_factory=dict)
     # collect_once and drain never read one container at the same time (no line twice)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _behind: bool = False
 
     def tracked(self) -> set[str]:
         """Return the container ids the collector holds state for."""
@@ -182,7 +184,6 @@ class LogCollector:
             queued += await self.gone(positions[cid])
         for cid in self.tracked() - live:  # gone before its first read: nothing to record
             self.forget(cid)
-        self._behind = False
         for svc in current:
             queued += await self._collect_safely(svc)
         return queued
@@ -255,7 +256,6 @@ class LogCollector:
             await self.sink.append_logs(read.rows, position=new, counters=read.counters)
         assert self._positions is not None
         self._positions[cid] = new
-        self._behind = self._behind or read.cut
         return len(read.rows)
 
     async def _read(self, svc: CurrentService, pos: LogPosition | None) -> Read:
@@ -369,21 +369,6 @@ class LogCollector:
             self._positions.pop(container_id, None)
         self._budgets.pop(container_id, None)
         self._failing.pop(container_id, None)
-
-    async def run(self) -> None:
-        """Collect every ``interval_s`` (at once while behind) until cancelled."""
-        failing = 0
-        while True:
-            try:
-                await self.collect_once()
-                if failing:
-                    log.info("log collection recovered after %d failures", failing)
-                failing = 0
-            except AgentError as exc:
-                if not failing:
-                    log.warning("log collection failing: %s", exc.message)
-                failing += 1
-            await asyncio.sleep(min(self.interval_s, 0.1) if self._behind else self.interval_s)
 
 
 def _iso(ts_ns: int) -> str:
