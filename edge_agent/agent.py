@@ -98,6 +98,7 @@ class Agent:
         self._runners: list[Any] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.hub_link: Any = None
+        self.logs: Any = None  # the LogFollower, when logs are enabled
         self._current: list[CurrentService] = []
         self._last_status = ""
         self._host_report_failing = False
@@ -153,20 +154,7 @@ class Agent:
         self._spawn("reconciler", self.reconciler.run)
         self._spawn("events", self._watch_events)
         if self.config.logs.enabled:
-            from edge_agent.logs import LogCollector
-
-            collector = LogCollector(
-                self.runtime,
-                self.store,
-                max_line_bytes=self.config.logs.max_line_bytes,
-                max_lines_per_minute=self.config.logs.max_lines_per_minute,
-                max_lines_per_read=self.config.logs.max_lines_per_read,
-                max_bytes_per_read=self.config.logs.max_bytes_per_read,
-                interval_s=self.config.logs.interval_s,
-                services=self._log_services,
-            )
-            self.reconciler.before_remove = collector.drain  # an update loses no last lines
-            self._spawn("logs", collector.run, self.config.logs.interval_s)
+            self._spawn_logs()
         if self.config.image_gc.enabled:
             self._spawn_image_gc()
         self._runners = await start_api(self, self.config.api)
@@ -255,9 +243,30 @@ class Agent:
         good = await self.store.last_good_target()
         return good.id if good else None
 
-    def _log_services(self) -> list[CurrentService]:
-        self.tasks.beat("logs")  # called by the collector on every round
-        return self._current
+    def _spawn_logs(self) -> None:
+        from edge_agent.logfollow import LogFollower
+        from edge_agent.logs import LogCollector
+
+        lc = self.config.logs
+        collector = LogCollector(
+            self.runtime,
+            self.store,
+            max_line_bytes=lc.max_line_bytes,
+            max_lines_per_minute=lc.max_lines_per_minute,
+            max_lines_per_read=lc.max_lines_per_read,
+            max_bytes_per_read=lc.max_bytes_per_read,
+            services=lambda: self._current,
+        )
+        self.logs = LogFollower(
+            collector,
+            flush_interval_s=lc.flush_interval_s,
+            rescan_s=lc.interval_s,
+            retry_base_s=lc.stream_retry_base_s,
+            retry_cap_s=lc.stream_retry_cap_s,
+            beat=lambda: self.tasks.beat("logs"),
+        )
+        self.reconciler.before_remove = self.logs.drain  # type: ignore[union-attr]
+        self._spawn("logs", self.logs.run, lc.interval_s)
 
     async def _restore(self) -> None:
         """Build the target lifecycle and re-apply the stored target after a restart."""
@@ -450,6 +459,8 @@ class Agent:
         out["host_containers"], out["host_containers_total"] = await self._host_containers()
         if counters:
             out["tasks"] = self.tasks.status()
+            if self.logs is not None:
+                out["logs"] = self.logs.status()
             out["event_loop"] = type(asyncio.get_running_loop()).__module__
             if self.supervisor is not None:
                 out["supervisor_forgotten_over_bound"] = self.supervisor.forgotten_over_bound
@@ -490,6 +501,8 @@ class Agent:
                         failures = 0
                     if ev.action in ("die", "oom", "health_status", "destroy", "stop"):
                         self.reconciler.poke(ev.action)  # type: ignore[union-attr]
+                    if self.logs is not None and ev.action in ("start", "restart", "destroy"):
+                        self.logs.notice(ev.action, ev.container_id)
                     if ev.action in ("die", "oom", "health_status", "start"):
                         await self._event(
                             "container",

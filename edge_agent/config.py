@@ -106,14 +106,21 @@ class OutboxConfig(Section):
 
 
 class LogsConfig(Section):
-    """Container log collection."""
+    """Container log collection: each container's log followed as a stream."""
 
     enabled: bool = True
     max_line_bytes: int = Field(16 * 1024, ge=64)
     max_lines_per_minute: int = Field(6000, ge=1)
+    # one container's lines held for one batch (one store transaction) at most
     max_lines_per_read: int = Field(2000, ge=1)
     max_bytes_per_read: int = Field(2 * 2**20, ge=1024)
+    # how often the followed containers are checked against the reconciler's view (no
+    # engine call); lines never wait for it. Was the poll interval before issue 9.
     interval_s: float = Field(5.0, gt=0, le=3600)
+    # a batch is written this long after its first line (or at once when full)
+    flush_interval_s: float = Field(2.0, gt=0, le=60)
+    stream_retry_base_s: float = Field(1.0, gt=0)
+    stream_retry_cap_s: float = Field(60.0, gt=0)
 
 
 class TasksConfig(Section):

@@ -1,6 +1,10 @@
 """Container log collection into the outbox, by persisted position, bounded per container.
 
-Every ``interval_s`` each managed container is read from its stored position: the engine
+The agent follows each container's log as a stream (``logfollow.py``), with this
+collector's positions, bounds and per-line rules; ``collect_once`` reads every container
+to its current end (what tests call, and the drain when no follower runs).
+
+Each managed container is read from its stored position: the engine
 time of the last stored line and how many stored lines share that exact time. New lines
 and the position they reach are written in one store transaction, so a kill -9 at any
 moment neither loses nor repeats a line; after a restart reading resumes there (``since=``
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +36,7 @@ from edge_agent.errors import AgentError
 from edge_agent.logstream import LogLine
 from edge_agent.models import CurrentService
 from edge_agent.outbox import LogPosition
+from edge_agent.readpace import ReadPacer
 
 log = logging.getLogger(__name__)
 _NS = 1_000_000_000
@@ -45,7 +50,13 @@ class LogSource(Protocol):
     async def inspect(self, cid: str) -> CurrentService: ...
 
     def log_lines(
-        self, container_id: str, *, since_ns: int | None, max_line_bytes: int
+        self,
+        container_id: str,
+        *,
+        since_ns: int | None,
+        max_line_bytes: int,
+        follow: bool = False,
+        pace: ReadPacer | None = None,
     ) -> AsyncIterator[LogLine]: ...
 
 
@@ -63,6 +74,7 @@ class LogSink(Protocol):
         position: LogPosition | None = None,
         forget: str | None = None,
         counters: dict[str, int] | None = None,
+        positions: Sequence[LogPosition] = (),
     ) -> None: ...
 
 
@@ -74,8 +86,9 @@ class _Budget:
 
 
 @dataclass
-class _Read:
-    """One read of one container: where it started, what it reached, what it counted."""
+class Read:
+    """One read (or stream) of one container: where it started, what it reached and
+    counted; the rows taken and not yet written."""
 
     since: int
     skip: int  # lines at exactly ``since`` stored before
@@ -91,6 +104,21 @@ class _Read:
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
 
+    def take_out(self) -> tuple[list[dict[str, Any]], dict[str, int], int, int]:
+        """Return and clear the rows, counters, lines and bytes taken so far."""
+        out = (self.rows, self.counters, self.lines, self.nbytes)
+        self.rows, self.counters, self.lines, self.nbytes = [], {}, 0, 0
+        return out
+
+    def put_back(self, taken: tuple[list[dict[str, Any]], dict[str, int], int, int]) -> None:
+        """Undo ``take_out`` (the write failed): the rows go back in front, in order."""
+        rows, counters, lines, nbytes = taken
+        self.rows[:0] = rows
+        for name, n in counters.items():
+            self.count(name, n)
+        self.lines += lines
+        self.nbytes += nbytes
+
 
 @dataclass
 class LogCollector:
@@ -102,7 +130,6 @@ class LogCollector:
     max_lines_per_minute: int = 6000
     max_lines_per_read: int = 2000
     max_bytes_per_read: int = 2 * 2**20
-    interval_s: float = 5.0
     clock: Callable[[], float] = time.time
     # Where the containers come from; default: ask the source (an engine call per tick).
     # The agent passes the reconciler's last view instead, so idle ticks cost no listing;
@@ -114,7 +141,6 @@ class LogCollector:
     _failing: dict[str, int] = field(default_factory=dict)
     # collect_once and drain never read one container at the same time (no line twice)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _behind: bool = False
 
     def tracked(self) -> set[str]:
         """Return the container ids the collector holds state for."""
@@ -133,7 +159,7 @@ class LogCollector:
         bounds, stays undrained: its removal is then recorded as a gap, as it should be.
         """
         async with self._lock:
-            await self._load()
+            await self.load()
             try:
                 svc = await self.source.inspect(container_id)
             except AgentError as exc:
@@ -150,26 +176,25 @@ class LogCollector:
             )
 
     async def _collect_all(self) -> int:
-        positions = await self._load()
-        current = await self._current(positions)
+        positions = await self.load()
+        current = await self.current(positions)
         live = {svc.container_id for svc in current}
         queued = 0
         for cid in [c for c in positions if c not in live]:
-            queued += await self._gone(positions[cid])
+            queued += await self.gone(positions[cid])
         for cid in self.tracked() - live:  # gone before its first read: nothing to record
             self.forget(cid)
-        self._behind = False
         for svc in current:
             queued += await self._collect_safely(svc)
         return queued
 
-    async def _load(self) -> dict[str, LogPosition]:
+    async def load(self) -> dict[str, LogPosition]:
         if self._positions is None:
             self._epoch_ns = await self.sink.log_epoch_ns()
             self._positions = await self.sink.log_positions()
         return self._positions
 
-    async def _current(self, positions: dict[str, LogPosition]) -> list[CurrentService]:
+    async def current(self, positions: dict[str, LogPosition]) -> list[CurrentService]:
         if self.services is None:
             return await self.source.list_services()
         view = self.services()
@@ -178,7 +203,7 @@ class LogCollector:
             return await self.source.list_services()  # the engine says what is gone
         return view
 
-    async def _gone(self, pos: LogPosition) -> int:
+    async def gone(self, pos: LogPosition) -> int:
         rows = [] if pos.drained else [self._gap_row(pos)]
         await self.sink.append_logs(rows, forget=pos.container_id, counters={"log_gaps": len(rows)})
         self.forget(pos.container_id)
@@ -231,25 +256,24 @@ class LogCollector:
             await self.sink.append_logs(read.rows, position=new, counters=read.counters)
         assert self._positions is not None
         self._positions[cid] = new
-        self._behind = self._behind or read.cut
         return len(read.rows)
 
-    async def _read(self, svc: CurrentService, pos: LogPosition | None) -> _Read:
+    async def _read(self, svc: CurrentService, pos: LogPosition | None) -> Read:
         since = pos.ts_ns if pos is not None else self._epoch_ns
         at_ts = pos.at_ts if pos is not None else 0
-        read = _Read(since, at_ts, since, at_ts)
+        read = Read(since, at_ts, since, at_ts)
         budget = self._budgets.setdefault(svc.container_id, _Budget(window_start=self.clock()))
         lines = self.source.log_lines(
             svc.container_id, since_ns=since, max_line_bytes=self.max_line_bytes
         )
         async with aclosing(lines) as stream:
             async for line in stream:
-                if not self._take(read, budget, svc, line):
+                if not self.take(read, budget, svc, line):
                     break
-        read.rows.extend(self._roll_window(budget, svc))
+        read.rows.extend(self.roll_window(budget, svc))
         return read
 
-    def _take(self, read: _Read, budget: _Budget, svc: CurrentService, line: LogLine) -> bool:
+    def take(self, read: Read, budget: _Budget, svc: CurrentService, line: LogLine) -> bool:
         """Add one line to the read; False to stop reading (bound reached, line unfinished)."""
         at_since = line.ts_ns == read.since
         if line.ts_ns is not None and (line.ts_ns < read.since or (at_since and read.skip > 0)):
@@ -274,9 +298,9 @@ class LogCollector:
         return True
 
     def _admit(
-        self, budget: _Budget, svc: CurrentService, line: LogLine, read: _Read
+        self, budget: _Budget, svc: CurrentService, line: LogLine, read: Read
     ) -> list[dict[str, Any]]:
-        out = self._roll_window(budget, svc, now=line.ts)
+        out = self.roll_window(budget, svc, now=line.ts)
         if budget.used >= self.max_lines_per_minute:
             budget.suppressed += 1
             read.count("log_lines_suppressed")
@@ -292,7 +316,7 @@ class LogCollector:
         out.append(row)
         return out
 
-    def _roll_window(
+    def roll_window(
         self, budget: _Budget, svc: CurrentService, now: float | None = None
     ) -> list[dict[str, Any]]:
         now = self.clock() if now is None else now
@@ -313,27 +337,38 @@ class LogCollector:
         budget.window_start, budget.used, budget.suppressed = now, 0, 0
         return out
 
+    def budget(self, container_id: str) -> _Budget:
+        """Return the container's lines-per-minute budget."""
+        return self._budgets.setdefault(container_id, _Budget(window_start=self.clock()))
+
+    def start_of(self, container_id: str) -> Read:
+        """Return an empty read from the container's stored position (or the log epoch)."""
+        pos = (self._positions or {}).get(container_id)
+        since = pos.ts_ns if pos is not None else self._epoch_ns
+        at_ts = pos.at_ts if pos is not None else 0
+        return Read(since, at_ts, since, at_ts)
+
+    def position(self, container_id: str) -> LogPosition | None:
+        """Return the container's stored position, if any."""
+        return (self._positions or {}).get(container_id)
+
+    def stored(self, position: LogPosition) -> None:
+        """Record that ``position`` is in the store."""
+        if self._positions is not None:
+            self._positions[position.container_id] = position
+
+    def reset(self) -> None:
+        """Forget everything held in memory; the next read starts from the store."""
+        self._positions = None
+        self._budgets.clear()
+        self._failing.clear()
+
     def forget(self, container_id: str) -> None:
         """Drop every piece of state held for a container."""
         if self._positions is not None:
             self._positions.pop(container_id, None)
         self._budgets.pop(container_id, None)
         self._failing.pop(container_id, None)
-
-    async def run(self) -> None:
-        """Collect every ``interval_s`` (at once while behind) until cancelled."""
-        failing = 0
-        while True:
-            try:
-                await self.collect_once()
-                if failing:
-                    log.info("log collection recovered after %d failures", failing)
-                failing = 0
-            except AgentError as exc:
-                if not failing:
-                    log.warning("log collection failing: %s", exc.message)
-                failing += 1
-            await asyncio.sleep(min(self.interval_s, 0.1) if self._behind else self.interval_s)
 
 
 def _iso(ts_ns: int) -> str:

@@ -54,6 +54,40 @@ async def read_frames(
         return  # the end of the log (or the engine cut it): what was whole is kept
 
 
+@dataclass
+class FrameSplitter:
+    """The same frames as ``read_frames``, from chunks of any size as they arrive.
+
+    Holds at most one chunk and a partial frame header; a frame's first piece is held
+    until it has the whole time stamp (or the frame ends).
+    """
+
+    _buf: bytearray = field(default_factory=bytearray)
+    _stream_id: int = 0
+    _left: int = 0  # payload bytes of the current frame not yet handed out
+    _continued: bool = False
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, bool]]:
+        """Return the frame pieces (stream id, bytes, continued) that ``data`` completes."""
+        self._buf += data
+        out: list[tuple[int, bytes, bool]] = []
+        while True:
+            if not self._left:
+                if len(self._buf) < HEADER.size:
+                    return out
+                self._stream_id, self._left = HEADER.unpack_from(self._buf)
+                del self._buf[: HEADER.size]
+                self._continued = False
+                continue
+            take = min(self._left, len(self._buf))
+            if not take or (not self._continued and take < min(self._left, _STAMP_BYTES)):
+                return out
+            out.append((self._stream_id, bytes(self._buf[:take]), self._continued))
+            del self._buf[:take]
+            self._left -= take
+            self._continued = True
+
+
 @dataclass(frozen=True)
 class LogLine:
     """One whole line of a container's output."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
@@ -134,14 +134,18 @@ class OutboxMixin:
         return list(range(last - len(rows) + 1, last + 1))
 
     async def _insert(
-        self, db: aiosqlite.Connection, kind: str, rows: list[tuple[str, ...]]
+        self, db: aiosqlite.Connection, kind: str, rows: list[tuple[str, ...]], *, seqs: bool = True
     ) -> int:
+        """Insert the rows; return the last seq (0 when ``seqs`` is False: three thread
+        round trips fewer, which followed logs, written every second, do not need)."""
         await db.executemany(
             "INSERT INTO outbox (kind, created_at, payload, bytes) VALUES (?,?,?,?)",
             [(*r, len(r[2])) for r in rows],
         )
-        async with db.execute("SELECT last_insert_rowid()") as cur:
-            last: int = (await cur.fetchone())[0]  # type: ignore[index]
+        last = 0
+        if seqs:
+            async with db.execute("SELECT last_insert_rowid()") as cur:
+                last = (await cur.fetchone())[0]  # type: ignore[index]
         self._count(kind, len(rows), sum(len(r[2]) for r in rows))
         await self._enforce_quota(db, kind)
         return last
@@ -153,9 +157,10 @@ class OutboxMixin:
         position: LogPosition | None = None,
         forget: str | None = None,
         counters: dict[str, int] | None = None,
+        positions: Sequence[LogPosition] = (),
     ) -> None:
-        """Queue log lines, the read position they reach and their counters in one
-        transaction: after a crash the position never runs ahead of, or behind, the lines."""
+        """Queue log lines, the read positions they reach and their counters in one
+        transaction: after a crash a position never runs ahead of, or behind, the lines."""
         now = utc_now()
         rows = [("log", now, json.dumps(p, separators=(",", ":"))) for p in payloads]
         counts = dict(counters or {})
@@ -164,14 +169,15 @@ class OutboxMixin:
             rows = []
         async with self.transaction(durable=False) as db:
             if rows:
-                await self._insert(db, "log", rows)
-            if position is not None:
-                await db.execute(
+                await self._insert(db, "log", rows, seqs=False)
+            reached = [*positions, *([position] if position is not None else [])]
+            if reached:
+                await db.executemany(
                     "INSERT INTO log_positions (container_id, service, ts_ns, at_ts, drained,"
                     " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT(container_id) DO UPDATE SET"
                     " service = excluded.service, ts_ns = excluded.ts_ns, at_ts = excluded.at_ts,"
                     " drained = excluded.drained, updated_at = excluded.updated_at",
-                    (*astuple(position), now),
+                    [(*astuple(p), now) for p in reached],
                 )
             if forget is not None:
                 await db.execute("DELETE FROM log_positions WHERE container_id = ?", (forget,))

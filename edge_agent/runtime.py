@@ -36,7 +36,13 @@ from edge_agent.errors import (
     RegistryAuthError,
     RuntimeAdapterError,
 )
-from edge_agent.logstream import LineAssembler, LogLine, format_since, read_frames
+from edge_agent.logstream import (
+    FrameSplitter,
+    LineAssembler,
+    LogLine,
+    format_since,
+    read_frames,
+)
 from edge_agent.models import (
     LABEL_CONFIG_HASH,
     LABEL_DEVICE,
@@ -53,6 +59,7 @@ from edge_agent.models import (
     Service,
     VolumeMount,
 )
+from edge_agent.readpace import ReadPacer
 from edge_agent.reconcile import DEFAULT_NETWORK, joined_networks, network_key
 
 log = logging.getLogger(__name__)
@@ -608,12 +615,18 @@ class DockerRuntime:
         since_ns: int | None = None,
         tail: int | None = None,
         max_line_bytes: int = 16 * 1024,
+        follow: bool = False,
+        pace: ReadPacer | None = None,
     ) -> AsyncIterator[LogLine]:
         """Stream ``cid``'s log lines from ``since_ns`` on (inclusive), both streams in the
         engine's order, as the engine sends them: nothing is buffered beyond one line of
-        ``max_line_bytes``, so the caller bounds a read by stopping (close the iterator)."""
+        ``max_line_bytes``, so the caller bounds a read by stopping (close the iterator).
+        ``follow``: go on with new lines as they are written, until the container stops.
+        ``pace``: while the engine sends little, read the connection only at the pacer's
+        ticks (many quiet streams in one wake-up, not one per line)."""
         await self._owned(cid, "read logs of")
         params: dict[str, Any] = {
+            "follow": "true" if follow else "false",
             "stdout": "true",
             "stderr": "true",
             "timestamps": "true",
@@ -622,16 +635,62 @@ class DockerRuntime:
         if since_ns is not None:
             params["since"] = format_since(since_ns)
         assembler = LineAssembler(max_line_bytes, time.time_ns)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=60, connect=10)
+        # A followed container may be quiet for hours: no read timeout then.
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None if follow else 60, connect=10)
         with _engine_errors(f"read logs of container {cid}"):
             path = f"containers/{cid}/logs"
             async with self._docker._query(path, params=params, timeout=timeout) as resp:
                 # Managed containers never have a TTY, so the stream is always multiplexed.
-                async for stream_id, piece, continued in read_frames(resp.content):
-                    for line in assembler.feed(stream_id, piece, continued=continued):
-                        yield line
+                if pace is not None:
+                    splitter = FrameSplitter()
+                    async for chunk in _paced(resp, pace):
+                        for stream_id, piece, continued in splitter.feed(chunk):
+                            for line in assembler.feed(stream_id, piece, continued=continued):
+                                yield line
+                else:
+                    async for stream_id, piece, continued in read_frames(resp.content):
+                        for line in assembler.feed(stream_id, piece, continued=continued):
+                            yield line
         for line in assembler.finish():
             yield line
+
+
+# Read in one tick interval, this much means the stream flows: it is read as it comes
+# until an interval brings less. (Held, a stream gets at most what the socket buffer
+# holds per tick: a few hundred lines, the engine writing each line on its own.)
+_FLOWING_BYTES = 4096
+
+
+async def _paced(resp: aiohttp.ClientResponse, pacer: ReadPacer) -> AsyncIterator[bytes]:
+    """Yield the body as it arrives; while it is quiet, read only at the pacer's ticks."""
+    content = resp.content
+    transport = resp.connection.transport if resp.connection is not None else None
+    loop = asyncio.get_running_loop()
+    got, flowing_until = 0, 0.0
+    try:
+        while True:
+            data = content.read_nowait()
+            if data:
+                got += len(data)
+                yield data
+                continue
+            if content.at_eof():
+                return
+            if transport is not None:
+                if got >= _FLOWING_BYTES:
+                    got, flowing_until = 0, loop.time() + pacer.interval_s
+                    pacer.release(transport)
+                elif loop.time() >= flowing_until:
+                    got = 0
+                    pacer.hold(transport)
+            data = await content.readany()
+            if not data:
+                return
+            got += len(data)
+            yield data
+    finally:
+        if transport is not None:
+            pacer.release(transport)
 
 
 def manifest_digest(image: str, repo_digests: list[str]) -> str:

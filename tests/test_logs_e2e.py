@@ -21,9 +21,13 @@ import pytest
 from agentproc import AgentProcess
 from docker_env import TestImages, make_release, make_service, wait_for
 
+from edge_agent.errors import EngineUnavailable
+from edge_agent.logfollow import LogFollower
 from edge_agent.logs import LogCollector
+from edge_agent.logstream import LogLine
 from edge_agent.runtime import DockerRuntime
 from edge_agent.store import Store, StoreLimits
+from edge_agent.tasks import cancel_and_wait
 
 pytestmark = pytest.mark.docker
 
@@ -36,6 +40,7 @@ HOSTILE = (
     "while true; do sleep 1 & wait $!; done"
 )
 SEQ = re.compile(r"^seq (\d+)$")
+NO_POLL_S = 3600.0  # the largest interval_s: a poller would read once an hour
 
 
 @pytest.fixture
@@ -135,6 +140,144 @@ async def test_collector_forgets_a_removed_container(
     assert (await store.counters())["log_gaps"] == 1
 
 
+# ---- the follower on the real engine ------------------------------------------------
+
+
+class FlakySource:
+    """The runtime, whose first ``fail`` log opens fail (a boundary we own: LogSource)."""
+
+    def __init__(self, runtime: DockerRuntime, fail: int) -> None:
+        self.runtime, self.fail, self.opens = runtime, fail, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runtime, name)
+
+    async def log_lines(self, cid: str, **kw: Any) -> AsyncIterator[LogLine]:
+        self.opens += 1
+        if self.opens <= self.fail:
+            raise EngineUnavailable("read logs: engine unreachable (injected)")
+        async for item in self.runtime.log_lines(cid, **kw):
+            yield item
+
+
+async def _following(follower: LogFollower) -> asyncio.Task[None]:
+    task = asyncio.create_task(follower.run())
+    await asyncio.sleep(0)
+    return task
+
+
+async def test_a_burst_is_written_in_bounded_batches_not_a_transaction_per_line(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """Issue 9: a followed burst is batched; one container holds at most the batch bound."""
+    burst = 'for i in $(seq 3000); do echo "seq $i"; done; while true; do sleep 1 & wait $!; done'
+    cid = await _start(runtime, images, "burst", burst)
+    await wait_for(lambda: _engine_has(runtime, cid, "seq 3000"), timeout_s=20)  # a backlog
+    collector = LogCollector(runtime, store, max_lines_per_read=1000)
+    # A deadline long enough that only the bound can write a batch before it.
+    follower = LogFollower(collector, flush_interval_s=5.0, rescan_s=3600)
+    task = await _following(follower)
+    try:
+
+        async def all_lines() -> list[int] | None:
+            seqs = _seqs(await _log_rows(store), "burst")
+            return seqs if len(seqs) >= 3000 else None
+
+        seqs = await wait_for(all_lines, timeout_s=30, interval_s=0.2)
+        assert seqs == list(range(1, 3001))
+        assert 3 <= follower.status()["batches"] <= 4, follower.status()
+        assert (await store.counters())["log_reads_cut"] == 2
+        assert follower.status()["pending_lines"] <= 1000
+    finally:
+        await cancel_and_wait(task)
+
+
+async def test_a_failing_stream_is_retried_counted_and_visible(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """Issue 9: a stream that fails is retried with backoff, counted and shown in status."""
+    await _start(runtime, images, "counter", COUNTER)
+    source = FlakySource(runtime, fail=2)
+    collector = LogCollector(source, store)  # type: ignore[arg-type]
+    follower = LogFollower(collector, flush_interval_s=0.2, rescan_s=3600, retry_base_s=0.5)
+    task = await _following(follower)
+    try:
+
+        async def failing() -> list[dict[str, Any]] | None:
+            return follower.status()["failing"] or None
+
+        (shown,) = await wait_for(failing, timeout_s=10, interval_s=0.05)
+        assert shown["service"] == "counter" and "injected" in shown["last_error"]
+
+        async def recovered() -> list[int] | None:
+            seqs = _seqs(await _log_rows(store), "counter")
+            return seqs if len(seqs) >= 40 and not follower.status()["failing"] else None
+
+        seqs = await wait_for(recovered, timeout_s=30, interval_s=0.2)
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert (await store.counters())["log_stream_failures"] == 2
+        assert not task.done()
+    finally:
+        await cancel_and_wait(task)
+
+
+async def test_a_stopped_container_is_read_to_its_end_once(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """A container that exited is read once (its last words), then left alone."""
+    cid = await _start(runtime, images, "oneshot", 'echo "last words"')
+    await wait_for(lambda: _exited(runtime, cid), timeout_s=20)
+    source = FlakySource(runtime, fail=0)
+    follower = LogFollower(LogCollector(source, store), rescan_s=0.05)  # type: ignore[arg-type]
+    task = await _following(follower)
+    try:
+
+        async def drained() -> bool:
+            pos = (await store.log_positions()).get(cid)
+            return pos is not None and pos.drained
+
+        await wait_for(drained, timeout_s=10)
+        await asyncio.sleep(0.5)  # ten rescans: none may open the stream again
+        assert source.opens == 1
+        assert [r["line"] for r in await _log_rows(store)] == ["last words"]
+    finally:
+        await cancel_and_wait(task)
+
+
+async def test_lines_read_from_a_container_removed_before_they_were_written_are_kept(
+    runtime: DockerRuntime, images: TestImages, store: Store
+) -> None:
+    """The stream of a removed container was dropped with the lines it held unwritten."""
+    cid = await _start(runtime, images, "counter", COUNTER)
+    # Ticks 10 s apart: lines read at one tick wait for the next to be written.
+    follower = LogFollower(LogCollector(runtime, store), flush_interval_s=10.0, rescan_s=3600)
+    task = await _following(follower)
+    try:
+
+        async def pending() -> bool:
+            return follower.status()["pending_lines"] >= 20
+
+        await wait_for(pending, timeout_s=25, interval_s=0.05)
+        stored = len(_seqs(await _log_rows(store), "counter"))
+        held = follower.status()["pending_lines"]
+        await runtime.remove(cid)
+        follower.notice("destroy", cid)
+
+        await wait_for(lambda: _no_positions(store), timeout_s=10)
+        seqs = _seqs(await _log_rows(store), "counter")
+        assert len(seqs) >= stored + held >= 20 and seqs == list(range(1, len(seqs) + 1))
+    finally:
+        await cancel_and_wait(task)
+
+
+async def _no_positions(store: Store) -> bool:
+    return not await store.log_positions()
+
+
+async def _exited(runtime: DockerRuntime, cid: str) -> bool:
+    return not (await runtime.inspect(cid)).is_running
+
+
 # ---- a real agent process, killed -------------------------------------------------
 
 
@@ -142,7 +285,8 @@ async def test_collector_forgets_a_removed_container(
 async def agent(
     tmp_path: Path, device_id: str, docker: aiodocker.Docker
 ) -> AsyncIterator[AgentProcess]:
-    proc = AgentProcess(device_id, tmp_path / "agent", logs={"interval_s": 1.0})
+    # No poll interval to lean on: every line must come from the followed stream.
+    proc = AgentProcess(device_id, tmp_path / "agent", logs={"interval_s": NO_POLL_S})
     try:
         yield await proc.start()
     finally:
@@ -262,3 +406,39 @@ async def test_an_update_reads_the_replaced_containers_last_lines_and_records_no
     assert _seqs([r for r in rows[: len(first)]], "counter") == list(range(1, len(first)))
     assert not [r for r in _stored(agent) if r.get("gap")]
     assert (await agent.status())["counters"].get("log_gaps", 0) == 0
+
+
+async def test_lines_arrive_promptly_without_a_poll_interval(
+    agent: AgentProcess, images: TestImages, docker: aiodocker.Docker
+) -> None:
+    """Issue 9: logs were polled every interval_s; followed, they arrive as written."""
+    await _deploy_counter(agent, images)
+    await wait_for(_seq_at_least(agent, 1), timeout_s=30, interval_s=0.3)
+    # Once flowing, what the engine has is stored within two ticks (flush_interval_s: 2 s).
+    for _ in range(3):
+        written = await _engine_seq(docker, agent.device_id)
+        await wait_for(_seq_at_least(agent, written), timeout_s=8, interval_s=0.2)
+    status = await agent.status()
+    assert status["logs"]["streams"] == 1 and status["logs"]["failing"] == []
+    assert status["logs"]["batches"] >= 1
+
+
+async def test_a_container_restarted_by_the_engine_is_followed_again(
+    agent: AgentProcess, images: TestImages, docker: aiodocker.Docker
+) -> None:
+    """Issue 9: the engine ends a followed stream at a stop; a restart is a new stream."""
+    await _deploy_counter(agent, images)
+    await wait_for(_seq_at_least(agent, 20), timeout_s=30, interval_s=0.3)
+    cid = (await _containers(docker, agent.device_id))["counter"]
+    await docker.containers.container(cid).restart(timeout=1)
+
+    async def second_generation() -> list[int] | None:
+        seqs = _seqs(_stored(agent), "counter")
+        restart = seqs.index(1, 1) if seqs.count(1) == 2 else None
+        return seqs if restart is not None and len(seqs) - restart >= 40 else None
+
+    seqs = await wait_for(second_generation, timeout_s=30, interval_s=0.3)
+    restart = seqs.index(1, 1)
+    assert seqs[:restart] == list(range(1, restart + 1)), "first run lost or repeated lines"
+    assert seqs[restart:] == list(range(1, len(seqs) - restart + 1)), "second run"
+    assert not [r for r in _stored(agent) if r.get("gap")]

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
-from edge_agent.logstream import HEADER, LineAssembler, format_since, parse_stamp, read_frames
+from edge_agent.logstream import (
+    HEADER,
+    FrameSplitter,
+    LineAssembler,
+    format_since,
+    parse_stamp,
+    read_frames,
+)
+from edge_agent.readpace import ReadPacer
 
 T = b"2026-12-01T00:23:04.341434750Z "
 T_NS = 1_796_084_584_341_434_750
@@ -76,3 +85,52 @@ async def test_frames_are_read_in_bounded_pieces_and_a_cut_stream_ends_cleanly()
     a = LineAssembler(1000, clock_ns=lambda: 7)
     (ln,) = [x for s, p, c in frames for x in a.feed(s, p, continued=c)]
     assert (ln.ts_ns, ln.text) == (T_NS, "y" * 100)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 9, 70, 10_000])
+def test_frames_fed_in_chunks_of_any_size_become_the_same_lines(chunk: int) -> None:
+    """Issue 9: a followed stream is read in whatever chunks the socket holds at a tick."""
+    frames = [(1, T + b"one\ntwo\n"), (2, T + b"err" * 40 + b"\n"), (0, b""), (1, T + b"x\n")]
+    raw = b"".join(HEADER.pack(s, len(p)) + p for s, p in frames)
+    splitter, a = FrameSplitter(), LineAssembler(1000, clock_ns=lambda: 7)
+    pieces = [f for i in range(0, len(raw), chunk) for f in splitter.feed(raw[i : i + chunk])]
+    assert all(len(p) >= len(T) for _, p, c in pieces if not c)  # the stamp is never split
+    lines = [ln for s, p, c in pieces for ln in a.feed(s, p, continued=c)]
+    assert [(ln.ts_ns, ln.stream, ln.text) for ln in lines] == [
+        (T_NS, "stdout", "one"),
+        (T_NS, "stdout", "two"),
+        (T_NS, "stderr", "err" * 40),
+        (T_NS, "stdout", "x"),
+    ]
+
+
+class _Counting(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reads: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.reads.append(data)
+
+
+async def test_a_held_connection_is_read_once_per_tick_with_all_it_got() -> None:
+    """Issue 9: ten quiet streams woke the agent once per line; held, once per tick."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, proto = await loop.connect_accepted_socket(_Counting, ours)
+    pacer = ReadPacer(interval_s=1.0)
+    try:
+        await asyncio.sleep(1.0 - loop.time() % 1.0 + 0.05)  # just after a tick
+        pacer.hold(transport)  # type: ignore[arg-type]
+        for i in range(5):
+            theirs.send(f"line {i}\n".encode())
+            await asyncio.sleep(0.02)
+        assert proto.reads == []  # held: nothing read between ticks
+        await asyncio.sleep(1.0)
+        assert proto.reads == [b"".join(f"line {i}\n".encode() for i in range(5))]
+        pacer.release(transport)  # type: ignore[arg-type]
+        theirs.send(b"flowing\n")
+        await asyncio.sleep(0.05)
+        assert proto.reads[-1] == b"flowing\n" and pacer.held() == 0
+    finally:
+        transport.close()
+        theirs.close()
