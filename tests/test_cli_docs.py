@@ -79,7 +79,7 @@ class DocLine:
             if len(words) > 2 and words[1] == "-m":
                 return f"python -m {words[2]}"
             return next((p for p in NOT_RUN if words[1].startswith(p)), words[1])
-        return words[0]
+        return next((p for p in NOT_RUN if words[0].startswith(p)), words[0])
 
     @property
     def args(self) -> list[str]:
@@ -314,7 +314,8 @@ def test_documented_agent_lines_run_against_a_real_agent(tmp_path: Path) -> None
         docker={"disk_reserve_mb": 0},
     )
     agent_lines = [ln for ln in OURS if ln.module == "edge_agent" and not ln.is_synopsis]
-    (run_line,) = {ln.text: ln for ln in agent_lines if ln.args[:1] == ["run"]}.values()
+    runs = [ln for ln in agent_lines if ln.args[:1] == ["run"] and not ln.inline]
+    (run_line,) = {ln.text: ln for ln in runs}.values()
     argv = [a.replace("/etc/edge-agent/agent.toml", str(config)) for a in run_line.args]
     log = (tmp_path / "agent.log").open("wb")
     proc = subprocess.Popen(
