@@ -41,6 +41,9 @@ class AuditRecord:
     at: datetime
     detail: dict[str, Any] = field(default_factory=dict)
     id: int = 0
+    source_addr: str = ""  # the caller's remote address ("" for the hub's own decisions)
+    prev_hash: str = ""  # the chain (hub.audit_chain); set by the store when written
+    hash: str = ""
 
 
 @dataclass(frozen=True)

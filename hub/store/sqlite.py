@@ -20,6 +20,7 @@ from typing import Any
 import aiosqlite
 
 from edge_agent.protocol import INT64_MAX, SignedTarget
+from hub import audit_chain
 from hub.auth import check_enrollment_token
 from hub.errors import Conflict, Forbidden, InvalidRequest, NotFound, StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
@@ -62,7 +63,10 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             for statement in statements:
-                db.execute(statement)
+                if callable(statement):
+                    statement(db)
+                else:
+                    db.execute(statement)
             db.execute(
                 "INSERT INTO schema_migrations VALUES (?,?,?)",
                 (version, name, rows.ts(datetime.now(UTC))),
@@ -121,6 +125,7 @@ class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
             "wal_autocheckpoint=0",  # WalCheckpointer does it off the commit path
         ):
             db.execute(f"PRAGMA {pragma}")
+        audit_chain.register(db)
         migrate(db)
 
     async def close(self) -> None:
