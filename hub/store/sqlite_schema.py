@@ -223,9 +223,13 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
                 detail TEXT NOT NULL,
                 hash TEXT NOT NULL,
                 broken TEXT,
+                feed_after INTEGER NOT NULL,
                 UNIQUE (device_id, seq)
             )""",
             "CREATE INDEX device_audit_by_device ON device_audit (device_id, id)",
+            # One listing of hub and device records: a device record is placed after the
+            # hub record that was last when it arrived (append-only, so one cursor pages it).
+            "CREATE INDEX device_audit_feed ON device_audit (feed_after, id)",
             """CREATE TABLE device_audit_chain (
                 device_id TEXT PRIMARY KEY,
                 last_id INTEGER NOT NULL,
