@@ -2,6 +2,7 @@
 
 edge-hub serve --config hub.toml     serve until SIGTERM/SIGINT
 edge-hub init  --config hub.toml     create CA, keys, admin token; print what agents pin
+edge-hub audit verify --config hub.toml   check the audit hash chain offline (exit 1: broken)
 edge-hub --version                   print the version and exit
 """
 
@@ -32,7 +33,37 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create the data directory, CA, keys and admin token")
     init.add_argument("--config", help="TOML config file")
     init.add_argument("--data-dir", help="override server.data_dir")
+    audit = sub.add_parser("audit", help="the hub's audit trail, offline")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="walk the audit hash chain in the store (read-only); exit 1 if broken"
+    )
+    verify.add_argument("--config", help="TOML config file")
+    verify.add_argument("--data-dir", help="override server.data_dir")
     return parser
+
+
+def _audit_verify(config: HubConfig) -> None:
+    import sqlite3
+
+    from hub.audit_chain import verify_file
+
+    path = config.sqlite_path
+    if not path.exists():
+        print(f"edge-hub: no database at {path}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        verdict = verify_file(path)
+    except sqlite3.Error as exc:
+        print(f"edge-hub: cannot read the audit table of {path}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not verdict.ok:
+        print(
+            f"audit chain BROKEN at record {verdict.broken_id}: {verdict.reason} "
+            f"({verdict.count} records before it verified)"
+        )
+        raise SystemExit(1)
+    print(f"audit chain ok: {verdict.count} records verified, head {verdict.head or '-'}")
 
 
 def _run(coro_main: asyncio.Future[None] | object) -> None:
@@ -75,6 +106,9 @@ def hub_main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     if args.command == "init":
         _init(config)
+        return
+    if args.command == "audit":
+        _audit_verify(config)
         return
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -15,7 +15,8 @@
                [--expires 1d] [--window 01:00-04:00 --tz Europe/Berlin] [--immediate]
     target show ID
     events ID [--after SEQ] [--limit N]
-    audit [--after ID] [--limit N]
+    audit [--actor A] [--action X] [--device D] [--group G] [--since 30d] [--until T]
+          [--source all|hub|device] [--format json|jsonl|csv] [--after ID] [--limit N]
     release create NAME --version V -f RELEASE.json
     release list [--after ID] [--limit N]
     release show NAME@VERSION
@@ -44,7 +45,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hub import edgectl_rollout
+from hub import edgectl_audit, edgectl_rollout
 
 DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -186,12 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("id")
     events.add_argument("--after", type=int, default=0)
     events.add_argument("--limit", type=int, default=100)
-    audit = sub.add_parser(
-        "audit",
-        help="the hub's audit log (operators, enrollment, renewal; on-device actions: events)",
-    )
-    audit.add_argument("--after", type=int, default=0)
-    audit.add_argument("--limit", type=int, default=100)
+    edgectl_audit.add_parser(sub)
     _release_parser(sub)
     _drift_parser(sub)
     edgectl_rollout.add_parser(sub)
@@ -442,12 +438,15 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return client.call(
             "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"
         )
-    return client.call("GET", f"/api/v1/audit?after={args.after}&limit={args.limit}")
+    edgectl_audit.run(args, client.call, parse_duration)  # streams every page itself
+    return None
 
 
 def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
     if args.command == "rollout":
         edgectl_rollout.show(args, result, client.call, sanitize)
+        return
+    if args.command == "audit":
         return
     if args.command in ("drift", "retired") and not args.json:
         (_print_drift if args.command == "drift" else _print_retired)(result)

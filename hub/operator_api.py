@@ -9,7 +9,7 @@
     POST /api/v1/devices/{id}/disable      refuse the device from now on
     POST /api/v1/devices/{id}/enable       accept it again
     GET  /api/v1/devices/{id}/events       ?after=seq&limit=n
-    GET  /api/v1/audit                     ?after=id&limit=n
+    GET  /api/v1/audit                     ?cursor=&limit=n&actor=&action=&device=&group=...
 
 Every state-changing call is audited (actor, action, target, time, outcome): on success
 in the same transaction as the change, on refusal or failure as a row of its own.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from edge_agent.models import ENV_KEY_RE, MaintenanceWindow, Release, Target
 from edge_agent.protocol import BASELINE_FEATURES, required_features
 from edge_agent.signing import sign_target
+from hub import audit_api
 from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, InvalidRequest, NotFound
@@ -201,7 +202,9 @@ async def show_device(request: web.Request) -> web.Response:
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device = await _device_or_404(hub, request.match_info["device_id"])
-    return web.json_response(device_view(hub, device, hub.now()))
+    view = device_view(hub, device, hub.now())
+    view["audit_chain"] = asdict(await hub.store.device_audit_chain(device.id))
+    return web.json_response(view)
 
 
 @routes.get("/api/v1/devices/{device_id}/target")
@@ -365,25 +368,5 @@ async def list_events(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/audit")
 async def list_audit(request: web.Request) -> web.Response:
-    """Page through the audit log, oldest first."""
-    principal(request, Permission.AUDIT_READ)
-    hub = ctx(request)
-    after, limit = page(request, "after", hub.config.limits.max_events_page)
-    rows = await hub.store.list_audit(after, limit)
-    return web.json_response(
-        {
-            "audit": [
-                {
-                    "id": a.id,
-                    "at": a.at.isoformat(),
-                    "actor": a.actor,
-                    "action": a.action,
-                    "target": a.target,
-                    "outcome": a.outcome,
-                    "detail": a.detail,
-                }
-                for a in rows
-            ],
-            "next_after": rows[-1].id if rows else after,
-        }
-    )
+    """Page through hub and device audit records (filters: ``hub.audit_api``)."""
+    return await audit_api.list_audit(request)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from hub.auth import Permission, Principal, require
 from hub.context import HubContext, ctx
 from hub.errors import HubError, InvalidRequest
-from hub.guard import audit_refusal
+from hub.guard import audit_refusal, source
 from hub.store import AuditRecord
 from hub.wire import read_body
 
@@ -30,15 +30,28 @@ class Body(BaseModel):
 class Action:
     """An audited operator action in progress."""
 
-    def __init__(self, hub: HubContext, principal: Principal, action: str, target: str) -> None:
+    def __init__(
+        self, hub: HubContext, principal: Principal, action: str, target: str, source: str = ""
+    ) -> None:
         self.hub, self.principal, self.action, self.target = hub, principal, action, target
+        self.source = source  # the caller's remote address, in every row of this action
         self.recorded = False
 
     def ok(self, **detail: Any) -> AuditRecord:
         """Return the success audit row (the store writes it with the change)."""
         self.recorded = True
+        return self.row("ok", detail)
+
+    def row(self, outcome: str, detail: dict[str, Any]) -> AuditRecord:
+        """Return an audit row of this action with ``outcome``."""
         return AuditRecord(
-            self.principal.name, self.action, self.target, "ok", self.hub.now(), detail
+            self.principal.name,
+            self.action,
+            self.target,
+            outcome,
+            self.hub.now(),
+            detail,
+            source_addr=self.source,
         )
 
 
@@ -66,22 +79,16 @@ async def audited(
             AuditRecord(actor, action, target, "denied", hub.now(), {"reason": exc.message}),
         )
         raise
-    act = Action(hub, principal, action, target)
+    act = Action(hub, principal, action, target, source(request))
     try:
         yield act
     except HubError as exc:
         outcome = "error" if exc.status >= 500 else "rejected"
-        await hub.store.record_audit(
-            AuditRecord(
-                principal.name, action, act.target, outcome, hub.now(), {"reason": exc.message}
-            )
-        )
+        await hub.store.record_audit(act.row(outcome, {"reason": exc.message}))
         raise
     except Exception as exc:  # a defect: still audited (the middleware answers 500)
         reason = f"internal error {type(exc).__name__}"
-        await hub.store.record_audit(
-            AuditRecord(principal.name, action, act.target, "error", hub.now(), {"reason": reason})
-        )
+        await hub.store.record_audit(act.row("error", {"reason": reason}))
         raise
     if not act.recorded:
         await hub.store.record_audit(act.ok())

@@ -64,7 +64,8 @@ class RefusalAudit:
             return
         self._groups[key] = _Group(record.actor, record.target[:MAX_TARGET])
         detail = {**record.detail, "peer": peer, "count": 1}
-        await self._write(record.actor, record.action, record.target[:MAX_TARGET], record, detail)
+        target = record.target[:MAX_TARGET]
+        await self._write(record.actor, record.action, target, record, detail, peer)
         if len(self._groups) > self.max_groups:
             await self.flush()
 
@@ -83,7 +84,7 @@ class RefusalAudit:
             }
             record = AuditRecord(group.actor, action, group.target, outcome, group.last_at)
             try:
-                await self._write(group.actor, action, group.target, record, detail)
+                await self._write(group.actor, action, group.target, record, detail, peer)
             except BaseException:
                 self._restore(pending[i:])  # never dropped: the next flush writes them
                 raise
@@ -99,9 +100,17 @@ class RefusalAudit:
             current.detail = group.detail
 
     async def _write(
-        self, actor: str, action: str, target: str, record: AuditRecord, detail: dict[str, Any]
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        record: AuditRecord,
+        detail: dict[str, Any],
+        peer: str,
     ) -> None:
-        row = AuditRecord(actor, action, target, record.outcome, record.at, detail)
+        row = AuditRecord(
+            actor, action, target, record.outcome, record.at, detail, source_addr=peer
+        )
         await self._store.record_audit(row)
         self.rows_written += 1
 

@@ -20,8 +20,12 @@ from datetime import datetime
 from edge_agent.protocol import SignedTarget
 from hub.config import HubConfig
 from hub.store.records import (
+    AuditCursor,
+    AuditEntry,
+    AuditQuery,
     AuditRecord,
     CertLineage,
+    DeviceAuditChain,
     DeviceRecord,
     EnrollmentTokenRecord,
     EntryRow,
@@ -39,8 +43,12 @@ from hub.store.records import (
 )
 
 __all__ = [
+    "AuditCursor",
+    "AuditEntry",
+    "AuditQuery",
     "AuditRecord",
     "CertLineage",
+    "DeviceAuditChain",
     "DeviceRecord",
     "EnrollmentTokenRecord",
     "EntryRow",
@@ -274,6 +282,14 @@ class HubStore(ABC):
     @abstractmethod
     async def list_audit(self, after_id: int, limit: int) -> list[AuditRecord]:
         """Return audit rows with id > after_id, oldest first."""
+
+    @abstractmethod
+    async def query_audit(self, q: AuditQuery) -> list[AuditEntry]:
+        """Return one page of hub and device audit records matching ``q``, in feed order."""
+
+    @abstractmethod
+    async def device_audit_chain(self, device_id: str) -> DeviceAuditChain:
+        """Return how the device's audit chain verified at the hub so far."""
 
 
 def open_store(config: HubConfig) -> HubStore:

@@ -41,6 +41,9 @@ class AuditRecord:
     at: datetime
     detail: dict[str, Any] = field(default_factory=dict)
     id: int = 0
+    source_addr: str = ""  # the caller's remote address ("" for the hub's own decisions)
+    prev_hash: str = ""  # the chain (hub.audit_chain); set by the store when written
+    hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,3 +242,64 @@ class RolloutRecord:
     created_at: datetime
     created_by: str
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditCursor:
+    """A position in the audit listing: (hub id last seen, 0 hub | 1 device, row id)."""
+
+    pos: int = 0
+    rank: int = 0
+    id: int = 0
+
+    def text(self) -> str:
+        """Return the cursor as the API hands it out ("pos.rank.id")."""
+        return f"{self.pos}.{self.rank}.{self.id}"
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of the audit listing (None: any); ``devices`` already resolved from groups."""
+
+    cursor: AuditCursor
+    limit: int
+    actor: str | None = None
+    action: str | None = None  # exact, or a prefix ending in "*"
+    devices: frozenset[str] | None = None
+    since: str | None = None  # iso_utc text, inclusive
+    until: str | None = None  # iso_utc text, exclusive
+    source: str = "all"  # all | hub | device
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One record of the audit listing, from the hub's chain or a device's."""
+
+    cursor: AuditCursor
+    source: str  # hub | device
+    id: int
+    device_id: str
+    record_id: int  # the device's own record id (0 for hub rows)
+    at: str
+    received_at: str
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict[str, Any]
+    source_addr: str
+    hash: str
+    chain_broken: str | None  # why this device record broke its device's chain
+
+
+@dataclass(frozen=True)
+class DeviceAuditChain:
+    """How a device's audit chain verified at the hub: counts and the first break."""
+
+    last_id: int
+    verified: int
+    unverifiable: int
+    breaks: int
+    broken_id: int | None
+    broken_at: str | None
+    broken_reason: str | None

@@ -20,6 +20,7 @@ from typing import Any
 import aiosqlite
 
 from edge_agent.protocol import INT64_MAX, SignedTarget
+from hub import audit_chain, device_audit
 from hub.auth import check_enrollment_token
 from hub.errors import Conflict, Forbidden, InvalidRequest, NotFound, StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
@@ -39,6 +40,7 @@ from hub.store.records import (
     SyncResult,
     TargetRecord,
 )
+from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_rollouts import RolloutsMixin
@@ -62,7 +64,10 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             for statement in statements:
-                db.execute(statement)
+                if callable(statement):
+                    statement(db)
+                else:
+                    db.execute(statement)
             db.execute(
                 "INSERT INTO schema_migrations VALUES (?,?,?)",
                 (version, name, rows.ts(datetime.now(UTC))),
@@ -73,7 +78,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
+class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(
@@ -121,6 +126,7 @@ class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
             "wal_autocheckpoint=0",  # WalCheckpointer does it off the commit path
         ):
             db.execute(f"PRAGMA {pragma}")
+        audit_chain.register(db)
         migrate(db)
 
     async def close(self) -> None:
@@ -321,6 +327,7 @@ class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
                 raise Forbidden(f"device {device_id!r} is disabled")
             space = _seq_space(db, device_id, batch.epoch)
             inserted = _insert_entries(db, device_id, space, batch.entries, received)
+            device_audit.observe(db, device_id, batch.entries, space.offset, space.floor, received)
             sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
             args: list[Any] = [received, applied, batch.protocol]
             if batch.features is not None:

@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from hub.audit_chain import redact
 from hub.store.records import (
     AuditRecord,
     DeviceRecord,
@@ -23,8 +24,16 @@ DEVICE_COLUMNS = (
 )
 TOKEN_COLUMNS = "id, secret_hash, uses_total, uses_left, expires_at, tags, created_at, created_by"
 EVENT_COLUMNS = "device_id, seq, kind, created_at, received_at, payload"
-AUDIT_COLUMNS = "id, at, actor, action, target, outcome, detail"
-INSERT_AUDIT = "INSERT INTO audit (at, actor, action, target, outcome, detail) VALUES (?,?,?,?,?,?)"
+AUDIT_COLUMNS = "id, at, actor, action, target, outcome, detail, source_addr, prev_hash, hash"
+# The next id and the previous row's hash are read in the inserting transaction (the one
+# writer serializes them): the chain is total. ``audit_hash`` is hub.audit_chain.record_hash.
+INSERT_AUDIT = (
+    "INSERT INTO audit (id, at, actor, action, target, outcome, detail, source_addr, "
+    "prev_hash, hash) SELECT n, ?1, ?2, ?3, ?4, ?5, ?6, ?7, p, "
+    "audit_hash(n, p, ?1, ?2, ?3, ?4, ?5, ?6, ?7) FROM (SELECT "
+    "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit'), 0) + 1 AS n, "
+    "COALESCE((SELECT hash FROM audit ORDER BY id DESC LIMIT 1), '') AS p)"
+)
 
 
 def ts(value: datetime) -> str:
@@ -55,7 +64,8 @@ def audit_args(audit: AuditRecord) -> tuple[Any, ...]:
         audit.action,
         audit.target,
         audit.outcome,
-        dumps(audit.detail),
+        dumps(redact(audit.detail)),
+        audit.source_addr,
     )
 
 
@@ -149,7 +159,16 @@ def event(row: tuple[Any, ...]) -> EventRecord:
 
 def audit(row: tuple[Any, ...]) -> AuditRecord:
     """Return an AuditRecord from a row of AUDIT_COLUMNS."""
-    id_, at, actor, action, target, outcome, detail = row
+    id_, at, actor, action, target, outcome, detail, source_addr, prev_hash, hash_ = row
     return AuditRecord(
-        actor, action, target, outcome, datetime.fromisoformat(at), json.loads(detail), id_
+        actor,
+        action,
+        target,
+        outcome,
+        datetime.fromisoformat(at),
+        json.loads(detail),
+        id_,
+        source_addr,
+        prev_hash,
+        hash_,
     )

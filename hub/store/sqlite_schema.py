@@ -5,7 +5,15 @@ Never edit a released migration: append a new one. Times are ISO 8601 UTC text.
 
 from __future__ import annotations
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+import sqlite3
+from collections.abc import Callable
+
+from hub.audit_chain import backfill as backfill_audit_chain
+
+# A step is SQL text, or a function of the connection for what SQL cannot say.
+Step = str | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[tuple[int, str, list[Step]]] = [
     (
         1,
         "devices, enrollment tokens, targets, events, audit",
@@ -190,5 +198,49 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         9,
         "devices: when the maintenance window of a waiting target opens (agent-reported)",
         ["ALTER TABLE devices ADD COLUMN window_opens_at TEXT"],
+    ),
+    (
+        10,
+        "audit: hash chain and source address; device audit records and chain state",
+        [
+            "ALTER TABLE audit ADD COLUMN source_addr TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''",
+            backfill_audit_chain,
+            # Device audit records as they arrive (hub.device_audit), for the audit query;
+            # (device_id, seq) is the hub seq of the entry: a re-delivery is ignored.
+            """CREATE TABLE device_audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                device_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                record_id INTEGER NOT NULL,
+                at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                object TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                broken TEXT,
+                feed_after INTEGER NOT NULL,
+                UNIQUE (device_id, seq)
+            )""",
+            "CREATE INDEX device_audit_by_device ON device_audit (device_id, id)",
+            # One listing of hub and device records: a device record is placed after the
+            # hub record that was last when it arrived (append-only, so one cursor pages it).
+            "CREATE INDEX device_audit_feed ON device_audit (feed_after, id)",
+            """CREATE TABLE device_audit_chain (
+                device_id TEXT PRIMARY KEY,
+                last_id INTEGER NOT NULL,
+                last_hash TEXT NOT NULL,
+                verified INTEGER NOT NULL DEFAULT 0,
+                unverifiable INTEGER NOT NULL DEFAULT 0,
+                broken_id INTEGER,
+                broken_at TEXT,
+                broken_reason TEXT,
+                breaks INTEGER NOT NULL DEFAULT 0
+            ) WITHOUT ROWID""",
+        ],
     ),
 ]

@@ -1,0 +1,122 @@
+"""SqliteStore's part for the audit query over hub and device records (migration 10).
+
+One listing, one cursor: hub rows in id order, and each device record placed after the
+hub row that was last when it arrived (``device_audit.feed_after``). Both tables are
+append-only, so the order (position, source, id) never inserts before a cursor already
+handed out: paging by ``AuditCursor`` returns every matching record exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hub.store.records import AuditCursor, AuditEntry, AuditQuery, DeviceAuditChain
+
+HUB_SELECT = (
+    "SELECT id AS pos, 0 AS rank, id, 'hub' AS source, '' AS device_id, 0 AS record_id, at, "
+    "'' AS received_at, actor, action, target, outcome, detail, source_addr, hash, "
+    "NULL AS broken FROM audit"
+)
+DEVICE_SELECT = (
+    "SELECT feed_after AS pos, 1 AS rank, id, 'device' AS source, device_id, record_id, at, "
+    "received_at, actor, action, object AS target, outcome, detail, '' AS source_addr, hash, "
+    "broken FROM device_audit"
+)
+
+
+def _filters(q: AuditQuery, device_column: str) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if q.actor is not None:
+        where.append("actor = ?")
+        args.append(q.actor)
+    if q.action is not None:
+        if q.action.endswith("*"):
+            where.append("substr(action, 1, ?) = ?")
+            args += [len(q.action) - 1, q.action[:-1]]
+        else:
+            where.append("action = ?")
+            args.append(q.action)
+    if q.devices is not None:
+        where.append(f"{device_column} IN (SELECT value FROM json_each(?))")
+        args.append(json.dumps(sorted(q.devices)))
+    if q.since is not None:
+        where.append("at >= ?")
+        args.append(q.since)
+    if q.until is not None:
+        where.append("at < ?")
+        args.append(q.until)
+    return where, args
+
+
+def query_sql(q: AuditQuery) -> tuple[str, list[Any]]:
+    """Return the SQL and parameters of one page of the query."""
+    c = q.cursor
+    parts: list[str] = []
+    args: list[Any] = []
+    if q.source in ("all", "hub"):
+        where, wargs = _filters(q, "target")
+        where.insert(0, "id > ?")
+        parts.append(f"{HUB_SELECT} WHERE {' AND '.join(where)}")
+        args += [c.pos, *wargs]
+    if q.source in ("all", "device"):
+        where, wargs = _filters(q, "device_id")
+        where.insert(0, "(feed_after > ? OR (feed_after = ? AND (? = 0 OR id > ?)))")
+        parts.append(f"{DEVICE_SELECT} WHERE {' AND '.join(where)}")
+        args += [c.pos, c.pos, c.rank, c.id, *wargs]
+    sql = f"SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY pos, rank, id LIMIT ?"
+    return sql, [*args, q.limit]
+
+
+def entry(row: tuple[Any, ...]) -> AuditEntry:
+    """Return an AuditEntry from a row of the query."""
+    pos, rank, id_, source, device_id, record_id, at, received_at, *rest = row
+    actor, action, target, outcome, detail, source_addr, hash_, broken = rest
+    return AuditEntry(
+        cursor=AuditCursor(pos, rank, id_),
+        source=source,
+        id=id_,
+        device_id=device_id,
+        record_id=record_id,
+        at=at,
+        received_at=received_at,
+        actor=actor,
+        action=action,
+        target=target,
+        outcome=outcome,
+        detail=json.loads(detail),
+        source_addr=source_addr,
+        hash=hash_,
+        chain_broken=broken,
+    )
+
+
+CHAIN_SELECT = (
+    "SELECT last_id, verified, unverifiable, breaks, broken_id, broken_at, broken_reason "
+    "FROM device_audit_chain WHERE device_id = ?"
+)
+
+
+def chain(row: tuple[Any, ...] | None) -> DeviceAuditChain:
+    """Return a device's chain verdict from a row of CHAIN_SELECT (none yet: empty)."""
+    if row is None:
+        return DeviceAuditChain(0, 0, 0, 0, None, None, None)
+    return DeviceAuditChain(*row)
+
+
+class AuditMixin:
+    """The audit query and device chain reads of SqliteStore."""
+
+    async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        raise NotImplementedError  # provided by SqliteStore
+
+    async def query_audit(self, q: AuditQuery) -> list[AuditEntry]:
+        """Return one page of hub and device audit records matching ``q``, in feed order."""
+        sql, args = query_sql(q)
+        return [entry(r) for r in await self._read(sql, tuple(args))]
+
+    async def device_audit_chain(self, device_id: str) -> DeviceAuditChain:
+        """Return how the device's audit chain verified at the hub so far."""
+        found = await self._read(CHAIN_SELECT, (device_id,))
+        return chain(found[0] if found else None)

@@ -1,0 +1,198 @@
+"""Device audit chains verified at the hub: records tampered with in the agent's store
+before they sync are flagged on that device, naming the record; an honest device, and
+records delivered twice, are not. The real store and syncer against a real hub process."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hubproc import HubProcess
+from synckit import enroll_device, open_device
+
+from edge_agent.outbox import AuditRow
+from hub.device_audit import ChainState, DeviceRecord, chain_hash, judge
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    proc = HubProcess(tmp_path_factory.mktemp("hub") / "data").start()
+    yield proc
+    proc.stop()
+
+
+async def _device_with_records(hub: HubProcess, data: Path, n: int = 5) -> str:
+    """Enroll a device and have its store write ``n`` audit records; return its id."""
+    identity = await enroll_device(hub, data)
+    dev = await open_device(data)
+    try:
+        await dev.syncer.sync_once()  # the store's epoch, so a copy of it is the same store
+        for i in range(n):
+            await dev.store.append_audit(
+                AuditRow("tech:ana", "service.restart", f"web{i}", "ok", {"n": i})
+            )
+    finally:
+        await dev.close()
+    return identity.device_id
+
+
+def _audit_rows(data: Path) -> list[tuple[int, dict[str, Any]]]:
+    import json
+
+    db = sqlite3.connect(data / "agent.db")
+    rows = db.execute(
+        "SELECT seq, payload FROM outbox WHERE kind = 'audit' ORDER BY seq"
+    ).fetchall()
+    db.close()
+    return [(s, json.loads(p)) for s, p in rows]
+
+
+def _tamper(data: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    db = sqlite3.connect(data / "agent.db")
+    with db:
+        for sql, args in statements:
+            db.execute(sql, args)
+    db.close()
+
+
+async def _sync(data: Path) -> None:
+    dev = await open_device(data)
+    try:
+        result = await dev.syncer.sync_once()
+        assert result is not None
+    finally:
+        await dev.close()
+
+
+def _chain(hub: HubProcess, device_id: str) -> dict[str, Any]:
+    return dict(hub.device(device_id)["audit_chain"])
+
+
+def _listed(hub: HubProcess, device_id: str) -> list[dict[str, Any]]:
+    page = hub._get(f"/api/v1/audit?device={device_id}&source=device&limit=1000")
+    return list(page["audit"])
+
+
+async def test_honest_device_chain_not_flagged_even_when_redelivered(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(hub, data)
+    before = tmp_path / "before.db"
+    shutil.copy(data / "agent.db", before)
+    await _sync(data)
+    # At-least-once: the agent lost the ack (its store as before the sync) and sends again.
+    shutil.copy(before, data / "agent.db")
+    await _sync(data)
+    chain = _chain(hub, device_id)
+    assert chain["broken_id"] is None and chain["breaks"] == 0, chain
+    assert chain["verified"] == 5 and chain["last_id"] == 5
+    listed = _listed(hub, device_id)
+    assert [r["record_id"] for r in listed] == [1, 2, 3, 4, 5]
+    assert all(r["chain_broken"] is None and r["source"] == "device" for r in listed)
+
+
+async def test_altered_device_record_flagged_at_hub(hub: HubProcess, tmp_path: Path) -> None:
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(hub, data)
+    seq, _ = _audit_rows(data)[2]
+    _tamper(
+        data,
+        (
+            "UPDATE outbox SET payload = json_set(payload, '$.outcome', 'refused') WHERE seq = ?",
+            (seq,),
+        ),
+    )
+    await _sync(data)
+    chain = _chain(hub, device_id)
+    assert chain["broken_id"] == 3 and chain["broken_reason"].startswith("altered"), chain
+    flagged = [r["record_id"] for r in _listed(hub, device_id) if r["chain_broken"]]
+    assert flagged == [3]
+
+
+async def test_deleted_device_record_flagged_as_gap(hub: HubProcess, tmp_path: Path) -> None:
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(hub, data)
+    seq, _ = _audit_rows(data)[2]
+    _tamper(data, ("DELETE FROM outbox WHERE seq = ?", (seq,)))
+    await _sync(data)
+    chain = _chain(hub, device_id)
+    assert chain["broken_id"] == 4, chain
+    assert chain["broken_reason"] == "gap: record(s) 3 before it never arrived"
+
+
+async def test_reordered_device_records_flagged(hub: HubProcess, tmp_path: Path) -> None:
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(hub, data)
+    rows = _audit_rows(data)
+    (s3, _), (s4, _) = rows[2], rows[3]
+    _tamper(
+        data,
+        ("UPDATE outbox SET seq = -1 WHERE seq = ?", (s3,)),
+        ("UPDATE outbox SET seq = ? WHERE seq = ?", (s3, s4)),
+        ("UPDATE outbox SET seq = ? WHERE seq = -1", (s4,)),
+    )
+    await _sync(data)
+    chain = _chain(hub, device_id)
+    assert chain["broken_id"] == 4, chain
+    assert chain["broken_reason"] == "reordered: it arrived before record 3"
+
+
+def _rec(id_: int, prev: str, **kw: Any) -> DeviceRecord:
+    fields = {"at": "t", "actor": "a", "action": "x", "object": "o", "outcome": "ok"}
+    fields.update(kw)
+    digest = chain_hash(
+        prev, fields["at"], fields["actor"], fields["action"], fields["object"], "ok", "{}"
+    )
+    return DeviceRecord(id_, detail={}, prev_hash=prev, hash=digest, **fields)
+
+
+R1 = _rec(1, "")
+R2 = _rec(2, R1.hash)
+R3 = _rec(3, R2.hash)
+
+
+@pytest.mark.parametrize(
+    ("state", "record", "pending", "expected"),
+    [
+        (None, R1, (), None),
+        (None, R3, (), None),  # the first record the hub sees of a device anchors it
+        (ChainState(1, R1.hash), R2, (), None),
+        (ChainState(1, R1.hash), R3, (), "gap: record(s) 2 before it never arrived"),
+        (ChainState(1, R1.hash), R3, (2,), "reordered: it arrived before record 2"),
+        (ChainState(2, R2.hash), R2, (), "reordered: it arrived after record 2"),
+        (
+            ChainState(2, "f" * 64),
+            R3,
+            (),
+            "broken link: its prev_hash does not match record 2's hash",
+        ),
+        (ChainState(5, "e" * 64), R1, (), None),  # a new store starts a new chain
+        (ChainState(1, R1.hash), DeviceRecord(**{**R2.__dict__, "actor": "b"}), (), "altered"),
+    ],
+)
+def test_device_chain_judgement(
+    state: ChainState | None, record: DeviceRecord, pending: tuple[int, ...], expected: str | None
+) -> None:
+    got = judge(state, record, pending)
+    if expected is None or got is None:
+        assert got == expected
+    else:
+        assert got.startswith(expected)
+
+
+def test_hub_device_hash_is_the_agents() -> None:
+    from edge_agent.audit import chain_hash as agent_hash
+
+    for fields in [("", "t"), ("p" * 64, "a", "b", "", "é\x1f")]:
+        assert chain_hash(*fields) == agent_hash(*fields)
+
+
+def test_older_agent_records_without_chain_are_unverifiable_not_flagged() -> None:
+    assert DeviceRecord.parse({"action": "x", "actor": "a"}) is None
+    assert DeviceRecord.parse({**R1.__dict__, "id": "1"}) is None
+    assert DeviceRecord.parse(dict(R1.__dict__)) == R1
