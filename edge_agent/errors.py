@@ -75,6 +75,7 @@ class TechnicianRefused(AgentError):
         super().__init__(message, retryable=False)
         self.reason = reason
         self.status = status
+        self.actor = "anonymous"  # the technician, once the signature verified
 
     def to_dict(self) -> dict[str, Any]:
         """Return the description, with the reason code."""
