@@ -53,7 +53,7 @@ ACTOR_KEY = web.AppKey("actor_fn", Callable[[web.Request], str | None])
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 ACTOR = web.RequestKey("actor", str)
-GATE_KEY = web.AppKey("technician_gate", TechnicianGate)
+GATE_KEY = web.AppKey("technician_gate", TechnicianGate | None)
 REFUSALS_KEY = web.AppKey("refusals", "RefusalAudit")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_AUDIT_LIMIT = 10_000  # records per GET /v1/audit
@@ -147,7 +147,10 @@ async def _resolve_actor(request: web.Request) -> str | None:
     token = header[7:] if header.startswith("Bearer ") and header.isascii() else ""
     if is_hub_token(token):
         write = request.method not in READ_METHODS
-        claims = await request.app[GATE_KEY].authorize(token, write=write)
+        gate = request.app[GATE_KEY]
+        if gate is None:
+            raise TechnicianRefused("not_enrolled", "this listener does not take hub tokens")
+        claims = await gate.authorize(token, write=write)
         return f"technician:{claims.name}@{claims.id}"
     return request.app[ACTOR_KEY](request)
 
@@ -294,7 +297,7 @@ def create_api(
     """Build the local API application (hub-issued tokens judged by ``gate``)."""
     app = web.Application(middlewares=[_errors_and_actor], client_max_size=config.max_body_bytes)
     app[AGENT_KEY] = agent
-    app[GATE_KEY] = gate or TechnicianGate(agent.store, None, config.technician_skew_s)
+    app[GATE_KEY] = gate  # None: no hub key here, every hub-issued token is refused
     app[REFUSALS_KEY] = RefusalAudit(agent, config.refusal_audit_per_minute)
     app[MAX_BODY_KEY] = config.max_body_bytes
     app[ACTOR_KEY] = token_actor(config.technicians) if lan else peer_user
