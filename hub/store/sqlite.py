@@ -44,6 +44,7 @@ from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.writer import GroupCommitWriter
+from hub.technician_store import TechniciansMixin
 
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = ?"
 JSON_STATUS_FIELDS = ("services", "counters")
@@ -73,7 +74,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
+class SqliteStore(GroupsMixin, HostsMixin, RolloutsMixin, TechniciansMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(

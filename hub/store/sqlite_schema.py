@@ -191,4 +191,22 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "devices: when the maintenance window of a waiting target opens (agent-reported)",
         ["ALTER TABLE devices ADD COLUMN window_opens_at TEXT"],
     ),
+    (
+        11,
+        "technician tokens the hub issued (never the token itself), and their revocation",
+        [
+            """CREATE TABLE technician_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                issued_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                revoked_at TEXT,
+                revoked_by TEXT
+            ) WITHOUT ROWID""",
+            "CREATE INDEX technician_tokens_expiry ON technician_tokens (expires_at)",
+        ],
+    ),
 ]
