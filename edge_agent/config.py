@@ -177,6 +177,17 @@ class AgentConfig(Section):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
 
+    @model_validator(mode="after")
+    def _lan_is_https(self) -> AgentConfig:
+        # Bearer tokens never cross the LAN in the clear: the listener needs a certificate,
+        # the enrolled one (a hub) or its own files. Checked here, before anything starts.
+        if self.api.lan_listen and self.api.lan_cert_file is None and not self.hub.url:
+            raise ValueError(
+                "api.lan_listen needs a TLS certificate: enroll the device with a hub, or set "
+                "api.lan_cert_file and api.lan_key_file (the LAN API is HTTPS only)"
+            )
+        return self
+
     @property
     def store_path(self) -> Path:
         """Return the path of the agent's SQLite file."""
