@@ -243,6 +243,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "pki": PkiConfig,
         "registries": RegistriesConfig,
         "rollouts": RolloutsConfig,
+        "technicians": TechniciansConfig,
     }
 
 
