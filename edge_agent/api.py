@@ -160,6 +160,7 @@ class RefusalAudit:
 
     def __init__(self, agent: Agent, per_minute: int) -> None:
         self.agent, self.per_minute = agent, per_minute
+        self.clock: Callable[[], float] = time.monotonic
         self.window = 0
         self.recorded = 0
         self.suppressed = 0
@@ -167,7 +168,7 @@ class RefusalAudit:
     async def record(self, request: web.Request, exc: TechnicianRefused) -> None:
         """Write the refusal's audit row (or count it, past the bound)."""
         store = self.agent.store
-        minute = int(time.monotonic() // 60)
+        minute = int(self.clock() // 60)
         if minute != self.window:
             if self.suppressed:
                 await store.append_audit(
