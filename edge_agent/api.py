@@ -1,4 +1,4 @@
-"""Local API for field technicians: a unix socket (0600), optionally a LAN port with tokens.
+"""Local API for field technicians: a unix socket (0600), optionally an HTTPS LAN port.
 
 Every call is attributed to an actor: on the unix socket the peer's user (SO_PEERCRED),
 on the LAN the technician whose token matched. Every change is audited with its outcome.
@@ -9,6 +9,12 @@ on the LAN the technician whose token matched. Every change is audited with its 
     GET  /v1/audit?limit=N          local audit records, newest first
     POST /v1/apply                  apply a target (or a bare release) from the body
     POST /v1/services/{name}/restart
+
+Hub-issued technician tokens (``edge_agent.techtoken``) are accepted on both listeners
+as ``Authorization: Bearer eft1...``: verified offline with the pinned hub key, refused
+401 (forged, expired, revoked) or 403 (out of scope, read role for a change), each
+refusal audited. The actor is then ``technician:NAME@TOKEN_ID``. The LAN listener is
+HTTPS only (``lan_tls_context``).
 """
 
 from __future__ import annotations
@@ -21,15 +27,21 @@ import os
 import pwd
 import secrets
 import socket
+import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edge_agent.errors import AgentError, InvalidDocument
+from edge_agent.enroll import load_identity
+from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TechnicianRefused
 from edge_agent.models import NAME_RE
+from edge_agent.outbox import AuditRow
+from edge_agent.technicians import TechnicianGate
+from edge_agent.techtoken import is_hub_token
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
@@ -41,6 +53,9 @@ ACTOR_KEY = web.AppKey("actor_fn", Callable[[web.Request], str | None])
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 ACTOR = web.RequestKey("actor", str)
+GATE_KEY = web.AppKey("technician_gate", TechnicianGate | None)
+REFUSALS_KEY = web.AppKey("refusals", "RefusalAudit")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_AUDIT_LIMIT = 10_000  # records per GET /v1/audit
 MAX_LOGGED_PATH = 200  # characters of a request path written to the log
 
@@ -100,7 +115,11 @@ def token_actor(technicians: dict[str, str]) -> Callable[[web.Request], str | No
 async def _errors_and_actor(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    actor = request.app[ACTOR_KEY](request)
+    try:
+        actor = await _resolve_actor(request)
+    except TechnicianRefused as exc:
+        await request.app[REFUSALS_KEY].record(request, exc)
+        return web.json_response(exc.to_dict(), status=exc.status)
     if actor is None:
         return web.json_response(
             {"error": "Unauthorized", "message": "a technician token is required"}, status=401
@@ -120,6 +139,56 @@ async def _errors_and_actor(
         raise
     except Exception:
         return _internal_error(request)
+
+
+async def _resolve_actor(request: web.Request) -> str | None:
+    """Return who calls: a hub-issued token's technician, else the listener's resolver."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") and header.isascii() else ""
+    if is_hub_token(token):
+        write = request.method not in READ_METHODS
+        gate = request.app[GATE_KEY]
+        if gate is None:
+            raise TechnicianRefused("not_enrolled", "this listener does not take hub tokens")
+        claims = await gate.authorize(token, write=write)
+        return f"technician:{claims.name}@{claims.id}"
+    return request.app[ACTOR_KEY](request)
+
+
+class RefusalAudit:
+    """Audit refused technician tokens: each one up to a bound per minute, then a count."""
+
+    def __init__(self, agent: Agent, per_minute: int) -> None:
+        self.agent, self.per_minute = agent, per_minute
+        self.clock: Callable[[], float] = time.monotonic
+        self.window = 0
+        self.recorded = 0
+        self.suppressed = 0
+
+    async def record(self, request: web.Request, exc: TechnicianRefused) -> None:
+        """Write the refusal's audit row (or count it, past the bound)."""
+        store = self.agent.store
+        minute = int(self.clock() // 60)
+        if minute != self.window:
+            if self.suppressed:
+                await store.append_audit(
+                    AuditRow(
+                        "anonymous",
+                        "api.refused",
+                        "-",
+                        "denied",
+                        {"not_recorded_one_by_one": self.suppressed},
+                    )
+                )
+            self.window, self.recorded, self.suppressed = minute, 0, 0
+        await store.bump("api_technician_refusals")
+        if self.recorded >= self.per_minute:
+            self.suppressed += 1
+            return
+        self.recorded += 1
+        target = f"{request.method} {request.path[:MAX_LOGGED_PATH]}"
+        detail = {"reason": exc.reason, "message": exc.message[:300], "peer": request.remote or ""}
+        await store.append_audit(AuditRow(exc.actor, "api.refused", target, "denied", detail))
 
 
 def _internal_error(request: web.Request) -> web.Response:
@@ -223,10 +292,14 @@ async def restart_service(request: web.Request) -> web.Response:
     return web.json_response({"restarted": name})
 
 
-def create_api(agent: Agent, config: ApiConfig, *, lan: bool = False) -> web.Application:
-    """Build the local API application."""
+def create_api(
+    agent: Agent, config: ApiConfig, *, lan: bool = False, gate: TechnicianGate | None = None
+) -> web.Application:
+    """Build the local API application (hub-issued tokens judged by ``gate``)."""
     app = web.Application(middlewares=[_errors_and_actor], client_max_size=config.max_body_bytes)
     app[AGENT_KEY] = agent
+    app[GATE_KEY] = gate  # None: no hub key here, every hub-issued token is refused
+    app[REFUSALS_KEY] = RefusalAudit(agent, config.refusal_audit_per_minute)
     app[MAX_BODY_KEY] = config.max_body_bytes
     app[ACTOR_KEY] = token_actor(config.technicians) if lan else peer_user
     app.router.add_get("/v1/status", status)
@@ -239,13 +312,16 @@ def create_api(agent: Agent, config: ApiConfig, *, lan: bool = False) -> web.App
 
 
 async def start_api(agent: Agent, config: ApiConfig) -> list[web.AppRunner]:
-    """Start the unix-socket API (and the LAN one if configured); return the runners."""
+    """Start the unix-socket API (and the LAN one, HTTPS, if configured); return the runners."""
     runners = []
+    gate = _technician_gate(agent, config)
+    tls = lan_tls_context(agent.config.data_dir, config) if config.lan_listen else None
     path = Path(config.socket)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         path.unlink()
-    runner = web.AppRunner(create_api(agent, config), access_log=None, shutdown_timeout=2.0)
+    app = create_api(agent, config, gate=gate)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     old = os.umask(0o177)
     try:
@@ -256,10 +332,43 @@ async def start_api(agent: Agent, config: ApiConfig) -> list[web.AppRunner]:
     runners.append(runner)
     if config.lan_listen:
         host, _, port = config.lan_listen.rpartition(":")
-        lan = web.AppRunner(
-            create_api(agent, config, lan=True), access_log=None, shutdown_timeout=2.0
-        )
+        lan_app = create_api(agent, config, lan=True, gate=gate)
+        lan = web.AppRunner(lan_app, access_log=None, shutdown_timeout=2.0)
         await lan.setup()
-        await web.TCPSite(lan, host or "0.0.0.0", int(port)).start()
+        await web.TCPSite(lan, host or "0.0.0.0", int(port), ssl_context=tls).start()
         runners.append(lan)
     return runners
+
+
+def _technician_gate(agent: Agent, config: ApiConfig) -> TechnicianGate:
+    """Return the gate for hub-issued tokens: the pinned key if the device is enrolled."""
+    identity = load_identity(agent.config.data_dir) if agent.config.hub.url else None
+    if identity is None:
+        return TechnicianGate(agent.store, None, config.technician_skew_s)
+    key = identity.signing_public_key()
+    return TechnicianGate(agent.store, key, config.technician_skew_s, dict(identity.tags))
+
+
+def lan_tls_context(data_dir: Path, config: ApiConfig) -> ssl.SSLContext:
+    """Return the LAN listener's TLS context; ConfigError when there is no certificate.
+
+    Bearer tokens never cross the LAN in the clear: the listener serves the device's
+    enrolled certificate (or ``api.lan_cert_file``/``lan_key_file``), or does not start.
+    """
+    identity = load_identity(data_dir) if config.lan_cert_file is None else None
+    if config.lan_cert_file is not None and config.lan_key_file is not None:
+        cert, key = config.lan_cert_file, config.lan_key_file
+    elif identity is not None:
+        cert, key = str(identity.cert_path), str(identity.key_path)
+    else:
+        raise ConfigError(
+            "api.lan_listen needs a TLS certificate: enroll the device with a hub, or set "
+            "api.lan_cert_file and api.lan_key_file (the LAN API is HTTPS only)"
+        )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"api.lan_listen: cannot load certificate {cert}: {exc}") from exc
+    return ctx

@@ -45,6 +45,19 @@ class ApiConfig(Section):
     technicians: dict[str, str] = Field(
         default_factory=dict, description="name -> sha256 hex of that technician's token"
     )
+    # The LAN listener is HTTPS only: the enrolled device certificate, or these files.
+    lan_cert_file: str | None = None
+    lan_key_file: str | None = None
+    # Hub-issued technician tokens: clock skew allowed on expiry; refusals audited one
+    # by one up to this many per minute, the rest counted in one record per minute.
+    technician_skew_s: float = Field(60.0, ge=0, le=3600)
+    refusal_audit_per_minute: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _lan_pair(self) -> ApiConfig:
+        if (self.lan_cert_file is None) != (self.lan_key_file is None):
+            raise ValueError("lan_cert_file and lan_key_file go together")
+        return self
 
 
 class SupervisorConfig(Section):
@@ -170,6 +183,17 @@ class AgentConfig(Section):
     logs: LogsConfig = Field(default_factory=LogsConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
+
+    @model_validator(mode="after")
+    def _lan_is_https(self) -> AgentConfig:
+        # Bearer tokens never cross the LAN in the clear: the listener needs a certificate,
+        # the enrolled one (a hub) or its own files. Checked here, before anything starts.
+        if self.api.lan_listen and self.api.lan_cert_file is None and not self.hub.url:
+            raise ValueError(
+                "api.lan_listen needs a TLS certificate: enroll the device with a hub, or set "
+                "api.lan_cert_file and api.lan_key_file (the LAN API is HTTPS only)"
+            )
+        return self
 
     @property
     def store_path(self) -> Path:

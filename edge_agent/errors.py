@@ -6,6 +6,8 @@ The tree::
     ├── ConfigError               bad configuration file or environment (not retryable)
     ├── InvalidDocument           a release/target failed validation; ``errors`` names fields
     ├── TargetRejected            signature, device, revision or expiry check failed
+    ├── TechnicianRefused         a technician token is forged, expired, revoked, out of
+    │                             scope or of the wrong role; ``status`` is 401 or 403
     ├── StoreError                the local SQLite store failed
     │   └── StoreFull             the disk is full; nothing was written
     ├── RuntimeAdapterError       the Docker engine refused or failed a call
@@ -64,6 +66,20 @@ class InvalidDocument(AgentError):
 
 class TargetRejected(AgentError):
     """A target failed a signature, addressee, revision or expiry check."""
+
+
+class TechnicianRefused(AgentError):
+    """A technician's token does not let them do this; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str, *, status: int = 401) -> None:
+        super().__init__(message, retryable=False)
+        self.reason = reason
+        self.status = status
+        self.actor = "anonymous"  # the technician, once the signature verified
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the description, with the reason code."""
+        return {**super().to_dict(), "reason": self.reason}
 
 
 class StoreError(AgentError):

@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -66,6 +67,9 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     "networks",
     "completed_dependency",
     "window",
+    # Not a target feature: this agent reads SyncResponse.technicians (the hub sends the
+    # field only to agents that list it, so an older agent never sees it).
+    "technicians",
 }
 
 
@@ -333,6 +337,20 @@ class SignedTarget(HubDocument):
     key_id: str = ""
 
 
+class RevokedTechnician(HubDocument):
+    """A revoked technician token: refused until it expires (unix seconds)."""
+
+    id: str = Field(max_length=64)
+    expires_at: int = Field(ge=0, le=INT64_MAX)
+
+
+class TechnicianUpdate(HubDocument):
+    """What an agent needs to judge hub-issued technician tokens offline."""
+
+    revoked: list[RevokedTechnician] = Field(default_factory=list)
+    tags: dict[str, str] | None = None  # the device's tags now (token scopes match them)
+
+
 class SyncResponse(HubDocument):
     """The highest seq the hub durably holds, and a newer target if there is one."""
 
@@ -340,6 +358,15 @@ class SyncResponse(HubDocument):
     target: SignedTarget | None = None
     want_full_status: bool = False
     server_time: datetime | None = None
+    # Additive: only for agents that list the "technicians" feature; left out when None.
+    technicians: TechnicianUpdate | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: Any) -> Any:
+        doc = handler(self)
+        if isinstance(doc, dict) and doc.get("technicians") is None:
+            doc.pop("technicians", None)
+        return doc
 
 
 class ErrorBody(Wire):

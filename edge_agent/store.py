@@ -114,6 +114,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE targets_v3 RENAME TO targets;
         """,
     ),
+    (
+        6,
+        # Hub-revoked technician tokens (edge_agent/technicians.py), kept until they expire.
+        """
+        CREATE TABLE revoked_technicians (
+            id TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        )
+        """,
+    ),
 ]
 
 TARGET_STATES = (

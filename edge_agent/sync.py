@@ -42,6 +42,7 @@ from edge_agent.protocol import (
 )
 from edge_agent.store import Store
 from edge_agent.target_gate import TargetGate
+from edge_agent.technicians import save_update
 
 log = logging.getLogger(__name__)
 EPOCH_KEY = "store_epoch"
@@ -402,6 +403,8 @@ class Syncer:
             self._status_acked = None
         elif flight.status_doc is not None:
             self._status_acked = flight.status_doc
+        if resp.technicians is not None:  # revocations hold offline and across restarts
+            await save_update(self.store, resp.technicians)
         if resp.target is not None:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:

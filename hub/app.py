@@ -14,7 +14,16 @@ from aiohttp import web
 
 import hub
 from edge_agent.sdnotify import sd_notify
-from hub import device_api, drift_api, group_api, guard, operator_api, release_api, rollout_api
+from hub import (
+    device_api,
+    drift_api,
+    group_api,
+    guard,
+    operator_api,
+    release_api,
+    rollout_api,
+    technician_api,
+)
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
@@ -75,6 +84,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(release_api.routes)
     app.add_routes(drift_api.routes)
     app.add_routes(rollout_api.routes)
+    app.add_routes(technician_api.routes)
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_engine_lifetime)  # after the store: stops before it closes

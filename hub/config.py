@@ -187,6 +187,14 @@ class RolloutsConfig(_Section):
     issue_parallel: int = Field(16, ge=1, le=256)
 
 
+class TechniciansConfig(_Section):
+    """Technician tokens the hub issues (hub.technician_api)."""
+
+    max_expires_s: float = Field(7 * 86400.0, gt=0)  # the longest lifetime of a token
+    # unexpired tokens the hub holds (revoked ones too: each sync lists those)
+    max_active: int = Field(1000, ge=1, le=100_000)
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -197,6 +205,7 @@ class HubConfig(_Section):
     pki: PkiConfig = Field(default_factory=lambda: PkiConfig())
     registries: RegistriesConfig = Field(default_factory=lambda: RegistriesConfig())
     rollouts: RolloutsConfig = Field(default_factory=lambda: RolloutsConfig())
+    technicians: TechniciansConfig = Field(default_factory=lambda: TechniciansConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -247,6 +256,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "pki": PkiConfig,
         "registries": RegistriesConfig,
         "rollouts": RolloutsConfig,
+        "technicians": TechniciansConfig,
     }
 
 

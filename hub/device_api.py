@@ -76,6 +76,7 @@ from hub.renewal import (
 from hub.rollout_engine import ENGINE
 from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
 from hub.store.records import RenewedCert
+from hub.technician_api import technician_update
 from hub.wire import content_encoding, parse, read_body, read_raw, respond
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,7 @@ async def sync(request: web.Request) -> web.Response:
             target=target,
             want_full_status=result.want_full_status,
             server_time=now,
+            technicians=await technician_update(hub, device, req.features),
         )
     )
     if target is not None:

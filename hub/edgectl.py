@@ -25,6 +25,8 @@
                   [--max-failed 5%] [--window 01:00-04:00 --tz Europe/Berlin]
     rollout list | rollout status ID [--watch]
     rollout pause|resume|abort|rollback ID [--reason TEXT]
+    technician issue NAME --role read|operate --scope "site=berlin" [--expires 8h]
+    technician list | technician revoke ID
 
 Environment: EDGECTL_HUB, EDGECTL_TOKEN, EDGECTL_TOKEN_FILE, EDGECTL_CA.
 Exit status: 0 ok, 1 the hub refused (its error is printed), 2 usage or connection error.
@@ -45,7 +47,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hub import edgectl_audit, edgectl_rollout
+from hub import edgectl_audit, edgectl_rollout, edgectl_technician
 
 DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -191,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     _release_parser(sub)
     _drift_parser(sub)
     edgectl_rollout.add_parser(sub)
+    edgectl_technician.add_parser(sub)
     return p
 
 
@@ -434,6 +437,8 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return client.call("GET", f"/api/v1/{cmd}")
     if cmd == "rollout":
         return edgectl_rollout.run(args, client.call, parse_duration)
+    if cmd == "technician":
+        return edgectl_technician.run(args, client.call, parse_duration)
     if cmd == "events":
         return client.call(
             "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"
@@ -445,6 +450,9 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
 def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
     if args.command == "rollout":
         edgectl_rollout.show(args, result, client.call, sanitize)
+        return
+    if args.command == "technician":
+        edgectl_technician.show(args, result, sanitize, _print_table)
         return
     if args.command == "audit":
         return

@@ -219,7 +219,14 @@ class HubPKI:
                 ),
                 critical=False,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            # serverAuth too: the agent's LAN API serves this certificate to technicians
+            # (no DNS/IP name in it, so it can never pass for the hub's server certificate)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
             .sign(self.ca_key, hashes.SHA256())
         )
         return IssuedCert(

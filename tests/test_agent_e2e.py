@@ -331,12 +331,52 @@ async def test_disk_reserve_refuses_pull_with_an_event(
     assert subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0
 
 
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """Write a self-signed certificate for 127.0.0.1 and its key; return both paths."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "lan.crt", directory / "lan.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
 async def test_lan_api_needs_a_technicians_own_token(
-    make_agent: AgentFactory, images: TestImages
+    make_agent: AgentFactory, images: TestImages, tmp_path: Path
 ) -> None:
-    """On the LAN, each technician uses their own token; the audit names who acted."""
+    """On the LAN (HTTPS only), each technician uses their own token; the audit names who."""
     import hashlib
     import socket
+    import ssl
 
     import aiohttp
 
@@ -344,14 +384,21 @@ async def test_lan_api_needs_a_technicians_own_token(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = "alice-secret-token"
+    cert, key = _self_signed(tmp_path)
     await make_agent(
         api={
             "lan_listen": f"127.0.0.1:{port}",
+            "lan_cert_file": str(cert),
+            "lan_key_file": str(key),
             "technicians": {"alice": hashlib.sha256(token.encode()).hexdigest()},
         }
     )
-    base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientError):  # never plain HTTP with bearer tokens
+            await http.get(f"http://127.0.0.1:{port}/v1/status")
+    base = f"https://127.0.0.1:{port}"
+    tls = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(cert)))
+    async with aiohttp.ClientSession(connector=tls) as http:
         async with http.get(f"{base}/v1/status") as resp:
             assert resp.status == 401
         bad = {"Authorization": "Bearer not-a-token"}

@@ -40,6 +40,7 @@ from hub.store.records import (
     SyncBatch,
     SyncResult,
     TargetRecord,
+    TechnicianRecord,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "SyncBatch",
     "SyncResult",
     "TargetRecord",
+    "TechnicianRecord",
     "open_store",
 ]
 
@@ -290,6 +292,26 @@ class HubStore(ABC):
     @abstractmethod
     async def device_audit_chain(self, device_id: str) -> DeviceAuditChain:
         """Return how the device's audit chain verified at the hub so far."""
+
+    # technician tokens ----------------------------------------------------------------
+
+    @abstractmethod
+    async def add_technician(
+        self, record: TechnicianRecord, max_active: int, audit: AuditRecord
+    ) -> None:
+        """Store an issued token (bounded: at most ``max_active`` unexpired), with the audit row."""
+
+    @abstractmethod
+    async def list_technicians(self, now: datetime) -> list[TechnicianRecord]:
+        """Return the unexpired tokens, oldest first."""
+
+    @abstractmethod
+    async def revoke_technician(self, token_id: str, audit: AuditRecord) -> TechnicianRecord:
+        """Mark a token revoked (idempotent), with the audit row; NotFound if unknown."""
+
+    @abstractmethod
+    async def revoked_technicians(self, now: datetime) -> list[tuple[str, datetime]]:
+        """Return (id, expires_at) of every revoked token that has not expired."""
 
 
 def open_store(config: HubConfig) -> HubStore:

@@ -303,3 +303,18 @@ class DeviceAuditChain:
     broken_id: int | None
     broken_at: str | None
     broken_reason: str | None
+
+
+@dataclass(frozen=True)
+class TechnicianRecord:
+    """One issued technician token (without the token)."""
+
+    id: str
+    name: str
+    role: str
+    scope: str
+    issued_at: datetime
+    expires_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None

@@ -45,6 +45,7 @@ from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
+from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.writer import GroupCommitWriter
 
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = ?"
@@ -78,7 +79,7 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, HubStore):
+class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, TechniciansMixin, HubStore):
     """HubStore on one SQLite file."""
 
     def __init__(

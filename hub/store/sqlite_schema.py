@@ -243,4 +243,22 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        11,
+        "technician tokens the hub issued (never the token itself), and their revocation",
+        [
+            """CREATE TABLE technician_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                issued_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                revoked_at TEXT,
+                revoked_by TEXT
+            ) WITHOUT ROWID""",
+            "CREATE INDEX technician_tokens_expiry ON technician_tokens (expires_at)",
+        ],
+    ),
 ]
