@@ -1,0 +1,98 @@
+"""Issue 9, catch-up: what one full batch costs the hub, and the bounds that must still hold."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pydantic_core
+import pytest
+
+from edge_agent.protocol import compact_entries
+from hub.errors import InvalidRequest
+from hub.sync_decode import SyncBounds, decode_sync_body
+
+BOUNDS = SyncBounds(2**24, 5000, 1000)
+AT = "2026-01-01T00:00:00.000001+00:00"
+
+
+def _agent_batch(n: int = 5000) -> bytes:
+    """A request as the agent sends a catch-up batch: n log lines, protocol 3, compact."""
+    rng = random.Random(9)
+    rows = []
+    for seq in range(1, n + 1):
+        line = (
+            f"12:00:{seq % 60:02d}.{seq % 1000:03d} INFO  http.access GET /api/v1/items/"
+            f"{rng.randrange(5000)} 200 {rng.randrange(1, 400)}ms ua=edge-client/1.4 "
+            f"user=user{rng.randrange(40)} took=1{rng.randrange(100)}ms"
+        )
+        payload = {"service": "web", "ts": 1767225600.123 + seq, "stream": "stdout", "line": line}
+        rows.append((seq, "log", AT, json.dumps(payload, separators=(",", ":"))))
+    head = '{"protocol":3,"applied_revision":0,"known_target_revision":0,"status":null,'
+    return (head + f'"epoch":"ab12","features":[],"entries":{compact_entries(rows)}}}').encode()
+
+
+def _best_of(fn: Callable[[], Any], n: int = 5) -> float:
+    best = float("inf")
+    for _ in range(n):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_decoding_a_full_agent_batch_costs_little_more_than_parsing_its_json():
+    """The non-finite-number check scanned every byte with a regex: 6x the JSON parse."""
+    body = _agent_batch()
+    _, rows = decode_sync_body(body, BOUNDS)
+    assert len(rows) == 5000
+    parse_s = _best_of(lambda: pydantic_core.from_json(body))
+    decode_s = _best_of(lambda: decode_sync_body(body, BOUNDS))
+    assert decode_s < 5 * parse_s, f"decode {decode_s * 1e3:.1f} ms, parse {parse_s * 1e3:.1f} ms"
+
+
+def _entry(payload: str) -> bytes:
+    return (
+        f'{{"protocol":3,"epoch":"e","entries":[{{"seq":1,"created_at":"{AT}","kind":"log",'
+        f'"payload":{{"ok":1.5,"line":"fine"}}}},{{"kind":"log","payload":{payload}}}]}}'
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ('{"x":NaN}', "entries.1.payload.x"),
+        ('{"x":Infinity}', "entries.1.payload.x"),
+        ('{"a":{"b":[1,-Infinity]}}', "entries.1.payload.a.b.1"),
+        ('{"x":1e999}', "entries.1.payload.x"),
+        ('{"x":-1E+400}', "entries.1.payload.x"),
+        ('{"x":1' + "0" * 310 + ".5}", "entries.1.payload.x"),
+        ('{"line":"NaN and Infinity are words here","n":1e300}', None),
+        ('{"line":"1e999 in a string"}', None),
+    ],
+)
+def test_non_finite_numbers_in_a_fast_path_batch_are_refused_by_name(
+    payload: str, field: str | None
+):
+    body = _entry(payload)
+    if field is None:
+        _, rows = decode_sync_body(body, BOUNDS)
+        assert [r[0] for r in rows] == [1, 2]
+        return
+    with pytest.raises(InvalidRequest) as caught:
+        decode_sync_body(body, BOUNDS)
+    assert caught.value.fields[0]["field"] == field
+
+
+def test_non_finite_number_in_the_head_of_a_fast_path_batch_is_refused_by_name():
+    body = (
+        '{"protocol":3,"epoch":"e","status":{"full":true,"counters":{"a":1}},'
+        f'"entries":[{{"seq":1,"created_at":"{AT}","kind":"log","payload":{{}}}}],'
+        '"applied_revision":1e999}'
+    ).encode()
+    with pytest.raises(InvalidRequest) as caught:
+        decode_sync_body(body, BOUNDS)
+    assert caught.value.fields[0]["field"] == "applied_revision"
