@@ -83,6 +83,7 @@ def create_app(config: HubConfig) -> web.Application:
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     store = app[HUB].store
     await store.open()
+    app[HUB].sync_decoder.start()
     yield
     app[HUB].sync_decoder.close()
     await store.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pydantic_core
@@ -14,6 +16,7 @@ import pytest
 from edge_agent.protocol import compact_entries
 from hub.errors import InvalidRequest
 from hub.sync_decode import SyncBounds, decode_sync_body
+from hub.testing import start_hub
 
 BOUNDS = SyncBounds(2**24, 5000, 1000)
 AT = "2026-01-01T00:00:00.000001+00:00"
@@ -96,3 +99,27 @@ def test_non_finite_number_in_the_head_of_a_fast_path_batch_is_refused_by_name()
     with pytest.raises(InvalidRequest) as caught:
         decode_sync_body(body, BOUNDS)
     assert caught.value.fields[0]["field"] == "applied_revision"
+
+
+def _decode_workers(pid: int) -> list[int]:
+    """Return the hub's sync decode worker processes (spawned children, not the tracker)."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = []
+    for kid in kids:
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
+            if b"spawn_main" in cmd:
+                workers.append(int(kid))
+    return workers
+
+
+def test_decode_workers_are_started_with_the_hub_not_by_the_first_large_body(tmp_path: Path):
+    """A cold pool made the first catch-up request after a hub start wait 1-2 s for a worker."""
+    running = start_hub(tmp_path, sections={"limits": {"parse_workers": 2}})
+    try:
+        deadline = time.monotonic() + 30
+        while len(_decode_workers(running.process.pid)) < 2:
+            assert time.monotonic() < deadline, "no decode workers started without a request"
+            time.sleep(0.05)
+    finally:
+        assert running.stop() == 0, running.log()[-3000:]
