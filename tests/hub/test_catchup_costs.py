@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ import pytest
 
 from edge_agent.protocol import compact_entries
 from hub.errors import InvalidRequest
-from hub.sync_decode import SyncBounds, decode_sync_body
+from hub.sync_decode import SyncBounds, decode_sync_body, decode_sync_job, job_result
 from hub.testing import start_hub
 
 BOUNDS = SyncBounds(2**24, 5000, 1000)
@@ -123,3 +125,15 @@ def test_decode_workers_are_started_with_the_hub_not_by_the_first_large_body(tmp
             time.sleep(0.05)
     finally:
         assert running.stop() == 0, running.log()[-3000:]
+
+
+def test_decode_worker_ships_rows_at_little_more_than_the_cost_of_their_text():
+    """A worker pickled 5,000 row tuples to the event loop: 5-6x the cost of their text."""
+    body = _agent_batch()
+    job = decode_sync_job(gzip.compress(body), "gzip", BOUNDS)
+    req, rows = job_result(pickle.loads(pickle.dumps(job)))
+    assert (req, rows) == decode_sync_body(body, BOUNDS)
+    texts = [row[3] for row in rows]
+    ship_s = _best_of(lambda: job_result(pickle.loads(pickle.dumps(job))), 10)
+    text_s = _best_of(lambda: pickle.loads(pickle.dumps(texts)), 10)
+    assert ship_s < 4 * text_s, f"rows {ship_s * 1e3:.2f} ms, their text {text_s * 1e3:.2f} ms"
