@@ -9,6 +9,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ import pytest
 
 from edge_agent.protocol import compact_entries
 from hub.errors import InvalidRequest
+from hub.store import AuditRecord, EnrollmentTokenRecord, NewDevice, SyncBatch
+from hub.store.sqlite import SqliteStore
 from hub.sync_decode import SyncBounds, decode_sync_body, decode_sync_job, job_result
 from hub.testing import start_hub
 
 BOUNDS = SyncBounds(2**24, 5000, 1000)
 AT = "2026-01-01T00:00:00.000001+00:00"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _agent_batch(n: int = 5000) -> bytes:
@@ -140,3 +144,29 @@ def test_decode_worker_ships_rows_at_little_more_than_the_cost_of_their_text():
     ship_s = _best_of(lambda: job_result(pickle.loads(pickle.dumps(job))), 10)
     text_s = _best_of(lambda: pickle.loads(pickle.dumps(texts)), 10)
     assert ship_s < 4 * text_s, f"rows {ship_s * 1e3:.2f} ms, their text {text_s * 1e3:.2f} ms"
+
+
+async def test_wal_stays_bounded_while_a_device_catches_up_without_pause(tmp_path: Path):
+    """PASSIVE checkpoints never reset a WAL the writer keeps appending to: it grew by the
+    whole catch-up (60 MB for 200,000 lines). Over ``wal_max_bytes`` it is now truncated."""
+    bound = 1024 * 1024
+    store = SqliteStore(tmp_path / "hub.db", wal_max_bytes=bound, checkpoint_interval_s=0.05)
+    await store.open()
+    wal = tmp_path / "hub.db-wal"
+    try:
+        token = EnrollmentTokenRecord("et_1", "h", 1, 1, NOW + timedelta(hours=1), {}, NOW, "a")
+        await store.create_enrollment_token(token, AuditRecord("a", "t", "et_1", "ok", NOW))
+        device = NewDevice("dev-1", "h", "1", "ab", "sha256:x", NOW + timedelta(days=30))
+        await store.enroll_device("et_1", "h", device, NOW)
+        line = "x" * 300
+        sizes = []
+        for first in range(1, 80_001, 1000):  # ~35 MB of WAL frames, back to back
+            rows = [(s, "log", AT, f'{{"line":"{line}{s}"}}') for s in range(first, first + 1000)]
+            await store.ingest_sync("dev-1", SyncBatch(rows, None, 0, 0), NOW)
+            sizes.append(wal.stat().st_size)
+        assert len(await store.list_events("dev-1", 79_990, 100)) == 10
+    finally:
+        await store.close()
+    # The writer truncates after the group that crossed the bound: the bound plus one
+    # group's pages (~0.5 MB here), never the whole catch-up (40 MB before).
+    assert max(sizes) < 2 * bound, f"WAL reached {max(sizes):,} bytes (bound {bound:,})"
