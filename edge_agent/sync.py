@@ -98,9 +98,9 @@ class _Flight:
     entries: int
     head: tuple[int, str]  # (seq, kind) of its first entry
     raw_bytes: int
-    wire_bytes: int
     status_doc: dict[str, object] | None  # the report it carries, if any
-    task: asyncio.Task[SyncResponse]
+    wire_bytes: int = 0  # set once compressed (by its task)
+    task: asyncio.Task[SyncResponse] = field(init=False)
 
 
 async def _cancel(flights: deque[_Flight]) -> None:
@@ -351,21 +351,28 @@ class Syncer:
         if not rows and status is None and not first:
             return None
         body = self._encode(rows, status)
-        if len(body) > 64 * 1024:
-            body_gz = await asyncio.to_thread(gzip.compress, body, lim.gzip_level, mtime=0)
-        else:
-            body_gz = gzip.compress(body, lim.gzip_level, mtime=0)
         last = rows[-1][0] if rows else 0
         self.store.inflight_upto = max(self.store.inflight_upto, last)
-        return _Flight(
+        flight = _Flight(
             last_seq=last,
             entries=len(rows),
             head=(rows[0][0], rows[0][1]) if rows else (0, ""),
             raw_bytes=len(body),
-            wire_bytes=len(body_gz),
             status_doc=doc if status is not None else None,
-            task=asyncio.create_task(self.client.sync(body_gz)),
         )
+        # Compressed by the flight's own task: the pump settles the previous answer (the
+        # store's ack) while this batch is compressed on a thread, not after it.
+        flight.task = asyncio.create_task(self._compress_and_send(flight, body))
+        return flight
+
+    async def _compress_and_send(self, flight: _Flight, body: bytes) -> SyncResponse:
+        level = self.limits.gzip_level
+        if len(body) > 64 * 1024:
+            body_gz = await asyncio.to_thread(gzip.compress, body, level, mtime=0)
+        else:
+            body_gz = gzip.compress(body, level, mtime=0)
+        flight.wire_bytes = len(body_gz)
+        return await self.client.sync(body_gz)
 
     async def _settle(self, flight: _Flight, resp: SyncResponse, result: SyncResult) -> None:
         """Apply one answer: delete what the hub holds, note the status, hand on a target."""

@@ -108,6 +108,7 @@ def _server_tls(pki: HubPKI) -> ssl.SSLContext:
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     store = app[HUB].store
     await store.open()
+    app[HUB].sync_decoder.start()
     yield
     app[HUB].sync_decoder.close()
     await store.close()

@@ -16,6 +16,7 @@ Example (every key optional except ``server.data_dir``)::
     [store]
     url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path"
     synchronous = "FULL"          # FULL: an ack survives a power cut
+    wal_max_bytes = 67108864      # WAL truncated (between commits) when it grows past this
 
     [fleet]
     online_after_s = 90           # contact within this is "online"
@@ -99,6 +100,9 @@ class StoreConfig(_Section):
     url: str = ""
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     max_group_commit: int = Field(256, ge=1, le=10000)
+    # The WAL file is truncated (by the writer, between groups) once a commit leaves it
+    # larger than this; PASSIVE checkpoints alone let it grow during a long catch-up.
+    wal_max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
 
 
 class FleetConfig(_Section):

@@ -6,6 +6,10 @@ request for as long as a hostile 16 MiB body takes. A body whose decoded size is
 (inflated, parsed, validated) in one of ``limits.parse_workers`` processes, at most
 two jobs per worker queued at once (others wait their turn; the wait is bounded by the
 jobs ahead, each bounded by ``limits.max_decompressed_bytes``).
+
+The workers are started with the hub (``start``), not by the first large body: a worker
+takes 1-2 s to spawn and import, which the first catch-up request after a hub restart —
+when the whole fleet catches up — used to wait for.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ class SyncDecoder:
         self._pool: ProcessPoolExecutor | None = None
         self._slots = asyncio.Semaphore(2 * workers)
 
+    def start(self) -> None:
+        """Start every worker process now, in the background (spawned, never waited for)."""
+        pool = self._executor()
+        for _ in range(self.workers):  # a job while no worker is idle spawns one more
+            pool.submit(_ready)
+
     async def decode(self, raw: bytes, encoding: str) -> Decoded:
         """Return the request and rows of one sync body; raise HubError if refused."""
         small = _small_body(raw, encoding, min(self.inline_bytes, self.bounds.max_decompressed))
@@ -57,6 +67,10 @@ class SyncDecoder:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _ready() -> None:
+    """The job that starts a worker: its imports are the work (``hub.sync_decode``)."""
 
 
 def _small_body(raw: bytes, encoding: str, limit: int) -> bytes | None:

@@ -322,4 +322,5 @@ def open_store(config: HubConfig) -> HubStore:
         config.sqlite_path,
         synchronous=config.store.synchronous,
         max_group_commit=config.store.max_group_commit,
+        wal_max_bytes=config.store.wal_max_bytes,
     )

@@ -83,11 +83,19 @@ class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, Technician
     """HubStore on one SQLite file."""
 
     def __init__(
-        self, path: Path, *, synchronous: str = "FULL", max_group_commit: int = 256
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        max_group_commit: int = 256,
+        wal_max_bytes: int = 64 * 1024 * 1024,
+        checkpoint_interval_s: float = 1.0,
     ) -> None:
         self.path = path
         self._synchronous = synchronous
         self._max_group = max_group_commit
+        self._wal_max_bytes = wal_max_bytes
+        self._checkpoint_interval_s = checkpoint_interval_s
         self._rconn: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
         self._checkpointer: WalCheckpointer | None = None
@@ -100,7 +108,8 @@ class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, Technician
         old_umask = os.umask(0o077)
         try:
             wconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            writer = GroupCommitWriter(wconn, self._max_group)
+            wal = self.path.with_name(self.path.name + "-wal")
+            writer = GroupCommitWriter(wconn, self._max_group, wal=(wal, self._wal_max_bytes))
             await writer.run(self._prepare_writer)
             self._rconn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._rconn.execute("PRAGMA busy_timeout=5000")
@@ -115,7 +124,9 @@ class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, Technician
                 path.chmod(0o600)
         writer.start()
         self._writer = writer
-        self._checkpointer = WalCheckpointer(self.path, synchronous=self._synchronous)
+        self._checkpointer = WalCheckpointer(
+            self.path, synchronous=self._synchronous, interval_s=self._checkpoint_interval_s
+        )
         await self._checkpointer.start()
 
     def _prepare_writer(self, db: sqlite3.Connection) -> None:

@@ -10,6 +10,14 @@ Why a thread of our own rather than aiosqlite for writes: aiosqlite hops to its 
 and back for every statement (about six per sync). A whole group runs here in one hop,
 which under the load benchmark cut the sync handler's tail latency several-fold on a
 busy machine, where every hop waits for the scheduler. Reads still use aiosqlite.
+
+The WAL bound is kept here too: the checkpointer's PASSIVE checkpoints copy pages back
+but cannot restart a log the writer keeps appending to, so during a catch-up without
+pause the WAL grew by everything written. After a group whose COMMIT leaves the WAL file
+over its bound (``store.wal_max_bytes``), the writer runs a TRUNCATE checkpoint on its
+own connection before the next group: no lock to wait for, little left to copy (PASSIVE
+did most of it), and the queued jobs wait that long once. Counted in
+``wal_truncations`` and logged.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hub.errors import StoreError
@@ -34,9 +43,17 @@ log = logging.getLogger(__name__)
 class GroupCommitWriter:
     """Serialize writes through one connection in one thread, committing queued jobs together."""
 
-    def __init__(self, conn: sqlite3.Connection, max_group: int = 256) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        max_group: int = 256,
+        *,
+        wal: tuple[Path, int] | None = None,
+    ) -> None:
         self._conn = conn
         self._max_group = max_group
+        self._wal = wal  # (the -wal file, its bound in bytes); None: not bounded here
+        self.wal_truncations = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db-writer")
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +133,33 @@ class GroupCommitWriter:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+        self._bound_wal()
         return outcomes
+
+    def _bound_wal(self) -> None:
+        """Truncate the WAL if this group's COMMIT left it over its bound (writer thread)."""
+        if self._wal is None:
+            return
+        path, bound = self._wal
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= bound:
+            return
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:  # committed data is safe; the next group tries again
+            log.warning("WAL over %d bytes, truncation failed: %s", bound, exc)
+            return
+        if not busy:
+            self.wal_truncations += 1
+            log.info(
+                "WAL at %d bytes (store.wal_max_bytes %d): truncated (%d times)",
+                size,
+                bound,
+                self.wal_truncations,
+            )
 
     @staticmethod
     def _run_job(db: sqlite3.Connection, job: Job) -> Outcome:
