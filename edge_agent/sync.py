@@ -30,6 +30,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
+from edge_agent.metrics import HUB_ENTRY_KINDS_META
 from edge_agent.protocol import (
     AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
@@ -275,6 +276,7 @@ class Syncer:
         self.epoch = ""  # this store's generation, read at each sync_once
         self._unknown_seen: set[str] = set()
         self._status_omit: set[str] = set()  # status fields an older hub refused as unknown
+        self._entry_kinds: str | None = None  # as last stored (HUB_ENTRY_KINDS_META)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -405,10 +407,19 @@ class Syncer:
             self._status_acked = flight.status_doc
         if resp.technicians is not None:  # revocations hold offline and across restarts
             await save_update(self.store, resp.technicians)
+        await self._note_entry_kinds(resp)
         if resp.target is not None:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:
                 result.targets.append(revision)
+
+    async def _note_entry_kinds(self, resp: SyncResponse) -> None:
+        """Keep (in the store) the additive outbox kinds this hub stores; none if it is silent."""
+        kinds = ",".join(sorted(set(resp.entry_kinds or ())))
+        if kinds != self._entry_kinds:
+            if await self.store.get_meta(HUB_ENTRY_KINDS_META, "") != kinds:
+                await self.store.set_meta(HUB_ENTRY_KINDS_META, kinds)
+            self._entry_kinds = kinds
 
     async def _note_unknown(self, resp: SyncResponse) -> None:
         """Count a hub answer carrying fields this agent does not know; log each set once."""
