@@ -173,7 +173,7 @@ class MetricsConfig(Section):
     """Device metrics (see edge_agent/metrics.py): sampled locally, queued for the hub."""
 
     enabled: bool = True
-    interval_s: float = Field(60.0, ge=5, le=3600)
+    interval_s: float = Field(60.0, ge=1, le=3600)
     # managed containers sampled at most (the rest are counted in containers_total)
     max_containers: int = Field(100, ge=0, le=1000)
     # samples waiting for the hub at most (the oldest are dropped, counted, marked)
