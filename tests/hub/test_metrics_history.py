@@ -138,3 +138,40 @@ async def test_older_hub_without_metrics_refuses_nothing_and_samples_stay_local(
         assert [k for _, k, _ in hub.events(dev.identity.device_id)] == ["event"] * 3
     finally:
         await dev.close()
+
+
+async def test_hub_downgraded_with_metrics_queued_drops_them_and_the_outbox_moves(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    await enroll_device(hub, tmp_path / "dev")
+    dev = await open_device(tmp_path / "dev")
+    try:
+        reporter = reporter_for(dev, tmp_path)
+        assert (await dev.syncer.sync_once()).drained  # the current hub lists metrics
+        await reporter.report_once()
+        await reporter.report_once()
+        event_seq = await dev.store.append("event", {"n": 1})
+        assert reporter.queued == 2
+        real = dev.syncer.client.sync
+        refused: list[int] = []
+
+        async def downgraded(body_gz: bytes) -> SyncResponse:
+            entries = json.loads(gzip.decompress(body_gz)).get("entries") or []
+            if any(e.get("kind") == "metrics" for e in entries):
+                refused.append(len(entries))
+                raise HubRefused(OLD_HUB_422, status=422)
+            resp = await real(body_gz)
+            return resp.model_copy(update={"entry_kinds": None})
+
+        dev.syncer.client.sync = downgraded  # type: ignore[method-assign]
+        result = await dev.syncer.sync_once()
+        assert result.drained and result.acked_seq == event_seq
+        assert refused == [3]  # once: then the two samples went as 'dropped' markers
+        assert not accepts_metrics(await dev.store.get_meta(HUB_ENTRY_KINDS_META))
+        kinds = [k for _, k, _ in hub.events(dev.identity.device_id)]
+        assert kinds == ["dropped", "dropped", "event"]
+        assert (await dev.store.counters())["dropped_metrics"] == 2
+        await reporter.report_once()
+        assert (reporter.queued, reporter.held_back) == (2, 1)
+    finally:
+        await dev.close()
