@@ -43,6 +43,7 @@ def _limits(config: AgentConfig) -> StoreLimits:
             "status": Quota(max_entries=o.status_max_entries),
             "event": Quota(max_entries=o.event_max_entries, max_bytes=o.event_max_bytes),
             "log": Quota(max_entries=o.log_max_entries, max_bytes=o.log_max_bytes),
+            "metrics": Quota(max_entries=config.metrics.outbox_max_entries),
         },
         log_disk_reserve_bytes=o.log_disk_reserve_mb * 2**20,
     )
@@ -99,6 +100,7 @@ class Agent:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.hub_link: Any = None
         self.logs: Any = None  # the LogFollower, when logs are enabled
+        self.metrics: Any = None  # the MetricsReporter, when metrics are enabled
         self._current: list[CurrentService] = []
         self._last_status = ""
         self._host_report_failing = False
@@ -157,6 +159,8 @@ class Agent:
             self._spawn_logs()
         if self.config.image_gc.enabled:
             self._spawn_image_gc()
+        if self.config.metrics.enabled:
+            self._spawn_metrics(hub=identity is not None)
         self._runners = await start_api(self, self.config.api)
         if identity is not None:
             from edge_agent.hub_link import HubLink
@@ -237,6 +241,35 @@ class Agent:
             beat=lambda: self.tasks.beat("image-gc"),
         )
         self._spawn("image-gc", lambda: gc.run(self._good_revision), g.check_interval_s)
+
+    def _spawn_metrics(self, *, hub: bool) -> None:
+        from edge_agent.metrics import (
+            HUB_ENTRY_KINDS_META,
+            MetricsReporter,
+            MetricsSampler,
+            accepts_metrics,
+        )
+
+        mc = self.config.metrics
+        sampler = MetricsSampler(
+            data_dir=self.config.data_dir,
+            docker_root=self.config.docker.root,
+            services=lambda: self._current,
+            engine_stats=getattr(self.runtime, "container_usage", None),
+            max_containers=mc.max_containers,
+        )
+
+        async def hub_accepts() -> bool:
+            return accepts_metrics(await self.store.get_meta(HUB_ENTRY_KINDS_META))
+
+        self.metrics = MetricsReporter(
+            sampler,
+            interval_s=mc.interval_s,
+            append=(lambda sample: self.store.append("metrics", sample)) if hub else None,
+            hub_accepts=hub_accepts,
+            beat=lambda: self.tasks.beat("metrics"),
+        )
+        self._spawn("metrics", self.metrics.run, mc.interval_s)
 
     async def _good_revision(self) -> int | None:
         # The row id, not the revision: a local target turning good keeps the hub revision.
@@ -461,6 +494,8 @@ class Agent:
             out["tasks"] = self.tasks.status()
             if self.logs is not None:
                 out["logs"] = self.logs.status()
+            if self.metrics is not None:
+                out["metrics"] = self.metrics.status()
             out["event_loop"] = type(asyncio.get_running_loop()).__module__
             if self.supervisor is not None:
                 out["supervisor_forgotten_over_bound"] = self.supervisor.forgotten_over_bound

@@ -7,6 +7,7 @@ on the LAN the technician whose token matched. Every change is audited with its 
     GET  /v1/containers             the managed containers as the engine reports them
     GET  /v1/targets                target history, newest first
     GET  /v1/audit?limit=N          local audit records, newest first
+    GET  /v1/metrics                the latest metrics sample (404 before the first one)
     POST /v1/apply                  apply a target (or a bare release) from the body
     POST /v1/services/{name}/restart
 
@@ -226,6 +227,16 @@ async def containers(request: web.Request) -> web.Response:
     return web.json_response([c.model_dump(mode="json") for c in items])
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Return the latest metrics sample and the reporter's counts."""
+    reporter = request.app[AGENT_KEY].metrics
+    if reporter is None:
+        raise NotFound("metrics are disabled ([metrics] enabled = false)")
+    if reporter.latest is None:
+        raise NotFound("no metrics sample yet (one every metrics.interval_s)")
+    return web.json_response({"sample": reporter.latest, **reporter.status()})
+
+
 async def targets(request: web.Request) -> web.Response:
     """Return target history."""
     hist = await request.app[AGENT_KEY].store.target_history()
@@ -306,6 +317,7 @@ def create_api(
     app.router.add_get("/v1/containers", containers)
     app.router.add_get("/v1/targets", targets)
     app.router.add_get("/v1/audit", audit)
+    app.router.add_get("/v1/metrics", metrics)
     app.router.add_post("/v1/apply", apply)
     app.router.add_post("/v1/services/{name}/restart", restart_service)
     return app

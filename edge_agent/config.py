@@ -169,6 +169,17 @@ class ImageGcConfig(Section):
     max_removals_per_run: int = Field(20, ge=1)
 
 
+class MetricsConfig(Section):
+    """Device metrics (see edge_agent/metrics.py): sampled locally, queued for the hub."""
+
+    enabled: bool = True
+    interval_s: float = Field(60.0, ge=1, le=3600)
+    # managed containers sampled at most (the rest are counted in containers_total)
+    max_containers: int = Field(100, ge=0, le=1000)
+    # samples waiting for the hub at most (the oldest are dropped, counted, marked)
+    outbox_max_entries: int = Field(1440, ge=1)
+
+
 class AgentConfig(Section):
     """The whole agent configuration."""
 
@@ -183,6 +194,7 @@ class AgentConfig(Section):
     logs: LogsConfig = Field(default_factory=LogsConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _lan_is_https(self) -> AgentConfig:

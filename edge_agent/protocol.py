@@ -70,6 +70,9 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Not a target feature: this agent reads SyncResponse.technicians (the hub sends the
     # field only to agents that list it, so an older agent never sees it).
     "technicians",
+    # Not a target feature: this agent reads SyncResponse.entry_kinds and sends additive
+    # outbox kinds (metrics) only to a hub that lists them.
+    "entry_kinds",
 }
 
 
@@ -87,7 +90,8 @@ INT64_MAX = 2**63 - 1
 Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 
-OutboxKind = Literal["status", "event", "audit", "log", "dropped"]
+# "metrics" (additive): sent only to a hub whose sync answer lists it in ``entry_kinds``.
+OutboxKind = Literal["status", "event", "audit", "log", "dropped", "metrics"]
 
 
 class Wire(BaseModel):
@@ -360,12 +364,17 @@ class SyncResponse(HubDocument):
     server_time: datetime | None = None
     # Additive: only for agents that list the "technicians" feature; left out when None.
     technicians: TechnicianUpdate | None = None
+    # Additive: the outbox kinds beyond the baseline this hub stores ("metrics"); only for
+    # agents that list the "entry_kinds" feature; left out when None.
+    entry_kinds: list[Annotated[str, Field(max_length=32)]] | None = Field(None, max_length=32)
 
     @model_serializer(mode="wrap")
     def _leave_out_absent(self, handler: Any) -> Any:
         doc = handler(self)
-        if isinstance(doc, dict) and doc.get("technicians") is None:
-            doc.pop("technicians", None)
+        if isinstance(doc, dict):
+            for name in ("technicians", "entry_kinds"):
+                if doc.get(name) is None:
+                    doc.pop(name, None)
         return doc
 
 

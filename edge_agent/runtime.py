@@ -43,6 +43,7 @@ from edge_agent.logstream import (
     format_since,
     read_frames,
 )
+from edge_agent.metrics import ContainerUsage
 from edge_agent.models import (
     LABEL_CONFIG_HASH,
     LABEL_DEVICE,
@@ -300,6 +301,27 @@ class DockerRuntime:
         ]
         out.sort(key=lambda h: h.name)
         return out[:limit], len(out)
+
+    async def container_usage(self, cid: str) -> ContainerUsage | None:
+        """Return a container's CPU time and memory from the engine (None if it is gone).
+
+        The metrics sampler's fallback where it cannot read the cgroup files: the
+        engine answers ``stream=false`` after sampling twice, 1 to 2 s per container.
+        """
+        try:
+            with _engine_errors("container stats"):
+                stats = await self._docker._query_json(
+                    f"containers/{cid}/stats", params={"stream": "0"}
+                )
+        except RuntimeAdapterError:
+            return None
+        mem = stats.get("memory_stats") or {}
+        detail = mem.get("stats") or {}
+        inactive = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+        cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+        if not isinstance(cpu, int) or not isinstance(mem.get("usage"), int):
+            return None
+        return ContainerUsage(cpu, max(0, mem["usage"] - int(inactive or 0)))
 
     async def remove_image(self, ref: str) -> None:
         """Remove image reference ``ref``, never forced; ImageInUse if a container uses it."""

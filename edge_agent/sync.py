@@ -30,6 +30,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
+from edge_agent.metrics import HUB_ENTRY_KINDS_META
 from edge_agent.protocol import (
     AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
@@ -51,6 +52,9 @@ EPOCH_PROTOCOL = 3  # the first protocol with store epochs
 _EXTRA_STATUS_FIELD = re.compile(r"status\.(\w+): Extra inputs are not permitted")
 # Additive status fields an older hub may refuse: the agent leaves them out for it.
 _OMITTABLE_STATUS_FIELDS = frozenset({"window_opens_at"})
+# A hub's 422 naming an entry kind it does not know; the kinds only a hub listing them gets.
+_REFUSED_KIND = re.compile(r"entries\.\d+\.kind: Input should be")
+_ADDITIVE_KINDS = frozenset({"metrics"})
 FEATURES_PARAM = ",".join(sorted(AGENT_FEATURES))
 
 StatusSource = Callable[[], Awaitable[StatusSnapshot]]
@@ -275,6 +279,7 @@ class Syncer:
         self.epoch = ""  # this store's generation, read at each sync_once
         self._unknown_seen: set[str] = set()
         self._status_omit: set[str] = set()  # status fields an older hub refused as unknown
+        self._entry_kinds: str | None = None  # as last stored (HUB_ENTRY_KINDS_META)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -326,7 +331,11 @@ class Syncer:
                 if exc.status == 413:
                     await _cancel(flights)
                     await self._too_large(flight)
-                elif self._older_hub(exc) or self._status_field_refused(exc):
+                elif (
+                    self._older_hub(exc)
+                    or self._status_field_refused(exc)
+                    or await self._kind_refused(exc, flight)
+                ):
                     await _cancel(flights)
                 else:
                     raise
@@ -412,10 +421,19 @@ class Syncer:
             self._status_acked = flight.status_doc
         if resp.technicians is not None:  # revocations hold offline and across restarts
             await save_update(self.store, resp.technicians)
+        await self._note_entry_kinds(resp)
         if resp.target is not None:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:
                 result.targets.append(revision)
+
+    async def _note_entry_kinds(self, resp: SyncResponse) -> None:
+        """Keep (in the store) the additive outbox kinds this hub stores; none if it is silent."""
+        kinds = ",".join(sorted(set(resp.entry_kinds or ())))
+        if kinds != self._entry_kinds:
+            if await self.store.get_meta(HUB_ENTRY_KINDS_META, "") != kinds:
+                await self.store.set_meta(HUB_ENTRY_KINDS_META, kinds)
+            self._entry_kinds = kinds
 
     async def _note_unknown(self, resp: SyncResponse) -> None:
         """Count a hub answer carrying fields this agent does not know; log each set once."""
@@ -466,6 +484,28 @@ class Syncer:
         log.warning("the hub does not know status field(s) %s; not reporting them", named)
         self._status_omit |= named
         self._status_acked = None  # the next report is a full one, without them
+        return True
+
+    async def _kind_refused(self, exc: HubRefused, flight: _Flight) -> bool:
+        """Replace the batch's additive entries by markers if the hub refused their kind.
+
+        Only a hub that listed a kind in ``entry_kinds`` gets entries of it; one that was
+        downgraded since refuses the whole batch (422 ``entries.N.kind``). Its list is
+        forgotten, so no more are queued, and the queued ones become 'dropped' markers.
+        """
+        if exc.status != 422 or not _REFUSED_KIND.search(exc.message) or not flight.entries:
+            return False
+        rows = await self.store.pending_raw(
+            max_entries=flight.entries, max_bytes=2**62, after=flight.head[0] - 1
+        )
+        additive = [seq for seq, kind, _, _ in rows if kind in _ADDITIVE_KINDS]
+        if not additive:
+            return False
+        log.warning("the hub refused %d queued metrics entries; dropping them", len(additive))
+        await self.store.set_meta(HUB_ENTRY_KINDS_META, "")
+        self._entry_kinds = ""
+        for seq in additive:
+            await self.store.replace_with_marker(seq, "hub_refused_kind")
         return True
 
     async def _too_large(self, flight: _Flight) -> None:

@@ -19,6 +19,7 @@ from hub import (
     drift_api,
     group_api,
     guard,
+    metrics_api,
     operator_api,
     release_api,
     rollout_api,
@@ -85,6 +86,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(drift_api.routes)
     app.add_routes(rollout_api.routes)
     app.add_routes(technician_api.routes)
+    app.add_routes(metrics_api.routes)
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_engine_lifetime)  # after the store: stops before it closes

@@ -199,6 +199,18 @@ class TechniciansConfig(_Section):
     max_active: int = Field(1000, ge=1, le=100_000)
 
 
+class MetricsConfig(_Section):
+    """Device metrics history (hub.metrics_api): the latest samples per device."""
+
+    # samples held per device (1440: a day at the agent's default interval); older ones
+    # are deleted as new ones arrive and counted
+    history_per_device: int = Field(1440, ge=1, le=100_000)
+    # a sample over this many bytes of JSON is not stored (counted)
+    max_sample_bytes: int = Field(64 * 1024, ge=1024, le=2**20)
+    # samples one GET returns at most
+    max_listed: int = Field(10_000, ge=1, le=100_000)
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -210,6 +222,7 @@ class HubConfig(_Section):
     registries: RegistriesConfig = Field(default_factory=lambda: RegistriesConfig())
     rollouts: RolloutsConfig = Field(default_factory=lambda: RolloutsConfig())
     technicians: TechniciansConfig = Field(default_factory=lambda: TechniciansConfig())
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -261,6 +274,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "registries": RegistriesConfig,
         "rollouts": RolloutsConfig,
         "technicians": TechniciansConfig,
+        "metrics": MetricsConfig,
     }
 
 

@@ -63,6 +63,7 @@ from hub.errors import (
     PayloadTooLarge,
 )
 from hub.guard import audit_refusal
+from hub.metrics_api import entry_kinds
 from hub.notify import granted_wait, retry_after_s
 from hub.pki import IssuedCert, load_csr, public_key_sha256, serial_hex
 from hub.renewal import (
@@ -314,6 +315,7 @@ async def sync(request: web.Request) -> web.Response:
             want_full_status=result.want_full_status,
             server_time=now,
             technicians=await technician_update(hub, device, req.features),
+            entry_kinds=entry_kinds(req.features),
         )
     )
     if target is not None:

@@ -8,6 +8,7 @@
     device disable ID | device enable ID
     device tag ID [KEY=VALUE ...] [--remove KEY ...]
     device env ID [SERVICE [VAR=VALUE ...] [--unset VAR ...]]   (no SERVICE: show)
+    device metrics ID [--since 1h] [--limit N]
     group create NAME --selector "site=berlin,role in (kiosk,totem),!beta"
     group list | group show NAME | group delete NAME
     group env NAME SERVICE [VAR=VALUE ...] [--unset VAR ...]
@@ -47,7 +48,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hub import edgectl_audit, edgectl_rollout, edgectl_technician
+from hub import edgectl_audit, edgectl_metrics, edgectl_rollout, edgectl_technician
 
 DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -166,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     denv = device.add_parser("env", help="the device's own overrides (no SERVICE: show all)")
     denv.add_argument("id")
     _env_arguments(denv, service_required=False)
+    edgectl_metrics.add_parser(device)
     _group_parser(sub)
 
     target = sub.add_parser(
@@ -269,6 +271,8 @@ def _run_device(args: argparse.Namespace, client: Client) -> Any:
     path = f"/api/v1/devices/{args.id}"
     if args.action == "show":
         return client.call("GET", path)
+    if args.action == "metrics":
+        return edgectl_metrics.run(args, client.call, parse_duration)
     if args.action == "tag":
         body = {"set": _pairs(args.tags, "tag"), "remove": args.remove}
         return client.call("PATCH", f"{path}/tags", body)
@@ -455,6 +459,9 @@ def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
         edgectl_technician.show(args, result, sanitize, _print_table)
         return
     if args.command == "audit":
+        return
+    if args.command == "device" and args.action == "metrics":
+        edgectl_metrics.show(args, result, sanitize, _print_table)
         return
     if args.command in ("drift", "retired") and not args.json:
         (_print_drift if args.command == "drift" else _print_retired)(result)

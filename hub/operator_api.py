@@ -35,6 +35,7 @@ from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
+from hub.metrics_api import sample_view
 from hub.operator_calls import INT64_MAX, Body, audited, json_body, page, principal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
@@ -204,6 +205,8 @@ async def show_device(request: web.Request) -> web.Response:
     device = await _device_or_404(hub, request.match_info["device_id"])
     view = device_view(hub, device, hub.now())
     view["audit_chain"] = asdict(await hub.store.device_audit_chain(device.id))
+    latest = await hub.store.latest_metrics(device.id)
+    view["metrics"] = sample_view(latest) if latest is not None else None
     return web.json_response(view)
 
 

@@ -33,6 +33,8 @@ from hub.store.records import (
     EventRecord,
     GroupRecord,
     HostReport,
+    MetricsHistory,
+    MetricsSample,
     NewDevice,
     ReleaseRecord,
     RenewedCert,
@@ -58,6 +60,8 @@ __all__ = [
     "GroupRecord",
     "HostReport",
     "HubStore",
+    "MetricsHistory",
+    "MetricsSample",
     "NewDevice",
     "ReleaseRecord",
     "RolloutRecord",
@@ -313,14 +317,29 @@ class HubStore(ABC):
     async def revoked_technicians(self, now: datetime) -> list[tuple[str, datetime]]:
         """Return (id, expires_at) of every revoked token that has not expired."""
 
+    # device metrics -----------------------------------------------------------------
+
+    @abstractmethod
+    async def list_metrics(
+        self, device_id: str, since: datetime | None, limit: int
+    ) -> MetricsHistory:
+        """Return the device's newest ``limit`` samples taken at or after ``since``, oldest
+        first, with the counts of its bounds (held, trimmed, oversize)."""
+
+    @abstractmethod
+    async def latest_metrics(self, device_id: str) -> MetricsSample | None:
+        """Return the device's newest metrics sample."""
+
 
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""
     from hub.store.sqlite import SqliteStore
+    from hub.store.sqlite_metrics import MetricsBound
 
     return SqliteStore(
         config.sqlite_path,
         synchronous=config.store.synchronous,
         max_group_commit=config.store.max_group_commit,
         wal_max_bytes=config.store.wal_max_bytes,
+        metrics=MetricsBound(config.metrics.history_per_device, config.metrics.max_sample_bytes),
     )

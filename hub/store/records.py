@@ -318,3 +318,23 @@ class TechnicianRecord:
     created_by: str
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSample:
+    """One metrics sample a device sent: its hub seq, when it was taken and received."""
+
+    seq: int
+    at: datetime
+    received_at: datetime
+    sample: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricsHistory:
+    """A device's held samples (oldest first) and what its bounds cost so far."""
+
+    samples: list[MetricsSample]
+    held: int = 0  # samples the hub holds for the device now
+    trimmed: int = 0  # older samples deleted to keep history_per_device
+    oversize: int = 0  # samples not stored: over max_sample_bytes

@@ -43,6 +43,7 @@ from hub.store.records import (
 from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
+from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_technicians import TechniciansMixin
@@ -79,7 +80,9 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, TechniciansMixin, HubStore):
+class SqliteStore(
+    AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, TechniciansMixin, MetricsMixin, HubStore
+):
     """HubStore on one SQLite file."""
 
     def __init__(
@@ -90,8 +93,10 @@ class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, Technician
         max_group_commit: int = 256,
         wal_max_bytes: int = 64 * 1024 * 1024,
         checkpoint_interval_s: float = 1.0,
+        metrics: MetricsBound | None = None,
     ) -> None:
         self.path = path
+        self._metrics_bound = metrics or MetricsBound()
         self._synchronous = synchronous
         self._max_group = max_group_commit
         self._wal_max_bytes = wal_max_bytes
@@ -325,6 +330,7 @@ class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, Technician
         received = rows.ts(now)
         applied = _applied_revision(batch)
         status = batch.status
+        metrics_bound = self._metrics_bound
 
         def job(db: sqlite3.Connection) -> tuple[int, int, bool, int]:
             row = db.execute(
@@ -340,6 +346,9 @@ class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, Technician
             space = _seq_space(db, device_id, batch.epoch)
             inserted = _insert_entries(db, device_id, space, batch.entries, received)
             device_audit.observe(db, device_id, batch.entries, space.offset, space.floor, received)
+            save_metrics(
+                db, device_id, batch.entries, space.offset, space.floor, received, metrics_bound
+            )
             sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
             args: list[Any] = [received, applied, batch.protocol]
             if batch.features is not None:
@@ -571,7 +580,12 @@ def _insert_entries(
         before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?)",
-            [(device_id, s + space.offset, k, c, received, p) for s, k, c, p in fresh],
+            # metrics samples are kept apart, bounded per device (sqlite_metrics)
+            [
+                (device_id, s + space.offset, k, c, received, p)
+                for s, k, c, p in fresh
+                if k != "metrics"
+            ],
         )
         inserted = db.total_changes - before
         space.high = max(space.high, fresh[-1][0] + space.offset)

@@ -261,4 +261,28 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             "CREATE INDEX technician_tokens_expiry ON technician_tokens (expires_at)",
         ],
     ),
+    (
+        14,
+        "device metrics: the latest samples per device (bounded) and what the bound cost",
+        [
+            # (device_id, seq) is the entry's hub seq: a re-delivered sample is ignored.
+            """CREATE TABLE device_metrics (
+                device_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                sample TEXT NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            ) WITHOUT ROWID""",
+            # high_seq: the newest sample's seq ever seen (older ones are not stored again);
+            # held, trimmed (deleted over the bound), oversize (refused over max bytes).
+            """CREATE TABLE device_metrics_state (
+                device_id TEXT PRIMARY KEY,
+                high_seq INTEGER NOT NULL DEFAULT 0,
+                held INTEGER NOT NULL DEFAULT 0,
+                trimmed INTEGER NOT NULL DEFAULT 0,
+                oversize INTEGER NOT NULL DEFAULT 0
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]

@@ -1,0 +1,116 @@
+"""SqliteStore's part for device metrics (hub migration 14).
+
+A mixin, like ``hub.store.sqlite_technicians``. ``metrics`` entries a sync carries are
+kept in ``device_metrics`` rather than ``events``, at most ``history_per_device`` per
+device: each sync's job deletes the oldest beyond the bound and counts them in
+``device_metrics_state``, with the samples refused for their size. A sample older than
+the newest one ever stored (a re-delivery after trimming) is not stored again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from hub.store import sqlite_rows as rows
+from hub.store.records import EntryRow, MetricsHistory, MetricsSample
+
+KIND = "metrics"
+COLUMNS = "seq, at, received_at, sample"
+
+
+@dataclass(frozen=True)
+class MetricsBound:
+    """How much metrics history the hub keeps (``[metrics]`` of the hub config)."""
+
+    history_per_device: int = 1440
+    max_sample_bytes: int = 64 * 1024
+
+
+def save_metrics(
+    db: sqlite3.Connection,
+    device_id: str,
+    entries: Sequence[EntryRow],
+    offset: int,
+    floor: int,
+    received: str,
+    bound: MetricsBound,
+) -> None:
+    """Store the batch's metrics samples and trim the device's history (inside a sync's job)."""
+    fresh = [e for e in entries if e[1] == KIND and e[0] > floor]
+    if not fresh:
+        return
+    row = db.execute(
+        "SELECT high_seq, held, trimmed, oversize FROM device_metrics_state WHERE device_id = ?",
+        (device_id,),
+    ).fetchone()
+    high, held, trimmed, oversize = row if row is not None else (0, 0, 0, 0)
+    keep = []
+    for seq, _, at, payload in fresh:
+        hub_seq = seq + offset
+        if hub_seq <= high:
+            continue
+        high = hub_seq
+        if len(payload) > bound.max_sample_bytes:
+            oversize += 1
+        else:
+            keep.append((device_id, hub_seq, at, received, payload))
+    before = db.total_changes
+    db.executemany("INSERT OR IGNORE INTO device_metrics VALUES (?,?,?,?,?)", keep)
+    held += db.total_changes - before
+    if held > bound.history_per_device:
+        cur = db.execute(
+            "DELETE FROM device_metrics WHERE device_id = ? AND seq IN (SELECT seq FROM "
+            "device_metrics WHERE device_id = ? ORDER BY seq LIMIT ?)",
+            (device_id, device_id, held - bound.history_per_device),
+        )
+        held -= cur.rowcount
+        trimmed += cur.rowcount
+    db.execute(
+        "INSERT OR REPLACE INTO device_metrics_state VALUES (?,?,?,?,?)",
+        (device_id, high, held, trimmed, oversize),
+    )
+
+
+def _sample(row: tuple[Any, ...]) -> MetricsSample:
+    seq, at, received_at, sample = row
+    return MetricsSample(
+        seq, datetime.fromisoformat(at), datetime.fromisoformat(received_at), json.loads(sample)
+    )
+
+
+class MetricsMixin:
+    """Device metrics history on SQLite."""
+
+    if TYPE_CHECKING:
+
+        async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
+
+    async def list_metrics(
+        self, device_id: str, since: datetime | None, limit: int
+    ) -> MetricsHistory:
+        """Return the device's newest ``limit`` samples taken at or after ``since``, oldest
+        first, with the counts of its bounds."""
+        found = await self._read(
+            f"SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM device_metrics "
+            "WHERE device_id = ? AND at >= ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            (device_id, rows.ts(since) if since is not None else "", limit),
+        )
+        state = await self._read(
+            "SELECT held, trimmed, oversize FROM device_metrics_state WHERE device_id = ?",
+            (device_id,),
+        )
+        held, trimmed, oversize = state[0] if state else (0, 0, 0)
+        return MetricsHistory([_sample(r) for r in found], held, trimmed, oversize)
+
+    async def latest_metrics(self, device_id: str) -> MetricsSample | None:
+        """Return the device's newest sample."""
+        found = await self._read(
+            f"SELECT {COLUMNS} FROM device_metrics WHERE device_id = ? ORDER BY seq DESC LIMIT 1",
+            (device_id,),
+        )
+        return _sample(found[0]) if found else None
