@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -143,6 +144,7 @@ class AgentProcess:
             async with asyncio.timeout(20):
                 return await self.proc.wait()
         except TimeoutError:
+            _dump_stacks(self.proc.pid)  # why it did not stop: shown with the failure
             os.killpg(self.proc.pid, signal.SIGKILL)
             return await self.proc.wait()
 
@@ -155,3 +157,14 @@ class AgentProcess:
     def cleanup(self) -> None:
         """Remove the socket directory."""
         shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+def _dump_stacks(pid: int) -> None:
+    """Print the Python stacks of a process that does not stop (py-spy, when installed)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return
+    done = subprocess.run(
+        [spy, "dump", "--pid", str(pid), "--locals"], capture_output=True, text=True, timeout=30
+    )
+    print(f"agent {pid} did not stop within 20 s; its stacks:\n{done.stdout}{done.stderr}")
