@@ -70,6 +70,9 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Not a target feature: this agent reads SyncResponse.technicians (the hub sends the
     # field only to agents that list it, so an older agent never sees it).
     "technicians",
+    # Not a target feature: this agent reads SyncResponse.actions and the long-poll's
+    # X-Edgefleet-Actions header (edge_agent/actions.py); older agents get neither.
+    "actions",
 }
 
 
@@ -351,6 +354,14 @@ class TechnicianUpdate(HubDocument):
     tags: dict[str, str] | None = None  # the device's tags now (token scopes match them)
 
 
+class SignedAction(HubDocument):
+    """A queued action signed with the hub's key for one device (``edge_agent.actiondoc``)."""
+
+    payload: str = Field(max_length=32 * 1024)
+    signature: str = Field(max_length=256)
+    key_id: str = Field("", max_length=64)
+
+
 class SyncResponse(HubDocument):
     """The highest seq the hub durably holds, and a newer target if there is one."""
 
@@ -360,12 +371,16 @@ class SyncResponse(HubDocument):
     server_time: datetime | None = None
     # Additive: only for agents that list the "technicians" feature; left out when None.
     technicians: TechnicianUpdate | None = None
+    # Additive: only for agents that list the "actions" feature; left out when None.
+    actions: list[SignedAction] | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_absent(self, handler: Any) -> Any:
         doc = handler(self)
-        if isinstance(doc, dict) and doc.get("technicians") is None:
-            doc.pop("technicians", None)
+        if isinstance(doc, dict):
+            for name in ("technicians", "actions"):
+                if doc.get(name) is None:
+                    doc.pop(name, None)
         return doc
 
 

@@ -318,3 +318,24 @@ class TechnicianRecord:
     created_by: str
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One queued device action (hub.action_api) and what became of it."""
+
+    id: str
+    device_id: str
+    kind: str
+    args: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    signed: str  # the SignedAction JSON, as delivered
+    state: str = "queued"
+    state_at: datetime | None = None
+    delivered_at: datetime | None = None
+    received_at: datetime | None = None  # the device recorded it (its receipt arrived)
+    reason: str | None = None
+    result: dict[str, Any] | None = None
+    group: str | None = None  # the group it was fanned out to, if any
