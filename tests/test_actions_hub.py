@@ -228,3 +228,30 @@ async def test_a_group_action_fans_out_to_its_members_now(hub: HubProcess, tmp_p
     assert {r["detail"]["id"] for r in rows} >= {a["id"] for a in made}
     assert "actions" not in await sync(hub, outsider, FEATURES)
     assert refused(hub, "POST", "/api/v1/groups/nope/actions", body)[0] == 404
+
+
+async def test_edgectl_action_queues_lists_and_shows(
+    hub: HubProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hub.edgectl import main as edgectl
+
+    identity = await enroll_device(hub, tmp_path / "d")
+    admin = (hub.data_dir / "admin.token").read_text().strip()
+    common = ["--hub", hub.url, "--token", admin, "--ca", str(hub.ca_path)]
+    edgectl([*common, "--json", "action", identity.device_id, "restart", "web", "--expires", "1h"])
+    made = json.loads(capsys.readouterr().out)
+    assert (made["kind"], made["args"], made["state"]) == ("restart", {"service": "web"}, "queued")
+    edgectl([*common, "action", identity.device_id, "collect_logs", "lines=7"])
+    listed = capsys.readouterr().out
+    assert "collect_logs" in listed and "queued" in listed
+    edgectl([*common, "actions", "--device", identity.device_id, "--state", "queued"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["ID", "DEVICE", "KIND", "STATE"] and len(table) == 3
+    edgectl([*common, "action", "show", made["id"]])
+    assert json.loads(capsys.readouterr().out)["id"] == made["id"]
+    with pytest.raises(SystemExit) as exit_:
+        edgectl([*common, "action", identity.device_id, "selftest", "oops"])
+    assert exit_.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        edgectl([*common, "action", identity.device_id, "restart"])
+    assert exit_.value.code == 1 and "args.service" in capsys.readouterr().err
