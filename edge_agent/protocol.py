@@ -9,7 +9,8 @@ authenticates with a one-time token because the device has no certificate yet.
     POST /v1/renew/expired     ExpiredRenewRequest   -> RenewResponse  (no client cert;
                                the expired certificate's key signs challenge and CSR)
     POST /v1/sync              SyncRequest    -> SyncResponse          (mTLS; body gzip)
-    GET  /v1/target?after=N&wait=S            -> 200 SignedTarget | 204 (mTLS; long-poll)
+    GET  /v1/target?after=N&wait=S            -> 200 SignedTarget | 204 (mTLS; long-poll;
+                               204 at once with X-Edgefleet-Actions when actions wait)
 
 Errors are JSON ``{"error": code, "message": text, "fields": [...]}`` with a 4xx/5xx status.
 """

@@ -129,8 +129,12 @@ async def _queue(hub: HubContext, act: Action, records: list[tuple[ActionRecord,
     for record, detail in records:
         act.target = f"device:{record.device_id}"
         audits.append(act.ok(**detail))
+    cfg = hub.config.actions
     await hub.store.add_actions(
-        [r for r, _ in records], hub.config.actions.max_queued_per_device, audits
+        [r for r, _ in records],
+        cfg.max_queued_per_device,
+        audits,
+        forget_before=hub.now() - timedelta(seconds=cfg.keep_finished_s),
     )
     for record, _ in records:
         hub.notifier.notify(record.device_id)  # a held long-poll returns: the agent syncs

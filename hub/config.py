@@ -206,6 +206,7 @@ class ActionsConfig(_Section):
     # a delivered action whose receipt has not arrived is offered again after this long
     redeliver_after_s: float = Field(120.0, gt=0)
     max_group_devices: int = Field(10_000, ge=1)  # devices one group action fans out to
+    keep_finished_s: float = Field(30 * 86400.0, gt=0)  # finished actions are kept this long
 
 
 class HubConfig(_Section):

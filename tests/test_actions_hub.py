@@ -255,3 +255,27 @@ async def test_edgectl_action_queues_lists_and_shows(
     with pytest.raises(SystemExit) as exit_:
         edgectl([*common, "action", identity.device_id, "restart"])
     assert exit_.value.code == 1 and "args.service" in capsys.readouterr().err
+
+
+async def test_finished_actions_are_forgotten_after_keep_finished_s(tmp_path: Path) -> None:
+    proc = HubProcess(tmp_path / "hub", EDGE_HUB_ACTIONS_KEEP_FINISHED_S="1").start()
+    try:
+        identity = await enroll_device(proc, tmp_path / "d")
+        old = queue(proc, identity.device_id, "selftest", expires_in_s=1)
+        deadline = time.monotonic() + 10
+        while proc._call("GET", f"/api/v1/actions/{old['id']}", None)["state"] != "expired":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        expired_at = time.monotonic()
+        while True:  # each queued action is a write that forgets what is past the bound
+            queue(proc, identity.device_id, "selftest")
+            try:
+                proc._call("GET", f"/api/v1/actions/{old['id']}", None)
+            except urllib.error.HTTPError as err:
+                assert err.code == 404
+                break
+            assert time.monotonic() < deadline + 5
+            time.sleep(0.2)
+        assert time.monotonic() - expired_at >= 0.5  # kept while within the bound
+    finally:
+        proc.stop()

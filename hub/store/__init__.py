@@ -319,10 +319,16 @@ class HubStore(ABC):
 
     @abstractmethod
     async def add_actions(
-        self, records: Sequence[ActionRecord], max_queued: int, audit: Sequence[AuditRecord]
+        self,
+        records: Sequence[ActionRecord],
+        max_queued: int,
+        audit: Sequence[AuditRecord],
+        *,
+        forget_before: datetime,
     ) -> None:
         """Queue actions (all or none: Conflict if a device holds ``max_queued`` unfinished
-        ones), with their audit rows, in one transaction."""
+        ones), with their audit rows, in one transaction; finished actions whose state
+        changed before ``forget_before`` are deleted in it."""
 
     @abstractmethod
     async def get_action(self, action_id: str, now: datetime) -> ActionRecord | None:

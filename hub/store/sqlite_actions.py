@@ -74,11 +74,21 @@ class ActionsMixin:
         async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
 
     async def add_actions(
-        self, records: Sequence[ActionRecord], max_queued: int, audit: Sequence[AuditRecord]
+        self,
+        records: Sequence[ActionRecord],
+        max_queued: int,
+        audit: Sequence[AuditRecord],
+        *,
+        forget_before: datetime,
     ) -> None:
-        """Queue actions (all or none, bounded per device) with their audit rows."""
+        """Queue actions (all or none, bounded per device) with their audit rows; forget
+        finished ones older than ``forget_before`` (the table stays bounded)."""
 
         def job(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"DELETE FROM actions WHERE state NOT IN {UNFINISHED} AND state_at < ?",
+                (rows.ts(forget_before),),
+            )
             for r in records:
                 _expire(db, rows.ts(r.created_at), r.device_id)
                 (held,) = db.execute(

@@ -284,6 +284,7 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             ) WITHOUT ROWID""",
             "CREATE INDEX actions_device_state ON actions (device_id, state, created_at)",
             "CREATE INDEX actions_created ON actions (created_at)",
+            "CREATE INDEX actions_state_at ON actions (state, state_at)",
         ],
     ),
 ]
