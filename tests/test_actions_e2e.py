@@ -30,7 +30,12 @@ from edge_agent.models import LABEL_DEVICE, LABEL_SERVICE
 IMAGE = "edgefleet-test/good:1"
 # A service that ignores SIGTERM (sh as PID 1 without a trap): a restart takes the
 # stop timeout (10 s), a window to kill the agent in while the action runs.
-STUBBORN = ["/bin/sh", "-c", "while true; do sleep 1; done"]
+# It writes 200 lines at start (a log longer than a small result bound).
+STUBBORN = [
+    "/bin/sh",
+    "-c",
+    "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done; while true; do sleep 1; done",
+]
 RELEASE = {
     "name": "app",
     "version": "1",
@@ -281,3 +286,25 @@ async def test_an_action_interrupted_by_kill_9_is_reported_failed_and_never_reru
     ]
     outcomes = [(a, o) for a, o, _ in local_audit(agent, action_id)]
     assert outcomes == [("action.restart", "received"), ("action.restart", "interrupted")]
+
+
+async def test_a_result_over_the_bound_is_cut_on_the_device_and_counted(
+    tmp_path: Path, docker: aiodocker.Docker
+) -> None:
+    hub = HubProcess(tmp_path / "hub", EDGE_HUB_ACTIONS_MAX_RESULT_BYTES="2048").start()
+    try:
+        agent = hub_agent(tmp_path / "agent", hub.url, hub.ca_path, hub.create_token(), hub=FAST)
+        async with running(docker, agent):
+            dev = await deployed(hub, agent)
+            args = {"service": "stubborn", "lines": 1000}
+            done = await finished(hub, queue(hub, dev, "collect_logs", args=args))
+            counted = agent_rows(
+                agent, "SELECT value FROM counters WHERE name = 'action_results_truncated'"
+            )
+    finally:
+        hub.stop()
+    result = done["result"]
+    assert done["state"] == "succeeded" and result["truncated"] is True
+    assert result["original_bytes"] > 2048 and len(json.dumps(result)) <= 2048
+    assert result["logs"]["stubborn"][-1].endswith("line 199")  # the newest kept
+    assert counted == [(1,)]
