@@ -118,12 +118,12 @@ def _memory() -> dict[str, int]:
     return found
 
 
-def _disk(paths: dict[str, str]) -> dict[str, dict[str, int]]:
-    found = {}
+def _disk(paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
     for name, path in paths.items():
         with contextlib.suppress(OSError):
             usage = shutil.disk_usage(path)
-            found[name] = {"path": path, "total": usage.total, "free": usage.free}  # type: ignore[dict-item]
+            found[name] = {"path": path, "total": usage.total, "free": usage.free}
     return found
 
 

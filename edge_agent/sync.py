@@ -166,7 +166,7 @@ class HubClient:
         params = {"after": str(after), "wait": f"{wait_s:g}", "features": FEATURES_PARAM}
         seen: dict[str, str] = {}
         status, data, retry_after = await self._call(
-            "GET", "/v1/target", params=params, timeout=timeout, _headers_out=seen
+            "GET", "/v1/target", params=params, timeout=timeout, headers_out=seen
         )
         if status == 204 and retry_after is not None:  # the hub is shutting down
             raise HubUnreachable(
@@ -177,15 +177,15 @@ class HubClient:
         return _parse(SignedTarget, data, "/v1/target"), False
 
     async def _call(
-        self, method: str, path: str, _headers_out: dict[str, str] | None = None, **kw: object
+        self, method: str, path: str, headers_out: dict[str, str] | None = None, **kw: object
     ) -> tuple[int, bytes, float | None]:
         try:
             async with self._session_now().request(method, self.base_url + path, **kw) as resp:  # type: ignore[arg-type]
                 data = await resp.read()
                 status = resp.status
                 retry_after = _retry_after_s(resp.headers.get("Retry-After"))
-                if _headers_out is not None and ACTIONS_HEADER in resp.headers:
-                    _headers_out[ACTIONS_HEADER] = resp.headers[ACTIONS_HEADER]
+                if headers_out is not None and ACTIONS_HEADER in resp.headers:
+                    headers_out[ACTIONS_HEADER] = resp.headers[ACTIONS_HEADER]
         except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
             raise HubUnreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if status >= 500:
