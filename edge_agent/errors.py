@@ -8,6 +8,8 @@ The tree::
     ├── TargetRejected            signature, device, revision or expiry check failed
     ├── TechnicianRefused         a technician token is forged, expired, revoked, out of
     │                             scope or of the wrong role; ``status`` is 401 or 403
+    ├── ActionRefused             a queued action is forged, for another device, expired,
+    │                             a replay or invalid; ``reason`` is a short code
     ├── StoreError                the local SQLite store failed
     │   └── StoreFull             the disk is full; nothing was written
     ├── RuntimeAdapterError       the Docker engine refused or failed a call
@@ -80,6 +82,14 @@ class TechnicianRefused(AgentError):
     def to_dict(self) -> dict[str, Any]:
         """Return the description, with the reason code."""
         return {**super().to_dict(), "reason": self.reason}
+
+
+class ActionRefused(AgentError):
+    """A hub action this agent will not run; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, retryable=False)
+        self.reason = reason
 
 
 class StoreError(AgentError):

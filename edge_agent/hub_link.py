@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge_agent.actions import ActionRunner
 from edge_agent.config import AgentConfig
 from edge_agent.enroll import Identity, enroll, load_identity, maintain_certificate
 from edge_agent.errors import AgentError, ConfigError, HubRefused
@@ -127,6 +128,12 @@ class HubLink:
             reachability=_BeatingReachability(beat or (lambda _name: None)),
         )
         agent.store.on_append = self.syncer.notify
+        self.actions = ActionRunner(
+            agent,  # type: ignore[arg-type]  # the Agent: restart_service, runtime, status
+            identity.signing_public_key(),
+            identity.device_id,
+        )
+        self.syncer.on_actions = self.actions.receive
 
     def tasks(self) -> list[tuple[str, Callable[[], Awaitable[None]], float | None]]:
         """Return the background loops: name, factory, expected beat interval (None: none)."""
@@ -138,6 +145,7 @@ class HubLink:
             ("sync", self.syncer.run, sync_round_s),
             ("long-poll", self.syncer.run_long_poll, poll_round_s),
             ("renew", lambda: maintain_certificate(self.identity, self.client.reload_tls), None),
+            ("actions", self.actions.run, None),
         ]
 
     async def close(self) -> None:

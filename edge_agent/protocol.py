@@ -9,7 +9,8 @@ authenticates with a one-time token because the device has no certificate yet.
     POST /v1/renew/expired     ExpiredRenewRequest   -> RenewResponse  (no client cert;
                                the expired certificate's key signs challenge and CSR)
     POST /v1/sync              SyncRequest    -> SyncResponse          (mTLS; body gzip)
-    GET  /v1/target?after=N&wait=S            -> 200 SignedTarget | 204 (mTLS; long-poll)
+    GET  /v1/target?after=N&wait=S            -> 200 SignedTarget | 204 (mTLS; long-poll;
+                               204 at once with X-Edgefleet-Actions when actions wait)
 
 Errors are JSON ``{"error": code, "message": text, "fields": [...]}`` with a 4xx/5xx status.
 """
@@ -73,6 +74,9 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Not a target feature: this agent reads SyncResponse.entry_kinds and sends additive
     # outbox kinds (metrics) only to a hub that lists them.
     "entry_kinds",
+    # Not a target feature: this agent reads SyncResponse.actions and the long-poll's
+    # X-Edgefleet-Actions header (edge_agent/actions.py); older agents get neither.
+    "actions",
 }
 
 
@@ -355,6 +359,14 @@ class TechnicianUpdate(HubDocument):
     tags: dict[str, str] | None = None  # the device's tags now (token scopes match them)
 
 
+class SignedAction(HubDocument):
+    """A queued action signed with the hub's key for one device (``edge_agent.actiondoc``)."""
+
+    payload: str = Field(max_length=32 * 1024)
+    signature: str = Field(max_length=256)
+    key_id: str = Field("", max_length=64)
+
+
 class SyncResponse(HubDocument):
     """The highest seq the hub durably holds, and a newer target if there is one."""
 
@@ -367,12 +379,14 @@ class SyncResponse(HubDocument):
     # Additive: the outbox kinds beyond the baseline this hub stores ("metrics"); only for
     # agents that list the "entry_kinds" feature; left out when None.
     entry_kinds: list[Annotated[str, Field(max_length=32)]] | None = Field(None, max_length=32)
+    # Additive: only for agents that list the "actions" feature; left out when None.
+    actions: list[SignedAction] | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_absent(self, handler: Any) -> Any:
         doc = handler(self)
         if isinstance(doc, dict):
-            for name in ("technicians", "entry_kinds"):
+            for name in ("technicians", "entry_kinds", "actions"):
                 if doc.get(name) is None:
                     doc.pop(name, None)
         return doc

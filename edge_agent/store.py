@@ -124,6 +124,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        7,
+        # Hub actions this agent took (edge_agent/actions.py): an id is recorded before the
+        # action runs, so it runs at most once; kept a day past its expiry (replays refused).
+        """
+        CREATE TABLE actions (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            expires_at INTEGER NOT NULL,
+            finished_at TEXT
+        );
+        CREATE INDEX actions_state ON actions (state)
+        """,
+    ),
 ]
 
 TARGET_STATES = (

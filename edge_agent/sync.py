@@ -35,6 +35,7 @@ from edge_agent.protocol import (
     AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    SignedAction,
     SignedTarget,
     StatusSnapshot,
     SyncResponse,
@@ -58,6 +59,9 @@ _ADDITIVE_KINDS = frozenset({"metrics"})
 FEATURES_PARAM = ",".join(sorted(AGENT_FEATURES))
 
 StatusSource = Callable[[], Awaitable[StatusSnapshot]]
+ActionSink = Callable[[list[SignedAction]], Awaitable[None]]
+# A long-poll answered 204 with this header: actions wait at the hub; sync to take them.
+ACTIONS_HEADER = "X-Edgefleet-Actions"
 _M = TypeVar("_M", SyncResponse, SignedTarget)
 
 
@@ -157,24 +161,35 @@ class HubClient:
 
     async def wait_target(self, after: int, wait_s: float) -> SignedTarget | None:
         """Long-poll for a target newer than ``after``; None when the hub had none in time."""
+        return (await self.wait(after, wait_s))[0]
+
+    async def wait(self, after: int, wait_s: float) -> tuple[SignedTarget | None, bool]:
+        """Long-poll as ``wait_target``; also return whether the hub said actions wait."""
         timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
         # features: a hub holds back a target this agent could not apply (older hubs ignore it)
         params = {"after": str(after), "wait": f"{wait_s:g}", "features": FEATURES_PARAM}
+        seen: dict[str, str] = {}
         status, data, retry_after = await self._call(
-            "GET", "/v1/target", params=params, timeout=timeout
+            "GET", "/v1/target", params=params, timeout=timeout, headers_out=seen
         )
         if status == 204 and retry_after is not None:  # the hub is shutting down
             raise HubUnreachable(
                 "GET /v1/target: hub asked to come back later", retry_after_s=retry_after
             )
-        return None if status == 204 or not data else _parse(SignedTarget, data, "/v1/target")
+        if status == 204 or not data:
+            return None, ACTIONS_HEADER in seen
+        return _parse(SignedTarget, data, "/v1/target"), False
 
-    async def _call(self, method: str, path: str, **kw: object) -> tuple[int, bytes, float | None]:
+    async def _call(
+        self, method: str, path: str, headers_out: dict[str, str] | None = None, **kw: object
+    ) -> tuple[int, bytes, float | None]:
         try:
             async with self._session_now().request(method, self.base_url + path, **kw) as resp:  # type: ignore[arg-type]
                 data = await resp.read()
                 status = resp.status
                 retry_after = _retry_after_s(resp.headers.get("Retry-After"))
+                if headers_out is not None and ACTIONS_HEADER in resp.headers:
+                    headers_out[ACTIONS_HEADER] = resp.headers[ACTIONS_HEADER]
         except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
             raise HubUnreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if status >= 500:
@@ -282,6 +297,7 @@ class Syncer:
         self._entry_kinds: str | None = None  # as last stored (HUB_ENTRY_KINDS_META)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.on_actions: ActionSink | None = None  # takes the actions of a sync answer
 
     def notify(self) -> None:
         """Wake the background loop (wire as ``store.on_append``)."""
@@ -422,6 +438,8 @@ class Syncer:
         if resp.technicians is not None:  # revocations hold offline and across restarts
             await save_update(self.store, resp.technicians)
         await self._note_entry_kinds(resp)
+        if resp.actions and self.on_actions is not None:  # recorded before this returns
+            await self.on_actions(resp.actions)
         if resp.target is not None:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:
@@ -600,9 +618,11 @@ class Syncer:
         while True:
             try:
                 await self.gate.load()
-                signed = await self.client.wait_target(
+                signed, actions_wait = await self.client.wait(
                     self.gate.poll_after, self.limits.long_poll_s
                 )
+                if actions_wait:  # the hub holds actions for us: take them now
+                    await self.sync_once()
             except AgentError as exc:
                 failures += 1
                 self.reach.failed(exc)

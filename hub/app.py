@@ -15,6 +15,7 @@ from aiohttp import web
 import hub
 from edge_agent.sdnotify import sd_notify
 from hub import (
+    action_api,
     device_api,
     drift_api,
     group_api,
@@ -87,6 +88,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(rollout_api.routes)
     app.add_routes(technician_api.routes)
     app.add_routes(metrics_api.routes)
+    app.add_routes(action_api.routes)
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_engine_lifetime)  # after the store: stops before it closes

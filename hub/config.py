@@ -211,6 +211,20 @@ class MetricsConfig(_Section):
     max_listed: int = Field(10_000, ge=1, le=100_000)
 
 
+class ActionsConfig(_Section):
+    """Queued device actions (hub.action_api)."""
+
+    max_queued_per_device: int = Field(50, ge=1, le=10_000)  # not yet finished, per device
+    max_result_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_expires_s: float = Field(7 * 86400.0, gt=0)
+    default_expires_s: float = Field(3600.0, gt=0)
+    max_per_sync: int = Field(20, ge=1, le=1000)  # actions one sync answer carries
+    # a delivered action whose receipt has not arrived is offered again after this long
+    redeliver_after_s: float = Field(120.0, gt=0)
+    max_group_devices: int = Field(10_000, ge=1)  # devices one group action fans out to
+    keep_finished_s: float = Field(30 * 86400.0, gt=0)  # finished actions are kept this long
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -223,6 +237,7 @@ class HubConfig(_Section):
     rollouts: RolloutsConfig = Field(default_factory=lambda: RolloutsConfig())
     technicians: TechniciansConfig = Field(default_factory=lambda: TechniciansConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
+    actions: ActionsConfig = Field(default_factory=lambda: ActionsConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -275,6 +290,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "rollouts": RolloutsConfig,
         "technicians": TechniciansConfig,
         "metrics": MetricsConfig,
+        "actions": ActionsConfig,
     }
 
 

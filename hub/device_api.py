@@ -45,6 +45,7 @@ from edge_agent.protocol import (
     renewal_proof_message,
     required_features,
 )
+from hub.action_api import take_for_sync, wake_header
 from hub.auth import (
     check_enrollment_token,
     peer_cert,
@@ -316,6 +317,7 @@ async def sync(request: web.Request) -> web.Response:
             server_time=now,
             technicians=await technician_update(hub, device, req.features),
             entry_kinds=entry_kinds(req.features),
+            actions=await take_for_sync(hub, device.id, req.features),
         )
     )
     if target is not None:
@@ -397,6 +399,9 @@ async def long_poll_target(request: web.Request) -> web.Response:
                 response = respond(target.signed)
                 response.enable_compression()
                 return response
+            wake = await wake_header(hub, device.id, features, hub.now())
+            if wake is not None:  # an action is queued: the agent syncs to take it
+                return web.Response(status=204, headers=wake)
             if notifier.closed:
                 return _come_back_later(hub, 204)
             if loop.time() >= deadline or not await changed.wait_until(deadline):

@@ -28,6 +28,8 @@
     rollout pause|resume|abort|rollback ID [--reason TEXT]
     technician issue NAME --role read|operate --scope "site=berlin" [--expires 8h]
     technician list | technician revoke ID
+    action DEVICE KIND [ARGS...] [--expires 1h] | action --group G KIND [ARGS...]
+    action show ID | actions [--device D] [--state S] [--limit N]
 
 Environment: EDGECTL_HUB, EDGECTL_TOKEN, EDGECTL_TOKEN_FILE, EDGECTL_CA.
 Exit status: 0 ok, 1 the hub refused (its error is printed), 2 usage or connection error.
@@ -48,7 +50,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hub import edgectl_audit, edgectl_metrics, edgectl_rollout, edgectl_technician
+from hub import edgectl_action, edgectl_audit, edgectl_metrics, edgectl_rollout, edgectl_technician
 
 DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -196,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     _drift_parser(sub)
     edgectl_rollout.add_parser(sub)
     edgectl_technician.add_parser(sub)
+    edgectl_action.add_parser(sub)
     return p
 
 
@@ -443,6 +446,11 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return edgectl_rollout.run(args, client.call, parse_duration)
     if cmd == "technician":
         return edgectl_technician.run(args, client.call, parse_duration)
+    if cmd in ("action", "actions"):
+        try:
+            return edgectl_action.run(args, client.call, parse_duration)
+        except edgectl_action.UsageError as exc:
+            raise CtlError(str(exc)) from None
     if cmd == "events":
         return client.call(
             "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"
@@ -457,6 +465,9 @@ def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
         return
     if args.command == "technician":
         edgectl_technician.show(args, result, sanitize, _print_table)
+        return
+    if args.command in ("action", "actions"):
+        edgectl_action.show(args, result, sanitize, _print_table)
         return
     if args.command == "audit":
         return

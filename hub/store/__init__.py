@@ -20,6 +20,7 @@ from datetime import datetime
 from edge_agent.protocol import SignedTarget
 from hub.config import HubConfig
 from hub.store.records import (
+    ActionRecord,
     AuditCursor,
     AuditEntry,
     AuditQuery,
@@ -46,6 +47,7 @@ from hub.store.records import (
 )
 
 __all__ = [
+    "ActionRecord",
     "AuditCursor",
     "AuditEntry",
     "AuditQuery",
@@ -330,16 +332,54 @@ class HubStore(ABC):
     async def latest_metrics(self, device_id: str) -> MetricsSample | None:
         """Return the device's newest metrics sample."""
 
+    # queued device actions (hub.action_api, hub.store.sqlite_actions) -------------------
+
+    @abstractmethod
+    async def add_actions(
+        self,
+        records: Sequence[ActionRecord],
+        max_queued: int,
+        audit: Sequence[AuditRecord],
+        *,
+        forget_before: datetime,
+    ) -> None:
+        """Queue actions (all or none: Conflict if a device holds ``max_queued`` unfinished
+        ones), with their audit rows, in one transaction; finished actions whose state
+        changed before ``forget_before`` are deleted in it."""
+
+    @abstractmethod
+    async def get_action(self, action_id: str, now: datetime) -> ActionRecord | None:
+        """Return one action (past its expiry without a result: expired)."""
+
+    @abstractmethod
+    async def list_actions(
+        self, now: datetime, *, device_id: str | None, state: str | None, limit: int
+    ) -> list[ActionRecord]:
+        """Return actions, newest first, filtered by device and state."""
+
+    @abstractmethod
+    async def take_actions(
+        self, device_id: str, now: datetime, *, redeliver_before: datetime, limit: int
+    ) -> list[ActionRecord]:
+        """Mark and return what a sync answer carries: queued, unexpired actions, and
+        delivered ones without a receipt since before ``redeliver_before``."""
+
+    @abstractmethod
+    async def has_queued_actions(self, device_id: str, now: datetime) -> bool:
+        """Return whether an unexpired action waits to be delivered to the device."""
+
 
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""
     from hub.store.sqlite import SqliteStore
     from hub.store.sqlite_metrics import MetricsBound
 
-    return SqliteStore(
+    store = SqliteStore(
         config.sqlite_path,
         synchronous=config.store.synchronous,
         max_group_commit=config.store.max_group_commit,
         wal_max_bytes=config.store.wal_max_bytes,
         metrics=MetricsBound(config.metrics.history_per_device, config.metrics.max_sample_bytes),
     )
+    store.action_result_max_bytes = config.actions.max_result_bytes
+    return store

@@ -338,3 +338,24 @@ class MetricsHistory:
     held: int = 0  # samples the hub holds for the device now
     trimmed: int = 0  # older samples deleted to keep history_per_device
     oversize: int = 0  # samples not stored: over max_sample_bytes
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One queued device action (hub.action_api) and what became of it."""
+
+    id: str
+    device_id: str
+    kind: str
+    args: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    signed: str  # the SignedAction JSON, as delivered
+    state: str = "queued"
+    state_at: datetime | None = None
+    delivered_at: datetime | None = None
+    received_at: datetime | None = None  # the device recorded it (its receipt arrived)
+    reason: str | None = None
+    result: dict[str, Any] | None = None
+    group: str | None = None  # the group it was fanned out to, if any

@@ -24,7 +24,7 @@ from hub import audit_chain, device_audit
 from hub.auth import check_enrollment_token
 from hub.errors import Conflict, Forbidden, InvalidRequest, NotFound, StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
-from hub.store import HubStore, sqlite_releases
+from hub.store import HubStore, sqlite_actions, sqlite_releases
 from hub.store import sqlite_rows as rows
 from hub.store.checkpoint import WalCheckpointer
 from hub.store.records import (
@@ -40,6 +40,7 @@ from hub.store.records import (
     SyncResult,
     TargetRecord,
 )
+from hub.store.sqlite_actions import ActionsMixin
 from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
@@ -81,7 +82,14 @@ def migrate(db: sqlite3.Connection) -> None:
 
 
 class SqliteStore(
-    AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, TechniciansMixin, MetricsMixin, HubStore
+    ActionsMixin,
+    AuditMixin,
+    GroupsMixin,
+    HostsMixin,
+    RolloutsMixin,
+    TechniciansMixin,
+    MetricsMixin,
+    HubStore,
 ):
     """HubStore on one SQLite file."""
 
@@ -348,6 +356,9 @@ class SqliteStore(
             device_audit.observe(db, device_id, batch.entries, space.offset, space.floor, received)
             save_metrics(
                 db, device_id, batch.entries, space.offset, space.floor, received, metrics_bound
+            )
+            sqlite_actions.observe(
+                db, device_id, batch.entries, space.floor, received, self.action_result_max_bytes
             )
             sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
             args: list[Any] = [received, applied, batch.protocol]

@@ -262,6 +262,32 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
         ],
     ),
     (
+        12,
+        "queued device actions: signed per device, delivered by sync, result from the outbox",
+        [
+            """CREATE TABLE actions (
+                id TEXT PRIMARY KEY,
+                device_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                args TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                signed TEXT NOT NULL,
+                state TEXT NOT NULL,
+                state_at TEXT NOT NULL,
+                delivered_at TEXT,
+                received_at TEXT,
+                reason TEXT,
+                result TEXT,
+                group_name TEXT
+            ) WITHOUT ROWID""",
+            "CREATE INDEX actions_device_state ON actions (device_id, state, created_at)",
+            "CREATE INDEX actions_created ON actions (created_at)",
+            "CREATE INDEX actions_state_at ON actions (state, state_at)",
+        ],
+    ),
+    (
         14,
         "device metrics: the latest samples per device (bounded) and what the bound cost",
         [

@@ -1,0 +1,238 @@
+"""SqliteStore's part for queued device actions (hub migration 12).
+
+A mixin, like ``hub.store.sqlite_technicians``: ``SqliteStore`` provides ``_w`` and
+``_read``. State changes follow ``edge_agent.actiondoc.next_state``. The device's
+receipts and results arrive as outbox entries (kind ``event``, type ``action``);
+``observe`` applies them inside the sync's writer transaction, so each entry is taken
+once however often it is sent (a re-delivered entry is a no-op by the state machine).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.actiondoc import RESULTS, next_state
+from hub.errors import Conflict
+from hub.store import sqlite_rows as rows
+from hub.store.records import ActionRecord, AuditRecord
+
+if TYPE_CHECKING:
+    from hub.store.writer import GroupCommitWriter
+
+COLUMNS = (
+    "id, device_id, kind, args, created_by, created_at, expires_at, signed, state, state_at, "
+    "delivered_at, received_at, reason, result, group_name"
+)
+UNFINISHED = "('queued', 'delivered')"
+ACTION_MARK = '"type":"action"'  # cheap test before an event entry is parsed
+
+
+def _record(row: tuple[Any, ...]) -> ActionRecord:
+    (id_, device, kind, args, by, created, expires, signed, state, state_at) = row[:10]
+    delivered, received, reason, result, group = row[10:]
+    return ActionRecord(
+        id_,
+        device,
+        kind,
+        json.loads(args),
+        by,
+        datetime.fromisoformat(created),
+        datetime.fromisoformat(expires),
+        signed,
+        state,
+        rows.dt(state_at),
+        rows.dt(delivered),
+        rows.dt(received),
+        reason,
+        rows.loads(result),
+        group,
+    )
+
+
+def _expire(db: sqlite3.Connection, now: str, device_id: str | None = None) -> None:
+    """Mark unfinished actions past their expiry expired (by the state machine)."""
+    where = f"state IN {UNFINISHED} AND expires_at <= ?"
+    args: tuple[Any, ...] = (now,)
+    if device_id is not None:
+        where += " AND device_id = ?"
+        args += (device_id,)
+    db.execute(f"UPDATE actions SET state = 'expired', state_at = ? WHERE {where}", (now, *args))
+
+
+class ActionsMixin:
+    """Queued device actions on SQLite."""
+
+    action_result_max_bytes: int = 256 * 1024
+
+    if TYPE_CHECKING:
+        _w: GroupCommitWriter
+
+        async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
+
+    async def add_actions(
+        self,
+        records: Sequence[ActionRecord],
+        max_queued: int,
+        audit: Sequence[AuditRecord],
+        *,
+        forget_before: datetime,
+    ) -> None:
+        """Queue actions (all or none, bounded per device) with their audit rows; forget
+        finished ones older than ``forget_before`` (the table stays bounded)."""
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"DELETE FROM actions WHERE state NOT IN {UNFINISHED} AND state_at < ?",
+                (rows.ts(forget_before),),
+            )
+            for r in records:
+                _expire(db, rows.ts(r.created_at), r.device_id)
+                (held,) = db.execute(
+                    f"SELECT COUNT(*) FROM actions WHERE device_id = ? AND state IN {UNFINISHED}",
+                    (r.device_id,),
+                ).fetchone()
+                if held >= max_queued:
+                    raise Conflict(
+                        f"device {r.device_id} holds {held} unfinished actions, the bound "
+                        "(actions.max_queued_per_device): wait for them or let them expire"
+                    )
+                db.execute(
+                    f"INSERT INTO actions ({COLUMNS}) VALUES "
+                    "(?,?,?,?,?,?,?,?,'queued',?,NULL,NULL,NULL,NULL,?)",
+                    (
+                        r.id,
+                        r.device_id,
+                        r.kind,
+                        rows.dumps(r.args),
+                        r.created_by,
+                        rows.ts(r.created_at),
+                        rows.ts(r.expires_at),
+                        r.signed,
+                        rows.ts(r.created_at),
+                        r.group,
+                    ),
+                )
+            for a in audit:
+                db.execute(rows.INSERT_AUDIT, rows.audit_args(a))
+
+        await self._w.submit(job)
+
+    async def get_action(self, action_id: str, now: datetime) -> ActionRecord | None:
+        """Return one action (past its expiry without a result: expired)."""
+        await self._w.submit(lambda db: _expire(db, rows.ts(now)))
+        found = await self._read(f"SELECT {COLUMNS} FROM actions WHERE id = ?", (action_id,))
+        return _record(found[0]) if found else None
+
+    async def list_actions(
+        self, now: datetime, *, device_id: str | None, state: str | None, limit: int
+    ) -> list[ActionRecord]:
+        """Return actions, newest first, filtered by device and state."""
+        await self._w.submit(lambda db: _expire(db, rows.ts(now)))
+        where, args = ["1 = 1"], []
+        if device_id is not None:
+            where.append("device_id = ?")
+            args.append(device_id)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        found = await self._read(
+            f"SELECT {COLUMNS} FROM actions WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id LIMIT ?",
+            (*args, limit),
+        )
+        return [_record(r) for r in found]
+
+    async def take_actions(
+        self, device_id: str, now: datetime, *, redeliver_before: datetime, limit: int
+    ) -> list[ActionRecord]:
+        """Mark delivered and return what this device's sync answer carries."""
+        at = rows.ts(now)
+        pick = (
+            f"SELECT {COLUMNS} FROM actions WHERE device_id = ? AND expires_at > ? AND "
+            "(state = 'queued' OR (state = 'delivered' AND received_at IS NULL AND "
+            "delivered_at <= ?)) ORDER BY created_at, id LIMIT ?"
+        )
+        pick_args = (device_id, at, rows.ts(redeliver_before), limit)
+        if not await self._read(pick, pick_args):
+            return []  # the common sync: one indexed read, no write
+
+        def job(db: sqlite3.Connection) -> list[ActionRecord]:
+            _expire(db, at, device_id)
+            found = db.execute(pick, pick_args).fetchall()
+            db.executemany(
+                "UPDATE actions SET state = 'delivered', state_at = ?, delivered_at = ? "
+                "WHERE id = ?",
+                [(at, at, r[0]) for r in found],
+            )
+            return [_record(r) for r in found]
+
+        return await self._w.submit(job)
+
+    async def has_queued_actions(self, device_id: str, now: datetime) -> bool:
+        """Return whether an unexpired action waits to be delivered to the device."""
+        found = await self._read(
+            "SELECT 1 FROM actions WHERE device_id = ? AND state = 'queued' AND expires_at > ? "
+            "LIMIT 1",
+            (device_id, rows.ts(now)),
+        )
+        return bool(found)
+
+
+def observe(
+    db: sqlite3.Connection,
+    device_id: str,
+    entries: Sequence[tuple[int, str, str, str]],
+    floor: int,
+    received: str,
+    max_result_bytes: int,
+) -> int:
+    """Apply the batch's action receipts and results (in the sync's transaction).
+
+    Only the device's own actions change; returns how many results were cut to
+    ``max_result_bytes`` (the device bounds them too; this holds for any agent)."""
+    cut = 0
+    for seq, kind, _c, payload in entries:
+        if kind != "event" or seq <= floor or ACTION_MARK not in payload:
+            continue
+        doc = json.loads(payload)
+        if doc.get("type") != "action" or not isinstance(doc.get("id"), str):
+            continue
+        if doc.get("state") == "received":
+            db.execute(
+                "UPDATE actions SET received_at = COALESCE(received_at, ?) "
+                "WHERE id = ? AND device_id = ?",
+                (received, doc["id"], device_id),
+            )
+        elif doc.get("state") in RESULTS:
+            cut += _finish(db, device_id, doc, received, max_result_bytes)
+    return cut
+
+
+def _finish(
+    db: sqlite3.Connection, device_id: str, doc: dict[str, Any], at: str, max_bytes: int
+) -> int:
+    row = db.execute(
+        "SELECT state, delivered_at FROM actions WHERE id = ? AND device_id = ?",
+        (doc["id"], device_id),
+    ).fetchone()
+    if row is None:
+        return 0
+    state = next_state(row[0], doc["state"], delivered=row[1] is not None)
+    if state is None:
+        return 0  # final already: a result is taken once
+    result = doc.get("result")
+    text = rows.dumps(result) if isinstance(result, dict) else None
+    cut = 0
+    if text is not None and len(text) > max_bytes:
+        text, cut = rows.dumps({"truncated": True, "original_bytes": len(text)}), 1
+    reason = doc.get("reason")
+    db.execute(
+        "UPDATE actions SET state = ?, state_at = ?, reason = ?, result = ?, "
+        "received_at = COALESCE(received_at, ?) WHERE id = ?",
+        (state, at, str(reason)[:1000] if reason else None, text, at, doc["id"]),
+    )
+    return cut
