@@ -198,8 +198,8 @@ async def test_unreachable_logged_once_and_back_once(
         async def failing() -> bool:
             return dev.syncer.reach.failures >= 20
 
-        async def drained() -> bool:
-            return not await dev.store.outbox_stats()
+        async def drained() -> bool:  # and the round that drained it has returned
+            return not await dev.store.outbox_stats() and dev.syncer.reach.failures == 0
 
         await until(failing)
         await dev.store.append("event", {"queued": "while down"})
