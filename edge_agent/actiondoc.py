@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -35,6 +36,8 @@ SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 MAX_LINES = 10_000  # log lines per service an action may ask for
 DEFAULT_LINES = 100
 MAX_PAYLOAD_BYTES = 16 * 1024
+MAX_GREP_CHARS = 256  # a logs action's grep pattern
+MAX_FOLLOW_S = 3600  # how long a logs action may keep streaming new lines
 
 # The states of an action at the hub; the last four are final (see ``next_state``).
 STATES = ("queued", "delivered", "succeeded", "failed", "expired", "refused")
@@ -75,6 +78,58 @@ def _collect_logs(args: dict[str, Any]) -> dict[str, Any]:
     return {"lines": _lines(args), **({"service": service} if service else {})}
 
 
+def _when(args: dict[str, Any], name: str) -> float | None:
+    """Return a time argument as unix seconds: a number, or ISO 8601 with a zone."""
+    value = args.get(name)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed.timestamp()
+    raise ValueError(f"args.{name}: unix seconds or an ISO 8601 time with a zone")
+
+
+def _grep(args: dict[str, Any]) -> str | None:
+    pattern = args.get("grep")
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_GREP_CHARS:
+        raise ValueError(f"args.grep: a regular expression of 1 to {MAX_GREP_CHARS} characters")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"args.grep: not a valid regular expression ({exc})") from exc
+    return pattern
+
+
+def _logs(args: dict[str, Any]) -> dict[str, Any]:
+    """Check a ``logs`` action: service, tail, since, until, grep, follow (seconds)."""
+    tail = args.get("tail")
+    if tail is not None and (type(tail) is not int or not 0 <= tail <= MAX_LINES):
+        raise ValueError(f"args.tail: an integer from 0 to {MAX_LINES}")
+    follow = args.get("follow", 0)
+    if type(follow) not in (int, float) or not 0 <= follow <= MAX_FOLLOW_S:
+        raise ValueError(f"args.follow: seconds from 0 to {MAX_FOLLOW_S}")
+    since, until = _when(args, "since"), _when(args, "until")
+    if since is not None and until is not None and until < since:
+        raise ValueError("args.until: before args.since")
+    found = {
+        "service": _service(args, required=False),
+        "tail": DEFAULT_LINES if tail is None and since is None else tail,
+        "since": since,
+        "until": until,
+        "grep": _grep(args),
+        "follow": follow,
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
 # kind -> the check of its arguments (returns them normalized; ValueError names the field)
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "restart": _restart,
@@ -82,6 +137,7 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "prune_images": _no_args,
     "diagnostics": _diagnostics,
     "collect_logs": _collect_logs,
+    "logs": _logs,
 }
 
 
@@ -89,6 +145,7 @@ ARG_NAMES = {
     "restart": frozenset({"service"}),
     "diagnostics": frozenset({"lines"}),
     "collect_logs": frozenset({"lines", "service"}),
+    "logs": frozenset({"service", "tail", "since", "until", "grep", "follow"}),
 }
 
 

@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 from edge_agent.actiondoc import ActionDoc, bound_result, check_action, read_action
 from edge_agent.errors import ActionRefused, AgentError
+from edge_agent.logparts import Batching, Emit, answer
+from edge_agent.logread import read_lines
 from edge_agent.outbox import AuditRow, utc_now
 from edge_agent.protocol import SignedAction
 from edge_agent.store import Store
@@ -140,6 +142,25 @@ async def _diagnostics(host: ActionHost, args: dict[str, Any]) -> dict[str, Any]
         "logs": await _service_logs(host, args["lines"], None),
     }
 
+
+async def _logs(
+    host: ActionHost, args: dict[str, Any], emit: Emit, max_bytes: int
+) -> dict[str, Any]:
+    """Answer a ``logs`` action in parts (``logparts``), read by ``logread.read_lines``."""
+    c = host.config.actions
+    batching = Batching(c.logs_batch_lines, c.logs_batch_bytes, c.logs_flush_s)
+    lines = read_lines(host.runtime, host.store, args)
+    try:
+        return await answer(
+            lines, emit, batching, max_bytes=max_bytes, follow_s=float(args.get("follow", 0))
+        )
+    finally:
+        await lines.aclose()
+
+
+# Kinds answered in parts as they go: (host, args, emit a part, the byte bound) -> result
+StreamHandler = Callable[[ActionHost, dict[str, Any], Emit, int], Awaitable[dict[str, Any]]]
+STREAMING: dict[str, StreamHandler] = {"logs": _logs}
 
 HANDLERS: dict[str, Handler] = {
     "restart": _restart,
@@ -272,10 +293,27 @@ class ActionRunner:
             doc, args = await self._queue.get()
             await self._run_one(doc, args)
 
+    async def _call(self, doc: ActionDoc, args: dict[str, Any]) -> dict[str, Any]:
+        stream = STREAMING.get(doc.kind)
+        if stream is not None:
+            return await stream(self.host, args, self._emitter(doc), doc.max_result_bytes)
+        return await self.handlers[doc.kind](self.host, args)
+
+    def _emitter(self, doc: ActionDoc) -> Emit:
+        """Return what writes one result part of ``doc`` durably to the outbox."""
+
+        async def emit(part: int, lines: list[str]) -> None:
+            event = {"type": "action", "id": doc.id, "kind": doc.kind, "state": "part"}
+            body = json.dumps({**event, "part": part, "lines": lines}, separators=(",", ":"))
+            async with self.store.transaction() as db:
+                await self.store._insert(db, "event", [("event", utc_now(), body)])
+            self.store._notify()
+
+        return emit
+
     async def _run_one(self, doc: ActionDoc, args: dict[str, Any]) -> None:
-        handler = self.handlers[doc.kind]
         try:
-            result = await handler(self.host, args)
+            result = await self._call(doc, args)
         except AgentError as exc:
             await self._finish(doc.id, doc.kind, "failed", reason=exc.message)
             return

@@ -180,6 +180,16 @@ class MetricsConfig(Section):
     outbox_max_entries: int = Field(1440, ge=1)
 
 
+class ActionsConfig(Section):
+    """Queued hub actions (edge_agent/actions.py): how a ``logs`` answer is batched."""
+
+    # one result part (one outbox entry) holds at most this many lines and bytes
+    logs_batch_lines: int = Field(500, ge=1, le=100_000)
+    logs_batch_bytes: int = Field(64 * 1024, ge=1024, le=16 * 2**20)
+    # a part leaves at the latest this long after its first line (followed lines)
+    logs_flush_s: float = Field(0.2, gt=0, le=60)
+
+
 class AgentConfig(Section):
     """The whole agent configuration."""
 
@@ -195,6 +205,7 @@ class AgentConfig(Section):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    actions: ActionsConfig = Field(default_factory=ActionsConfig)
 
     @model_validator(mode="after")
     def _lan_is_https(self) -> AgentConfig:
