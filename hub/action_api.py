@@ -4,6 +4,7 @@
     POST /api/v1/groups/{name}/actions  the same, for each member now -> the actions devices:write
     GET  /api/v1/actions?device=&state=&limit=                      -> newest first devices:read
     GET  /api/v1/actions/{id}                                       -> one action   devices:read
+    GET  /api/v1/actions/{id}/parts?after=N&limit=   -> result parts above N, state devices:read
 
 Every create is audited (one row per device). An action is signed with the key that
 signs targets (``edge_agent.actiondoc``: its own signed prefix, so it never passes for a
@@ -72,6 +73,12 @@ def _checked(hub: HubContext, req: ActionRequest) -> tuple[dict[str, Any], float
     return args, expires
 
 
+def _result_bound(hub: HubContext, kind: str) -> int:
+    """Return the byte bound signed into an action: for ``logs``, that of all its parts."""
+    cfg = hub.config.actions
+    return cfg.logs_max_bytes if kind == "logs" else cfg.max_result_bytes
+
+
 def _new_action(
     hub: HubContext, device_id: str, req: ActionRequest, act: Action, group: str | None
 ) -> tuple[ActionRecord, dict[str, Any]]:
@@ -85,7 +92,7 @@ def _new_action(
         args=args,
         issued_at=int(now.timestamp()),
         expires_at=int(now.timestamp() + expires_s),
-        max_result_bytes=hub.config.actions.max_result_bytes,
+        max_result_bytes=_result_bound(hub, req.kind),
     )
     key = hub.pki.signing_key
     signed = sign_action(doc, key, key_id(key.public_key()))
@@ -219,6 +226,46 @@ async def show_action(request: web.Request) -> web.Response:
     if record is None:
         raise NotFound(f"no action {action_id!r}")
     return web.json_response(action_view(record))
+
+
+def _int_query(request: web.Request, name: str, default: int, top: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or int(raw) > top:
+        raise InvalidRequest(
+            f"{name}: an integer from 0 to {top}", fields=[{"field": name}], status=400
+        )
+    return int(raw)
+
+
+@routes.get("/api/v1/actions/{action_id}/parts")
+async def action_parts(request: web.Request) -> web.Response:
+    """Show an action's state and its result parts numbered above ``after``, in order."""
+    principal(request, Permission.DEVICES_READ)
+    hub = ctx(request)
+    action_id = request.match_info["action_id"]
+    if not ACTION_ID_RE.match(action_id):
+        raise InvalidRequest(
+            f"action id must match {ACTION_ID_RE.pattern}", fields=[{"field": "id"}], status=400
+        )
+    after = _int_query(request, "after", 0, 2**62)
+    limit = max(1, _int_query(request, "limit", 100, MAX_LIST))
+    record = await hub.store.get_action(action_id, hub.now())
+    if record is None:
+        raise NotFound(f"no action {action_id!r}")
+    parts, totals = await hub.store.list_action_parts(action_id, after=after, limit=limit)
+    return web.json_response(
+        {
+            "action": action_view(record),
+            "parts": [{"part": p.part, "lines": p.lines} for p in parts],
+            "next": parts[-1].part if parts else after,
+            "totals": {
+                "parts": totals.parts,
+                "lines": totals.lines,
+                "bytes": totals.bytes,
+                "cut_lines": totals.cut_lines,
+            },
+        }
+    )
 
 
 def reads_actions(features: frozenset[str] | list[str] | None) -> bool:

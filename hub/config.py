@@ -223,6 +223,10 @@ class ActionsConfig(_Section):
     redeliver_after_s: float = Field(120.0, gt=0)
     max_group_devices: int = Field(10_000, ge=1)  # devices one group action fans out to
     keep_finished_s: float = Field(30 * 86400.0, gt=0)  # finished actions are kept this long
+    # a logs action's result parts: the most lines and bytes kept per action (the rest is
+    # counted as cut); the byte bound is also the one the device stops sending at
+    logs_max_lines: int = Field(100_000, ge=1, le=10_000_000)
+    logs_max_bytes: int = Field(8 * 2**20, ge=1024, le=256 * 2**20)
 
 
 class HubConfig(_Section):

@@ -50,7 +50,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hub import edgectl_action, edgectl_audit, edgectl_metrics, edgectl_rollout, edgectl_technician
+from hub import (
+    edgectl_action,
+    edgectl_audit,
+    edgectl_logs,
+    edgectl_metrics,
+    edgectl_rollout,
+    edgectl_technician,
+)
 
 DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -199,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     edgectl_rollout.add_parser(sub)
     edgectl_technician.add_parser(sub)
     edgectl_action.add_parser(sub)
+    edgectl_logs.add_parser(sub)
     return p
 
 
@@ -451,6 +459,8 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
             return edgectl_action.run(args, client.call, parse_duration)
         except edgectl_action.UsageError as exc:
             raise CtlError(str(exc)) from None
+    if cmd == "logs":  # prints as the lines come; its exit code says how the request ended
+        raise SystemExit(edgectl_logs.run(args, client.call, parse_duration, sanitize))
     if cmd == "events":
         return client.call(
             "GET", f"/api/v1/devices/{args.id}/events?after={args.after}&limit={args.limit}"

@@ -20,6 +20,7 @@ from datetime import datetime
 from edge_agent.protocol import SignedTarget
 from hub.config import HubConfig
 from hub.store.records import (
+    ActionPart,
     ActionRecord,
     AuditCursor,
     AuditEntry,
@@ -37,6 +38,8 @@ from hub.store.records import (
     MetricsHistory,
     MetricsSample,
     NewDevice,
+    PartsBound,
+    PartTotals,
     ReleaseRecord,
     RenewedCert,
     RolloutRecord,
@@ -47,6 +50,7 @@ from hub.store.records import (
 )
 
 __all__ = [
+    "ActionPart",
     "ActionRecord",
     "AuditCursor",
     "AuditEntry",
@@ -65,6 +69,8 @@ __all__ = [
     "MetricsHistory",
     "MetricsSample",
     "NewDevice",
+    "PartTotals",
+    "PartsBound",
     "ReleaseRecord",
     "RolloutRecord",
     "SyncBatch",
@@ -368,6 +374,13 @@ class HubStore(ABC):
     async def has_queued_actions(self, device_id: str, now: datetime) -> bool:
         """Return whether an unexpired action waits to be delivered to the device."""
 
+    @abstractmethod
+    async def list_action_parts(
+        self, action_id: str, *, after: int, limit: int
+    ) -> tuple[list[ActionPart], PartTotals]:
+        """Return an action's result parts numbered above ``after`` (in order, at most
+        ``limit``) and what all its parts hold (``PartTotals``: lines cut by the bound)."""
+
 
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""
@@ -382,4 +395,6 @@ def open_store(config: HubConfig) -> HubStore:
         metrics=MetricsBound(config.metrics.history_per_device, config.metrics.max_sample_bytes),
     )
     store.action_result_max_bytes = config.actions.max_result_bytes
+    cfg = config.actions
+    store.action_parts_bound = PartsBound(cfg.logs_max_lines, cfg.logs_max_bytes)
     return store

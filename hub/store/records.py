@@ -359,3 +359,30 @@ class ActionRecord:
     reason: str | None = None
     result: dict[str, Any] | None = None
     group: str | None = None  # the group it was fanned out to, if any
+
+
+@dataclass(frozen=True)
+class ActionPart:
+    """One result part of an action answered in batches (a ``logs`` action)."""
+
+    part: int
+    lines: list[str]
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class PartTotals:
+    """What an action's parts hold, and the lines the hub's bound cut."""
+
+    parts: int = 0
+    lines: int = 0
+    bytes: int = 0
+    cut_lines: int = 0
+
+
+@dataclass(frozen=True)
+class PartsBound:
+    """The most lines and bytes the hub keeps of one action's parts."""
+
+    max_lines: int = 100_000
+    max_bytes: int = 8 * 2**20

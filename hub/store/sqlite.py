@@ -358,7 +358,13 @@ class SqliteStore(
                 db, device_id, batch.entries, space.offset, space.floor, received, metrics_bound
             )
             sqlite_actions.observe(
-                db, device_id, batch.entries, space.floor, received, self.action_result_max_bytes
+                db,
+                device_id,
+                batch.entries,
+                space.floor,
+                received,
+                self.action_result_max_bytes,
+                self.action_parts_bound,
             )
             sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
             args: list[Any] = [received, applied, batch.protocol]

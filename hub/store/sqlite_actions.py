@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.actiondoc import RESULTS, next_state
 from hub.errors import Conflict
 from hub.store import sqlite_rows as rows
-from hub.store.records import ActionRecord, AuditRecord
+from hub.store.records import ActionPart, ActionRecord, AuditRecord, PartsBound, PartTotals
 
 if TYPE_CHECKING:
     from hub.store.writer import GroupCommitWriter
@@ -67,6 +67,7 @@ class ActionsMixin:
     """Queued device actions on SQLite."""
 
     action_result_max_bytes: int = 256 * 1024
+    action_parts_bound: PartsBound = PartsBound()
 
     if TYPE_CHECKING:
         _w: GroupCommitWriter
@@ -85,6 +86,7 @@ class ActionsMixin:
         finished ones older than ``forget_before`` (the table stays bounded)."""
 
         def job(db: sqlite3.Connection) -> None:
+            _forget_parts(db, rows.ts(forget_before))
             db.execute(
                 f"DELETE FROM actions WHERE state NOT IN {UNFINISHED} AND state_at < ?",
                 (rows.ts(forget_before),),
@@ -181,6 +183,81 @@ class ActionsMixin:
         )
         return bool(found)
 
+    async def list_action_parts(
+        self, action_id: str, *, after: int, limit: int
+    ) -> tuple[list[ActionPart], PartTotals]:
+        """Return an action's result parts above ``after`` (in order) and their totals."""
+        found = await self._read(
+            "SELECT part_no, lines, received_at FROM action_parts WHERE action_id = ? AND "
+            "part_no > ? ORDER BY part_no LIMIT ?",
+            (action_id, after, limit),
+        )
+        totals = await self._read(
+            "SELECT parts, lines, bytes, cut_lines FROM action_part_totals WHERE action_id = ?",
+            (action_id,),
+        )
+        parts = [ActionPart(n, json.loads(t), datetime.fromisoformat(at)) for n, t, at in found]
+        return parts, PartTotals(*totals[0]) if totals else PartTotals()
+
+
+def _forget_parts(db: sqlite3.Connection, before: str) -> None:
+    """Delete the parts of the finished actions about to be forgotten (migration 15)."""
+    old = f"SELECT id FROM actions WHERE state NOT IN {UNFINISHED} AND state_at < ?"
+    db.execute(f"DELETE FROM action_parts WHERE action_id IN ({old})", (before,))
+    db.execute(f"DELETE FROM action_part_totals WHERE action_id IN ({old})", (before,))
+
+
+def _add_part(
+    db: sqlite3.Connection, device_id: str, doc: dict[str, Any], at: str, bound: PartsBound
+) -> int:
+    """Store one result part once, within the action's bound; return the lines cut."""
+    part, lines = doc.get("part"), doc.get("lines")
+    if type(part) is not int or part < 1 or not isinstance(lines, list):
+        return 0
+    if (
+        db.execute(
+            "SELECT 1 FROM actions WHERE id = ? AND device_id = ?", (doc["id"], device_id)
+        ).fetchone()
+        is None
+        or db.execute(
+            "SELECT 1 FROM action_parts WHERE action_id = ? AND part_no = ?", (doc["id"], part)
+        ).fetchone()
+    ):
+        return 0  # not this device's action, or a part taken before
+    row = db.execute(
+        "SELECT lines, bytes FROM action_part_totals WHERE action_id = ?", (doc["id"],)
+    ).fetchone()
+    held_lines, held_bytes = row or (0, 0)
+    kept, size = _within(lines, bound.max_lines - held_lines, bound.max_bytes - held_bytes)
+    cut = len(lines) - len(kept)
+    db.execute(
+        "INSERT INTO action_parts (action_id, part_no, received_at, lines, n_lines, n_bytes) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (doc["id"], part, at, rows.dumps(kept), len(kept), size),
+    )
+    db.execute(
+        "INSERT INTO action_part_totals (action_id, parts, lines, bytes, cut_lines) "
+        "VALUES (?, 1, ?, ?, ?) ON CONFLICT (action_id) DO UPDATE SET parts = parts + 1, "
+        "lines = lines + excluded.lines, bytes = bytes + excluded.bytes, "
+        "cut_lines = cut_lines + excluded.cut_lines",
+        (doc["id"], len(kept), size, cut),
+    )
+    return cut
+
+
+def _within(lines: list[Any], max_lines: int, max_bytes: int) -> tuple[list[str], int]:
+    """Return the first lines that fit the room left, and their bytes (line + newline)."""
+    kept: list[str] = []
+    size = 0
+    for line in lines[: max(0, max_lines)]:
+        text = str(line)
+        n = len(text.encode()) + 1
+        if size + n > max_bytes:
+            break
+        kept.append(text)
+        size += n
+    return kept, size
+
 
 def observe(
     db: sqlite3.Connection,
@@ -189,11 +266,14 @@ def observe(
     floor: int,
     received: str,
     max_result_bytes: int,
+    parts_bound: PartsBound | None = None,
 ) -> int:
-    """Apply the batch's action receipts and results (in the sync's transaction).
+    """Apply the batch's action receipts, result parts and results (in the sync's
+    transaction).
 
     Only the device's own actions change; returns how many results were cut to
-    ``max_result_bytes`` (the device bounds them too; this holds for any agent)."""
+    ``max_result_bytes`` (the device bounds them too; this holds for any agent). Parts
+    are kept within ``parts_bound`` per action; the lines cut are counted in its totals."""
     cut = 0
     for seq, kind, _c, payload in entries:
         if kind != "event" or seq <= floor or ACTION_MARK not in payload:
@@ -207,6 +287,8 @@ def observe(
                 "WHERE id = ? AND device_id = ?",
                 (received, doc["id"], device_id),
             )
+        elif doc.get("state") == "part":
+            _add_part(db, device_id, doc, received, parts_bound or PartsBound())
         elif doc.get("state") in RESULTS:
             cut += _finish(db, device_id, doc, received, max_result_bytes)
     return cut
