@@ -61,6 +61,7 @@ BENCHES = (
         "rollout", "bench_rollout.py", ("--devices", "1000"), ("--devices", "1000", "--runs", "5")
     ),
     Bench("binary", "bench_binary.py", ("--runs", "5", "--idle-s", "3"), ("--runs", "11")),
+    Bench("logs_ondemand", "bench_logs_ondemand.py", ("--lines", "20000"), ("--runs", "5")),
 )
 
 
