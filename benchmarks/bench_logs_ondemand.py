@@ -28,7 +28,7 @@ import figures
 from _common import ensure_testenv, loadavg  # puts tests/ on sys.path
 
 from edge_agent.logread import read_lines
-from edge_agent.runtime import Runtime
+from edge_agent.runtime import DockerRuntime
 
 if TYPE_CHECKING:
     from hubproc import HubProcess
@@ -57,7 +57,7 @@ async def until(predicate: Any, timeout_s: float, what: str) -> Any:
 
 async def local_read(device_id: str, want: int) -> tuple[float, float]:
     """Return (s to the first line, lines/s) of reading every line on the device."""
-    runtime = Runtime(device_id)
+    runtime = DockerRuntime(device_id)
     try:
         started = time.perf_counter()
         first, count = 0.0, 0
