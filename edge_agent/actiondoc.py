@@ -130,6 +130,14 @@ def _logs(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in found.items() if v is not None}
 
 
+def _cancel(args: dict[str, Any]) -> dict[str, Any]:
+    """Check a ``cancel`` action: the id of an action of the same device."""
+    target = args.get("action")
+    if not isinstance(target, str) or not ACTION_ID_RE.match(target):
+        raise ValueError("args.action: an action id (" + ACTION_ID_RE.pattern + ")")
+    return {"action": target}
+
+
 # kind -> the check of its arguments (returns them normalized; ValueError names the field)
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "restart": _restart,
@@ -138,6 +146,7 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "diagnostics": _diagnostics,
     "collect_logs": _collect_logs,
     "logs": _logs,
+    "cancel": _cancel,
 }
 
 
@@ -146,6 +155,7 @@ ARG_NAMES = {
     "diagnostics": frozenset({"lines"}),
     "collect_logs": frozenset({"lines", "service"}),
     "logs": frozenset({"service", "tail", "since", "until", "grep", "follow"}),
+    "cancel": frozenset({"action"}),
 }
 
 

@@ -144,22 +144,26 @@ async def _diagnostics(host: ActionHost, args: dict[str, Any]) -> dict[str, Any]
 
 
 async def _logs(
-    host: ActionHost, args: dict[str, Any], emit: Emit, max_bytes: int
+    host: ActionHost, args: dict[str, Any], emit: Emit, max_bytes: int, stop: asyncio.Event
 ) -> dict[str, Any]:
     """Answer a ``logs`` action in parts (``logparts``), read by ``logread.read_lines``."""
     c = host.config.actions
     batching = Batching(c.logs_batch_lines, c.logs_batch_bytes, c.logs_flush_s)
     lines = read_lines(host.runtime, host.store, args)
+    follow_s = float(args.get("follow", 0))
     try:
         return await answer(
-            lines, emit, batching, max_bytes=max_bytes, follow_s=float(args.get("follow", 0))
+            lines, emit, batching, max_bytes=max_bytes, follow_s=follow_s, stop=stop
         )
     finally:
         await lines.aclose()
 
 
-# Kinds answered in parts as they go: (host, args, emit a part, the byte bound) -> result
-StreamHandler = Callable[[ActionHost, dict[str, Any], Emit, int], Awaitable[dict[str, Any]]]
+# Kinds answered in parts as they go, which a ``cancel`` action stops:
+# (host, args, emit a part, the byte bound, set when cancelled) -> result
+StreamHandler = Callable[
+    [ActionHost, dict[str, Any], Emit, int, asyncio.Event], Awaitable[dict[str, Any]]
+]
 STREAMING: dict[str, StreamHandler] = {"logs": _logs}
 
 HANDLERS: dict[str, Handler] = {
@@ -192,6 +196,11 @@ class ActionRunner:
         self._queue: asyncio.Queue[tuple[ActionDoc, dict[str, Any]]] = asyncio.Queue()
         self._recovered = False
         self._lock = asyncio.Lock()
+        # queued or running actions, each with what a cancel action sets; the running
+        # streaming one (only those stop midway: a restart or a prune runs to its end)
+        self._stops: dict[str, asyncio.Event] = {}
+        self._running: tuple[str, bool] | None = None  # (id, stops when cancelled)
+        self._receiving = asyncio.Lock()
 
     async def recover(self) -> int:
         """Report actions a previous run recorded but did not finish as interrupted (once)."""
@@ -215,8 +224,9 @@ class ActionRunner:
     async def receive(self, signed: list[SignedAction]) -> None:
         """Take the actions of a sync answer: verify, record, queue (see module docstring)."""
         await self.recover()
-        for one in signed:
-            await self._receive_one(one)
+        async with self._receiving:  # the runner starts nothing until the batch is in:
+            for one in signed:  # a cancel in it finds the action it cancels not begun
+                await self._receive_one(one)
 
     async def _receive_one(self, signed: SignedAction) -> None:
         try:
@@ -232,6 +242,10 @@ class ActionRunner:
             await self._refused(doc, exc)
             return
         await self._record(doc)
+        if doc.kind == "cancel":
+            await self._cancel(doc, args)
+            return
+        self._stops[doc.id] = asyncio.Event()
         self._queue.put_nowait((doc, args))
 
     async def _seen(self, action_id: str) -> bool:
@@ -291,13 +305,40 @@ class ActionRunner:
         await self.recover()
         while True:
             doc, args = await self._queue.get()
-            await self._run_one(doc, args)
+            async with self._receiving:
+                pass  # the rest of its sync answer is received (see receive)
+            try:
+                await self._run_one(doc, args)
+            finally:
+                self._stops.pop(doc.id, None)
 
     async def _call(self, doc: ActionDoc, args: dict[str, Any]) -> dict[str, Any]:
+        stop = self._stops.setdefault(doc.id, asyncio.Event())
+        if stop.is_set():
+            raise AgentError("cancelled")  # by a cancel action before it ran
         stream = STREAMING.get(doc.kind)
-        if stream is not None:
-            return await stream(self.host, args, self._emitter(doc), doc.max_result_bytes)
-        return await self.handlers[doc.kind](self.host, args)
+        self._running = (doc.id, stream is not None)
+        try:
+            if stream is not None:
+                emit = self._emitter(doc)
+                return await stream(self.host, args, emit, doc.max_result_bytes, stop)
+            return await self.handlers[doc.kind](self.host, args)
+        finally:
+            self._running = None
+
+    async def _cancel(self, doc: ActionDoc, args: dict[str, Any]) -> None:
+        """Run a ``cancel`` action at once (not behind the action it cancels)."""
+        target = args["action"]
+        running, stoppable = self._running or (None, False)
+        if target == running:
+            was = "running" if stoppable else "running_to_its_end"
+        else:
+            was = "queued" if target in self._stops else "not_here"  # finished or unknown
+        cancelled = was in ("running", "queued")
+        if cancelled:
+            self._stops[target].set()
+        result = {"action": target, "was": was, "cancelled": cancelled}
+        await self._finish(doc.id, doc.kind, "succeeded", result=result)
 
     def _emitter(self, doc: ActionDoc) -> Emit:
         """Return what writes one result part of ``doc`` durably to the outbox."""

@@ -4,7 +4,8 @@
 at most ``Batching.lines`` lines and ``Batching.bytes`` bytes, a batch leaving at the
 latest ``Batching.flush_s`` after its first line (so followed lines arrive promptly).
 Lines over the action's byte bound are not sent but counted (``cut_lines``); with
-``follow`` the answer ends at the follow deadline, else when the read ends.
+``follow`` the answer ends at the follow deadline, else when the read ends — or, either
+way, when ``stop`` is set (a ``cancel`` action): the lines read by then still leave.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 Emit = Callable[[int, list[str]], Awaitable[None]]
 _END = object()
+_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ async def _pump(lines: AsyncIterator[str], queue: asyncio.Queue[object]) -> None
     await queue.put(_END)
 
 
+async def _stop_when(stop: asyncio.Event, queue: asyncio.Queue[object]) -> None:
+    await stop.wait()
+    await queue.put(_STOP)  # after the lines already read: they still leave
+
+
 async def answer(
     lines: AsyncIterator[str],
     emit: Emit,
@@ -69,11 +76,13 @@ async def answer(
     *,
     max_bytes: int,
     follow_s: float = 0.0,
+    stop: asyncio.Event | None = None,
 ) -> dict[str, Any]:
     """Send ``lines`` as parts through ``emit``; return the result (see module docstring)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max(16, 2 * batching.lines))
     pump = asyncio.create_task(_pump(lines, queue))
+    stopper = asyncio.create_task(_stop_when(stop or asyncio.Event(), queue))
     deadline = loop.time() + follow_s if follow_s else None
     tally, first_at, ended = Tally(), 0.0, "end"
     try:
@@ -91,6 +100,9 @@ async def answer(
                 continue
             if item is _END:
                 break
+            if item is _STOP:
+                ended = "cancelled"
+                break
             if isinstance(item, BaseException):
                 raise item
             if not tally.batch:
@@ -99,9 +111,10 @@ async def answer(
                 await _flush(tally, emit)
         await _flush(tally, emit)
     finally:
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
+        for task in (pump, stopper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     return tally.result(ended)
 
 

@@ -5,6 +5,7 @@
     GET  /api/v1/actions?device=&state=&limit=                      -> newest first devices:read
     GET  /api/v1/actions/{id}                                       -> one action   devices:read
     GET  /api/v1/actions/{id}/parts?after=N&limit=   -> result parts above N, state devices:read
+    POST /api/v1/actions/{id}/cancel                 -> a ``cancel`` action for it devices:write
 
 Every create is audited (one row per device). An action is signed with the key that
 signs targets (``edge_agent.actiondoc``: its own signed prefix, so it never passes for a
@@ -23,12 +24,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from edge_agent.actiondoc import KINDS, STATES, ActionDoc, check_args, sign_action
+from edge_agent.actiondoc import FINAL, KINDS, STATES, ActionDoc, check_args, sign_action
 from edge_agent.protocol import SignedAction
 from edge_agent.signing import key_id
 from hub.auth import Permission
 from hub.context import HubContext, ctx
-from hub.errors import InvalidRequest, NotFound
+from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.operator_calls import Action, Body, audited, json_body, principal
 from hub.selector import matches, parse
 from hub.store import ActionRecord, DeviceRecord
@@ -226,6 +227,31 @@ async def show_action(request: web.Request) -> web.Response:
     if record is None:
         raise NotFound(f"no action {action_id!r}")
     return web.json_response(action_view(record))
+
+
+@routes.post("/api/v1/actions/{action_id}/cancel")
+async def cancel_action(request: web.Request) -> web.Response:
+    """Queue a ``cancel`` action for an unfinished action's device (delivered like any)."""
+    hub = ctx(request)
+    action_id = request.match_info["action_id"]
+    async with audited(
+        request, Permission.DEVICES_WRITE, "action.cancel", f"action:{action_id[:64]}"
+    ) as act:
+        if not ACTION_ID_RE.match(action_id):
+            raise InvalidRequest(
+                f"action id must match {ACTION_ID_RE.pattern}",
+                fields=[{"field": "id"}],
+                status=400,
+            )
+        found = await hub.store.get_action(action_id, hub.now())
+        if found is None:
+            raise NotFound(f"no action {action_id!r}")
+        if found.state in FINAL:
+            raise Conflict(f"action {action_id} is {found.state} already")
+        req = ActionRequest(kind="cancel", args={"action": action_id})
+        record, detail = _new_action(hub, found.device_id, req, act, None)
+        await _queue(hub, act, [(record, detail)])
+    return web.json_response(action_view(record), status=201)
 
 
 def _int_query(request: web.Request, name: str, default: int, top: int) -> int:

@@ -6,7 +6,8 @@ Queues a ``logs`` action (``hub.action_api``), then polls its result parts
 While the device has not answered, it shows the request's state: a spinner on a
 terminal (rich), plain lines on stderr otherwise (``queued`` → ``delivered`` →
 ``answering``). It exits when the action is finished: 0 if it succeeded, 1 if not.
-Ctrl-C stops printing; a follow then ends on the device at its deadline.
+Ctrl-C cancels the request (``POST /api/v1/actions/{id}/cancel``): a follow stops on the
+device as soon as the cancel reaches it.
 """
 
 from __future__ import annotations
@@ -117,10 +118,20 @@ def run(
                 sys.stdout.flush()
     except KeyboardInterrupt:
         note.close()
-        print(f"edgectl: stopped; request {made['id']} ends on the device", file=sys.stderr)
+        _cancel(call, made["id"])
         return 130
     note.close()
     return _summary(last)
+
+
+def _cancel(call: Call, action_id: str) -> None:
+    """Ask the hub to cancel the request (a follow stops on the device)."""
+    try:
+        call("POST", f"/api/v1/actions/{urllib.parse.quote(action_id, safe='')}/cancel")
+    except Exception as exc:  # finished meanwhile (409), or the hub is gone: say so
+        print(f"edgectl: request {action_id} not cancelled: {exc}", file=sys.stderr)
+        return
+    print(f"edgectl: stopped; request {action_id} cancelled", file=sys.stderr)
 
 
 def _summary(page: dict[str, Any]) -> int:
@@ -129,8 +140,8 @@ def _summary(page: dict[str, Any]) -> int:
     cut = (result.get("cut_lines") or 0) + (totals.get("cut_lines") or 0)
     if cut:
         print(f"edgectl: {cut} lines cut by the request's bound", file=sys.stderr)
-    if result.get("ended") == "follow_deadline":
-        print("edgectl: follow ended at its deadline", file=sys.stderr)
+    if result.get("ended") in ("follow_deadline", "cancelled"):
+        print(f"edgectl: follow ended: {result['ended']}", file=sys.stderr)
     if action["state"] != "succeeded":
         reason = action.get("reason") or ""
         print(f"edgectl: request {action['id']} {action['state']} {reason}", file=sys.stderr)

@@ -203,3 +203,41 @@ async def test_bad_arguments_are_refused_422_by_name(
     body = json.loads(err.value.read())
     assert err.value.code == 422 and body["fields"][0]["field"] == field, body
     assert hub._call("GET", f"/api/v1/actions?device={identity.device_id}", None)["actions"] == []
+
+
+def cancel(hub: HubProcess, action_id: str) -> dict[str, Any]:
+    return dict(hub._call("POST", f"/api/v1/actions/{action_id}/cancel", None))
+
+
+async def test_cancel_stops_a_follow_on_the_device(
+    hub: HubProcess, device: tuple[AgentProcess, str]
+) -> None:
+    _agent, dev = device
+    action_id = queue(hub, dev, service="live", tail=0, follow=300)
+    await until(lambda: parts(hub, action_id)["parts"], 30, "a first part")
+    asked = time.monotonic()
+    made = cancel(hub, action_id)
+    assert (made["kind"], made["args"]) == ("cancel", {"action": action_id})
+    page = await answered(hub, action_id, 30)
+    assert time.monotonic() - asked < 20  # not the 300 s follow
+    assert page["action"]["state"] == "succeeded"
+    assert page["action"]["result"]["ended"] == "cancelled" and page["lines"]
+    done = await answered(hub, made["id"])
+    assert done["action"]["result"] == {"action": action_id, "was": "running", "cancelled": True}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        cancel(hub, action_id)  # finished: nothing to cancel
+    assert err.value.code == 409
+
+
+async def test_a_request_cancelled_before_it_reached_the_device_never_runs(
+    hub: HubProcess, device: tuple[AgentProcess, str]
+) -> None:
+    agent, dev = device
+    await agent.kill()
+    action_id = queue(hub, dev, service="fixed", tail=5)
+    cancelled = cancel(hub, action_id)["id"]
+    await agent.start()
+    page = await answered(hub, action_id)
+    assert page["action"]["state"] == "failed" and page["action"]["reason"] == "cancelled"
+    assert page["parts"] == []
+    assert (await answered(hub, cancelled))["action"]["result"]["was"] == "queued"
