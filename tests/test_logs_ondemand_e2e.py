@@ -241,3 +241,26 @@ async def test_a_request_cancelled_before_it_reached_the_device_never_runs(
     assert page["action"]["state"] == "failed" and page["action"]["reason"] == "cancelled"
     assert page["parts"] == []
     assert (await answered(hub, cancelled))["action"]["result"]["was"] == "queued"
+
+
+async def test_edgectl_logs_shows_the_state_while_an_offline_device_has_not_answered(
+    hub: HubProcess, device: tuple[AgentProcess, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hub.edgectl import main as edgectl
+
+    agent, dev = device
+    await agent.kill()
+    admin = (hub.data_dir / "admin.token").read_text().strip()
+    common = ["--hub", hub.url, "--ca", str(hub.ca_path), "--token", admin]
+    loop = asyncio.get_running_loop()
+    run = loop.run_in_executor(None, edgectl, [*common, "logs", dev, "fixed", "--tail", "1"])
+    await until(lambda: hub._call("GET", f"/api/v1/actions?device={dev}", None)["actions"])
+    await asyncio.sleep(1.0)  # edgectl polls the queued request meanwhile
+    await agent.start()
+    with pytest.raises(SystemExit) as done:
+        await run
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err
+    assert out.splitlines()[-1].endswith(f"known {KNOWN - 1}")
+    states = re.findall(r"request act-[0-9a-f]{16}: (\w+)", err)
+    assert states[0] == "queued" and len(states) >= 2, err  # then delivered, answering, ...
