@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import figures as report_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -544,6 +545,24 @@ def report(r: dict[str, Any]) -> None:
     )
 
 
+def _figure(r: dict[str, Any]) -> report_figures.Figure:
+    """The run's p99 against the goal, with what else the report needs in its note."""
+    poll = " with long-polls" if r["long_poll"] else ""
+    return report_figures.Figure(
+        name=f"hub p99 sync latency, {r['devices']} simulated devices{poll}",
+        unit="ms",
+        values=[r["p99_ms"]],
+        goal=f"p99 < {GOAL_P99_MS:g} ms, no failure",
+        ok=bool(r["held"]),
+        note=(
+            f"{r['offered_syncs_per_s']:.0f} syncs/s offered, {r['syncs_per_s']:.0f} answered, "
+            f"failed {r['failed']}; hub handler p99 {r['hub_handler_p99_ms']:.1f} ms; "
+            f"{r['kib_per_held_device']:.1f} KiB per held device (goal < 60); load generator "
+            f"{r['client_cpu_pct']:.0f}% of a core"
+        ),
+    )
+
+
 def find_capacity(ns: argparse.Namespace, runner: asyncio.Runner) -> list[dict[str, Any]]:
     """Step the fleet up (fresh hub each step) until a step is not held; print capacity."""
     results: list[dict[str, Any]] = []
@@ -609,6 +628,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=None, help="syncs/s for --find-capacity")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir (hub data, log)")
+    report_figures.add_json_out(parser)
     parser.add_argument(
         "--hub-set",
         action="append",
@@ -634,3 +654,4 @@ if __name__ == "__main__":
             report(results[0])
     if ns.json:
         print(json.dumps(results, indent=2))
+    report_figures.write(ns.json_out, [_figure(r) for r in results])
