@@ -8,6 +8,7 @@ The tree::
     ├── TargetRejected            signature, device, revision or expiry check failed
     ├── TechnicianRefused         a technician token is forged, expired, revoked, out of
     │                             scope or of the wrong role; ``status`` is 401 or 403
+    ├── InvalidLogQuery           a read of the kept container logs has a bad argument
     ├── StoreError                the local SQLite store failed
     │   └── StoreFull             the disk is full; nothing was written
     ├── RuntimeAdapterError       the Docker engine refused or failed a call
@@ -80,6 +81,10 @@ class TechnicianRefused(AgentError):
     def to_dict(self) -> dict[str, Any]:
         """Return the description, with the reason code."""
         return {**super().to_dict(), "reason": self.reason}
+
+
+class InvalidLogQuery(AgentError):
+    """A read of the kept container logs has a bad argument (named in the message)."""
 
 
 class StoreError(AgentError):

@@ -30,10 +30,12 @@ import aiohttp
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
+from edge_agent.logpolicy import ShipPolicy
 from edge_agent.protocol import (
     AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    LogPolicy,
     SignedTarget,
     StatusSnapshot,
     SyncResponse,
@@ -405,10 +407,17 @@ class Syncer:
             self._status_acked = flight.status_doc
         if resp.technicians is not None:  # revocations hold offline and across restarts
             await save_update(self.store, resp.technicians)
+        if resp.log_policy is not None:  # kept: holds offline and across restarts
+            await self._set_log_policy(resp.log_policy)
         if resp.target is not None:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:
                 result.targets.append(revision)
+
+    async def _set_log_policy(self, wire: LogPolicy) -> None:
+        policy = ShipPolicy.of(wire.mode, wire.patterns)
+        if await self.store.set_log_policy(policy):
+            log.info("log shipping policy now %s %s", policy.mode, list(policy.patterns))
 
     async def _note_unknown(self, resp: SyncResponse) -> None:
         """Count a hub answer carrying fields this agent does not know; log each set once."""
