@@ -63,6 +63,7 @@ from hub.errors import (
     PayloadTooLarge,
 )
 from hub.guard import audit_refusal
+from hub.log_policy import policy_for_sync
 from hub.notify import granted_wait, retry_after_s
 from hub.pki import IssuedCert, load_csr, public_key_sha256, serial_hex
 from hub.renewal import (
@@ -314,6 +315,9 @@ async def sync(request: web.Request) -> web.Response:
             want_full_status=result.want_full_status,
             server_time=now,
             technicians=await technician_update(hub, device, req.features),
+            log_policy=await policy_for_sync(
+                request, hub.store, hub.config.log_policy, device, req.features
+            ),
         )
     )
     if target is not None:

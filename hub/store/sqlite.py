@@ -43,6 +43,7 @@ from hub.store.records import (
 from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
+from hub.store.sqlite_logs import LogsMixin
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_technicians import TechniciansMixin
@@ -79,7 +80,9 @@ def migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(AuditMixin, GroupsMixin, HostsMixin, RolloutsMixin, TechniciansMixin, HubStore):
+class SqliteStore(
+    AuditMixin, GroupsMixin, HostsMixin, LogsMixin, RolloutsMixin, TechniciansMixin, HubStore
+):
     """HubStore on one SQLite file."""
 
     def __init__(

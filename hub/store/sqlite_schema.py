@@ -261,4 +261,10 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             "CREATE INDEX technician_tokens_expiry ON technician_tokens (expires_at)",
         ],
     ),
+    (
+        13,
+        "groups: the log shipping policy of their devices (hub.log_policy)",
+        # JSON {"mode": none|errors|all, "pattern": RE or null}; NULL: the group sets none.
+        ["ALTER TABLE groups ADD COLUMN log_policy TEXT"],
+    ),
 ]
