@@ -390,6 +390,9 @@ class Syncer:
                 moved,
             )
             raise SyncError("outbox renumbered after a store reset", retryable=True)
+        if resp.log_policy is not None:  # kept: holds offline and across restarts
+            await self._set_log_policy(resp.log_policy)  # (before the ack: a caller that
+            # waits for the outbox to drain finds the policy written)
         if flight.entries:
             # Delete only what the hub holds, and never past what this batch carried.
             upto = min(resp.acked_seq, flight.last_seq)
@@ -407,8 +410,6 @@ class Syncer:
             self._status_acked = flight.status_doc
         if resp.technicians is not None:  # revocations hold offline and across restarts
             await save_update(self.store, resp.technicians)
-        if resp.log_policy is not None:  # kept: holds offline and across restarts
-            await self._set_log_policy(resp.log_policy)
         if resp.target is not None:
             revision = await self.gate.deliver(resp.target, source="sync")
             if revision is not None:
