@@ -12,8 +12,9 @@ and counted:
   drop grows the marker at the head of the service's log instead of writing another.
   Counter ``log_lines_dropped_quota``.
 - ``max_age_s``: lines (and markers) older than this are deleted, oldest first, at most
-  ``prune_batch`` rows per pass, a pass at most every ``prune_interval_s`` (with a write).
-  Counter ``log_lines_expired``.
+  ``prune_batch`` rows per pass, in the transaction of a write of new lines: a pass at
+  most every ``prune_interval_s``, or at the next write when a pass found more old rows
+  than it could take. Counter ``log_lines_expired``.
 
 ``read_logs`` answers bounded batches (``limit`` rows; at most ``max_scan`` rows examined
 per call) with a cursor to continue from; markers are always returned, so a reader sees
@@ -190,6 +191,8 @@ class LogStoreMixin:
                 gone.append((id_, service, nbytes, dropped))
         if not gone:
             return 0
+        if len(gone) >= self.log_limits.prune_batch:
+            self._last_prune = float("-inf")  # more is old: the next write prunes again
         await db.execute("DELETE FROM logs WHERE id <= ?", (gone[-1][0],))
         for _, service, nbytes, _ in gone:
             self._count(LOCAL + service, -1, -nbytes)

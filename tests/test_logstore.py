@@ -97,6 +97,19 @@ async def test_lines_older_than_the_age_limit_are_deleted_and_counted(tmp_path: 
     await store.close()
 
 
+async def test_age_pass_that_finds_more_than_its_batch_runs_again_at_the_next_write(
+    tmp_path: Path,
+) -> None:
+    store = await _open(tmp_path, max_age_s=3600, prune_interval_s=3600, prune_batch=3)
+    await store.append_logs(_lines("web", 0, 7, ts=time.time() - 7200))  # a pass: 3 of 7
+    await store.append_logs(_lines("web", 7, 1))  # 3 more, despite the hour between passes
+    await store.append_logs(_lines("web", 8, 1))  # the last old one
+    await store.append_logs(_lines("web", 9, 1))
+    assert [line[:6] for line, _ in await _local(store, "web")] == ["000007", "000008", "000009"]
+    assert (await store.counters())["log_lines_expired"] == 7
+    await store.close()
+
+
 async def test_read_logs_filters_and_pages_in_bounded_batches(tmp_path: Path) -> None:
     store = await _open(tmp_path, max_bytes_per_container=10 * LINE_BYTES)
     t0 = time.time() - 100
