@@ -23,7 +23,7 @@ from edge_agent.executor import Reconciler, poll_completion, poll_health
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
 from edge_agent.sdnotify import sd_notify, watchdog_interval_s
-from edge_agent.store import AuditRow, Quota, Store, StoreLimits
+from edge_agent.store import AuditRow, LogLimits, Quota, Store, StoreLimits
 from edge_agent.supervisor import BackoffPolicy, RolloutWatch, ServiceState, Supervisor
 from edge_agent.tasks import (
     EXIT_TASK_FAILED,
@@ -46,6 +46,10 @@ def _limits(config: AgentConfig) -> StoreLimits:
             "metrics": Quota(max_entries=config.metrics.outbox_max_entries),
         },
         log_disk_reserve_bytes=o.log_disk_reserve_mb * 2**20,
+        logs=LogLimits(
+            max_bytes_per_container=config.logs.local_max_bytes_per_container,
+            max_age_s=config.logs.local_max_age_s,
+        ),
     )
 
 

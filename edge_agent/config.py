@@ -134,6 +134,11 @@ class LogsConfig(Section):
     flush_interval_s: float = Field(2.0, gt=0, le=60)
     stream_retry_base_s: float = Field(1.0, gt=0)
     stream_retry_cap_s: float = Field(60.0, gt=0)
+    # Every line is kept in the store (read on demand, shipped as the hub's policy says):
+    # at most this many bytes per service's container (oldest dropped first, behind a
+    # marker "N lines dropped"), and for at most this long (0: no age limit).
+    local_max_bytes_per_container: int = Field(16 * 2**20, ge=64 * 1024)
+    local_max_age_s: float = Field(7 * 86400.0, ge=0)
 
 
 class TasksConfig(Section):

@@ -10,6 +10,7 @@ The tree::
     │                             scope or of the wrong role; ``status`` is 401 or 403
     ├── ActionRefused             a queued action is forged, for another device, expired,
     │                             a replay or invalid; ``reason`` is a short code
+    ├── InvalidLogQuery           a read of the kept container logs has a bad argument
     ├── StoreError                the local SQLite store failed
     │   └── StoreFull             the disk is full; nothing was written
     ├── RuntimeAdapterError       the Docker engine refused or failed a call
@@ -90,6 +91,10 @@ class ActionRefused(AgentError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message, retryable=False)
         self.reason = reason
+
+
+class InvalidLogQuery(AgentError):
+    """A read of the kept container logs has a bad argument (named in the message)."""
 
 
 class StoreError(AgentError):

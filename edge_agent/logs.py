@@ -1,4 +1,8 @@
-"""Container log collection into the outbox, by persisted position, bounded per container.
+"""Container log collection into the store, by persisted position, bounded per container.
+
+Every collected line is kept in the store's local log table (``logstore.py``) and those
+the hub's shipping policy lets through are queued in the outbox (``logpolicy.py``), in
+the one ``append_logs`` transaction that also moves the read position.
 
 The agent follows each container's log as a stream (``logfollow.py``), with this
 collector's positions, bounds and per-line rules; ``collect_once`` reads every container

@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from edge_agent.audit import chain_hash
 from edge_agent.errors import StoreError
+from edge_agent.logpolicy import ShipPolicy
+from edge_agent.logstore import LOCAL, LogLimits
 from edge_agent.protocol import OutboxEntry, OutboxKind
 
 
@@ -47,6 +49,8 @@ class StoreLimits:
         }
     )
     log_disk_reserve_bytes: int = 200 * 2**20
+    # The kept container logs (logstore.py): per-container bytes, age.
+    logs: LogLimits = field(default_factory=LogLimits)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class OutboxMixin:
 
     limits: StoreLimits
     inflight_upto: int
+    log_policy: ShipPolicy
     on_append: Callable[[], None] | None
     _totals: dict[str, list[int]]
     _tx_delta: dict[str, list[int]]
@@ -103,6 +108,16 @@ class OutboxMixin:
     @property
     def db(self) -> aiosqlite.Connection:  # provided by Store
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # provided by LogStoreMixin
+
+        async def _keep_logs(
+            self, db: aiosqlite.Connection, payloads: list[dict[str, Any]]
+        ) -> int: ...
+
+        async def _prune_logs(self, db: aiosqlite.Connection) -> int: ...
+
+        async def _load_log_totals(self) -> dict[str, list[int]]: ...
 
     def transaction(
         self, *, durable: bool = True
@@ -159,15 +174,21 @@ class OutboxMixin:
         counters: dict[str, int] | None = None,
         positions: Sequence[LogPosition] = (),
     ) -> None:
-        """Queue log lines, the read positions they reach and their counters in one
-        transaction: after a crash a position never runs ahead of, or behind, the lines."""
+        """Keep log lines locally, queue those the shipping policy lets through, and write
+        the read positions they reach and their counters, in one transaction: after a
+        crash a position never runs ahead of, or behind, the lines."""
         now = utc_now()
-        rows = [("log", now, json.dumps(p, separators=(",", ":"))) for p in payloads]
         counts = dict(counters or {})
-        if rows and self._free_disk() < self.limits.log_disk_reserve_bytes:
-            counts["log_refused_disk_reserve"] = len(rows)
-            rows = []
+        if payloads and self._free_disk() < self.limits.log_disk_reserve_bytes:
+            counts["log_refused_disk_reserve"] = len(payloads)
+            payloads = []
+        shipped = [p for p in payloads if self.log_policy.ships(p)]
+        counts["log_lines_not_shipped"] = len(payloads) - len(shipped)
+        rows = [("log", now, json.dumps(p, separators=(",", ":"))) for p in shipped]
         async with self.transaction(durable=False) as db:
+            if payloads:
+                await self._keep_logs(db, payloads)
+            await self._prune_logs(db)
             if rows:
                 await self._insert(db, "log", rows, seqs=False)
             reached = [*positions, *([position] if position is not None else [])]
@@ -377,13 +398,18 @@ class OutboxMixin:
 
     async def outbox_stats(self) -> dict[str, dict[str, int]]:
         """Return queued entry count and bytes per kind."""
-        return {k: {"entries": n, "bytes": b} for k, (n, b) in sorted(self._totals.items()) if n}
+        return {
+            k: {"entries": n, "bytes": b}
+            for k, (n, b) in sorted(self._totals.items())
+            if n and not k.startswith(LOCAL)
+        }
 
     async def _load_totals(self) -> None:
         async with self.db.execute(
             "SELECT kind, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY kind"
         ) as cur:
             self._totals = {k: [n, b] for k, n, b in await cur.fetchall()}
+        self._totals |= await self._load_log_totals()
 
     def _count(self, kind: str, n: int, nbytes: int) -> None:
         delta = self._tx_delta.setdefault(kind, [0, 0])

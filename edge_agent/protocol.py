@@ -18,6 +18,7 @@ Errors are JSON ``{"error": code, "message": text, "fields": [...]}`` with a 4xx
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -77,6 +78,9 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Not a target feature: this agent reads SyncResponse.actions and the long-poll's
     # X-Edgefleet-Actions header (edge_agent/actions.py); older agents get neither.
     "actions",
+    # Not a target feature: this agent reads SyncResponse.log_policy (sent only to agents
+    # that list it; an older agent keeps shipping every log line).
+    "log_policy",
 }
 
 
@@ -367,6 +371,39 @@ class SignedAction(HubDocument):
     key_id: str = Field("", max_length=64)
 
 
+LOG_POLICY_MODES = ("none", "errors", "all")
+DEFAULT_LOG_PATTERN = r"(?i)\b(error|warn|warning|fatal|panic|exception)\b"
+MAX_LOG_PATTERN_CHARS = 512
+MAX_LOG_PATTERNS = 16
+
+
+def check_log_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it is a regular expression of bounded length; else ValueError."""
+    if len(pattern) > MAX_LOG_PATTERN_CHARS:
+        raise ValueError(f"longer than {MAX_LOG_PATTERN_CHARS} characters")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from exc
+    return pattern
+
+
+class LogPolicy(HubDocument):
+    """Which container log lines a device ships to the hub unasked (all are kept locally).
+
+    ``none``: nothing; ``errors``: lines matching any of ``patterns`` (and the agent's own
+    notices about its logs: gaps, suppressed lines); ``all``: every line.
+    """
+
+    mode: Literal["none", "errors", "all"]
+    patterns: list[str] = Field(default_factory=list, max_length=MAX_LOG_PATTERNS)
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return [check_log_pattern(p) for p in v]
+
+
 class SyncResponse(HubDocument):
     """The highest seq the hub durably holds, and a newer target if there is one."""
 
@@ -381,12 +418,14 @@ class SyncResponse(HubDocument):
     entry_kinds: list[Annotated[str, Field(max_length=32)]] | None = Field(None, max_length=32)
     # Additive: only for agents that list the "actions" feature; left out when None.
     actions: list[SignedAction] | None = None
+    # Additive: only for agents that list the "log_policy" feature; left out when None.
+    log_policy: LogPolicy | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_absent(self, handler: Any) -> Any:
         doc = handler(self)
         if isinstance(doc, dict):
-            for name in ("technicians", "entry_kinds", "actions"):
+            for name in ("technicians", "entry_kinds", "actions", "log_policy"):
                 if doc.get(name) is None:
                     doc.pop(name, None)
         return doc

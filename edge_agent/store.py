@@ -20,6 +20,8 @@ from typing import Any
 import aiosqlite
 
 from edge_agent.errors import StoreError, StoreFull
+from edge_agent.logpolicy import ShipPolicy
+from edge_agent.logstore import LogBatch, LogLimits, LogStoreMixin
 from edge_agent.outbox import (
     AuditRow,
     LogPosition,
@@ -30,7 +32,16 @@ from edge_agent.outbox import (
     utc_now,
 )
 
-__all__ = ["AuditRow", "LogPosition", "Quota", "Store", "StoreLimits", "StoredTarget"]
+__all__ = [
+    "AuditRow",
+    "LogBatch",
+    "LogLimits",
+    "LogPosition",
+    "Quota",
+    "Store",
+    "StoreLimits",
+    "StoredTarget",
+]
 
 # Numbered migrations; each runs with its schema_migrations row in one transaction.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -140,6 +151,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX actions_state ON actions (state)
         """,
     ),
+    (
+        8,
+        # Every container log line kept locally (edge_agent/logstore.py), within a byte
+        # quota per service's container and an age limit; a row with dropped > 0 is the
+        # marker "N lines dropped" standing where those lines were.
+        """
+        CREATE TABLE logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            service TEXT NOT NULL,
+            ts REAL NOT NULL,
+            stream TEXT NOT NULL,
+            line TEXT NOT NULL,
+            extra TEXT,
+            bytes INTEGER NOT NULL,
+            dropped INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX logs_by_service ON logs (service, id)
+        """,
+    ),
 ]
 
 TARGET_STATES = (
@@ -179,7 +209,7 @@ class StoredTarget:
         return f"{self.revision}+local.{self.local_seq}" if self.local_seq else str(self.revision)
 
 
-class Store(OutboxMixin):
+class Store(OutboxMixin, LogStoreMixin):
     """All reads and writes of the agent's state file."""
 
     def __init__(
@@ -191,6 +221,10 @@ class Store(OutboxMixin):
     ) -> None:
         self.path = Path(path)
         self.limits = limits or StoreLimits()
+        self.log_limits: LogLimits = self.limits.logs
+        self._last_prune = float("-inf")
+        # What log lines go to the hub (logpolicy.py); loaded at open, set by sync.
+        self.log_policy = ShipPolicy()
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._sync_mode = ""
@@ -223,6 +257,7 @@ class Store(OutboxMixin):
             await self._set_sync("FULL")
             await self._migrate()
             await self._load_totals()
+            self.log_policy = ShipPolicy.from_json(await self.get_meta("log_policy"))
             # Whatever is queued may have reached the hub before a restart: treat it as
             # handed out, so no drop marker the hub may already hold is rewritten.
             async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox") as cur:
@@ -329,6 +364,16 @@ class Store(OutboxMixin):
         """Return every counter."""
         async with self.db.execute("SELECT name, value FROM counters ORDER BY name") as cur:
             return {name: value for name, value in await cur.fetchall()}
+
+    # ---- log shipping policy ---------------------------------------------------
+
+    async def set_log_policy(self, policy: ShipPolicy) -> bool:
+        """Keep the hub's log shipping policy durably; return whether it changed."""
+        if policy == self.log_policy:
+            return False
+        await self.set_meta("log_policy", policy.to_json())
+        self.log_policy = policy
+        return True
 
     # ---- log read positions ----------------------------------------------------
 

@@ -30,11 +30,13 @@ import aiohttp
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError, HubRefused, HubUnreachable, SyncError
+from edge_agent.logpolicy import ShipPolicy
 from edge_agent.metrics import HUB_ENTRY_KINDS_META
 from edge_agent.protocol import (
     AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    LogPolicy,
     SignedAction,
     SignedTarget,
     StatusSnapshot,
@@ -420,6 +422,9 @@ class Syncer:
                 moved,
             )
             raise SyncError("outbox renumbered after a store reset", retryable=True)
+        if resp.log_policy is not None:  # kept: holds offline and across restarts
+            await self._set_log_policy(resp.log_policy)  # (before the ack: a caller that
+            # waits for the outbox to drain finds the policy written)
         if flight.entries:
             # Delete only what the hub holds, and never past what this batch carried.
             upto = min(resp.acked_seq, flight.last_seq)
@@ -452,6 +457,11 @@ class Syncer:
             if await self.store.get_meta(HUB_ENTRY_KINDS_META, "") != kinds:
                 await self.store.set_meta(HUB_ENTRY_KINDS_META, kinds)
             self._entry_kinds = kinds
+
+    async def _set_log_policy(self, wire: LogPolicy) -> None:
+        policy = ShipPolicy.of(wire.mode, wire.patterns)
+        if await self.store.set_log_policy(policy):
+            log.info("log shipping policy now %s %s", policy.mode, list(policy.patterns))
 
     async def _note_unknown(self, resp: SyncResponse) -> None:
         """Count a hub answer carrying fields this agent does not know; log each set once."""

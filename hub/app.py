@@ -20,6 +20,7 @@ from hub import (
     drift_api,
     group_api,
     guard,
+    log_policy_api,
     metrics_api,
     operator_api,
     release_api,
@@ -30,7 +31,9 @@ from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
 from hub.context import HUB, HubContext
+from hub.log_policy import LOG_POLICIES, PolicyCache
 from hub.pki import HubPKI
+from hub.retention import RETENTION, Retention
 from hub.rollout_engine import ENGINE, RolloutEngine
 from hub.store import open_store
 from hub.wire import BODY_TIMEOUT, error_middleware
@@ -53,6 +56,7 @@ async def healthz(request: web.Request) -> web.Response:
             "refusal_audit": request.app[guard.REFUSALS].stats(),
             "connections": request.app[CONNECTIONS].stats(),
             "rollout_engine": request.app[ENGINE].stats(),
+            "retention": request.app[RETENTION].view(),
         }
     )
 
@@ -89,9 +93,13 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(technician_api.routes)
     app.add_routes(metrics_api.routes)
     app.add_routes(action_api.routes)
+    app.add_routes(log_policy_api.routes)
+    app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_engine_lifetime)  # after the store: stops before it closes
+    app[RETENTION] = Retention(context)
+    app.cleanup_ctx.append(_retention_lifetime)  # after the store: stops before it closes
     guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
     return app
@@ -123,6 +131,13 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
     engine.start()
     yield
     await engine.stop()
+
+
+async def _retention_lifetime(app: web.Application) -> AsyncIterator[None]:
+    retention = app[RETENTION]
+    retention.start()
+    yield
+    await retention.stop()
 
 
 async def _wake_long_polls(app: web.Application) -> None:

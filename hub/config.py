@@ -53,6 +53,16 @@ Example (every key optional except ``server.data_dir``)::
     renew_grace_days = 60
     server_cert_days = 365
 
+    [log_policy]                  # container log lines devices ship unasked (hub.log_policy)
+    default_mode = "errors"       # for devices no group with a policy matches: none|errors|all
+    default_pattern = "(?i)\\b(error|warn|warning|fatal|panic|exception)\\b"
+
+    [retention]                   # what devices sent (logs, events, status), hub.retention
+    max_age_s = 2592000           # rows received longer ago are deleted (0: no age bound)
+    max_bytes_per_device = 268435456  # per device, oldest deleted first (0: no size bound)
+    interval_s = 300              # a pass every this long
+    batch_rows = 1000             # rows deleted per write transaction (short write locks)
+
 Environment: ``EDGE_HUB_SERVER_PORT=9443``, ``EDGE_HUB_LIMITS_MAX_BODY_BYTES=1048576``,
 ``EDGE_HUB_SERVER_PUBLIC_NAMES=a.example,b.example`` (lists are comma-separated).
 """
@@ -67,6 +77,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.protocol import DEFAULT_LOG_PATTERN, check_log_pattern
 from hub.errors import ConfigError
 
 ENV_PREFIX = "EDGE_HUB_"
@@ -229,6 +240,28 @@ class ActionsConfig(_Section):
     logs_max_bytes: int = Field(8 * 2**20, ge=1024, le=256 * 2**20)
 
 
+class LogPolicyConfig(_Section):
+    """The log shipping policy of devices no group with a policy matches (hub.log_policy)."""
+
+    default_mode: Literal["none", "errors", "all"] = "errors"  # suits a metered link
+    default_pattern: str = Field(DEFAULT_LOG_PATTERN, min_length=1)
+
+    @model_validator(mode="after")
+    def _pattern(self) -> LogPolicyConfig:
+        check_log_pattern(self.default_pattern)
+        return self
+
+
+class RetentionConfig(_Section):
+    """Retention of what devices send (hub.retention); audit records are never deleted."""
+
+    max_age_s: float = Field(30 * 86400.0, ge=0)
+    max_bytes_per_device: int = Field(256 * 2**20, ge=0)
+    interval_s: float = Field(300.0, gt=0, le=86400)
+    batch_rows: int = Field(1000, ge=1, le=100_000)
+    pause_s: float = Field(0.01, ge=0, le=10)  # between batches: other writers go first
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -242,6 +275,8 @@ class HubConfig(_Section):
     technicians: TechniciansConfig = Field(default_factory=lambda: TechniciansConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
     actions: ActionsConfig = Field(default_factory=lambda: ActionsConfig())
+    log_policy: LogPolicyConfig = Field(default_factory=lambda: LogPolicyConfig())
+    retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -295,6 +330,8 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "technicians": TechniciansConfig,
         "metrics": MetricsConfig,
         "actions": ActionsConfig,
+        "log_policy": LogPolicyConfig,
+        "retention": RetentionConfig,
     }
 
 

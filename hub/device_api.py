@@ -64,6 +64,7 @@ from hub.errors import (
     PayloadTooLarge,
 )
 from hub.guard import audit_refusal
+from hub.log_policy import policy_for_sync
 from hub.metrics_api import entry_kinds
 from hub.notify import granted_wait, retry_after_s
 from hub.pki import IssuedCert, load_csr, public_key_sha256, serial_hex
@@ -318,6 +319,9 @@ async def sync(request: web.Request) -> web.Response:
             technicians=await technician_update(hub, device, req.features),
             entry_kinds=entry_kinds(req.features),
             actions=await take_for_sync(hub, device.id, req.features),
+            log_policy=await policy_for_sync(
+                request, hub.store, hub.config.log_policy, device, req.features
+            ),
         )
     )
     if target is not None:

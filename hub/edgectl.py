@@ -12,6 +12,7 @@
     group create NAME --selector "site=berlin,role in (kiosk,totem),!beta"
     group list | group show NAME | group delete NAME
     group env NAME SERVICE [VAR=VALUE ...] [--unset VAR ...]
+    group log-policy NAME [none|errors|all|clear] [--pattern RE]   (no mode: show)
     target set ID RELEASE.json [--override svc.KEY=VALUE ...] [--deadline S] [--min-ready S]
                [--expires 1d] [--window 01:00-04:00 --tz Europe/Berlin] [--immediate]
     target show ID
@@ -246,7 +247,7 @@ def _env_arguments(p: argparse.ArgumentParser, *, service_required: bool) -> Non
 def _group_parser(sub: Any) -> None:
     group = sub.add_parser(
         "group",
-        help="groups (named tag selectors): create, list, show, delete, env",
+        help="groups (named tag selectors): create, list, show, delete, env, log-policy",
         description="groups of devices, chosen by their tags",
     ).add_subparsers(dest="action", required=True)
     create = group.add_parser("create", help="create a group from a tag selector")
@@ -258,6 +259,10 @@ def _group_parser(sub: Any) -> None:
     genv = group.add_parser("env", help="set/unset the group's overrides of a service")
     genv.add_argument("name")
     _env_arguments(genv, service_required=True)
+    glog = group.add_parser("log-policy", help="show/set which log lines its devices ship")
+    glog.add_argument("name")
+    glog.add_argument("mode", nargs="?", choices=["none", "errors", "all", "clear"])
+    glog.add_argument("--pattern", help="errors: lines matching this regular expression")
 
 
 def _env_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,7 +280,18 @@ def _run_group(args: argparse.Namespace, client: Client) -> Any:
         return client.call("GET", path)
     if action == "delete":
         return client.call("DELETE", path)
+    if action == "log-policy":
+        return _run_log_policy(args, client, f"{path}/log-policy")
     return client.call("PATCH", f"{path}/env", _env_body(args))
+
+
+def _run_log_policy(args: argparse.Namespace, client: Client, path: str) -> Any:
+    if args.mode is None:
+        return client.call("GET", path)
+    if args.mode == "clear":
+        return client.call("DELETE", path)
+    body = {"mode": args.mode} | ({"pattern": args.pattern} if args.pattern is not None else {})
+    return client.call("PUT", path, body)
 
 
 def _run_device(args: argparse.Namespace, client: Client) -> Any:

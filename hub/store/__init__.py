@@ -16,6 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from edge_agent.protocol import SignedTarget
 from hub.config import HubConfig
@@ -380,6 +381,40 @@ class HubStore(ABC):
     ) -> tuple[list[ActionPart], PartTotals]:
         """Return an action's result parts numbered above ``after`` (in order, at most
         ``limit``) and what all its parts hold (``PartTotals``: lines cut by the bound)."""
+
+    # group log policies and retention of device data (hub.log_policy, hub.retention) ---
+
+    @abstractmethod
+    async def set_group_log_policy(
+        self, name: str, policy: dict[str, Any] | None, audit: AuditRecord
+    ) -> None:
+        """Set (None: clear) a group's log policy, with the audit row; NotFound if no group."""
+
+    @abstractmethod
+    async def group_log_policies(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Return (name, selector, policy) of every group that sets a log policy, by name."""
+
+    @abstractmethod
+    async def retention_devices(self) -> list[str]:
+        """Return every device id."""
+
+    @abstractmethod
+    async def trim_device_by_age(self, device_id: str, before: datetime, batch: int) -> int:
+        """Delete up to ``batch`` of the device's oldest non-audit rows received before
+        ``before`` (one short transaction); return how many."""
+
+    @abstractmethod
+    async def device_data_cut(self, device_id: str, max_bytes: int) -> int | None:
+        """Return the highest seq whose deletion brings the device's non-audit data within
+        ``max_bytes`` (None: within it already)."""
+
+    @abstractmethod
+    async def trim_device_upto(self, device_id: str, cut: int, batch: int) -> int:
+        """Delete up to ``batch`` of the device's oldest non-audit rows with seq <= ``cut``."""
+
+    @abstractmethod
+    async def device_data_size(self, device_id: str) -> tuple[int, int]:
+        """Return (rows, bytes) of the device's non-audit data."""
 
 
 def open_store(config: HubConfig) -> HubStore:

@@ -44,6 +44,7 @@ from hub.store.sqlite_actions import ActionsMixin
 from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
+from hub.store.sqlite_logs import LogsMixin
 from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
@@ -86,9 +87,10 @@ class SqliteStore(
     AuditMixin,
     GroupsMixin,
     HostsMixin,
+    LogsMixin,
+    MetricsMixin,
     RolloutsMixin,
     TechniciansMixin,
-    MetricsMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""

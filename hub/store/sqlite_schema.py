@@ -288,28 +288,10 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
         ],
     ),
     (
-        15,
-        "result parts of queued actions answered in batches (logs on demand), bounded",
-        [
-            # (action_id, part_no): a part sent twice is stored once. lines: a JSON list.
-            """CREATE TABLE action_parts (
-                action_id TEXT NOT NULL,
-                part_no INTEGER NOT NULL,
-                received_at TEXT NOT NULL,
-                lines TEXT NOT NULL,
-                n_lines INTEGER NOT NULL,
-                n_bytes INTEGER NOT NULL,
-                PRIMARY KEY (action_id, part_no)
-            ) WITHOUT ROWID""",
-            # what an action's parts hold, and what the hub's bound cut from them
-            """CREATE TABLE action_part_totals (
-                action_id TEXT PRIMARY KEY,
-                parts INTEGER NOT NULL DEFAULT 0,
-                lines INTEGER NOT NULL DEFAULT 0,
-                bytes INTEGER NOT NULL DEFAULT 0,
-                cut_lines INTEGER NOT NULL DEFAULT 0
-            ) WITHOUT ROWID""",
-        ],
+        13,
+        "groups: the log shipping policy of their devices (hub.log_policy)",
+        # JSON {"mode": none|errors|all, "pattern": RE or null}; NULL: the group sets none.
+        ["ALTER TABLE groups ADD COLUMN log_policy TEXT"],
     ),
     (
         14,
@@ -332,6 +314,30 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
                 held INTEGER NOT NULL DEFAULT 0,
                 trimmed INTEGER NOT NULL DEFAULT 0,
                 oversize INTEGER NOT NULL DEFAULT 0
+            ) WITHOUT ROWID""",
+        ],
+    ),
+    (
+        15,
+        "result parts of queued actions answered in batches (logs on demand), bounded",
+        [
+            # (action_id, part_no): a part sent twice is stored once. lines: a JSON list.
+            """CREATE TABLE action_parts (
+                action_id TEXT NOT NULL,
+                part_no INTEGER NOT NULL,
+                received_at TEXT NOT NULL,
+                lines TEXT NOT NULL,
+                n_lines INTEGER NOT NULL,
+                n_bytes INTEGER NOT NULL,
+                PRIMARY KEY (action_id, part_no)
+            ) WITHOUT ROWID""",
+            # what an action's parts hold, and what the hub's bound cut from them
+            """CREATE TABLE action_part_totals (
+                action_id TEXT PRIMARY KEY,
+                parts INTEGER NOT NULL DEFAULT 0,
+                lines INTEGER NOT NULL DEFAULT 0,
+                bytes INTEGER NOT NULL DEFAULT 0,
+                cut_lines INTEGER NOT NULL DEFAULT 0
             ) WITHOUT ROWID""",
         ],
     ),
