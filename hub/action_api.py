@@ -213,16 +213,25 @@ async def list_actions(request: web.Request) -> web.Response:
     return web.json_response({"actions": [action_view(r) for r in found]})
 
 
+def _check_action_id(action_id: str) -> str:
+    """Return ``action_id`` if it is well-formed; else 400 naming the field."""
+    if not ACTION_ID_RE.match(action_id):
+        raise InvalidRequest(
+            f"action id must match {ACTION_ID_RE.pattern}", fields=[{"field": "id"}], status=400
+        )
+    return action_id
+
+
+def _action_id(request: web.Request) -> str:
+    return _check_action_id(request.match_info["action_id"])
+
+
 @routes.get("/api/v1/actions/{action_id}")
 async def show_action(request: web.Request) -> web.Response:
     """Show one action, its state and its result."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    action_id = request.match_info["action_id"]
-    if not ACTION_ID_RE.match(action_id):
-        raise InvalidRequest(
-            f"action id must match {ACTION_ID_RE.pattern}", fields=[{"field": "id"}], status=400
-        )
+    action_id = _action_id(request)
     record = await hub.store.get_action(action_id, hub.now())
     if record is None:
         raise NotFound(f"no action {action_id!r}")
@@ -237,12 +246,7 @@ async def cancel_action(request: web.Request) -> web.Response:
     async with audited(
         request, Permission.DEVICES_WRITE, "action.cancel", f"action:{action_id[:64]}"
     ) as act:
-        if not ACTION_ID_RE.match(action_id):
-            raise InvalidRequest(
-                f"action id must match {ACTION_ID_RE.pattern}",
-                fields=[{"field": "id"}],
-                status=400,
-            )
+        _check_action_id(action_id)
         found = await hub.store.get_action(action_id, hub.now())
         if found is None:
             raise NotFound(f"no action {action_id!r}")
@@ -268,11 +272,7 @@ async def action_parts(request: web.Request) -> web.Response:
     """Show an action's state and its result parts numbered above ``after``, in order."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    action_id = request.match_info["action_id"]
-    if not ACTION_ID_RE.match(action_id):
-        raise InvalidRequest(
-            f"action id must match {ACTION_ID_RE.pattern}", fields=[{"field": "id"}], status=400
-        )
+    action_id = _action_id(request)
     after = _int_query(request, "after", 0, 2**62)
     limit = max(1, _int_query(request, "limit", 100, MAX_LIST))
     record = await hub.store.get_action(action_id, hub.now())

@@ -13,12 +13,12 @@ row also ``first_at`` and ``last_at``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hub.background import BackgroundTask
 from hub.store import AuditRecord, HubStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class RefusalAudit:
     def __init__(self, store: HubStore, window_s: float, max_groups: int) -> None:
         self._store, self.window_s, self.max_groups = store, window_s, max_groups
         self._groups: dict[GroupKey, _Group] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("refusal-audit-flush", self._flush_loop)
         self.refusals = 0  # every refusal recorded, written or pending
         self.rows_written = 0
 
@@ -116,15 +116,11 @@ class RefusalAudit:
 
     def start(self) -> None:
         """Flush at the end of every window from now on."""
-        self._task = asyncio.create_task(self._flush_loop(), name="refusal-audit-flush")
+        self._task.start()
 
     async def stop(self) -> None:
         """Stop the timer and write what is pending (call before the store closes)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         await self.flush()
 
     async def _flush_loop(self) -> None:

@@ -13,7 +13,6 @@ the next interval; the task itself never dies of it. Counters are on ``/healthz`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.background import BackgroundTask
 from hub.config import RetentionConfig
 from hub.context import HubContext
 
@@ -49,7 +49,7 @@ class Retention:
     def __init__(self, hub: HubContext) -> None:
         self.hub = hub
         self.stats = RetentionStats()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("hub-retention", self._run)
 
     @property
     def config(self) -> RetentionConfig:
@@ -57,15 +57,11 @@ class Retention:
 
     def start(self) -> None:
         """Start the background task."""
-        self._task = asyncio.create_task(self._run(), name="hub-retention")
+        self._task.start()
 
     async def stop(self) -> None:
         """Cancel the background task and wait for it."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     def view(self) -> dict[str, Any]:
         """Return the counters and bounds for /healthz."""

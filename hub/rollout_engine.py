@@ -35,6 +35,7 @@ from aiohttp import web
 
 from edge_agent.models import MaintenanceWindow, Release
 from edge_agent.protocol import StatusSnapshot
+from hub.background import BackgroundTask
 from hub.context import HubContext
 from hub.errors import HubError, NotFound
 from hub.fleet import STATUS_FIELDS, connectivity, merge_status
@@ -355,7 +356,7 @@ class RolloutEngine:
         self._known: TargetReleases = {}  # the active rollouts' members only
         self.lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("hub-rollout-engine", self._run)
         self._urgent = False  # woken by an operator: no coalescing wait
         self._members: frozenset[str] = frozenset()  # of the active rollouts, at the last tick
         self.ticks = 0
@@ -388,15 +389,11 @@ class RolloutEngine:
 
     def start(self) -> None:
         """Start the background task."""
-        self._task = asyncio.create_task(self._run(), name="hub-rollout-engine")
+        self._task.start()
 
     async def stop(self) -> None:
         """Cancel the background task and wait for it."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         config = self.hub.config.rollouts

@@ -16,6 +16,8 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from hub.background import BackgroundTask
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ class WalCheckpointer:
         self._interval_s = interval_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db-ckpt")
         self._conn: sqlite3.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("hub-store-checkpoint", self._run)
         self._failing = False
 
     def _open(self) -> None:
@@ -45,7 +47,7 @@ class WalCheckpointer:
         """Open the connection and start the periodic task."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._open)
-        self._task = asyncio.create_task(self._run(), name="hub-store-checkpoint")
+        self._task.start()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -64,11 +66,7 @@ class WalCheckpointer:
 
     async def stop(self) -> None:
         """Stop the task, checkpoint everything (TRUNCATE) and close."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         loop = asyncio.get_running_loop()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
