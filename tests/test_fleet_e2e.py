@@ -26,8 +26,9 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 def fleet_hub(tmp_path: Path) -> Any:
-    """Start a hub process of this test's own."""
-    hub = start_hub(tmp_path / "hub")
+    """Start a hub process of this test's own, shipping every log line (the default policy,
+    ``errors``, ships only error lines; this test follows an ordinary line to the hub)."""
+    hub = start_hub(tmp_path / "hub", sections={"log_policy": {"default_mode": "all"}})
     yield hub
     hub.stop()
 
