@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ import docker_env
 from agentproc import AgentProcess
 
 from edge_agent.models import LABEL_DEVICE, LABEL_MANAGED, LABEL_RELEASE, LABEL_SERVICE, MANAGED_BY
+
+# Hub link settings of an agent under test: quick syncs, short backoff, short long-polls.
+FAST = {"sync_interval_s": 0.5, "backoff_base_s": 0.2, "backoff_cap_s": 1.0, "long_poll_s": 5.0}
 
 
 def hub_agent(
@@ -93,3 +97,14 @@ async def managed_containers(docker: aiodocker.Docker, device_id: str) -> list[C
         for c in found
     ]
     return sorted(out, key=lambda c: c.service)
+
+
+async def until(predicate: Any, timeout_s: float = 45.0, what: str = "condition") -> Any:
+    """Poll a plain predicate every 0.2 s until it returns something true; return that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)

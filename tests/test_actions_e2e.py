@@ -21,7 +21,7 @@ import aiodocker
 import pytest
 from agentproc import AgentProcess
 from cryptography.hazmat.primitives import serialization
-from fleetkit import device_of, hub_agent, running
+from fleetkit import FAST, device_of, hub_agent, running, until
 from hubproc import HubProcess
 
 from edge_agent.actiondoc import ActionDoc, sign_action
@@ -44,7 +44,6 @@ RELEASE = {
         {"name": "stubborn", "image": IMAGE, "command": STUBBORN},
     ],
 }
-FAST = {"sync_interval_s": 0.5, "backoff_base_s": 0.2, "backoff_cap_s": 1.0, "long_poll_s": 5.0}
 
 
 @pytest.fixture
@@ -52,16 +51,6 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
     proc = HubProcess(tmp_path / "hub").start()
     yield proc
     proc.stop()
-
-
-async def until(predicate: Any, timeout_s: float = 45.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def action(hub: HubProcess, action_id: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import aiodocker
 import pytest
 from agentproc import AgentProcess
-from fleetkit import device_of, hub_agent, running
+from fleetkit import FAST, device_of, hub_agent, running, until
 from hubproc import HubProcess
 from synckit import enroll_device
 
@@ -41,7 +41,6 @@ RELEASE = {
         {"name": "live", "image": IMAGE, "command": LIVE},
     ],
 }
-FAST = {"sync_interval_s": 0.5, "backoff_base_s": 0.2, "backoff_cap_s": 1.0, "long_poll_s": 5.0}
 BATCH = {"logs_batch_lines": 7, "logs_flush_s": 0.2}  # several parts for 60 lines
 FINAL = ("succeeded", "failed", "refused", "expired")
 
@@ -51,16 +50,6 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
     proc = HubProcess(tmp_path / "hub", EDGE_HUB_ACTIONS_LOGS_MAX_LINES="25").start()
     yield proc
     proc.stop()
-
-
-async def until(predicate: Any, timeout_s: float = 45.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def queue(hub: HubProcess, device: str, **args: Any) -> str:
