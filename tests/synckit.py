@@ -107,19 +107,11 @@ def _sim_services(release: str | None) -> list[dict[str, Any]]:
 
 
 @dataclass(eq=False)
-class SimulatedDevice:
-    """A SIMULATED device for fleet-scale tests and benchmarks: no Docker, no agent.
+class SimulatedRelease:
+    """What a SIMULATED device runs: it takes a target's release at once and reports it
+    good, or, when ``bad(release)``, failed on the device and rolled back to what it ran
+    (as the agent reports an on-device rollback)."""
 
-    Enrolled for real (its own key and client certificate) and speaking the real
-    protocol over one kept-alive mTLS session: a long-poll (``GET /v1/target``) for its
-    targets and a sync (``POST /v1/sync``, gzip) reporting each. It runs a target's
-    release at once and reports it good, or, when ``bad(release)``, reports it failed on
-    the device and rolled back to what it ran (as the agent reports an on-device rollback).
-    """
-
-    device_id: str
-    session: aiohttp.ClientSession
-    url: str
     bad: Callable[[str], bool] = lambda ref: False
     revision: int = 0
     release: str | None = None
@@ -127,9 +119,6 @@ class SimulatedDevice:
     applying_revision: int | None = None
     rollout_state: str | None = None
     received: list[str] = field(default_factory=list)
-    # release -> perf_counter() when the hub answered the sync reporting it running
-    reported: dict[str, float] = field(default_factory=dict)
-    errors: int = 0
 
     def status(self) -> dict[str, Any]:
         """Return the full status snapshot the device reports."""
@@ -160,6 +149,24 @@ class SimulatedDevice:
             self.release, self.running_revision = ref, self.revision
             self.applying_revision, self.rollout_state = None, "good"
         return True
+
+
+@dataclass(eq=False, kw_only=True)
+class SimulatedDevice(SimulatedRelease):
+    """A SIMULATED device for fleet-scale tests and benchmarks: no Docker, no agent.
+
+    Enrolled for real (its own key and client certificate) and speaking the real
+    protocol over one kept-alive mTLS session: a long-poll (``GET /v1/target``) for its
+    targets and a sync (``POST /v1/sync``, gzip) reporting each; what it runs is its
+    ``SimulatedRelease`` state.
+    """
+
+    device_id: str
+    session: aiohttp.ClientSession
+    url: str
+    # release -> perf_counter() when the hub answered the sync reporting it running
+    reported: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
 
     async def sync(self) -> None:
         """Report the status; take a target the answer carries and report that too."""
@@ -236,7 +243,9 @@ async def enroll_simulated(
                 connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=2),
                 timeout=aiohttp.ClientTimeout(total=120),
             )
-            return SimulatedDevice(doc["device_id"], session, hub.url, bad)
+            return SimulatedDevice(
+                device_id=doc["device_id"], session=session, url=hub.url, bad=bad
+            )
 
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 

@@ -91,7 +91,7 @@ async def test_walkthrough_runs_as_written_against_a_real_hub(
     demo_hub: RunningHub, tmp_path: Path
 ) -> None:
     token = await demo_hub.create_token(tags={"site": "demo"})
-    device = SimDevice(await demo_hub.enroll(token, tmp_path / "dev"), lambda ref: False)
+    device = SimDevice(identity=await demo_hub.enroll(token, tmp_path / "dev"))
     sample = json.loads((REPO / "examples" / "sample-release.json").read_text())
     await demo_hub.set_target(device.identity.device_id, sample)
     task = asyncio.create_task(_keep_syncing(demo_hub, device))

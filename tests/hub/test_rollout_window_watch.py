@@ -33,7 +33,7 @@ def whub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     assert status == 0, f"hub exited with {status}:\n{running.log()[-3000:]}"
 
 
-@dataclass
+@dataclass(eq=False, kw_only=True)
 class WaitingDevice(SimDevice):
     """A simulated device that holds every target for its maintenance window."""
 
@@ -42,10 +42,12 @@ class WaitingDevice(SimDevice):
     def status(self) -> dict[str, Any]:
         return {**super().status(), "window_opens_at": self.opens}
 
-    def take(self, signed: dict[str, Any]) -> None:
-        super().take(signed)
+    def take(self, signed: dict[str, Any]) -> bool:
+        if not super().take(signed):
+            return False
         self.applying_revision, self.rollout_state = self.revision, "waiting_window"
         self.release, self.running_revision = None, 0
+        return True
 
 
 @pytest.fixture
@@ -57,8 +59,7 @@ async def tagged(whub: RunningHub, tmp_path: Path) -> AsyncIterator[Any]:
         tag = "w" + uuid.uuid4().hex[:8]
         token = await whub.create_token(uses=n, tags={"fleet": tag})
         devices = [
-            cls(await whub.enroll(token, tmp_path / f"{tag}-{i}"), lambda ref: False)
-            for i in range(n)
+            cls(identity=await whub.enroll(token, tmp_path / f"{tag}-{i}")) for i in range(n)
         ]
         await asyncio.gather(*(d.sync(whub) for d in devices))
         status, body = await whub.api(
@@ -97,9 +98,7 @@ async def _until(check: Any, what: str, timeout_s: float = 20.0) -> Any:
 
 
 async def test_reported_window_opening_shows_in_device_view_and_edgectl_show(whub, tmp_path):
-    device = WaitingDevice(
-        await whub.enroll(await whub.create_token(), tmp_path / "d"), lambda ref: False
-    )
+    device = WaitingDevice(identity=await whub.enroll(await whub.create_token(), tmp_path / "d"))
     device.rollout_state = "waiting_window"
     await device.sync(whub)
     shown = await _device(whub, device.identity.device_id)
@@ -115,9 +114,7 @@ async def test_reported_window_opening_shows_in_device_view_and_edgectl_show(whu
 
 
 async def test_status_of_an_agent_that_does_not_report_the_opening_is_still_taken(whub, tmp_path):
-    device = SimDevice(
-        await whub.enroll(await whub.create_token(), tmp_path / "old"), lambda ref: False
-    )
+    device = SimDevice(identity=await whub.enroll(await whub.create_token(), tmp_path / "old"))
     device.rollout_state = "waiting_window"
     await device.sync(whub)  # asserts 200
     shown = await _device(whub, device.identity.device_id)

@@ -9,17 +9,17 @@ back on the device, the way the agent reports it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gzip
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from synckit import SimulatedRelease
 from test_registry import GOOD, OPEN
 
 from hub.testing import DeviceIdentity, RunningHub, start_hub
@@ -36,45 +36,11 @@ def rhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     assert status == 0, f"hub exited with {status}:\n{running.log()[-3000:]}"
 
 
-@dataclass
-class SimDevice:
+@dataclass(eq=False, kw_only=True)
+class SimDevice(SimulatedRelease):
     """A simulated device: enrolled for real, syncing for real, no containers."""
 
     identity: DeviceIdentity
-    bad: Callable[[str], bool]
-    revision: int = 0
-    release: str | None = None
-    running_revision: int = 0
-    applying_revision: int | None = None
-    rollout_state: str | None = None
-    received: list[str] = field(default_factory=list)
-
-    def status(self) -> dict[str, Any]:
-        services = [{"name": "web", "state": "running", "health": "none", "restarts": 0}]
-        return {
-            "full": True,
-            "agent_version": "simulated",
-            "target_revision": self.revision,
-            "applied_revision": self.running_revision,
-            "release": self.release,
-            "state": "converged",
-            "services": services if self.release else [],
-            "running_revision": self.running_revision,
-            "applying_revision": self.applying_revision,
-            "rollout_state": self.rollout_state,
-        }
-
-    def take(self, signed: dict[str, Any]) -> None:
-        """Apply a target: good, or (bad release) rolled back on the device."""
-        target = json.loads(base64.b64decode(signed["payload"]))
-        ref = f"{target['release']['name']}@{target['release']['version']}"
-        self.revision = int(target["revision"])
-        self.received.append(ref)
-        if self.bad(ref):
-            self.applying_revision, self.rollout_state = self.revision, "rolled_back"
-        else:
-            self.release, self.running_revision = ref, self.revision
-            self.applying_revision, self.rollout_state = None, "good"
 
     async def sync(self, hub: RunningHub) -> None:
         body = {
@@ -121,7 +87,8 @@ async def fleet_of(rhub: RunningHub, tmp_path: Path) -> AsyncIterator[Callable[.
         tag = "f" + uuid.uuid4().hex[:8]
         token = await rhub.create_token(uses=n, tags={"fleet": tag})
         devices = [
-            SimDevice(await rhub.enroll(token, tmp_path / f"{tag}-{i}"), bad) for i in range(n)
+            SimDevice(identity=await rhub.enroll(token, tmp_path / f"{tag}-{i}"), bad=bad)
+            for i in range(n)
         ]
         await asyncio.gather(*(d.sync(rhub) for d in devices))
         status, body = await rhub.api(

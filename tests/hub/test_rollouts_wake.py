@@ -50,8 +50,7 @@ async def test_device_reports_wake_the_engine_so_stages_advance_before_the_tick(
     tag = "w" + uuid.uuid4().hex[:8]
     token = await slow_hub.create_token(uses=20, tags={"fleet": tag})
     devices = [
-        SimDevice(await slow_hub.enroll(token, tmp_path / f"d{i}"), lambda ref: False)
-        for i in range(20)
+        SimDevice(identity=await slow_hub.enroll(token, tmp_path / f"d{i}")) for i in range(20)
     ]
     await asyncio.gather(*(d.sync(slow_hub) for d in devices))
     status, body = await slow_hub.api(
