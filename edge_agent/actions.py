@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import shutil
 import time
@@ -30,10 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.actiondoc import ActionDoc, bound_result, check_action, read_action
+from edge_agent.actionstore import ActionRow
 from edge_agent.errors import ActionRefused, AgentError
 from edge_agent.logparts import Batching, Emit, answer
 from edge_agent.logread import read_lines
-from edge_agent.outbox import AuditRow, utc_now
+from edge_agent.outbox import AuditRow
 from edge_agent.protocol import SignedAction
 from edge_agent.store import Store
 
@@ -207,10 +207,7 @@ class ActionRunner:
         async with self._lock:
             if self._recovered:
                 return 0
-            async with self.store.db.execute(
-                "SELECT id, kind FROM actions WHERE state = 'running'"
-            ) as cur:
-                rows = list(await cur.fetchall())
+            rows = await self.store.unfinished_actions()
             for action_id, kind in rows:
                 log.warning(
                     "action %s (%s) was interrupted by a restart; not run again", action_id, kind
@@ -235,9 +232,8 @@ class ActionRunner:
             await self._refused(None, exc)
             return
         try:
-            args = check_action(
-                doc, device_id=self.device_id, now=self.clock(), seen=await self._seen(doc.id)
-            )
+            seen = await self.store.action_seen(doc.id)
+            args = check_action(doc, device_id=self.device_id, now=self.clock(), seen=seen)
         except ActionRefused as exc:
             await self._refused(doc, exc)
             return
@@ -248,24 +244,12 @@ class ActionRunner:
         self._stops[doc.id] = asyncio.Event()
         self._queue.put_nowait((doc, args))
 
-    async def _seen(self, action_id: str) -> bool:
-        async with self.store.db.execute("SELECT 1 FROM actions WHERE id = ?", (action_id,)) as cur:
-            return await cur.fetchone() is not None
-
     async def _record(self, doc: ActionDoc) -> None:
         """Record the id and the receipt durably: from here on it is never run again."""
         floor = int(self.clock()) - KEEP_EXPIRED_S
         receipt = {"type": "action", "id": doc.id, "kind": doc.kind, "state": "received"}
         audit = AuditRow(ACTOR, f"action.{doc.kind}", f"action:{doc.id}", "received", doc.args)
-        async with self.store.transaction() as db:
-            await db.execute("DELETE FROM actions WHERE expires_at < ?", (floor,))
-            await db.execute(
-                "INSERT INTO actions (id, kind, state, received_at, expires_at) "
-                "VALUES (?, ?, 'running', ?, ?)",
-                (doc.id, doc.kind, utc_now(), doc.expires_at),
-            )
-            await self._write(db, receipt, audit)
-        self.store._notify()
+        await self.store.record_action_received(_row(doc), floor, receipt, audit)
 
     async def _refused(self, doc: ActionDoc | None, exc: ActionRefused) -> None:
         """Audit a refusal; answer the hub for an action of ours seen for the first time."""
@@ -279,26 +263,14 @@ class ActionRunner:
             {"reason": exc.reason, "message": exc.message},
         )
         answer = doc is not None and exc.reason not in ("replay", "wrong_device")
-        async with self.store.transaction() as db:
-            if answer and doc is not None:
-                await db.execute(
-                    "INSERT INTO actions (id, kind, state, received_at, expires_at, finished_at) "
-                    "VALUES (?, ?, 'refused', ?, ?, ?)",
-                    (doc.id, doc.kind, utc_now(), doc.expires_at, utc_now()),
-                )
-                event = {"type": "action", "id": doc.id, "kind": doc.kind, "state": "refused"}
-                await self._write(db, {**event, "reason": exc.reason}, audit)
-            else:
-                await self._write(db, None, audit)
-        self.store._notify()
+        if answer and doc is not None:
+            event = {"type": "action", "id": doc.id, "kind": doc.kind, "state": "refused"}
+            await self.store.record_action_refused(
+                _row(doc), {**event, "reason": exc.reason}, audit
+            )
+        else:
+            await self.store.record_action_refused(None, None, audit)
         await self.store.bump(f"actions_refused_{exc.reason}")
-
-    async def _write(self, db: Any, event: dict[str, Any] | None, audit: AuditRow) -> None:
-        """Queue the event and the audit row in the caller's transaction (store internals)."""
-        await self.store._append_audit(db, audit)
-        if event is not None:
-            body = json.dumps(event, separators=(",", ":"))
-            await self.store._insert(db, "event", [("event", utc_now(), body)])
 
     async def run(self) -> None:
         """Run the recorded actions one at a time, forever (a supervised loop)."""
@@ -345,10 +317,7 @@ class ActionRunner:
 
         async def emit(part: int, lines: list[str]) -> None:
             event = {"type": "action", "id": doc.id, "kind": doc.kind, "state": "part"}
-            body = json.dumps({**event, "part": part, "lines": lines}, separators=(",", ":"))
-            async with self.store.transaction() as db:
-                await self.store._insert(db, "event", [("event", utc_now(), body)])
-            self.store._notify()
+            await self.store.queue_action_event({**event, "part": part, "lines": lines})
 
         return emit
 
@@ -384,10 +353,8 @@ class ActionRunner:
             event["result"] = result
         detail = {"reason": reason[:1000]} if reason else {}
         audit = AuditRow(ACTOR, f"action.{kind}", f"action:{action_id}", state or outcome, detail)
-        async with self.store.transaction() as db:
-            await db.execute(
-                "UPDATE actions SET state = ?, finished_at = ? WHERE id = ?",
-                (state or outcome, utc_now(), action_id),
-            )
-            await self._write(db, event, audit)
-        self.store._notify()
+        await self.store.finish_action(action_id, state or outcome, event, audit)
+
+
+def _row(doc: ActionDoc) -> ActionRow:
+    return ActionRow(doc.id, doc.kind, doc.expires_at)

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 
+from edge_agent.actionstore import ActionStoreMixin
 from edge_agent.errors import StoreError, StoreFull
 from edge_agent.logpolicy import ShipPolicy
 from edge_agent.logstore import LogBatch, LogLimits, LogStoreMixin
@@ -209,7 +210,7 @@ class StoredTarget:
         return f"{self.revision}+local.{self.local_seq}" if self.local_seq else str(self.revision)
 
 
-class Store(OutboxMixin, LogStoreMixin):
+class Store(OutboxMixin, LogStoreMixin, ActionStoreMixin):
     """All reads and writes of the agent's state file."""
 
     def __init__(
