@@ -120,7 +120,8 @@ def _server_tls(pki: HubPKI) -> ssl.SSLContext:
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     store = app[HUB].store
     await store.open()
-    app[HUB].sync_decoder.start()
+    if app[HUB].config.limits.prestart_parse_workers:
+        app[HUB].sync_decoder.start()
     yield
     app[HUB].sync_decoder.close()
     await store.close()

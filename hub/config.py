@@ -39,6 +39,7 @@ Example (every key optional except ``server.data_dir``)::
     max_error_fields = 20                 # fields listed in a 422; then "N more"
     inline_body_bytes = 262144            # larger sync bodies are parsed in worker processes
     parse_workers = 2
+    prestart_parse_workers = true         # started with the hub, not by the first large body
 
     [registries]                  # resolving image tags to digests (hub.registry)
     insecure = []                 # host[:port] or CIDR spoken to over plain HTTP (as
@@ -166,6 +167,9 @@ class LimitsConfig(_Section):
     max_error_fields: int = Field(20, ge=1, le=1000)
     inline_body_bytes: int = Field(256 * 1024, ge=0)
     parse_workers: int = Field(2, ge=1, le=64)
+    # Start them with the hub (the first catch-up after a restart does not wait 1-2 s for
+    # a worker to spawn); false: started by the first large body (test hubs, tiny hubs).
+    prestart_parse_workers: bool = True
 
 
 class PkiConfig(_Section):

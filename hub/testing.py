@@ -290,7 +290,9 @@ def start_hub(
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, dict[str, Any]] = {
-        "server": {"host": "127.0.0.1", "port": port, "data_dir": str(work_dir / "data")}
+        "server": {"host": "127.0.0.1", "port": port, "data_dir": str(work_dir / "data")},
+        # a test hub rarely gets a large sync body: no worker processes spawned per start
+        "limits": {"prestart_parse_workers": False},
     }
     for section, values in (sections or {}).items():
         config.setdefault(section, {}).update(values)

@@ -124,12 +124,25 @@ def _decode_workers(pid: int) -> list[int]:
 
 def test_decode_workers_are_started_with_the_hub_not_by_the_first_large_body(tmp_path: Path):
     """A cold pool made the first catch-up request after a hub start wait 1-2 s for a worker."""
-    running = start_hub(tmp_path, sections={"limits": {"parse_workers": 2}})
+    running = start_hub(
+        tmp_path, sections={"limits": {"parse_workers": 2, "prestart_parse_workers": True}}
+    )
     try:
         deadline = time.monotonic() + 30
         while len(_decode_workers(running.process.pid)) < 2:
             assert time.monotonic() < deadline, "no decode workers started without a request"
             time.sleep(0.05)
+    finally:
+        assert running.stop() == 0, running.log()[-3000:]
+
+
+def test_hub_without_prestart_spawns_no_decode_worker_until_a_large_body(tmp_path: Path):
+    """Test hubs set prestart_parse_workers = false: dozens of hub starts per suite run
+    each spawned two worker processes that no test body needed. (With prestart the
+    workers exist before the hub prints that it listens: the pool spawns on submit.)"""
+    running = start_hub(tmp_path, sections={"limits": {"prestart_parse_workers": False}})
+    try:
+        assert _decode_workers(running.process.pid) == []
     finally:
         assert running.stop() == 0, running.log()[-3000:]
 
