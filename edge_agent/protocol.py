@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -95,17 +96,29 @@ def required_features(target: Target) -> set[str]:
 
 # Every integer on the wire fits a signed 64-bit column: the hub stores them in SQLite.
 INT64_MAX = 2**63 - 1
-Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
-Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]  # a bool is no count
+
+
+def _time_text(value: Any) -> Any:
+    """A time on the wire is ISO 8601 text: a number is not taken for a Unix time."""
+    if isinstance(value, (str, datetime)):
+        return value
+    raise ValueError("must be an ISO 8601 date-time string")
+
+
+# Text is parsed (strict mode would take only datetime objects from a decoded dict).
+WireTime = Annotated[datetime, BeforeValidator(_time_text), Field(strict=False)]
+Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX, strict=True)]
 
 # "metrics" (additive): sent only to a hub whose sync answer lists it in ``entry_kinds``.
 OutboxKind = Literal["status", "event", "audit", "log", "dropped", "metrics"]
 
 
 class Wire(BaseModel):
-    """Base for wire messages: unknown fields are rejected."""
+    """Base for wire messages: unknown fields are rejected, and so are values of another
+    JSON type (``0`` for a bool, ``false`` for a count, a number for a time)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class HubDocument(BaseModel):
@@ -169,7 +182,7 @@ class RenewChallenge(Wire):
     """A short-lived, hub-authenticated nonce bound to one device id."""
 
     challenge: str
-    expires_at: datetime
+    expires_at: WireTime
 
 
 class ExpiredRenewRequest(Wire):
@@ -191,9 +204,9 @@ def renewal_proof_message(device_id: str, challenge: str, csr_pem: str) -> bytes
 class OutboxEntry(Wire):
     """One record the device produced; ``seq`` is unique and increasing per device."""
 
-    seq: int = Field(ge=1, le=INT64_MAX)
+    seq: int = Field(ge=1, le=INT64_MAX, strict=True)
     kind: OutboxKind
-    created_at: datetime
+    created_at: WireTime
     payload: dict[str, Any]
 
     @field_validator("created_at")
@@ -249,10 +262,10 @@ class StatusSnapshot(Wire):
     last_error: str | None = None
     # Additive (optional): what runs and what is being rolled out, reported apart. A local
     # (technician) target is the hub revision it is based on plus a local sequence > 0.
-    running_revision: int | None = Field(None, ge=0, le=2**63 - 1)
-    running_local_seq: int | None = Field(None, ge=0, le=2**63 - 1)
-    applying_revision: int | None = Field(None, ge=0, le=2**63 - 1)
-    applying_local_seq: int | None = Field(None, ge=0, le=2**63 - 1)
+    running_revision: Count | None = None
+    running_local_seq: Count | None = None
+    applying_revision: Count | None = None
+    applying_local_seq: Count | None = None
     rollout_state: str | None = Field(None, max_length=32)  # applying|settling|good|...
     # Additive (optional): every container on the host, by name, at most
     # HOST_CONTAINERS_MAX of them; host_containers_total counts them all.
@@ -260,7 +273,9 @@ class StatusSnapshot(Wire):
     host_containers_total: Count | None = None
     # Additive (optional): while rollout_state is waiting_window, when the window next
     # opens (UTC). An older hub refuses the field; the agent then stops sending it.
-    window_opens_at: AwareDatetime | None = None
+    window_opens_at: (
+        Annotated[AwareDatetime, BeforeValidator(_time_text), Field(strict=False)] | None
+    ) = None
 
     @field_validator("window_opens_at")
     @classmethod

@@ -25,6 +25,7 @@ from aiohttp import web
 from pydantic import Field, field_validator
 
 from edge_agent.actiondoc import FINAL, KINDS, STATES, ActionDoc, check_args, sign_action
+from edge_agent.openapi import INT64, STRING, Query, described, enum
 from edge_agent.protocol import SignedAction
 from edge_agent.signing import key_id
 from hub.auth import Permission
@@ -149,6 +150,7 @@ async def _queue(hub: HubContext, act: Action, records: list[tuple[ActionRecord,
 
 
 @routes.post("/api/v1/devices/{device_id}/actions")
+@described(body=ActionRequest, status=201, errors=(404,))
 async def create_for_device(request: web.Request) -> web.Response:
     """Queue one action for one device."""
     hub = ctx(request)
@@ -165,6 +167,7 @@ async def create_for_device(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/groups/{name}/actions")
+@described(body=ActionRequest, status=201, errors=(404,))
 async def create_for_group(request: web.Request) -> web.Response:
     """Queue the action for each device in the group now (all or none)."""
     hub = ctx(request)
@@ -193,6 +196,13 @@ def _members(selector: str, devices: list[DeviceRecord]) -> list[str]:
 
 
 @routes.get("/api/v1/actions")
+@described(
+    query=(
+        Query("device", STRING),
+        Query("state", enum(STATES)),
+        Query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST}),
+    )
+)
 async def list_actions(request: web.Request) -> web.Response:
     """List actions, newest first (``device``, ``state`` and ``limit`` filter)."""
     principal(request, Permission.DEVICES_READ)
@@ -227,6 +237,7 @@ def _action_id(request: web.Request) -> str:
 
 
 @routes.get("/api/v1/actions/{action_id}")
+@described(errors=(404,))
 async def show_action(request: web.Request) -> web.Response:
     """Show one action, its state and its result."""
     principal(request, Permission.DEVICES_READ)
@@ -239,6 +250,7 @@ async def show_action(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/actions/{action_id}/cancel")
+@described(status=201, errors=(404, 409))
 async def cancel_action(request: web.Request) -> web.Response:
     """Queue a ``cancel`` action for an unfinished action's device (delivered like any)."""
     hub = ctx(request)
@@ -268,6 +280,13 @@ def _int_query(request: web.Request, name: str, default: int, top: int) -> int:
 
 
 @routes.get("/api/v1/actions/{action_id}/parts")
+@described(
+    query=(
+        Query("after", INT64),
+        Query("limit", {"type": "integer", "minimum": 0, "maximum": MAX_LIST}),
+    ),
+    errors=(404,),
+)
 async def action_parts(request: web.Request) -> web.Response:
     """Show an action's state and its result parts numbered above ``after``, in order."""
     principal(request, Permission.DEVICES_READ)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 import hub
+from edge_agent.openapi import described
 from edge_agent.sdnotify import sd_notify
 from hub import (
     action_api,
@@ -22,6 +23,7 @@ from hub import (
     guard,
     log_policy_api,
     metrics_api,
+    openapi_api,
     operator_api,
     release_api,
     rollout_api,
@@ -43,6 +45,7 @@ GC_YOUNG_THRESHOLD = 20_000
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
+@described(tags=("meta",))
 async def healthz(request: web.Request) -> web.Response:
     """Answer that the hub is up (no authentication; for probes and tests)."""
     hub_ctx = request.app[HUB]
@@ -76,7 +79,12 @@ def create_app(config: HubConfig) -> web.Application:
         operators=OperatorAuth.from_data_dir(config.data_dir),
     )
     app = web.Application(
-        middlewares=[connection_middleware, error_middleware, guard.guard_middleware],
+        middlewares=[
+            connection_middleware,
+            error_middleware,
+            guard.guard_middleware,
+            openapi_api.query_middleware,
+        ],
         client_max_size=config.limits.max_decompressed_bytes,
     )
     context.notifier.max_held = config.limits.max_long_polls
@@ -94,6 +102,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(metrics_api.routes)
     app.add_routes(action_api.routes)
     app.add_routes(log_policy_api.routes)
+    openapi_api.install(app)  # after every route: it describes them all at startup
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)

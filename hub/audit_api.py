@@ -18,15 +18,27 @@ from typing import Any
 
 from aiohttp import web
 
+from edge_agent.openapi import STRING, Query, enum
 from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import InvalidRequest, NotFound
-from hub.operator_calls import INT64_MAX, page, principal
+from hub.operator_calls import INT64_MAX, PAGE_QUERY, page, principal
 from hub.selector import matches, parse
 from hub.store import AuditCursor, AuditEntry, AuditQuery
 from hub.store.records import iso_utc
 
 SOURCES = ("all", "hub", "device")
+AUDIT_QUERY = (
+    *PAGE_QUERY,
+    Query("cursor", STRING, "the next_cursor of the previous page"),
+    Query("actor", STRING),
+    Query("action", STRING),
+    Query("device", STRING),
+    Query("group", STRING),
+    Query("since", {"type": "string", "format": "date-time"}),
+    Query("until", {"type": "string", "format": "date-time"}),
+    Query("source", enum(SOURCES)),
+)
 
 
 def _bad(name: str, message: str) -> InvalidRequest:

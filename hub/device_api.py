@@ -29,6 +29,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from edge_agent.models import Target, strip_unknown
+from edge_agent.openapi import INT64, STRING, Query, described
 from edge_agent.protocol import (
     BASELINE_FEATURES,
     INT64_MAX,
@@ -37,10 +38,12 @@ from edge_agent.protocol import (
     EnrollRequest,
     EnrollResponse,
     ExpiredRenewRequest,
+    RenewChallenge,
     RenewChallengeRequest,
     RenewRequest,
     RenewResponse,
     SignedTarget,
+    SyncRequest,
     SyncResponse,
     renewal_proof_message,
     required_features,
@@ -96,6 +99,7 @@ def new_device_id() -> str:
 
 
 @routes.get("/v1/ca")
+@described(media="application/x-pem-file")
 async def get_ca(request: web.Request) -> web.Response:
     """Return the CA certificate, so an agent holding only its fingerprint can bootstrap."""
     hub = ctx(request)
@@ -107,6 +111,7 @@ async def get_ca(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/enroll")
+@described(body=EnrollRequest, response=EnrollResponse, status=201, errors=(404, 409, 410))
 async def enroll(request: web.Request) -> web.Response:
     """Exchange an enrollment token and a CSR for a device identity."""
     hub = ctx(request)
@@ -184,6 +189,7 @@ async def _enrolled_device(hub: HubContext, request: web.Request) -> DeviceRecor
 
 
 @routes.post("/v1/renew")
+@described(body=RenewRequest, response=RenewResponse, errors=(409,))
 async def renew(request: web.Request) -> web.Response:
     """Issue a fresh client certificate for the calling device's new CSR."""
     hub = ctx(request)
@@ -196,6 +202,7 @@ async def renew(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/renew/challenge")
+@described(body=RenewChallengeRequest, response=RenewChallenge)
 async def renew_challenge(request: web.Request) -> web.Response:
     """Answer a challenge for an expired certificate's renewal (stateless: no write)."""
     hub = ctx(request)
@@ -204,6 +211,7 @@ async def renew_challenge(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/renew/expired")
+@described(body=ExpiredRenewRequest, response=RenewResponse, errors=(409,))
 async def renew_expired(request: web.Request) -> web.Response:
     """Renew a recently expired certificate, proven by its key (see ``hub.renewal``)."""
     hub = ctx(request)
@@ -274,6 +282,7 @@ async def _renew_device(
 
 
 @routes.post("/v1/sync")
+@described(body=SyncRequest, response=SyncResponse, errors=(409,))
 async def sync(request: web.Request) -> web.Response:
     """Store a batch of outbox entries and a status delta; answer the ack and a newer target."""
     started = time.perf_counter()
@@ -366,6 +375,15 @@ def _check_batch(protocol: int, entries: list[EntryRow]) -> None:
 
 
 @routes.get("/v1/target")
+@described(
+    query=(
+        Query("after", INT64),
+        Query("wait", {"type": "number", "minimum": 0}),
+        Query("features", STRING),
+    ),
+    response=SignedTarget,
+    also=(204,),
+)
 async def long_poll_target(request: web.Request) -> web.Response:
     """Answer the newest target once its revision is > ``after``; 204 after ``wait`` s.
 

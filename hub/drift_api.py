@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge_agent.openapi import described
 from edge_agent.protocol import HostContainerReport
 from hub.auth import Permission
 from hub.context import HubContext, ctx
@@ -59,6 +60,7 @@ def _report_view(report: HostReport | None) -> dict[str, Any]:
 
 
 @routes.get("/api/v1/drift")
+@described()
 async def list_drift(request: web.Request) -> web.Response:
     """List the devices that differ from their target, with what differs."""
     principal(request, Permission.DEVICES_READ)
@@ -136,6 +138,7 @@ def _release_row(release: ReleaseRecord, devices: list[dict[str, Any]]) -> dict[
 
 
 @routes.get("/api/v1/retired")
+@described()
 async def list_retired(request: web.Request) -> web.Response:
     """List every retired release with the devices still holding it, and since when."""
     principal(request, Permission.DEVICES_READ)

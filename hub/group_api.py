@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.models import ENV_KEY_RE, NAME_RE
+from edge_agent.openapi import described
 from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import InvalidRequest, NotFound, OverrideConflict
@@ -149,6 +150,7 @@ def group_view(group: GroupRecord, devices: list[DeviceRecord] | None = None) ->
 
 
 @routes.patch("/api/v1/devices/{device_id}/tags")
+@described(body=TagsRequest, errors=(404,))
 async def change_tags(request: web.Request) -> web.Response:
     """Set and remove a device's tags; answer the device view."""
     hub = ctx(request)
@@ -163,6 +165,7 @@ async def change_tags(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/devices/{device_id}/env")
+@described(errors=(404,))
 async def show_device_env(request: web.Request) -> web.Response:
     """Show a device's own overrides, its groups' and how they resolve now."""
     principal(request, Permission.DEVICES_READ)
@@ -188,6 +191,7 @@ async def show_device_env(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/v1/devices/{device_id}/env")
+@described(body=EnvRequest, errors=(404, 409))
 async def change_device_env(request: web.Request) -> web.Response:
     """Set/unset a device's own overrides of one service."""
     hub = ctx(request)
@@ -205,6 +209,7 @@ def _env_change(hub: HubContext, req: EnvRequest) -> EnvChange:
 
 
 @routes.post("/api/v1/groups")
+@described(body=CreateGroupRequest, status=201, errors=(409,))
 async def create_group(request: web.Request) -> web.Response:
     """Create a group: a name for a tag selector."""
     hub = ctx(request)
@@ -221,6 +226,7 @@ async def create_group(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/groups")
+@described()
 async def list_groups(request: web.Request) -> web.Response:
     """List every group with its member count."""
     principal(request, Permission.DEVICES_READ)
@@ -242,6 +248,7 @@ async def _group_or_404(hub: HubContext, name: str) -> GroupRecord:
 
 
 @routes.get("/api/v1/groups/{name}")
+@described(errors=(404,))
 async def show_group(request: web.Request) -> web.Response:
     """Show a group with the devices whose tags match it now."""
     principal(request, Permission.DEVICES_READ)
@@ -251,6 +258,7 @@ async def show_group(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/groups/{name}")
+@described(errors=(404, 409))
 async def delete_group(request: web.Request) -> web.Response:
     """Delete a group and its overrides (devices keep their tags)."""
     hub = ctx(request)
@@ -261,6 +269,7 @@ async def delete_group(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/v1/groups/{name}/env")
+@described(body=EnvRequest, errors=(404, 409))
 async def change_group_env(request: web.Request) -> web.Response:
     """Set/unset a group's overrides of one service."""
     hub = ctx(request)

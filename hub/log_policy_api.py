@@ -17,6 +17,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import field_validator, model_validator
 
+from edge_agent.openapi import described
 from edge_agent.protocol import check_log_pattern
 from hub.auth import Permission
 from hub.context import ctx
@@ -56,6 +57,7 @@ def _invalidate(request: web.Request) -> None:
 
 
 @routes.put("/api/v1/groups/{name}/log-policy")
+@described(body=LogPolicyRequest, errors=(404,))
 async def set_log_policy(request: web.Request) -> web.Response:
     """Set a group's log shipping policy."""
     hub = ctx(request)
@@ -69,6 +71,7 @@ async def set_log_policy(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/groups/{name}/log-policy")
+@described(errors=(404,))
 async def clear_log_policy(request: web.Request) -> web.Response:
     """Clear a group's log policy: its devices follow their other groups or the default."""
     hub = ctx(request)
@@ -81,6 +84,7 @@ async def clear_log_policy(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/groups/{name}/log-policy")
+@described(errors=(404,))
 async def show_log_policy(request: web.Request) -> web.Response:
     """Show a group's own log policy (null: it sets none)."""
     principal(request, Permission.DEVICES_READ)
@@ -93,6 +97,7 @@ async def show_log_policy(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/devices/{device_id}/log-policy")
+@described(errors=(404,))
 async def show_device_log_policy(request: web.Request) -> web.Response:
     """Show the policy a device resolves to now, and the groups that decide it."""
     principal(request, Permission.DEVICES_READ)

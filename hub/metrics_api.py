@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge_agent.openapi import Query, described
 from hub.auth import Permission
 from hub.context import ctx
 from hub.errors import InvalidRequest, NotFound
@@ -79,6 +80,13 @@ def parse_limit(text: str | None, high: int) -> int:
 
 
 @routes.get("/api/v1/devices/{device_id}/metrics")
+@described(
+    query=(
+        Query("since", {"type": "string", "format": "date-time"}),
+        Query("limit", {"type": "integer", "minimum": 1}),
+    ),
+    errors=(404,),
+)
 async def device_metrics(request: web.Request) -> web.Response:
     """Return the device's held metrics samples."""
     principal(request, Permission.DEVICES_READ)

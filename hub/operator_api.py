@@ -28,15 +28,17 @@ from aiohttp import web
 from pydantic import Field, ValidationInfo, field_validator
 
 from edge_agent.models import ENV_KEY_RE, MaintenanceWindow, Release, Target
+from edge_agent.openapi import described
 from edge_agent.protocol import BASELINE_FEATURES, required_features
 from edge_agent.signing import sign_target
 from hub import audit_api
+from hub.audit_api import AUDIT_QUERY
 from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.metrics_api import sample_view
-from hub.operator_calls import INT64_MAX, Body, audited, json_body, page, principal
+from hub.operator_calls import INT64_MAX, PAGE_QUERY, Body, audited, json_body, page, principal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
 from hub.wire import parse
@@ -143,6 +145,7 @@ def device_view(hub: HubContext, d: DeviceRecord, now: datetime) -> dict[str, An
 
 
 @routes.post("/api/v1/enrollment-tokens")
+@described(body=CreateTokenRequest, status=201)
 async def create_token(request: web.Request) -> web.Response:
     """Create an enrollment token; the secret is in this response only."""
     hub = ctx(request)
@@ -181,6 +184,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/devices")
+@described()
 async def list_devices(request: web.Request) -> web.Response:
     """List every device with its fleet state."""
     principal(request, Permission.DEVICES_READ)
@@ -198,6 +202,7 @@ async def _device_or_404(hub: HubContext, device_id: str) -> DeviceRecord:
 
 
 @routes.get("/api/v1/devices/{device_id}")
+@described(errors=(404,))
 async def show_device(request: web.Request) -> web.Response:
     """Show one device."""
     principal(request, Permission.DEVICES_READ)
@@ -211,6 +216,7 @@ async def show_device(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/devices/{device_id}/target")
+@described(errors=(404,))
 async def show_target(request: web.Request) -> web.Response:
     """Show the device's newest target, decoded, and its signed form."""
     principal(request, Permission.DEVICES_READ)
@@ -233,6 +239,7 @@ async def show_target(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/devices/{device_id}/target")
+@described(body=SetTargetRequest, status=201, errors=(404, 409, 502))
 async def set_target(request: web.Request) -> web.Response:
     """Sign and store the device's next target revision, then wake its long-poll."""
     hub = ctx(request)
@@ -332,18 +339,21 @@ async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
 
 
 @routes.post("/api/v1/devices/{device_id}/disable")
+@described(errors=(404,))
 async def disable_device(request: web.Request) -> web.Response:
     """Refuse the device from its next request on."""
     return await _set_disabled(request, True)
 
 
 @routes.post("/api/v1/devices/{device_id}/enable")
+@described(errors=(404,))
 async def enable_device(request: web.Request) -> web.Response:
     """Accept a disabled device again."""
     return await _set_disabled(request, False)
 
 
 @routes.get("/api/v1/devices/{device_id}/events")
+@described(query=PAGE_QUERY, errors=(404,))
 async def list_events(request: web.Request) -> web.Response:
     """Page through the entries a device sent, in seq order."""
     principal(request, Permission.DEVICES_READ)
@@ -370,6 +380,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/audit")
+@described(query=AUDIT_QUERY, errors=(404,))
 async def list_audit(request: web.Request) -> web.Response:
     """Page through hub and device audit records (filters: ``hub.audit_api``)."""
     return await audit_api.list_audit(request)

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from edge_agent.openapi import INT64, Query
 from hub.auth import Permission, Principal, require
 from hub.context import HubContext, ctx
 from hub.errors import HubError, InvalidRequest
@@ -19,6 +20,11 @@ from hub.store import AuditRecord
 from hub.wire import read_body
 
 INT64_MAX = 2**63 - 1  # SQLite's integers: every id, seq and count the API takes
+# The query parameters ``page`` reads (for the API description).
+PAGE_QUERY = (
+    Query("after", INT64, "return what comes after this position"),
+    Query("limit", {"type": "integer", "minimum": 1, "maximum": INT64_MAX}, "at most this many"),
+)
 
 
 class Body(BaseModel):

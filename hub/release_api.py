@@ -24,12 +24,13 @@ from aiohttp import web
 from pydantic import Field, model_validator
 
 from edge_agent.models import Release
+from edge_agent.openapi import described
 from hub.auth import Permission
 from hub.compose import import_compose
 from hub.compose_report import ImportReport
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, HubError, NotFound
-from hub.operator_calls import Body, audited, json_body, page, principal
+from hub.operator_calls import PAGE_QUERY, Body, audited, json_body, page, principal
 from hub.registry import Resolved, resolve_images
 from hub.store import ReleaseRecord
 from hub.wire import parse
@@ -164,6 +165,7 @@ def _ref(request: web.Request) -> tuple[str, str]:
 
 
 @routes.post("/api/v1/releases")
+@described(body=CreateReleaseRequest, status=201, also=(200,), errors=(409, 502))
 async def create_release(request: web.Request) -> web.Response:
     """Resolve every image to a digest and store the release (idempotent, immutable)."""
     hub = ctx(request)
@@ -203,6 +205,7 @@ def _with_report(view: dict[str, Any], report: ImportReport | None) -> dict[str,
 
 
 @routes.get("/api/v1/releases")
+@described(query=PAGE_QUERY)
 async def list_releases(request: web.Request) -> web.Response:
     """List releases, oldest first (without their documents)."""
     principal(request, Permission.RELEASES_READ)
@@ -218,6 +221,7 @@ async def list_releases(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/releases/{ref}")
+@described(errors=(404,))
 async def show_release(request: web.Request) -> web.Response:
     """Show one release with its pinned document."""
     principal(request, Permission.RELEASES_READ)
@@ -229,6 +233,7 @@ async def show_release(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/releases/{ref}/retire")
+@described(body=RetireRequest, errors=(404, 409))
 async def retire_release(request: web.Request) -> web.Response:
     """Retire a release: it stays readable; fleet views flag devices still running it."""
     hub = ctx(request)

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
+from edge_agent.openapi import described
 from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, NotFound
@@ -117,6 +118,7 @@ async def _superseded(
 
 
 @routes.post("/api/v1/rollouts")
+@described(body=RolloutSpec, status=201, errors=(404, 409))
 async def create_rollout(request: web.Request) -> web.Response:
     """Start a rollout; the engine issues its first stage at its next tick."""
     hub = ctx(request)
@@ -204,6 +206,7 @@ async def _rollout_or_404(hub: HubContext, rollout_id: str) -> Loaded:
 
 
 @routes.get("/api/v1/rollouts")
+@described()
 async def list_rollouts(request: web.Request) -> web.Response:
     """List every rollout, oldest first."""
     principal(request, Permission.DEVICES_READ)
@@ -212,6 +215,7 @@ async def list_rollouts(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/rollouts/{rollout_id}")
+@described(errors=(404,))
 async def show_rollout(request: web.Request) -> web.Response:
     """Show one rollout with its per-stage progress."""
     principal(request, Permission.DEVICES_READ)
@@ -221,6 +225,7 @@ async def show_rollout(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/rollouts/{rollout_id}/{action:pause|resume|abort|rollback}")
+@described(body=ActionRequest, errors=(404, 409))
 async def act_on_rollout(request: web.Request) -> web.Response:
     """Pause, resume, abort or roll back a rollout by hand."""
     hub = ctx(request)

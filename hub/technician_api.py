@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edge_agent.openapi import described
 from edge_agent.protocol import RevokedTechnician, TechnicianUpdate
 from edge_agent.techtoken import ROLES, Claims, Requirement, encode_token
 from hub.auth import Permission
@@ -104,6 +105,7 @@ def technician_view(record: TechnicianRecord, now: datetime) -> dict[str, Any]:
 
 
 @routes.post("/api/v1/technicians")
+@described(body=IssueRequest, status=201)
 async def issue(request: web.Request) -> web.Response:
     """Issue a technician token; answer it once (the hub keeps only its record)."""
     hub = ctx(request)
@@ -139,6 +141,7 @@ async def issue(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/technicians")
+@described()
 async def list_technicians(request: web.Request) -> web.Response:
     """List the unexpired technician tokens (revoked ones included, marked)."""
     principal(request, Permission.TOKENS_CREATE)
@@ -149,6 +152,7 @@ async def list_technicians(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/technicians/{token_id}/revoke")
+@described(errors=(404,))
 async def revoke(request: web.Request) -> web.Response:
     """Revoke a technician token: devices refuse it from their next sync on."""
     hub = ctx(request)

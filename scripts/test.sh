@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-if ! "$PY" -c 'import edge_agent, hub, pytest, pytest_asyncio, hypothesis, aiodocker, aiosqlite, uvloop, asyncpg, playwright, yaml' 2>/dev/null \
+if ! "$PY" -c 'import edge_agent, hub, pytest, pytest_asyncio, hypothesis, aiodocker, aiosqlite, uvloop, asyncpg, playwright, yaml, schemathesis' 2>/dev/null \
    || [ pyproject.toml -nt .testenv/installed ]; then
     "$PY" -m pip install -q -e '.[dev,hub]'
     mkdir -p .testenv && touch .testenv/installed
