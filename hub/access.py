@@ -20,6 +20,7 @@ from hub.errors import Forbidden
 from hub.selector import Op, Requirement, Selector, matches, parse
 
 ALL_SCOPE = "all"
+PRINCIPAL_KEY = "edgefleet.principal"  # the request key hub.route_access sets
 
 
 class Permission(StrEnum):

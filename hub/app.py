@@ -26,6 +26,7 @@ from hub import (
     release_api,
     rollout_api,
     technician_api,
+    user_api,
 )
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
@@ -35,6 +36,7 @@ from hub.log_policy import LOG_POLICIES, PolicyCache
 from hub.pki import HubPKI
 from hub.retention import RETENTION, Retention
 from hub.rollout_engine import ENGINE, RolloutEngine
+from hub.route_access import access_middleware, check_routes
 from hub.store import open_store
 from hub.wire import BODY_TIMEOUT, error_middleware
 
@@ -76,7 +78,12 @@ def create_app(config: HubConfig) -> web.Application:
         operators=OperatorAuth.from_data_dir(config.data_dir),
     )
     app = web.Application(
-        middlewares=[connection_middleware, error_middleware, guard.guard_middleware],
+        middlewares=[
+            connection_middleware,
+            error_middleware,
+            guard.guard_middleware,
+            access_middleware,
+        ],
         client_max_size=config.limits.max_decompressed_bytes,
     )
     context.notifier.max_held = config.limits.max_long_polls
@@ -94,6 +101,8 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(metrics_api.routes)
     app.add_routes(action_api.routes)
     app.add_routes(log_policy_api.routes)
+    app.add_routes(user_api.routes)
+    check_routes(app)  # after every add_routes: a route without a permission is refused
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)

@@ -464,8 +464,11 @@ class HubStore(ABC):
         """Return the (role, scope) grants of every team ``user`` belongs to."""
 
     @abstractmethod
-    async def add_user_token(self, token: UserTokenRecord, audit: AuditRecord) -> None:
-        """Store a new token of an existing user (NotFound if unknown), with the audit row."""
+    async def add_user_token(
+        self, token: UserTokenRecord, max_active: int, audit: AuditRecord
+    ) -> None:
+        """Store a new token of an existing user (NotFound if unknown), with the audit row;
+        Conflict when the user holds ``max_active`` unrevoked, unexpired tokens."""
 
     @abstractmethod
     async def get_user_token(self, token_id: str) -> UserTokenRecord | None:

@@ -173,11 +173,27 @@ class AccessMixin:
         )
         return [(r, s) for r, s in found]
 
-    async def add_user_token(self, token: UserTokenRecord, audit: AuditRecord) -> None:
-        """Store a new token of an existing user (NotFound if unknown), with the audit row."""
+    async def add_user_token(
+        self, token: UserTokenRecord, max_active: int, audit: AuditRecord
+    ) -> None:
+        """Store a new token of an existing user (NotFound if unknown), with the audit row.
+
+        Conflict when the user holds ``max_active`` unrevoked, unexpired tokens.
+        """
+        now = rows.ts(token.created_at)
 
         def job(db: sqlite3.Connection) -> None:
             _need(db, "users", token.user, "user")
+            (held,) = db.execute(
+                "SELECT COUNT(*) FROM user_tokens WHERE user = ? AND revoked_at IS NULL "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (token.user, now),
+            ).fetchone()
+            if held >= max_active:
+                raise Conflict(
+                    f"user {token.user!r} holds {held} active tokens, the bound "
+                    "(access.max_tokens_per_user): revoke some"
+                )
             db.execute(
                 f"INSERT INTO user_tokens ({TOKEN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL)",
                 (
