@@ -36,7 +36,14 @@ from hub.errors import Forbidden, HubError, NotFound, Unauthenticated
 from hub.guard import audit_refusal
 from hub.rollout_models import RolloutSpec
 from hub.selector import Selector, parse
-from hub.store import AuditRecord, DeviceRecord
+from hub.store import (
+    ActionRecord,
+    AuditEntry,
+    AuditRecord,
+    DeviceRecord,
+    GroupRecord,
+    RolloutRecord,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 P = Permission
@@ -331,3 +338,76 @@ async def check_new_tags(
     removed = set(remove)
     tags = {k: v for k, v in {**device.tags, **set_tags}.items() if k not in removed}
     require_tags_in_scope(request, device_id, tags, P.DEVICES_WRITE)
+
+
+async def _visible_ids(request: web.Request) -> set[str] | None:
+    """Return the ids of the devices in the caller's read scope (None: all)."""
+    if scope_of(request, P.DEVICES_READ) is None:
+        return None
+    devices = await ctx(request).store.list_devices()
+    return {d.id for d in visible_devices(request, devices)}
+
+
+def visible_groups(request: web.Request, groups: Iterable[GroupRecord]) -> list[GroupRecord]:
+    """Return the groups whose selector stays inside the caller's read scope."""
+    who = caller(request)
+    return [g for g in groups if _selector_in(who, P.DEVICES_READ, parse(g.selector))]
+
+
+async def visible_actions(
+    request: web.Request, actions: Iterable[ActionRecord]
+) -> list[ActionRecord]:
+    """Return the actions whose device is in the caller's read scope."""
+    ids = await _visible_ids(request)
+    return list(actions) if ids is None else [a for a in actions if a.device_id in ids]
+
+
+async def visible_rollouts(
+    request: web.Request, records: Iterable[RolloutRecord]
+) -> list[RolloutRecord]:
+    """Return the rollouts whose selector stays inside the caller's read scope."""
+    if scope_of(request, P.DEVICES_READ) is None:
+        return list(records)
+    hub, who, out = ctx(request), caller(request), []
+    for r in records:
+        selector = await rollout_selector(hub, r.id)
+        if selector is not None and _selector_in(who, P.DEVICES_READ, selector):
+            out.append(r)
+    return out
+
+
+async def visible_audit(request: web.Request, entries: list[AuditEntry]) -> list[AuditEntry]:
+    """Return the audit rows about what is in the caller's scope, and the caller's own."""
+    if scope_of(request, P.AUDIT_READ) is None:
+        return entries
+    who, hub = caller(request), ctx(request)
+    scope = who.scope_for(P.AUDIT_READ)
+    devices = [d for d in await hub.store.list_devices() if in_scope(scope, d.tags)]
+    ids = {d.id for d in devices}
+    groups = {
+        g.name
+        for g in await hub.store.list_groups()
+        if _selector_in(who, P.AUDIT_READ, parse(g.selector))
+    }
+    about = ids | {f"device:{i}" for i in ids} | {f"group:{g}" for g in groups}
+    rollouts = {r.id for r in await visible_rollouts(request, await hub.store.list_rollouts())}
+
+    def shown(e: AuditEntry) -> bool:
+        if e.source != "hub":
+            return e.device_id in ids
+        return e.actor == who.name or e.target in about or e.target in rollouts
+
+    return [e for e in entries if shown(e)]
+
+
+async def check_rollout_spec(request: web.Request, spec: RolloutSpec) -> None:
+    """Raise Forbidden unless a new rollout's group or selector stays inside the scope."""
+    if scope_of(request, P.ROLLOUTS_WRITE) is None:
+        return
+    if spec.group is not None:
+        selector = await group_selector(ctx(request), spec.group)
+        if selector is None:
+            raise NotFound(f"no group {spec.group!r}", fields=[{"field": "group"}])
+    else:
+        selector = parse(spec.selector or "")
+    require_selector(request, P.ROLLOUTS_WRITE, selector)
