@@ -186,3 +186,30 @@ async def test_user_and_team_changes_are_audited_with_the_acting_principal(site:
     } <= actions
     status, body = await bob(site, "POST", "/api/v1/users", {"name": "eve"})
     assert status == 403
+
+
+async def test_edgectl_user_team_token_walkthrough(site: Site) -> None:
+    hub = site.hub
+    for args in (
+        ("user", "create", "carol"),
+        ("team", "create", "ops"),
+        ("team", "add-member", "ops", "carol"),
+        ("team", "grant", "ops", "viewer", "site=berlin"),
+    ):
+        done = await hub.edgectl(*args)
+        assert done.returncode == 0, (args, done.stderr)
+    made = await hub.edgectl("user", "token", "create", "carol", "--expires", "1d")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("ut_") and "expires" in made.stderr
+    status, body = await hub.request("GET", "/api/v1/devices", token=token)
+    assert status == 200 and [d["id"] for d in body["devices"]] == [site.berlin["device_id"]]
+    listed = await hub.edgectl("user", "token", "list", "carol")
+    assert token.split(".")[0] in listed.stdout and token not in listed.stdout
+    teams = await hub.edgectl("team", "list")
+    assert "viewer on site=berlin" in teams.stdout and "carol" in teams.stdout
+    bad = await hub.edgectl("team", "grant", "ops", "viewer", "site=")
+    assert bad.returncode == 1 and "scope" in bad.stderr
+    revoked = await hub.edgectl("user", "token", "revoke", "carol", token.split(".")[0])
+    assert revoked.returncode == 0, revoked.stderr
+    assert (await hub.request("GET", "/api/v1/devices", token=token))[0] == 401
