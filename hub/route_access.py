@@ -411,3 +411,7 @@ async def check_rollout_spec(request: web.Request, spec: RolloutSpec) -> None:
     else:
         selector = parse(spec.selector or "")
     require_selector(request, P.ROLLOUTS_WRITE, selector)
+    if spec.supersedes is not None:  # superseding stops the other rollout: it must be ours too
+        other = await rollout_selector(ctx(request), spec.supersedes)
+        if other is None or not _selector_in(caller(request), P.ROLLOUTS_WRITE, other):
+            raise NotFound(f"no rollout {spec.supersedes!r}", fields=[{"field": "supersedes"}])

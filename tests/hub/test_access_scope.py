@@ -213,3 +213,11 @@ async def test_edgectl_user_team_token_walkthrough(site: Site) -> None:
     revoked = await hub.edgectl("user", "token", "revoke", "carol", token.split(".")[0])
     assert revoked.returncode == 0, revoked.stderr
     assert (await hub.request("GET", "/api/v1/devices", token=token))[0] == 401
+
+
+async def test_superseding_a_rollout_outside_the_scope_is_refused(site: Site) -> None:
+    body = {"release": "app@1", "group": "berlin", "supersedes": site.paris["rollout_id"]}
+    status, answer = await bob(site, "POST", "/api/v1/rollouts", body)
+    assert status == 404 and site.paris["rollout_id"] in answer["message"], answer
+    _, paris = await site.hub.api("GET", f"/api/v1/rollouts/{site.paris['rollout_id']}")
+    assert paris["status"] == "running"
