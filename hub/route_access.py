@@ -12,6 +12,7 @@ An object outside the caller's scope answers 404 exactly as an absent one would.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -187,14 +188,15 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def authenticate(request: web.Request, hub: HubContext) -> Principal:
     """Return the caller: a user token's user with its grants, or the data-dir admin."""
-    _, _, token = request.headers.get("Authorization", "").partition(" ")
-    parts = split_user_token(token) if token.isascii() else None
-    if parts is None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    is_bearer = scheme.lower() == "bearer" and token.isascii()
+    parts = split_user_token(token) if is_bearer else None
+    if parts is None:  # the data-dir admin token, or a refusal naming what is missing
         return hub.operators.authenticate(request)
     token_id, secret_hash = parts
     record = await hub.store.get_user_token(token_id)
     now = hub.now()
-    if record is None or record.secret_hash != secret_hash:
+    if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
         raise Unauthenticated("unknown operator token")
     if record.revoked_at is not None:
         raise Unauthenticated(f"token {token_id} was revoked")

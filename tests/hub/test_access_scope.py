@@ -149,6 +149,8 @@ async def test_token_revoked_expired_or_user_disabled_answers_401(site: Site) ->
         assert time.monotonic() < deadline, "the 1 s token never expired"
         await asyncio.sleep(0.2)
     third = (await _ok(hub, "POST", "/api/v1/users/tess/tokens", {}))["token"]
+    basic = {"Authorization": f"Basic {third}"}
+    assert (await hub.request("GET", "/api/v1/releases", headers=basic))[0] == 401
     await _ok(hub, "POST", "/api/v1/users/tess/disable")
     status, body = await hub.request("GET", "/api/v1/releases", token=third)
     assert status == 401 and "disabled" in body["message"]
