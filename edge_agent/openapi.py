@@ -136,12 +136,13 @@ def openapi_document(
     title: str,
     version: str,
     description: str = "",
-    security: Callable[[str, str], list[dict[str, list[str]]]] | None = None,
+    annotate: Callable[[str, str], dict[str, Any]] | None = None,
     security_schemes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document of every route ``app`` serves.
 
-    ``security(method, path)`` returns a route's security requirement (``[]``: none).
+    ``annotate(method, path)`` returns what to add to a route's operation (its
+    ``security`` requirement, extensions).
     """
     schemas: dict[str, Any] = {}
     _ref(ErrorBody, schemas)
@@ -151,8 +152,8 @@ def openapi_document(
         if doc is None:
             raise Undescribed(f"{method} {path} ({handler.__qualname__}) has no @described")
         operation = _operation(method, path, handler, doc, schemas)
-        if security is not None:
-            operation["security"] = security(method, path)
+        if annotate is not None:
+            operation.update(annotate(method, path))
         paths.setdefault(_plain(path), {})[method.lower()] = operation
     components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
     if security_schemes:

@@ -32,6 +32,7 @@ from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.operator_calls import Action, Body, audited, json_body, principal
+from hub.route_access import visible_actions
 from hub.selector import matches, parse
 from hub.store import ActionRecord, DeviceRecord
 from hub.wire import parse as parse_body
@@ -220,6 +221,7 @@ async def list_actions(request: web.Request) -> web.Response:
     found = await hub.store.list_actions(
         hub.now(), device_id=request.query.get("device"), state=state, limit=int(raw)
     )
+    found = await visible_actions(request, found)
     return web.json_response({"actions": [action_view(r) for r in found]})
 
 

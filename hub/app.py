@@ -28,6 +28,7 @@ from hub import (
     release_api,
     rollout_api,
     technician_api,
+    user_api,
 )
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
@@ -37,6 +38,7 @@ from hub.log_policy import LOG_POLICIES, PolicyCache
 from hub.pki import HubPKI
 from hub.retention import RETENTION, Retention
 from hub.rollout_engine import ENGINE, RolloutEngine
+from hub.route_access import access_middleware, check_routes
 from hub.store import open_store
 from hub.wire import BODY_TIMEOUT, error_middleware
 
@@ -83,6 +85,7 @@ def create_app(config: HubConfig) -> web.Application:
             connection_middleware,
             error_middleware,
             guard.guard_middleware,
+            access_middleware,
             openapi_api.query_middleware,
         ],
         client_max_size=config.limits.max_decompressed_bytes,
@@ -102,7 +105,9 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(metrics_api.routes)
     app.add_routes(action_api.routes)
     app.add_routes(log_policy_api.routes)
+    app.add_routes(user_api.routes)
     openapi_api.install(app)  # after every route: it describes them all at startup
+    check_routes(app)  # after every add_routes: a route without a permission is refused
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)

@@ -23,6 +23,7 @@ from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import InvalidRequest, NotFound
 from hub.operator_calls import INT64_MAX, PAGE_QUERY, page, principal
+from hub.route_access import visible_audit
 from hub.selector import matches, parse
 from hub.store import AuditCursor, AuditEntry, AuditQuery
 from hub.store.records import iso_utc
@@ -142,7 +143,7 @@ async def list_audit(request: web.Request) -> web.Response:
     hub_ids = [e.id for e in found if e.source == "hub"]
     return web.json_response(
         {
-            "audit": [entry_view(e) for e in found],
+            "audit": [entry_view(e) for e in await visible_audit(request, found)],
             "next_cursor": last.text(),
             "next_after": hub_ids[-1] if hub_ids else query.cursor.pos,
         }

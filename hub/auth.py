@@ -4,10 +4,11 @@ Enrollment tokens look like ``et_<id>.<secret>``; only ``sha256(secret)`` is sto
 the database never holds a usable token. The secret carries 256 bits, so a fast hash is
 enough (nothing to brute-force).
 
-Operators authenticate with ``Authorization: Bearer <token>``. Today there is one token,
-``data_dir/admin.token``, created at first start, whose principal holds every
-permission. Handlers ask for a *permission* (``require(principal, Permission.X)``),
-never for "is admin", so scoped tokens and roles can be added without touching them.
+Operators authenticate with ``Authorization: Bearer <token>``: ``data_dir/admin.token``,
+created at first start, whose principal is admin on all devices, or a user's API token
+``ut_<id>.<secret>`` (stored as ``sha256(secret)``; ``hub.route_access`` checks it and the
+user's grants, see ``hub.access``). Handlers ask for a *permission*
+(``require(principal, Permission.X)``), never for "is admin".
 
 A device is identified only by the client certificate the TLS layer verified against
 the hub CA: its CN is the device id.
@@ -19,15 +20,17 @@ import hashlib
 import hmac
 import secrets
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hub.errors import Forbidden, TokenExpired, TokenUsedUp, Unauthenticated, UnknownToken
+from hub.access import ADMIN, Principal
+from hub.access import Permission as Permission  # re-exported: handlers import it from here
+from hub.access import require as require
+from hub.errors import TokenExpired, TokenUsedUp, Unauthenticated, UnknownToken
 from hub.pki import serial_hex, write_private
 from hub.store.records import EnrollmentTokenRecord
 
@@ -35,37 +38,7 @@ if TYPE_CHECKING:
     from hub.store import HubStore
 
 ENROLLMENT_PREFIX = "et_"
-
-
-class Permission(StrEnum):
-    """What an operator principal may do."""
-
-    TOKENS_CREATE = "tokens:create"
-    DEVICES_READ = "devices:read"
-    DEVICES_WRITE = "devices:write"
-    TARGETS_WRITE = "targets:write"
-    GROUPS_WRITE = "groups:write"
-    AUDIT_READ = "audit:read"
-    RELEASES_READ = "releases:read"
-    RELEASES_WRITE = "releases:write"
-    ROLLOUTS_WRITE = "rollouts:write"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated operator."""
-
-    name: str
-    permissions: frozenset[Permission] = field(default_factory=frozenset)
-
-
-ADMIN = Principal("admin", frozenset(Permission))
-
-
-def require(principal: Principal, permission: Permission) -> None:
-    """Raise Forbidden unless the principal holds the permission."""
-    if permission not in principal.permissions:
-        raise Forbidden(f"{principal.name} lacks permission {permission.value}")
+USER_TOKEN_PREFIX = "ut_"
 
 
 def _sha256(value: str) -> str:
@@ -124,6 +97,21 @@ def new_enrollment_token() -> NewEnrollmentToken:
     token_id = ENROLLMENT_PREFIX + secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     return NewEnrollmentToken(token_id, f"{token_id}.{secret}", _sha256(secret))
+
+
+def new_user_token() -> NewEnrollmentToken:
+    """Generate an operator API token ``ut_<id>.<secret>`` (same shape as enrollment's)."""
+    token_id = USER_TOKEN_PREFIX + secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return NewEnrollmentToken(token_id, f"{token_id}.{secret}", _sha256(secret))
+
+
+def split_user_token(token: str) -> tuple[str, str] | None:
+    """Return ``(token_id, sha256(secret))`` of a user token, or None if it is not one."""
+    token_id, sep, secret = token.strip().partition(".")
+    if not sep or not token_id.startswith(USER_TOKEN_PREFIX) or not secret:
+        return None
+    return token_id, _sha256(secret)
 
 
 def split_enrollment_token(token: str) -> tuple[str, str]:

@@ -266,6 +266,15 @@ class RetentionConfig(_Section):
     pause_s: float = Field(0.01, ge=0, le=10)  # between batches: other writers go first
 
 
+class AccessConfig(_Section):
+    """Operator users and their API tokens (hub.access, hub.route_access)."""
+
+    # last_used of a token is written at most once per this many seconds per token
+    token_touch_interval_s: float = Field(60.0, ge=0, le=86400)
+    max_token_lifetime_s: float = Field(365 * 86400.0, gt=0)  # the longest a token may live
+    max_tokens_per_user: int = Field(100, ge=1, le=100_000)  # unrevoked ones
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -281,6 +290,7 @@ class HubConfig(_Section):
     actions: ActionsConfig = Field(default_factory=lambda: ActionsConfig())
     log_policy: LogPolicyConfig = Field(default_factory=lambda: LogPolicyConfig())
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
+    access: AccessConfig = Field(default_factory=lambda: AccessConfig())
 
     @property
     def data_dir(self) -> Path:
@@ -336,6 +346,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "actions": ActionsConfig,
         "log_policy": LogPolicyConfig,
         "retention": RetentionConfig,
+        "access": AccessConfig,
     }
 
 

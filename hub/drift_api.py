@@ -22,6 +22,7 @@ from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.drift import DeviceFacts, RetiredRelease, differences, retired_on
 from hub.operator_calls import principal
+from hub.route_access import keep_in_scope
 from hub.store import DeviceRecord, HostReport, ReleaseRecord
 
 routes = web.RouteTableDef()
@@ -68,7 +69,7 @@ async def list_drift(request: web.Request) -> web.Response:
     now = hub.now()
     stale_after_s = hub.config.fleet.stale_after_s
     devices, unreported = [], []
-    for d, facts in await _facts(hub):
+    for d, facts in keep_in_scope(request, await _facts(hub), lambda p: p[0].tags):
         found = differences(facts, now, stale_after_s)
         if facts.report is None and facts.target_images is not None:
             unreported.append(d.id)
@@ -143,6 +144,6 @@ async def list_retired(request: web.Request) -> web.Response:
     """List every retired release with the devices still holding it, and since when."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    facts = [f for _, f in await _facts(hub)]
+    facts = [f for _, f in keep_in_scope(request, await _facts(hub), lambda p: p[0].tags)]
     releases = [_release_row(r, _holders(r, facts)) for r in await _retired_releases(hub)]
     return web.json_response({"releases": releases})

@@ -29,6 +29,8 @@
     rollout pause|resume|abort|rollback ID [--reason TEXT]
     technician issue NAME --role read|operate --scope "site=berlin" [--expires 8h]
     technician list | technician revoke ID
+    user create|list|disable|enable ... | user token create|list|revoke ...  (hub.edgectl_access)
+    team create|list|delete|add-member|remove-member|grant|ungrant ...
     action DEVICE KIND [ARGS...] [--expires 1h] | action --group G KIND [ARGS...]
     action show ID | actions [--device D] [--state S] [--limit N]
 
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from hub import (
+    edgectl_access,
     edgectl_action,
     edgectl_audit,
     edgectl_logs,
@@ -206,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     _drift_parser(sub)
     edgectl_rollout.add_parser(sub)
     edgectl_technician.add_parser(sub)
+    edgectl_access.add_parser(sub)
     edgectl_action.add_parser(sub)
     edgectl_logs.add_parser(sub)
     return p
@@ -470,6 +474,8 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return edgectl_rollout.run(args, client.call, parse_duration)
     if cmd == "technician":
         return edgectl_technician.run(args, client.call, parse_duration)
+    if cmd in edgectl_access.COMMANDS:
+        return edgectl_access.run(args, client.call, parse_duration)
     if cmd in ("action", "actions"):
         try:
             return edgectl_action.run(args, client.call, parse_duration)
@@ -491,6 +497,9 @@ def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
         return
     if args.command == "technician":
         edgectl_technician.show(args, result, sanitize, _print_table)
+        return
+    if args.command in edgectl_access.COMMANDS:
+        edgectl_access.show(args, result, sanitize, _print_table)
         return
     if args.command in ("action", "actions"):
         edgectl_action.show(args, result, sanitize, _print_table)

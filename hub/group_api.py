@@ -29,6 +29,7 @@ from hub.errors import InvalidRequest, NotFound, OverrideConflict
 from hub.operator_api import device_view
 from hub.operator_calls import audited, json_body, principal
 from hub.overrides import GroupOverrides, resolve_overrides
+from hub.route_access import check_new_tags, visible_groups
 from hub.selector import TAG_KEY_RE, TAG_VALUE_RE, Selector, matches, parse
 from hub.store import DeviceRecord, EnvChange, GroupRecord
 from hub.wire import parse as parse_body
@@ -157,6 +158,7 @@ async def change_tags(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     async with audited(request, Permission.DEVICES_WRITE, "device.tag", device_id) as act:
         req = parse_body(TagsRequest, await json_body(request))
+        await check_new_tags(request, device_id, req.set, req.remove)
         audit = act.ok(set=req.set, remove=req.remove)
         device = await hub.store.update_device_tags(
             device_id, req.set, req.remove, hub.config.limits.max_device_tags, audit
@@ -233,7 +235,7 @@ async def list_groups(request: web.Request) -> web.Response:
     hub = ctx(request)
     devices = await hub.store.list_devices()
     views = []
-    for g in await hub.store.list_groups():
+    for g in visible_groups(request, await hub.store.list_groups()):
         view = group_view(g, devices)
         del view["members"]
         views.append(view)
@@ -274,7 +276,7 @@ async def change_group_env(request: web.Request) -> web.Response:
     """Set/unset a group's overrides of one service."""
     hub = ctx(request)
     name = request.match_info["name"]
-    async with audited(request, Permission.GROUPS_WRITE, "group.env", f"group:{name}") as act:
+    async with audited(request, Permission.TARGETS_WRITE, "group.env", f"group:{name}") as act:
         change = _env_change(hub, parse_body(EnvRequest, await json_body(request)))
         audit = act.ok(service=change.service, set=sorted(change.set_vars), unset=change.unset)
         group = await hub.store.change_group_env(name, change, audit)

@@ -14,17 +14,10 @@ from aiohttp import web
 import hub
 from edge_agent.openapi import described, openapi_document, route_doc
 from hub.errors import InvalidRequest
+from hub.route_access import ROUTES, Kind
 
 routes = web.RouteTableDef()
 DOCUMENT = web.AppKey("openapi_document", dict)
-DEVICE_PREFIXES = ("/v1/",)
-PUBLIC = {
-    ("GET", "/healthz"),
-    ("GET", "/v1/ca"),
-    ("POST", "/v1/enroll"),
-    ("GET", "/api/v1/openapi.json"),
-    ("POST", "/v1/renew/expired"),
-}
 SCHEMES = {
     "operatorToken": {
         "type": "http",
@@ -43,13 +36,19 @@ DESCRIPTION = (
 )
 
 
-def security(method: str, path: str) -> list[dict[str, list[str]]]:
-    """Return how a route authenticates its caller (OpenAPI security requirement)."""
-    if (method, path) in PUBLIC:
-        return []
-    if path.startswith(DEVICE_PREFIXES):
-        return [{"deviceCertificate": []}]
-    return [{"operatorToken": []}]
+def annotate(method: str, path: str) -> dict[str, Any]:
+    """Return how a route authenticates its caller and what it needs (the access table)."""
+    access = ROUTES[(method, path)]
+    if access.kind is Kind.PUBLIC:
+        return {"security": []}
+    if access.kind is Kind.DEVICE_CERT:
+        return {"security": [{"deviceCertificate": []}]}
+    assert access.permission is not None
+    return {
+        "security": [{"operatorToken": []}],
+        "x-permission": access.permission.value,
+        "x-scope": access.kind.value,
+    }
 
 
 @web.middleware
@@ -89,7 +88,7 @@ async def _build(app: web.Application) -> None:
             title="edgefleet hub",
             version=hub.__version__,
             description=DESCRIPTION,
-            security=security,
+            annotate=annotate,
             security_schemes=SCHEMES,
         )
     )

@@ -39,6 +39,7 @@ from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.metrics_api import sample_view
 from hub.operator_calls import INT64_MAX, PAGE_QUERY, Body, audited, json_body, page, principal
+from hub.route_access import visible_devices
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
 from hub.wire import parse
@@ -190,7 +191,9 @@ async def list_devices(request: web.Request) -> web.Response:
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     now = hub.now()
-    devices = [device_view(hub, d, now) for d in await hub.store.list_devices()]
+    devices = [
+        device_view(hub, d, now) for d in visible_devices(request, await hub.store.list_devices())
+    ]
     return web.json_response({"devices": devices})
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from edge_agent.openapi import INT64, Query
+from hub.access import PRINCIPAL_KEY
 from hub.auth import Permission, Principal, require
 from hub.context import HubContext, ctx
 from hub.errors import HubError, InvalidRequest
@@ -63,9 +64,15 @@ class Action:
 
 def principal(request: web.Request, permission: Permission) -> Principal:
     """Return the authenticated caller, refused unless it holds ``permission``."""
-    principal = ctx(request).operators.authenticate(request)
+    principal = _caller(request)
     require(principal, permission)
     return principal
+
+
+def _caller(request: web.Request) -> Principal:
+    """Return the caller hub.route_access authenticated (before the handler ran)."""
+    found = request.get(PRINCIPAL_KEY)
+    return found if isinstance(found, Principal) else ctx(request).operators.authenticate(request)
 
 
 @asynccontextmanager
@@ -76,7 +83,7 @@ async def audited(
     hub = ctx(request)
     actor = "anonymous"
     try:
-        principal = hub.operators.authenticate(request)
+        principal = _caller(request)
         actor = principal.name
         require(principal, permission)
     except HubError as exc:  # aggregated per source: a client must not drive our disk

@@ -44,6 +44,7 @@ from hub.rollout_engine import (
 from hub.rollout_models import ACTIVE_STATUSES, Decision, RolloutSpec, RolloutState
 from hub.rollouts import abort, check_overlap, pause, plan_rollout, resume, rollback, start_rollout
 from hub.rollouts import supersede as supersede_state
+from hub.route_access import check_rollout_spec, visible_rollouts
 from hub.selector import matches
 from hub.selector import parse as parse_selector
 from hub.store import DeviceRecord, RolloutRecord
@@ -125,6 +126,7 @@ async def create_rollout(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     async with audited(request, Permission.ROLLOUTS_WRITE, "rollout.start", "-") as act:
         spec = parse(RolloutSpec, await json_body(request))
+        await check_rollout_spec(request, spec)
         act.target = rollout_id = "ro-" + uuid.uuid4().hex[:12]
         await _check_release(hub, spec.release)
         async with engine.lock:
@@ -210,7 +212,7 @@ async def _rollout_or_404(hub: HubContext, rollout_id: str) -> Loaded:
 async def list_rollouts(request: web.Request) -> web.Response:
     """List every rollout, oldest first."""
     principal(request, Permission.DEVICES_READ)
-    records = await ctx(request).store.list_rollouts()
+    records = await visible_rollouts(request, await ctx(request).store.list_rollouts())
     return web.json_response({"rollouts": [_summary(load(r)) for r in records]})
 
 

@@ -47,7 +47,10 @@ from hub.store.records import (
     SyncBatch,
     SyncResult,
     TargetRecord,
+    TeamRecord,
     TechnicianRecord,
+    UserRecord,
+    UserTokenRecord,
 )
 
 __all__ = [
@@ -415,6 +418,73 @@ class HubStore(ABC):
     @abstractmethod
     async def device_data_size(self, device_id: str) -> tuple[int, int]:
         """Return (rows, bytes) of the device's non-audit data."""
+
+    # --- operator access (hub.access; migration 16) ---
+
+    @abstractmethod
+    async def add_user(self, user: UserRecord, audit: AuditRecord) -> None:
+        """Create a user (Conflict if the name is taken), with the audit row."""
+
+    @abstractmethod
+    async def set_user_disabled(self, name: str, disabled: bool, audit: AuditRecord) -> None:
+        """Disable or enable a user (NotFound if unknown), with the audit row."""
+
+    @abstractmethod
+    async def get_user(self, name: str) -> UserRecord | None:
+        """Return the user called ``name``, or None."""
+
+    @abstractmethod
+    async def list_users(self) -> list[UserRecord]:
+        """Return every user by name."""
+
+    @abstractmethod
+    async def add_team(self, name: str, at: datetime, audit: AuditRecord) -> None:
+        """Create a team (Conflict if the name is taken), with the audit row."""
+
+    @abstractmethod
+    async def delete_team(self, name: str, audit: AuditRecord) -> None:
+        """Delete a team with its members and grants (NotFound if unknown)."""
+
+    @abstractmethod
+    async def set_team_member(self, team: str, user: str, member: bool, audit: AuditRecord) -> None:
+        """Add (``member``) or remove a user of a team, with the audit row."""
+
+    @abstractmethod
+    async def set_team_grant(
+        self, team: str, role: str, scope: str, granted: bool, audit: AuditRecord
+    ) -> None:
+        """Add (``granted``) or remove a team's grant of ``role`` on ``scope``."""
+
+    @abstractmethod
+    async def list_teams(self) -> list[TeamRecord]:
+        """Return every team with its members and grants, by name."""
+
+    @abstractmethod
+    async def user_grants(self, user: str) -> list[tuple[str, str]]:
+        """Return the (role, scope) grants of every team ``user`` belongs to."""
+
+    @abstractmethod
+    async def add_user_token(
+        self, token: UserTokenRecord, max_active: int, audit: AuditRecord
+    ) -> None:
+        """Store a new token of an existing user (NotFound if unknown), with the audit row;
+        Conflict when the user holds ``max_active`` unrevoked, unexpired tokens."""
+
+    @abstractmethod
+    async def get_user_token(self, token_id: str) -> UserTokenRecord | None:
+        """Return the token with ``token_id``, or None."""
+
+    @abstractmethod
+    async def list_user_tokens(self, user: str) -> list[UserTokenRecord]:
+        """Return a user's tokens, oldest first."""
+
+    @abstractmethod
+    async def revoke_user_token(self, user: str, token_id: str, audit: AuditRecord) -> None:
+        """Revoke a user's token (idempotent; NotFound if it is not the user's)."""
+
+    @abstractmethod
+    async def touch_user_token(self, token_id: str, at: datetime) -> None:
+        """Record that the token was used at ``at``."""
 
 
 def open_store(config: HubConfig) -> HubStore:

@@ -386,3 +386,36 @@ class PartsBound:
 
     max_lines: int = 100_000
     max_bytes: int = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """An operator user (hub.access): its tokens are kept apart, hashed."""
+
+    name: str
+    created_at: datetime
+    created_by: str
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class TeamRecord:
+    """A team: its members and its grants as (role, scope) with scope "all" or a selector."""
+
+    name: str
+    created_at: datetime
+    members: tuple[str, ...] = ()
+    grants: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class UserTokenRecord:
+    """An operator API token without its secret (only sha256 of the secret is kept)."""
+
+    id: str
+    user: str
+    secret_hash: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None

@@ -40,6 +40,7 @@ from hub.store.records import (
     SyncResult,
     TargetRecord,
 )
+from hub.store.sqlite_access import AccessMixin
 from hub.store.sqlite_actions import ActionsMixin
 from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
@@ -91,6 +92,7 @@ class SqliteStore(
     MetricsMixin,
     RolloutsMixin,
     TechniciansMixin,
+    AccessMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""

@@ -341,4 +341,44 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        16,
+        "operator access: users, teams, team members and grants, user API tokens (hashed)",
+        [
+            """CREATE TABLE users (
+                name TEXT PRIMARY KEY,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE teams (
+                name TEXT PRIMARY KEY,
+                created_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE team_members (
+                team TEXT NOT NULL REFERENCES teams (name) ON DELETE CASCADE,
+                user TEXT NOT NULL REFERENCES users (name),
+                PRIMARY KEY (team, user)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX team_members_user ON team_members (user)",
+            # scope: "all" or a selector in canonical form (str(hub.selector.parse(text)))
+            """CREATE TABLE team_grants (
+                team TEXT NOT NULL REFERENCES teams (name) ON DELETE CASCADE,
+                role TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                PRIMARY KEY (team, role, scope)
+            ) WITHOUT ROWID""",
+            # secret_hash: sha256 of the token's secret; the token itself is never stored.
+            """CREATE TABLE user_tokens (
+                id TEXT PRIMARY KEY,
+                user TEXT NOT NULL REFERENCES users (name),
+                secret_hash TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT,
+                last_used_at TEXT,
+                revoked_at TEXT
+            ) WITHOUT ROWID""",
+            "CREATE INDEX user_tokens_user ON user_tokens (user, created_at)",
+        ],
+    ),
 ]
