@@ -101,7 +101,8 @@ class ManifestDoc(_Doc):
     version: int = Field(ge=1, le=2**63 - 1)
     expires: datetime
     releases: dict[
-        Annotated[str, Field(max_length=256)], Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+        Annotated[str, Field(max_length=256)],
+        Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")],
     ] = Field(default_factory=dict, max_length=MAX_RELEASES)
 
 
