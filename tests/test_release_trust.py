@@ -129,9 +129,7 @@ def test_root_document_signatures_do_not_pass_as_a_manifest() -> None:
         check(rt.ReleaseTrust(roots=[ROOT1], manifest=forged), release())
 
 
-def test_rollback_to_a_release_dropped_from_the_manifest_is_refused_while_a_listed_one_is_kept() -> (
-    None
-):
+def test_rollback_to_a_withdrawn_release_is_refused_while_a_listed_one_is_kept() -> None:
     v1, v2, v3 = release("1"), release("2"), release("3")
     newest = make_manifest(7, [v2, v3], [A, B])  # v1 withdrawn, v2 (previous) still vouched
     trust = rt.ReleaseTrust(manifest=newest)
