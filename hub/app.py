@@ -26,6 +26,7 @@ from hub import (
     release_api,
     rollout_api,
     technician_api,
+    trust_api,
 )
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
@@ -94,6 +95,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(metrics_api.routes)
     app.add_routes(action_api.routes)
     app.add_routes(log_policy_api.routes)
+    app.add_routes(trust_api.routes)
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)

@@ -39,6 +39,7 @@ from hub.metrics_api import sample_view
 from hub.operator_calls import INT64_MAX, Body, audited, json_body, page, principal
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
+from hub.trust_api import trust_for_target
 from hub.wire import parse
 
 routes = web.RouteTableDef()
@@ -285,6 +286,7 @@ async def issue_target(
     """
     now = audit.at
     overrides = await overrides_for_target(hub.store, device_id, release, explicit)
+    release_trust = await trust_for_target(hub, device_id)
 
     def make(revision: int) -> Target:
         return Target(
@@ -298,6 +300,7 @@ async def issue_target(
             min_ready_s=options.min_ready_s,
             window=options.window,
             immediate=options.immediate,
+            release_trust=release_trust,
         )
 
     def build(revision: int) -> Any:
