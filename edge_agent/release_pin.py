@@ -28,7 +28,13 @@ from pydantic import ValidationError
 from edge_agent.anchor import RevisionAnchor
 from edge_agent.errors import ConfigError, ReleaseUntrusted
 from edge_agent.models import Target
-from edge_agent.release_trust import PinnedTrust, SignedRoot, check_release, verify_first_root
+from edge_agent.release_trust import (
+    PinnedTrust,
+    SignedRoot,
+    check_listed,
+    verify_first_root,
+    verify_trust,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +60,20 @@ class ReleasePin:
 
     async def admit(self, target: Target, now: datetime) -> None:
         """Raise ReleaseUntrusted unless the target's release is vouched for; raise the pin."""
-        new = check_release(target.release_trust, self.pinned, target.release, now)
-        if new is None or new == self.pinned:
-            return
-        if self.pinned is None or new.root != self.pinned.root:
-            log.warning("release root pinned at v%d", new.root.root.version)
-        await self.anchor.pin_release_trust(new.model_dump(mode="json"))
-        self.pinned = new
+        trust = target.release_trust
+        new = verify_trust(trust, self.pinned, target.release, now)
+        if new is None:
+            return  # no root pinned and none sent: this device does not check
+        if new != self.pinned:
+            # Raised before the release is looked up: a genuine newer manifest withdraws
+            # what it leaves out, even when it arrives with a release it does not list.
+            if self.pinned is None or new.root != self.pinned.root:
+                log.warning("release root pinned at v%d", new.root.root.version)
+            await self.anchor.pin_release_trust(new.model_dump(mode="json"))
+            self.pinned = new
+        if trust is None or trust.manifest is None:  # verify_trust refuses this already
+            raise ReleaseUntrusted(f"release {target.release.ref} carries no signatures")
+        check_listed(trust.manifest.manifest, target.release)
 
 
 def _read_root(path: Path) -> SignedRoot:

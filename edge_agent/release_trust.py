@@ -264,10 +264,23 @@ def update_root(pinned: SignedRoot, chain: list[SignedRoot]) -> SignedRoot:
 def check_release(
     trust: ReleaseTrust | None, pinned: PinnedTrust | None, release: Release, now: datetime
 ) -> PinnedTrust | None:
-    """Return the device's new pin if ``release`` is vouched for; raise ReleaseUntrusted.
+    """Return the device's new pin if ``release`` is vouched for; raise ReleaseUntrusted."""
+    new = verify_trust(trust, pinned, release, now)
+    if new is not None and trust is not None and trust.manifest is not None:
+        check_listed(trust.manifest.manifest, release)
+    return new
+
+
+def verify_trust(
+    trust: ReleaseTrust | None, pinned: PinnedTrust | None, release: Release, now: datetime
+) -> PinnedTrust | None:
+    """Return the pin the documents sent with ``release`` move the device to; raise.
 
     ``pinned`` None and no roots in ``trust``: the device does not check signatures
-    (returns None). ``pinned`` None and roots sent: trust on first use of ``roots[0]``.
+    (returns None). ``pinned`` None and roots sent: trust on first use of the lowest.
+    The result does not depend on whether the manifest lists ``release``: a genuine
+    newer manifest raises the device's floor even when it withdraws the release sent
+    with it (so the withdrawn one cannot come back with an older manifest).
     """
     if pinned is None:
         if trust is None or not trust.roots:
@@ -285,7 +298,6 @@ def check_release(
     if now >= root.expires:
         raise ReleaseUntrusted(f"release root v{root.version} expired at {root.expires}")
     version = _check_manifest(trust.manifest, root, pinned.manifest_version, now)
-    _check_listed(trust.manifest.manifest, release)
     return PinnedTrust(root=new_root, manifest_version=version)
 
 
@@ -301,7 +313,8 @@ def _check_manifest(signed: SignedManifest, root: RootDoc, seen: int, now: datet
     return m.version
 
 
-def _check_listed(manifest: ManifestDoc, release: Release) -> None:
+def check_listed(manifest: ManifestDoc, release: Release) -> None:
+    """Raise ReleaseUntrusted unless the manifest lists the release with its digest."""
     want = manifest.releases.get(release.ref)
     if want is None:
         raise ReleaseUntrusted(

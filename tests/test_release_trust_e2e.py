@@ -117,7 +117,7 @@ def inject(hub: HubProcess, device: str, target_of: Any) -> int:
 
 
 async def test_a_compromised_hub_cannot_make_a_device_run_what_operators_did_not_sign(
-    hub: HubProcess, tmp_path: Path, docker: aiodocker.Docker, test_images: TestImages
+    hub: HubProcess, tmp_path: Path, docker: aiodocker.Docker, images: TestImages
 ) -> None:
     keys = [str(tmp_path / f"op{i}.pem") for i in range(3)]
     for k in keys:
@@ -137,7 +137,7 @@ async def test_a_compromised_hub_cannot_make_a_device_run_what_operators_did_not
         *members,
     )
     edgectl(hub, "trust", "root", "show", "--out", str(tmp_path / "root.json"))
-    v1, v2, v3 = (create_release(hub, test_images, v) for v in ("1", "2", "3"))
+    v1, v2, v3 = (create_release(hub, images, v) for v in ("1", "2", "3"))
     edgectl(hub, "release", "sign", "app@1", "--key", keys[0], "--key", keys[2])
     agent = hub_agent(
         tmp_path / "agent",
