@@ -59,7 +59,10 @@ def create_release(hub: HubProcess, images: TestImages, version: str) -> dict[st
     doc = {
         "name": "app",
         "version": version,
-        "services": [{"name": "web", "image": images.digest_ref("good")}],
+        # a variable per version: each release's container differs from the others'
+        "services": [
+            {"name": "web", "image": images.digest_ref("good"), "environment": {"V": version}}
+        ],
     }
     return dict(hub._call("POST", "/api/v1/releases", {"release": doc})["release"])
 
@@ -217,6 +220,8 @@ async def test_a_compromised_hub_cannot_make_a_device_run_what_operators_did_not
         db.close()
         hub.set_target(device, v3)
         await refused(agent, "release app@3 carries no operator signatures")
+        # what runs is still the last release the operators vouched for (the wiped store
+        # reports no applied revision; the engine shows the containers)
         assert await _containers(docker, device) == ["app@2"]
 
 
