@@ -463,6 +463,9 @@ class Lifecycle:
         }
         if self.desired is not None and self.desired.is_expired(now()):
             out["target_expired"] = True
+        trust = self.release_pin.report(now()) if self.release_pin is not None else None
+        if trust is not None:
+            out["release_trust"] = trust  # local status only; ``stale``: a frozen manifest
         if self.state.phase is Phase.WAITING_WINDOW and self.waiting is not None:
             out["window_opens_at"] = self.waiting[1].isoformat()
         elif applying is not None and self.watch is not None:

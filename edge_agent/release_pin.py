@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -74,6 +75,22 @@ class ReleasePin:
         if trust is None or trust.manifest is None:  # verify_trust refuses this already
             raise ReleaseUntrusted(f"release {target.release.ref} carries no signatures")
         check_listed(trust.manifest.manifest, target.release)
+
+    def report(self, now: datetime) -> dict[str, Any] | None:
+        """Return the pin for the status; ``stale``: the newest manifest seen has expired.
+
+        A device left on a release whose manifest has expired (the hub sends nothing
+        newer: an indefinite freeze, or operators who stopped re-signing) is flagged.
+        """
+        if self.pinned is None:
+            return None
+        expires = self.pinned.manifest_expires
+        return {
+            "root_version": self.pinned.root.root.version,
+            "manifest_version": self.pinned.manifest_version,
+            "manifest_expires": expires.isoformat() if expires else None,
+            "stale": expires is not None and now >= expires,
+        }
 
 
 def _read_root(path: Path) -> SignedRoot:

@@ -125,6 +125,7 @@ class PinnedTrust(_Doc):
 
     root: SignedRoot
     manifest_version: int = 0
+    manifest_expires: datetime | None = None  # of the newest manifest seen (freeze flag)
 
 
 # ---- keys ---------------------------------------------------------------------------
@@ -298,7 +299,8 @@ def verify_trust(
     if now >= root.expires:
         raise ReleaseUntrusted(f"release root v{root.version} expired at {root.expires}")
     version = _check_manifest(trust.manifest, root, pinned.manifest_version, now)
-    return PinnedTrust(root=new_root, manifest_version=version)
+    expires = trust.manifest.manifest.expires
+    return PinnedTrust(root=new_root, manifest_version=version, manifest_expires=expires)
 
 
 def _check_manifest(signed: SignedManifest, root: RootDoc, seen: int, now: datetime) -> int:

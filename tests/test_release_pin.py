@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,18 @@ async def test_without_a_pin_or_a_root_nothing_is_checked(tmp_path: Path) -> Non
     pin = pin_at(tmp_path)
     await pin.admit(Target(device_id="d", revision=1, release=release("1")), NOW)
     assert pin.pinned is None and not (tmp_path / "anchor.json").exists()
+
+
+async def test_a_running_release_whose_manifest_expired_is_flagged_stale(tmp_path: Path) -> None:
+    pin = pin_at(tmp_path)
+    assert pin.report(NOW) is None
+    expires = NOW + timedelta(hours=1)
+    await pin.admit(target("1", make_manifest(2, [release("1")], [A, B], expires)), NOW)
+    assert pin.report(NOW) == {
+        "root_version": 1,
+        "manifest_version": 2,
+        "manifest_expires": expires.isoformat(),
+        "stale": False,
+    }
+    later = pin_at(tmp_path).report(expires)  # from anchor.json, after a restart
+    assert later is not None and later["stale"] is True
