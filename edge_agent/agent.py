@@ -22,6 +22,7 @@ from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TargetRe
 from edge_agent.executor import Reconciler, poll_completion, poll_health
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
+from edge_agent.release_pin import ReleasePin
 from edge_agent.sdnotify import sd_notify, watchdog_interval_s
 from edge_agent.store import AuditRow, LogLimits, Quota, Store, StoreLimits
 from edge_agent.supervisor import BackoffPolicy, RolloutWatch, ServiceState, Supervisor
@@ -338,6 +339,7 @@ class Agent:
             crash_looping=lambda: self.supervisor.crash_looping(),  # type: ignore[union-attr]
             on_state=self._set_state,
             on_error=self._set_error,
+            release_pin=ReleasePin(anchor, self.config.trust.release_root).load(),
         )
 
     def _set_state(self, state: str) -> None:

@@ -195,6 +195,14 @@ class ActionsConfig(Section):
     logs_flush_s: float = Field(0.2, gt=0, le=60)
 
 
+class TrustConfig(Section):
+    """Release signing (edge_agent/release_pin.py): the release root pinned at install."""
+
+    # A signed release root JSON file (``edgectl trust root show --json``); None: the
+    # first root a hub target carries is pinned (trust on first use).
+    release_root: Path | None = None
+
+
 class AgentConfig(Section):
     """The whole agent configuration."""
 
@@ -211,6 +219,7 @@ class AgentConfig(Section):
     image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
 
     @model_validator(mode="after")
     def _lan_is_https(self) -> AgentConfig:

@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError               bad configuration file or environment (not retryable)
     ├── InvalidDocument           a release/target failed validation; ``errors`` names fields
     ├── TargetRejected            signature, device, revision or expiry check failed
+    │   └── ReleaseUntrusted      too few valid operator signatures for the release
     ├── TechnicianRefused         a technician token is forged, expired, revoked, out of
     │                             scope or of the wrong role; ``status`` is 401 or 403
     ├── ActionRefused             a queued action is forged, for another device, expired,
@@ -69,6 +70,10 @@ class InvalidDocument(AgentError):
 
 class TargetRejected(AgentError):
     """A target failed a signature, addressee, revision or expiry check."""
+
+
+class ReleaseUntrusted(TargetRejected):
+    """A release lacks enough valid operator signatures (edge_agent/release_trust.py)."""
 
 
 class TechnicianRefused(AgentError):

@@ -24,6 +24,7 @@ from edge_agent.anchor import RevisionAnchor
 from edge_agent.errors import AgentError, ApplyFailed, InvalidDocument, TargetRejected
 from edge_agent.models import CurrentService, Target, parse_document
 from edge_agent.reconcile import PullStep
+from edge_agent.release_pin import ReleasePin
 from edge_agent.rollout import (
     Accepted,
     Action,
@@ -111,6 +112,7 @@ class Lifecycle:
         crash_looping: Callable[[], Collection[str]] = frozenset,
         on_state: Callable[[str], None] = lambda _s: None,
         on_error: Callable[[str], None] = lambda _m: None,
+        release_pin: ReleasePin | None = None,
     ) -> None:
         self.store = store
         self.converger = converger
@@ -121,6 +123,7 @@ class Lifecycle:
         self.crash_looping = crash_looping
         self.on_state = on_state
         self.on_error = on_error
+        self.release_pin = release_pin  # operator signatures every hub target needs
         self.state = LifeState()
         self.watch: RolloutWatch | None = None
         self.desired: Target | None = None
@@ -179,6 +182,8 @@ class Lifecycle:
                 raise TargetRejected(f"revision {target.revision} is not newer than {floor}")
             if target.is_expired(now()):
                 raise TargetRejected(f"target revision {target.revision} has expired")
+            if self.release_pin is not None:
+                await self.release_pin.admit(target, now())
             target_id = await self.store.save_target(
                 target.revision,
                 target.model_dump_json(),
@@ -458,6 +463,9 @@ class Lifecycle:
         }
         if self.desired is not None and self.desired.is_expired(now()):
             out["target_expired"] = True
+        trust = self.release_pin.report(now()) if self.release_pin is not None else None
+        if trust is not None:
+            out["release_trust"] = trust  # local status only; ``stale``: a frozen manifest
         if self.state.phase is Phase.WAITING_WINDOW and self.waiting is not None:
             out["window_opens_at"] = self.waiting[1].isoformat()
         elif applying is not None and self.watch is not None:

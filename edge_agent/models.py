@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from edge_agent.errors import InvalidDocument
+from edge_agent.release_trust import ReleaseTrust
 from edge_agent.window import parse_hhmm, zone
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -375,6 +376,8 @@ class Target(Strict):
     window: MaintenanceWindow | None = None
     # Apply at once, whatever the window: the hub returns a device to its previous release.
     immediate: bool = False
+    # Operator signatures for the release (feature "release_trust"; edge_agent/release_trust.py).
+    release_trust: ReleaseTrust | None = None
 
     @model_validator(mode="after")
     def _overrides_known(self) -> Target:

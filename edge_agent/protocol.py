@@ -60,6 +60,7 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
         d.condition == "completed" for s in t.release.services for d in s.depends_on.values()
     ),
     "window": lambda t: t.window is not None or t.immediate,
+    "release_trust": lambda t: t.release_trust is not None,
 }
 BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
@@ -82,6 +83,8 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Not a target feature: this agent reads SyncResponse.log_policy (sent only to agents
     # that list it; an older agent keeps shipping every log line).
     "log_policy",
+    # Target.release_trust: operator signatures of the release (edge_agent/release_trust.py).
+    "release_trust",
 }
 
 

@@ -19,6 +19,8 @@ from edge_agent.protocol import SignedTarget
 def canonical_json(target: Target) -> bytes:
     """Return the target as canonical JSON bytes (sorted keys, no spaces)."""
     doc = target.model_dump(mode="json")
+    if doc.get("release_trust") is None:
+        doc.pop("release_trust", None)  # only agents with feature "release_trust" see it
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 

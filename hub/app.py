@@ -28,6 +28,7 @@ from hub import (
     release_api,
     rollout_api,
     technician_api,
+    trust_api,
     user_api,
 )
 from hub.auth import OperatorAuth
@@ -106,6 +107,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(action_api.routes)
     app.add_routes(log_policy_api.routes)
     app.add_routes(user_api.routes)
+    app.add_routes(trust_api.routes)
     openapi_api.install(app)  # after every route: it describes them all at startup
     check_routes(app)  # after every add_routes: a route without a permission is refused
     app[LOG_POLICIES] = PolicyCache()

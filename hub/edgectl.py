@@ -61,6 +61,7 @@ from hub import (
     edgectl_metrics,
     edgectl_rollout,
     edgectl_technician,
+    edgectl_trust,
 )
 
 DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
@@ -212,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     edgectl_access.add_parser(sub)
     edgectl_action.add_parser(sub)
     edgectl_logs.add_parser(sub)
+    edgectl_trust.add_parser(sub)
     return p
 
 
@@ -336,6 +338,7 @@ def _release_parser(sub: Any) -> None:
     retire = release.add_parser("retire", help="retire a release")
     retire.add_argument("ref", metavar="NAME@VERSION")
     retire.add_argument("--reason", required=True)
+    edgectl_trust.add_release_parsers(release)
 
 
 def _is_compose(path: Path) -> bool:
@@ -466,6 +469,11 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         if action == "show":
             return client.call("GET", f"/api/v1/devices/{args.id}/target")
         return client.call("POST", f"/api/v1/devices/{args.id}/target", _target_body(args))
+    if cmd == "trust" or (cmd == "release" and action in ("sign", "revoke")):
+        try:
+            return edgectl_trust.run(args, client.call, parse_duration)
+        except edgectl_trust.UsageError as exc:
+            raise CtlError(str(exc)) from None
     if cmd == "release":
         return _run_release(args, client)
     if cmd in ("drift", "retired"):
@@ -551,6 +559,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run ``edgectl``."""
     args = _parser().parse_args(argv)
     try:
+        if edgectl_trust.is_offline(args):  # key generation never talks to the hub
+            try:
+                _print(args, edgectl_trust.keygen(args), None)  # type: ignore[arg-type]
+            except edgectl_trust.UsageError as exc:
+                raise CtlError(str(exc)) from None
+            return
         if not args.hub:
             raise CtlError("no hub: pass --hub or set EDGECTL_HUB")
         token = args.token

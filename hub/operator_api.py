@@ -42,6 +42,7 @@ from hub.operator_calls import INT64_MAX, PAGE_QUERY, Body, audited, json_body, 
 from hub.route_access import visible_devices
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
+from hub.trust_api import trust_for_target
 from hub.wire import parse
 
 routes = web.RouteTableDef()
@@ -295,6 +296,7 @@ async def issue_target(
     """
     now = audit.at
     overrides = await overrides_for_target(hub.store, device_id, release, explicit)
+    release_trust = await trust_for_target(hub, device_id)
 
     def make(revision: int) -> Target:
         return Target(
@@ -308,6 +310,7 @@ async def issue_target(
             min_ready_s=options.min_ready_s,
             window=options.window,
             immediate=options.immediate,
+            release_trust=release_trust,
         )
 
     def build(revision: int) -> Any:

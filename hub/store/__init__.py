@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from edge_agent.protocol import SignedTarget
+from edge_agent.release_trust import SignedManifest, SignedRoot
 from hub.config import HubConfig
 from hub.store.records import (
     ActionPart,
@@ -485,6 +486,24 @@ class HubStore(ABC):
     @abstractmethod
     async def touch_user_token(self, token_id: str, at: datetime) -> None:
         """Record that the token was used at ``at``."""
+
+    # release signing (hub/store/sqlite_trust.py) ------------------------------------
+
+    @abstractmethod
+    async def release_roots(self) -> list[SignedRoot]:
+        """Return every release root, oldest version first."""
+
+    @abstractmethod
+    async def add_release_root(self, signed: SignedRoot, audit: AuditRecord) -> None:
+        """Store the next root version with its audit row; Conflict if it is not the next."""
+
+    @abstractmethod
+    async def release_manifests(self, limit: int) -> list[SignedManifest]:
+        """Return the newest ``limit`` vouched-release manifests, newest version first."""
+
+    @abstractmethod
+    async def put_release_manifest(self, signed: SignedManifest, audit: AuditRecord) -> None:
+        """Store (or replace) the manifest of its version, with the audit row."""
 
 
 def open_store(config: HubConfig) -> HubStore:

@@ -50,6 +50,7 @@ from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_technicians import TechniciansMixin
+from hub.store.sqlite_trust import TrustMixin
 from hub.store.writer import GroupCommitWriter
 
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = ?"
@@ -93,6 +94,7 @@ class SqliteStore(
     RolloutsMixin,
     TechniciansMixin,
     AccessMixin,
+    TrustMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""

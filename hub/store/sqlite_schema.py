@@ -381,4 +381,22 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             "CREATE INDEX user_tokens_user ON user_tokens (user, created_at)",
         ],
     ),
+    (
+        18,
+        "release signing: operator release roots and vouched-release manifests (no keys)",
+        [
+            # document: a SignedRoot (edge_agent/release_trust.py), verified on upload.
+            """CREATE TABLE release_roots (
+                version INTEGER PRIMARY KEY,
+                document TEXT NOT NULL,
+                added_at TEXT NOT NULL
+            )""",
+            # document: a SignedManifest; its signatures grow as operators add theirs.
+            """CREATE TABLE release_manifests (
+                version INTEGER PRIMARY KEY,
+                document TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+        ],
+    ),
 ]
