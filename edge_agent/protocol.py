@@ -59,6 +59,7 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
         d.condition == "completed" for s in t.release.services for d in s.depends_on.values()
     ),
     "window": lambda t: t.window is not None or t.immediate,
+    "secrets": lambda t: bool(t.secrets) or bool(t.secret_names()),
 }
 BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
@@ -81,6 +82,9 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Not a target feature: this agent reads SyncResponse.log_policy (sent only to agents
     # that list it; an older agent keeps shipping every log line).
     "log_policy",
+    # Service.secret_env, RegistryAuth.password_secret and Target.secrets (the values, put
+    # in by the hub only for devices whose release names them).
+    "secrets",
 }
 
 

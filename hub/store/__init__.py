@@ -42,6 +42,8 @@ from hub.store.records import (
     PartsBound,
     PartTotals,
     ReleaseRecord,
+    SealedSecret,
+    SecretRecord,
     RenewedCert,
     RolloutRecord,
     SyncBatch,
@@ -74,6 +76,8 @@ __all__ = [
     "PartsBound",
     "ReleaseRecord",
     "RolloutRecord",
+    "SealedSecret",
+    "SecretRecord",
     "SyncBatch",
     "SyncResult",
     "TargetRecord",
@@ -416,6 +420,32 @@ class HubStore(ABC):
     async def device_data_size(self, device_id: str) -> tuple[int, int]:
         """Return (rows, bytes) of the device's non-audit data."""
 
+
+    # ---- secrets (hub migration 19; values only ever sealed, see hub.secrets) ----
+
+    @abstractmethod
+    async def put_secrets(
+        self, sealed: Sequence[SealedSecret], at: datetime, by: str, audit: AuditRecord | None
+    ) -> list[bool]:
+        """Store sealed values (new or replacing) with the audit row; return which were new."""
+
+    @abstractmethod
+    async def list_secrets(self) -> list[SecretRecord]:
+        """Return every secret's metadata (never a value), by name."""
+
+    @abstractmethod
+    async def sealed_secrets(self, names: Sequence[str]) -> dict[str, SealedSecret]:
+        """Return the sealed values of the named secrets that exist."""
+
+    @abstractmethod
+    async def delete_secret(self, name: str, audit: AuditRecord) -> None:
+        """Delete a secret no release names (NotFound; Conflict naming the releases)."""
+
+    @abstractmethod
+    async def reseal_secrets(
+        self, reseal: Callable[[SealedSecret], SealedSecret], audit: AuditRecord
+    ) -> int:
+        """Re-seal every value with ``reseal`` in one transaction; return how many changed."""
 
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""

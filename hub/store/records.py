@@ -386,3 +386,24 @@ class PartsBound:
 
     max_lines: int = 100_000
     max_bytes: int = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class SecretRecord:
+    """A hub secret as listed: its name and history, never its value."""
+
+    name: str
+    key_id: str  # the secret key its value is sealed under
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class SealedSecret:
+    """A secret's value as stored: sealed (``hub.secrets.SecretBox``), never in clear."""
+
+    name: str
+    sealed: str
+    key_id: str
