@@ -25,6 +25,7 @@ from hub import (
     operator_api,
     release_api,
     rollout_api,
+    secret_api,
     technician_api,
 )
 from hub.auth import OperatorAuth
@@ -35,6 +36,8 @@ from hub.log_policy import LOG_POLICIES, PolicyCache
 from hub.pki import HubPKI
 from hub.retention import RETENTION, Retention
 from hub.rollout_engine import ENGINE, RolloutEngine
+from hub.secret_refs import SECRET_BOX
+from hub.secrets import SecretBox
 from hub.store import open_store
 from hub.wire import BODY_TIMEOUT, error_middleware
 
@@ -94,6 +97,8 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(metrics_api.routes)
     app.add_routes(action_api.routes)
     app.add_routes(log_policy_api.routes)
+    app.add_routes(secret_api.routes)
+    app[SECRET_BOX] = SecretBox.ensure(config.data_dir)  # the key is made at first start
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)

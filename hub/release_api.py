@@ -23,15 +23,17 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, model_validator
 
-from edge_agent.models import Release
+from edge_agent.models import RegistryAuth, Release
+from hub import secret_refs
 from hub.auth import Permission
 from hub.compose import import_compose
 from hub.compose_report import ImportReport
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, HubError, NotFound
-from hub.operator_calls import Body, audited, json_body, page, principal
+from hub.operator_calls import Action, Body, audited, json_body, page, principal
 from hub.registry import Resolved, resolve_images
-from hub.store import ReleaseRecord
+from hub.secret_refs import SECRET_BOX
+from hub.store import AuditRecord, ReleaseRecord
 from hub.wire import parse
 
 routes = web.RouteTableDef()
@@ -90,11 +92,17 @@ def canonical(release: Release) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-async def pin(hub: HubContext, release: Release) -> tuple[Release, list[dict[str, Any]]]:
-    """Return the release with each image pinned to its digest, and per service what was done."""
+async def pin(
+    hub: HubContext, release: Release, auths: list[RegistryAuth] | None = None
+) -> tuple[Release, list[dict[str, Any]]]:
+    """Return the release with each image pinned to its digest, and per service what was done.
+
+    ``auths``: the release's registry credentials with their passwords (secrets resolved).
+    """
     images = [s.image for s in release.services]
+    creds = release.registry_auth if auths is None else auths
     try:
-        resolved = await resolve_images(images, hub.config.registries, release.registry_auth)
+        resolved = await resolve_images(images, hub.config.registries, creds)
     except HubError as exc:
         exc.fields = _fields_of(release, exc)
         raise
@@ -152,7 +160,8 @@ def release_view(r: ReleaseRecord, *, document: bool = True) -> dict[str, Any]:
 def _redacted(doc: dict[str, Any]) -> dict[str, Any]:
     """Return the document with registry passwords replaced (only devices get them)."""
     for auth in doc.get("registry_auth", []):
-        auth["password"] = REDACTED
+        if auth.get("password") is not None:  # a release stored before the secret store
+            auth["password"] = REDACTED
     return doc
 
 
@@ -168,11 +177,16 @@ async def create_release(request: web.Request) -> web.Response:
     """Resolve every image to a digest and store the release (idempotent, immutable)."""
     hub = ctx(request)
     async with audited(request, Permission.RELEASES_WRITE, "release.create", "-") as act:
-        release, report = _release_of(parse(CreateReleaseRequest, await json_body(request)))
-        act.target = release.ref
+        given, report = _release_of(parse(CreateReleaseRequest, await json_body(request)))
+        act.target = given.ref
+        prepared = await secret_refs.prepare(request.app[SECRET_BOX], hub.store, given)
+        release = prepared.release  # clear registry passwords moved to the secret store
         source = canonical(release)
         existing = await hub.store.get_release(release.name, release.version)
-        if existing is not None and existing.source != source:
+        if existing is not None and (
+            existing.source != source
+            or await secret_refs.moved_differ(request.app[SECRET_BOX], hub.store, prepared)
+        ):
             raise Conflict(
                 f"release {release.ref} exists with different content; releases are "
                 "immutable: create a new version",
@@ -181,7 +195,8 @@ async def create_release(request: web.Request) -> web.Response:
         if existing is not None:
             await hub.store.record_audit(act.ok(idempotent=True))
             return web.json_response(_with_report(release_view(existing), report), status=200)
-        pinned, images = await pin(hub, release)
+        pinned, images = await pin(hub, release, prepared.auths)
+        await _move_passwords(hub, act, prepared)
         record = ReleaseRecord(
             release.name,
             release.version,
@@ -195,6 +210,21 @@ async def create_release(request: web.Request) -> web.Response:
         stored, created = await hub.store.create_release(record, act.ok(digests=digests))
     view = _with_report(release_view(stored), report)
     return web.json_response(view, status=201 if created else 200)
+
+
+async def _move_passwords(hub: HubContext, act: Action, prepared: secret_refs.Prepared) -> None:
+    """Seal the registry passwords a release gave in clear into the secret store, audited."""
+    for sealed in prepared.moved:
+        audit = AuditRecord(
+            act.principal.name,
+            "secret.set",
+            sealed.name,
+            "ok",
+            hub.now(),
+            {"key_id": sealed.key_id, "moved_from": prepared.release.ref},
+            source_addr=act.source,
+        )
+        await hub.store.put_secrets([sealed], audit.at, act.principal.name, audit)
 
 
 def _with_report(view: dict[str, Any], report: ImportReport | None) -> dict[str, Any]:

@@ -42,10 +42,10 @@ from hub.store.records import (
     PartsBound,
     PartTotals,
     ReleaseRecord,
-    SealedSecret,
-    SecretRecord,
     RenewedCert,
     RolloutRecord,
+    SealedSecret,
+    SecretRecord,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -419,7 +419,6 @@ class HubStore(ABC):
     @abstractmethod
     async def device_data_size(self, device_id: str) -> tuple[int, int]:
         """Return (rows, bytes) of the device's non-audit data."""
-
 
     # ---- secrets (hub migration 19; values only ever sealed, see hub.secrets) ----
 

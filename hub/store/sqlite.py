@@ -48,8 +48,8 @@ from hub.store.sqlite_logs import LogsMixin
 from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
-from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.sqlite_secrets import SecretsMixin
+from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.writer import GroupCommitWriter
 
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = ?"
