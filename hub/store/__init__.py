@@ -446,6 +446,7 @@ class HubStore(ABC):
     ) -> int:
         """Re-seal every value with ``reseal`` in one transaction; return how many changed."""
 
+
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""
     from hub.store.sqlite import SqliteStore
