@@ -30,10 +30,10 @@ from hub.compose import import_compose
 from hub.compose_report import ImportReport
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, HubError, NotFound
-from hub.operator_calls import Action, Body, audited, json_body, page, principal
+from hub.operator_calls import Body, audited, json_body, page, principal
 from hub.registry import Resolved, resolve_images
 from hub.secret_refs import SECRET_BOX
-from hub.store import AuditRecord, ReleaseRecord
+from hub.store import ReleaseRecord
 from hub.wire import parse
 
 routes = web.RouteTableDef()
@@ -196,7 +196,7 @@ async def create_release(request: web.Request) -> web.Response:
             await hub.store.record_audit(act.ok(idempotent=True))
             return web.json_response(_with_report(release_view(existing), report), status=200)
         pinned, images = await pin(hub, release, prepared.auths)
-        await _move_passwords(hub, act, prepared)
+        await secret_refs.save_moved(hub.store, prepared, act.principal.name, act.source)
         record = ReleaseRecord(
             release.name,
             release.version,
@@ -210,21 +210,6 @@ async def create_release(request: web.Request) -> web.Response:
         stored, created = await hub.store.create_release(record, act.ok(digests=digests))
     view = _with_report(release_view(stored), report)
     return web.json_response(view, status=201 if created else 200)
-
-
-async def _move_passwords(hub: HubContext, act: Action, prepared: secret_refs.Prepared) -> None:
-    """Seal the registry passwords a release gave in clear into the secret store, audited."""
-    for sealed in prepared.moved:
-        audit = AuditRecord(
-            act.principal.name,
-            "secret.set",
-            sealed.name,
-            "ok",
-            hub.now(),
-            {"key_id": sealed.key_id, "moved_from": prepared.release.ref},
-            source_addr=act.source,
-        )
-        await hub.store.put_secrets([sealed], audit.at, act.principal.name, audit)
 
 
 def _with_report(view: dict[str, Any], report: ImportReport | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -29,7 +30,7 @@ from edge_agent.signing import sign_target
 from hub.context import HubContext
 from hub.errors import SecretKeyError, UnknownSecret
 from hub.secrets import SecretBox
-from hub.store import HubStore, SealedSecret
+from hub.store import AuditRecord, HubStore, SealedSecret
 
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 _UNSAFE = re.compile(r"[^a-z0-9_.-]")
@@ -96,6 +97,21 @@ def _refuse_unknown(release: Release, unknown: list[str]) -> None:
 
 def _field(path: str, name: str) -> dict[str, Any]:
     return {"field": path, "message": f"no secret {name!r}"}
+
+
+async def save_moved(store: HubStore, prepared: Prepared, actor: str, source: str) -> None:
+    """Store the registry passwords a release gave in clear, each audited by name."""
+    for sealed in prepared.moved:
+        audit = AuditRecord(
+            actor,
+            "secret.set",
+            sealed.name,
+            "ok",
+            datetime.now(UTC),
+            {"key_id": sealed.key_id, "moved_from": prepared.release.ref},
+            source_addr=source,
+        )
+        await store.put_secrets([sealed], audit.at, actor, audit)
 
 
 async def moved_differ(box: SecretBox, store: HubStore, prepared: Prepared) -> list[str]:
