@@ -29,6 +29,7 @@
     rollout pause|resume|abort|rollback ID [--reason TEXT]
     technician issue NAME --role read|operate --scope "site=berlin" [--expires 8h]
     technician list | technician revoke ID
+    secret set NAME [--value-file F] (else stdin) | secret list | secret delete NAME
     action DEVICE KIND [ARGS...] [--expires 1h] | action --group G KIND [ARGS...]
     action show ID | actions [--device D] [--state S] [--limit N]
 
@@ -57,6 +58,7 @@ from hub import (
     edgectl_logs,
     edgectl_metrics,
     edgectl_rollout,
+    edgectl_secret,
     edgectl_technician,
 )
 
@@ -208,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     edgectl_technician.add_parser(sub)
     edgectl_action.add_parser(sub)
     edgectl_logs.add_parser(sub)
+    edgectl_secret.add_parser(sub)
     return p
 
 
@@ -470,6 +473,11 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return edgectl_rollout.run(args, client.call, parse_duration)
     if cmd == "technician":
         return edgectl_technician.run(args, client.call, parse_duration)
+    if cmd == "secret":
+        try:
+            return edgectl_secret.run(args, client.call)
+        except edgectl_secret.UsageError as exc:
+            raise CtlError(str(exc)) from None
     if cmd in ("action", "actions"):
         try:
             return edgectl_action.run(args, client.call, parse_duration)
@@ -491,6 +499,9 @@ def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
         return
     if args.command == "technician":
         edgectl_technician.show(args, result, sanitize, _print_table)
+        return
+    if args.command == "secret":
+        edgectl_secret.show(args, result, sanitize, _print_table)
         return
     if args.command in ("action", "actions"):
         edgectl_action.show(args, result, sanitize, _print_table)
