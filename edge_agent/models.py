@@ -172,7 +172,7 @@ class Service(Strict):
     image: str = Field(min_length=1, description="tag or repo@sha256:digest")
     command: list[str] | None = None
     entrypoint: list[str] | None = None
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold secrets
     ports: list[PortMapping] = Field(default_factory=list)
     volumes: list[VolumeMount] = Field(default_factory=list)
     restart: Literal["always", "on-failure", "no", "unless-stopped"] = "always"
@@ -440,7 +440,9 @@ class Target(Strict):
         out = []
         for s in self.release.services:
             env = {**self.overrides.get(s.name, {}), **self._secret_values(s.secret_env)}
-            out.append(s.model_copy(update={"environment": {**s.environment, **env}}) if env else s)
+            if env:  # the values replace the names: a resolved service names no secret
+                s = s.model_copy(update={"environment": {**s.environment, **env}, "secret_env": {}})
+            out.append(s)
         return out
 
     def registry_auths(self) -> list[RegistryAuth]:
