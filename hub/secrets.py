@@ -67,8 +67,7 @@ class SecretBox:
 
     def seal(self, name: str, value: str) -> str:
         """Return ``value`` encrypted under the current key, bound to ``name``."""
-        if self._data_dir is not None and self._current_on_disk() != self.current:
-            self._reload()  # rotated beside this hub: seal under the new key at once
+        self._refresh()
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(self._keys[self.current]).encrypt(nonce, value.encode(), name.encode())
         return f"{self.current}:{base64.b64encode(nonce + sealed).decode()}"
@@ -88,6 +87,10 @@ class SecretBox:
             raise SecretKeyError(f"secret {name!r} does not open with key {key_id!r}") from exc
         return plain.decode()
 
+    def _refresh(self) -> None:
+        if self._data_dir is not None and self._current_on_disk() != self.current:
+            self._reload()  # rotated beside this hub: seal under the new key at once
+
     def _current_on_disk(self) -> str:
         assert self._data_dir is not None
         try:
@@ -102,6 +105,7 @@ class SecretBox:
 
     def reseal(self, name: str, sealed: str) -> str:
         """Return the value re-sealed under the current key (as given if it is already)."""
+        self._refresh()
         if self.key_of(sealed) == self.current:
             return sealed
         return self.seal(name, self.open(name, sealed))
