@@ -403,9 +403,11 @@ async def long_poll_target(request: web.Request) -> web.Response:
                 and target.revision > after
                 and is_deliverable(target.signed, features)
             ):
-                response = respond(await deliverable(hub, request.app[SECRET_BOX], target.signed))
-                response.enable_compression()
-                return response
+                signed = await deliverable(hub, request.app[SECRET_BOX], target.signed)
+                if signed is not None:  # None: a secret does not open (logged); held
+                    response = respond(signed)
+                    response.enable_compression()
+                    return response
             wake = await wake_header(hub, device.id, features, hub.now())
             if wake is not None:  # an action is queued: the agent syncs to take it
                 return web.Response(status=204, headers=wake)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from hub.errors import SecretKeyError, UnknownSecret
 from hub.secrets import SecretBox
 from hub.store import AuditRecord, HubStore, SealedSecret
 
+log = logging.getLogger(__name__)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 _UNSAFE = re.compile(r"[^a-z0-9_.-]")
 
@@ -124,12 +126,21 @@ async def moved_differ(box: SecretBox, store: HubStore, prepared: Prepared) -> l
     )
 
 
-async def deliverable(hub: HubContext, box: SecretBox, signed: SignedTarget) -> SignedTarget:
+async def deliverable(hub: HubContext, box: SecretBox, signed: SignedTarget) -> SignedTarget | None:
     """Return the target as its device gets it: with the values of the secrets it names.
 
     A target naming no secret is returned as stored. The values go only into this copy,
-    signed for this device; the hub's stored target keeps the names alone.
+    signed for this device; the hub's stored target keeps the names alone. None (held,
+    logged by name) when a value cannot be opened: never a target without its values.
     """
+    try:
+        return await _with_values(hub, box, signed)
+    except SecretKeyError as exc:
+        log.error("target held from its device: %s", exc.message)
+        return None
+
+
+async def _with_values(hub: HubContext, box: SecretBox, signed: SignedTarget) -> SignedTarget:
     try:
         doc, _ = strip_unknown(Target, json.loads(base64.b64decode(signed.payload)))
         target = Target.model_validate(doc)

@@ -236,3 +236,27 @@ async def test_edgectl_secret_reads_values_from_a_file_or_stdin_and_never_prints
     assert gone.returncode == 0 and f"deleted secret {name}" in gone.stdout
     empty = await hub.edgectl("secret", "set", name, "--value-file", "/dev/null")
     assert empty.returncode == 2 and "empty" in empty.stderr
+
+
+async def test_target_is_held_when_its_secret_does_not_open(
+    hub: RunningHub, device: DeviceIdentity
+):
+    """Never a target without its values: a value that does not open holds the target."""
+    import sqlite3
+
+    await capable(hub, device)
+    secret = unique()
+    _, made = await hub.api("PUT", f"/api/v1/secrets/{secret}", {"value": "x"})
+    await hub.set_target(device.device_id, release(unique("rel"), secret_env={"T": secret}))
+    with sqlite3.connect(hub.data_dir / "hub.db", timeout=10) as db:  # a damaged value
+        db.execute(
+            "UPDATE secrets SET sealed = ? WHERE name = ?", (f"{made['key_id']}:AAAA", secret)
+        )
+    body = {"protocol": 3, "epoch": "e1", "features": FEATURES, "entries": []}
+    status, got = await sync(hub, device, body)
+    assert status == 200 and got["target"] is None
+    status, _ = await hub.request(
+        "GET", "/v1/target?after=0&wait=0.2", ssl_context=device.ssl_context()
+    )
+    assert status == 204
+    assert f"secret {secret!r} does not open" in hub.log()
