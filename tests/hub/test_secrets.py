@@ -260,3 +260,24 @@ async def test_target_is_held_when_its_secret_does_not_open(
     )
     assert status == 204
     assert f"secret {secret!r} does not open" in hub.log()
+
+
+async def test_compose_names_secrets_with_an_extension_key(hub: RunningHub):
+    secret, name = unique(), unique("rel")
+    text = (
+        "services:\n"
+        "  web:\n"
+        f"    image: {OPEN}/{GOOD}:1\n"
+        "    environment: {MODE: prod}\n"
+        f"    x-edgefleet-secret-env: {{DB_PASSWORD: {secret}}}\n"
+    )
+    form = {"compose": {"name": name, "version": "1", "text": text}}
+    status, err = await hub.api("POST", "/api/v1/releases", form)
+    assert status == 422 and err["error"] == "unknown_secret", err
+    assert err["fields"][0]["field"] == "release.services.0.secret_env.DB_PASSWORD"
+    assert (await hub.api("PUT", f"/api/v1/secrets/{secret}", {"value": "x"}))[0] == 201
+    status, body = await hub.api("POST", "/api/v1/releases", form)
+    assert status == 201, body
+    service = body["release"]["services"][0]
+    assert service["secret_env"] == {"DB_PASSWORD": secret}
+    assert service["environment"] == {"MODE": "prod"}
