@@ -109,10 +109,10 @@ async def test_only_the_device_whose_release_names_a_secret_gets_it_in_its_conta
 
 
 async def _reported(hub: RunningHub, *devices: str) -> bool:
-    """Every device has synced once (so the hub knows its agent's features)."""
+    """Every device has sent a status (a sync, which tells the hub its agent's features)."""
     for d in devices:
         _, view = await hub.api("GET", f"/api/v1/devices/{d}")
-        if not view.get("last_contact"):
+        if not view.get("state"):
             return False
     return True
 
