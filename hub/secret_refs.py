@@ -72,10 +72,17 @@ async def prepare(box: SecretBox, store: HubStore, release: Release) -> Prepared
     wanted = sorted(secret_names(named) - set(moved))
     found = await store.sealed_secrets(wanted)
     _refuse_unknown(named, sorted(set(wanted) - set(found)))
-    values = {**moved, **{n: box.open(n, s.sealed) for n, s in found.items()}}
-    clear = [a.model_copy(update={"password": values[a.password_secret or ""]}) for a in auths]
+    clear = [a.model_copy(update={"password": _password(box, a, moved, found)}) for a in auths]
     sealed = [SealedSecret(n, box.seal(n, v), box.current) for n, v in moved.items()]
     return Prepared(named, sealed, moved, clear)
+
+
+def _password(
+    box: SecretBox, auth: RegistryAuth, moved: dict[str, str], found: dict[str, SealedSecret]
+) -> str:
+    """Return a registry password for pinning (only these values are opened on create)."""
+    name = auth.password_secret or ""
+    return moved[name] if name in moved else box.open(name, found[name].sealed)
 
 
 def _refuse_unknown(release: Release, unknown: list[str]) -> None:
