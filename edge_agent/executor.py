@@ -227,7 +227,7 @@ class _Apply:
 
     async def _pull(self, step: Step) -> None:
         assert isinstance(step, PullStep)
-        auth = auth_for(step.registry, self.target.release.registry_auth)
+        auth = auth_for(step.registry, self.target.registry_auths())
         await self.runtime.pull(step.image, auth)
 
     async def _create_network(self, step: Step) -> None:

@@ -175,6 +175,9 @@ class Lifecycle:
                 raise TargetRejected(
                     f"target is for {target.device_id!r}, this is {self.device_id!r}"
                 )
+            missing = target.missing_secrets()
+            if missing:  # a local apply of a release naming hub secrets: no values here
+                raise TargetRejected(f"target carries no value for secret(s) {', '.join(missing)}")
             if source == "local":
                 return await self._accept_local(target, actor)
             floor = await self.hub_floor()

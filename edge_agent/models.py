@@ -53,6 +53,18 @@ def _check_name(v: str) -> str:
 # A service or release name: lower-case, usable in container and network names.
 Name = Annotated[str, AfterValidator(_check_name)]
 
+# The name of a hub secret (feature "secrets"): what a release names instead of a value.
+SECRET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+
+
+def _check_secret_name(v: str) -> str:
+    if not SECRET_NAME_RE.match(v):
+        raise ValueError("secret name must match " + SECRET_NAME_RE.pattern)
+    return v
+
+
+SecretName = Annotated[str, AfterValidator(_check_secret_name)]
+
 
 class Strict(BaseModel):
     """Base for documents: unknown fields are errors, not silently dropped."""
@@ -115,7 +127,16 @@ class RegistryAuth(Strict):
 
     server: str = Field(min_length=1)
     username: str = Field(min_length=1)
-    password: str = Field(min_length=1, repr=False)
+    # Exactly one: the password itself, or the name of the hub secret holding it (the hub
+    # moves a password given in clear into its secret store and keeps only the name).
+    password: str | None = Field(None, min_length=1, repr=False)
+    password_secret: SecretName | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> RegistryAuth:
+        if (self.password is None) == (self.password_secret is None):
+            raise ValueError('give exactly one of "password" or "password_secret"')
+        return self
 
 
 class Dependency(Strict):
@@ -152,7 +173,7 @@ class Service(Strict):
     image: str = Field(min_length=1, description="tag or repo@sha256:digest")
     command: list[str] | None = None
     entrypoint: list[str] | None = None
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold secrets
     ports: list[PortMapping] = Field(default_factory=list)
     volumes: list[VolumeMount] = Field(default_factory=list)
     restart: Literal["always", "on-failure", "no", "unless-stopped"] = "always"
@@ -184,6 +205,9 @@ class Service(Strict):
     stop_signal: str | None = Field(None, min_length=1, max_length=32)
     init: bool = False
     log_limits: LogLimits | None = None
+    # Environment variables whose values are hub secrets: VAR -> secret name (feature
+    # "secrets"). The target carries the values; the release only the names.
+    secret_env: dict[str, SecretName] = Field(default_factory=dict, max_length=256)
 
     @field_validator("environment")
     @classmethod
@@ -192,6 +216,18 @@ class Service(Strict):
         if bad:
             raise ValueError(f"invalid variable name(s): {', '.join(sorted(bad))}")
         return v
+
+    @model_validator(mode="after")
+    def _secret_env_apart(self) -> Service:
+        bad = sorted(k for k in self.secret_env if not ENV_KEY_RE.match(k))
+        if bad:
+            raise ValueError(f"secret_env: invalid variable name(s): {', '.join(bad)}")
+        both = sorted(set(self.secret_env) & set(self.environment))
+        if both:
+            raise ValueError(
+                f"variable(s) {', '.join(both)} in both environment and secret_env: give one"
+            )
+        return self
 
     @field_validator("expose")
     @classmethod
@@ -237,7 +273,8 @@ class Service(Strict):
 
     def hashed_extras(self) -> set[str]:
         """Return which later-added options this service sets ({"container_options"} or {})."""
-        doc = self.model_dump(mode="json", include=set(_HASHED_WHEN_SET) - {"networks"})
+        extras = set(_HASHED_WHEN_SET) - {"networks", "secret_env"}
+        doc = self.model_dump(mode="json", include=extras)
         used = any(doc[name] != _SERVICE_DEFAULTS[name] for name in doc)
         return {"container_options"} if used else set()
 
@@ -260,6 +297,7 @@ _HASHED_WHEN_SET = (
     "user", "working_dir", "hostname", "aliases", "expose", "cap_add", "cap_drop",
     "devices", "privileged", "network_mode", "networks", "tmpfs", "read_only",
     "extra_hosts", "dns", "sysctls", "security_opt", "stop_signal", "init", "log_limits",
+    "secret_env",
 )  # fmt: skip
 _SERVICE_DEFAULTS = {
     name: Service.model_fields[name].get_default(call_default_factory=True)
@@ -309,6 +347,12 @@ class Release(Strict):
     def ref(self) -> str:
         """Return ``name@version``."""
         return f"{self.name}@{self.version}"
+
+
+def secret_names(release: Release) -> set[str]:
+    """Return the names of the hub secrets a release refers to."""
+    names = {n for s in release.services for n in s.secret_env.values()}
+    return names | {a.password_secret for a in release.registry_auth if a.password_secret}
 
 
 def _check_acyclic(graph: dict[str, set[str]]) -> None:
@@ -378,6 +422,9 @@ class Target(Strict):
     immediate: bool = False
     # Operator signatures for the release (feature "release_trust"; edge_agent/release_trust.py).
     release_trust: ReleaseTrust | None = None
+    # The values of the hub secrets this release names (feature "secrets"): secret name ->
+    # value, put in only when the hub delivers the target to its device (never stored there).
+    secrets: dict[SecretName, str] = Field(default_factory=dict, repr=False, max_length=1024)
 
     @model_validator(mode="after")
     def _overrides_known(self) -> Target:
@@ -392,12 +439,34 @@ class Target(Strict):
         return self
 
     def services(self) -> list[Service]:
-        """Return the release's services with this device's overrides applied."""
+        """Return the release's services with this device's overrides and secrets applied."""
         out = []
         for s in self.release.services:
-            env = self.overrides.get(s.name)
-            out.append(s.model_copy(update={"environment": {**s.environment, **env}}) if env else s)
+            env = {**self.overrides.get(s.name, {}), **self._secret_values(s.secret_env)}
+            if env:  # the values replace the names: a resolved service names no secret
+                s = s.model_copy(update={"environment": {**s.environment, **env}, "secret_env": {}})
+            out.append(s)
         return out
+
+    def registry_auths(self) -> list[RegistryAuth]:
+        """Return the release's registry credentials with secret passwords filled in."""
+        return [
+            a.model_copy(update={"password": self.secrets.get(a.password_secret, "")})
+            if a.password_secret
+            else a
+            for a in self.release.registry_auth
+        ]
+
+    def secret_names(self) -> set[str]:
+        """Return the names of the hub secrets the release refers to."""
+        return secret_names(self.release)
+
+    def missing_secrets(self) -> list[str]:
+        """Return the referred secrets the target carries no value for, sorted."""
+        return sorted(self.secret_names() - set(self.secrets))
+
+    def _secret_values(self, secret_env: dict[str, str]) -> dict[str, str]:
+        return {var: self.secrets.get(name, "") for var, name in secret_env.items()}
 
     def is_expired(self, now: datetime) -> bool:
         """Return whether the target's validity has passed."""

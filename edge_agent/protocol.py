@@ -61,6 +61,7 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
     ),
     "window": lambda t: t.window is not None or t.immediate,
     "release_trust": lambda t: t.release_trust is not None,
+    "secrets": lambda t: bool(t.secrets) or bool(t.secret_names()),
 }
 BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
@@ -85,6 +86,9 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     "log_policy",
     # Target.release_trust: operator signatures of the release (edge_agent/release_trust.py).
     "release_trust",
+    # Service.secret_env, RegistryAuth.password_secret and Target.secrets (the values, put
+    # in by the hub only for devices whose release names them).
+    "secrets",
 }
 
 

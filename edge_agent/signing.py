@@ -100,4 +100,7 @@ def read_target(
         )
     if target.is_expired(now):
         raise TargetRejected(f"target revision {target.revision} expired at {target.expires_at}")
+    missing = target.missing_secrets()
+    if missing:  # names only: a refusal is audited
+        raise TargetRejected(f"target carries no value for secret(s) {', '.join(missing)}")
     return target, unknown

@@ -27,6 +27,7 @@ from hub import (
     operator_api,
     release_api,
     rollout_api,
+    secret_api,
     technician_api,
     trust_api,
     user_api,
@@ -40,6 +41,8 @@ from hub.pki import HubPKI
 from hub.retention import RETENTION, Retention
 from hub.rollout_engine import ENGINE, RolloutEngine
 from hub.route_access import access_middleware, check_routes
+from hub.secret_refs import SECRET_BOX
+from hub.secrets import SecretBox
 from hub.store import open_store
 from hub.wire import BODY_TIMEOUT, error_middleware
 
@@ -108,8 +111,10 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(log_policy_api.routes)
     app.add_routes(user_api.routes)
     app.add_routes(trust_api.routes)
+    app.add_routes(secret_api.routes)
     openapi_api.install(app)  # after every route: it describes them all at startup
     check_routes(app)  # after every add_routes: a route without a permission is refused
+    app[SECRET_BOX] = SecretBox.ensure(config.data_dir)  # the key is made at first start
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)

@@ -3,6 +3,7 @@
 edge-hub serve --config hub.toml     serve until SIGTERM/SIGINT
 edge-hub init  --config hub.toml     create CA, keys, admin token; print what agents pin
 edge-hub audit verify --config hub.toml   check the audit hash chain offline (exit 1: broken)
+edge-hub secrets rotate-key --config hub.toml   new secret key; re-seal every secret under it
 edge-hub --version                   print the version and exit
 """
 
@@ -40,7 +41,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--config", help="TOML config file")
     verify.add_argument("--data-dir", help="override server.data_dir")
+    secrets = sub.add_parser("secrets", help="the hub's secret store keys")
+    secrets_sub = secrets.add_subparsers(dest="secrets_command", required=True)
+    rotate = secrets_sub.add_parser(
+        "rotate-key", help="make a new secret key current and re-seal every secret under it"
+    )
+    rotate.add_argument("--config", help="TOML config file")
+    rotate.add_argument("--data-dir", help="override server.data_dir")
     return parser
+
+
+def _rotate_secret_key(config: HubConfig) -> None:
+    from hub.secrets import rotate_key
+    from hub.store import open_store
+
+    async def main() -> None:
+        store = open_store(config)
+        await store.open()
+        try:
+            key_id, count = await rotate_key(config.data_dir, store)
+        finally:
+            await store.close()
+        print(f"secret key {key_id} is current: {count} secret(s) re-sealed under it")
+
+    asyncio.run(main())
 
 
 def _audit_verify(config: HubConfig) -> None:
@@ -109,6 +133,9 @@ def hub_main(argv: list[str] | None = None) -> None:
         return
     if args.command == "audit":
         _audit_verify(config)
+        return
+    if args.command == "secrets":
+        _rotate_secret_key(config)
         return
     logging.basicConfig(
         level=args.log_level.upper(),

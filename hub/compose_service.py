@@ -43,8 +43,8 @@ _TARGET_FIELDS = {
 }
 _WHY_REFUSED = {
     "build": "the agent builds nothing: build the image in CI, push it, and name it in `image`",
-    "secrets": "not supported: put the secret in the environment (per-device overrides) "
-    "or bind-mount an absolute path that exists on the device",
+    "secrets": "not supported: name hub secrets as environment variables with "
+    "x-edgefleet-secret-env: {VAR: secret-name} (edgectl secret set NAME)",
     "configs": "not supported: bake the file into the image or bind-mount an absolute path",
     "extends": "not supported: share settings with YAML anchors and merge keys (<<: *x)",
     "links": "not needed: services reach each other by name on the release network",
@@ -79,10 +79,13 @@ class ServiceMapper:
         """Return the service document (valid only if nothing was refused)."""
         for key, value in spec.items():
             key = str(key)
-            if key.startswith("x-"):
+            if key == SECRET_ENV_KEY:  # compose ignores x- keys; the hub reads this one
+                handler = _secret_env
+            elif key.startswith("x-"):
                 self.notes.ignored(self.name, key, "extension field (x-), ignored as compose does")
                 continue
-            handler = HANDLERS.get(key)
+            else:
+                handler = HANDLERS.get(key)
             if handler is None:
                 self.refuse(key, _WHY_REFUSED.get(key, "not supported by the agent"))
                 continue
@@ -127,6 +130,18 @@ def _set(field_name: str, parse: Callable[[Any], Any]) -> Callable[[ServiceMappe
         m.doc[field_name] = parse(value)
 
     return handle
+
+
+# A service's environment variables whose values are hub secrets: {VAR: secret-name}.
+SECRET_ENV_KEY = "x-edgefleet-secret-env"
+
+
+def _secret_env(m: ServiceMapper, value: Any) -> None:
+    names = cv.key_values(value)
+    empty = sorted(k for k, v in names.items() if not v)
+    if empty:
+        raise ValueError(f"no secret named for {', '.join(empty)}")
+    m.doc["secret_env"] = {k: str(v) for k, v in names.items()}
 
 
 def _environment(m: ServiceMapper, value: Any) -> None:

@@ -80,6 +80,7 @@ from hub.renewal import (
     verify_proof,
 )
 from hub.rollout_engine import ENGINE
+from hub.secret_refs import SECRET_BOX, deliverable
 from hub.store import AuditRecord, DeviceRecord, EntryRow, NewDevice, SyncBatch
 from hub.store.records import RenewedCert
 from hub.technician_api import technician_update
@@ -319,6 +320,8 @@ async def sync(request: web.Request) -> web.Response:
             known = await hub.store.device_features(device.id)
         if not is_deliverable(target, known):
             target = None  # held: the device's agent cannot apply it (it was downgraded)
+        else:
+            target = await deliverable(hub, request.app[SECRET_BOX], target)
     response = respond(
         SyncResponse(
             acked_seq=result.acked_seq,
@@ -418,9 +421,11 @@ async def long_poll_target(request: web.Request) -> web.Response:
                 and target.revision > after
                 and is_deliverable(target.signed, features)
             ):
-                response = respond(target.signed)
-                response.enable_compression()
-                return response
+                signed = await deliverable(hub, request.app[SECRET_BOX], target.signed)
+                if signed is not None:  # None: a secret does not open (logged); held
+                    response = respond(signed)
+                    response.enable_compression()
+                    return response
             wake = await wake_header(hub, device.id, features, hub.now())
             if wake is not None:  # an action is queued: the agent syncs to take it
                 return web.Response(status=204, headers=wake)

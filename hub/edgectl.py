@@ -31,6 +31,7 @@
     technician list | technician revoke ID
     user create|list|disable|enable ... | user token create|list|revoke ...  (hub.edgectl_access)
     team create|list|delete|add-member|remove-member|grant|ungrant ...
+    secret set NAME [--value-file F] (else stdin) | secret list | secret delete NAME
     action DEVICE KIND [ARGS...] [--expires 1h] | action --group G KIND [ARGS...]
     action show ID | actions [--device D] [--state S] [--limit N]
 
@@ -60,6 +61,7 @@ from hub import (
     edgectl_logs,
     edgectl_metrics,
     edgectl_rollout,
+    edgectl_secret,
     edgectl_technician,
     edgectl_trust,
 )
@@ -214,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     edgectl_action.add_parser(sub)
     edgectl_logs.add_parser(sub)
     edgectl_trust.add_parser(sub)
+    edgectl_secret.add_parser(sub)
     return p
 
 
@@ -484,6 +487,11 @@ def _run(args: argparse.Namespace, client: Client) -> Any:
         return edgectl_technician.run(args, client.call, parse_duration)
     if cmd in edgectl_access.COMMANDS:
         return edgectl_access.run(args, client.call, parse_duration)
+    if cmd == "secret":
+        try:
+            return edgectl_secret.run(args, client.call)
+        except edgectl_secret.UsageError as exc:
+            raise CtlError(str(exc)) from None
     if cmd in ("action", "actions"):
         try:
             return edgectl_action.run(args, client.call, parse_duration)
@@ -508,6 +516,8 @@ def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
         return
     if args.command in edgectl_access.COMMANDS:
         edgectl_access.show(args, result, sanitize, _print_table)
+    if args.command == "secret":
+        edgectl_secret.show(args, result, sanitize, _print_table)
         return
     if args.command in ("action", "actions"):
         edgectl_action.show(args, result, sanitize, _print_table)

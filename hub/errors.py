@@ -7,7 +7,8 @@ The tree::
     ├── InvalidRequest            400/422: malformed body or a field failed validation
     │   ├── InvalidSelector       422: a tag selector does not parse (position and token)
     │   ├── OverrideConflict      409: two matching groups set one variable differently
-    │   └── ComposeError          422: a compose file uses what the agent cannot honour
+    │   ├── ComposeError          422: a compose file uses what the agent cannot honour
+    │   └── UnknownSecret         422: a release names a secret the hub does not hold
     ├── PayloadTooLarge           413: body, decompressed body or batch over a limit
     ├── Unauthenticated           401: no or unknown operator token / client certificate
     ├── Forbidden                 403: authenticated but not allowed (disabled device, ...)
@@ -23,7 +24,8 @@ The tree::
     ├── RegistryRefusal           a registry gave no digest; ``fields`` carry its answer
     │   ├── ImageNotResolved      422: it refused (404 MANIFEST_UNKNOWN, 401, 403, ...)
     │   └── RegistryUnavailable   502: unreachable, 5xx, or over a size bound (retryable)
-    └── StoreError                500: the database failed (retryable)
+    ├── StoreError                500: the database failed (retryable)
+    └── SecretKeyError            500: a secret key is missing or a value does not open
 
 The middleware in ``hub.app`` turns every HubError into an ``ErrorBody`` JSON response.
 Third-party exceptions (sqlite3, cryptography) are translated where they are raised,
@@ -210,3 +212,15 @@ class ComposeError(InvalidRequest):
     """
 
     code = "compose_refused"
+
+
+class UnknownSecret(InvalidRequest):
+    """A release names a secret the hub does not hold (422; the fields name each)."""
+
+    code = "unknown_secret"
+
+
+class SecretKeyError(HubError):
+    """A secret key is missing or unreadable, or a sealed value does not open with it."""
+
+    code = "secret_key"

@@ -31,7 +31,7 @@ from edge_agent.models import ENV_KEY_RE, MaintenanceWindow, Release, Target
 from edge_agent.openapi import described
 from edge_agent.protocol import BASELINE_FEATURES, required_features
 from edge_agent.signing import sign_target
-from hub import audit_api
+from hub import audit_api, secret_refs
 from hub.audit_api import AUDIT_QUERY
 from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
@@ -40,6 +40,7 @@ from hub.fleet import connectivity, drift
 from hub.metrics_api import sample_view
 from hub.operator_calls import INT64_MAX, PAGE_QUERY, Body, audited, json_body, page, principal
 from hub.route_access import visible_devices
+from hub.secret_refs import SECRET_BOX
 from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
 from hub.target_overrides import overrides_for_target
 from hub.trust_api import trust_for_target
@@ -250,6 +251,9 @@ async def set_target(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     async with audited(request, Permission.TARGETS_WRITE, "target.set", device_id) as act:
         req = parse(SetTargetRequest, await json_body(request))
+        prepared = await secret_refs.prepare(request.app[SECRET_BOX], hub.store, req.release)
+        req = req.model_copy(update={"release": prepared.release})  # names, never values
+        await secret_refs.save_moved(hub.store, prepared, act.principal.name, act.source)
         now = hub.now()
         expires_at = now + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None
         options = TargetOptions(

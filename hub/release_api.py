@@ -23,8 +23,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, model_validator
 
-from edge_agent.models import Release
+from edge_agent.models import RegistryAuth, Release
 from edge_agent.openapi import described
+from hub import secret_refs
 from hub.auth import Permission
 from hub.compose import import_compose
 from hub.compose_report import ImportReport
@@ -32,6 +33,7 @@ from hub.context import HubContext, ctx
 from hub.errors import Conflict, HubError, NotFound
 from hub.operator_calls import PAGE_QUERY, Body, audited, json_body, page, principal
 from hub.registry import Resolved, resolve_images
+from hub.secret_refs import SECRET_BOX
 from hub.store import ReleaseRecord
 from hub.wire import parse
 
@@ -91,11 +93,17 @@ def canonical(release: Release) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-async def pin(hub: HubContext, release: Release) -> tuple[Release, list[dict[str, Any]]]:
-    """Return the release with each image pinned to its digest, and per service what was done."""
+async def pin(
+    hub: HubContext, release: Release, auths: list[RegistryAuth] | None = None
+) -> tuple[Release, list[dict[str, Any]]]:
+    """Return the release with each image pinned to its digest, and per service what was done.
+
+    ``auths``: the release's registry credentials with their passwords (secrets resolved).
+    """
     images = [s.image for s in release.services]
+    creds = release.registry_auth if auths is None else auths
     try:
-        resolved = await resolve_images(images, hub.config.registries, release.registry_auth)
+        resolved = await resolve_images(images, hub.config.registries, creds)
     except HubError as exc:
         exc.fields = _fields_of(release, exc)
         raise
@@ -153,7 +161,8 @@ def release_view(r: ReleaseRecord, *, document: bool = True) -> dict[str, Any]:
 def _redacted(doc: dict[str, Any]) -> dict[str, Any]:
     """Return the document with registry passwords replaced (only devices get them)."""
     for auth in doc.get("registry_auth", []):
-        auth["password"] = REDACTED
+        if auth.get("password") is not None:  # a release stored before the secret store
+            auth["password"] = REDACTED
     return doc
 
 
@@ -170,11 +179,16 @@ async def create_release(request: web.Request) -> web.Response:
     """Resolve every image to a digest and store the release (idempotent, immutable)."""
     hub = ctx(request)
     async with audited(request, Permission.RELEASES_WRITE, "release.create", "-") as act:
-        release, report = _release_of(parse(CreateReleaseRequest, await json_body(request)))
-        act.target = release.ref
+        given, report = _release_of(parse(CreateReleaseRequest, await json_body(request)))
+        act.target = given.ref
+        prepared = await secret_refs.prepare(request.app[SECRET_BOX], hub.store, given)
+        release = prepared.release  # clear registry passwords moved to the secret store
         source = canonical(release)
         existing = await hub.store.get_release(release.name, release.version)
-        if existing is not None and existing.source != source:
+        if existing is not None and (
+            existing.source != source
+            or await secret_refs.moved_differ(request.app[SECRET_BOX], hub.store, prepared)
+        ):
             raise Conflict(
                 f"release {release.ref} exists with different content; releases are "
                 "immutable: create a new version",
@@ -183,7 +197,8 @@ async def create_release(request: web.Request) -> web.Response:
         if existing is not None:
             await hub.store.record_audit(act.ok(idempotent=True))
             return web.json_response(_with_report(release_view(existing), report), status=200)
-        pinned, images = await pin(hub, release)
+        pinned, images = await pin(hub, release, prepared.auths)
+        await secret_refs.save_moved(hub.store, prepared, act.principal.name, act.source)
         record = ReleaseRecord(
             release.name,
             release.version,

@@ -45,6 +45,8 @@ from hub.store.records import (
     ReleaseRecord,
     RenewedCert,
     RolloutRecord,
+    SealedSecret,
+    SecretRecord,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -78,6 +80,8 @@ __all__ = [
     "PartsBound",
     "ReleaseRecord",
     "RolloutRecord",
+    "SealedSecret",
+    "SecretRecord",
     "SyncBatch",
     "SyncResult",
     "TargetRecord",
@@ -504,6 +508,32 @@ class HubStore(ABC):
     @abstractmethod
     async def put_release_manifest(self, signed: SignedManifest, audit: AuditRecord) -> None:
         """Store (or replace) the manifest of its version, with the audit row."""
+
+    # ---- secrets (hub migration 19; values only ever sealed, see hub.secrets) ----
+
+    @abstractmethod
+    async def put_secrets(
+        self, sealed: Sequence[SealedSecret], at: datetime, by: str, audit: AuditRecord | None
+    ) -> list[bool]:
+        """Store sealed values (new or replacing) with the audit row; return which were new."""
+
+    @abstractmethod
+    async def list_secrets(self) -> list[SecretRecord]:
+        """Return every secret's metadata (never a value), by name."""
+
+    @abstractmethod
+    async def sealed_secrets(self, names: Sequence[str]) -> dict[str, SealedSecret]:
+        """Return the sealed values of the named secrets that exist."""
+
+    @abstractmethod
+    async def delete_secret(self, name: str, audit: AuditRecord) -> None:
+        """Delete a secret no release names (NotFound; Conflict naming the releases)."""
+
+    @abstractmethod
+    async def reseal_secrets(
+        self, reseal: Callable[[SealedSecret], SealedSecret], audit: AuditRecord
+    ) -> int:
+        """Re-seal every value with ``reseal`` in one transaction; return how many changed."""
 
 
 def open_store(config: HubConfig) -> HubStore:

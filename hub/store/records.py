@@ -419,3 +419,23 @@ class UserTokenRecord:
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class SecretRecord:
+    """A hub secret as listed: its name and history, never its value."""
+
+    name: str
+    key_id: str  # the secret key its value is sealed under
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class SealedSecret:
+    """A secret's value as stored: sealed (``hub.secrets.SecretBox``), never in clear."""
+
+    name: str
+    sealed: str
+    key_id: str

@@ -49,6 +49,7 @@ from hub.store.sqlite_logs import LogsMixin
 from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
+from hub.store.sqlite_secrets import SecretsMixin
 from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.sqlite_trust import TrustMixin
 from hub.store.writer import GroupCommitWriter
@@ -95,6 +96,7 @@ class SqliteStore(
     TechniciansMixin,
     AccessMixin,
     TrustMixin,
+    SecretsMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""

@@ -399,4 +399,20 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             )""",
         ],
     ),
+    (
+        19,
+        "secrets: named values sealed with AES-GCM under a key id (hub.secrets)",
+        [
+            # sealed: "key_id:base64(nonce||ciphertext)"; never a value in clear.
+            """CREATE TABLE secrets (
+                name TEXT PRIMARY KEY,
+                sealed TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                updated_by TEXT NOT NULL
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]

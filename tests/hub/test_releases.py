@@ -42,7 +42,9 @@ async def test_create_pins_every_image_to_the_registrys_digest(hub: RunningHub):
     assert body["images"][0]["requested"] == f"{OPEN}/{GOOD}:1"
     status, shown = await hub.api("GET", f"/api/v1/releases/{name}@1")
     assert status == 200 and shown["release"] == body["release"]
-    assert shown["release"]["registry_auth"][0]["password"] == "<redacted>"
+    # the password moved into the secret store; the release names it (issue 11, secrets)
+    assert shown["release"]["registry_auth"][0]["password"] is None
+    assert shown["release"]["registry_auth"][0]["password_secret"] == f"registry.{name}.1.0"
     rows = await audit_rows(hub, f"{name}@1")
     assert [(a["action"], a["outcome"]) for a in rows] == [("release.create", "ok")]
 
