@@ -335,6 +335,7 @@ class Agent:
                 pull_retry_base_s=sc.pull_retry_base_s,
                 pull_retry_cap_s=sc.pull_retry_cap_s,
             ),
+            local_policy=self.config.policy,
             crash_looping=lambda: self.supervisor.crash_looping(),  # type: ignore[union-attr]
             on_state=self._set_state,
             on_error=self._set_error,

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.device_policy import DevicePolicy
 from edge_agent.errors import InvalidDocument
 from edge_agent.window import parse_hhmm, zone
 
@@ -375,6 +376,9 @@ class Target(Strict):
     window: MaintenanceWindow | None = None
     # Apply at once, whatever the window: the hub returns a device to its previous release.
     immediate: bool = False
+    # What the release may do on this device (feature "device_policy"); None: the agent
+    # holds the target to its configured local policy (edge_agent/device_policy.py).
+    policy: DevicePolicy | None = None
 
     @model_validator(mode="after")
     def _overrides_known(self) -> Target:

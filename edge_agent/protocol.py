@@ -59,6 +59,7 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
         d.condition == "completed" for s in t.release.services for d in s.depends_on.values()
     ),
     "window": lambda t: t.window is not None or t.immediate,
+    "device_policy": lambda t: t.policy is not None,
 }
 BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
@@ -81,6 +82,8 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Not a target feature: this agent reads SyncResponse.log_policy (sent only to agents
     # that list it; an older agent keeps shipping every log line).
     "log_policy",
+    # Target.policy: the agent refuses a target whose release the policy refuses.
+    "device_policy",
 }
 
 

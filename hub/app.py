@@ -23,6 +23,7 @@ from hub import (
     log_policy_api,
     metrics_api,
     operator_api,
+    policy_api,
     release_api,
     rollout_api,
     technician_api,
@@ -94,6 +95,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(metrics_api.routes)
     app.add_routes(action_api.routes)
     app.add_routes(log_policy_api.routes)
+    app.add_routes(policy_api.routes)
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
     app.cleanup_ctx.append(_store_lifetime)

@@ -77,6 +77,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.device_policy import RESTRICTIVE, DevicePolicy
 from edge_agent.protocol import DEFAULT_LOG_PATTERN, check_log_pattern
 from hub.errors import ConfigError
 
@@ -252,6 +253,17 @@ class LogPolicyConfig(_Section):
         return self
 
 
+class DevicePolicyConfig(_Section):
+    """The device policy of devices no group with a policy matches (hub.device_policy).
+
+    Restrictive: binds only under the release's data directory, no Docker socket, no
+    privileged mode, host network, devices or added capabilities; ports on any address
+    and no limits required (see docs/security.md "Device policy").
+    """
+
+    default: DevicePolicy = Field(default_factory=lambda: RESTRICTIVE)
+
+
 class RetentionConfig(_Section):
     """Retention of what devices send (hub.retention); audit records are never deleted."""
 
@@ -277,6 +289,7 @@ class HubConfig(_Section):
     actions: ActionsConfig = Field(default_factory=lambda: ActionsConfig())
     log_policy: LogPolicyConfig = Field(default_factory=lambda: LogPolicyConfig())
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
+    device_policy: DevicePolicyConfig = Field(default_factory=lambda: DevicePolicyConfig())
 
     @property
     def data_dir(self) -> Path:

@@ -33,6 +33,7 @@ from edge_agent.signing import sign_target
 from hub import audit_api
 from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
+from hub.device_policy import policy_for_target
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.metrics_api import sample_view
@@ -285,6 +286,7 @@ async def issue_target(
     """
     now = audit.at
     overrides = await overrides_for_target(hub.store, device_id, release, explicit)
+    policy = await policy_for_target(hub.store, hub.config.device_policy, device_id, release)
 
     def make(revision: int) -> Target:
         return Target(
@@ -298,6 +300,7 @@ async def issue_target(
             min_ready_s=options.min_ready_s,
             window=options.window,
             immediate=options.immediate,
+            policy=policy,
         )
 
     def build(revision: int) -> Any:

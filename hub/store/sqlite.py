@@ -46,6 +46,7 @@ from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_logs import LogsMixin
 from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
+from hub.store.sqlite_policies import PoliciesMixin
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_technicians import TechniciansMixin
@@ -91,6 +92,7 @@ class SqliteStore(
     MetricsMixin,
     RolloutsMixin,
     TechniciansMixin,
+    PoliciesMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""

@@ -341,4 +341,10 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        17,
+        "groups: the device policy of their devices (hub.device_policy)",
+        # JSON of edge_agent.device_policy.DevicePolicy; NULL: the group sets none.
+        ["ALTER TABLE groups ADD COLUMN device_policy TEXT"],
+    ),
 ]
