@@ -138,3 +138,27 @@ async def policy_for_target(
     policy, groups = await effective_policy(store, config, device)
     check(device_id, groups, policy, release)
     return policy if is_read_by(await store.device_features(device_id)) else None
+
+
+async def check_devices(
+    store: HubStore, config: DevicePolicyConfig, devices: list[DeviceRecord], release: Release
+) -> None:
+    """Raise PolicyRefused naming every device of ``devices`` whose policy refuses ``release``."""
+    groups_now = await group_policies(store)
+    refused: list[str] = []
+    fields: list[dict[str, Any]] = []
+    for device in devices:
+        policy, groups = resolve(dict(device.tags), groups_now, config)
+        found = violations(policy, release)
+        if found:
+            source = f"group(s) {', '.join(groups)}" if groups else "the hub's default policy"
+            refused.append(f"device {device.id} ({source}): {describe(found, limit=2)}")
+            fields += refusal_fields(device.id, groups, found)
+    if refused:
+        more = f"; and {len(refused) - 3} more device(s)" if len(refused) > 3 else ""
+        raise PolicyRefused(
+            f"release {release.ref} refused on {len(refused)} device(s): "
+            + "; ".join(refused[:3])
+            + more,
+            fields=fields[:MAX_NAMED],
+        )
