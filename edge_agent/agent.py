@@ -132,6 +132,7 @@ class Agent:
                 docker_url=self.config.docker.url,
                 disk_reserve_bytes=self.config.docker.disk_reserve_mb * 2**20,
                 docker_root=self.config.docker.root,
+                data_dir=self.config.data_dir,
             )
         sc = self.config.supervisor
         self.supervisor = Supervisor(

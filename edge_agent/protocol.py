@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.models import Service, Target
+from edge_agent.models import Service, Target, is_relative_bind
 
 # 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
 #    ``created_at`` (then it is the previous entry's); the first entry carries both.
@@ -59,7 +59,10 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
         d.condition == "completed" for s in t.release.services for d in s.depends_on.values()
     ),
     "window": lambda t: t.window is not None or t.immediate,
-    "device_policy": lambda t: t.policy is not None,
+    "device_policy": lambda t: (
+        t.policy is not None
+        or any(is_relative_bind(v) for s in t.release.services for v in s.volumes)
+    ),
 }
 BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}

@@ -24,7 +24,9 @@ from fleetkit import FAST, device_of, hub_agent, managed_containers, running, un
 from hubproc import HubProcess
 
 from edge_agent.device_policy import RESTRICTIVE, DevicePolicy
+from edge_agent.errors import RuntimeAdapterError
 from edge_agent.models import Release, Service, Target, VolumeMount
+from edge_agent.runtime import DockerRuntime
 from edge_agent.signing import sign_target
 from hub.store import AuditRecord
 from hub.store.sqlite import SqliteStore
@@ -145,3 +147,41 @@ async def test_target_without_policy_is_held_to_the_local_policy(
         await _store_signed(hub, device_id, _release(images, "1", cap_add=["SYS_ADMIN"]), None)
         refusals = await until(lambda: _agent_audit(proc, "target.reject"), 30, "the refusal")
         assert "capability SYS_ADMIN refused by policy cap_add" in refusals[0]["reason"]
+
+
+async def test_relative_bind_is_placed_under_the_release_data_directory(
+    hub: HubProcess, agent: AgentProcess, images: TestImages
+) -> None:
+    """./data from the hub lands in <data_dir>/releases/<release>/data, created 0750."""
+    device_id = device_of(agent)
+    assert device_id is not None
+    write = "echo written > /data/out; sleep 3600"
+    web = {
+        "name": "web",
+        "image": images.local("good"),
+        "command": ["sh", "-c", write],
+        "volumes": [{"type": "bind", "source": "./data", "target": "/data"}],
+    }
+    hub.set_target(device_id, {"name": "notes", "version": "1", "services": [web]})
+    out = agent.data_dir / "releases" / "notes" / "data" / "out"
+    await until(out.exists, 60, "the file the container wrote")
+    assert out.read_text() == "written\n"
+    for d in (out.parent, out.parent.parent, out.parent.parent.parent):
+        assert d.stat().st_mode & 0o777 == 0o750, d
+
+
+async def test_relative_bind_through_a_planted_symlink_refused(tmp_path: Path) -> None:
+    """A container may plant a symlink in its data directory: a later mount must not follow it."""
+    runtime = DockerRuntime("t-policy", docker_url=f"unix://{tmp_path}/no.sock", data_dir=tmp_path)
+    try:
+        assert runtime.release_data_path("app", "./data") == str(
+            tmp_path / "releases" / "app" / "data"
+        )
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (tmp_path / "releases" / "app" / "data" / "link").symlink_to(outside)
+        with pytest.raises(RuntimeAdapterError, match="outside the release's data directory"):
+            runtime.release_data_path("app", "data/link/etc")
+        assert not (outside / "etc").exists(), "created through the symlink"
+    finally:
+        await runtime.close()

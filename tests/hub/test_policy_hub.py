@@ -167,3 +167,16 @@ async def test_rollout_start_refused_when_a_member_policy_refuses(
     await group_with_policy(hub, site, {"privileged": True})
     status, body = await hub.api("POST", "/api/v1/rollouts", spec)
     assert status == 201, body
+
+
+async def test_relative_bind_not_sent_to_an_agent_without_the_feature(
+    hub: RunningHub, tmp_path: Path
+) -> None:
+    device = await hub.enroll(await hub.create_token(tags={"site": uniq()}), tmp_path / "d")
+    await sync(hub, device, ["depends_on", "healthcheck"])  # an agent before device_policy
+    relative = {"volumes": [{"type": "bind", "source": "./data", "target": "/data"}]}
+    path = f"/api/v1/devices/{device.device_id}/target"
+    status, body = await hub.api("POST", path, {"release": release_doc(**relative)})
+    assert status == 409 and "device_policy" in body["message"], body
+    await sync(hub, device, FEATURES)
+    assert await hub.set_target(device.device_id, release_doc(**relative)) == 1
