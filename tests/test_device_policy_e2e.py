@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 import pytest
 from agentproc import AgentProcess
 from cryptography.hazmat.primitives import serialization
@@ -45,7 +46,8 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
 async def agent(
     hub: HubProcess, tmp_path: Path, docker: aiodocker.Docker
 ) -> AsyncIterator[AgentProcess]:
-    proc = hub_agent(tmp_path / "agent", hub.url, hub.ca_path, hub.create_token(), hub=FAST)
+    token = hub.create_token(site="lab")
+    proc = hub_agent(tmp_path / "agent", hub.url, hub.ca_path, token, hub=FAST)
     async with running(docker, proc):
         device_id = await until(lambda: device_of(proc), 20, "enrollment")
         await until(lambda: _features(hub, device_id), 20, "the agent's first sync")
@@ -185,3 +187,42 @@ async def test_relative_bind_through_a_planted_symlink_refused(tmp_path: Path) -
         assert not (outside / "etc").exists(), "created through the symlink"
     finally:
         await runtime.close()
+
+
+async def _apply_as(agent: AgentProcess, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST /v1/apply on the agent's unix socket with a technician's Bearer token."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(agent.socket))) as s,
+        s.post(
+            "http://agent/v1/apply", json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_technician_apply_is_held_to_the_policy_of_the_hub_target(
+    hub: HubProcess, agent: AgentProcess, images: TestImages
+) -> None:
+    """A local apply meets the policy the current hub target carries, and needs operate."""
+    device_id = device_of(agent)
+    assert device_id is not None
+    web = {"name": "web", "image": images.local("good")}
+    hub.set_target(device_id, {"name": "app", "version": "1", "services": [web]})
+    await until(lambda: hub.device(device_id).get("running_revision") == 1, 60, "the hub target")
+
+    def issue(name: str, role: str) -> str:
+        body = {"name": name, "role": role, "scope": "site=lab", "expires_in_s": 3600}
+        return str(hub._call("POST", "/api/v1/technicians", body)["token"])
+
+    operator, reader = issue("olga", "operate"), issue("rita", "read")
+    privileged = {"name": "app", "version": "2", "services": [{**web, "cap_add": ["SYS_ADMIN"]}]}
+    code, body = await _apply_as(agent, reader, {**privileged, "force": True})
+    assert (code, body["reason"]) == (403, "wrong_role"), body
+    code, body = await _apply_as(agent, operator, {**privileged, "force": True})
+    assert code == 409, body
+    assert "capability SYS_ADMIN refused by policy cap_add" in body["message"], body
+    audit = _agent_audit(agent, "target.reject")
+    assert any("refused by policy cap_add" in a["reason"] for a in audit), audit
+    plain = {"name": "app", "version": "3", "services": [web], "force": True}
+    code, body = await _apply_as(agent, operator, plain)
+    assert code == 202, body
