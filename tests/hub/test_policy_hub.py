@@ -180,3 +180,25 @@ async def test_relative_bind_not_sent_to_an_agent_without_the_feature(
     assert status == 409 and "device_policy" in body["message"], body
     await sync(hub, device, FEATURES)
     assert await hub.set_target(device.device_id, release_doc(**relative)) == 1
+
+
+async def test_edgectl_group_policy_set_show_clear(hub: RunningHub, tmp_path: Path) -> None:
+    _, site = await site_device(hub, tmp_path / "d")
+    name = f"g-{uniq()}"
+    status, body = await hub.api(
+        "POST", "/api/v1/groups", {"name": name, "selector": f"site={site}"}
+    )
+    assert status == 201, body
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"bind_paths": ["/srv/app"], "max_mem_bytes": 268435456}))
+    done = await hub.edgectl("--json", "group", "policy", "set", name, str(policy))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["policy"]["bind_paths"] == ["/srv/app"]
+    shown = json.loads((await hub.edgectl("--json", "group", "policy", "show", name)).stdout)
+    assert shown["policy"]["max_mem_bytes"] == 268435456
+    policy.write_text(json.dumps({"bind_paths": ["srv"]}))
+    refused = await hub.edgectl("group", "policy", "set", name, str(policy))
+    assert refused.returncode == 1 and "bind_paths" in refused.stderr, refused.stderr
+    assert (await hub.edgectl("group", "policy", "clear", name)).returncode == 0
+    shown = json.loads((await hub.edgectl("--json", "group", "policy", "show", name)).stdout)
+    assert shown["policy"] is None
