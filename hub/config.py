@@ -57,6 +57,10 @@ Example (every key optional except ``server.data_dir``)::
     default_mode = "errors"       # for devices no group with a policy matches: none|errors|all
     default_pattern = "(?i)\\b(error|warn|warning|fatal|panic|exception)\\b"
 
+    [device_policy.default]       # what releases may do on devices no group with a policy
+    bind_paths = []               # matches (hub.device_policy); fields: docs/security.md
+    privileged = false
+
     [retention]                   # what devices sent (logs, events, status), hub.retention
     max_age_s = 2592000           # rows received longer ago are deleted (0: no age bound)
     max_bytes_per_device = 268435456  # per device, oldest deleted first (0: no size bound)
