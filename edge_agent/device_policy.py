@@ -13,8 +13,9 @@ Each option a service may ask for is refused unless a policy field allows it:
 * the Docker socket (``/var/run/docker.sock``, ``/run/docker.sock``, or a directory
   holding one, such as ``/run`` or ``/``) only with ``docker_socket``, whatever
   ``bind_paths`` says: it is root on the device.
-* ``privileged``, ``network_mode: host`` (``host_network``), host ``devices`` (by exact
-  path), ``cap_add`` (by name, ``CAP_`` prefix and case ignored; ``ALL`` only by name).
+* ``privileged``, ``network_mode: host`` (``host_network``), host ``devices`` (by path,
+  or a directory of them, by whole components like ``bind_paths``), ``cap_add`` (by name,
+  ``CAP_`` prefix and case ignored; ``ALL`` only by name).
 * published ports only on ``port_addresses`` (``*``: any address).
 * ``max_mem_bytes`` / ``max_cpus`` bound what a service may ask for; with
   ``require_limits`` a service without a limit is refused where a maximum is set.
@@ -124,8 +125,9 @@ def service_violations(policy: DevicePolicy, service: Service) -> list[Violation
     if service.network_mode == "host" and not policy.host_network:
         found.append(("network_mode", "host_network", "host network"))
     for d in service.devices:
-        if posixpath.normpath(d.host) not in policy.devices and "/" not in policy.devices:
-            found.append(("devices", "devices", f"device {d.host}"))
+        host = posixpath.normpath(d.host)
+        if not any(_under(host, p) for p in policy.devices):
+            found.append(("devices", "devices", f"device {host}"))
     caps = set(policy.cap_add)
     for c in service.cap_add:
         if "ALL" not in caps and _cap(c) not in caps:

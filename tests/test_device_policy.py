@@ -112,6 +112,17 @@ def _relative_bind(source: str) -> Service:
     return Service(name="web", image="img:1").model_copy(update={"volumes": [mount]})
 
 
+def test_devices_by_path_or_directory_by_whole_components() -> None:
+    policy = DevicePolicy(devices=["/dev/serial/by-id", "/dev/ttyUSB0"])
+    allowed = ["/dev/serial/by-id/usb-1", "/dev/ttyUSB0"]
+    refused = ["/dev/ttyUSB1", "/dev/serial/by-idx", "/dev/sda"]
+    mappings = [DeviceMapping(host=h, container="/dev/x") for h in allowed + refused]
+    found = violations(policy, _release(devices=mappings))
+    assert [v.message.split(": ")[1].split(" refused")[0] for v in found] == [
+        f"device {h}" for h in refused
+    ]
+
+
 def test_ports_only_on_the_allowed_addresses() -> None:
     policy = DevicePolicy(port_addresses=["127.0.0.1"])
     ports = [PortMapping(container=80, host=8080), PortMapping(container=81, host_ip="127.0.0.1")]
