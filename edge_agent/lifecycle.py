@@ -222,7 +222,10 @@ class Lifecycle:
                 "count": len(found),
             },
         )
-        raise TargetRejected("release refused by device policy: " + describe(found))
+        message = "release refused by device policy: " + describe(found)
+        if source != "local":  # in the status the hub shows (a technician gets the 409)
+            self.on_error(f"revision {target.revision} {target.release.ref}: {message}")
+        raise TargetRejected(message)
 
     async def _accept_local(self, target: Target, actor: str) -> Ref:
         base = await self.hub_floor()

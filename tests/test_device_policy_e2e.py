@@ -125,6 +125,8 @@ async def test_agent_refuses_a_hub_signed_target_its_policy_refuses(
     )
     assert events[0]["revision"] == revision
     assert events[0]["violations"][0]["field"] == "bind_paths"
+    status_error = await until(lambda: hub.device(device_id).get("last_error"), 30, "the status")
+    assert f"revision {revision} app@1: release refused by device policy" in status_error
     assert await managed_containers(docker, device_id) == []
 
     # The same release under a policy that allows the path runs.
