@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from edge_agent.config import AgentConfig
 from edge_agent.device_policy import (
+    MAX_ENTRIES,
     PERMISSIVE,
     RESTRICTIVE,
     DevicePolicy,
@@ -154,3 +156,17 @@ def test_policy_is_strict_and_paths_absolute() -> None:
 def test_describe_bounds_the_line() -> None:
     found = violations(RESTRICTIVE, _release(cap_add=[f"CAP{i}" for i in range(8)]))
     assert describe(found, limit=2).endswith("; and 6 more")
+
+
+def test_policy_lists_are_bounded() -> None:
+    with pytest.raises(ValueError, match="bind_paths"):
+        DevicePolicy(bind_paths=[f"/srv/{i}" for i in range(MAX_ENTRIES + 1)])
+
+
+def test_agent_local_policy_is_permissive_by_default_and_strict_when_written() -> None:
+    """Upgrading an agent never stops a release; a written [policy] is exactly what it says."""
+    assert AgentConfig().policy == PERMISSIVE
+    written = AgentConfig.model_validate({"policy": {"bind_paths": ["/srv"]}}).policy
+    assert written == DevicePolicy(bind_paths=["/srv"]) and not written.privileged
+    with pytest.raises(ValueError, match="bind_path"):
+        AgentConfig.model_validate({"policy": {"bind_path": ["/srv"]}})
