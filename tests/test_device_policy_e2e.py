@@ -220,7 +220,9 @@ async def test_technician_apply_is_held_to_the_policy_of_the_hub_target(
     privileged = {"name": "app", "version": "2", "services": [{**web, "cap_add": ["SYS_ADMIN"]}]}
     code, body = await _apply_as(agent, reader, {**privileged, "force": True})
     assert (code, body["reason"]) == (403, "wrong_role"), body
-    code, body = await _apply_as(agent, operator, {**privileged, "force": True})
+    # A policy in the technician's own body counts for nothing: the hub target's decides.
+    forged = {"release": privileged, "policy": {"cap_add": ["ALL"]}, "force": True}
+    code, body = await _apply_as(agent, operator, forged)
     assert code == 409, body
     assert "capability SYS_ADMIN refused by policy cap_add" in body["message"], body
     audit = _agent_audit(agent, "target.reject")
