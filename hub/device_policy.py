@@ -92,7 +92,7 @@ def refusal_fields(
     device_id: str, groups: list[str], found: list[Violation]
 ) -> list[dict[str, Any]]:
     """Return one error field per violation, naming device, groups, service and option."""
-    source = ", ".join(groups) if groups else "(hub default)"
+    source = ", ".join(groups) if groups else "(hub default)"  # a field value: short
     return [
         {
             "field": f"release.services.{v.service}.{v.option}",
@@ -107,14 +107,17 @@ def refusal_fields(
     ]
 
 
+def _deciding(groups: list[str]) -> str:
+    return f"group(s) {', '.join(groups)}" if groups else "the hub's default policy"
+
+
 def check(device_id: str, groups: list[str], policy: DevicePolicy, release: Release) -> None:
     """Raise PolicyRefused if ``policy`` (of ``device_id``, from ``groups``) refuses ``release``."""
     found = violations(policy, release)
     if not found:
         return
-    source = f"group(s) {', '.join(groups)}" if groups else "the hub's default policy"
     raise PolicyRefused(
-        f"device {device_id} ({source}): {describe(found)}",
+        f"device {device_id} ({_deciding(groups)}): {describe(found)}",
         fields=refusal_fields(device_id, groups, found)[:MAX_NAMED],
     )
 
@@ -151,8 +154,7 @@ async def check_devices(
         policy, groups = resolve(dict(device.tags), groups_now, config)
         found = violations(policy, release)
         if found:
-            source = f"group(s) {', '.join(groups)}" if groups else "the hub's default policy"
-            refused.append(f"device {device.id} ({source}): {describe(found, limit=2)}")
+            refused.append(f"device {device.id} ({_deciding(groups)}): {describe(found, limit=2)}")
             fields += refusal_fields(device.id, groups, found)
     if refused:
         more = f"; and {len(refused) - 3} more device(s)" if len(refused) > 3 else ""
