@@ -133,6 +133,7 @@ class Agent:
                 docker_url=self.config.docker.url,
                 disk_reserve_bytes=self.config.docker.disk_reserve_mb * 2**20,
                 docker_root=self.config.docker.root,
+                data_dir=self.config.data_dir,
             )
         sc = self.config.supervisor
         self.supervisor = Supervisor(
@@ -336,6 +337,7 @@ class Agent:
                 pull_retry_base_s=sc.pull_retry_base_s,
                 pull_retry_cap_s=sc.pull_retry_cap_s,
             ),
+            local_policy=self.config.policy,
             crash_looping=lambda: self.supervisor.crash_looping(),  # type: ignore[union-attr]
             on_state=self._set_state,
             on_error=self._set_error,

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.device_policy import PERMISSIVE, DevicePolicy
 from edge_agent.errors import ConfigError
 
 ENV_PREFIX = "EDGE_AGENT_"
@@ -220,6 +221,9 @@ class AgentConfig(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)
     trust: TrustConfig = Field(default_factory=TrustConfig)
+    # [policy]: what a release may do here when its target carries no policy (a hub or
+    # target from before "device_policy"); default permissive, today's behaviour.
+    policy: DevicePolicy = PERMISSIVE
 
     @model_validator(mode="after")
     def _lan_is_https(self) -> AgentConfig:

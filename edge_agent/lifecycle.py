@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from edge_agent.anchor import RevisionAnchor
+from edge_agent.device_policy import PERMISSIVE, DevicePolicy, describe, violations
 from edge_agent.errors import AgentError, ApplyFailed, InvalidDocument, TargetRejected
 from edge_agent.models import CurrentService, Target, parse_document
 from edge_agent.reconcile import PullStep
@@ -52,6 +53,7 @@ from edge_agent.window import next_opening
 log = logging.getLogger(__name__)
 
 MAX_REVISION = 2**63 - 1
+MAX_VIOLATIONS = 20  # violations named in one policy_refused event (count says how many)
 
 
 def now() -> datetime:
@@ -109,6 +111,7 @@ class Lifecycle:
         anchor: RevisionAnchor | None = None,
         key_id: str = "",
         policy: LifecyclePolicy | None = None,
+        local_policy: DevicePolicy = PERMISSIVE,
         crash_looping: Callable[[], Collection[str]] = frozenset,
         on_state: Callable[[str], None] = lambda _s: None,
         on_error: Callable[[str], None] = lambda _m: None,
@@ -120,6 +123,7 @@ class Lifecycle:
         self.anchor = anchor
         self.key_id = key_id
         self.policy = policy or LifecyclePolicy()
+        self.local_policy = local_policy  # for targets that carry no device policy
         self.crash_looping = crash_looping
         self.on_state = on_state
         self.on_error = on_error
@@ -179,6 +183,9 @@ class Lifecycle:
             if missing:  # a local apply of a release naming hub secrets: no values here
                 raise TargetRejected(f"target carries no value for secret(s) {', '.join(missing)}")
             if source == "local":
+                target = target.model_copy(update={"policy": await self._current_policy()})
+            await self._check_policy(target, source)
+            if source == "local":
                 return await self._accept_local(target, actor)
             floor = await self.hub_floor()
             if target.revision <= floor:
@@ -196,6 +203,37 @@ class Lifecycle:
             if self.anchor is not None:
                 await self.anchor.raise_to(target.revision, self.key_id)
             return await self._start(target_id, target)
+
+    async def _current_policy(self) -> DevicePolicy:
+        """Return the policy of the newest hub target, else the configured local one."""
+        stored = await self.store.latest_hub_target()
+        if stored is not None:
+            policy = parse_document(Target, stored.document).policy
+            if policy is not None:
+                return policy
+        return self.local_policy
+
+    async def _check_policy(self, target: Target, source: str) -> None:
+        """Refuse a target whose release its device policy refuses, even if signed."""
+        found = violations(target.policy or self.local_policy, target.release)
+        if not found:
+            return
+        await self.store.bump("targets_policy_refused")
+        await self.store.append(
+            "event",
+            {
+                "type": "policy_refused",
+                "revision": target.revision,
+                "source": source,
+                "release": target.release.ref,
+                "violations": [v.model_dump() for v in found[:MAX_VIOLATIONS]],
+                "count": len(found),
+            },
+        )
+        message = "release refused by device policy: " + describe(found)
+        if source != "local":  # in the status the hub shows (a technician gets the 409)
+            self.on_error(f"revision {target.revision} {target.release.ref}: {message}")
+        raise TargetRejected(message)
 
     async def _accept_local(self, target: Target, actor: str) -> Ref:
         base = await self.hub_floor()

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.device_policy import DevicePolicy
 from edge_agent.errors import InvalidDocument
 from edge_agent.release_trust import ReleaseTrust
 from edge_agent.window import parse_hhmm, zone
@@ -115,11 +116,29 @@ class VolumeMount(Strict):
 
     @model_validator(mode="after")
     def _source_form(self) -> VolumeMount:
-        if self.type == "bind" and not self.source.startswith("/"):
-            raise ValueError("source of a bind mount must be an absolute host path")
+        # A relative source (feature "device_policy") is under the release's data directory.
+        relative = not self.source.startswith("/")
+        if self.type == "bind" and relative and not is_release_data_path(self.source):
+            raise ValueError(
+                "source of a bind mount must be an absolute host path, or a path "
+                "inside the release's data directory (./x or x, no ..)"
+            )
         if self.type == "volume" and not NAME_RE.match(self.source):
             raise ValueError("source of a named volume must match " + NAME_RE.pattern)
         return self
+
+
+def is_release_data_path(source: str) -> bool:
+    """Return whether a relative bind source stays inside the release's data directory."""
+    if source.startswith(("/", "~")) or "\x00" in source:
+        return False
+    parts = [p for p in source.split("/") if p not in ("", ".")]
+    return bool(parts) and ".." not in parts
+
+
+def is_relative_bind(mount: VolumeMount) -> bool:
+    """Return whether ``mount`` binds a path of the release's data directory."""
+    return mount.type == "bind" and not mount.source.startswith("/")
 
 
 class RegistryAuth(Strict):
@@ -425,6 +444,9 @@ class Target(Strict):
     # The values of the hub secrets this release names (feature "secrets"): secret name ->
     # value, put in only when the hub delivers the target to its device (never stored there).
     secrets: dict[SecretName, str] = Field(default_factory=dict, repr=False, max_length=1024)
+    # What the release may do on this device (feature "device_policy"); None: the agent
+    # holds the target to its configured local policy (edge_agent/device_policy.py).
+    policy: DevicePolicy | None = None
 
     @model_validator(mode="after")
     def _overrides_known(self) -> Target:

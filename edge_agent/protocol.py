@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.models import Service, Target
+from edge_agent.models import Service, Target, is_relative_bind
 
 # 2: an entry may omit ``seq`` (then it is the previous entry's seq + 1) and
 #    ``created_at`` (then it is the previous entry's); the first entry carries both.
@@ -62,6 +62,10 @@ FEATURE_TESTS: dict[str, Callable[[Target], bool]] = {
     "window": lambda t: t.window is not None or t.immediate,
     "release_trust": lambda t: t.release_trust is not None,
     "secrets": lambda t: bool(t.secrets) or bool(t.secret_names()),
+    "device_policy": lambda t: (
+        t.policy is not None
+        or any(is_relative_bind(v) for s in t.release.services for v in s.volumes)
+    ),
 }
 BASELINE_FEATURES = frozenset(
     {"depends_on", "healthcheck", "registry_auth", "overrides", "expires_at"}
@@ -89,6 +93,8 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     # Service.secret_env, RegistryAuth.password_secret and Target.secrets (the values, put
     # in by the hub only for devices whose release names them).
     "secrets",
+    # Target.policy: the agent refuses a target whose release the policy refuses.
+    "device_policy",
 }
 
 

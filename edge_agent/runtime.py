@@ -59,6 +59,7 @@ from edge_agent.models import (
     Release,
     Service,
     VolumeMount,
+    is_relative_bind,
 )
 from edge_agent.readpace import ReadPacer
 from edge_agent.reconcile import DEFAULT_NETWORK, joined_networks, network_key
@@ -177,8 +178,11 @@ class DockerRuntime:
         docker_url: str | None = None,
         disk_reserve_bytes: int = 500 * 2**20,
         docker_root: str = "/var/lib/docker",
+        data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.device_id = device_id
+        # Relative bind sources live under <data_dir>/releases/<release>/ (None: refused).
+        self.data_dir = data_dir
         self.disk_reserve_bytes = disk_reserve_bytes
         self.docker_root = docker_root
         url = docker_url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
@@ -498,7 +502,7 @@ class DockerRuntime:
         # No look before creating: the engine refuses a taken name (409), and only then is
         # the holder inspected to say whose it is.
         networks = [await self._ensure_joined(release, n) for n in joined_networks(service)]
-        mounts = [await self._mount(v) for v in service.volumes]
+        mounts = [await self._mount(v, release.name) for v in service.volumes]
         config = container_config(service, self._labels(service, release, revision), mounts)
         attach = _attach(config, service, networks[:1])
         try:
@@ -549,9 +553,31 @@ class DockerRuntime:
             f"container {name} already exists ({cid}); remove it before creating", status=409
         )
 
-    async def _mount(self, vol: VolumeMount) -> dict[str, Any]:
-        source = await self.ensure_volume(vol.source) if vol.type == "volume" else vol.source
+    async def _mount(self, vol: VolumeMount, release: str) -> dict[str, Any]:
+        if vol.type == "volume":
+            source = await self.ensure_volume(vol.source)
+        elif is_relative_bind(vol):
+            source = await asyncio.to_thread(self.release_data_path, release, vol.source)
+        else:
+            source = vol.source
         return {"Type": vol.type, "Source": source, "Target": vol.target, "ReadOnly": vol.read_only}
+
+    def release_data_path(self, release: str, source: str) -> str:
+        """Create (0750) and return the host path of a relative bind source of ``release``.
+
+        Refused if it resolves outside the release's data directory (a symlink a
+        container planted there must not lead a later mount elsewhere on the host).
+        """
+        if self.data_dir is None:
+            raise RuntimeAdapterError(f"bind source {source!r} is relative: no data_dir set")
+        base = os.path.join(os.fspath(self.data_dir), "releases", release)
+        path = os.path.normpath(os.path.join(base, source))
+        for d in (os.path.dirname(base), base):
+            _make_dir(d)
+        _check_inside(base, path, f"bind source {source!r} of release {release}")
+        _make_dir(path)
+        _check_inside(base, path, f"bind source {source!r} of release {release}")
+        return path
 
     async def start(self, cid: str) -> None:
         """Start managed container ``cid``; starting a running one is a no-op."""
@@ -762,3 +788,16 @@ def _current_service(data: dict[str, Any]) -> CurrentService:
         finished_at=_parse_time(state.get("FinishedAt")),
         oom_killed=bool(state.get("OOMKilled", False)),
     )
+
+
+def _make_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o750, exist_ok=True)
+        os.chmod(path, 0o750)  # makedirs' mode is masked by the umask
+
+
+def _check_inside(base: str, path: str, what: str) -> None:
+    """Refuse ``path`` if, symlinks resolved, it is not inside ``base``."""
+    real_base = os.path.realpath(base)
+    if os.path.commonpath([real_base, os.path.realpath(path)]) != real_base:
+        raise RuntimeAdapterError(f"{what} leads outside the release's data directory")

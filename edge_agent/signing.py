@@ -15,12 +15,17 @@ from edge_agent.errors import InvalidDocument, TargetRejected
 from edge_agent.models import Target, parse_document, strip_unknown
 from edge_agent.protocol import SignedTarget
 
+# Target fields left out of the document when unset: an agent that predates one never
+# sees it (a hub sends a field only to agents that can read it).
+OMITTED_WHEN_NONE = ("policy", "release_trust")
+
 
 def canonical_json(target: Target) -> bytes:
     """Return the target as canonical JSON bytes (sorted keys, no spaces)."""
     doc = target.model_dump(mode="json")
-    if doc.get("release_trust") is None:
-        doc.pop("release_trust", None)  # only agents with feature "release_trust" see it
+    for name in OMITTED_WHEN_NONE:
+        if doc.get(name) is None:
+            doc.pop(name, None)
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -452,6 +452,13 @@ class Store(OutboxMixin, LogStoreMixin, ActionStoreMixin):
         ) as cur:
             return int((await cur.fetchone())[0])  # type: ignore[index]
 
+    async def latest_hub_target(self) -> StoredTarget | None:
+        """Return the newest target from the hub (by arrival), whatever its state."""
+        return await self._one_target(
+            f"SELECT {TARGET_COLUMNS} FROM targets WHERE source = 'hub' ORDER BY id DESC LIMIT 1",
+            (),
+        )
+
     async def max_local_seq(self) -> int:
         """Return the highest local (technician) sequence number handed out (0 if none)."""
         async with self.db.execute("SELECT COALESCE(MAX(local_seq), 0) FROM targets") as cur:

@@ -25,6 +25,7 @@ from hub import (
     metrics_api,
     openapi_api,
     operator_api,
+    policy_api,
     release_api,
     rollout_api,
     secret_api,
@@ -112,6 +113,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(user_api.routes)
     app.add_routes(trust_api.routes)
     app.add_routes(secret_api.routes)
+    app.add_routes(policy_api.routes)
     openapi_api.install(app)  # after every route: it describes them all at startup
     check_routes(app)  # after every add_routes: a route without a permission is refused
     app[SECRET_BOX] = SecretBox.ensure(config.data_dir)  # the key is made at first start

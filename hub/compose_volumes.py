@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.models import is_release_data_path
 from hub import compose_values as cv
 from hub.compose_report import Notes
 
@@ -11,9 +12,14 @@ if TYPE_CHECKING:
     from hub.compose_service import ServiceMapper
 
 RELATIVE_BIND = (
-    "bind source {source!r} is relative to the compose file, which has no meaning on a "
-    "device: use an absolute path that exists on the device, or a named volume declared "
-    "under top-level volumes"
+    "bind source {source!r} is relative to a home directory or climbs out of the release's "
+    "data directory, which has no meaning on a device: use ./path (under the release's "
+    "data directory), an absolute path that exists on the device, or a named volume "
+    "declared under top-level volumes"
+)
+RELEASE_DATA = (
+    "relative bind source {source!r}: the agent places it under its data directory, "
+    "releases/<release>/ (needs an agent with the device_policy feature)"
 )
 _LONG_KEYS = {"type", "source", "target", "read_only", "bind", "volume", "tmpfs", "consistency"}
 
@@ -54,7 +60,9 @@ def _anonymous(target: str) -> str:
 
 def _mount(m: ServiceMapper, kind: str, source: str, target: str, ro: bool) -> dict[str, Any]:
     if kind == "bind" and cv.is_relative_path(source):
-        raise ValueError(RELATIVE_BIND.format(source=source))
+        if not is_release_data_path(source):
+            raise ValueError(RELATIVE_BIND.format(source=source))
+        m.notes.mapped(m.name, "volumes", RELEASE_DATA.format(source=source))
     if kind == "volume" and source not in m.volumes:
         raise ValueError(f"named volume {source!r} is not declared under top-level volumes")
     return {"type": kind, "source": source, "target": target, "read_only": ro}

@@ -58,6 +58,10 @@ Example (every key optional except ``server.data_dir``)::
     default_mode = "errors"       # for devices no group with a policy matches: none|errors|all
     default_pattern = "(?i)\\b(error|warn|warning|fatal|panic|exception)\\b"
 
+    [device_policy.default]       # what releases may do on devices no group with a policy
+    bind_paths = []               # matches (hub.device_policy); fields: docs/security.md
+    privileged = false
+
     [retention]                   # what devices sent (logs, events, status), hub.retention
     max_age_s = 2592000           # rows received longer ago are deleted (0: no age bound)
     max_bytes_per_device = 268435456  # per device, oldest deleted first (0: no size bound)
@@ -78,6 +82,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.device_policy import RESTRICTIVE, DevicePolicy
 from edge_agent.protocol import DEFAULT_LOG_PATTERN, check_log_pattern
 from hub.errors import ConfigError
 
@@ -256,6 +261,17 @@ class LogPolicyConfig(_Section):
         return self
 
 
+class DevicePolicyConfig(_Section):
+    """The device policy of devices no group with a policy matches (hub.device_policy).
+
+    Restrictive: binds only under the release's data directory, no Docker socket, no
+    privileged mode, host network, devices or added capabilities; ports on any address
+    and no limits required (see docs/security.md "Device policy").
+    """
+
+    default: DevicePolicy = Field(default_factory=lambda: RESTRICTIVE)
+
+
 class RetentionConfig(_Section):
     """Retention of what devices send (hub.retention); audit records are never deleted."""
 
@@ -291,6 +307,7 @@ class HubConfig(_Section):
     log_policy: LogPolicyConfig = Field(default_factory=lambda: LogPolicyConfig())
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
     access: AccessConfig = Field(default_factory=lambda: AccessConfig())
+    device_policy: DevicePolicyConfig = Field(default_factory=lambda: DevicePolicyConfig())
 
     @property
     def data_dir(self) -> Path:

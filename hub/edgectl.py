@@ -13,6 +13,7 @@
     group list | group show NAME | group delete NAME
     group env NAME SERVICE [VAR=VALUE ...] [--unset VAR ...]
     group log-policy NAME [none|errors|all|clear] [--pattern RE]   (no mode: show)
+    group policy set NAME POLICY.json | group policy show NAME | group policy clear NAME
     target set ID RELEASE.json [--override svc.KEY=VALUE ...] [--deadline S] [--min-ready S]
                [--expires 1d] [--window 01:00-04:00 --tz Europe/Berlin] [--immediate]
     target show ID
@@ -60,6 +61,7 @@ from hub import (
     edgectl_audit,
     edgectl_logs,
     edgectl_metrics,
+    edgectl_policy,
     edgectl_rollout,
     edgectl_secret,
     edgectl_technician,
@@ -256,7 +258,7 @@ def _env_arguments(p: argparse.ArgumentParser, *, service_required: bool) -> Non
 def _group_parser(sub: Any) -> None:
     group = sub.add_parser(
         "group",
-        help="groups (named tag selectors): create, list, show, delete, env, log-policy",
+        help="groups (named tag selectors): create, list, show, delete, env, log-policy, policy",
         description="groups of devices, chosen by their tags",
     ).add_subparsers(dest="action", required=True)
     create = group.add_parser("create", help="create a group from a tag selector")
@@ -272,6 +274,7 @@ def _group_parser(sub: Any) -> None:
     glog.add_argument("name")
     glog.add_argument("mode", nargs="?", choices=["none", "errors", "all", "clear"])
     glog.add_argument("--pattern", help="errors: lines matching this regular expression")
+    edgectl_policy.add_parser(group)
 
 
 def _env_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,6 +294,11 @@ def _run_group(args: argparse.Namespace, client: Client) -> Any:
         return client.call("DELETE", path)
     if action == "log-policy":
         return _run_log_policy(args, client, f"{path}/log-policy")
+    if action == "policy":
+        try:
+            return edgectl_policy.run(args, client.call, path)
+        except edgectl_policy.UsageError as exc:
+            raise CtlError(str(exc)) from None
     return client.call("PATCH", f"{path}/env", _env_body(args))
 
 

@@ -8,7 +8,8 @@ The tree::
     │   ├── InvalidSelector       422: a tag selector does not parse (position and token)
     │   ├── OverrideConflict      409: two matching groups set one variable differently
     │   ├── ComposeError          422: a compose file uses what the agent cannot honour
-    │   └── UnknownSecret         422: a release names a secret the hub does not hold
+    │   ├── UnknownSecret         422: a release names a secret the hub does not hold
+    │   └── PolicyRefused         422: a release does what a device's policy refuses
     ├── PayloadTooLarge           413: body, decompressed body or batch over a limit
     ├── Unauthenticated           401: no or unknown operator token / client certificate
     ├── Forbidden                 403: authenticated but not allowed (disabled device, ...)
@@ -203,6 +204,16 @@ class StoreError(HubError):
     status = 500
     code = "store"
     retryable = True
+
+
+class PolicyRefused(InvalidRequest):
+    """A release does what the device policy of a device it would reach refuses (422).
+
+    ``fields`` names each refusal: device, groups deciding the policy, service, option and
+    the refusing policy field.
+    """
+
+    code = "policy_refused"
 
 
 class ComposeError(InvalidRequest):

@@ -35,6 +35,7 @@ from hub import audit_api, secret_refs
 from hub.audit_api import AUDIT_QUERY
 from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
+from hub.device_policy import policy_for_target
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.metrics_api import sample_view
@@ -301,6 +302,7 @@ async def issue_target(
     now = audit.at
     overrides = await overrides_for_target(hub.store, device_id, release, explicit)
     release_trust = await trust_for_target(hub, device_id)
+    policy = await policy_for_target(hub.store, hub.config.device_policy, device_id, release)
 
     def make(revision: int) -> Target:
         return Target(
@@ -315,6 +317,7 @@ async def issue_target(
             window=options.window,
             immediate=options.immediate,
             release_trust=release_trust,
+            policy=policy,
         )
 
     def build(revision: int) -> Any:

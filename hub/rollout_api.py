@@ -26,9 +26,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
+from edge_agent.models import Release
 from edge_agent.openapi import described
 from hub.auth import Permission
 from hub.context import HubContext, ctx
+from hub.device_policy import check_devices
 from hub.errors import Conflict, NotFound
 from hub.fleet import connectivity
 from hub.operator_calls import Body, audited, json_body, principal
@@ -100,6 +102,18 @@ async def _check_release(hub: HubContext, ref: str) -> None:
         )
 
 
+async def _check_policies(hub: HubContext, ref: str, members: list[str]) -> None:
+    """Refuse (422) a release the device policy of any member refuses (hub.device_policy)."""
+    wanted = set(members)
+    devices = [d for d in await hub.store.list_devices() if d.id in wanted]
+    name, _, version = ref.partition("@")
+    record = await hub.store.get_release(name, version)
+    if record is None:  # _check_release said it exists; a delete in between is a 404
+        raise NotFound(f"no release {ref}", fields=[{"field": "release"}])
+    release = Release.model_validate_json(record.document)
+    await check_devices(hub.store, hub.config.device_policy, devices, release)
+
+
 async def _superseded(
     hub: HubContext, spec: RolloutSpec, members: list[str], new_id: str, now: datetime
 ) -> list[tuple[RolloutRecord, datetime, Decision]]:
@@ -132,6 +146,7 @@ async def create_rollout(request: web.Request) -> web.Response:
         async with engine.lock:
             now = hub.now()
             members, online = await _members(hub, spec)
+            await _check_policies(hub, spec.release, members)
             superseded = await _superseded(hub, spec, members, rollout_id, now)
             state = start_rollout(rollout_id, spec, members, online, now)
             record = RolloutRecord(

@@ -26,6 +26,7 @@ import base64
 import contextlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +38,7 @@ from edge_agent.models import MaintenanceWindow, Release
 from edge_agent.protocol import StatusSnapshot
 from hub.background import BackgroundTask
 from hub.context import HubContext
-from hub.errors import HubError, NotFound
+from hub.errors import HubError, NotFound, PolicyRefused
 from hub.fleet import STATUS_FIELDS, connectivity, merge_status
 from hub.operator_api import TargetOptions, issue_target
 from hub.rollout_models import (
@@ -55,6 +56,7 @@ from hub.store import AuditRecord, DeviceRecord, RolloutRecord
 log = logging.getLogger(__name__)
 ENGINE_ACTOR = "rollout-engine"
 HEALTH = {"healthy": True, "unhealthy": False}
+POLICY_REFUSED = "rollout.policy_refused"  # a member's device policy refuses the release
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,9 @@ async def _issue_one(
         return record.revision
     except HubError as exc:
         reason = {**detail, "reason": exc.message}
-        return AuditRecord(actor, "rollout.issue_failed", item.device_id, "error", now, reason)
+        # A device whose policy refuses the release (its groups changed since the start).
+        action = POLICY_REFUSED if isinstance(exc, PolicyRefused) else "rollout.issue_failed"
+        return AuditRecord(actor, action, item.device_id, "error", now, reason)
 
 
 def kept_audit(loaded: Loaded, item: TargetIssue, actor: str, now: datetime) -> AuditRecord:
@@ -328,9 +332,15 @@ async def apply(
     actor: str,
     now: datetime,
     extra: Sequence[AuditRecord] = (),
+    counts: Counter[str] | None = None,
 ) -> RolloutState:
-    """Issue the decision's targets, then save its state and audit rows in one transaction."""
+    """Issue the decision's targets, then save its state and audit rows in one transaction.
+
+    ``counts`` (if given) counts the targets not issued, by audit action.
+    """
     revisions, failures = await issue(hub, loaded, decision.issue, actor, now)
+    if counts is not None:
+        counts.update(f.action for f in failures)
     state = decision.state
     if revisions:
         state = record_revisions(state, revisions)
@@ -363,6 +373,7 @@ class RolloutEngine:
         self.reports = 0  # members' reports with news, each a wake-up (coalesced)
         self.failures = 0
         self.last_error: str | None = None
+        self.not_issued: Counter[str] = Counter()  # targets not issued, by audit action
 
     def stats(self) -> dict[str, Any]:
         """Return the engine's counters (shown on /healthz)."""
@@ -371,6 +382,7 @@ class RolloutEngine:
             "reports": self.reports,
             "failures": self.failures,
             "last_error": self.last_error,
+            "not_issued": dict(self.not_issued),
         }
 
     def wake(self) -> None:
@@ -449,7 +461,7 @@ class RolloutEngine:
         decision = plan_rollout(loaded.spec, loaded.state, observations, now)
         if _unchanged(loaded.state, decision):
             return
-        await apply(self.hub, loaded, decision, ENGINE_ACTOR, now)
+        await apply(self.hub, loaded, decision, ENGINE_ACTOR, now, counts=self.not_issued)
 
 
 ENGINE = web.AppKey("rollout_engine", RolloutEngine)

@@ -218,7 +218,7 @@ UNSUPPORTED = {
     "services.web.network_mode", "services.web.deploy.placement",
     "services.web.deploy.update_config", "services.web.deploy.replicas",
     "services.web.deploy.resources.reservations", "services.web.deploy.resources.limits.pids",
-    "services.web.healthcheck.start_interval", "services.web.volumes.0",
+    "services.web.healthcheck.start_interval",
     "services.web.volumes.1", "services.web.volumes.2", "services.web.volumes.3",
     "services.web.volumes.4", "services.web.ports.0", "services.web.ports.1",
     "services.web.logging.driver", "services.web.depends_on.db.restart",
@@ -234,17 +234,27 @@ def test_every_unsupported_key_refused_by_name_in_one_error() -> None:
     assert "anchors" in fields["services.web.extends"]
 
 
-def test_relative_bind_mount_refused_with_what_to_use() -> None:
-    """./data has no meaning on a device: refused, naming absolute path or named volume."""
-    fields = refused(name="nodered-relative.yml")
-    assert list(fields) == ["services.node-red.volumes.0"]
-    message = fields["services.node-red.volumes.0"]
-    assert "'./data'" in message and "absolute path" in message and "named volume" in message
+def test_relative_bind_mount_maps_to_the_release_data_directory() -> None:
+    """Issue 11: ./data is a path of the release's data directory on the device."""
+    result = load("nodered-relative.yml")
+    mount = {"type": "bind", "source": "./data", "target": "/data", "read_only": False}
+    assert svc(result, "node-red")["volumes"] == [mount]
+    mapped = [m.message for m in result.report.mapped if m.service == "node-red"]
+    assert any("'./data'" in m and "releases/<release>/" in m for m in mapped), mapped
 
 
-def test_gitea_refused_only_for_its_relative_bind() -> None:
-    """A public file with one relative bind: exactly that key is refused; external: false is not."""
-    assert list(refused(name="gitea.yml")) == ["services.server.volumes.0"]
+def test_relative_bind_out_of_the_data_directory_refused_with_what_to_use() -> None:
+    """../x and ~/x have no meaning on a device: refused, naming what to use instead."""
+    src = "services:\n  a:\n    image: x\n    volumes:\n      - ../up:/u\n      - ~/h:/h\n"
+    fields = refused(src)
+    assert set(fields) == {"services.a.volumes.0", "services.a.volumes.1"}
+    message = fields["services.a.volumes.0"]
+    assert "'../up'" in message and "./path" in message and "named volume" in message
+
+
+def test_gitea_imports_with_its_relative_bind() -> None:
+    """A public file with one relative bind imports; external: false is not refused."""
+    assert svc(load("gitea.yml"), "server")["volumes"][0]["source"] == "./gitea"
 
 
 def test_unsupported_key_not_in_list_is_refused_not_dropped() -> None:

@@ -535,6 +535,18 @@ class HubStore(ABC):
     ) -> int:
         """Re-seal every value with ``reseal`` in one transaction; return how many changed."""
 
+    # group device policies (hub.device_policy) -----------------------------------------
+
+    @abstractmethod
+    async def set_group_device_policy(
+        self, name: str, policy: dict[str, Any] | None, audit: AuditRecord
+    ) -> None:
+        """Set (None: clear) a group's device policy, with the audit row; NotFound if no group."""
+
+    @abstractmethod
+    async def group_device_policies(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Return (name, selector, policy) of every group that sets a device policy, by name."""
+
 
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""

@@ -47,6 +47,7 @@ from hub.store.sqlite_groups import GroupsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_logs import LogsMixin
 from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
+from hub.store.sqlite_policies import PoliciesMixin
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_secrets import SecretsMixin
@@ -97,6 +98,7 @@ class SqliteStore(
     AccessMixin,
     TrustMixin,
     SecretsMixin,
+    PoliciesMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""

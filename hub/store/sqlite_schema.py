@@ -382,6 +382,12 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
         ],
     ),
     (
+        17,
+        "groups: the device policy of their devices (hub.device_policy)",
+        # JSON of edge_agent.device_policy.DevicePolicy; NULL: the group sets none.
+        ["ALTER TABLE groups ADD COLUMN device_policy TEXT"],
+    ),
+    (
         18,
         "release signing: operator release roots and vouched-release manifests (no keys)",
         [
