@@ -195,6 +195,15 @@ class ActionsConfig(Section):
     logs_flush_s: float = Field(0.2, gt=0, le=60)
 
 
+class TechnicianConfig(Section):
+    """Bounds of what a technician on site may hold: pause and pin, and read auditing."""
+
+    max_pause_minutes: int = Field(240, ge=1, le=7 * 24 * 60)
+    max_pin_minutes: int = Field(7 * 24 * 60, ge=1, le=90 * 24 * 60)
+    # Technician reads are audited once per technician, route and this many minutes.
+    read_audit_minutes: float = Field(10.0, gt=0, le=24 * 60)
+
+
 class AgentConfig(Section):
     """The whole agent configuration."""
 
@@ -211,6 +220,7 @@ class AgentConfig(Section):
     image_gc: ImageGcConfig = Field(default_factory=ImageGcConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)
+    technician: TechnicianConfig = Field(default_factory=TechnicianConfig)
 
     @model_validator(mode="after")
     def _lan_is_https(self) -> AgentConfig:

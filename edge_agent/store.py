@@ -170,6 +170,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX logs_by_service ON logs (service, id)
         """,
     ),
+    (
+        11,
+        """
+        CREATE TABLE holds (
+            kind TEXT PRIMARY KEY,
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL NOT NULL
+        )
+        """,
+    ),
 ]
 
 TARGET_STATES = (
