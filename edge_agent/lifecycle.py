@@ -487,7 +487,11 @@ class Lifecycle:
             "release": self.desired.release.ref if self.desired else None,
         }
         if self.held is not None:
+            # The hub's gate reads "held" about the held target: not failed, not applying.
             out["held_revision"] = self.held.stored.label
+            out["applying_revision"] = self.held.stored.revision
+            out["applying_local_seq"] = self.held.stored.local_seq
+            out["rollout_state"] = "held"
         if self.desired is not None and self.desired.is_expired(now()):
             out["target_expired"] = True
         if self.state.phase is Phase.WAITING_WINDOW and self.waiting is not None:

@@ -7,11 +7,13 @@ fake of our own, a converger that records what it is asked to converge to.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_lifecycle import Converger, running, settle, target
+from test_rollout_plan import ISSUED, NOW, OLD, seen, spec
 
 from edge_agent.audit import verify_chain
 from edge_agent.errors import HoldRefused
@@ -20,6 +22,10 @@ from edge_agent.holds import Hold, Holds, check_request, due, holds_targets, is_
 from edge_agent.lifecycle import Lifecycle
 from edge_agent.rollout import Phase
 from edge_agent.store import Store
+from hub.device_holds import hold_view
+from hub.rollout_gate import judge_device
+from hub.rollout_models import RolloutState, RolloutStatus, Verdict
+from hub.rollouts import plan_rollout
 
 PAUSE = Hold("pause", "technician:ann", "fan", 100.0, 200.0)
 PIN = Hold("pin", "technician:ann", "audit", 100.0, 400.0)
@@ -146,3 +152,64 @@ async def test_technician_reads_are_audited_once_per_window_with_a_count(store: 
     rows = [json.loads(r["detail"]) | {"who": r["actor"]} for r in await store.audit_log()]
     assert len(rows) == 4 and rows[0]["count"] == 49 and rows[0]["who"] == "technician:ann@t1"
     assert sum(r["count"] for r in rows) == 52  # every read counted, none dropped
+
+
+# ---- the hub: the rollout gate and the device view ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "release", "at", "verdict"),
+    [
+        ("held", OLD, 10, Verdict.HELD),
+        ("held", OLD, 3000, Verdict.HELD),  # past the deadline: held, not failed
+        ("applying", OLD, 300, Verdict.FAILED),  # the same silence without a hold fails
+    ],
+)
+def test_gate_reports_a_held_device_as_held_not_failed(
+    state: str, release: str, at: float, verdict: Verdict
+) -> None:
+    got, a = judge_device(
+        spec(), ISSUED, seen(5, rollout_state=state, release=release), NOW + timedelta(seconds=at)
+    )
+    assert got is verdict
+    if verdict is Verdict.HELD:
+        assert a.seen_at is None  # its deadline starts when it is first seen applying
+
+
+def test_a_held_device_does_not_hold_its_stage_and_is_counted_as_held() -> None:
+    sp = spec()
+    state = RolloutState(
+        rollout_id="r1",
+        members=("dev-1",),
+        assignments={"dev-1": ISSUED},
+        started_at=NOW,
+        updated_at=NOW,
+    )
+    obs = {"dev-1": seen(5, rollout_state="held", release=OLD)}
+    decision = plan_rollout(sp, state, obs, NOW + timedelta(seconds=10))
+    assert decision.verdicts == {"dev-1": Verdict.HELD}
+    assert decision.progress[0].held == 1 and decision.progress[0].failed == 0
+    assert decision.state.status is RolloutStatus.COMPLETED
+
+
+HOLD = {"by": "technician:ann@t1", "reason": "fan", "since": "2026-03-01T11:00:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    ("report", "shown"),
+    [
+        (None, None),
+        ({"hold": None}, None),
+        ({"hold": {"pin": {**HOLD, "until": "2026-03-01T13:00:00+00:00"}}}, ["pin"]),
+        ({"hold": {"pause": {**HOLD, "until": "2026-03-01T11:30:00+00:00"}}}, None),  # over
+        ({"hold": {"pause": {**HOLD, "until": "soon"}}}, None),
+        ({"hold": {"other": {**HOLD, "until": "2026-03-01T13:00:00+00:00"}}}, None),
+    ],
+)
+def test_device_view_shows_the_active_holds_of_the_newest_report(
+    report: Any, shown: list[str] | None
+) -> None:
+    got = hold_view(report, NOW)
+    assert (sorted(got) if got else None) == shown
+    if got:
+        assert got["pin"]["by"] == "technician:ann@t1" and got["pin"]["reason"] == "fan"

@@ -416,6 +416,12 @@ class HubStore(ABC):
     async def device_data_size(self, device_id: str) -> tuple[int, int]:
         """Return (rows, bytes) of the device's non-audit data."""
 
+    # ---- technician holds (read from the device's status reports) ----
+
+    @abstractmethod
+    async def latest_status_report(self, device_id: str) -> dict[str, Any] | None:
+        """Return the payload of the device's newest status entry (None: none kept)."""
+
 
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""
