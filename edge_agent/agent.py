@@ -49,6 +49,7 @@ def _limits(config: AgentConfig) -> StoreLimits:
         logs=LogLimits(
             max_bytes_per_container=config.logs.local_max_bytes_per_container,
             max_age_s=config.logs.local_max_age_s,
+            drop_audit_interval_s=config.logs.drop_audit_interval_s,
         ),
     )
 

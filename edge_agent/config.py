@@ -139,6 +139,8 @@ class LogsConfig(Section):
     # marker "N lines dropped"), and for at most this long (0: no age limit).
     local_max_bytes_per_container: int = Field(16 * 2**20, ge=64 * 1024)
     local_max_age_s: float = Field(7 * 86400.0, ge=0)
+    # Dropping lines at a bound is audited (actor "agent"): one row per bound and interval.
+    drop_audit_interval_s: float = Field(300.0, gt=0, le=86400)
 
 
 class TasksConfig(Section):

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 
+from edge_agent.drop_audit import DropAudit
 from edge_agent.errors import StoreError, StoreFull
 from edge_agent.logpolicy import ShipPolicy
 from edge_agent.logstore import LogBatch, LogLimits, LogStoreMixin
@@ -234,6 +235,7 @@ class Store(OutboxMixin, LogStoreMixin):
         self.path = Path(path)
         self.limits = limits or StoreLimits()
         self.log_limits: LogLimits = self.limits.logs
+        self.drop_audit = DropAudit(self.log_limits.drop_audit_interval_s)
         self._last_prune = float("-inf")
         # What log lines go to the hub (logpolicy.py); loaded at open, set by sync.
         self.log_policy = ShipPolicy()

@@ -16,12 +16,13 @@ from test_lifecycle import Converger, running, settle, target
 from test_rollout_plan import ISSUED, NOW, OLD, seen, spec
 
 from edge_agent.audit import verify_chain
+from edge_agent.drop_audit import DropAudit
 from edge_agent.errors import HoldRefused
 from edge_agent.hold_api import ReadAudit
 from edge_agent.holds import Hold, Holds, check_request, due, holds_targets, is_paused, sleep_s
 from edge_agent.lifecycle import Lifecycle
 from edge_agent.rollout import Phase
-from edge_agent.store import Store
+from edge_agent.store import LogLimits, Store, StoreLimits
 from hub.device_holds import hold_view
 from hub.rollout_gate import judge_device
 from hub.rollout_models import RolloutState, RolloutStatus, Verdict
@@ -213,3 +214,55 @@ def test_device_view_shows_the_active_holds_of_the_newest_report(
     assert (sorted(got) if got else None) == shown
     if got:
         assert got["pin"]["by"] == "technician:ann@t1" and got["pin"]["reason"] == "fan"
+
+
+# ---- the agent's own decisions: dropped log lines, aggregated --------------------------
+
+
+@pytest.mark.parametrize(
+    ("drops", "written"),
+    [
+        # (seconds, lines) per drop -> the counts written, None where only counted
+        ([(0, 5)], [5]),
+        ([(0, 5), (10, 3), (20, 2)], [5, None, None]),
+        ([(0, 5), (10, 3), (300, 2)], [5, None, 5]),  # the later ones added up
+        ([(0, 1), (299.9, 1), (300, 1), (301, 1)], [1, None, 2, None]),
+    ],
+)
+def test_log_drops_are_audited_once_per_interval(
+    drops: list[tuple[float, int]], written: list[int | None]
+) -> None:
+    clock = [0.0]
+    audit = DropAudit(300.0, clock=lambda: clock[0])
+    got = []
+    for at, lines in drops:
+        clock[0] = at
+        got.append(audit.take("logs:web", lines))
+    assert got == written
+
+
+async def test_dropping_local_log_lines_writes_one_agent_audit_row_per_interval(
+    tmp_path: Path,
+) -> None:
+    limits = StoreLimits(
+        log_disk_reserve_bytes=0,
+        logs=LogLimits(max_bytes_per_container=64 * 1024, drop_audit_interval_s=3600.0),
+    )
+    store = await Store(tmp_path / "agent.db", limits=limits).open()
+    try:
+        for _ in range(20):
+            lines = [
+                {"service": "web", "ts": 1e9, "stream": "stdout", "line": "x" * 1000}
+                for _ in range(20)
+            ]
+            await store.append_logs(lines)
+        dropped = (await store.counters())["log_lines_dropped_quota"]
+        rows = [r for r in await store.audit_log(1000) if r["action"] == "logs.dropped"]
+        assert dropped > 100 and len(rows) == 1, (dropped, rows)
+        assert rows[0]["actor"] == "agent" and rows[0]["object"] == "service:web"
+        detail = json.loads(rows[0]["detail"])
+        assert detail["bound"] == "logs.local_max_bytes_per_container"
+        assert 0 < detail["lines"] <= dropped
+        assert verify_chain(list(reversed(await store.audit_log(1000)))) is None
+    finally:
+        await store.close()
