@@ -250,3 +250,36 @@ async def test_pin_holds_a_hub_target_and_the_hub_shows_it(
     chain = await docker_env.wait_for(verified, timeout_s=30)
     assert chain["broken_id"] is None and chain["breaks"] == 0, chain
     assert hub.device(device_id)["hold"] is None
+
+
+async def test_the_agent_audits_its_own_crash_loop_decision(
+    tmp_path: Path, docker: aiodocker.Docker, images: TestImages, device_id: str
+) -> None:
+    agent = AgentProcess(
+        device_id,
+        tmp_path / "a",
+        supervisor={"crash_loop_exits": 3, "backoff_base_s": 0.2, "backoff_cap_s": 1.0},
+    )
+    doc = {
+        "name": "app",
+        "version": "1",
+        "services": [
+            {
+                "name": "crashy",
+                "image": images.ref("crash"),
+                "environment": {"EXIT_CODE": "1", "CRASH_AFTER": "0"},
+            }
+        ],
+    }
+    async with running(docker, agent):
+        assert (await agent.call("POST", "/v1/apply", doc))[0] == 202
+
+        async def decided() -> list[dict[str, Any]]:
+            _, rows = await agent.call("GET", "/v1/audit?limit=1000")
+            return audit_rows(rows, "service.crash_loop")
+
+        rows = await docker_env.wait_for(decided, timeout_s=60, interval_s=0.5)
+        assert rows[0]["actor"] == "agent" and rows[0]["object"] == "service:crashy", rows
+        assert rows[0]["detail"]["exits"] == 3 and rows[0]["detail"]["backoff_s"] == 1.0
+        _, all_rows = await agent.call("GET", "/v1/audit?limit=1000")
+        assert verify_chain(list(reversed(all_rows))) is None
