@@ -50,6 +50,7 @@ def _limits(config: AgentConfig) -> StoreLimits:
         logs=LogLimits(
             max_bytes_per_container=config.logs.local_max_bytes_per_container,
             max_age_s=config.logs.local_max_age_s,
+            drop_audit_interval_s=config.logs.drop_audit_interval_s,
         ),
     )
 
@@ -106,6 +107,8 @@ class Agent:
         self.hub_link: Any = None
         self.logs: Any = None  # the LogFollower, when logs are enabled
         self.metrics: Any = None  # the MetricsReporter, when metrics are enabled
+        self.holds: Any = None  # the technician's pause and pin (edge_agent.holds)
+        self.read_audits: list[Any] = []  # the local APIs' technician read audits
         self._current: list[CurrentService] = []
         self._last_status = ""
         self._host_report_failing = False
@@ -158,6 +161,7 @@ class Agent:
             on_observed=self._on_observed,
             on_settled=self._on_settled,
         )
+        await self._start_holds()
         await self._restore()
         self._spawn("reconciler", self.reconciler.run)
         self._spawn("events", self._watch_events)
@@ -177,6 +181,31 @@ class Agent:
         await self._event("agent", {"action": "started", "version": __version__})
         log.info("agent %s started as device %s", __version__, self.device_id)
 
+    async def _start_holds(self) -> None:
+        """Load the technician's holds; the reconciler and lifecycle obey them."""
+        from edge_agent.holds import Holds
+
+        self.holds = Holds(self.store, device_id=self.device_id, on_change=self._holds_changed)
+        await self.holds.load()
+        self.reconciler.held = self.holds.is_paused  # type: ignore[union-attr]
+        self._spawn(
+            "holds",
+            lambda: self.holds.run(lambda: self.tasks.beat("holds"), self._sweep_reads),
+            60.0,
+        )
+
+    async def _holds_changed(self) -> None:
+        """Resume converging and activate a held target once the holds allow it."""
+        if self.lifecycle is not None:
+            await self.lifecycle.release_held()
+        if self.reconciler is not None:
+            self.reconciler.poke("technician hold changed")
+        self._fire("status", None)
+
+    async def _sweep_reads(self) -> None:
+        for reads in self.read_audits:
+            await reads.sweep()
+
     async def stop(self) -> None:
         """Stop every loop, close the API and the store; containers keep running."""
         if self._deadline_timer is not None:
@@ -194,6 +223,8 @@ class Agent:
         for runner in self._runners:
             log.debug("stop: closing the local API")
             await runner.cleanup()
+        for reads in self.read_audits:
+            await reads.sweep(float("inf"))  # counted technician reads are never dropped
         if self.runtime is not None and hasattr(self.runtime, "close"):
             log.debug("stop: closing the engine client")
             await self.runtime.close()
@@ -342,6 +373,7 @@ class Agent:
             on_state=self._set_state,
             on_error=self._set_error,
             release_pin=ReleasePin(anchor, self.config.trust.release_root).load(),
+            holding=lambda: self.holds is not None and self.holds.holds_targets(),
         )
 
     def _set_state(self, state: str) -> None:
@@ -416,6 +448,18 @@ class Agent:
 
     def _on_crash_loop(self, state: ServiceState) -> None:
         self._fire("event", state.crash_loop_event())
+        # The agent's own decision: restarts now wait the backoff cap, in the audit chain.
+        sc = self.config.supervisor
+        detail = {
+            "restarts": state.restarts,
+            "last_exit_code": state.last_exit_code,
+            "exits": sc.crash_loop_exits,
+            "window_s": sc.crash_loop_window_s,
+            "backoff_s": sc.backoff_cap_s,
+        }
+        target = f"service:{state.service}"
+        row = AuditRow("agent", "service.crash_loop", target, "backoff", detail)
+        self._track(self.store.append_audit(row), "audit crash loop")
 
     def _fire(self, kind: str, payload: dict[str, Any] | None) -> None:
         self._track(self._fire_async(kind, payload), f"queue {kind}")
@@ -494,6 +538,7 @@ class Agent:
             "state": self.state,
             **(await self.lifecycle.report() if self.lifecycle else {}),
             "reconciler": str(self.reconciler.state) if self.reconciler else None,
+            "hold": self.holds.report() if self.holds else None,
             "services": services,
             "last_error": self.last_error,
         }

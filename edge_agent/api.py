@@ -39,6 +39,7 @@ from aiohttp import web
 
 from edge_agent.enroll import load_identity
 from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TechnicianRefused
+from edge_agent.hold_api import install as install_holds
 from edge_agent.models import NAME_RE
 from edge_agent.outbox import AuditRow
 from edge_agent.technicians import TechnicianGate
@@ -320,6 +321,7 @@ def create_api(
     app.router.add_get("/v1/metrics", metrics)
     app.router.add_post("/v1/apply", apply)
     app.router.add_post("/v1/services/{name}/restart", restart_service)
+    install_holds(app, agent)  # pause/resume/pin/unpin/holds, technician reads audited
     return app
 
 

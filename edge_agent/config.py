@@ -140,6 +140,8 @@ class LogsConfig(Section):
     # marker "N lines dropped"), and for at most this long (0: no age limit).
     local_max_bytes_per_container: int = Field(16 * 2**20, ge=64 * 1024)
     local_max_age_s: float = Field(7 * 86400.0, ge=0)
+    # Dropping lines at a bound is audited (actor "agent"): one row per bound and interval.
+    drop_audit_interval_s: float = Field(300.0, gt=0, le=86400)
 
 
 class TasksConfig(Section):
@@ -202,6 +204,13 @@ class TrustConfig(Section):
     # A signed release root JSON file (``edgectl trust root show --json``); None: the
     # first root a hub target carries is pinned (trust on first use).
     release_root: Path | None = None
+class TechnicianConfig(Section):
+    """Bounds of what a technician on site may hold: pause and pin, and read auditing."""
+
+    max_pause_minutes: int = Field(240, ge=1, le=7 * 24 * 60)
+    max_pin_minutes: int = Field(7 * 24 * 60, ge=1, le=90 * 24 * 60)
+    # Technician reads are audited once per technician, route and this many minutes.
+    read_audit_minutes: float = Field(10.0, gt=0, le=24 * 60)
 
 
 class AgentConfig(Section):
@@ -224,6 +233,7 @@ class AgentConfig(Section):
     # [policy]: what a release may do here when its target carries no policy (a hub or
     # target from before "device_policy"); default permissive, today's behaviour.
     policy: DevicePolicy = PERMISSIVE
+    technician: TechnicianConfig = Field(default_factory=TechnicianConfig)
 
     @model_validator(mode="after")
     def _lan_is_https(self) -> AgentConfig:

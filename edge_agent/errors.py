@@ -26,6 +26,7 @@ The tree::
         └── HubRefused            the hub answered 4xx (not retryable unless 408/413/429)
     TaskFailed                    (under AgentError) a background task failed, or kept failing
     ImageInUse                    (under RuntimeAdapterError) image GC: a container uses it
+    HoldRefused                   (under AgentError) a pause/pin request is out of bounds
 
 Third-party exceptions (aiodocker, aiohttp, sqlite3) are translated at the module
 that talks to them, with ``raise X from exc``.
@@ -185,3 +186,15 @@ class TaskFailed(AgentError):
 
 class ImageInUse(RuntimeAdapterError):
     """An image cannot be removed: a container (of any device) uses it."""
+
+
+class HoldRefused(AgentError):
+    """A technician's pause or pin request is invalid or over its bound (HTTP 400)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the error as JSON, naming the field."""
+        return {**super().to_dict(), "field": self.field}

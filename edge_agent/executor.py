@@ -378,6 +378,7 @@ class Reconciler:
         self.on_settled = on_settled
         # Called when every image of the target is present (its apply deadline starts).
         self.on_images_ready = on_images_ready
+        self.held: Callable[[], bool] | None = None  # a technician's pause: do nothing
         self.target: Target | None = None
         self.state = ReconcileState.IDLE
         self.last_error: AgentError | None = None
@@ -430,6 +431,8 @@ class Reconciler:
                 pass
             self._wake.clear()
             self._urgent = False
+            if self.held is not None and self.held():
+                continue  # paused: woken again (poke) when the pause ends
             self._apply = asyncio.create_task(self.converge())
             try:
                 # wait() does not raise when the apply is cancelled by request();

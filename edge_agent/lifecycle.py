@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 MAX_REVISION = 2**63 - 1
 MAX_VIOLATIONS = 20  # violations named in one policy_refused event (count says how many)
+# Events that would activate a new target: a technician's pause or pin holds them.
+HELD_EVENTS = (Accepted, RetryDue, WindowOpened)
 
 
 def now() -> datetime:
@@ -116,6 +118,7 @@ class Lifecycle:
         on_state: Callable[[str], None] = lambda _s: None,
         on_error: Callable[[str], None] = lambda _m: None,
         release_pin: ReleasePin | None = None,
+        holding: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.converger = converger
@@ -136,6 +139,9 @@ class Lifecycle:
         self.retries: dict[int, int] = {}
         self.waiting: tuple[Ref, datetime] | None = None
         self.failed: Ref | None = None  # the target the last rollback or failure was about
+        # A technician's pause or pin holds new targets: the newest waits here (stored).
+        self.holding = holding
+        self.held: Ref | None = None
         self._lock = asyncio.Lock()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._jobs: set[asyncio.Task[None]] = set()
@@ -334,6 +340,9 @@ class Lifecycle:
         self, event: Event, ref: Ref | None = None, *, at: datetime | None = None
     ) -> None:
         """Decide (pure) and execute the actions; the caller holds the lock."""
+        if ref is not None and isinstance(event, HELD_EVENTS) and self.holding():
+            self._hold(ref)
+            return
         self.state, actions = decide(self.state, event)
         for action in actions:
             await self._execute(action, ref, at)
@@ -442,6 +451,27 @@ class Lifecycle:
         self.on_error(f"revision {label} {state}: {action.reason}")
         log.warning("revision %s %s: %s", label, state, action.reason)
 
+    # ---- technician holds ------------------------------------------------------------
+
+    def _hold(self, ref: Ref) -> None:
+        """Keep ``ref`` for when the hold ends; go on running what runs now."""
+        if self.held is None or self.held.id <= ref.id:
+            self.held = ref
+        log.info("target %s held by a technician's pause or pin", ref.stored.label)
+        if self.desired is None and self.running is not None:
+            self.desired = self.running.target  # after a restart: keep what ran before
+            self.converger.request(self.desired)
+
+    async def release_held(self) -> None:
+        """Activate the target held by a pause or pin, once no hold is left."""
+        async with self._lock:
+            ref = self.held
+            if ref is None or self.holding():
+                return
+            self.held = None
+            log.info("hold ended: activating target %s", ref.stored.label)
+            await self._handle(Accepted(ref.id, opens_at(ref.target)), ref)
+
     # ---- timers and jobs ----------------------------------------------------------------
 
     def _schedule_retry(self, target_id: int) -> None:
@@ -502,6 +532,12 @@ class Lifecycle:
             "rollout_state": str(self.state.phase),
             "release": self.desired.release.ref if self.desired else None,
         }
+        if self.held is not None:
+            # The hub's gate reads "held" about the held target: not failed, not applying.
+            out["held_revision"] = self.held.stored.label
+            out["applying_revision"] = self.held.stored.revision
+            out["applying_local_seq"] = self.held.stored.local_seq
+            out["rollout_state"] = "held"
         if self.desired is not None and self.desired.is_expired(now()):
             out["target_expired"] = True
         trust = self.release_pin.report(now()) if self.release_pin is not None else None

@@ -34,6 +34,10 @@ import aiosqlite
 
 from edge_agent.errors import InvalidLogQuery
 
+if TYPE_CHECKING:
+    from edge_agent.drop_audit import DropAudit
+    from edge_agent.outbox import AuditRow
+
 LOCAL = "local:"  # prefix of the per-service totals kept next to the outbox kinds
 _ROW_OVERHEAD = 32  # bytes a row costs beyond its text (id, ts, stream, bytes)
 _MARKER_ROOM = 256  # a new marker's bytes, freed with the lines it replaces (names < 64)
@@ -48,6 +52,7 @@ class LogLimits:
     max_age_s: float = 7 * 86400.0
     prune_interval_s: float = 60.0
     prune_batch: int = 5000
+    drop_audit_interval_s: float = 300.0  # one audit row per service and interval of drops
 
 
 @dataclass
@@ -91,6 +96,10 @@ class LogStoreMixin:
         def _count(self, kind: str, n: int, nbytes: int) -> None: ...
 
         def _queued(self, kind: str) -> tuple[int, int]: ...
+
+        async def _append_audit(self, db: aiosqlite.Connection, row: AuditRow) -> int: ...
+
+        drop_audit: DropAudit
 
     async def _keep_logs(self, db: aiosqlite.Connection, payloads: list[dict[str, Any]]) -> int:
         """Keep every payload in the local table, within quotas; return lines dropped."""
@@ -169,6 +178,25 @@ class LogStoreMixin:
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             (len(victims),),
         )
+        await self._audit_drop(db, service, len(victims), quota)
+
+    async def _audit_drop(
+        self, db: aiosqlite.Connection, service: str, lines: int, quota: int
+    ) -> None:
+        """Write the agent's drop decision to the audit chain, one row per interval."""
+        from edge_agent.outbox import AuditRow  # outbox imports this module
+
+        count = self.drop_audit.take(f"logs:{service}", lines)
+        if count is None:
+            return
+        detail = {
+            "lines": count,
+            "bound": "logs.local_max_bytes_per_container",
+            "bytes": quota,
+            "interval_s": self.drop_audit.interval_s,
+        }
+        row = AuditRow("agent", "logs.dropped", f"service:{service}", "dropped", detail)
+        await self._append_audit(db, row)
 
     async def _prune_logs(self, db: aiosqlite.Connection, now: float | None = None) -> int:
         """Delete the oldest rows older than the age limit (one bounded pass); return how many."""

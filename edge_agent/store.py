@@ -20,6 +20,7 @@ from typing import Any
 import aiosqlite
 
 from edge_agent.actionstore import ActionStoreMixin
+from edge_agent.drop_audit import DropAudit
 from edge_agent.errors import StoreError, StoreFull
 from edge_agent.logpolicy import ShipPolicy
 from edge_agent.logstore import LogBatch, LogLimits, LogStoreMixin
@@ -171,6 +172,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX logs_by_service ON logs (service, id)
         """,
     ),
+    (
+        11,
+        """
+        CREATE TABLE holds (
+            kind TEXT PRIMARY KEY,
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL NOT NULL
+        )
+        """,
+    ),
 ]
 
 TARGET_STATES = (
@@ -223,6 +236,7 @@ class Store(OutboxMixin, LogStoreMixin, ActionStoreMixin):
         self.path = Path(path)
         self.limits = limits or StoreLimits()
         self.log_limits: LogLimits = self.limits.logs
+        self.drop_audit = DropAudit(self.log_limits.drop_audit_interval_s)
         self._last_prune = float("-inf")
         # What log lines go to the hub (logpolicy.py); loaded at open, set by sync.
         self.log_policy = ShipPolicy()

@@ -26,7 +26,7 @@ from typing import Any
 
 Call = Callable[..., Any]
 ACTIVE = ("running", "paused", "halted", "rolling_back")
-DONE_COLUMNS = ("healthy", "failed", "offline", "rolled_back")
+DONE_COLUMNS = ("healthy", "failed", "offline", "rolled_back", "held")
 WAITING_SHOWN = 10  # devices waiting for their window listed by name; the rest counted
 
 
@@ -114,8 +114,9 @@ def plain_lines(view: dict[str, Any]) -> list[str]:
     head = f"{view['id']}  {view['release']}  {view['status']}  ({view['members']} devices)"
     lines = [head + (f"  reason: {view['reason']}" if view.get("reason") else "")]
     for p in view["progress"]:
-        done = sum(p[c] for c in DONE_COLUMNS)
-        counts = "  ".join(f"{c} {p[c]}" for c in ("pending", "applying", *DONE_COLUMNS) if p[c])
+        done = sum(p.get(c, 0) for c in DONE_COLUMNS)  # "held": absent from older hubs
+        shown = ("pending", "applying", *DONE_COLUMNS)
+        counts = "  ".join(f"{c} {p[c]}" for c in shown if p.get(c))
         lines.append(f"  stage {p['stage'] + 1} ({p['size']}): {done}/{p['planned']}  {counts}")
     return lines + waiting_lines(view.get("waiting_window") or {})
 

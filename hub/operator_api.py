@@ -35,6 +35,7 @@ from hub import audit_api, secret_refs
 from hub.audit_api import AUDIT_QUERY
 from hub.auth import Permission, new_enrollment_token
 from hub.context import HubContext, ctx
+from hub.device_holds import hold_view
 from hub.device_policy import policy_for_target
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
@@ -218,6 +219,7 @@ async def show_device(request: web.Request) -> web.Response:
     view["audit_chain"] = asdict(await hub.store.device_audit_chain(device.id))
     latest = await hub.store.latest_metrics(device.id)
     view["metrics"] = sample_view(latest) if latest is not None else None
+    view["hold"] = hold_view(await hub.store.latest_status_report(device.id), hub.now())
     return web.json_response(view)
 
 

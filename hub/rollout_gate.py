@@ -19,6 +19,7 @@ from hub.rollout_models import (
 
 ON_DEVICE_FAILURE = ("rolled_back", "failed")
 APPLYING_STATES = ("waiting_window", "applying", "settling")
+HELD = "held"  # the agent's rollout_state while a technician's pause or pin holds the target
 
 
 def device_deadline(spec: RolloutSpec, assignment: DeviceAssignment) -> datetime:
@@ -53,6 +54,10 @@ def judge_device(
         if a.healthy_at is not None:
             return Verdict.HEALTHY, a
         return (Verdict.OFFLINE if now >= deadline else Verdict.PENDING), a
+    if obs.rollout_state == HELD and a.healthy_at is None:
+        # Held by a technician on site (bounded): reported as such, and its deadline
+        # starts when it is first seen applying, as for a device that was away.
+        return Verdict.HELD, a
     if a.seen_at is None:
         a = a.model_copy(update={"seen_at": obs.reported_at})
     if a.seen_at is not None and a.seen_at >= deadline:

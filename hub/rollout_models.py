@@ -197,6 +197,7 @@ class Verdict(StrEnum):
     FAILED = "failed"  # rolled back on the device, crash loop, restarts, or deadline missed
     OFFLINE = "offline"  # silent past the deadline: counted, never waited for
     ROLLED_BACK = "rolled_back"  # after a fleet rollback: runs its previous release again
+    HELD = "held"  # a technician's pause or pin holds the target: counted, never waited for
 
 
 class RolloutStatus(StrEnum):
@@ -313,6 +314,7 @@ class StageProgress(Frozen):
     failed: int = 0
     offline: int = 0
     rolled_back: int = 0
+    held: int = 0
 
 
 class Decision(Frozen):

@@ -546,6 +546,11 @@ class HubStore(ABC):
     @abstractmethod
     async def group_device_policies(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Return (name, selector, policy) of every group that sets a device policy, by name."""
+    # ---- technician holds (read from the device's status reports) ----
+
+    @abstractmethod
+    async def latest_status_report(self, device_id: str) -> dict[str, Any] | None:
+        """Return the payload of the device's newest status entry (None: none kept)."""
 
 
 def open_store(config: HubConfig) -> HubStore:

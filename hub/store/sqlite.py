@@ -44,6 +44,7 @@ from hub.store.sqlite_access import AccessMixin
 from hub.store.sqlite_actions import ActionsMixin
 from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
+from hub.store.sqlite_holds import HoldsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_logs import LogsMixin
 from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
@@ -99,6 +100,7 @@ class SqliteStore(
     TrustMixin,
     SecretsMixin,
     PoliciesMixin,
+    HoldsMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""
