@@ -204,6 +204,8 @@ class TrustConfig(Section):
     # A signed release root JSON file (``edgectl trust root show --json``); None: the
     # first root a hub target carries is pinned (trust on first use).
     release_root: Path | None = None
+
+
 class TechnicianConfig(Section):
     """Bounds of what a technician on site may hold: pause and pin, and read auditing."""
 

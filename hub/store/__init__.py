@@ -546,6 +546,7 @@ class HubStore(ABC):
     @abstractmethod
     async def group_device_policies(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Return (name, selector, policy) of every group that sets a device policy, by name."""
+
     # ---- technician holds (read from the device's status reports) ----
 
     @abstractmethod
