@@ -16,9 +16,16 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.anchor import RevisionAnchor
-from edge_agent.api import Conflict, NotFound, start_api
+from edge_agent.api import start_api
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TargetRejected
+from edge_agent.errors import (
+    AgentError,
+    ConfigError,
+    Conflict,
+    InvalidDocument,
+    NotFound,
+    TargetRejected,
+)
 from edge_agent.executor import Reconciler, poll_completion, poll_health
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target

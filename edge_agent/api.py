@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edge_agent.enroll import load_identity
-from edge_agent.errors import AgentError, ConfigError, InvalidDocument, TechnicianRefused
+from edge_agent.errors import (
+    AgentError,
+    ConfigError,
+    InvalidDocument,
+    NotFound,
+    TechnicianRefused,
+)
 from edge_agent.hold_api import install as install_holds
 from edge_agent.models import NAME_RE
 from edge_agent.outbox import AuditRow
@@ -70,12 +76,10 @@ STATUS_BY_ERROR = {
 }
 
 
-class NotFound(AgentError):
-    """The named object does not exist."""
-
-
-class Conflict(AgentError):
-    """The request conflicts with the agent's state."""
+def error_body(code: str, message: str, status: int, **headers: str) -> web.Response:
+    """Return an error answer in the one shape hub and agent share (``ErrorBody``)."""
+    body = {"error": code, "message": message, "fields": []}
+    return web.json_response(body, status=status, headers=headers or None)
 
 
 def error_response(exc: AgentError) -> web.Response:
@@ -123,9 +127,7 @@ async def _errors_and_actor(
         await request.app[REFUSALS_KEY].record(request, exc)
         return web.json_response(exc.to_dict(), status=exc.status)
     if actor is None:
-        return web.json_response(
-            {"error": "Unauthorized", "message": "a technician token is required"}, status=401
-        )
+        return error_body("unauthenticated", "a technician token is required", 401)
     request[ACTOR] = actor
     try:
         return await handler(request)
@@ -133,12 +135,12 @@ async def _errors_and_actor(
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[MAX_BODY_KEY]
-        return web.json_response(
-            {"error": "TooLarge", "message": f"request body over api.max_body_bytes ({limit})"},
-            status=413,
-        )
-    except web.HTTPException:
-        raise
+        return error_body("too_large", f"request body over api.max_body_bytes ({limit})", 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return error_body(exc.reason.lower().replace(" ", "_"), exc.reason, exc.status, **allow)
     except Exception:
         return _internal_error(request)
 
@@ -202,12 +204,7 @@ def _internal_error(request: web.Request) -> web.Response:
         request.path[:MAX_LOGGED_PATH],
         error_id,
     )
-    body = {
-        "error": "Internal",
-        "message": f"internal error {error_id}; see the agent log",
-        "error_id": error_id,
-    }
-    return web.json_response(body, status=500)
+    return error_body("internal", f"internal error {error_id}; see the agent log", 500)
 
 
 async def _json_body(request: web.Request) -> Any:

@@ -34,6 +34,7 @@ that talks to them, with ``raise X from exc``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -48,9 +49,18 @@ class AgentError(Exception):
         if retryable is not None:
             self.retryable = retryable
 
+    @property
+    def code(self) -> str:
+        """Return the wire code: the class name in snake case (``invalid_document``)."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
+
+    def field_list(self) -> list[dict[str, Any]]:
+        """Return the fields this error is about (each ``{"field", "message"}``)."""
+        return []
+
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready description of the error."""
-        return {"error": type(self).__name__, "message": self.message, "retryable": self.retryable}
+        """Return the error body, the hub's shape: ``{"error", "message", "fields"}``."""
+        return {"error": self.code, "message": self.message, "fields": self.field_list()}
 
 
 class ConfigError(AgentError):
@@ -64,9 +74,9 @@ class InvalidDocument(AgentError):
         super().__init__(message, retryable=False)
         self.errors = errors or []
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the error with its field list."""
-        return {**super().to_dict(), "fields": self.errors}
+    def field_list(self) -> list[dict[str, Any]]:
+        """Return every bad field."""
+        return self.errors
 
 
 class TargetRejected(AgentError):
@@ -86,9 +96,10 @@ class TechnicianRefused(AgentError):
         self.status = status
         self.actor = "anonymous"  # the technician, once the signature verified
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the description, with the reason code."""
-        return {**super().to_dict(), "reason": self.reason}
+    @property
+    def code(self) -> str:
+        """Return the short reason (``wrong_role``, ``expired``, ...) as the wire code."""
+        return self.reason
 
 
 class ActionRefused(AgentError):
@@ -195,6 +206,14 @@ class HoldRefused(AgentError):
         super().__init__(message)
         self.field = field
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the error as JSON, naming the field."""
-        return {**super().to_dict(), "field": self.field}
+    def field_list(self) -> list[dict[str, Any]]:
+        """Return the field that is invalid or over its bound."""
+        return [{"field": self.field, "message": self.message}]
+
+
+class NotFound(AgentError):
+    """The named object does not exist (local API: 404)."""
+
+
+class Conflict(AgentError):
+    """The request conflicts with the agent's state (local API: 409)."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edge_agent.config import TechnicianConfig
-from edge_agent.errors import HoldRefused
+from edge_agent.errors import Conflict, HoldRefused
 from edge_agent.holds import KINDS, check_request
 from edge_agent.outbox import AuditRow
 
@@ -96,9 +96,7 @@ def release_handler(kind: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         held = await _agent(request).holds.release(kind, _actor(request))
         if held is None:
-            return web.json_response(
-                {"error": "Conflict", "message": f"the device is not under {kind}"}, status=409
-            )
+            raise Conflict(f"the device is not under {kind}")
         return web.json_response({"released": kind, "was": held.report()})
 
     return handle

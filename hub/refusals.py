@@ -22,7 +22,7 @@ from hub.background import BackgroundTask
 from hub.store import AuditRecord, HubStore
 
 log = logging.getLogger(__name__)
-GroupKey = tuple[str, str, str, str]
+GroupKey = tuple[str, str, str, str, str]  # peer, action, outcome, reason, route
 MAX_TARGET = 200  # characters of a refused request's target kept in its audit row
 
 
@@ -57,7 +57,10 @@ class RefusalAudit:
     async def record(self, peer: str, record: AuditRecord) -> None:
         """Count one refusal; write it at once if it opens its group's window."""
         self.refusals += 1
-        key = (peer, record.action, record.outcome, str(record.detail.get("reason", "")))
+        # The route (from the route table: bounded) is part of the key: a refusal on
+        # POST .../disable is not folded into one on GET /api/v1/devices.
+        route = str(record.detail.get("route", ""))
+        key = (peer, record.action, record.outcome, str(record.detail.get("reason", "")), route)
         group = self._groups.get(key)
         if group is not None:
             group.add(record)
@@ -73,7 +76,7 @@ class RefusalAudit:
         """Write every pending group as one counted row and start a new window."""
         groups, self._groups = self._groups, {}
         pending = [(k, g) for k, g in groups.items() if g.pending]
-        for i, ((peer, action, outcome, _), group) in enumerate(pending):
+        for i, ((peer, action, outcome, _, _), group) in enumerate(pending):
             assert group.first_at is not None and group.last_at is not None
             detail = {
                 **group.detail,

@@ -27,6 +27,6 @@ async def test_oversized_body_is_413_and_bad_json_is_422() -> None:
         assert "2048" in (await resp.json())["message"]
         resp = await client.post("/v1/apply", data=b"{not json", headers=auth)
         assert resp.status == 422
-        assert (await resp.json())["error"] == "InvalidDocument"
+        assert (await resp.json())["error"] == "invalid_document"
         resp = await client.post("/v1/apply", data=b"{}")
         assert resp.status == 401

@@ -219,7 +219,7 @@ async def test_technician_apply_is_held_to_the_policy_of_the_hub_target(
     operator, reader = issue("olga", "operate"), issue("rita", "read")
     privileged = {"name": "app", "version": "2", "services": [{**web, "cap_add": ["SYS_ADMIN"]}]}
     code, body = await _apply_as(agent, reader, {**privileged, "force": True})
-    assert (code, body["reason"]) == (403, "wrong_role"), body
+    assert (code, body["error"]) == (403, "wrong_role"), body
     # A policy in the technician's own body counts for nothing: the hub target's decides.
     forged = {"release": privileged, "policy": {"cap_add": ["ALL"]}, "force": True}
     code, body = await _apply_as(agent, operator, forged)

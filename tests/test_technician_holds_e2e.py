@@ -93,7 +93,7 @@ async def test_pause_holds_a_crashed_container_and_a_new_target_until_resume(
         await docker_env.wait_for(lambda: runs(agent, docker, "1"), timeout_s=60)
 
         code, body = await agent.call("POST", "/v1/pause", {"minutes": 31, "reason": "fan"})
-        assert code == 400 and body["field"] == "minutes", body
+        assert code == 400 and body["fields"][0]["field"] == "minutes", body
         assert "technician.max_pause_minutes (30)" in body["message"]
         assert (await agent.status())["hold"] is None  # nothing changed
 

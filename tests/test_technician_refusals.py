@@ -30,7 +30,7 @@ async def test_refusal_audit_is_bounded_per_minute_and_counted(tmp_path: Path) -
             for _ in range(5):
                 resp = await client.get("/v1/status", headers=auth)
                 assert resp.status == 401
-                assert (await resp.json())["reason"] == "not_enrolled"
+                assert (await resp.json())["error"] == "not_enrolled"
             now[0] = 61.0  # the next minute: the 3 not recorded one by one are summed
             assert (await client.get("/v1/status", headers=auth)).status == 401
         rows = [r for r in await store.audit_log(100) if r["action"] == "api.refused"]

@@ -95,17 +95,17 @@ async def test_technician_tokens_work_offline_and_refusals_are_named_and_audited
         code, body = await call(agent, "POST", "/v1/services/web/restart", alice, lan=where)
         assert code == 404, body  # allowed; there is no such service
     code, body = await call(agent, "POST", "/v1/services/web/restart", reader)
-    assert (code, body["reason"]) == (403, "wrong_role"), body
+    assert (code, body["error"]) == (403, "wrong_role"), body
     code, body = await call(agent, "GET", "/v1/status", paris, lan=lan)
-    assert (code, body["reason"]) == (403, "wrong_scope"), body
+    assert (code, body["error"]) == (403, "wrong_scope"), body
     assert "site=paris" in body["message"]
     forged = reader[: reader.rindex(".")] + "." + alice[alice.rindex(".") + 1 :]
     code, body = await call(agent, "GET", "/v1/status", forged)
-    assert (code, body["reason"]) == (401, "forged"), body
+    assert (code, body["error"]) == (401, "forged"), body
 
     async def expired() -> Any:
         code, body = await call(agent, "GET", "/v1/status", brief)
-        return code == 401 and body["reason"] == "expired"
+        return code == 401 and body["error"] == "expired"
 
     await docker_env.wait_for(expired, timeout_s=10)
 
@@ -114,14 +114,14 @@ async def test_technician_tokens_work_offline_and_refusals_are_named_and_audited
 
     async def revoked() -> Any:
         code, body = await call(agent, "GET", "/v1/status", doomed, lan=lan)
-        return code == 401 and body["reason"] == "revoked"
+        return code == 401 and body["error"] == "revoked"
 
     await docker_env.wait_for(revoked, timeout_s=15)  # with the next sync
     hub.stop()
     await agent.stop()
     await agent.start()  # offline, after a restart: still revoked, the others still good
     code, body = await call(agent, "GET", "/v1/status", doomed)
-    assert (code, body["reason"]) == (401, "revoked"), body
+    assert (code, body["error"]) == (401, "revoked"), body
     assert (await call(agent, "GET", "/v1/status", alice))[0] == 200
 
     code, audit = await agent.call("GET", "/v1/audit?limit=100")
