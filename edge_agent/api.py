@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import RootModel
 
+from edge_agent import __version__
 from edge_agent.enroll import load_identity
 from edge_agent.errors import (
     AgentError,
@@ -46,7 +48,8 @@ from edge_agent.errors import (
     TechnicianRefused,
 )
 from edge_agent.hold_api import install as install_holds
-from edge_agent.models import NAME_RE
+from edge_agent.models import NAME_RE, Release, Target
+from edge_agent.openapi import Query, described, openapi_document, undeclared_query
 from edge_agent.outbox import AuditRow
 from edge_agent.technicians import TechnicianGate
 from edge_agent.techtoken import is_hub_token
@@ -66,6 +69,9 @@ REFUSALS_KEY = web.AppKey("refusals", "RefusalAudit")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_AUDIT_LIMIT = 10_000  # records per GET /v1/audit
 MAX_LOGGED_PATH = 200  # characters of a request path written to the log
+
+LocalApply = RootModel[Target | Release]  # a target, or a bare release (see ``local_target``)
+
 
 STATUS_BY_ERROR = {
     "InvalidDocument": 422,
@@ -129,6 +135,13 @@ async def _errors_and_actor(
     if actor is None:
         return error_body("unauthenticated", "a technician token is required", 401)
     request[ACTOR] = actor
+    unknown, known = undeclared_query(request.match_info.handler, request.query)
+    if unknown:  # a mistyped parameter is not silently ignored
+        shown = ", ".join(repr(name[:64]) for name in unknown[:10])
+        message = (
+            f"unknown query parameter(s) {shown}; this route takes: {', '.join(known) or 'none'}"
+        )
+        return error_body("invalid_request", message, 400)
     try:
         return await handler(request)
     except AgentError as exc:
@@ -214,17 +227,20 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidDocument(f"body is not valid JSON: {exc}", [{"field": "(body)"}]) from exc
 
 
+@described()
 async def status(request: web.Request) -> web.Response:
     """Return the agent's status."""
     return web.json_response(await request.app[AGENT_KEY].status())
 
 
+@described()
 async def containers(request: web.Request) -> web.Response:
     """Return the managed containers as the engine reports them."""
     items = await request.app[AGENT_KEY].runtime.list_services()
     return web.json_response([c.model_dump(mode="json") for c in items])
 
 
+@described(errors=(404,))
 async def metrics(request: web.Request) -> web.Response:
     """Return the latest metrics sample and the reporter's counts."""
     reporter = request.app[AGENT_KEY].metrics
@@ -235,6 +251,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.json_response({"sample": reporter.latest, **reporter.status()})
 
 
+@described()
 async def targets(request: web.Request) -> web.Response:
     """Return target history."""
     hist = await request.app[AGENT_KEY].store.target_history()
@@ -253,6 +270,7 @@ async def targets(request: web.Request) -> web.Response:
     )
 
 
+@described(query=(Query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_AUDIT_LIMIT}),))
 async def audit(request: web.Request) -> web.Response:
     """Return local audit records."""
     limit = _int_param(request, "limit", 100, 1, MAX_AUDIT_LIMIT)
@@ -273,6 +291,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
+@described(body=LocalApply, status=202, errors=(404, 409, 422))
 async def apply(request: web.Request) -> web.Response:
     """Apply a target (or a bare release) sent by a technician."""
     body = await _json_body(request)
@@ -289,6 +308,7 @@ async def apply(request: web.Request) -> web.Response:
     )
 
 
+@described(errors=(404, 409, 422))
 async def restart_service(request: web.Request) -> web.Response:
     """Restart one service's container."""
     name = request.match_info["name"]
@@ -299,6 +319,23 @@ async def restart_service(request: web.Request) -> web.Response:
         )
     await request.app[AGENT_KEY].restart_service(name, actor=request[ACTOR])
     return web.json_response({"restarted": name})
+
+
+@described(tags=("meta",))
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of this local API (generated from its routes)."""
+    doc = openapi_document(
+        request.app,
+        title="edgefleet agent local API",
+        version=__version__,
+        description=(
+            "The device's own API: on its unix socket (the peer's unix user) and on the "
+            "optional LAN listener (HTTPS, a technician token). Errors are ErrorBody."
+        ),
+        annotate=lambda _m, _p: {"security": [{"technicianToken": []}]},
+        security_schemes={"technicianToken": {"type": "http", "scheme": "bearer"}},
+    )
+    return web.json_response(doc)
 
 
 def create_api(
@@ -319,6 +356,7 @@ def create_api(
     app.router.add_post("/v1/apply", apply)
     app.router.add_post("/v1/services/{name}/restart", restart_service)
     install_holds(app, agent)  # pause/resume/pin/unpin/holds, technician reads audited
+    app.router.add_get("/v1/openapi.json", openapi_json)
     return app
 
 

@@ -26,7 +26,8 @@ from aiohttp import web
 
 from edge_agent.config import TechnicianConfig
 from edge_agent.errors import Conflict, HoldRefused
-from edge_agent.holds import KINDS, check_request
+from edge_agent.holds import KINDS, HoldRequest, check_request
+from edge_agent.openapi import described
 from edge_agent.outbox import AuditRow
 
 if TYPE_CHECKING:
@@ -73,7 +74,9 @@ def _refused(exc: HoldRefused) -> web.Response:
 def hold_handler(kind: str) -> Handler:
     """Return the POST handler that sets a hold of ``kind``."""
 
+    @described(body=HoldRequest, errors=(400, 409), tags=("holds",))
     async def handle(request: web.Request) -> web.Response:
+        """Hold the device (pause: no converging; pin: no new target) for a while."""
         agent, actor = _agent(request), _actor(request)
         bound = getattr(agent.config.technician, f"max_{kind}_minutes")
         try:
@@ -93,7 +96,9 @@ def hold_handler(kind: str) -> Handler:
 def release_handler(kind: str) -> Handler:
     """Return the POST handler that ends a hold of ``kind``."""
 
+    @described(errors=(409,), tags=("holds",))
     async def handle(request: web.Request) -> web.Response:
+        """End a hold before its time (resume after a pause, unpin after a pin)."""
         held = await _agent(request).holds.release(kind, _actor(request))
         if held is None:
             raise Conflict(f"the device is not under {kind}")
@@ -102,6 +107,7 @@ def release_handler(kind: str) -> Handler:
     return handle
 
 
+@described(tags=("holds",))
 async def holds(request: web.Request) -> web.Response:
     """Return the active holds."""
     return web.json_response(_agent(request).holds.report() or {})

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import HoldRefused
 from edge_agent.outbox import AuditRow
@@ -57,15 +58,26 @@ class Hold:
 # ---- pure decisions ------------------------------------------------------------------
 
 
+class HoldRequest(BaseModel):
+    """Body of POST /v1/pause and /v1/pin (the bound is the agent's configuration)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    minutes: float = Field(gt=0, allow_inf_nan=False, description="how long the hold lasts")
+    reason: str = Field(min_length=1, max_length=MAX_REASON, pattern=r"\S")
+
+
 def check_request(kind: str, body: Any, max_minutes: int) -> tuple[float, str]:
     """Return the (minutes, reason) of a pause/pin request; raise HoldRefused naming a field."""
     if not isinstance(body, dict):
         raise HoldRefused("body must be a JSON object", field="(body)")
-    minutes, reason = body.get("minutes"), body.get("reason", "")
-    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
-        raise HoldRefused("minutes must be a number", field="minutes")
-    if not math.isfinite(minutes) or minutes <= 0:
-        raise HoldRefused("minutes must be greater than 0", field="minutes")
+    try:
+        req = HoldRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(body)"
+        raise HoldRefused(f"{field}: {err['msg']}", field=field) from None
+    minutes, reason = req.minutes, req.reason
     if minutes > max_minutes:
         bound = f"technician.max_{kind}_minutes"
         raise HoldRefused(f"minutes {minutes:g} is over {bound} ({max_minutes})", field="minutes")

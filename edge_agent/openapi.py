@@ -118,6 +118,16 @@ def route_doc(handler: Any) -> RouteDoc | None:
     return getattr(handler, "__route_doc__", None)
 
 
+def undeclared_query(handler: Any, names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Return (the query parameter names a described handler does not declare, those it
+    does); ``([], [])`` for a handler without a description."""
+    doc = route_doc(handler)
+    if doc is None:
+        return [], []
+    known = {q.name for q in doc.query}
+    return sorted({n for n in names if n not in known}), sorted(known)
+
+
 def served_routes(app: web.Application) -> list[tuple[str, str, Any]]:
     """Return ``(METHOD, path template, handler)`` of every route (HEAD twins left out)."""
     out = []

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 import hub
-from edge_agent.openapi import described, openapi_document, route_doc
+from edge_agent.openapi import described, openapi_document, undeclared_query
 from hub.errors import InvalidRequest
 from hub.route_access import ROUTES, Kind
 
@@ -58,18 +58,15 @@ async def query_middleware(request: web.Request, handler: Any) -> web.StreamResp
     A mistyped filter (``?devcie=x``) used to be ignored: the caller got everything back
     and took it for the filtered answer. The declaration the document shows is the check.
     """
-    doc = route_doc(request.match_info.handler)
-    if doc is not None and request.query:
-        known = {q.name for q in doc.query}
-        unknown = sorted({name for name in request.query if name not in known})
-        if unknown:
-            shown = ", ".join(repr(name[:64]) for name in unknown[:10])
-            allowed = ", ".join(sorted(known)) or "none"
-            raise InvalidRequest(
-                f"unknown query parameter(s) {shown}; this route takes: {allowed}",
-                fields=[{"field": name[:64], "message": "unknown"} for name in unknown[:10]],
-                status=400,
-            )
+    unknown, known = undeclared_query(request.match_info.handler, request.query)
+    if unknown:
+        shown = ", ".join(repr(name[:64]) for name in unknown[:10])
+        allowed = ", ".join(known) or "none"
+        raise InvalidRequest(
+            f"unknown query parameter(s) {shown}; this route takes: {allowed}",
+            fields=[{"field": name[:64], "message": "unknown"} for name in unknown[:10]],
+            status=400,
+        )
     response: web.StreamResponse = await handler(request)
     return response
 
