@@ -270,7 +270,10 @@ async def targets(request: web.Request) -> web.Response:
     )
 
 
-@described(query=(Query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_AUDIT_LIMIT}),))
+@described(
+    query=(Query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_AUDIT_LIMIT}),),
+    errors=(422,),
+)
 async def audit(request: web.Request) -> web.Response:
     """Return local audit records."""
     limit = _int_param(request, "limit", 100, 1, MAX_AUDIT_LIMIT)
