@@ -524,6 +524,7 @@ def _print(args: argparse.Namespace, result: Any, client: Client) -> None:
         return
     if args.command in edgectl_access.COMMANDS:
         edgectl_access.show(args, result, sanitize, _print_table)
+        return
     if args.command == "secret":
         edgectl_secret.show(args, result, sanitize, _print_table)
         return

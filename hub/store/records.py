@@ -421,6 +421,7 @@ class UserTokenRecord:
     revoked_at: datetime | None = None
 
 
+@dataclass(frozen=True)
 class SecretRecord:
     """A hub secret as listed: its name and history, never its value."""
 

@@ -35,7 +35,7 @@ def rhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
 FEATURES = ["depends_on", "healthcheck", "container_options", "device_policy"]
 
 
-@dataclass
+@dataclass(eq=False, kw_only=True)
 class PolicyDevice(SimDevice):
     """A simulated device whose agent lists the container_options and device_policy features."""
 
@@ -74,9 +74,7 @@ async def test_engine_refuses_a_device_whose_policy_changed_after_the_start(
 ) -> None:
     tag = "p" + uuid.uuid4().hex[:8]
     token = await rhub.create_token(uses=2, tags={"fleet": tag})
-    devices = [
-        PolicyDevice(await rhub.enroll(token, tmp_path / f"d{i}"), lambda r: False) for i in (0, 1)
-    ]
+    devices = [PolicyDevice(identity=await rhub.enroll(token, tmp_path / f"d{i}")) for i in (0, 1)]
     await asyncio.gather(*(d.sync(rhub) for d in devices))  # online before the start
     group = {"name": tag, "selector": f"fleet={tag}"}
     assert (await rhub.api("POST", "/api/v1/groups", group))[0] == 201
