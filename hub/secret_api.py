@@ -75,14 +75,14 @@ async def _set(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/secrets/{name}")
-@described(body=SetSecretRequest, status=201, also=(200,))
+@described(body=SetSecretRequest, status=201, also=(200,), errors=(422,))
 async def put_secret(request: web.Request) -> web.Response:
     """Create or replace a secret's value (write-only: the answer has no value)."""
     return await _set(request)
 
 
 @routes.post("/api/v1/secrets/{name}")
-@described(body=SetSecretRequest, status=201, also=(200,))
+@described(body=SetSecretRequest, status=201, also=(200,), errors=(422,))
 async def post_secret(request: web.Request) -> web.Response:
     """Create or replace a secret's value, as PUT."""
     return await _set(request)
@@ -98,7 +98,7 @@ async def list_secrets(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/secrets/{name}")
-@described(errors=(404, 409))
+@described(errors=(404, 409, 422))
 async def delete_secret(request: web.Request) -> web.Response:
     """Delete a secret no release names (409 naming the releases otherwise)."""
     hub = ctx(request)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 import urllib.request
 import warnings
@@ -24,23 +23,12 @@ from typing import Any
 
 import aiodocker
 import pytest
-import requests
 import schemathesis
 from agentproc import AgentProcess
 from fleetkit import hub_agent, retire
+from fuzzkit import FUZZ_SETTINGS, checks_for, loopback_session
 from hubproc import HubProcess, free_port
-from hypothesis import HealthCheck, settings
-from schemathesis import checks
 from urllib3.exceptions import InsecureRequestWarning
-
-EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "12"))
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_schema_conformance,
-    checks.negative_data_rejection,
-]
 
 
 class Device:
@@ -103,35 +91,19 @@ schema = schemathesis.pytest.from_fixture("agent_schema")
 SUCCEEDED: set[str] = set()
 
 
-def _checks(case: Any) -> list[Any]:
-    """A Content-Type on a request without a body is not malformed input (nothing reads
-    it): such a case is not held to negative_data_rejection."""
-    data = getattr(getattr(case.meta, "phase", None), "data", None)
-    if getattr(data, "parameter", None) == "Content-Type" and not list(case.operation.body):
-        return [c for c in CHECKS if c is not checks.negative_data_rejection]
-    return CHECKS
-
-
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-)
+@FUZZ_SETTINGS
 def test_fuzzed_local_api_requests_get_no_server_error_and_match_the_document(
     case: Any, fuzz_device: Device
 ) -> None:
-    session = requests.Session()
-    session.trust_env = False  # no proxy, no REQUESTS_CA_BUNDLE: loopback only
-    with warnings.catch_warnings(), session:
+    with warnings.catch_warnings(), loopback_session() as session:
         # verify=False: the LAN certificate names the device, not 127.0.0.1 (requests
         # cannot skip only the name check); what is under test is the API, not TLS.
         warnings.simplefilter("ignore", InsecureRequestWarning)
         answer = case.call_and_validate(
             base_url=fuzz_device.url,
             session=session,
-            checks=_checks(case),
+            checks=checks_for(case),
             headers={"Authorization": f"Bearer {fuzz_device.token}"},
             verify=False,
             timeout=30,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 import urllib.request
 from collections.abc import Iterator
@@ -21,24 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
-from schemathesis import checks
+from fuzzkit import FUZZ_SETTINGS, checks_for, loopback_session
 
 from edge_agent.openapi import Undescribed, described, openapi_document, served_routes
 from hub.app import create_app
 from hub.config import build_config
 from hub.testing import DeviceIdentity, RunningHub, start_hub
 
-EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "12"))
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_schema_conformance,
-    checks.negative_data_rejection,
-]
 # Long-polls would hold each example for its ``wait``; the fuzzer gets a short one.
 LONG_POLL = ("GET", "/v1/target")
 
@@ -73,34 +62,14 @@ def hub_schema(fuzz_hub: tuple[RunningHub, DeviceIdentity]) -> Any:
     return schemathesis.openapi.from_dict(_document(hub))
 
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the hub's CA, proxies too
-    return session
-
-
 schema = schemathesis.pytest.from_fixture("hub_schema")
 
 
 SUCCEEDED: set[str] = set()  # operations that answered 2xx at least once
 
 
-def _checks(case: Any) -> list[Any]:
-    """The checks for one case: a Content-Type on a request without a body is not
-    malformed input (nothing reads it), so it is not held to negative_data_rejection."""
-    data = getattr(getattr(case.meta, "phase", None), "data", None)
-    if getattr(data, "parameter", None) == "Content-Type" and not list(case.operation.body):
-        return [c for c in CHECKS if c is not checks.negative_data_rejection]
-    return CHECKS
-
-
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-)
+@FUZZ_SETTINGS
 def test_fuzzed_requests_get_no_server_error_and_answers_match_the_document(
     case: Any, fuzz_hub: tuple[RunningHub, DeviceIdentity]
 ) -> None:
@@ -112,9 +81,9 @@ def test_fuzzed_requests_get_no_server_error_and_answers_match_the_document(
         kwargs["cert"] = (str(device.cert_path), str(device.key_path))
     elif case.path not in ("/healthz", "/api/v1/openapi.json"):
         kwargs["headers"] = {"Authorization": f"Bearer {hub.admin_token}"}
-    with _session() as session:
+    with loopback_session() as session:
         answer = case.call_and_validate(
-            base_url=hub.url, session=session, checks=_checks(case), **kwargs
+            base_url=hub.url, session=session, checks=checks_for(case), **kwargs
         )
     if 200 <= answer.status_code < 300:
         SUCCEEDED.add(f"{case.method.upper()} {case.path}")
@@ -175,7 +144,7 @@ def test_error_answers_share_one_body_shape(fuzz_hub: tuple[RunningHub, DeviceId
     error = doc["components"]["schemas"]["ErrorBody"]
     assert set(error["required"]) == {"error", "message"} and "fields" in error["properties"]
     ca = str(hub.work_dir / "data" / "ca.pem")
-    with _session() as session:
+    with loopback_session() as session:
         admin = {"Authorization": f"Bearer {hub.admin_token}"}
         answer = session.get(hub.url + "/api/v1/devices/no-such-device", headers=admin, verify=ca)
         wrong = {"Authorization": "Bearer wrong"}
