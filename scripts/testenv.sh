@@ -59,7 +59,10 @@ engine_ok() { timeout 5 docker version >/dev/null 2>&1; }
 start_engine() {
     engine_ok && return 0
     log "starting dockerd (log: /var/log/edgefleet-dockerd.log)"
-    setsid dockerd >/var/log/edgefleet-dockerd.log 2>&1 </dev/null 9>&- &
+    # 256 /24 networks instead of Docker's ~30 default pools: every test release gets a
+    # network, and a suite run beside others (or a leak) must not exhaust the pools.
+    setsid dockerd --default-address-pool base=10.213.0.0/16,size=24 \
+        >/var/log/edgefleet-dockerd.log 2>&1 </dev/null 9>&- &
     wait_for 60 engine_ok ||
         die "dockerd not ready after 60 s; see /var/log/edgefleet-dockerd.log"
 }
