@@ -211,7 +211,7 @@ async def test_pin_holds_a_hub_target_and_the_hub_shows_it(
 
     for path in ("/v1/pin", "/v1/pause"):
         code, body = await lan(agent, port, "POST", path, rita, {"minutes": 5, "reason": "x"})
-        assert (code, body.get("reason")) == (403, "wrong_role"), body
+        assert (code, body.get("error")) == (403, "wrong_role"), body
     pin = {"minutes": 30, "reason": "inspection"}
     code, body = await lan(agent, port, "POST", "/v1/pin", alice, pin)
     assert code == 200, body
