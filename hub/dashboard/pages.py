@@ -19,7 +19,13 @@ from aiohttp import web
 from edge_agent.openapi import Query
 from hub.access import PRINCIPAL_KEY, Permission, Principal
 from hub.context import ctx
-from hub.dashboard.session import CSRF_FIELD, SESSION_KEY, is_dashboard_path
+from hub.dashboard.session import (
+    COOKIE,
+    CSRF_FIELD,
+    SESSION_KEY,
+    clear_cookie,
+    is_dashboard_path,
+)
 from hub.errors import HubError, InvalidRequest, Unauthenticated
 from hub.route_access import Handler, caller
 from hub.store.records import SessionRecord
@@ -96,7 +102,10 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def _sign_in(request: web.Request, reason: str) -> web.Response:
     target = request.path_qs if request.method == "GET" else "/ui/"
-    return render(request, "login.html", title="Sign in", status=401, reason=reason, next=target)
+    page = render(request, "login.html", title="Sign in", status=401, reason=reason, next=target)
+    if COOKIE in request.cookies:
+        clear_cookie(page)  # a dead session's cookie is of no further use
+    return page
 
 
 def query_text(request: web.Request, name: str, max_len: int = 200) -> str:
