@@ -8,6 +8,7 @@ authenticated exactly as the API authenticates a Bearer token, and starts a sess
 
 from __future__ import annotations
 
+import html
 from importlib import resources
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from hub.access import Principal
 from hub.auth import split_user_token
 from hub.context import HubContext, ctx
 from hub.dashboard import session
-from hub.dashboard.pages import HTML, render
+from hub.dashboard.pages import HTML, render, wants_html
 from hub.errors import HubError, NotFound, Unauthenticated
 from hub.guard import audit_refusal, source
 from hub.operator_calls import Body
@@ -45,6 +46,12 @@ def safe_next(target: str) -> str:
     return HOME
 
 
+def see_other(location: str) -> web.Response:
+    """Return a 303 to ``location`` with a small HTML body (the page's media type)."""
+    body = f'<!doctype html><title>See other</title><a href="{html.escape(location)}">continue</a>'
+    return web.Response(status=303, text=body, content_type=HTML, headers={"Location": location})
+
+
 async def _principal(hub: HubContext, token: str) -> tuple[Principal, str]:
     """Return the token's principal and what the session remembers of it."""
     parts = split_user_token(token)
@@ -63,7 +70,7 @@ async def _refused(request: web.Request, exc: HubError, actor: str = "anonymous"
 @described(status=303, also=(200,), media=HTML, tags=("dashboard",))
 async def root(request: web.Request) -> web.StreamResponse:
     """Send a browser to the dashboard."""
-    raise web.HTTPSeeOther(HOME)
+    return see_other(HOME)
 
 
 @routes.get("/ui/login")
@@ -76,7 +83,7 @@ async def sign_in_form(request: web.Request) -> web.Response:
 @routes.post("/ui/login")
 @described(
     body=SignIn,
-    body_media="application/x-www-form-urlencoded",
+    body_media=session.FORM,
     status=303,
     also=(200,),
     media=HTML,
@@ -86,12 +93,12 @@ async def sign_in_form(request: web.Request) -> web.Response:
 async def sign_in(request: web.Request) -> web.StreamResponse:
     """Check an operator token and start a session (a cookie); then go to ``next``."""
     hub = ctx(request)
-    form = parse(SignIn, dict(await request.post()))
+    form = parse(SignIn, dict(await session.read_form(request)))
     try:
         who, token_id = await _principal(hub, form.token)
     except Unauthenticated as exc:
         await _refused(request, exc)
-        if "Authorization" in request.headers:
+        if not wants_html(request):
             raise
         reason = "That token was not accepted: " + exc.message
         return render(
@@ -107,9 +114,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     await hub.store.record_audit(
         AuditRecord(who.name, "dashboard.sign_in", who.name, "ok", record.created_at, detail)
     )
-    response = web.HTTPSeeOther(safe_next(form.next))
+    response = see_other(safe_next(form.next))
     session.set_cookie(response, session_id, hub.config.dashboard)
-    raise response
+    return response
 
 
 @routes.post("/ui/logout")
@@ -126,9 +133,9 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     await hub.store.record_audit(
         AuditRecord(record.principal, "dashboard.sign_out", record.principal, "ok", hub.now())
     )
-    response = web.HTTPSeeOther("/ui/login")
+    response = see_other("/ui/login")
     session.clear_cookie(response)
-    raise response
+    return response
 
 
 @routes.get("/ui/static/{name}")

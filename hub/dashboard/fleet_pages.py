@@ -16,9 +16,17 @@ from edge_agent.openapi import STRING, Query, described
 from hub.context import ctx
 from hub.dashboard import activity, fleet_view
 from hub.dashboard.fleet_view import ORDERS, SORTS, DeviceFilter
-from hub.dashboard.pages import HTML, choice_query, query_choice, query_int, query_text, render
+from hub.dashboard.pages import (
+    HTML,
+    bad_query,
+    choice_query,
+    query_choice,
+    query_int,
+    query_text,
+    render,
+)
 from hub.dashboard.plots import bar_chart
-from hub.errors import NotFound
+from hub.errors import InvalidSelector, NotFound
 from hub.fleet import Connectivity, Drift
 from hub.operator_api import device_view
 from hub.route_access import visible_devices, visible_groups
@@ -79,9 +87,16 @@ async def overview(request: web.Request) -> web.Response:
     )
 
 
+def _parse(text: str) -> Selector:
+    try:
+        return parse(text)
+    except InvalidSelector as exc:
+        raise bad_query("selector", exc.message) from None
+
+
 async def _selectors(request: web.Request) -> tuple[Selector, ...]:
     text, group = query_text(request, "selector", 1000), query_text(request, "group")
-    found: list[Selector] = [parse(text)] if text else []
+    found: list[Selector] = [_parse(text)] if text else []
     if group:
         groups = visible_groups(request, await ctx(request).store.list_groups())
         named = next((g for g in groups if g.name == group), None)

@@ -29,6 +29,7 @@ from hub.dashboard.session import (
 from hub.errors import HubError, InvalidRequest, Unauthenticated
 from hub.route_access import Handler, caller
 from hub.store.records import SessionRecord
+from hub.wire import error_response
 
 HTML = "text/html"
 ENV = jinja2.Environment(
@@ -57,8 +58,13 @@ ENV.filters["todate"] = datetime.fromisoformat
 
 
 def wants_html(request: web.Request) -> bool:
-    """Return whether the caller is a browser on a page (not an API client with a token)."""
-    return is_dashboard_path(request.path) and "Authorization" not in request.headers
+    """Return whether the caller is a browser on a page: it asks for HTML and sends no
+    token (an API client gets the API's JSON error bodies, as the document says)."""
+    return (
+        is_dashboard_path(request.path)
+        and "Authorization" not in request.headers
+        and HTML in request.headers.get("Accept", "")
+    )
 
 
 def principal(request: web.Request) -> Principal:
@@ -87,14 +93,20 @@ def render(
 
 @web.middleware
 async def html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer a browser's refused page with HTML of the same status (401: sign in)."""
-    if not wants_html(request):
+    """Answer a browser's refused page with HTML of the same status (401: sign in); a
+    refused session's cookie is cleared whoever asked."""
+    if not is_dashboard_path(request.path):
         return await handler(request)
     try:
         return await handler(request)
     except Unauthenticated as exc:
-        return _sign_in(request, exc.message)
+        answer = _sign_in(request, exc.message) if wants_html(request) else error_response(exc)
+        if COOKIE in request.cookies:
+            clear_cookie(answer)  # a dead session's cookie is of no further use
+        return answer
     except HubError as exc:
+        if not wants_html(request):
+            raise
         return render(
             request, "error.html", title=f"Error {exc.status}", status=exc.status, error=exc
         )
@@ -102,17 +114,19 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def _sign_in(request: web.Request, reason: str) -> web.Response:
     target = request.path_qs if request.method == "GET" else "/ui/"
-    page = render(request, "login.html", title="Sign in", status=401, reason=reason, next=target)
-    if COOKIE in request.cookies:
-        clear_cookie(page)  # a dead session's cookie is of no further use
-    return page
+    return render(request, "login.html", title="Sign in", status=401, reason=reason, next=target)
+
+
+def bad_query(name: str, message: str) -> InvalidRequest:
+    """Return the 400 refusing query parameter ``name`` (as the API refuses one)."""
+    return InvalidRequest(message, fields=[{"field": name, "message": message}], status=400)
 
 
 def query_text(request: web.Request, name: str, max_len: int = 200) -> str:
     """Return a query parameter's text ("" if absent); 400 naming it if over ``max_len``."""
     value = request.query.get(name, "").strip()
     if len(value) > max_len:
-        raise InvalidRequest(f"{name} is longer than {max_len}", fields=[{"field": name}])
+        raise bad_query(name, f"{name} is longer than {max_len}")
     return value
 
 
@@ -120,9 +134,7 @@ def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> s
     """Return a query parameter that must be one of ``choices`` ("" if absent)."""
     value = request.query.get(name, "")
     if value and value not in choices:
-        raise InvalidRequest(
-            f"{name} must be one of {', '.join(choices)}", fields=[{"field": name}]
-        )
+        raise bad_query(name, f"{name} must be one of {', '.join(choices)}")
     return value
 
 
@@ -132,9 +144,7 @@ def query_int(request: web.Request, name: str, default: int, high: int) -> int:
     if text is None or text == "":
         return default
     if not text.isdigit() or not 1 <= int(text) <= high:
-        raise InvalidRequest(
-            f"{name} must be an integer from 1 to {high}", fields=[{"field": name}]
-        )
+        raise bad_query(name, f"{name} must be an integer from 1 to {high}")
     return int(text)
 
 

@@ -26,6 +26,7 @@ from hub.store.records import SessionRecord
 
 COOKIE = "edgefleet_session"
 CSRF_FIELD = "csrf"
+FORM = "application/x-www-form-urlencoded"  # the only body the dashboard reads
 ADMIN_SESSION = "admin"  # token_id of a session signed in with the data-dir admin token
 SESSION_KEY = "edgefleet.dashboard_session"  # the request key of the checked session
 TOUCH_MAX_S = 60.0  # last_seen_at is written at most this often (or a quarter of idle)
@@ -97,8 +98,7 @@ async def current(request: web.Request, hub: HubContext) -> SessionRecord:
         await hub.store.delete_session(record.id_hash)
         raise Unauthenticated(reason)
     if request.method not in ("GET", "HEAD"):
-        form = await request.post()
-        sent = form.get(CSRF_FIELD)
+        sent = (await read_form(request)).get(CSRF_FIELD)
         if not isinstance(sent, str) or not hmac.compare_digest(sent, record.csrf):
             raise Forbidden("missing or wrong CSRF token: reload the page and try again")
     touch_after = min(TOUCH_MAX_S, cfg.idle_timeout_s / 4)
@@ -106,6 +106,13 @@ async def current(request: web.Request, hub: HubContext) -> SessionRecord:
         await hub.store.touch_session(record.id_hash, now)
     request[SESSION_KEY] = record
     return record
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """Return the fields of a urlencoded form body (any other body: no fields)."""
+    if request.content_type != FORM:
+        return {}
+    return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
 
 
 async def session_principal(request: web.Request, hub: HubContext, resolve: Resolve) -> Principal:
