@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from dashkit import RELEASE, World, goto, shot, sign_in
+from dashkit import RELEASE, World, goto, ok, shot, sign_in
 from playwright.async_api import Page, expect
 from synckit import close_simulated, enroll_simulated
 
@@ -305,3 +305,26 @@ async def test_sessions_are_bounded_by_max_sessions(tmp_path: Path) -> None:
         assert statuses == [303, 303, 409]
     finally:
         assert hub.stop() == 0, hub.log()[-3000:]
+
+
+async def test_revoking_the_token_ends_the_sessions_made_with_it(world: World, page: Page) -> None:
+    hub = world.hub
+    made = await ok(hub, "POST", "/api/v1/users/berlin-viewer/tokens", {})
+    await sign_in(page, hub, str(made["token"]))
+    await ok(hub, "POST", f"/api/v1/users/berlin-viewer/tokens/{made['id']}/revoke")
+    answer = await goto(page, hub.url + "/ui/devices")
+    assert answer is not None and answer.status == 401
+    await expect(page.locator("[data-testid=reason]")).to_contain_text("was revoked")
+
+
+async def test_pages_are_keyboard_usable_and_fit_a_phone(world: World, page: Page) -> None:
+    hub = world.hub
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await sign_in(page, hub, hub.admin_token, f"/ui/devices/{world.berlin[0]}")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await page.keyboard.press("Enter")
+    assert await page.evaluate("document.activeElement.id") == "main"
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways at phone width ({width} px)"
+    await shot(page, "phone")
