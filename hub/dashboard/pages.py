@@ -32,6 +32,18 @@ from hub.store.records import SessionRecord
 from hub.wire import error_response
 
 HTML = "text/html"
+# Pages run only the hub's own script and style, cannot be framed (clickjacking), post
+# forms only to the hub, and are not cached (they show one viewer's fleet).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("hub.dashboard", "templates"),
     autoescape=True,
@@ -88,7 +100,7 @@ def render(
         can=lambda p: who is not None and who.allows(Permission(p)),
         **values,
     )
-    return web.Response(text=body, status=status, content_type=HTML)
+    return web.Response(text=body, status=status, content_type=HTML, headers=PAGE_HEADERS)
 
 
 @web.middleware

@@ -61,6 +61,11 @@ async def test_sign_in_sets_a_strict_session_cookie_and_sign_out_ends_the_sessio
     await sign_in(page, hub, hub.admin_token)
     assert page.url == hub.url + "/ui/"
     assert await page.inner_text("[data-testid=who]") == "admin"
+    shown = await goto(page, hub.url + "/ui/")
+    assert shown is not None
+    headers = await shown.all_headers()
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["cache-control"] == "no-store"
     (cookie,) = await page.context.cookies()
     assert cookie["name"] == "edgefleet_session"
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
