@@ -37,6 +37,8 @@ from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
 from hub.context import HUB, HubContext
+from hub.dashboard import pages as dashboard_pages
+from hub.dashboard import site as dashboard_site
 from hub.log_policy import LOG_POLICIES, PolicyCache
 from hub.pki import HubPKI
 from hub.retention import RETENTION, Retention
@@ -90,6 +92,7 @@ def create_app(config: HubConfig) -> web.Application:
             connection_middleware,
             error_middleware,
             guard.guard_middleware,
+            dashboard_pages.html_errors,  # a browser's refusals as pages, not JSON
             access_middleware,
             openapi_api.query_middleware,
         ],
@@ -114,6 +117,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(trust_api.routes)
     app.add_routes(secret_api.routes)
     app.add_routes(policy_api.routes)
+    dashboard_site.install(app)
     openapi_api.install(app)  # after every route: it describes them all at startup
     check_routes(app)  # after every add_routes: a route without a permission is refused
     app[SECRET_BOX] = SecretBox.ensure(config.data_dir)  # the key is made at first start

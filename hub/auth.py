@@ -62,6 +62,10 @@ class OperatorAuth:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("missing 'Authorization: Bearer <token>' header")
+        return self.principal_for(token)
+
+    def principal_for(self, token: str) -> Principal:
+        """Return the principal of a presented token, or raise Unauthenticated."""
         if not token.isascii():  # undecodable bytes arrive as surrogates: never a token
             raise Unauthenticated("unknown operator token")
         digest = _sha256(token.strip())

@@ -291,6 +291,16 @@ class AccessConfig(_Section):
     max_tokens_per_user: int = Field(100, ge=1, le=100_000)  # unrevoked ones
 
 
+class DashboardConfig(_Section):
+    """The web dashboard's sessions (hub.dashboard)."""
+
+    idle_timeout_s: float = Field(1800.0, ge=1, le=7 * 86400)  # unused this long: signed out
+    absolute_timeout_s: float = Field(12 * 3600.0, ge=1, le=30 * 86400)  # then sign in again
+    max_sessions: int = Field(1000, ge=1, le=100_000)  # live sessions the hub holds
+    page_size: int = Field(50, ge=1, le=500)  # devices per page of the devices table
+    poll_interval_s: float = Field(5.0, ge=1, le=3600)  # live parts of pages refresh this often
+
+
 class HubConfig(_Section):
     """The whole configuration."""
 
@@ -308,6 +318,7 @@ class HubConfig(_Section):
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
     access: AccessConfig = Field(default_factory=lambda: AccessConfig())
     device_policy: DevicePolicyConfig = Field(default_factory=lambda: DevicePolicyConfig())
+    dashboard: DashboardConfig = Field(default_factory=lambda: DashboardConfig())
 
     @property
     def data_dir(self) -> Path:

@@ -22,6 +22,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from hub.access import (
+    ADMIN,
     PRINCIPAL_KEY,
     Grant,
     Permission,
@@ -33,6 +34,7 @@ from hub.access import (
 )
 from hub.auth import split_user_token
 from hub.context import HubContext, ctx
+from hub.dashboard.session import ADMIN_SESSION, is_dashboard_path, session_principal
 from hub.errors import Forbidden, HubError, NotFound, Unauthenticated
 from hub.guard import audit_refusal
 from hub.rollout_models import RolloutSpec
@@ -157,6 +159,16 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("DELETE", "/api/v1/teams/{name}/members/{user}"): _r(P.USERS_WRITE, Kind.ADMIN),
     ("POST", "/api/v1/teams/{name}/grants"): _r(P.USERS_WRITE, Kind.ADMIN),
     ("DELETE", "/api/v1/teams/{name}/grants"): _r(P.USERS_WRITE, Kind.ADMIN),
+    # --- the dashboard (hub.dashboard): each page needs what its API twin needs ---
+    ("GET", "/"): _r(None, Kind.PUBLIC),  # a redirect to /ui/
+    ("GET", "/ui/login"): _r(None, Kind.PUBLIC),
+    ("POST", "/ui/login"): _r(None, Kind.PUBLIC),  # the handler authenticates the token
+    ("POST", "/ui/logout"): _r(None, Kind.PUBLIC),  # the handler checks session and CSRF
+    ("GET", "/ui/static/{name}"): _r(None, Kind.PUBLIC),
+    ("GET", "/ui/"): _r(P.DEVICES_READ, Kind.LIST),
+    ("GET", "/ui/devices"): _r(P.DEVICES_READ, Kind.LIST),
+    ("GET", "/ui/devices/{device_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
+    ("GET", "/ui/devices/{device_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
 }
 
 
@@ -200,16 +212,31 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def authenticate(request: web.Request, hub: HubContext) -> Principal:
-    """Return the caller: a user token's user with its grants, or the data-dir admin."""
+    """Return the caller: a user token's user with its grants, or the data-dir admin.
+
+    A dashboard request (``/ui/``) without an Authorization header is authenticated by
+    its session cookie instead, and a POST also by the session's CSRF token.
+    """
+    if "Authorization" not in request.headers and is_dashboard_path(request.path):
+        return await session_principal(request, hub, token_principal)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     is_bearer = scheme.lower() == "bearer" and token.isascii()
     parts = split_user_token(token) if is_bearer else None
     if parts is None:  # the data-dir admin token, or a refusal naming what is missing
         return hub.operators.authenticate(request)
-    token_id, secret_hash = parts
+    return await token_principal(hub, *parts)
+
+
+async def token_principal(hub: HubContext, token_id: str, secret_hash: str | None) -> Principal:
+    """Return the user of token ``token_id`` with its grants (``secret_hash`` None: the
+    caller proved the token already, e.g. a dashboard session made with it)."""
+    if token_id == ADMIN_SESSION:
+        return ADMIN
     record = await hub.store.get_user_token(token_id)
     now = hub.now()
-    if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
+    if record is None or (
+        secret_hash is not None and not hmac.compare_digest(record.secret_hash, secret_hash)
+    ):
         raise Unauthenticated("unknown operator token")
     if record.revoked_at is not None:
         raise Unauthenticated(f"token {token_id} was revoked")

@@ -47,6 +47,7 @@ from hub.store.records import (
     RolloutRecord,
     SealedSecret,
     SecretRecord,
+    SessionRecord,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -82,6 +83,7 @@ __all__ = [
     "RolloutRecord",
     "SealedSecret",
     "SecretRecord",
+    "SessionRecord",
     "SyncBatch",
     "SyncResult",
     "TargetRecord",
@@ -552,6 +554,43 @@ class HubStore(ABC):
     @abstractmethod
     async def latest_status_report(self, device_id: str) -> dict[str, Any] | None:
         """Return the payload of the device's newest status entry (None: none kept)."""
+
+    # ---- dashboard sessions and activity (hub migration 21, hub.dashboard) ----
+
+    @abstractmethod
+    async def add_session(
+        self,
+        record: SessionRecord,
+        max_sessions: int,
+        *,
+        idle_before: datetime,
+        created_before: datetime,
+    ) -> None:
+        """Store a session, deleting expired ones first; Conflict at ``max_sessions``."""
+
+    @abstractmethod
+    async def get_session(self, id_hash: str) -> SessionRecord | None:
+        """Return the session whose id hashes to ``id_hash``, or None."""
+
+    @abstractmethod
+    async def touch_session(self, id_hash: str, at: datetime) -> None:
+        """Record that the session was used at ``at``."""
+
+    @abstractmethod
+    async def delete_session(self, id_hash: str) -> None:
+        """Forget a session (idempotent)."""
+
+    @abstractmethod
+    async def recent_events(self, device_id: str, limit: int) -> list[EventRecord]:
+        """Return the device's newest ``limit`` event entries, newest first."""
+
+    @abstractmethod
+    async def events_per_hour(self, since: datetime) -> list[tuple[str, str, int, int]]:
+        """Return (device_id, hour, events, errors) of event entries received since ``since``."""
+
+    @abstractmethod
+    async def device_host_report(self, device_id: str) -> HostReport | None:
+        """Return the device's latest host container report, or None."""
 
 
 def open_store(config: HubConfig) -> HubStore:

@@ -440,3 +440,15 @@ class SealedSecret:
     name: str
     sealed: str
     key_id: str
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A dashboard session (hub migration 21): the hash of its id, never the id."""
+
+    id_hash: str
+    principal: str
+    token_id: str  # the user token signed in with; "admin" for the data-dir admin token
+    csrf: str
+    created_at: datetime
+    last_seen_at: datetime

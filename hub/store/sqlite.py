@@ -52,6 +52,7 @@ from hub.store.sqlite_policies import PoliciesMixin
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_secrets import SecretsMixin
+from hub.store.sqlite_sessions import SessionsMixin
 from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.sqlite_trust import TrustMixin
 from hub.store.writer import GroupCommitWriter
@@ -101,6 +102,7 @@ class SqliteStore(
     SecretsMixin,
     PoliciesMixin,
     HoldsMixin,
+    SessionsMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""

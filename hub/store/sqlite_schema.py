@@ -421,4 +421,20 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        21,
+        "dashboard sessions: only the hash of the session id is stored (hub.dashboard)",
+        [
+            # token_id: the user token signed in with ("admin": the data-dir admin token);
+            # the principal is re-derived from it on every request (revocation applies).
+            """CREATE TABLE ui_sessions (
+                id_hash TEXT PRIMARY KEY,
+                principal TEXT NOT NULL,
+                token_id TEXT NOT NULL,
+                csrf TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                last_seen_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]

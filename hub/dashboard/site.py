@@ -1,0 +1,15 @@
+"""Wiring of the dashboard into the hub's application (called once by ``hub.app``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hub.dashboard import activity, auth_pages, device_pages, fleet_pages
+
+
+def install(app: web.Application) -> None:
+    """Add the dashboard's routes and the state its pages share."""
+    app.add_routes(auth_pages.routes)
+    app.add_routes(fleet_pages.routes)
+    app.add_routes(device_pages.routes)
+    app[activity.ACTIVITY] = activity.ActivityCache()
