@@ -157,6 +157,8 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("DELETE", "/api/v1/teams/{name}/members/{user}"): _r(P.USERS_WRITE, Kind.ADMIN),
     ("POST", "/api/v1/teams/{name}/grants"): _r(P.USERS_WRITE, Kind.ADMIN),
     ("DELETE", "/api/v1/teams/{name}/grants"): _r(P.USERS_WRITE, Kind.ADMIN),
+    # Prometheus: fleet-wide aggregates, so a read grant on every device (hub.prom_api)
+    ("GET", "/metrics"): _r(P.DEVICES_READ, Kind.ADMIN),
 }
 
 

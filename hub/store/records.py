@@ -440,3 +440,15 @@ class SealedSecret:
     name: str
     sealed: str
     key_id: str
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """The store writer's queue and counters, and the database files' sizes (for metrics)."""
+
+    queue_depth: int
+    groups: int
+    jobs: int
+    wal_truncations: int
+    db_bytes: int
+    wal_bytes: int
