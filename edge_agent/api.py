@@ -8,6 +8,7 @@ on the LAN the technician whose token matched. Every change is audited with its 
     GET  /v1/targets                target history, newest first
     GET  /v1/audit?limit=N          local audit records, newest first
     GET  /v1/metrics                the latest metrics sample (404 before the first one)
+    GET  /v1/prometheus             the agent's own metrics, Prometheus text (``prom_api``)
     POST /v1/apply                  apply a target (or a bare release) from the body
     POST /v1/services/{name}/restart
 
@@ -51,6 +52,7 @@ from edge_agent.hold_api import install as install_holds
 from edge_agent.models import NAME_RE, Release, Target
 from edge_agent.openapi import Query, described, openapi_document, undeclared_query
 from edge_agent.outbox import AuditRow
+from edge_agent.prom_api import prometheus
 from edge_agent.technicians import TechnicianGate
 from edge_agent.techtoken import is_hub_token
 
@@ -356,6 +358,7 @@ def create_api(
     app.router.add_get("/v1/targets", targets)
     app.router.add_get("/v1/audit", audit)
     app.router.add_get("/v1/metrics", metrics)
+    app.router.add_get("/v1/prometheus", prometheus)
     app.router.add_post("/v1/apply", apply)
     app.router.add_post("/v1/services/{name}/restart", restart_service)
     install_holds(app, agent)  # pause/resume/pin/unpin/holds, technician reads audited
