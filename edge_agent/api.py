@@ -392,7 +392,21 @@ async def start_api(agent: Agent, config: ApiConfig) -> list[web.AppRunner]:
         await lan.setup()
         await web.TCPSite(lan, host or "0.0.0.0", int(port), ssl_context=tls).start()
         runners.append(lan)
+    if config.prometheus_listen:
+        runners.append(await _start_prometheus(agent, config.prometheus_listen))
     return runners
+
+
+async def _start_prometheus(agent: Agent, listen: str) -> web.AppRunner:
+    """Serve GET /metrics alone on ``listen`` (plain HTTP, no authentication: figures only)."""
+    app = web.Application()
+    app[AGENT_KEY] = agent
+    app.router.add_get("/metrics", prometheus)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    return runner
 
 
 def _technician_gate(agent: Agent, config: ApiConfig) -> TechnicianGate:

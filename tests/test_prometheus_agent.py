@@ -19,6 +19,7 @@ import pytest
 from agentproc import AgentProcess
 from docker_env import TestImages
 from fleetkit import hub_agent, running
+from hubproc import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.prom import Exposition, Histogram
@@ -81,8 +82,13 @@ def hub(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
 async def agent(
-    hub: RunningHub, tmp_path: Path, docker: aiodocker.Docker
+    hub: RunningHub, tmp_path: Path, docker: aiodocker.Docker, metrics_port: int
 ) -> AsyncIterator[AgentProcess]:
     proc = hub_agent(
         tmp_path / "agent",
@@ -96,6 +102,7 @@ async def agent(
             "backoff_cap_s": 1.0,
         },
         supervisor={"backoff_base_s": 0.2, "backoff_cap_s": 1.0, "crash_loop_exits": 1000},
+        api={"prometheus_listen": f"127.0.0.1:{metrics_port}"},
     )
     async with running(docker, proc):
         yield proc
@@ -189,3 +196,18 @@ async def test_agent_metrics_move_with_converges_crashes_and_an_unreachable_hub(
         )
     finally:
         back.stop()
+
+
+async def test_agent_metrics_on_the_prometheus_port_and_nothing_else(
+    agent: AgentProcess, metrics_port: int
+):
+    await until(agent, lambda s: value(s, "edgefleet_agent_last_sync_timestamp_seconds") > 0)
+    base = f"http://127.0.0.1:{metrics_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/metrics") as resp:
+            assert resp.status == 200
+            samples = parse(await resp.text())
+        assert value(samples, "edgefleet_agent_last_sync_timestamp_seconds") > 0
+        for path in ("/v1/status", "/v1/prometheus", "/v1/audit"):  # figures only
+            async with session.get(f"{base}{path}") as resp:
+                assert resp.status == 404, path
