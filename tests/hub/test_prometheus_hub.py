@@ -283,3 +283,13 @@ async def test_scrape_reads_at_5000_devices_are_aggregates(
         assert timings[10] < 0.5  # generous: a shared 2-core machine
     finally:
         await store.close()
+
+
+async def test_metrics_guessed_tokens_are_rate_limited_like_the_api(tmp_path: Path):
+    limits = {"auth_failure_burst": 2, "auth_failure_per_s": 0.01}
+    hub = start_hub(tmp_path / "hub", sections={"limits": limits})
+    try:
+        statuses = [(await hub.request("GET", "/metrics", token=f"guess-{i}"))[0] for i in range(4)]
+        assert statuses[:2] == [401, 401] and statuses[-1] == 429, statuses
+    finally:
+        assert hub.stop() == 0, hub.log()[-3000:]
