@@ -77,11 +77,13 @@ def _containers(out: Exposition, agent: Agent) -> None:
         "Managed containers by engine state (as last observed).",
         [({"state": state}, n) for state, n in by_state.items()],
     )
-    states = agent.supervisor.states() if agent.supervisor is not None else {}
+    supervisor = agent.supervisor
+    states = supervisor.states() if supervisor is not None else {}
+    totals = supervisor.restart_totals() if supervisor is not None else {}
     out.counter(
         "service_restarts",
-        "Restarts of a service's container by the agent (crash or unhealthy).",
-        [({"service": name}, s.restarts) for name, s in states.items()],
+        "Restarts of a service's container by the agent (crash or unhealthy) since it started.",
+        [({"service": name}, n) for name, n in totals.items()],
     )
     out.gauge(
         "services_crash_looping",
