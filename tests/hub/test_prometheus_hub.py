@@ -21,6 +21,7 @@ from test_access_matrix import _user
 from test_hub_sync import entries, sync
 from test_registry import GOOD, OPEN
 
+from hub import __version__ as HUB_VERSION
 from hub.access import Grant
 from hub.fleet import connectivity, drift
 from hub.store.records import iso_utc
@@ -162,13 +163,7 @@ async def test_metrics_need_a_read_grant_on_every_device(prom_hub: RunningHub):
     status, body = await hub.request("GET", "/metrics", token=scoped)
     assert status == 403, body
     fleet_viewer = await _user(hub, "prometheus", Grant.of("viewer", "all"))
-    assert ("edgefleet_hub_info", (("version", _version()),)) in await scrape(hub, fleet_viewer)
-
-
-def _version() -> str:
-    import hub as hub_package
-
-    return hub_package.__version__
+    assert ("edgefleet_hub_info", (("version", HUB_VERSION),)) in await scrape(hub, fleet_viewer)
 
 
 # --- the scrape-time SQL against hub.fleet, on a table of device rows ---
