@@ -19,7 +19,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import hub
@@ -39,6 +45,9 @@ class HubMetrics:
     def __init__(self) -> None:
         disable_created_metrics()  # no ``_created`` series: one scrape line per value
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds (one
+        # per device connection), ... read from /proc at each scrape
+        ProcessCollector(registry=self.registry)
         self.sync_requests = Counter(
             f"{PREFIX}_sync_requests",
             "Device sync requests (POST /v1/sync) answered, by HTTP status code.",

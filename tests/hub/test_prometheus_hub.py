@@ -92,6 +92,7 @@ async def test_metrics_sync_counts_and_latency_move(prom_hub: RunningHub, tmp_pa
     commits = "edgefleet_hub_store_commit_duration_seconds_count"
     assert value(after, commits) > value(before, commits)
     assert value(after, "edgefleet_hub_store_size_bytes", file="db") > 0
+    assert value(after, "process_open_fds") > 0
 
 
 async def test_metrics_device_going_offline_moves_connectivity(
