@@ -515,6 +515,10 @@ class Agent:
                 AuditRow(actor, "service.restart", f"service:{name}", outcome)
             )
 
+    def current_services(self) -> list[CurrentService]:
+        """Return the managed containers as last observed (no engine call)."""
+        return list(self._current)
+
     async def status(self, *, counters: bool = True) -> dict[str, Any]:
         """Return the agent's state, target revisions and every service."""
         current = {c.name: c for c in self._current}

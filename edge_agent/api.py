@@ -8,6 +8,7 @@ on the LAN the technician whose token matched. Every change is audited with its 
     GET  /v1/targets                target history, newest first
     GET  /v1/audit?limit=N          local audit records, newest first
     GET  /v1/metrics                the latest metrics sample (404 before the first one)
+    GET  /v1/prometheus             the agent's own metrics, Prometheus text (``prom_api``)
     POST /v1/apply                  apply a target (or a bare release) from the body
     POST /v1/services/{name}/restart
 
@@ -51,6 +52,7 @@ from edge_agent.hold_api import install as install_holds
 from edge_agent.models import NAME_RE, Release, Target
 from edge_agent.openapi import Query, described, openapi_document, undeclared_query
 from edge_agent.outbox import AuditRow
+from edge_agent.prom_api import prometheus
 from edge_agent.technicians import TechnicianGate
 from edge_agent.techtoken import is_hub_token
 
@@ -356,6 +358,7 @@ def create_api(
     app.router.add_get("/v1/targets", targets)
     app.router.add_get("/v1/audit", audit)
     app.router.add_get("/v1/metrics", metrics)
+    app.router.add_get("/v1/prometheus", prometheus)
     app.router.add_post("/v1/apply", apply)
     app.router.add_post("/v1/services/{name}/restart", restart_service)
     install_holds(app, agent)  # pause/resume/pin/unpin/holds, technician reads audited
@@ -389,7 +392,21 @@ async def start_api(agent: Agent, config: ApiConfig) -> list[web.AppRunner]:
         await lan.setup()
         await web.TCPSite(lan, host or "0.0.0.0", int(port), ssl_context=tls).start()
         runners.append(lan)
+    if config.prometheus_listen:
+        runners.append(await _start_prometheus(agent, config.prometheus_listen))
     return runners
+
+
+async def _start_prometheus(agent: Agent, listen: str) -> web.AppRunner:
+    """Serve GET /metrics alone on ``listen`` (plain HTTP, no authentication: figures only)."""
+    app = web.Application()
+    app[AGENT_KEY] = agent
+    app.router.add_get("/metrics", prometheus)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    return runner
 
 
 def _technician_gate(agent: Agent, config: ApiConfig) -> TechnicianGate:

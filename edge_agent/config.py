@@ -53,6 +53,9 @@ class ApiConfig(Section):
     # by one up to this many per minute, the rest counted in one record per minute.
     technician_skew_s: float = Field(60.0, ge=0, le=3600)
     refusal_audit_per_minute: int = Field(60, ge=1)
+    # Optional plain-HTTP listener "host:port" serving only GET /metrics (Prometheus text):
+    # no authentication, figures only (edge_agent.prom_api); off unless set.
+    prometheus_listen: str | None = Field(None, pattern=r"^$|^[^\s]*:[0-9]{1,5}$")
 
     @model_validator(mode="after")
     def _lan_pair(self) -> ApiConfig:

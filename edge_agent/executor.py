@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,6 +20,7 @@ from typing import Protocol, TypeVar
 
 from edge_agent.errors import AgentError, ApplyFailed
 from edge_agent.models import ContainerStatus, CurrentService, Health, Target
+from edge_agent.prom import Histogram
 from edge_agent.reconcile import (
     DEFAULT_NETWORK,
     CreateNetworkStep,
@@ -332,6 +334,9 @@ class RestartAdvisor(Protocol):
         ...
 
 
+CONVERGE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
 class ReconcileState(StrEnum):
     """Where the reconciler is."""
 
@@ -393,6 +398,9 @@ class Reconciler:
         self._outcome = ReconcileState.IDLE
         self._outcome_error: AgentError | None = None
         self._apply: asyncio.Task[bool] | None = None
+        # What GET /v1/prometheus shows: every finished converge's duration and outcome.
+        self.durations = Histogram(CONVERGE_BUCKETS_S)
+        self.outcomes: dict[ReconcileState, int] = {}
 
     def request(self, target: Target | None) -> None:
         """Make ``target`` the one to converge to; a different one cancels the apply."""
@@ -449,6 +457,7 @@ class Reconciler:
         async with self._lock:
             ticket, target = self._wanted, self.target
             self.state = ReconcileState.APPLYING
+            started = time.perf_counter()
             try:
                 outcome = await self._iterate(target)
             except AgentError as exc:
@@ -460,6 +469,8 @@ class Reconciler:
             except asyncio.CancelledError:
                 self.state = ReconcileState.IDLE
                 raise
+            self.durations.observe(time.perf_counter() - started)
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             await self._settle(ticket, outcome)
             return outcome is ReconcileState.CONVERGED
 

@@ -404,6 +404,12 @@ class OutboxMixin:
             if n and not k.startswith(LOCAL)
         }
 
+    async def oldest_queued_at(self) -> datetime | None:
+        """Return when the oldest entry still waiting for the hub's ack was queued."""
+        async with self.db.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return datetime.fromisoformat(row[0]) if row else None
+
     async def _load_totals(self) -> None:
         async with self.db.execute(
             "SELECT kind, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY kind"

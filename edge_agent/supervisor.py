@@ -92,6 +92,7 @@ class _Track:
     config_hash: str | None = None
     last_seen: datetime | None = None
     attempts: int = 0
+    restarts_total: int = 0  # like attempts, never reset by stability (Prometheus counter)
     exits: deque[datetime] = field(default_factory=deque)
     last_exit_code: int | None = None
     crash_loop: bool = False
@@ -217,6 +218,10 @@ class Supervisor:
         """Return the state of every tracked service."""
         return {name: self.state(name) for name in sorted(self._tracks)}
 
+    def restart_totals(self) -> dict[str, int]:
+        """Return per tracked service its restart-worthy failures since the agent started."""
+        return {name: self._tracks[name].restarts_total for name in sorted(self._tracks)}
+
     def restart_not_before(self) -> dict[str, datetime]:
         """Return per service the earliest allowed restart (for PlanContext)."""
         return {n: t.next_restart_at for n, t in self._tracks.items() if t.next_restart_at}
@@ -247,6 +252,7 @@ class Supervisor:
         """Count one restart-worthy failure at ``at`` and schedule the restart."""
         p = self.policy
         t.attempts += 1
+        t.restarts_total += 1
         t.exits.append(at)
         horizon = at - timedelta(seconds=p.crash_loop_window_s)
         while t.exits and t.exits[0] < horizon:

@@ -21,6 +21,7 @@ import random
 import re
 import secrets
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -298,6 +299,7 @@ class Syncer:
         self._status_omit: set[str] = set()  # status fields an older hub refused as unknown
         self._entry_kinds: str | None = None  # as last stored (HUB_ENTRY_KINDS_META)
         self._lock = asyncio.Lock()
+        self.last_synced_at: float | None = None  # time.time() of the last sync_once done
         self._wake = asyncio.Event()
         self.on_actions: ActionSink | None = None  # takes the actions of a sync answer
 
@@ -319,6 +321,7 @@ class Syncer:
                 await self._pump(result, flights)
             finally:
                 await _cancel(flights)
+            self.last_synced_at = time.time()  # wall clock: a Prometheus timestamp gauge
             return result
 
     async def _pump(self, result: SyncResult, flights: deque[_Flight]) -> None:

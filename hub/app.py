@@ -26,6 +26,8 @@ from hub import (
     openapi_api,
     operator_api,
     policy_api,
+    prom,
+    prom_api,
     release_api,
     rollout_api,
     secret_api,
@@ -90,6 +92,7 @@ def create_app(config: HubConfig) -> web.Application:
     app = web.Application(
         middlewares=[
             connection_middleware,
+            prom.sync_middleware,  # outside error_middleware: sees the final status
             error_middleware,
             guard.guard_middleware,
             dashboard_pages.html_errors,  # a browser's refusals as pages, not JSON
@@ -118,6 +121,8 @@ def create_app(config: HubConfig) -> web.Application:
     app.add_routes(secret_api.routes)
     app.add_routes(policy_api.routes)
     dashboard_site.install(app)
+    app.add_routes(prom_api.routes)
+    prom.install(app, prom.HubMetrics(), context.store.watch_commits)
     openapi_api.install(app)  # after every route: it describes them all at startup
     check_routes(app)  # after every add_routes: a route without a permission is refused
     app[SECRET_BOX] = SecretBox.ensure(config.data_dir)  # the key is made at first start

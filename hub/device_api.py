@@ -71,6 +71,7 @@ from hub.log_policy import policy_for_sync
 from hub.metrics_api import entry_kinds
 from hub.notify import granted_wait, retry_after_s
 from hub.pki import IssuedCert, load_csr, public_key_sha256, serial_hex
+from hub.prom import count_stored
 from hub.renewal import (
     check_challenge,
     check_grace,
@@ -312,6 +313,7 @@ async def sync(request: web.Request) -> web.Response:
         ),
         now,
     )
+    count_stored(request, result.inserted)
     request.app[ENGINE].on_report(device, req.status)  # a member's news: plan soon
     target = result.target
     if target is not None:

@@ -58,7 +58,7 @@ def _guarded_action(request: web.Request) -> str | None:
         return "device.enroll"
     if request.path.startswith("/v1/renew"):
         return "device.renew"
-    if request.path.startswith("/api/"):
+    if request.path.startswith("/api/") or request.path == "/metrics":
         return "operator.request"
     return None
 

@@ -52,11 +52,14 @@ class RefusalAudit:
         self._groups: dict[GroupKey, _Group] = {}
         self._task = BackgroundTask("refusal-audit-flush", self._flush_loop)
         self.refusals = 0  # every refusal recorded, written or pending
+        self.by_action: dict[tuple[str, str], int] = {}  # (action, outcome): both bounded
         self.rows_written = 0
 
     async def record(self, peer: str, record: AuditRecord) -> None:
         """Count one refusal; write it at once if it opens its group's window."""
         self.refusals += 1
+        counted = (record.action, record.outcome)
+        self.by_action[counted] = self.by_action.get(counted, 0) + 1
         # The route (from the route table: bounded) is part of the key: a refusal on
         # POST .../disable is not folded into one on GET /api/v1/devices.
         route = str(record.detail.get("route", ""))

@@ -169,6 +169,8 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/devices"): _r(P.DEVICES_READ, Kind.LIST),
     ("GET", "/ui/devices/{device_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
     ("GET", "/ui/devices/{device_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
+    # Prometheus: fleet-wide aggregates, so a read grant on every device (hub.prom_api)
+    ("GET", "/metrics"): _r(P.DEVICES_READ, Kind.ADMIN),
 }
 
 

@@ -84,6 +84,17 @@ def test_backoff_resets_after_staying_up() -> None:
     assert sup.state("web").restarts == 1
 
 
+def test_restart_totals_keep_counting_when_the_backoff_resets() -> None:
+    """The Prometheus restarts counter never goes back (``restarts`` is the backoff's)."""
+    sup = Supervisor(POLICY)
+    for t in (0, 1, 3):
+        sup.record_exit("web", at(t), exit_code=1)
+    sup.record_start("web", at(7))
+    sup.record_exit("web", at(7 + 60), exit_code=1)
+    assert sup.state("web").restarts == 1
+    assert sup.restart_totals() == {"web": 4}
+
+
 def test_started_at_of_the_exit_counts_for_stability() -> None:
     sup = Supervisor(POLICY)
     sup.record_exit("web", at(0))

@@ -55,6 +55,7 @@ from hub.store.records import (
     TechnicianRecord,
     UserRecord,
     UserTokenRecord,
+    WriterStats,
 )
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "SyncResult",
     "TargetRecord",
     "TechnicianRecord",
+    "WriterStats",
     "open_store",
 ]
 
@@ -591,6 +593,26 @@ class HubStore(ABC):
     @abstractmethod
     async def device_host_report(self, device_id: str) -> HostReport | None:
         """Return the device's latest host container report, or None."""
+
+    # ---- monitoring (hub.prom reads these at every scrape: aggregates, not rows) ----
+
+    @abstractmethod
+    async def fleet_counts(
+        self, online_since: datetime, stale_since: datetime
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """Return (connectivity, drift) -> (devices, of them disabled), in one query."""
+
+    @abstractmethod
+    async def rollout_counts(self) -> dict[str, int]:
+        """Return status -> how many rollouts are in it."""
+
+    @abstractmethod
+    def writer_stats(self) -> WriterStats:
+        """Return the writer's queue and counters and the database files' sizes."""
+
+    @abstractmethod
+    def watch_commits(self, observer: Callable[[int, float], None]) -> None:
+        """Call ``observer(jobs, seconds)`` after every group commit from now on."""
 
 
 def open_store(config: HubConfig) -> HubStore:

@@ -452,3 +452,15 @@ class SessionRecord:
     csrf: str
     created_at: datetime
     last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """The store writer's queue and counters, and the database files' sizes (for metrics)."""
+
+    queue_depth: int
+    groups: int
+    jobs: int
+    wal_truncations: int
+    db_bytes: int
+    wal_bytes: int

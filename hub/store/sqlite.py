@@ -53,6 +53,7 @@ from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_secrets import SecretsMixin
 from hub.store.sqlite_sessions import SessionsMixin
+from hub.store.sqlite_stats import StatsMixin
 from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.sqlite_trust import TrustMixin
 from hub.store.writer import GroupCommitWriter
@@ -103,6 +104,7 @@ class SqliteStore(
     PoliciesMixin,
     HoldsMixin,
     SessionsMixin,
+    StatsMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""
@@ -126,6 +128,7 @@ class SqliteStore(
         self._rconn: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
         self._checkpointer: WalCheckpointer | None = None
+        self._commit_observer: Callable[[int, float], None] | None = None
 
     async def open(self) -> None:
         """Open the writer (running migrations) and the reader."""
@@ -149,6 +152,7 @@ class SqliteStore(
             path = self.path.with_name(self.path.name + suffix)
             if path.exists():
                 path.chmod(0o600)
+        writer.on_commit = self._commit_observer
         writer.start()
         self._writer = writer
         self._checkpointer = WalCheckpointer(

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,6 +60,12 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self.groups = 0
         self.jobs = 0
+        # Called on the loop after each group's COMMIT with (jobs, seconds): hub.prom's histogram.
+        self.on_commit: Callable[[int, float], None] | None = None
+
+    def depth(self) -> int:
+        """Return how many jobs wait for the next group."""
+        return self._queue.qsize()
 
     def start(self) -> None:
         """Start the writer task."""
@@ -100,6 +107,7 @@ class GroupCommitWriter:
                     break
                 group.append(nxt)
             jobs = [job for job, _ in group]
+            started = time.perf_counter()
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._commit_group, jobs)
             except asyncio.CancelledError:
@@ -112,6 +120,8 @@ class GroupCommitWriter:
                 outcomes = [(StoreError(f"database write failed: {exc}"), None)] * len(group)
             self.groups += 1
             self.jobs += len(group)
+            if self.on_commit is not None:
+                self.on_commit(len(group), time.perf_counter() - started)
             for (_, future), (error, result) in zip(group, outcomes, strict=True):
                 if future.done():
                     continue
