@@ -28,6 +28,7 @@ from hub.store.records import (
     AuditEntry,
     AuditQuery,
     AuditRecord,
+    AuditScope,
     CertLineage,
     DeviceAuditChain,
     DeviceRecord,
@@ -63,6 +64,7 @@ __all__ = [
     "AuditEntry",
     "AuditQuery",
     "AuditRecord",
+    "AuditScope",
     "CertLineage",
     "DeviceAuditChain",
     "DeviceRecord",
@@ -368,9 +370,15 @@ class HubStore(ABC):
 
     @abstractmethod
     async def list_actions(
-        self, now: datetime, *, device_id: str | None, state: str | None, limit: int
+        self,
+        now: datetime,
+        *,
+        device_id: str | None,
+        state: str | None,
+        limit: int,
+        device_ids: frozenset[str] | None = None,
     ) -> list[ActionRecord]:
-        """Return actions, newest first, filtered by device and state."""
+        """Return actions, newest first, filtered by device, state and a device set (scope)."""
 
     @abstractmethod
     async def take_actions(

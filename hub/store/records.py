@@ -269,6 +269,7 @@ class AuditQuery:
     since: str | None = None  # iso_utc text, inclusive
     until: str | None = None  # iso_utc text, exclusive
     source: str = "all"  # all | hub | device
+    scope: AuditScope | None = None  # a scoped caller's view (None: everything)
 
 
 @dataclass(frozen=True)
@@ -440,3 +441,15 @@ class SealedSecret:
     name: str
     sealed: str
     key_id: str
+
+
+@dataclass(frozen=True)
+class AuditScope:
+    """What a scoped caller may read of the audit: filtered in the query, so pages are full.
+
+    Device records of ``devices``; hub records by ``actor`` or about one of ``targets``.
+    """
+
+    actor: str
+    devices: frozenset[str]
+    targets: frozenset[str]
