@@ -235,12 +235,17 @@ class HubStore(ABC):
 
     @abstractmethod
     async def create_release(
-        self, release: ReleaseRecord, audit: AuditRecord
+        self,
+        release: ReleaseRecord,
+        audit: AuditRecord,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> tuple[ReleaseRecord, bool]:
         """Store a new release with its audit row; return it and whether it was created.
 
         A release with the same name and version and the same ``source`` is returned as
         it is (False: nothing but the audit row written); a different one is a Conflict.
+        ``secrets`` (the registry passwords it gave in clear, each with its audit row) are
+        stored in the same transaction, only when the release is inserted.
         """
 
     @abstractmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from hub.store.records import (
     NewDevice,
     ReleaseRecord,
     RenewedCert,
+    SealedSecret,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -471,10 +472,13 @@ class SqliteStore(
     # releases -----------------------------------------------------------------------
 
     async def create_release(
-        self, release: ReleaseRecord, audit: AuditRecord
+        self,
+        release: ReleaseRecord,
+        audit: AuditRecord,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> tuple[ReleaseRecord, bool]:
-        """Store a new release (or find the identical one) with its audit row."""
-        return await self._w.submit(lambda db: sqlite_releases.create(db, release, audit))
+        """Store a new release (or find the identical one) with its audit row and secrets."""
+        return await self._w.submit(lambda db: sqlite_releases.create(db, release, audit, secrets))
 
     async def get_release(self, name: str, version: str) -> ReleaseRecord | None:
         """Return a release by name and version."""
