@@ -542,6 +542,24 @@ class HubStore(ABC):
     async def delete_secret(self, name: str, audit: AuditRecord) -> None:
         """Delete a secret no release names (NotFound; Conflict naming the releases)."""
 
+    # clear registry passwords from before the secret store (migration 22) -----------
+
+    @abstractmethod
+    async def pending_secret_moves(self) -> list[tuple[str, str, str, str]]:
+        """Return the rows still holding a clear password: (kind, key, document, source)."""
+
+    @abstractmethod
+    async def move_secrets(
+        self,
+        kind: str,
+        key: str,
+        document: str,
+        source: str,
+        sealed: Sequence[SealedSecret],
+        audits: Sequence[AuditRecord],
+    ) -> None:
+        """Rewrite one listed row with names only, store its values and audit, unlist it."""
+
     @abstractmethod
     async def reseal_secrets(
         self, reseal: Callable[[SealedSecret], SealedSecret], audit: AuditRecord

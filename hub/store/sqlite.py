@@ -52,6 +52,7 @@ from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
 from hub.store.sqlite_policies import PoliciesMixin
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
+from hub.store.sqlite_secret_moves import SecretMovesMixin
 from hub.store.sqlite_secrets import SecretsMixin
 from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.sqlite_trust import TrustMixin
@@ -102,6 +103,7 @@ class SqliteStore(
     SecretsMixin,
     PoliciesMixin,
     HoldsMixin,
+    SecretMovesMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""
