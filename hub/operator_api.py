@@ -126,6 +126,7 @@ def device_view(hub: HubContext, d: DeviceRecord, now: datetime) -> dict[str, An
         "applying_revision": d.applying_revision,
         "rollout_state": d.rollout_state,
         "window_opens_at": d.window_opens_at.isoformat() if d.window_opens_at else None,
+        "release_trust_stale": d.release_trust_stale,
         "drift": drift(
             d.target_revision,
             d.applied_revision,

@@ -124,6 +124,7 @@ class DeviceRecord:
     applying_revision: int | None = None
     rollout_state: str | None = None
     window_opens_at: datetime | None = None  # while waiting for its maintenance window
+    release_trust_stale: bool | None = None  # its pinned release manifest expired (None: no pin)
 
 
 @dataclass(frozen=True)

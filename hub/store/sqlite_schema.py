@@ -424,8 +424,10 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
     ),
     (
         22,
-        "secrets: list release and target rows still holding a registry password in clear",
+        "secrets: list rows still holding a registry password in clear; devices: stale manifest",
         [
+            # release signing: the device's pinned manifest expired (NULL: never reported)
+            "ALTER TABLE devices ADD COLUMN release_trust_stale INTEGER",
             # moved into the secret store by the hub at start (hub.secret_moves), which has
             # the secret keys; kind: release (key: id) | target (key: "<device> <revision>")
             """CREATE TABLE secret_moves (
