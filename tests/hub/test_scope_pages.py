@@ -14,7 +14,7 @@ from test_access_matrix import _ok, _user
 from test_registry import GOOD, OPEN
 
 from hub.access import Grant
-HIDDEN_ROLLOUT = "a rollout outside your scope"  # hub.rollouts.HIDDEN_ROLLOUT
+from hub.rollouts import HIDDEN_ROLLOUT
 from hub.testing import RunningHub, start_hub
 
 
