@@ -76,7 +76,7 @@ class SecretMovesMixin:
             "SELECT 'target', m.key, t.document, '' FROM secret_moves m JOIN targets t "
             "ON m.kind = 'target' AND m.key = t.device_id || ' ' || t.revision ORDER BY m.key"
         )
-        return [tuple(r) for r in [*releases, *targets]]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3]) for r in [*releases, *targets]]
 
     async def move_secrets(
         self,

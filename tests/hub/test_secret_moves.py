@@ -95,6 +95,7 @@ def _back_to_before_the_secret_store(hub: RunningHub, value: str) -> None:
         db.execute("DELETE FROM secrets")
         db.execute("DELETE FROM schema_migrations WHERE version = 22")
         db.execute("DROP TABLE IF EXISTS secret_moves")
+        db.execute("ALTER TABLE devices DROP COLUMN release_trust_stale")  # also migration 22
 
 
 def _rows_with(hub: RunningHub, value: str) -> list[str]:
