@@ -129,15 +129,6 @@ def moved_rows(
     ]
 
 
-async def save_moved(store: HubStore, prepared: Prepared, actor: str, source: str) -> None:
-    """Store the registry passwords a release gave in clear, each audited by name.
-
-    Release create stores them with the release instead (``HubStore.create_release``).
-    """
-    for sealed, audit in moved_rows(prepared, actor, source):
-        await store.put_secrets([sealed], audit.at, actor, audit)
-
-
 async def moved_differ(box: SecretBox, store: HubStore, prepared: Prepared) -> list[str]:
     """Return the moved secrets whose stored value differs from the one given now."""
     stored = await store.sealed_secrets(list(prepared.moved_values))

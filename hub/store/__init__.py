@@ -172,10 +172,13 @@ class HubStore(ABC):
         build: Callable[[int], SignedTarget],
         audit: AuditRecord,
         now: datetime,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> TargetRecord:
         """Store ``build(next_revision)`` as the device's newest target (revisions only grow).
 
-        NotFound if the device is unknown, Conflict if it is disabled.
+        NotFound if the device is unknown, Conflict if it is disabled. ``secrets`` (the
+        registry passwords its release gave in clear, each with its audit row) are stored
+        in the same transaction, only with the target.
         """
 
     @abstractmethod

@@ -53,7 +53,7 @@ from hub.store.sqlite_policies import PoliciesMixin
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
 from hub.store.sqlite_secret_moves import SecretMovesMixin
-from hub.store.sqlite_secrets import SecretsMixin
+from hub.store.sqlite_secrets import SecretsMixin, upsert_secret
 from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.sqlite_trust import TrustMixin
 from hub.store.writer import GroupCommitWriter
@@ -420,8 +420,9 @@ class SqliteStore(
         build: Callable[[int], SignedTarget],
         audit: AuditRecord,
         now: datetime,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> TargetRecord:
-        """Store the next revision of the device's target, with its audit row."""
+        """Store the next revision of the device's target, with its audit row and secrets."""
 
         def job(db: sqlite3.Connection) -> TargetRecord:
             row = db.execute(
@@ -438,6 +439,9 @@ class SqliteStore(
                 raise Conflict(f"device {device_id!r} has used up its target revisions")
             revision = target_revision + 1
             signed = build(revision)
+            for sealed, secret_audit in secrets:  # only with the target: none left behind
+                upsert_secret(db, sealed, rows.ts(secret_audit.at), secret_audit.actor)
+                db.execute(rows.INSERT_AUDIT, rows.audit_args(secret_audit))
             db.execute(
                 "INSERT INTO targets VALUES (?,?,?,?,?)",
                 (device_id, revision, signed.model_dump_json(), rows.ts(now), audit.actor),

@@ -141,3 +141,20 @@ async def test_clear_registry_passwords_stored_before_the_secret_store_are_moved
         assert target.secrets == {f"registry.{name}.1.0": value}
     finally:
         assert hub.stop() == 0, hub.log()[-3000:]
+
+
+async def test_a_refused_target_set_leaves_no_moved_secret_behind(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path / "hub")
+    try:
+        name = "tgt-" + uuid.uuid4().hex[:8]
+        status, body = await hub.api("POST", "/api/v1/releases", {"release": _doc(name, 1)})
+        assert status == 201, body
+        other = _doc(name, 2)  # same name and version, another password: same secret name
+        path = "/api/v1/devices/dev-0000000000000000/target"
+        status, err = await hub.api("POST", path, {"release": other})
+        assert status == 404, err
+        assert _stored_secret(hub, f"registry.{name}.1.0") == "pw-1"  # not replaced
+        _, audit = await hub.api("GET", "/api/v1/audit?action=secret.set")
+        assert len(audit["audit"]) == 1, audit
+    finally:
+        assert hub.stop() == 0, hub.log()[-3000:]
