@@ -19,6 +19,12 @@ Each option a service may ask for is refused unless a policy field allows it:
 * published ports only on ``port_addresses`` (``*``: any address).
 * ``max_mem_bytes`` / ``max_cpus`` bound what a service may ask for; with
   ``require_limits`` a service without a limit is refused where a maximum is set.
+* ``security_opt`` entries only as listed (``seccomp=unconfined``, ``apparmor=...``,
+  ``label=disable``, a seccomp profile; ``:`` read as ``=``; ``*``: any), except
+  ``no-new-privileges``, which only hardens; ``sysctls`` by name (``*``: any); an
+  explicit root ``user`` (uid ``0`` or ``root``) only with ``root_user``.
+* ``tmpfs`` is not a policy field: it is memory inside the container's own mount
+  namespace, charged to its memory limit, and reaches nothing on the host.
 """
 
 from __future__ import annotations
@@ -34,6 +40,22 @@ if TYPE_CHECKING:  # models carries a policy in Target: no import cycle at run t
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 ANY_ADDRESS = "*"
 MAX_ENTRIES = 256  # entries in one list field of a policy
+
+
+# security options that only take privileges away: never refused
+HARDENING_OPTS = frozenset({"no-new-privileges", "no-new-privileges=true"})
+
+
+def _security_opt(option: str) -> str:
+    """Return a security option in one spelling (Docker reads ``key:value`` as ``key=value``)."""
+    key, sep, value = option.strip().partition("=")
+    if not sep:
+        key, sep, value = option.strip().partition(":")
+    return f"{key.strip().lower()}={value.strip()}" if sep else key.strip().lower()
+
+
+def _is_root(user: str | None) -> bool:
+    return user is not None and user.partition(":")[0].strip() in ("0", "root")
 
 
 def _cap(name: str) -> str:
@@ -64,6 +86,14 @@ class DevicePolicy(BaseModel):
     max_mem_bytes: int | None = Field(None, ge=4 * 1024 * 1024)
     max_cpus: float | None = Field(None, gt=0, le=1024)
     require_limits: bool = False
+    security_opt: list[str] = Field(default_factory=list, max_length=MAX_ENTRIES)
+    sysctls: list[str] = Field(default_factory=list, max_length=MAX_ENTRIES)
+    root_user: bool = False
+
+    @field_validator("security_opt")
+    @classmethod
+    def _opts(cls, v: list[str]) -> list[str]:
+        return [_security_opt(o) for o in v]
 
     @field_validator("bind_paths", "devices")
     @classmethod
@@ -85,6 +115,9 @@ PERMISSIVE = DevicePolicy(
     host_network=True,
     devices=["/"],
     cap_add=["ALL"],
+    security_opt=[ANY_ADDRESS],
+    sysctls=[ANY_ADDRESS],
+    root_user=True,
 )
 RESTRICTIVE = DevicePolicy()
 
@@ -137,6 +170,7 @@ def service_violations(policy: DevicePolicy, service: Service) -> list[Violation
             if p.host_ip not in policy.port_addresses:
                 found.append(("ports", "port_addresses", f"port {p.container} on {p.host_ip}"))
     found += _limit_violations(policy, service)
+    found += _security_violations(policy, service)
     return [
         Violation(
             service=service.name,
@@ -194,6 +228,26 @@ def _limit_violations(policy: DevicePolicy, service: Service) -> list[tuple[str,
             found.append(("cpus", "max_cpus", "no CPU limit"))
         elif cpus is not None and cpus > policy.max_cpus:
             found.append(("cpus", "max_cpus", f"CPU limit {cpus}"))
+    return found
+
+
+def _security_violations(policy: DevicePolicy, service: Service) -> list[tuple[str, str, str]]:
+    found = []
+    allowed_opts = set(policy.security_opt)
+    for raw in service.security_opt:
+        opt = _security_opt(raw)
+        if (
+            opt not in HARDENING_OPTS
+            and ANY_ADDRESS not in allowed_opts
+            and opt not in allowed_opts
+        ):
+            found.append(("security_opt", "security_opt", f"security option {opt}"))
+    if ANY_ADDRESS not in policy.sysctls:
+        for name in service.sysctls:
+            if name not in policy.sysctls:
+                found.append(("sysctls", "sysctls", f"sysctl {name}"))
+    if _is_root(service.user) and not policy.root_user:
+        found.append(("user", "root_user", f"user {service.user} (root)"))
     return found
 
 

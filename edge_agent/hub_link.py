@@ -187,4 +187,11 @@ class HubLink:
             host_containers=st.get("host_containers"),
             host_containers_total=st.get("host_containers_total"),
             window_opens_at=st.get("window_opens_at"),
+            release_trust_stale=release_trust_stale(st),
         )
+
+
+def release_trust_stale(status: dict[str, Any]) -> bool | None:
+    """Return the stale-manifest flag of the local status for the hub (None: no pin)."""
+    trust = status.get("release_trust")
+    return bool(trust["stale"]) if isinstance(trust, dict) and "stale" in trust else None

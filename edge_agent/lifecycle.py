@@ -26,6 +26,7 @@ from edge_agent.errors import AgentError, ApplyFailed, InvalidDocument, TargetRe
 from edge_agent.models import CurrentService, Target, parse_document
 from edge_agent.reconcile import PullStep
 from edge_agent.release_pin import ReleasePin
+from edge_agent.release_trust import ReleaseTrust
 from edge_agent.rollout import (
     Accepted,
     Action,
@@ -192,6 +193,9 @@ class Lifecycle:
                 target = target.model_copy(update={"policy": await self._current_policy()})
             await self._check_policy(target, source)
             if source == "local":
+                if self.release_pin is not None:  # held to the operators' manifest too
+                    trust = await self._newest_trust()
+                    self.release_pin.admit_local(target.release, trust, now())
                 return await self._accept_local(target, actor)
             floor = await self.hub_floor()
             if target.revision <= floor:
@@ -218,6 +222,11 @@ class Lifecycle:
             if policy is not None:
                 return policy
         return self.local_policy
+
+    async def _newest_trust(self) -> ReleaseTrust | None:
+        """Return the release signatures of the newest hub target (None: none stored)."""
+        stored = await self.store.latest_hub_target()
+        return None if stored is None else parse_document(Target, stored.document).release_trust
 
     async def _check_policy(self, target: Target, source: str) -> None:
         """Refuse a target whose release its device policy refuses, even if signed."""

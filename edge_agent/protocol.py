@@ -289,6 +289,9 @@ class StatusSnapshot(Wire):
     window_opens_at: (
         Annotated[AwareDatetime, BeforeValidator(_time_text), Field(strict=False)] | None
     ) = None
+    # Additive (optional): the device's pinned release manifest has expired (release
+    # signing; an indefinite freeze). None: no pin. Left out for a hub that refuses it.
+    release_trust_stale: bool | None = None
 
     @field_validator("window_opens_at")
     @classmethod

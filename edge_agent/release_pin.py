@@ -28,9 +28,10 @@ from pydantic import ValidationError
 
 from edge_agent.anchor import RevisionAnchor
 from edge_agent.errors import ConfigError, ReleaseUntrusted
-from edge_agent.models import Target
+from edge_agent.models import Release, Target
 from edge_agent.release_trust import (
     PinnedTrust,
+    ReleaseTrust,
     SignedRoot,
     check_listed,
     verify_first_root,
@@ -75,6 +76,24 @@ class ReleasePin:
         if trust is None or trust.manifest is None:  # verify_trust refuses this already
             raise ReleaseUntrusted(f"release {target.release.ref} carries no signatures")
         check_listed(trust.manifest.manifest, target.release)
+
+    def admit_local(self, release: Release, trust: ReleaseTrust | None, now: datetime) -> None:
+        """Raise ReleaseUntrusted unless a technician's release is vouched for.
+
+        Checked against the manifest the device holds (``trust``: the newest hub
+        target's, verified again under the pin: not expired, not older than the newest
+        seen), with the digest computed here. Nothing to check without a pin; the pin
+        never moves for a local apply.
+        """
+        if self.pinned is None:
+            return
+        if trust is None or trust.manifest is None:
+            raise ReleaseUntrusted(
+                f"release {release.ref}: this device requires releases signed under release"
+                f" root v{self.pinned.root.root.version} and holds no manifest to check it"
+            )
+        verify_trust(trust, self.pinned, release, now)
+        check_listed(trust.manifest.manifest, release)
 
     def report(self, now: datetime) -> dict[str, Any] | None:
         """Return the pin for the status; ``stale``: the newest manifest seen has expired.

@@ -55,7 +55,7 @@ EPOCH_PROTOCOL = 3  # the first protocol with store epochs
 # A hub's 422 naming a status field it does not know (``status.F: Extra inputs ...``).
 _EXTRA_STATUS_FIELD = re.compile(r"status\.(\w+): Extra inputs are not permitted")
 # Additive status fields an older hub may refuse: the agent leaves them out for it.
-_OMITTABLE_STATUS_FIELDS = frozenset({"window_opens_at"})
+_OMITTABLE_STATUS_FIELDS = frozenset({"window_opens_at", "release_trust_stale"})
 # A hub's 422 naming an entry kind it does not know; the kinds only a hub listing them gets.
 _REFUSED_KIND = re.compile(r"entries\.\d+\.kind: Input should be")
 _ADDITIVE_KINDS = frozenset({"metrics"})

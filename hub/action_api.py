@@ -32,7 +32,7 @@ from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.operator_calls import Action, Body, audited, json_body, principal
-from hub.route_access import visible_actions
+from hub.route_access import visible_actions, visible_device_ids
 from hub.selector import matches, parse
 from hub.store import ActionRecord, DeviceRecord
 from hub.wire import parse as parse_body
@@ -219,7 +219,11 @@ async def list_actions(request: web.Request) -> web.Response:
             f"limit: an integer from 1 to {MAX_LIST}", fields=[{"field": "limit"}], status=400
         )
     found = await hub.store.list_actions(
-        hub.now(), device_id=request.query.get("device"), state=state, limit=int(raw)
+        hub.now(),
+        device_id=request.query.get("device"),
+        state=state,
+        limit=int(raw),
+        device_ids=await visible_device_ids(request),
     )
     found = await visible_actions(request, found)
     return web.json_response({"actions": [action_view(r) for r in found]})

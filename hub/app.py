@@ -31,6 +31,7 @@ from hub import (
     release_api,
     rollout_api,
     secret_api,
+    secret_moves,
     technician_api,
     trust_api,
     user_api,
@@ -134,6 +135,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.cleanup_ctx.append(_retention_lifetime)  # after the store: stops before it closes
     guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
+    app.on_startup.append(secret_moves.on_startup)  # after the store opened (cleanup_ctx)
     return app
 
 

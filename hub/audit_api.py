@@ -21,10 +21,10 @@ from aiohttp import web
 from edge_agent.openapi import STRING, Query, enum
 from hub.auth import Permission
 from hub.context import HubContext, ctx
-from hub.errors import InvalidRequest, NotFound
+from hub.errors import InvalidRequest
 from hub.operator_calls import INT64_MAX, PAGE_QUERY, page, principal
-from hub.route_access import visible_audit
-from hub.selector import matches, parse
+from hub.route_access import audit_group_selector, audit_scope, visible_audit
+from hub.selector import matches
 from hub.store import AuditCursor, AuditEntry, AuditQuery
 from hub.store.records import iso_utc
 
@@ -71,15 +71,17 @@ def parse_time(name: str, text: str | None) -> str | None:
     return iso_utc(value)
 
 
-async def _devices(hub: HubContext, device: str | None, group: str | None) -> frozenset[str] | None:
-    """Return the device ids the query is about (None: any device)."""
+async def _devices(
+    request: web.Request, device: str | None, group: str | None
+) -> frozenset[str] | None:
+    """Return the device ids the query is about (None: any device).
+
+    A group outside the caller's scope is answered as an absent one (404).
+    """
     wanted: frozenset[str] | None = None
     if group is not None:
-        record = await hub.store.get_group(group)
-        if record is None:
-            raise NotFound(f"no group {group!r}")
-        selector = parse(record.selector)
-        found = await hub.store.list_devices()
+        selector = await audit_group_selector(request, group)
+        found = await ctx(request).store.list_devices()
         wanted = frozenset(d.id for d in found if matches(selector, d.tags))
     if device is not None:
         wanted = frozenset({device}) if wanted is None else wanted & {device}
@@ -101,10 +103,11 @@ async def build_query(request: web.Request, hub: HubContext) -> AuditQuery:
         limit=limit,
         actor=q.get("actor"),
         action=q.get("action"),
-        devices=await _devices(hub, q.get("device"), q.get("group")),
+        devices=await _devices(request, q.get("device"), q.get("group")),
         since=parse_time("since", q.get("since")),
         until=parse_time("until", q.get("until")),
         source=source,
+        scope=await audit_scope(request),
     )
 
 

@@ -60,6 +60,9 @@ def merge(policies: list[DevicePolicy]) -> DevicePolicy:
         max_mem_bytes=highest("max_mem_bytes"),
         max_cpus=highest("max_cpus"),
         require_limits=all(p.require_limits for p in policies),
+        security_opt=joined("security_opt"),
+        sysctls=joined("sysctls"),
+        root_user=any(p.root_user for p in policies),
     )
 
 

@@ -20,6 +20,7 @@ STATUS_FIELDS = (
     "applying_revision",
     "rollout_state",
     "window_opens_at",
+    "release_trust_stale",
 )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,7 +44,13 @@ from hub.metrics_api import sample_view
 from hub.operator_calls import INT64_MAX, PAGE_QUERY, Body, audited, json_body, page, principal
 from hub.route_access import visible_devices
 from hub.secret_refs import SECRET_BOX
-from hub.store import AuditRecord, DeviceRecord, EnrollmentTokenRecord, TargetRecord
+from hub.store import (
+    AuditRecord,
+    DeviceRecord,
+    EnrollmentTokenRecord,
+    SealedSecret,
+    TargetRecord,
+)
 from hub.target_overrides import overrides_for_target
 from hub.trust_api import trust_for_target
 from hub.wire import parse
@@ -126,6 +133,7 @@ def device_view(hub: HubContext, d: DeviceRecord, now: datetime) -> dict[str, An
         "applying_revision": d.applying_revision,
         "rollout_state": d.rollout_state,
         "window_opens_at": d.window_opens_at.isoformat() if d.window_opens_at else None,
+        "release_trust_stale": d.release_trust_stale,
         "drift": drift(
             d.target_revision,
             d.applied_revision,
@@ -256,14 +264,20 @@ async def set_target(request: web.Request) -> web.Response:
         req = parse(SetTargetRequest, await json_body(request))
         prepared = await secret_refs.prepare(request.app[SECRET_BOX], hub.store, req.release)
         req = req.model_copy(update={"release": prepared.release})  # names, never values
-        await secret_refs.save_moved(hub.store, prepared, act.principal.name, act.source)
+        moved = secret_refs.moved_rows(prepared, act.principal.name, act.source)
         now = hub.now()
         expires_at = now + timedelta(seconds=req.expires_in_s) if req.expires_in_s else None
         options = TargetOptions(
             req.apply_deadline_s, req.min_ready_s, expires_at, req.window, req.immediate
         )
         record = await issue_target(
-            hub, device_id, req.release, req.overrides, options, act.ok(release=req.release.ref)
+            hub,
+            device_id,
+            req.release,
+            req.overrides,
+            options,
+            act.ok(release=req.release.ref),
+            secrets=moved,  # stored with the target, in its transaction
         )
     return web.json_response(
         {
@@ -294,6 +308,7 @@ async def issue_target(
     explicit: dict[str, dict[str, str]],
     options: TargetOptions,
     audit: AuditRecord,
+    secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
 ) -> TargetRecord:
     """Sign and store the device's next target with ``audit``, then wake its long-poll.
 
@@ -326,7 +341,7 @@ async def issue_target(
         return sign_target(make(revision), hub.pki.signing_key)
 
     await _check_features(hub, device_id, make(1))
-    record = await hub.store.put_target(device_id, build, audit, now)
+    record = await hub.store.put_target(device_id, build, audit, now, secrets)
     hub.notifier.notify(device_id)  # after commit
     return record
 

@@ -198,7 +198,6 @@ async def create_release(request: web.Request) -> web.Response:
             await hub.store.record_audit(act.ok(idempotent=True))
             return web.json_response(_with_report(release_view(existing), report), status=200)
         pinned, images = await pin(hub, release, prepared.auths)
-        await secret_refs.save_moved(hub.store, prepared, act.principal.name, act.source)
         record = ReleaseRecord(
             release.name,
             release.version,
@@ -209,7 +208,9 @@ async def create_release(request: web.Request) -> web.Response:
             act.principal.name,
         )
         digests = {row["service"]: row["digest"] for row in images}
-        stored, created = await hub.store.create_release(record, act.ok(digests=digests))
+        moved = secret_refs.moved_rows(prepared, act.principal.name, act.source)
+        # one transaction: a refused insert leaves no moved secret behind
+        stored, created = await hub.store.create_release(record, act.ok(digests=digests), moved)
     view = _with_report(release_view(stored), report)
     return web.json_response(view, status=201 if created else 200)
 

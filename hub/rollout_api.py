@@ -115,10 +115,14 @@ async def _check_policies(hub: HubContext, ref: str, members: list[str]) -> None
 
 
 async def _superseded(
-    hub: HubContext, spec: RolloutSpec, members: list[str], new_id: str, now: datetime
+    request: web.Request, spec: RolloutSpec, members: list[str], new_id: str, now: datetime
 ) -> list[tuple[RolloutRecord, datetime, Decision]]:
-    active = [load(r) for r in await hub.store.list_rollouts([s.value for s in ACTIVE_STATUSES])]
-    ids = check_overlap(spec, [a.state for a in active], members)
+    hub = ctx(request)
+    records = await hub.store.list_rollouts([s.value for s in ACTIVE_STATUSES])
+    shown = {r.id for r in await visible_rollouts(request, records)}
+    hidden = {r.id for r in records} - shown  # a 409 must not name what the caller cannot see
+    active = [load(r) for r in records]
+    ids = check_overlap(spec, [a.state for a in active], members, hidden)
     limit = hub.config.rollouts.max_active
     if len(active) - len(ids) >= limit:  # a rollout that supersedes one takes its place
         raise Conflict(
@@ -147,7 +151,7 @@ async def create_rollout(request: web.Request) -> web.Response:
             now = hub.now()
             members, online = await _members(hub, spec)
             await _check_policies(hub, spec.release, members)
-            superseded = await _superseded(hub, spec, members, rollout_id, now)
+            superseded = await _superseded(request, spec, members, rollout_id, now)
             state = start_rollout(rollout_id, spec, members, online, now)
             record = RolloutRecord(
                 rollout_id,

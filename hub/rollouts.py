@@ -380,14 +380,20 @@ def supersede(state: RolloutState, by: str, now: datetime) -> Decision:
 
 # ---- overlap -------------------------------------------------------------------------
 
+HIDDEN_ROLLOUT = "a rollout outside your scope"
+
 
 def check_overlap(
-    new: RolloutSpec, active_rollouts: Iterable[RolloutState], members: Collection[str]
+    new: RolloutSpec,
+    active_rollouts: Iterable[RolloutState],
+    members: Collection[str],
+    hidden: Collection[str] = (),
 ) -> tuple[str, ...]:
     """Return the ids of the rollouts ``new`` supersedes; raise Conflict on any other overlap.
 
     Only active rollouts (running, paused, halted, rolling back) count. The hub ends the
-    superseded ones with ``supersede`` as it starts the new one.
+    superseded ones with ``supersede`` as it starts the new one. A rollout in ``hidden``
+    (outside the caller's scope) is not named, only counted.
     """
     wanted = set(members)
     superseded: list[str] = []
@@ -401,10 +407,11 @@ def check_overlap(
         if new.supersedes == other.rollout_id:
             superseded.append(other.rollout_id)
             continue
+        name = HIDDEN_ROLLOUT if other.rollout_id in hidden else other.rollout_id
         clashes.append(
             {
                 "field": "supersedes",
-                "rollout": other.rollout_id,
+                "rollout": name,
                 "devices": len(shared),
                 "examples": shared[:OVERLAP_EXAMPLES],
             }

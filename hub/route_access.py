@@ -43,6 +43,7 @@ from hub.store import (
     ActionRecord,
     AuditEntry,
     AuditRecord,
+    AuditScope,
     DeviceRecord,
     GroupRecord,
     RolloutRecord,
@@ -420,14 +421,13 @@ async def visible_rollouts(
     return out
 
 
-async def visible_audit(request: web.Request, entries: list[AuditEntry]) -> list[AuditEntry]:
-    """Return the audit rows about what is in the caller's scope, and the caller's own."""
+async def audit_scope(request: web.Request) -> AuditScope | None:
+    """Return what the caller may read of the audit (None: all), for the store's query."""
     if scope_of(request, P.AUDIT_READ) is None:
-        return entries
+        return None
     who, hub = caller(request), ctx(request)
     scope = who.scope_for(P.AUDIT_READ)
-    devices = [d for d in await hub.store.list_devices() if in_scope(scope, d.tags)]
-    ids = {d.id for d in devices}
+    ids = {d.id for d in await hub.store.list_devices() if in_scope(scope, d.tags)}
     groups = {
         g.name
         for g in await hub.store.list_groups()
@@ -435,13 +435,35 @@ async def visible_audit(request: web.Request, entries: list[AuditEntry]) -> list
     }
     about = ids | {f"device:{i}" for i in ids} | {f"group:{g}" for g in groups}
     rollouts = {r.id for r in await visible_rollouts(request, await hub.store.list_rollouts())}
+    return AuditScope(who.name, frozenset(ids), frozenset(about | rollouts))
+
+
+async def visible_audit(request: web.Request, entries: list[AuditEntry]) -> list[AuditEntry]:
+    """Return the audit rows about what is in the caller's scope, and the caller's own."""
+    seen = await audit_scope(request)
+    if seen is None:
+        return entries
 
     def shown(e: AuditEntry) -> bool:
         if e.source != "hub":
-            return e.device_id in ids
-        return e.actor == who.name or e.target in about or e.target in rollouts
+            return e.device_id in seen.devices
+        return e.actor == seen.actor or e.target in seen.targets
 
     return [e for e in entries if shown(e)]
+
+
+async def visible_device_ids(request: web.Request) -> frozenset[str] | None:
+    """Return the ids of the devices in the caller's read scope (None: all), for a query."""
+    ids = await _visible_ids(request)
+    return None if ids is None else frozenset(ids)
+
+
+async def audit_group_selector(request: web.Request, name: str) -> Selector:
+    """Return group ``name``'s selector; 404 as if absent when it reaches outside the scope."""
+    selector = await group_selector(ctx(request), name)
+    if selector is None or not _selector_in(caller(request), P.AUDIT_READ, selector):
+        raise NotFound(f"no group {name!r}", fields=[{"field": "group"}])
+    return selector
 
 
 async def check_rollout_spec(request: web.Request, spec: RolloutSpec) -> None:

@@ -108,19 +108,25 @@ def _field(path: str, name: str) -> dict[str, Any]:
     return {"field": path, "message": f"no secret {name!r}"}
 
 
-async def save_moved(store: HubStore, prepared: Prepared, actor: str, source: str) -> None:
-    """Store the registry passwords a release gave in clear, each audited by name."""
-    for sealed in prepared.moved:
-        audit = AuditRecord(
-            actor,
-            "secret.set",
-            sealed.name,
-            "ok",
-            datetime.now(UTC),
-            {"key_id": sealed.key_id, "moved_from": prepared.release.ref},
-            source_addr=source,
+def moved_rows(
+    prepared: Prepared, actor: str, source: str
+) -> list[tuple[SealedSecret, AuditRecord]]:
+    """Return the registry passwords a release gave in clear, each with its audit row."""
+    return [
+        (
+            sealed,
+            AuditRecord(
+                actor,
+                "secret.set",
+                sealed.name,
+                "ok",
+                datetime.now(UTC),
+                {"key_id": sealed.key_id, "moved_from": prepared.release.ref},
+                source_addr=source,
+            ),
         )
-        await store.put_secrets([sealed], audit.at, actor, audit)
+        for sealed in prepared.moved
+    ]
 
 
 async def moved_differ(box: SecretBox, store: HubStore, prepared: Prepared) -> list[str]:

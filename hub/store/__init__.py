@@ -28,6 +28,7 @@ from hub.store.records import (
     AuditEntry,
     AuditQuery,
     AuditRecord,
+    AuditScope,
     CertLineage,
     DeviceAuditChain,
     DeviceRecord,
@@ -65,6 +66,7 @@ __all__ = [
     "AuditEntry",
     "AuditQuery",
     "AuditRecord",
+    "AuditScope",
     "CertLineage",
     "DeviceAuditChain",
     "DeviceRecord",
@@ -174,10 +176,13 @@ class HubStore(ABC):
         build: Callable[[int], SignedTarget],
         audit: AuditRecord,
         now: datetime,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> TargetRecord:
         """Store ``build(next_revision)`` as the device's newest target (revisions only grow).
 
-        NotFound if the device is unknown, Conflict if it is disabled.
+        NotFound if the device is unknown, Conflict if it is disabled. ``secrets`` (the
+        registry passwords its release gave in clear, each with its audit row) are stored
+        in the same transaction, only with the target.
         """
 
     @abstractmethod
@@ -237,12 +242,17 @@ class HubStore(ABC):
 
     @abstractmethod
     async def create_release(
-        self, release: ReleaseRecord, audit: AuditRecord
+        self,
+        release: ReleaseRecord,
+        audit: AuditRecord,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> tuple[ReleaseRecord, bool]:
         """Store a new release with its audit row; return it and whether it was created.
 
         A release with the same name and version and the same ``source`` is returned as
         it is (False: nothing but the audit row written); a different one is a Conflict.
+        ``secrets`` (the registry passwords it gave in clear, each with its audit row) are
+        stored in the same transaction, only when the release is inserted.
         """
 
     @abstractmethod
@@ -372,9 +382,15 @@ class HubStore(ABC):
 
     @abstractmethod
     async def list_actions(
-        self, now: datetime, *, device_id: str | None, state: str | None, limit: int
+        self,
+        now: datetime,
+        *,
+        device_id: str | None,
+        state: str | None,
+        limit: int,
+        device_ids: frozenset[str] | None = None,
     ) -> list[ActionRecord]:
-        """Return actions, newest first, filtered by device and state."""
+        """Return actions, newest first, filtered by device, state and a device set (scope)."""
 
     @abstractmethod
     async def take_actions(
@@ -532,6 +548,24 @@ class HubStore(ABC):
     @abstractmethod
     async def delete_secret(self, name: str, audit: AuditRecord) -> None:
         """Delete a secret no release names (NotFound; Conflict naming the releases)."""
+
+    # clear registry passwords from before the secret store (migration 22) -----------
+
+    @abstractmethod
+    async def pending_secret_moves(self) -> list[tuple[str, str, str, str]]:
+        """Return the rows still holding a clear password: (kind, key, document, source)."""
+
+    @abstractmethod
+    async def move_secrets(
+        self,
+        kind: str,
+        key: str,
+        document: str,
+        source: str,
+        sealed: Sequence[SealedSecret],
+        audits: Sequence[AuditRecord],
+    ) -> None:
+        """Rewrite one listed row with names only, store its values and audit, unlist it."""
 
     @abstractmethod
     async def reseal_secrets(

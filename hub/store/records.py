@@ -124,6 +124,7 @@ class DeviceRecord:
     applying_revision: int | None = None
     rollout_state: str | None = None
     window_opens_at: datetime | None = None  # while waiting for its maintenance window
+    release_trust_stale: bool | None = None  # its pinned release manifest expired (None: no pin)
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,7 @@ class AuditQuery:
     since: str | None = None  # iso_utc text, inclusive
     until: str | None = None  # iso_utc text, exclusive
     source: str = "all"  # all | hub | device
+    scope: AuditScope | None = None  # a scoped caller's view (None: everything)
 
 
 @dataclass(frozen=True)
@@ -464,3 +466,15 @@ class WriterStats:
     wal_truncations: int
     db_bytes: int
     wal_bytes: int
+
+
+@dataclass(frozen=True)
+class AuditScope:
+    """What a scoped caller may read of the audit: filtered in the query, so pages are full.
+
+    Device records of ``devices``; hub records by ``actor`` or about one of ``targets``.
+    """
+
+    actor: str
+    devices: frozenset[str]
+    targets: frozenset[str]

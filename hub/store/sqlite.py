@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from hub.store.records import (
     NewDevice,
     ReleaseRecord,
     RenewedCert,
+    SealedSecret,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -51,7 +52,8 @@ from hub.store.sqlite_metrics import MetricsBound, MetricsMixin, save_metrics
 from hub.store.sqlite_policies import PoliciesMixin
 from hub.store.sqlite_rollouts import RolloutsMixin
 from hub.store.sqlite_schema import MIGRATIONS
-from hub.store.sqlite_secrets import SecretsMixin
+from hub.store.sqlite_secret_moves import SecretMovesMixin
+from hub.store.sqlite_secrets import SecretsMixin, upsert_secret
 from hub.store.sqlite_sessions import SessionsMixin
 from hub.store.sqlite_stats import StatsMixin
 from hub.store.sqlite_technicians import TechniciansMixin
@@ -105,6 +107,7 @@ class SqliteStore(
     HoldsMixin,
     SessionsMixin,
     StatsMixin,
+    SecretMovesMixin,
     HubStore,
 ):
     """HubStore on one SQLite file."""
@@ -423,8 +426,9 @@ class SqliteStore(
         build: Callable[[int], SignedTarget],
         audit: AuditRecord,
         now: datetime,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> TargetRecord:
-        """Store the next revision of the device's target, with its audit row."""
+        """Store the next revision of the device's target, with its audit row and secrets."""
 
         def job(db: sqlite3.Connection) -> TargetRecord:
             row = db.execute(
@@ -441,6 +445,9 @@ class SqliteStore(
                 raise Conflict(f"device {device_id!r} has used up its target revisions")
             revision = target_revision + 1
             signed = build(revision)
+            for sealed, secret_audit in secrets:  # only with the target: none left behind
+                upsert_secret(db, sealed, rows.ts(secret_audit.at), secret_audit.actor)
+                db.execute(rows.INSERT_AUDIT, rows.audit_args(secret_audit))
             db.execute(
                 "INSERT INTO targets VALUES (?,?,?,?,?)",
                 (device_id, revision, signed.model_dump_json(), rows.ts(now), audit.actor),
@@ -477,10 +484,13 @@ class SqliteStore(
     # releases -----------------------------------------------------------------------
 
     async def create_release(
-        self, release: ReleaseRecord, audit: AuditRecord
+        self,
+        release: ReleaseRecord,
+        audit: AuditRecord,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> tuple[ReleaseRecord, bool]:
-        """Store a new release (or find the identical one) with its audit row."""
-        return await self._w.submit(lambda db: sqlite_releases.create(db, release, audit))
+        """Store a new release (or find the identical one) with its audit row and secrets."""
+        return await self._w.submit(lambda db: sqlite_releases.create(db, release, audit, secrets))
 
     async def get_release(self, name: str, version: str) -> ReleaseRecord | None:
         """Return a release by name and version."""

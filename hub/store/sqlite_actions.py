@@ -130,11 +130,20 @@ class ActionsMixin:
         return _record(found[0]) if found else None
 
     async def list_actions(
-        self, now: datetime, *, device_id: str | None, state: str | None, limit: int
+        self,
+        now: datetime,
+        *,
+        device_id: str | None,
+        state: str | None,
+        limit: int,
+        device_ids: frozenset[str] | None = None,
     ) -> list[ActionRecord]:
-        """Return actions, newest first, filtered by device and state."""
+        """Return actions, newest first, filtered by device, state and a device set (scope)."""
         await self._w.submit(lambda db: _expire(db, rows.ts(now)))
         where, args = ["1 = 1"], []
+        if device_ids is not None:  # in the query, so a scoped page is full (not cut after)
+            where.append("device_id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(sorted(device_ids)))
         if device_id is not None:
             where.append("device_id = ?")
             args.append(device_id)

@@ -50,6 +50,18 @@ def _filters(q: AuditQuery, device_column: str) -> tuple[list[str], list[Any]]:
     return where, args
 
 
+def _scope(q: AuditQuery, hub_rows: bool) -> tuple[list[str], list[Any]]:
+    """Return the conditions of a scoped caller's view (``AuditScope``)."""
+    if q.scope is None:
+        return [], []
+    if not hub_rows:
+        return ["device_id IN (SELECT value FROM json_each(?))"], [
+            json.dumps(sorted(q.scope.devices))
+        ]
+    cond = "(actor = ? OR target IN (SELECT value FROM json_each(?)))"
+    return [cond], [q.scope.actor, json.dumps(sorted(q.scope.targets))]
+
+
 def query_sql(q: AuditQuery) -> tuple[str, list[Any]]:
     """Return the SQL and parameters of one page of the query."""
     c = q.cursor
@@ -57,11 +69,15 @@ def query_sql(q: AuditQuery) -> tuple[str, list[Any]]:
     args: list[Any] = []
     if q.source in ("all", "hub"):
         where, wargs = _filters(q, "target")
+        swhere, sargs = _scope(q, hub_rows=True)
+        where, wargs = where + swhere, wargs + sargs
         where.insert(0, "id > ?")
         parts.append(f"{HUB_SELECT} WHERE {' AND '.join(where)}")
         args += [c.pos, *wargs]
     if q.source in ("all", "device"):
         where, wargs = _filters(q, "device_id")
+        swhere, sargs = _scope(q, hub_rows=False)
+        where, wargs = where + swhere, wargs + sargs
         where.insert(0, "(feed_after > ? OR (feed_after = ? AND (? = 0 OR id > ?)))")
         parts.append(f"{DEVICE_SELECT} WHERE {' AND '.join(where)}")
         args += [c.pos, c.pos, c.rank, c.id, *wargs]

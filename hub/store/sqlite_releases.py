@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from hub.errors import Conflict, NotFound
 from hub.store import sqlite_rows as rows
-from hub.store.records import AuditRecord, ReleaseRecord
+from hub.store.records import AuditRecord, ReleaseRecord, SealedSecret
+from hub.store.sqlite_secrets import upsert_secret
 
 COLUMNS = (
     "id, name, version, document, source, images, created_at, created_by, "
@@ -37,9 +39,16 @@ def record(row: tuple[Any, ...]) -> ReleaseRecord:
 
 
 def create(
-    db: sqlite3.Connection, release: ReleaseRecord, audit: AuditRecord
+    db: sqlite3.Connection,
+    release: ReleaseRecord,
+    audit: AuditRecord,
+    secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
 ) -> tuple[ReleaseRecord, bool]:
-    """Insert the release (or find the identical one) and write the audit row."""
+    """Insert the release (or find the identical one) and write the audit row.
+
+    ``secrets`` are stored (each with its audit row) only with a new release, in this
+    transaction: a refused insert leaves none behind, nor replaces another's value.
+    """
     found = db.execute(SELECT_ONE, (release.name, release.version)).fetchone()
     if found is not None:
         existing = record(found)
@@ -64,6 +73,9 @@ def create(
             release.created_by,
         ),
     )
+    for sealed, secret_audit in secrets:
+        upsert_secret(db, sealed, rows.ts(secret_audit.at), secret_audit.actor)
+        db.execute(rows.INSERT_AUDIT, rows.audit_args(secret_audit))
     db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
     stored = db.execute(SELECT_ONE, (release.name, release.version)).fetchone()
     return record(stored), True

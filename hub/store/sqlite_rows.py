@@ -20,7 +20,7 @@ DEVICE_COLUMNS = (
     "enrollment_token, disabled, last_contact, agent_version, applied_revision, "
     "target_revision, acked_seq, state, release, services, counters, last_error, "
     "status_at, has_full_status, running_revision, running_local_seq, applying_revision, "
-    "rollout_state, window_opens_at"
+    "rollout_state, window_opens_at, release_trust_stale"
 )
 TOKEN_COLUMNS = "id, secret_hash, uses_total, uses_left, expires_at, tags, created_at, created_by"
 EVENT_COLUMNS = "device_id, seq, kind, created_at, received_at, payload"
@@ -98,6 +98,7 @@ def device(row: tuple[Any, ...]) -> DeviceRecord:
         applying,
         rollout_state,
         window_opens_at,
+        trust_stale,
     ) = row
     return DeviceRecord(
         id=id_,
@@ -126,6 +127,7 @@ def device(row: tuple[Any, ...]) -> DeviceRecord:
         applying_revision=applying,
         rollout_state=rollout_state,
         window_opens_at=dt(window_opens_at),
+        release_trust_stale=None if trust_stale is None else bool(trust_stale),
     )
 
 

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Callable
 
 from hub.audit_chain import backfill as backfill_audit_chain
+from hub.store.sqlite_secret_moves import queue_clear_passwords
 
 # A step is SQL text, or a function of the connection for what SQL cannot say.
 Step = str | Callable[[sqlite3.Connection], None]
@@ -435,6 +436,22 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
                 created_at TEXT NOT NULL,
                 last_seen_at TEXT NOT NULL
             ) WITHOUT ROWID""",
+        ],
+    ),
+    (
+        22,
+        "secrets: list rows still holding a registry password in clear; devices: stale manifest",
+        [
+            # release signing: the device's pinned manifest expired (NULL: never reported)
+            "ALTER TABLE devices ADD COLUMN release_trust_stale INTEGER",
+            # moved into the secret store by the hub at start (hub.secret_moves), which has
+            # the secret keys; kind: release (key: id) | target (key: "<device> <revision>")
+            """CREATE TABLE secret_moves (
+                kind TEXT NOT NULL,
+                key TEXT NOT NULL,
+                PRIMARY KEY (kind, key)
+            ) WITHOUT ROWID""",
+            queue_clear_passwords,
         ],
     ),
 ]

@@ -56,6 +56,11 @@ def _upsert(db: sqlite3.Connection, s: SealedSecret, at: str, by: str) -> bool:
     return True
 
 
+def upsert_secret(db: sqlite3.Connection, s: SealedSecret, at: str, by: str) -> bool:
+    """Store one sealed value in the caller's transaction; return whether the name is new."""
+    return _upsert(db, s, at, by)
+
+
 def releases_naming(db: sqlite3.Connection, name: str) -> list[str]:
     """Return the refs of the releases that name secret ``name``."""
     found = db.execute(
