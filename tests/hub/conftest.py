@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,15 +19,6 @@ SMALL_LIMITS = {
     "max_entries_per_batch": 500,
     "long_poll_max_wait_s": 2.0,
 }
-
-
-def release_doc(version: str = "1", **service: Any) -> dict[str, Any]:
-    """Return a valid release document with one service."""
-    return {
-        "name": "app",
-        "version": version,
-        "services": [{"name": "web", "image": "127.0.0.1:5000/busybox:1", **service}],
-    }
 
 
 @pytest.fixture(scope="session")

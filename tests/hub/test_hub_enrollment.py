@@ -6,11 +6,11 @@ import asyncio
 import base64
 from pathlib import Path
 
-from conftest import release_doc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hubdocs import release_doc
 
 from edge_agent.protocol import EnrollResponse, ErrorBody, RenewResponse
 from hub.testing import RunningHub, make_key_and_csr

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import release_doc
+from hubdocs import release_doc
 
 from edge_agent.protocol import SyncResponse
 from edge_agent.signing import load_public_key, verify_target

@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from conftest import release_doc
+from hubdocs import release_doc
 from test_hub_sync import entries, stored, sync
 
 from hub.testing import start_hub

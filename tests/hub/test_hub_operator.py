@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import release_doc
+from hubdocs import release_doc
 
 from hub.testing import REPO_ROOT, DeviceIdentity, RunningHub
 

@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import release_doc
+from hubdocs import release_doc
 
 from edge_agent.errors import TargetRejected
 from edge_agent.protocol import SignedTarget, SyncResponse

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import release_doc
+from hubdocs import release_doc
 
 from hub.testing import DeviceIdentity, RunningHub
 
