@@ -179,3 +179,20 @@ async def test_a_hot_simulated_device_fails_a_metric_gate_and_a_cool_one_passes(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_edgectl_rollout_start_sends_the_gate_bounds() -> None:
+    import argparse
+
+    from hub.edgectl_rollout import add_parser, start_body
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["rollout", "start", "app@2", "--group", "g", "--gate", "max_cpu_percent=80"]
+        + ["--gate", "max_container_memory_mb=x"]
+    )
+    body = start_body(args, lambda _: 600)
+    assert body["gate"] == {"max_cpu_percent": 80.0, "max_container_memory_mb": "x"}
+    with pytest.raises(ValueError, match="max_container_memory_mb"):
+        RolloutSpec.model_validate({**body, "stages": "100%"})
