@@ -188,10 +188,8 @@ def test_edgectl_rollout_start_sends_the_gate_bounds() -> None:
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["rollout", "start", "app@2", "--group", "g", "--gate", "max_cpu_percent=80"]
-        + ["--gate", "max_container_memory_mb=x"]
-    )
+    words = "rollout start app@2 --group g --gate max_cpu_percent=80"
+    args = parser.parse_args([*words.split(), "--gate", "max_container_memory_mb=x"])
     body = start_body(args, lambda _: 600)
     assert body["gate"] == {"max_cpu_percent": 80.0, "max_container_memory_mb": "x"}
     with pytest.raises(ValueError, match="max_container_memory_mb"):
