@@ -9,7 +9,8 @@ the engine down and shows where lines were dropped (markers carry ``dropped``). 
 ``api.logs_max_lines``). A bad parameter is refused 422 naming it, before anything is
 sent. The answer is chunked: NDJSON (one row object per line) or text ("SERVICE TS
 STREAM LINE"). ``follow=true`` then keeps sending the lines stored after the answer,
-read every ``api.logs_follow_poll_s``, until the client goes away; at most
+read every ``api.logs_follow_poll_s``, until the client goes away (or, at the latest, after
+``api.logs_follow_max_s``: the answer then ends and the client asks again); at most
 ``api.logs_max_followers`` follow at once per agent (both listeners together): over it
 503 with ``Retry-After``, counted as ``api_log_followers_refused``. A technician's read is
 audited like their other reads (``hold_api.ReadAudit``), before the first line is sent.
@@ -175,9 +176,13 @@ def _gone(request: web.Request) -> bool:
 async def follow(
     request: web.Request, resp: web.StreamResponse, store: Any, q: LogQuery, cursor: int
 ) -> None:
-    """Send the lines stored after ``cursor`` as they come, until the client goes away."""
-    poll_s = request.app[CONFIG_KEY].logs_follow_poll_s
-    while not _gone(request):
+    """Send the lines stored after ``cursor`` as they come, until the client goes away
+    (or ``api.logs_follow_max_s`` has passed)."""
+    config = request.app[CONFIG_KEY]
+    poll_s = config.logs_follow_poll_s
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + config.logs_follow_max_s
+    while not _gone(request) and loop.time() < ends:
         batch = await store.read_logs(q.service, q.since, grep=q.grep, limit=PAGE, after=cursor)
         cursor = batch.next_after
         if batch.lines:
@@ -248,6 +253,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     _followers[owner] = _followers.get(owner, 0) + 1
     try:
         await follow(request, resp, agent.store, q, cursor)
+        await resp.write_eof()
     except ConnectionError:
         pass  # the client went away while a write was under way
     finally:

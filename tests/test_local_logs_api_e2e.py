@@ -33,6 +33,7 @@ from edge_agent.errors import InvalidDocument
 from edge_agent.log_api import parse_query
 
 pytestmark = pytest.mark.docker
+FOLLOW_MAX_S = 10
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ async def agent(
     proc = AgentProcess(
         device_id,
         tmp_path / "a",
-        api={"logs_max_followers": 1, "logs_max_tail": 500},
+        api={"logs_max_followers": 1, "logs_max_tail": 500, "logs_follow_max_s": FOLLOW_MAX_S},
         logs={"flush_interval_s": 0.2},
     )
     async with running(docker, proc):
@@ -156,6 +157,14 @@ async def test_logs_follow_streams_new_lines_and_bounds_the_followers(
     await docker_env.wait_for(free_again, timeout_s=15, interval_s=0.3)
     st = await agent.status()
     assert st["counters"]["api_log_followers_refused"] >= 1, st["counters"]
+
+
+async def test_a_follow_ends_after_its_bound(agent: AgentProcess) -> None:
+    start = time.monotonic()
+    code, text, _ = await get(agent, "/v1/logs?service=web&tail=0&follow=true")
+    took = time.monotonic() - start
+    assert code == 200 and FOLLOW_MAX_S <= took < FOLLOW_MAX_S + 10, took
+    assert text.count("tick") >= 3  # the lines written meanwhile, then the end
 
 
 async def test_a_technicians_logs_read_is_audited(
