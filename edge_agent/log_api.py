@@ -228,7 +228,7 @@ QUERY = (
 )
 
 
-@described(query=QUERY, errors=(422, 503), media="application/x-ndjson", tags=("logs",))
+@described(query=QUERY, errors=(422, 503), media="application/x-ndjson, text/plain", tags=("logs",))
 async def logs(request: web.Request) -> web.StreamResponse:
     """Return the container log lines kept on the device (and follow new ones)."""
     config = request.app[CONFIG_KEY]
