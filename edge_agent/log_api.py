@@ -235,10 +235,21 @@ async def logs(request: web.Request) -> web.StreamResponse:
     agent = _agent(request)
     q = parse_query(request.query, config, time.time())
     owner = agent  # the bound is per agent: the unix socket and the LAN listener together
-    if q.follow and _followers.get(owner, 0) >= config.logs_max_followers:
-        await agent.store.bump("api_log_followers_refused")
-        return _busy(config)
-    rows, cursor = await history(agent.store, q)
+    if q.follow:
+        if _followers.get(owner, 0) >= config.logs_max_followers:
+            await agent.store.bump("api_log_followers_refused")
+            return _busy(config)
+        _followers[owner] = _followers.get(owner, 0) + 1  # taken before any await
+    try:
+        return await _answer(request, agent.store, q)
+    finally:
+        if q.follow:
+            _followers[owner] -= 1
+
+
+async def _answer(request: web.Request, store: Any, q: LogQuery) -> web.StreamResponse:
+    """Send the lines asked for (chunked), then, for a follow, the new ones."""
+    rows, cursor = await history(store, q)
     await _audit_now(request)  # before any line leaves (a stream's end comes much later)
     resp = web.StreamResponse()
     resp.content_type = "text/plain" if q.text else FORMATS["ndjson"]
@@ -247,17 +258,12 @@ async def logs(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     if rows:
         await resp.write(render(rows, q.text))
-    if not q.follow:
-        await resp.write_eof()
-        return resp
-    _followers[owner] = _followers.get(owner, 0) + 1
     try:
-        await follow(request, resp, agent.store, q, cursor)
+        if q.follow:
+            await follow(request, resp, store, q, cursor)
         await resp.write_eof()
     except ConnectionError:
         pass  # the client went away while a write was under way
-    finally:
-        _followers[owner] -= 1
     return resp
 
 
