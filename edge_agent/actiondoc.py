@@ -147,6 +147,8 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "collect_logs": _collect_logs,
     "logs": _logs,
     "cancel": _cancel,
+    "resume": _no_args,  # end a technician's pause (edge_agent.holds)
+    "unpin": _no_args,  # end a technician's pin
 }
 
 

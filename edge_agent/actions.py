@@ -67,6 +67,19 @@ async def _restart(host: ActionHost, args: dict[str, Any]) -> dict[str, Any]:
     return {"service": args["service"], "restarted": True}
 
 
+def _release_hold(kind: str) -> Handler:
+    """Return the handler that ends the device's hold of ``kind`` (audited by ``Holds``)."""
+
+    async def release(host: ActionHost, args: dict[str, Any]) -> dict[str, Any]:
+        holds = getattr(host, "holds", None)
+        if holds is None:
+            raise AgentError("technician holds are not running on this agent")
+        held = await holds.release(kind, ACTOR)
+        return {"released": kind, "was": held.report() if held is not None else None}
+
+    return release
+
+
 async def _selftest(host: ActionHost, args: dict[str, Any]) -> dict[str, Any]:
     from edge_agent.selftest import run_selftest
 
@@ -172,6 +185,8 @@ HANDLERS: dict[str, Handler] = {
     "prune_images": _prune_images,
     "diagnostics": _diagnostics,
     "collect_logs": _collect_logs,
+    "resume": _release_hold("pause"),  # the hub ends a technician's pause
+    "unpin": _release_hold("pin"),  # ... or pin; the action and the release both audited
 }
 
 

@@ -9,6 +9,7 @@ on the LAN the technician whose token matched. Every change is audited with its 
     GET  /v1/audit?limit=N          local audit records, newest first
     GET  /v1/metrics                the latest metrics sample (404 before the first one)
     GET  /v1/prometheus             the agent's own metrics, Prometheus text (``prom_api``)
+    GET  /v1/logs?tail=&follow=...  kept container log lines (``log_api``)
     POST /v1/apply                  apply a target (or a bare release) from the body
     POST /v1/services/{name}/restart
 
@@ -49,6 +50,7 @@ from edge_agent.errors import (
     TechnicianRefused,
 )
 from edge_agent.hold_api import install as install_holds
+from edge_agent.log_api import install as install_logs
 from edge_agent.models import NAME_RE, Release, Target
 from edge_agent.openapi import Query, described, openapi_document, undeclared_query
 from edge_agent.outbox import AuditRow
@@ -362,6 +364,7 @@ def create_api(
     app.router.add_post("/v1/apply", apply)
     app.router.add_post("/v1/services/{name}/restart", restart_service)
     install_holds(app, agent)  # pause/resume/pin/unpin/holds, technician reads audited
+    install_logs(app, config)  # GET /v1/logs from the store (tail, grep, follow)
     app.router.add_get("/v1/openapi.json", openapi_json)
     return app
 

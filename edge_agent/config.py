@@ -56,6 +56,15 @@ class ApiConfig(Section):
     # Optional plain-HTTP listener "host:port" serving only GET /metrics (Prometheus text):
     # no authentication, figures only (edge_agent.prom_api); off unless set.
     prometheus_listen: str | None = Field(None, pattern=r"^$|^[^\s]*:[0-9]{1,5}$")
+    # GET /v1/logs (edge_agent.log_api): tail and lines per answer; followers at once
+    # (over it 503 + Retry-After, counted), how often a follower reads new lines, and
+    # how long one follow lasts at most (then the answer ends; the client asks again).
+    logs_max_tail: int = Field(10_000, ge=1)
+    logs_max_lines: int = Field(10_000, ge=1)
+    logs_max_followers: int = Field(4, ge=1, le=1000)
+    logs_follow_poll_s: float = Field(0.5, gt=0, le=60)
+    logs_follow_max_s: float = Field(8 * 3600.0, gt=0)  # a follow ends after this long
+    logs_follow_retry_after_s: int = Field(5, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _lan_pair(self) -> ApiConfig:

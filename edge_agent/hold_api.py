@@ -44,6 +44,7 @@ AUDITED_READS = (
 )
 MAX_READ_KEYS = 1000  # (technician, route) windows kept in memory; past it, flushed early
 READS_KEY = web.AppKey("technician_reads", "ReadAudit")
+AUDITED_KEY = web.RequestKey("read_audited", bool)  # the handler audited it already
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -170,7 +171,7 @@ async def audit_reads(request: web.Request, handler: Handler) -> web.StreamRespo
     actor = request.get(ACTOR) or ""
     route = _route(request.path)
     is_technician = actor.startswith("technician:") and response.status < 400
-    if request.method == "GET" and route and is_technician:
+    if request.method == "GET" and route and is_technician and not request.get(AUDITED_KEY):
         await request.app[READS_KEY].record(actor, route)
     return response
 

@@ -72,7 +72,7 @@ class RouteDoc:
     status: int = 200
     query: tuple[Query, ...] = ()
     errors: tuple[int, ...] = ()
-    media: str = ""  # media type of a non-JSON answer (PEM, NDJSON, SSE), else ""
+    media: str = ""  # media type(s) of a non-JSON answer (PEM, NDJSON, SSE; "a, b"), else ""
     also: tuple[int, ...] = ()  # other success statuses (204: no content)
     tags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -213,7 +213,8 @@ def _operation(
 
 def _responses(doc: RouteDoc, schemas: dict[str, Any]) -> dict[str, Any]:
     if doc.media:
-        content = {doc.media: {"schema": {"type": "string"}}}
+        # several media types (the query picks one): comma-separated
+        content = {m.strip(): {"schema": {"type": "string"}} for m in doc.media.split(",")}
     elif doc.response is not None:
         content = {"application/json": {"schema": _ref(doc.response, schemas, "serialization")}}
     else:

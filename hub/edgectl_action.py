@@ -5,7 +5,8 @@
     action show ID
     actions [--device D] [--state S] [--limit N]
 
-KIND is restart, selftest, prune_images, diagnostics or collect_logs. ARGS are
+KIND is restart, selftest, prune_images, diagnostics, collect_logs, logs, or resume/unpin
+(end a technician's pause/pin on the device: ``action dev-1 unpin``). ARGS are
 ``key=value`` (``lines=50``, ``service=web``); a bare word is the service (restart,
 collect_logs). Everything prints JSON with ``--json``.
 """

@@ -1,10 +1,12 @@
-"""Retention of what devices send (logs, events, status history): by age and size per device.
+"""Retention of what devices send (logs, events, status history, metrics): by age and size.
 
 A background task of the hub runs a pass every ``retention.interval_s``: for each device,
 rows received longer than ``max_age_s`` ago are deleted, then, if the device's data still
 exceeds ``max_bytes_per_device``, its oldest rows until it does not. Every delete is a
 batch of at most ``batch_rows`` rows in one short write transaction, with ``pause_s``
-between batches, so syncs are never held behind a long write lock. Audit records (the
+between batches, so syncs are never held behind a long write lock. Device metrics samples
+(kept apart, bounded in count by ``metrics.history_per_device``) are deleted by the same
+age (counted also as ``metrics_deleted_by_age``). Audit records (the
 device's ``audit`` entries and ``device_audit``) are never deleted. A failing pass is
 counted, logged once when it starts failing and once when it recovers, and retried at
 the next interval; the task itself never dies of it. Counters are on ``/healthz``.
@@ -35,6 +37,7 @@ class RetentionStats:
     passes: int = 0
     deleted_by_age: int = 0
     deleted_by_size: int = 0
+    metrics_deleted_by_age: int = 0  # device metrics samples (kept apart from events)
     batches: int = 0
     failures: int = 0
     last_error: str | None = None
@@ -70,6 +73,7 @@ class Retention:
             "passes": s.passes,
             "deleted_by_age": s.deleted_by_age,
             "deleted_by_size": s.deleted_by_size,
+            "metrics_deleted_by_age": s.metrics_deleted_by_age,
             "batches": s.batches,
             "failures": s.failures,
             "last_error": s.last_error,
@@ -101,6 +105,7 @@ class Retention:
         by_age = by_size = 0
         for device_id in await self.hub.store.retention_devices():
             by_age += await self._trim_age(device_id)
+            by_age += await self._trim_metrics_age(device_id)
             by_size += await self._trim_size(device_id)
         self.stats.passes += 1
         self.stats.last_pass_s = round(time.monotonic() - started, 3)
@@ -119,6 +124,21 @@ class Retention:
             n = await self.hub.store.trim_device_by_age(device_id, before, c.batch_rows)
             total += n
             self._count("deleted_by_age", n)
+            if n < c.batch_rows:
+                return total
+            await asyncio.sleep(c.pause_s)
+
+    async def _trim_metrics_age(self, device_id: str) -> int:
+        """Delete the device's metrics samples received before ``max_age_s`` ago."""
+        c = self.config
+        if c.max_age_s <= 0:
+            return 0
+        before = self.hub.now() - timedelta(seconds=c.max_age_s)
+        total = 0
+        while True:
+            n = await self.hub.store.trim_metrics_by_age(device_id, before, c.batch_rows)
+            total += n
+            self._count("metrics_deleted_by_age", n)
             if n < c.batch_rows:
                 return total
             await asyncio.sleep(c.pause_s)

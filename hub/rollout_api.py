@@ -189,6 +189,11 @@ async def _view(hub: HubContext, loaded: Loaded) -> dict[str, Any]:
         "reason": state.reason,
         "progress": [p.model_dump() for p in decision.progress],
         "devices": {d: v.value for d, v in sorted(decision.verdicts.items())},
+        "failed_reasons": {  # why each failed device failed the gate (e.g. a metric bound)
+            d: a.failed_reason
+            for d, a in sorted(decision.state.assignments.items())
+            if a.failed_reason
+        },
         "waiting_window": _waiting(devices, set(state.members)),
     }
 

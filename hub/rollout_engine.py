@@ -40,6 +40,7 @@ from hub.background import BackgroundTask
 from hub.context import HubContext
 from hub.errors import HubError, NotFound, PolicyRefused
 from hub.fleet import STATUS_FIELDS, connectivity, merge_status
+from hub.metric_gate import point
 from hub.operator_api import TargetOptions, issue_target
 from hub.rollout_models import (
     ACTIVE_STATUSES,
@@ -202,7 +203,22 @@ async def observe(
                 cached = known[d.id] = (d.target_revision, await target_release(hub, d.id))
             previous = cached[1]
         out[d.id] = observe_device(hub, d, previous, now)
+    if loaded.spec.gate.has_metric_bounds:
+        await _with_metrics(hub, loaded, out)
     return out
+
+
+MAX_GATE_SAMPLES = 1000  # metrics samples of one device the gate reads per evaluation
+
+
+async def _with_metrics(hub: HubContext, loaded: Loaded, out: dict[str, DeviceObservation]) -> None:
+    """Add the samples taken since its soak started to each soaking member's observation."""
+    for device_id, a in loaded.state.assignments.items():
+        if device_id not in out or a.soak_started_at is None or a.healthy_at is not None:
+            continue
+        history = await hub.store.list_metrics(device_id, a.soak_started_at, MAX_GATE_SAMPLES)
+        points = tuple(point(s.at, s.sample) for s in history.samples)
+        out[device_id] = out[device_id].model_copy(update={"metrics": points})
 
 
 # ---- applying a decision --------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from hub.metric_gate import has_samples, metrics_verdict
 from hub.rollout_models import (
     DeviceAssignment,
     DeviceObservation,
@@ -97,10 +98,30 @@ def _soak(
     if restarts > limit:
         return _failed(a, f"{restarts} restarts during the soak (max_restarts_during_soak={limit})")
     if (now - soak_started_at).total_seconds() >= spec.soak_s:
-        return Verdict.HEALTHY, a.model_copy(update={"healthy_at": now})
+        judged = _metrics(spec, a, obs, now, deadline, soak_started_at)
+        return judged or (Verdict.HEALTHY, a.model_copy(update={"healthy_at": now}))
     if not obs.online and now >= deadline + timedelta(seconds=spec.soak_s):
         return Verdict.OFFLINE, a
     return Verdict.APPLYING, a
+
+
+def _metrics(
+    spec: RolloutSpec,
+    a: DeviceAssignment,
+    obs: DeviceObservation,
+    now: datetime,
+    deadline: datetime,
+    since: datetime,
+) -> tuple[Verdict, DeviceAssignment] | None:
+    """Judge the soak's metrics (if the gate bounds them); None: they pass."""
+    if not spec.gate.has_metric_bounds:
+        return None
+    if not has_samples(obs.metrics, since):  # waits for one, bounded by the deadline
+        if now < deadline + timedelta(seconds=spec.soak_s):
+            return Verdict.APPLYING, a
+        return _failed(a, "no metrics sample during the soak (the gate bounds metrics)")
+    reason = metrics_verdict(spec.gate, obs.metrics, since)
+    return _failed(a, reason) if reason is not None else None
 
 
 def judge_rollback(

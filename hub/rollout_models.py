@@ -126,6 +126,19 @@ class HealthGate(Frozen):
 
     max_restarts_during_soak: int = Field(0, ge=0, le=1000)
     fail_on_crash_loop: bool = True
+    # Device metrics during the soak (hub.metric_gate): the mean of the samples the device
+    # took after its soak started must stay at or below each bound set (None: not judged).
+    max_cpu_percent: float | None = Field(None, gt=0, le=100)  # the host's CPU
+    max_memory_percent: float | None = Field(None, gt=0, le=100)  # the host's memory used
+    max_container_cpu_percent: float | None = Field(None, gt=0, le=100_000)  # any container
+    max_container_memory_mb: float | None = Field(None, gt=0, le=10_000_000)  # any container
+
+    @property
+    def has_metric_bounds(self) -> bool:
+        """Return whether the gate judges device metrics."""
+        bounds = (self.max_cpu_percent, self.max_memory_percent)
+        bounds += (self.max_container_cpu_percent, self.max_container_memory_mb)
+        return any(b is not None for b in bounds)
 
 
 class RolloutSpec(Frozen):
@@ -256,6 +269,15 @@ class ServiceObservation(Frozen):
     crash_loop: bool = False
 
 
+class MetricPoint(Frozen):
+    """One metrics sample of a device, as the gate reads it (what is absent is None)."""
+
+    at: datetime
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    containers: tuple[tuple[str, float | None, float | None], ...] = ()  # service, cpu %, MB
+
+
 class DeviceObservation(Frozen):
     """What the hub knows of a device now (from its row and last status)."""
 
@@ -269,6 +291,7 @@ class DeviceObservation(Frozen):
     rollout_revision: int | None = None  # the revision rollout_state is about
     rollout_state: str | None = None  # agent: applying | settling | good | rolled_back | failed
     services: tuple[ServiceObservation, ...] = ()
+    metrics: tuple[MetricPoint, ...] = ()  # read only when the gate bounds metrics
 
     @property
     def restarts(self) -> int:

@@ -53,7 +53,8 @@ def fuzz_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
         hub.ca_path,
         hub.create_token(site="berlin"),
         hub={"sync_interval_s": 0.5, "backoff_cap_s": 1.0, "long_poll_s": 1.0},
-        api={"lan_listen": f"127.0.0.1:{port}", "technician_skew_s": 0},
+        # a fuzzed follow=true ends after 1 s (a follow lasts until the client goes away)
+        api={"lan_listen": f"127.0.0.1:{port}", "technician_skew_s": 0, "logs_follow_max_s": 1},
     )
     body = {"name": "fuzz", "role": "operate", "scope": "site=berlin", "expires_in_s": 3600}
     token = str(hub._call("POST", "/api/v1/technicians", body)["token"])

@@ -123,3 +123,42 @@ async def test_rows_older_than_the_age_limit_go_and_audit_records_stay(
         assert _held(aged_hub, identity.device_id)["event"][0] == 1  # young: kept
     finally:
         await dev.close()
+
+
+def _metrics_held(hub: HubProcess, device_id: str) -> tuple[int, int]:
+    """Return (metrics rows, the held count of device_metrics_state) for the device."""
+    db = sqlite3.connect(f"file:{hub.data_dir / 'hub.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute(
+            "SELECT COUNT(*) FROM device_metrics WHERE device_id = ?", (device_id,)
+        ).fetchone()[0]
+        state = db.execute(
+            "SELECT held FROM device_metrics_state WHERE device_id = ?", (device_id,)
+        ).fetchone()
+    finally:
+        db.close()
+    return rows, state[0] if state else 0
+
+
+async def test_metrics_samples_older_than_the_age_limit_go_too(
+    aged_hub: HubProcess, tmp_path: Path
+) -> None:
+    identity = await enroll_device(aged_hub, tmp_path / "dev")
+    dev = await open_device(tmp_path / "dev")
+    try:
+        for i in range(5):
+            await dev.store.append("metrics", {"cpu_percent": float(i)})
+        await dev.syncer.sync_once()
+        assert _metrics_held(aged_hub, identity.device_id) == (5, 5)
+
+        async def gone() -> bool:
+            return _metrics_held(aged_hub, identity.device_id) == (0, 0)
+
+        await until(gone, timeout_s=20)
+        assert _retention(aged_hub)["metrics_deleted_by_age"] == 5
+
+        await dev.store.append("metrics", {"cpu_percent": 1.0})
+        await dev.syncer.sync_once()
+        assert _metrics_held(aged_hub, identity.device_id) == (1, 1)  # young: kept
+    finally:
+        await dev.close()

@@ -432,6 +432,11 @@ class HubStore(ABC):
         ``before`` (one short transaction); return how many."""
 
     @abstractmethod
+    async def trim_metrics_by_age(self, device_id: str, before: datetime, batch: int) -> int:
+        """Delete up to ``batch`` of the device's oldest metrics samples received before
+        ``before`` (one short transaction); return how many."""
+
+    @abstractmethod
     async def device_data_cut(self, device_id: str, max_bytes: int) -> int | None:
         """Return the highest seq whose deletion brings the device's non-audit data within
         ``max_bytes`` (None: within it already)."""

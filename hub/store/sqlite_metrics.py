@@ -3,8 +3,10 @@
 A mixin, like ``hub.store.sqlite_technicians``. ``metrics`` entries a sync carries are
 kept in ``device_metrics`` rather than ``events``, at most ``history_per_device`` per
 device: each sync's job deletes the oldest beyond the bound and counts them in
-``device_metrics_state``, with the samples refused for their size. A sample older than
-the newest one ever stored (a re-delivery after trimming) is not stored again.
+``device_metrics_state``, with the samples refused for their size. Hub retention
+(``hub.retention``) also deletes samples received longer than ``retention.max_age_s``
+ago. A sample older than the newest one ever stored (a re-delivery after trimming) is
+not stored again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from hub.store import sqlite_rows as rows
 from hub.store.records import EntryRow, MetricsHistory, MetricsSample
+
+if TYPE_CHECKING:
+    from hub.store.writer import GroupCommitWriter
 
 KIND = "metrics"
 COLUMNS = "seq, at, received_at, sample"
@@ -87,8 +92,29 @@ class MetricsMixin:
     """Device metrics history on SQLite."""
 
     if TYPE_CHECKING:
+        _w: GroupCommitWriter
 
         async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
+
+    async def trim_metrics_by_age(self, device_id: str, before: datetime, batch: int) -> int:
+        """Delete up to ``batch`` of the device's oldest samples received before ``before``
+        (hub retention, one short transaction); return how many."""
+        cutoff = rows.ts(before)
+
+        def job(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "DELETE FROM device_metrics WHERE device_id = ? AND seq IN (SELECT seq FROM "
+                "device_metrics WHERE device_id = ? AND received_at < ? ORDER BY seq LIMIT ?)",
+                (device_id, device_id, cutoff, batch),
+            )
+            if cur.rowcount:
+                db.execute(
+                    "UPDATE device_metrics_state SET held = MAX(0, held - ?) WHERE device_id = ?",
+                    (cur.rowcount, device_id),
+                )
+            return cur.rowcount
+
+        return int(await self._w.submit(job))
 
     async def list_metrics(
         self, device_id: str, since: datetime | None, limit: int
