@@ -440,6 +440,10 @@ class Agent:
 
     def _on_step_done(self, step: Any) -> None:
         self._fire("event", {"type": "step", "action": step.action, "detail": step.describe()})
+        if getattr(step, "restart", ""):  # the agent's own decision: in the audit chain
+            target = f"service:{step.service}"
+            row = AuditRow("agent", "service.restart", target, "restarted", {"why": step.restart})
+            self._track(self.store.append_audit(row), "audit restart")
 
     def _on_error(self, exc: AgentError) -> None:
         self.last_error = exc.message

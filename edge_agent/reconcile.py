@@ -152,6 +152,8 @@ class StartStep(_Step):
     action: Literal["start"] = "start"
     service: str
     container_id: str | None = None
+    # Why the agent restarts it by itself ("" when the target asks for it): audited.
+    restart: Literal["", "exited", "dead", "unhealthy"] = ""
 
     @property
     def service_name(self) -> str:
@@ -354,18 +356,18 @@ def _service_steps(svc: Service, c: CurrentService, release: str, ctx: PlanConte
             # target wants it running whatever its restart policy says about restarts.
             return [StartStep(service=svc.name, container_id=cid)]
         case ContainerStatus.EXITED if is_restart_allowed(svc, c.exit_code):
-            return [StartStep(service=svc.name, container_id=cid)]
+            return [StartStep(service=svc.name, container_id=cid, restart="exited")]
         case ContainerStatus.DEAD if is_restart_allowed(svc, c.exit_code):
             # A dead container cannot be started again; replace it.
             return [
                 RemoveStep(service=svc.name, container_id=cid),
                 CreateStep(service=svc),
-                StartStep(service=svc.name),
+                StartStep(service=svc.name, restart="dead"),
             ]
         case ContainerStatus.RUNNING if svc.name in ctx.restart_unhealthy and svc.restart != "no":
             return [
                 StopStep(service=svc.name, container_id=cid, timeout_s=svc.stop_timeout_s),
-                StartStep(service=svc.name, container_id=cid),
+                StartStep(service=svc.name, container_id=cid, restart="unhealthy"),
             ]
     return []
 

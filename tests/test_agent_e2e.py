@@ -209,6 +209,11 @@ async def test_crash_is_restarted_with_growing_backoff(
     events = outbox_events(agent)
     assert any(e.get("action") == "die" and e.get("service") == "crashy" for e in events)
     assert is_running(bystander)
+    # Each restart is the agent's own decision: in its audit chain, with why.
+    code, audit = await agent.call("GET", "/v1/audit?limit=1000")
+    restarts = [a for a in audit if a["action"] == "service.restart" and a["actor"] == "agent"]
+    assert code == 200 and len(restarts) >= 4, audit
+    assert {a["object"] for a in restarts} == {"service:crashy"}, restarts
 
 
 async def test_unhealthy_container_is_restarted(

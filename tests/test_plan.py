@@ -119,9 +119,9 @@ NETS = {"front": NetworkSpec(), "back": NetworkSpec(internal=True)}
 front_only = svc("front", networks=["front"])
 
 
-def st_(name: str, cid: str | None = None) -> StartStep:
-    """Return a start step."""
-    return StartStep(service=name, container_id=cid)
+def st_(name: str, cid: str | None = None, restart: str = "") -> StartStep:
+    """Return a start step (``restart``: why the agent restarts it by itself)."""
+    return StartStep(service=name, container_id=cid, restart=restart)  # type: ignore[arg-type]
 
 
 CASES: list[tuple[str, Target | None, list[CurrentService], PlanContext, list[Step]]] = [
@@ -204,7 +204,7 @@ CASES: list[tuple[str, Target | None, list[CurrentService], PlanContext, list[St
         tgt(web, db),
         [cur(web, E, exit_code=0), cur(db)],
         ctx(),
-        [st_("web", "c-web")],
+        [st_("web", "c-web", "exited")],
     ),
     ("exited, restart no: stays exited", tgt(job), [cur(job, E, exit_code=1)], ctx(), []),
     ("on-failure, exit 0: stays", tgt(worker), [cur(worker, E, exit_code=0)], ctx(), []),
@@ -213,14 +213,14 @@ CASES: list[tuple[str, Target | None, list[CurrentService], PlanContext, list[St
         tgt(worker),
         [cur(worker, E, exit_code=2)],
         ctx(),
-        [st_("worker", "c-worker")],
+        [st_("worker", "c-worker", "exited")],
     ),
     (
         "unless-stopped: start",
         tgt(cache),
         [cur(cache, E, exit_code=0)],
         ctx(),
-        [st_("cache", "c-cache")],
+        [st_("cache", "c-cache", "exited")],
     ),
     (
         "backoff not over: wait",
@@ -234,7 +234,7 @@ CASES: list[tuple[str, Target | None, list[CurrentService], PlanContext, list[St
         tgt(web, db),
         [cur(web, E, exit_code=1), cur(db)],
         ctx(restart_not_before=earlier),
-        [st_("web", "c-web")],
+        [st_("web", "c-web", "exited")],
     ),
     (
         "never started: start whatever the restart policy",
@@ -253,7 +253,7 @@ CASES: list[tuple[str, Target | None, list[CurrentService], PlanContext, list[St
             CreateNetworkStep(release="rel"),
             RemoveStep(service="worker", container_id="c-worker"),
             CreateStep(service=worker),
-            st_("worker"),
+            st_("worker", restart="dead"),
         ],
     ),
     (
@@ -261,7 +261,10 @@ CASES: list[tuple[str, Target | None, list[CurrentService], PlanContext, list[St
         tgt(db),
         [cur(db, health=Health.UNHEALTHY)],
         ctx(restart_unhealthy=frozenset({"db"})),
-        [StopStep(service="db", container_id="c-db", timeout_s=10.0), st_("db", "c-db")],
+        [
+            StopStep(service="db", container_id="c-db", timeout_s=10.0),
+            st_("db", "c-db", "unhealthy"),
+        ],
     ),
     (
         "unhealthy but backoff: wait",
