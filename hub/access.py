@@ -105,6 +105,7 @@ class Principal:
 
     name: str
     grants: tuple[Grant, ...] = field(default_factory=tuple)
+    teams: tuple[str, ...] = ()  # the teams the grants come from (in every audit row)
 
     def allows(self, permission: Permission) -> bool:
         """Return whether some grant holds ``permission`` (in any scope)."""

@@ -51,13 +51,14 @@ class Action:
 
     def row(self, outcome: str, detail: dict[str, Any]) -> AuditRecord:
         """Return an audit row of this action with ``outcome``."""
+        teams = {"teams": list(self.principal.teams)} if self.principal.teams else {}
         return AuditRecord(
             self.principal.name,
             self.action,
             self.target,
             outcome,
             self.hub.now(),
-            detail,
+            {**teams, **detail},
             source_addr=self.source,
         )
 

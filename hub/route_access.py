@@ -251,8 +251,9 @@ async def token_principal(hub: HubContext, token_id: str, secret_hash: str | Non
     interval = timedelta(seconds=hub.config.access.token_touch_interval_s)
     if record.last_used_at is None or now - record.last_used_at >= interval:
         await hub.store.touch_user_token(token_id, now)
-    grants = [Grant.of(role, scope) for role, scope in await hub.store.user_grants(user.name)]
-    return Principal(user.name, tuple(grants))
+    found = await hub.store.user_grants(user.name)
+    grants = tuple(Grant.of(role, scope) for _, role, scope in found)
+    return Principal(user.name, grants, teams=tuple(sorted({team for team, _, _ in found})))
 
 
 async def check_scope(

@@ -490,8 +490,8 @@ class HubStore(ABC):
         """Return every team with its members and grants, by name."""
 
     @abstractmethod
-    async def user_grants(self, user: str) -> list[tuple[str, str]]:
-        """Return the (role, scope) grants of every team ``user`` belongs to."""
+    async def user_grants(self, user: str) -> list[tuple[str, str, str]]:
+        """Return the (team, role, scope) grants of every team ``user`` belongs to."""
 
     @abstractmethod
     async def add_user_token(

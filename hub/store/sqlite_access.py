@@ -164,14 +164,14 @@ class AccessMixin:
             for name, created in teams
         ]
 
-    async def user_grants(self, user: str) -> list[tuple[str, str]]:
-        """Return the (role, scope) grants of every team ``user`` belongs to."""
+    async def user_grants(self, user: str) -> list[tuple[str, str, str]]:
+        """Return the (team, role, scope) grants of every team ``user`` belongs to."""
         found = await self._read(
-            "SELECT DISTINCT g.role, g.scope FROM team_members m "
-            "JOIN team_grants g ON g.team = m.team WHERE m.user = ? ORDER BY 1, 2",
+            "SELECT g.team, g.role, g.scope FROM team_members m "
+            "JOIN team_grants g ON g.team = m.team WHERE m.user = ? ORDER BY 1, 2, 3",
             (user,),
         )
-        return [(r, s) for r, s in found]
+        return [(t, r, s) for t, r, s in found]
 
     async def add_user_token(
         self, token: UserTokenRecord, max_active: int, audit: AuditRecord

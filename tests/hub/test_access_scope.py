@@ -223,3 +223,14 @@ async def test_superseding_a_rollout_outside_the_scope_is_refused(site: Site) ->
     assert status == 404 and site.paris["rollout_id"] in answer["message"], answer
     _, paris = await site.hub.api("GET", f"/api/v1/rollouts/{site.paris['rollout_id']}")
     assert paris["status"] == "running"
+
+
+async def test_audit_rows_of_a_user_name_the_teams_its_rights_come_from(site: Site) -> None:
+    device = site.berlin["device_id"]
+    status, body = await bob(
+        site, "PATCH", f"/api/v1/devices/{device}/tags", {"set": {"rack": "7"}}
+    )
+    assert status == 200, body
+    _, listed = await site.hub.api("GET", f"/api/v1/audit?device={device}&actor=bob")
+    rows = [r for r in listed["audit"] if r["action"] == "device.tag"]
+    assert rows and rows[-1]["detail"]["teams"] == ["t-bob"], listed
