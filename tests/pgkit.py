@@ -1,0 +1,61 @@
+"""A fresh PostgreSQL database per test, on the test server scripts/testenv-postgres.sh starts.
+
+The server is part of the test environment: when it does not answer, the test FAILS (it
+does not skip), naming the script that starts it. ``EDGEFLEET_PG_ADMIN_URL`` points at
+another server (a maintenance database on it, as a role that may create databases).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+ADMIN_URL = os.environ.get(
+    "EDGEFLEET_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/edgefleet_test"
+)
+
+
+def database_url(name: str) -> str:
+    """Return ADMIN_URL with its database replaced by ``name``."""
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin() -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(ADMIN_URL, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"the PostgreSQL test server at {ADMIN_URL} does not answer ({exc}); start it "
+            "with `bash scripts/testenv-postgres.sh` (part of scripts/testenv.sh)",
+            pytrace=False,
+        )
+
+
+async def fresh_database() -> AsyncIterator[str]:
+    """Yield the URL of a new, empty database; drop it afterwards."""
+    name = f"edgefleet_t_{uuid.uuid4().hex[:16]}"
+    admin = await _admin()
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        await admin.close()
+    try:
+        yield database_url(name)
+    finally:
+        admin = await _admin()
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """Return the URL of a fresh database on the test server (dropped after the test)."""
+    async for url in fresh_database():
+        yield url
