@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgkit import pg_url, store  # noqa: F401  (store: each backend in turn; tests/pgkit.py)
 
 from hub.testing import DeviceIdentity, RunningHub, start_hub
 
