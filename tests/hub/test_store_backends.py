@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from pgkit import ADMIN_URL, fresh_database
 
-from edge_agent.protocol import OutboxEntry, SignedTarget
+from edge_agent.protocol import OutboxEntry, ServiceReport, SignedTarget, StatusSnapshot
 from hub import audit_chain
 from hub.config import build_config
 from hub.errors import ConfigError, Conflict, Forbidden, InvalidRequest, NotFound
@@ -272,3 +272,68 @@ async def test_pg_fixture_fails_when_the_server_is_not_there(monkeypatch: pytest
     with pytest.raises(pytest.fail.Exception, match=r"testenv-postgres\.sh"):
         async for _ in fresh_database():
             pass
+
+
+async def test_status_snapshots_merge_into_the_device_row(store: Any):
+    await _enrolled(store, "dev-1")
+    full = StatusSnapshot(
+        full=True,
+        agent_version="2.0",
+        state="waiting_window",
+        services=[ServiceReport(name="web", state="running")],
+        counters={"restarts": 3},
+        running_revision=4,
+        running_local_seq=1,
+        applying_revision=5,
+        rollout_state="waiting_window",
+        window_opens_at=NOW + timedelta(hours=2),
+    )
+    batch = SyncBatch([], full, 4, 0, features=("b", "a"))
+    first = await store.ingest_sync("dev-1", batch, NOW)
+    assert first.want_full_status is False
+    delta = SyncBatch([], StatusSnapshot(full=False, last_error="boom"), 4, 0)
+    await store.ingest_sync("dev-1", delta, NOW)
+    device = await store.get_device("dev-1")
+    assert (device.state, device.last_error, device.agent_version) == (
+        "waiting_window",
+        "boom",
+        "2.0",
+    )
+    assert device.services[0]["name"] == "web" and device.counters == {"restarts": 3}
+    assert (device.running_revision, device.running_local_seq, device.applying_revision) == (
+        4,
+        1,
+        5,
+    )
+    assert device.window_opens_at == NOW + timedelta(hours=2)
+    assert device.applied_revision == 4 and device.has_full_status
+    assert await store.device_features("dev-1") == frozenset({"a", "b"})
+
+
+async def test_batches_alternating_between_two_hub_processes_are_stored_once_in_order(
+    pg_url: str,
+):
+    """Two PostgresStores on one database stand for two hub processes."""
+    one, two = PostgresStore(pg_url, pool_max=4), PostgresStore(pg_url, pool_max=4)
+    await one.open()
+    await two.open()
+    try:
+        await _enrolled(one, "dev-1")
+        # The agent resends a batch when an answer is lost: each batch goes to both.
+        sends = []
+        for b in range(20):
+            seqs = range(b * 10 + 1, b * 10 + 11)
+            sends += [one.ingest_sync("dev-1", _batch(seqs), NOW)]
+            sends += [two.ingest_sync("dev-1", _batch(seqs), NOW)]
+        results = await asyncio.gather(*sends)
+        assert sum(r.inserted for r in results) == 200
+        assert [e.seq for e in await two.list_events("dev-1", 0, 500)] == list(range(1, 201))
+        assert (await one.get_device("dev-1")).acked_seq == 200
+        await asyncio.gather(
+            *(s.record_audit(_audit("op.note", str(i))) for i in range(20) for s in (one, two))
+        )
+        verdict = _verify(await _chain_rows(one))
+        assert verdict.ok and verdict.count == 1 + 1 + 40
+    finally:
+        await one.close()
+        await two.close()
