@@ -75,6 +75,16 @@ async def test_duplicate_and_overlapping_batches_are_stored_exactly_once(store: 
     assert seen == list(range(1, 101))
 
 
+async def test_acked_seq_never_goes_back_under_concurrent_batches(store: Any):
+    await _enrolled(store, "dev-1")
+    for round_ in range(5):
+        top = (round_ + 1) * 100
+        batches = [range(1, top + 1)] + [range(1, top // 2 + 1)] * 9
+        await asyncio.gather(*(store.ingest_sync("dev-1", _batch(b), NOW) for b in batches))
+        device = await store.get_device("dev-1")
+        assert device.acked_seq == top, f"round {round_}: acked {device.acked_seq}, not {top}"
+
+
 async def test_a_new_store_generation_gets_seqs_above_the_old_one(store: Any):
     await _enrolled(store, "dev-1")
     assert (await store.ingest_sync("dev-1", _batch(range(1, 11), "A"), NOW)).inserted == 10
