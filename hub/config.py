@@ -14,7 +14,9 @@ Example (every key optional except ``server.data_dir``)::
     max_connections_per_source = 4096  # concurrent connections of one peer address
 
     [store]
-    url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path"
+    url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path";
+                                  # "postgresql://..." (EDGE_HUB_DATABASE_URL): docs/scaling.md
+    pool_max = 10                 # PostgreSQL: connections per hub process
     synchronous = "FULL"          # FULL: an ack survives a power cut
     wal_max_bytes = 67108864      # WAL truncated (between commits) when it grows past this
 
@@ -70,6 +72,7 @@ Example (every key optional except ``server.data_dir``)::
 
 Environment: ``EDGE_HUB_SERVER_PORT=9443``, ``EDGE_HUB_LIMITS_MAX_BODY_BYTES=1048576``,
 ``EDGE_HUB_SERVER_PUBLIC_NAMES=a.example,b.example`` (lists are comma-separated).
+``EDGE_HUB_DATABASE_URL`` is another name of ``EDGE_HUB_STORE_URL``.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ from edge_agent.protocol import DEFAULT_LOG_PATTERN, check_log_pattern
 from hub.errors import ConfigError
 
 ENV_PREFIX = "EDGE_HUB_"
+DATABASE_URL_ENV = "EDGE_HUB_DATABASE_URL"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class _Section(BaseModel):
@@ -120,6 +125,8 @@ class StoreConfig(_Section):
     # The WAL file is truncated (by the writer, between groups) once a commit leaves it
     # larger than this; PASSIVE checkpoints alone let it grow during a long catch-up.
     wal_max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    # PostgreSQL only: the most connections one hub process opens.
+    pool_max: int = Field(10, ge=1, le=1000)
 
 
 class FleetConfig(_Section):
@@ -326,6 +333,12 @@ class HubConfig(_Section):
         return self.server.data_dir
 
     @property
+    def postgres_url(self) -> str | None:
+        """Return ``store.url`` when it names a PostgreSQL database, else None."""
+        url = self.store.url
+        return url if url.startswith(POSTGRES_SCHEMES) else None
+
+    @property
     def sqlite_path(self) -> Path:
         """Return the SQLite database file named by ``store.url`` (default in data_dir)."""
         url = self.store.url
@@ -346,6 +359,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
+        if key == DATABASE_URL_ENV:
+            _database_url(env, out)
+            continue
         rest = key[len(ENV_PREFIX) :].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)
         if section is None:
@@ -358,6 +374,17 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             parsed = [v.strip() for v in value.split(",") if v.strip()]
         out.setdefault(section, {})[field] = parsed
     return out
+
+
+def _database_url(env: Mapping[str, str], out: dict[str, dict[str, Any]]) -> None:
+    """Apply EDGE_HUB_DATABASE_URL as store.url (refused if EDGE_HUB_STORE_URL differs)."""
+    url = env[DATABASE_URL_ENV]
+    other = env.get(ENV_PREFIX + "STORE_URL")
+    if other is not None and other != url:
+        raise ConfigError(
+            f"{DATABASE_URL_ENV} and {ENV_PREFIX}STORE_URL name different databases; set one"
+        )
+    out.setdefault("store", {})["url"] = url
 
 
 def _section_models() -> dict[str, type[BaseModel]]:

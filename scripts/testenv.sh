@@ -6,6 +6,8 @@
 #   - test images edgefleet-test/<name>:1 built FROM scratch with static busybox from
 #     tests/images/<name>/Dockerfile, pushed to 127.0.0.1:5000/edgefleet/<name>:1, and
 #     "good" also to 127.0.0.1:5001/edgefleet/good:1
+#   - a PostgreSQL 15 TEST server (trust auth) on 127.0.0.1:55432 with database
+#     edgefleet_test: scripts/testenv-postgres.sh (runs alone too)
 # Idempotent: each step checks first and does only what is missing. Prints "testenv ready".
 set -euo pipefail
 
@@ -183,6 +185,9 @@ main() {
     start_engine
     start_registry "$REGISTRY" open
     start_registry "$AUTH_REGISTRY" auth yes
+    # shellcheck source=scripts/testenv-postgres.sh
+    source "$REPO/scripts/testenv-postgres.sh"
+    start_postgres
     prepare_bin
     local name
     for name in "${IMAGES[@]}"; do

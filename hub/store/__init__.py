@@ -656,6 +656,8 @@ class HubStore(ABC):
 
 def open_store(config: HubConfig) -> HubStore:
     """Return the (unopened) store the configuration names."""
+    if config.postgres_url is not None:
+        return _open_postgres(config)
     from hub.store.sqlite import SqliteStore
     from hub.store.sqlite_metrics import MetricsBound
 
@@ -670,3 +672,16 @@ def open_store(config: HubConfig) -> HubStore:
     cfg = config.actions
     store.action_parts_bound = PartsBound(cfg.logs_max_lines, cfg.logs_max_bytes)
     return store
+
+
+def _open_postgres(config: HubConfig) -> HubStore:
+    """Refuse a PostgreSQL store until it implements the whole interface (docs/scaling.md)."""
+    from hub.errors import ConfigError
+    from hub.store.postgres import missing_methods
+
+    missing = missing_methods()
+    raise ConfigError(
+        f"store.url: the PostgreSQL store is not complete yet ({len(missing)} of "
+        f"{len(HubStore.__abstractmethods__)} store methods missing: {', '.join(missing)}); "
+        "leave store.url empty for SQLite (docs/scaling.md)"
+    )

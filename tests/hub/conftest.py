@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgkit import pg_url, store  # noqa: F401  (store: each backend in turn; tests/pgkit.py)
 
 from hub.testing import DeviceIdentity, RunningHub, start_hub
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,6 @@ from hub.fleet import Connectivity, Drift, connectivity, drift, merge_status
 from hub.notify import TargetNotifier
 from hub.store import AuditRecord, EnrollmentTokenRecord, NewDevice, SyncBatch
 from hub.store.records import entry_row
-from hub.store.sqlite import SqliteStore
 from hub.sync_decode import SyncBounds, decode_sync_body
 from hub.wire import parse
 
@@ -105,45 +105,38 @@ def _device(i: int) -> NewDevice:
     return NewDevice(f"dev-{i}", "h", "1", "ab", "sha256:x", NOW + timedelta(days=30))
 
 
-async def test_store_enroll_is_atomic_and_sync_acks_by_position(tmp_path: Path):
-    store = SqliteStore(tmp_path / "hub.db")
-    await store.open()
-    try:
-        audit = AuditRecord("admin", "token.create", "et_1", "ok", NOW)
-        token = EnrollmentTokenRecord(
-            "et_1", "h", 1, 1, NOW + timedelta(hours=1), {"a": "b"}, NOW, "admin"
-        )
-        await store.create_enrollment_token(token, audit)
-        first, second = await asyncio.gather(
-            store.enroll_device("et_1", "h", _device(1), NOW),
-            store.enroll_device("et_1", "h", _device(2), NOW),
-            return_exceptions=True,
-        )
-        assert not isinstance(first, BaseException) and first.tags == {"a": "b"}
-        assert isinstance(second, TokenUsedUp)
-        assert [d.id for d in await store.list_devices()] == ["dev-1"]
+async def test_store_enroll_is_atomic_and_sync_acks_by_position(store: Any):
+    # each backend: the ``store`` fixture of tests/pgkit.py
+    audit = AuditRecord("admin", "token.create", "et_1", "ok", NOW)
+    token = EnrollmentTokenRecord(
+        "et_1", "h", 1, 1, NOW + timedelta(hours=1), {"a": "b"}, NOW, "admin"
+    )
+    await store.create_enrollment_token(token, audit)
+    first, second = await asyncio.gather(
+        store.enroll_device("et_1", "h", _device(1), NOW),
+        store.enroll_device("et_1", "h", _device(2), NOW),
+        return_exceptions=True,
+    )
+    assert not isinstance(first, BaseException) and first.tags == {"a": "b"}
+    assert isinstance(second, TokenUsedUp)
+    assert [d.id for d in await store.list_devices()] == ["dev-1"]
 
-        def batch(*seqs: int) -> SyncBatch:
-            return SyncBatch(
-                [
-                    entry_row(OutboxEntry(seq=s, kind="event", created_at=NOW, payload={}))
-                    for s in seqs
-                ],
-                None,
-                0,
-                0,
-            )
-
-        results = await asyncio.gather(
-            *(store.ingest_sync("dev-1", batch(1, 4, 7), NOW) for _ in range(5))
+    def batch(*seqs: int) -> SyncBatch:
+        return SyncBatch(
+            [entry_row(OutboxEntry(seq=s, kind="event", created_at=NOW, payload={})) for s in seqs],
+            None,
+            0,
+            0,
         )
-        assert [r.acked_seq for r in results] == [7] * 5
-        assert sum(r.inserted for r in results) == 3
-        with pytest.raises(Forbidden):
-            await store.ingest_sync("dev-9", batch(1), NOW)
-        assert [e.seq for e in await store.list_events("dev-1", 0, 100)] == [1, 4, 7]
-    finally:
-        await store.close()
+
+    results = await asyncio.gather(
+        *(store.ingest_sync("dev-1", batch(1, 4, 7), NOW) for _ in range(5))
+    )
+    assert [r.acked_seq for r in results] == [7] * 5
+    assert sum(r.inserted for r in results) == 3
+    with pytest.raises(Forbidden):
+        await store.ingest_sync("dev-9", batch(1), NOW)
+    assert [e.seq for e in await store.list_events("dev-1", 0, 100)] == [1, 4, 7]
 
 
 async def test_group_commit_failing_job_rolls_back_alone(tmp_path: Path):

@@ -1,0 +1,120 @@
+"""Numbered migrations of the hub's PostgreSQL schema; each runs with its record in one
+transaction. A list of its own (SQLite's numbers do not apply here).
+
+Never edit a released migration: append a new one. Times are stored as the same ISO 8601
+UTC text the SQLite store writes, and JSON as the same compact text: the audit chain's
+hashes are over those stored texts, so a row moved from SQLite verifies unchanged, and
+``hub.store.sqlite_rows`` converts rows of either backend.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "devices, enrollment tokens, certificate lineage, targets, events, store epochs, audit",
+        [
+            """CREATE TABLE enrollment_tokens (
+                id TEXT PRIMARY KEY,
+                secret_hash TEXT NOT NULL,
+                uses_total BIGINT NOT NULL,
+                uses_left BIGINT NOT NULL CHECK (uses_left >= 0),
+                expires_at TEXT NOT NULL,
+                tags TEXT NOT NULL DEFAULT '{}',
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE devices (
+                id TEXT PRIMARY KEY,
+                hostname TEXT NOT NULL DEFAULT '',
+                tags TEXT NOT NULL DEFAULT '{}',
+                cert_serial TEXT NOT NULL,
+                cert_fingerprint TEXT NOT NULL,
+                cert_not_after TEXT NOT NULL,
+                enrolled_at TEXT NOT NULL,
+                enrollment_token TEXT NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                last_contact TEXT,
+                agent_version TEXT NOT NULL DEFAULT '',
+                applied_revision BIGINT NOT NULL DEFAULT 0,
+                target_revision BIGINT NOT NULL DEFAULT 0,
+                acked_seq BIGINT NOT NULL DEFAULT 0,
+                state TEXT,
+                release TEXT,
+                services TEXT,
+                counters TEXT,
+                last_error TEXT,
+                status_at TEXT,
+                has_full_status INTEGER NOT NULL DEFAULT 0,
+                store_epoch TEXT NOT NULL DEFAULT '',
+                seq_offset BIGINT NOT NULL DEFAULT 0,
+                seq_floor BIGINT NOT NULL DEFAULT 0,
+                seq_high BIGINT NOT NULL DEFAULT 0,
+                protocol BIGINT NOT NULL DEFAULT 0,
+                features TEXT,
+                running_revision BIGINT,
+                running_local_seq BIGINT,
+                applying_revision BIGINT,
+                rollout_state TEXT,
+                prev_cert_serial TEXT NOT NULL DEFAULT '',
+                cert_key_sha256 TEXT NOT NULL DEFAULT '',
+                window_opens_at TEXT
+            )""",
+            """CREATE TABLE targets (
+                device_id TEXT NOT NULL REFERENCES devices(id),
+                revision BIGINT NOT NULL,
+                document TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                PRIMARY KEY (device_id, revision)
+            )""",
+            """CREATE TABLE events (
+                device_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            )""",
+            """CREATE TABLE device_epochs (
+                device_id TEXT NOT NULL,
+                epoch TEXT NOT NULL,
+                acked_seq BIGINT NOT NULL,
+                PRIMARY KEY (device_id, epoch)
+            )""",
+            # Ids are taken explicitly (max + 1) under the audit lock, not from a sequence:
+            # a sequence leaves gaps on rollback, and a gap means a deleted record.
+            """CREATE TABLE audit (
+                id BIGINT PRIMARY KEY,
+                at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT '{}',
+                source_addr TEXT NOT NULL DEFAULT '',
+                prev_hash TEXT NOT NULL DEFAULT '',
+                hash TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX audit_by_target ON audit (target, id)",
+        ],
+    ),
+    (
+        2,
+        "groups (named tag selectors) and environment overrides per group and per device",
+        [
+            """CREATE TABLE groups (
+                name TEXT PRIMARY KEY,
+                selector TEXT NOT NULL,
+                overrides TEXT NOT NULL DEFAULT '{}',
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE device_overrides (
+                device_id TEXT PRIMARY KEY REFERENCES devices(id),
+                overrides TEXT NOT NULL DEFAULT '{}'
+            )""",
+        ],
+    ),
+]

@@ -1,0 +1,136 @@
+"""PostgresStore's sync ingest: entries stored once each, the ack, the merged status.
+
+Same rules as the SQLite store (hub.store.sqlite): hub seq = device seq + the generation's
+offset; a new store generation (epoch) gets seqs above everything held for the device;
+acked_seq only grows. The device row is locked (``FOR UPDATE``) for the transaction, so
+batches of one device arriving at several hub processes at once are applied one after
+the other; entries go in with one multi-row ``INSERT ... SELECT FROM unnest(...) ON
+CONFLICT DO NOTHING`` (a duplicate batch inserts nothing and acks the same).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from edge_agent.protocol import INT64_MAX
+from hub.errors import Forbidden, InvalidRequest
+from hub.fleet import STATUS_FIELDS
+from hub.store import sqlite_rows as rows
+from hub.store.pg_core import dollar
+from hub.store.records import EntryRow, SyncBatch
+from hub.store.sqlite import _applied_revision, _SeqSpace, _status_update
+
+INSERT_EVENTS = (
+    "INSERT INTO events (device_id, seq, kind, created_at, received_at, payload) "
+    "SELECT $1, s, k, c, $2, p FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) "
+    "AS e(s, k, c, p) ON CONFLICT (device_id, seq) DO NOTHING"
+)
+
+
+async def ingest(
+    conn: asyncpg.Connection, device_id: str, batch: SyncBatch, now: datetime
+) -> tuple[int, int, bool, int]:
+    """Apply one batch in the caller's transaction; return (acked, target rev, full, inserted)."""
+    received = rows.ts(now)
+    row = await conn.fetchrow(
+        f"SELECT disabled, target_revision, has_full_status, {', '.join(STATUS_FIELDS)}, "
+        "store_epoch, seq_offset, seq_floor, acked_seq, seq_high "
+        "FROM devices WHERE id = $1 FOR UPDATE",
+        device_id,
+    )
+    if row is None:
+        raise Forbidden(f"device {device_id!r} is not enrolled")
+    disabled, target_revision, has_full, *rest = row
+    if disabled:
+        raise Forbidden(f"device {device_id!r} is disabled")
+    current, position = rest[: len(STATUS_FIELDS)], rest[len(STATUS_FIELDS) :]
+    space = await _seq_space(conn, device_id, batch.epoch, position)
+    inserted = await _insert_entries(conn, device_id, space, batch.entries, received)
+    sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
+    args: list[Any] = [received, _applied_revision(batch), batch.protocol]
+    if batch.features is not None:
+        sets.append("features = ?")
+        args.append(rows.dumps(sorted(set(batch.features))))
+    if batch.status is not None:
+        status_sets, status_args = _status_update(
+            dict(zip(STATUS_FIELDS, current, strict=True)), batch.status, received
+        )
+        sets += status_sets
+        args += status_args
+        has_full = has_full or batch.status.full
+    clauses = dollar(sets, 1)
+    await conn.execute(
+        f"UPDATE devices SET {', '.join(clauses)} WHERE id = ${len(args) + 1}", *args, device_id
+    )
+    return space.acked, target_revision, bool(has_full), inserted
+
+
+async def _seq_space(
+    conn: asyncpg.Connection, device_id: str, epoch: str, position: list[Any]
+) -> _SeqSpace:
+    """Return the device's sequence space for ``epoch``, opening it if it is not current."""
+    cur, offset, floor, acked, high = position
+    if cur == epoch:
+        return _SeqSpace(epoch, offset, floor, acked, high)
+    await conn.execute(
+        "INSERT INTO device_epochs VALUES ($1, $2, $3) ON CONFLICT (device_id, epoch) "
+        "DO UPDATE SET acked_seq = GREATEST(device_epochs.acked_seq, excluded.acked_seq)",
+        device_id,
+        cur,
+        acked,
+    )
+    before = await conn.fetchval(
+        "SELECT acked_seq FROM device_epochs WHERE device_id = $1 AND epoch = $2",
+        device_id,
+        epoch,
+    )
+    before = before or 0
+    return _SeqSpace(epoch, high - before, before, before, high)
+
+
+async def _insert_entries(
+    conn: asyncpg.Connection,
+    device_id: str,
+    space: _SeqSpace,
+    entries: list[EntryRow],
+    received: str,
+) -> int:
+    """Store the entries in ``space`` once each; update the device's position; return how many."""
+    fresh = [e for e in entries if e[0] > space.floor]
+    if fresh and fresh[-1][0] + space.offset > INT64_MAX:
+        raise InvalidRequest(
+            f"entries: seq {fresh[-1][0]} is beyond this device's sequence space on the hub",
+            fields=[{"field": "entries", "message": "seq out of range"}],
+        )
+    inserted = 0
+    # metrics samples are kept apart in SQLite (sqlite_metrics); not stored here yet
+    kept = [e for e in fresh if e[1] != "metrics"]
+    if kept:
+        status = await conn.execute(
+            INSERT_EVENTS,
+            device_id,
+            received,
+            [s + space.offset for s, _, _, _ in kept],
+            [k for _, k, _, _ in kept],
+            [c for _, _, c, _ in kept],
+            [p for _, _, _, p in kept],
+        )
+        inserted = int(status.rsplit(" ", 1)[1])
+    if fresh:
+        space.high = max(space.high, fresh[-1][0] + space.offset)
+    if entries:
+        space.acked = max(space.acked, entries[-1][0])
+    await conn.execute(
+        "UPDATE devices SET store_epoch = $1, seq_offset = $2, seq_floor = $3, acked_seq = $4, "
+        "seq_high = $5 WHERE id = $6",
+        space.epoch,
+        space.offset,
+        space.floor,
+        space.acked,
+        space.high,
+        device_id,
+    )
+    return inserted

@@ -1,0 +1,339 @@
+"""PostgreSQL implementation of the hub store, on an asyncpg connection pool (round 1: the core).
+
+Every write is one transaction on a pooled connection; rows a write depends on are locked
+(``SELECT ... FOR UPDATE``), so several hub processes can share one database: a device's
+target revisions and sync positions advance one transaction at a time, and the hub audit
+chain is serialized by an advisory lock (``pg_core.insert_audit``).
+
+NOT YET the whole ``HubStore``: ``missing_methods()`` lists the interface methods this class
+does not have, and ``open_store`` refuses a postgresql URL while any are missing (no
+half-working hub). ``ingest_sync`` stores entries, acks, status and features; the side
+records SQLite's ingest also derives from a batch (device audit chain, metrics samples,
+action results and parts, host container reports) are not written here yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from edge_agent.protocol import INT64_MAX, SignedTarget
+from hub.auth import check_enrollment_token
+from hub.errors import Conflict, Forbidden, NotFound, StoreError
+from hub.fleet import is_target_newer
+from hub.store import HubStore
+from hub.store import sqlite_rows as rows
+from hub.store.pg_core import insert_audit, migrate
+from hub.store.pg_groups import PgGroupsMixin
+from hub.store.pg_sync import ingest
+from hub.store.records import (
+    AuditRecord,
+    CertLineage,
+    DeviceRecord,
+    EnrollmentTokenRecord,
+    EventRecord,
+    NewDevice,
+    RenewedCert,
+    SyncBatch,
+    SyncResult,
+    TargetRecord,
+)
+
+SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = $1"
+SELECT_TOKEN = f"SELECT {rows.TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1"
+
+
+def missing_methods() -> list[str]:
+    """Return the HubStore methods PostgresStore does not implement yet, sorted."""
+    return sorted(m for m in HubStore.__abstractmethods__ if not hasattr(PostgresStore, m))
+
+
+class PostgresStore(PgGroupsMixin):
+    """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
+
+    def __init__(self, url: str, *, pool_min: int = 1, pool_max: int = 10) -> None:
+        self.url = url
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._pool: asyncpg.Pool | None = None
+        self.applied_migrations: list[int] = []
+
+    async def open(self) -> None:
+        """Create the pool and apply pending migrations."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=self._pool_min, max_size=self._pool_max
+            )
+            async with self._pool.acquire() as conn:
+                self.applied_migrations = await migrate(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self.close()
+            raise StoreError(f"cannot open database {_safe_url(self.url)}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close every pooled connection (waits for the ones in use)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        """Yield a pooled connection inside a transaction; database errors become StoreError."""
+        if self._pool is None:
+            raise StoreError("store is not open")
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"already exists: {exc.detail or exc}") from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"database write failed: {exc}") from exc
+
+    async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        try:
+            return list(await self._pool.fetch(sql, *args))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"database read failed: {exc}") from exc
+
+    # enrollment ---------------------------------------------------------------------
+
+    async def create_enrollment_token(
+        self, token: EnrollmentTokenRecord, audit: AuditRecord
+    ) -> None:
+        """Store a new enrollment token and its audit row."""
+        async with self._tx() as conn:
+            await conn.execute(
+                f"INSERT INTO enrollment_tokens ({rows.TOKEN_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                token.id,
+                token.secret_hash,
+                token.uses_total,
+                token.uses_left,
+                rows.ts(token.expires_at),
+                rows.dumps(token.tags),
+                rows.ts(token.created_at),
+                token.created_by,
+            )
+            await insert_audit(conn, audit)
+
+    async def get_enrollment_token(self, token_id: str) -> EnrollmentTokenRecord | None:
+        """Return a token by id."""
+        found = await self._read(SELECT_TOKEN, token_id)
+        return rows.token(tuple(found[0])) if found else None
+
+    async def enroll_device(
+        self, token_id: str, secret_hash: str, device: NewDevice, now: datetime
+    ) -> DeviceRecord:
+        """Consume one use of the token (row locked) and create the device, atomically."""
+        async with self._tx() as conn:
+            row = await conn.fetchrow(SELECT_TOKEN + " FOR UPDATE", token_id)
+            token = check_enrollment_token(
+                rows.token(tuple(row)) if row else None, secret_hash, now
+            )
+            await conn.execute(
+                "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = $1", token_id
+            )
+            await conn.execute(
+                "INSERT INTO devices (id, hostname, tags, cert_serial, cert_fingerprint, "
+                "cert_not_after, enrolled_at, enrollment_token, last_contact, agent_version) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                device.id,
+                device.hostname,
+                rows.dumps(token.tags),
+                device.cert_serial,
+                device.cert_fingerprint,
+                rows.ts(device.cert_not_after),
+                rows.ts(now),
+                token_id,
+                rows.ts(now),
+                device.agent_version,
+            )
+            detail = {"hostname": device.hostname, "cert_serial": device.cert_serial}
+            audit = AuditRecord(f"token:{token_id}", "device.enroll", device.id, "ok", now, detail)
+            await insert_audit(conn, audit)
+            return rows.device(tuple(await conn.fetchrow(SELECT_DEVICE, device.id)))
+
+    # devices ------------------------------------------------------------------------
+
+    async def get_device(self, device_id: str) -> DeviceRecord | None:
+        """Return a device by id."""
+        found = await self._read(SELECT_DEVICE, device_id)
+        return rows.device(tuple(found[0])) if found else None
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        """Return every device, ordered by id."""
+        found = await self._read(f"SELECT {rows.DEVICE_COLUMNS} FROM devices ORDER BY id")
+        return [rows.device(tuple(r)) for r in found]
+
+    async def set_device_disabled(
+        self, device_id: str, disabled: bool, audit: AuditRecord
+    ) -> DeviceRecord:
+        """Disable or enable a device, with its audit row."""
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "UPDATE devices SET disabled = $1 WHERE id = $2", int(disabled), device_id
+            )
+            if status == "UPDATE 0":
+                raise NotFound(f"no device {device_id!r}")
+            await insert_audit(conn, audit)
+            return rows.device(tuple(await conn.fetchrow(SELECT_DEVICE, device_id)))
+
+    async def replace_device_cert(self, device_id: str, cert: RenewedCert, now: datetime) -> None:
+        """Record a renewed client certificate; the replaced one becomes the previous."""
+        async with self._tx() as conn:
+            # Renewed from the previous certificate (a renewal whose answer was lost): the
+            # previous stays previous; the unused newest one is dropped.
+            status = await conn.execute(
+                "UPDATE devices SET prev_cert_serial = CASE WHEN $1 THEN prev_cert_serial "
+                "ELSE cert_serial END, cert_serial = $2, cert_fingerprint = $3, "
+                "cert_not_after = $4, cert_key_sha256 = $5, last_contact = $6 "
+                "WHERE id = $7 AND disabled = 0 AND (cert_serial = $8 OR prev_cert_serial = $8)",
+                cert.from_previous,
+                cert.serial,
+                cert.fingerprint,
+                rows.ts(cert.not_after),
+                cert.key_sha256,
+                rows.ts(now),
+                device_id,
+                cert.renewed_from,
+            )
+            if status == "UPDATE 0":
+                raise Forbidden(f"device {device_id!r} is unknown, disabled, or renewed meanwhile")
+            detail = {
+                "cert_serial": cert.serial,
+                "renewed_from": cert.renewed_from,
+                "via": cert.via,
+            }
+            audit = AuditRecord(f"device:{device_id}", "device.renew", device_id, "ok", now, detail)
+            await insert_audit(conn, audit)
+
+    async def get_cert_lineage(self, device_id: str) -> CertLineage | None:
+        """Return the device's newest certificate serial and the one before it."""
+        found = await self._read(
+            "SELECT cert_serial, prev_cert_serial, cert_key_sha256 FROM devices WHERE id = $1",
+            device_id,
+        )
+        return CertLineage(*found[0]) if found else None
+
+    # sync ---------------------------------------------------------------------------
+
+    async def ingest_sync(self, device_id: str, batch: SyncBatch, now: datetime) -> SyncResult:
+        """Store entries once each, merge the status, advance the ack; one transaction."""
+        async with self._tx() as conn:
+            acked, target_revision, has_full, inserted = await ingest(conn, device_id, batch, now)
+        target = None
+        if is_target_newer(target_revision, batch.known_target_revision):
+            record = await self.get_target(device_id)
+            target = record.signed if record is not None else None
+        return SyncResult(acked, target, not has_full, inserted)
+
+    async def device_features(self, device_id: str) -> frozenset[str] | None:
+        """Return the target features the device's agent reported (None: never reported)."""
+        found = await self._read("SELECT features FROM devices WHERE id = $1", device_id)
+        if not found or found[0][0] is None:
+            return None
+        return frozenset(rows.loads(found[0][0]))
+
+    # targets ------------------------------------------------------------------------
+
+    async def put_target(
+        self,
+        device_id: str,
+        build: Callable[[int], SignedTarget],
+        audit: AuditRecord,
+        now: datetime,
+    ) -> TargetRecord:
+        """Store the next revision of the device's target (device row locked), with audit."""
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT disabled, target_revision FROM devices WHERE id = $1 FOR UPDATE",
+                device_id,
+            )
+            if row is None:
+                raise NotFound(f"no device {device_id!r}")
+            disabled, target_revision = row
+            if disabled:
+                raise Conflict(f"device {device_id!r} is disabled")
+            if target_revision >= INT64_MAX:
+                raise Conflict(f"device {device_id!r} has used up its target revisions")
+            revision = target_revision + 1
+            signed = build(revision)
+            await conn.execute(
+                "INSERT INTO targets VALUES ($1, $2, $3, $4, $5)",
+                device_id,
+                revision,
+                signed.model_dump_json(),
+                rows.ts(now),
+                audit.actor,
+            )
+            await conn.execute(
+                "UPDATE devices SET target_revision = $1 WHERE id = $2", revision, device_id
+            )
+            await insert_audit(conn, audit)
+            return TargetRecord(device_id, revision, signed, now, audit.actor)
+
+    async def get_target(self, device_id: str) -> TargetRecord | None:
+        """Return the device's newest target."""
+        found = await self.list_targets(device_id, 1)
+        return found[0] if found else None
+
+    async def list_targets(self, device_id: str, limit: int) -> list[TargetRecord]:
+        """Return the device's newest ``limit`` targets, newest first."""
+        found = await self._read(
+            "SELECT device_id, revision, document, created_at, created_by FROM targets "
+            "WHERE device_id = $1 ORDER BY revision DESC LIMIT $2",
+            device_id,
+            limit,
+        )
+        return [
+            TargetRecord(
+                dev,
+                revision,
+                SignedTarget.model_validate_json(document),
+                datetime.fromisoformat(created_at),
+                created_by,
+            )
+            for dev, revision, document, created_at, created_by in found
+        ]
+
+    # events and audit ---------------------------------------------------------------
+
+    async def list_events(self, device_id: str, after: int, limit: int) -> list[EventRecord]:
+        """Return entries with seq > after, in seq order."""
+        found = await self._read(
+            f"SELECT {rows.EVENT_COLUMNS} FROM events WHERE device_id = $1 AND seq > $2 "
+            "ORDER BY seq LIMIT $3",
+            device_id,
+            after,
+            limit,
+        )
+        return [rows.event(tuple(r)) for r in found]
+
+    async def record_audit(self, audit: AuditRecord) -> None:
+        """Append one audit row."""
+        async with self._tx() as conn:
+            await insert_audit(conn, audit)
+
+    async def list_audit(self, after_id: int, limit: int) -> list[AuditRecord]:
+        """Return audit rows with id > after_id, oldest first."""
+        found = await self._read(
+            f"SELECT {rows.AUDIT_COLUMNS} FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+            after_id,
+            limit,
+        )
+        return [rows.audit(tuple(r)) for r in found]
+
+
+def _safe_url(url: str) -> str:
+    """Return the URL without a password (for error messages)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
