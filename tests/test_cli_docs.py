@@ -353,9 +353,12 @@ def test_edgectl_help_describes_every_command() -> None:
 def test_docs_claim_no_database_backend_the_hub_lacks(tmp_path: Path) -> None:
     from hub.config import load_config
     from hub.errors import ConfigError
+    from hub.store.postgres import missing_methods
 
     env = {"EDGE_HUB_SERVER_DATA_DIR": str(tmp_path), "EDGE_HUB_STORE_URL": "postgresql://h/db"}
     with pytest.raises(ConfigError, match=r"store\.url"):
         load_config(None, env).sqlite_path  # noqa: B018 - the property validates the url
-    claims = [p.name for p in DOCS if "postgres" in p.read_text().lower()]
-    assert claims == [], f"docs describe a PostgreSQL backend that does not exist: {claims}"
+    if missing_methods():  # incomplete: only docs/scaling.md may speak of it, and says so
+        claims = [p.name for p in DOCS if "postgres" in p.read_text().lower()]
+        assert claims == ["scaling.md"], f"docs describe an unfinished PostgreSQL backend: {claims}"
+        assert "not yet" in (REPO / "docs" / "scaling.md").read_text().lower()

@@ -117,4 +117,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        "devices: the release-signing stale-manifest flag a device reports (SQLite 22)",
+        ["ALTER TABLE devices ADD COLUMN release_trust_stale INTEGER"],
+    ),
 ]
