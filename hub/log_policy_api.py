@@ -21,9 +21,8 @@ from edge_agent.openapi import described
 from edge_agent.protocol import check_log_pattern
 from hub.auth import Permission
 from hub.context import ctx
-from hub.errors import NotFound
 from hub.log_policy import LOG_POLICIES, resolve
-from hub.operator_calls import Body, audited, json_body, principal
+from hub.operator_calls import Body, audited, device_or_404, group_or_404, json_body, principal
 from hub.wire import parse as parse_body
 
 routes = web.RouteTableDef()
@@ -89,9 +88,7 @@ async def show_log_policy(request: web.Request) -> web.Response:
     """Show a group's own log policy (null: it sets none)."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    name = request.match_info["name"]
-    if await hub.store.get_group(name) is None:
-        raise NotFound(f"no group {name!r}")
+    name = (await group_or_404(hub, request.match_info["name"])).name
     policies = {n: p for n, _, p in await hub.store.group_log_policies()}
     return web.json_response({"group": name, "log_policy": policies.get(name)})
 
@@ -102,10 +99,8 @@ async def show_device_log_policy(request: web.Request) -> web.Response:
     """Show the policy a device resolves to now, and the groups that decide it."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    device_id = request.match_info["device_id"]
-    device = await hub.store.get_device(device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id!r}")
+    device = await device_or_404(hub, request.match_info["device_id"])
+    device_id = device.id
     cache = request.app[LOG_POLICIES]
     cache.invalidate()  # an operator's read: exact, not up to CACHE_S old
     groups_now = await cache.groups(hub.store)

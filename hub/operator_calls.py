@@ -15,9 +15,9 @@ from edge_agent.openapi import INT64, Query
 from hub.access import PRINCIPAL_KEY
 from hub.auth import Permission, Principal, require
 from hub.context import HubContext, ctx
-from hub.errors import HubError, InvalidRequest
+from hub.errors import HubError, InvalidRequest, NotFound
 from hub.guard import audit_refusal, source
-from hub.store import AuditRecord
+from hub.store import AuditRecord, DeviceRecord, GroupRecord
 from hub.wire import read_body
 
 INT64_MAX = 2**63 - 1  # SQLite's integers: every id, seq and count the API takes
@@ -128,3 +128,19 @@ def page(request: web.Request, after_name: str, max_limit: int) -> tuple[int, in
             status=400,
         )
     return after, min(limit, max_limit)
+
+
+async def device_or_404(hub: HubContext, device_id: str) -> DeviceRecord:
+    """Return the device, or raise NotFound naming it."""
+    device = await hub.store.get_device(device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id!r}")
+    return device
+
+
+async def group_or_404(hub: HubContext, name: str) -> GroupRecord:
+    """Return the group, or raise NotFound naming it."""
+    group = await hub.store.get_group(name)
+    if group is None:
+        raise NotFound(f"no group {name!r}")
+    return group

@@ -20,8 +20,7 @@ from edge_agent.openapi import described
 from hub.auth import Permission
 from hub.context import ctx
 from hub.device_policy import effective_policy, is_read_by
-from hub.errors import NotFound
-from hub.operator_calls import audited, json_body, principal
+from hub.operator_calls import audited, device_or_404, group_or_404, json_body, principal
 from hub.wire import parse as parse_body
 
 routes = web.RouteTableDef()
@@ -61,9 +60,7 @@ async def show_policy(request: web.Request) -> web.Response:
     """Show a group's own device policy (null: it sets none)."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    name = request.match_info["name"]
-    if await hub.store.get_group(name) is None:
-        raise NotFound(f"no group {name!r}")
+    name = (await group_or_404(hub, request.match_info["name"])).name
     policies = {n: p for n, _, p in await hub.store.group_device_policies()}
     return web.json_response({"group": name, "policy": policies.get(name)})
 
@@ -74,10 +71,8 @@ async def show_device_policy(request: web.Request) -> web.Response:
     """Show the device policy a device resolves to now, and the groups that decide it."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    device_id = request.match_info["device_id"]
-    device = await hub.store.get_device(device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id!r}")
+    device = await device_or_404(hub, request.match_info["device_id"])
+    device_id = device.id
     policy, groups = await effective_policy(hub.store, hub.config.device_policy, device)
     features = await hub.store.device_features(device_id)
     return web.json_response(

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -115,30 +116,30 @@ class Retention:
         return by_age, by_size
 
     async def _trim_age(self, device_id: str) -> int:
-        c = self.config
-        if c.max_age_s <= 0:
-            return 0
-        before = self.hub.now() - timedelta(seconds=c.max_age_s)
-        total = 0
-        while True:
-            n = await self.hub.store.trim_device_by_age(device_id, before, c.batch_rows)
-            total += n
-            self._count("deleted_by_age", n)
-            if n < c.batch_rows:
-                return total
-            await asyncio.sleep(c.pause_s)
+        """Delete the device's entries received before ``max_age_s`` ago."""
+        return await self._by_age(device_id, self.hub.store.trim_device_by_age, "deleted_by_age")
 
     async def _trim_metrics_age(self, device_id: str) -> int:
         """Delete the device's metrics samples received before ``max_age_s`` ago."""
+        trim = self.hub.store.trim_metrics_by_age
+        return await self._by_age(device_id, trim, "metrics_deleted_by_age")
+
+    async def _by_age(
+        self,
+        device_id: str,
+        trim: Callable[[str, datetime, int], Awaitable[int]],
+        counter: str,
+    ) -> int:
+        """Delete in batches of ``batch_rows`` (pausing between them) with ``trim``."""
         c = self.config
         if c.max_age_s <= 0:
             return 0
         before = self.hub.now() - timedelta(seconds=c.max_age_s)
         total = 0
         while True:
-            n = await self.hub.store.trim_metrics_by_age(device_id, before, c.batch_rows)
+            n = await trim(device_id, before, c.batch_rows)
             total += n
-            self._count("metrics_deleted_by_age", n)
+            self._count(counter, n)
             if n < c.batch_rows:
                 return total
             await asyncio.sleep(c.pause_s)
