@@ -263,7 +263,13 @@ async def test_lines_read_from_a_container_removed_before_they_were_written_are_
         await runtime.remove(cid)
         follower.notice("destroy", cid)
 
-        await wait_for(lambda: _no_positions(store), timeout_s=10)
+        # Wait for the held lines themselves: when no tick had written yet, there was no
+        # position to remove and "no positions" held before the lines were written.
+        async def kept() -> bool:
+            rows = len(_seqs(await _log_rows(store), "counter"))
+            return rows >= stored + held and await _no_positions(store)
+
+        await wait_for(kept, timeout_s=10)
         seqs = _seqs(await _log_rows(store), "counter")
         assert len(seqs) >= stored + held >= 20 and seqs == list(range(1, len(seqs) + 1))
     finally:
