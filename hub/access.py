@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from aiohttp import web
+
 from hub.errors import Forbidden
 from hub.selector import Op, Requirement, Selector, matches, parse
 
 ALL_SCOPE = "all"
-PRINCIPAL_KEY = "edgefleet.principal"  # the request key hub.route_access sets
 
 
 class Permission(StrEnum):
@@ -184,3 +185,7 @@ def check_selector(principal: Principal, permission: Permission, selector: Selec
         f"{scopes} for {permission.value}: add the scope's requirements "
         f"(e.g. {str(scope[0])!r}) to the selector"
     )
+
+
+# The request key hub.route_access sets to the authenticated caller.
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
