@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from edge_agent.errors import AgentError, ApplyFailed
+from edge_agent.errors import AgentError, ApplyFailed, RuntimeAdapterError
 from edge_agent.models import ContainerStatus, CurrentService, Health, Target
 from edge_agent.prom import Histogram
 from edge_agent.reconcile import (
@@ -35,6 +35,7 @@ from edge_agent.reconcile import (
     Step,
     StopStep,
     auth_for,
+    network_steps,
     plan,
 )
 
@@ -255,7 +256,25 @@ class _Apply:
         cid = step.container_id or self.created.get(step.service)
         if cid is None:
             raise ApplyFailed(f"no container of {step.service} to start", step=step)
-        await self.runtime.start(cid)
+        try:
+            await self.runtime.start(cid)
+        except RuntimeAdapterError as exc:
+            if not _network_gone(exc) or step.container_id is None:
+                raise
+            await self._rebuild_without_network(step.service, cid)
+
+    async def _rebuild_without_network(self, name: str, cid: str) -> None:
+        """A network the container joined was removed behind the agent's back (``docker
+        network prune``): the container can never start again. Create its networks again
+        and replace the container (named volumes are kept)."""
+        log.warning("a network of %s was removed outside the agent; recreating it", name)
+        service = next(s for s in self.target.services() if s.name == name)
+        for net in network_steps(self.target.release, [service]):
+            await self._create_network(net)
+        await self._removing(cid)
+        await self.runtime.remove(cid)
+        new = await self._create_service(name, CreateStep(service=service))
+        await self.runtime.start(new)
 
     async def _stop(self, step: Step) -> None:
         assert isinstance(step, StopStep)
@@ -572,3 +591,8 @@ def _images_of(target: Target) -> set[str]:
 
 def _future(times: Iterable[datetime], now: datetime) -> list[datetime]:
     return [t for t in times if t > now]
+
+
+def _network_gone(exc: RuntimeAdapterError) -> bool:
+    """Return whether the engine refused a start because a joined network is gone."""
+    return exc.status == 404 and "network" in exc.message and "not found" in exc.message

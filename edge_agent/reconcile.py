@@ -291,12 +291,12 @@ def plan(target: Target | None, current: Sequence[CurrentService], ctx: PlanCont
 
     ordered = [s for name in start_order(wanted) for s in chains.get(name, [])]
     built = [s.service for s in ordered if isinstance(s, CreateStep | RecreateStep)]
-    networks = _network_steps(target.release, built)
+    networks = network_steps(target.release, built)
     drops = _network_drops(target, current, ctx)
     return [*_pulls(built, ctx.images_present), *teardown, *networks, *ordered, *drops]
 
 
-def _network_steps(release: Release, built: Iterable[Service]) -> list[Step]:
+def network_steps(release: Release, built: Iterable[Service]) -> list[Step]:
     """Return the creation of every network a service about to be (re)created joins."""
     joined = sorted({n for svc in built for n in joined_networks(svc)})
     specs = release.networks

@@ -90,3 +90,29 @@ async def test_network_spec_change_under_a_release_name_is_refused(
 
 def test_agent_reports_the_networks_feature() -> None:
     assert "networks" in AGENT_FEATURES
+
+
+async def test_a_stopped_service_whose_network_was_pruned_is_rebuilt_and_runs(
+    runtime: DockerRuntime, docker: aiodocker.Docker, images: TestImages
+) -> None:
+    """`docker network prune` removed the network of a stopped container: starting it
+    failed with "network ... not found" forever, and the device rolled back (seen in the
+    demo after a prune). The agent now creates the network again and replaces the
+    container."""
+    release = Release(
+        name="app",
+        version="1",
+        services=[Service(name="web", image=images.local("good"), restart="always")],
+    )
+    reconciler = Reconciler(runtime)
+    reconciler.request(_target(runtime, release))
+    assert await reconciler.converge()
+    old = runtime.object_name("web")
+    await (await docker.containers.get(old)).stop(t=1)
+    old_id = (await (await docker.containers.get(old)).show())["Id"]
+    await (await docker.networks.get(runtime.network_name("app"))).delete()  # the prune
+
+    assert await reconciler.converge()
+    now = await (await docker.containers.get(old)).show()
+    assert now["Id"] != old_id and now["State"]["Running"], now["State"]
+    assert await runtime.list_networks() == ["app"]
