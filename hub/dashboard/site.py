@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.dashboard import activity, auth_pages, device_pages, fleet_pages
+from hub.dashboard import activity, auth_pages, device_pages, fleet_pages, view_cache
 
 
 def install(app: web.Application) -> None:
@@ -13,3 +13,4 @@ def install(app: web.Application) -> None:
     app.add_routes(fleet_pages.routes)
     app.add_routes(device_pages.routes)
     app[activity.ACTIVITY] = activity.ActivityCache()
+    app[view_cache.VIEWS] = view_cache.ViewCache()
