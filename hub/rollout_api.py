@@ -19,7 +19,7 @@ The engine (``hub.rollout_engine``) walks the stages; every change is audited.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -245,12 +245,27 @@ async def show_rollout(request: web.Request) -> web.Response:
 @described(body=ActionRequest, errors=(404, 409))
 async def act_on_rollout(request: web.Request) -> web.Response:
     """Pause, resume, abort or roll back a rollout by hand."""
+    rollout_id, action = request.match_info["rollout_id"], request.match_info["action"]
+
+    async def read() -> ActionRequest:
+        raw = await json_body(request)
+        return parse(ActionRequest, raw) if raw.strip() else ActionRequest()
+
+    return web.json_response(await perform_action(request, rollout_id, action, read))
+
+
+async def perform_action(
+    request: web.Request,
+    rollout_id: str,
+    action: str,
+    read: Callable[[], Awaitable[ActionRequest]],
+) -> dict[str, Any]:
+    """Run ``action`` on the rollout, audited (a refused ``read`` of the request too);
+    return the rollout's view. The API route and the dashboard's form both act here."""
     hub = ctx(request)
     engine = request.app[ENGINE]
-    rollout_id, action = request.match_info["rollout_id"], request.match_info["action"]
     async with audited(request, Permission.ROLLOUTS_WRITE, f"rollout.{action}", rollout_id) as act:
-        raw = await json_body(request)
-        req = parse(ActionRequest, raw) if raw.strip() else ActionRequest()
+        req = await read()
         async with engine.lock:
             loaded = await _rollout_or_404(hub, rollout_id)
             now = hub.now()
@@ -259,4 +274,8 @@ async def act_on_rollout(request: web.Request) -> web.Response:
             await apply(hub, loaded, decision, act.principal.name, now, [audit])
             loaded = await _rollout_or_404(hub, rollout_id)
     engine.wake()
-    return web.json_response(await _view(hub, loaded))
+    return await _view(hub, loaded)
+
+
+rollout_view = _view  # the dashboard's rollout page shows what the API answers
+rollout_summary = _summary

@@ -169,6 +169,12 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/devices"): _r(P.DEVICES_READ, Kind.LIST),
     ("GET", "/ui/devices/{device_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
     ("GET", "/ui/devices/{device_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
+    # dashboard part 2 (rollouts: as GET/POST /api/v1/rollouts/...)
+    ("GET", "/ui/rollouts"): _r(P.DEVICES_READ, Kind.LIST),
+    ("GET", "/ui/rollouts/{rollout_id}"): _r(P.DEVICES_READ, Kind.ROLLOUT),
+    ("GET", "/ui/rollouts/{rollout_id}/live"): _r(P.DEVICES_READ, Kind.ROLLOUT),
+    ("GET", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
+    ("POST", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
     # Prometheus: fleet-wide aggregates, so a read grant on every device (hub.prom_api)
     ("GET", "/metrics"): _r(P.DEVICES_READ, Kind.ADMIN),
 }
