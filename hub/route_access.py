@@ -175,6 +175,7 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/rollouts/{rollout_id}/live"): _r(P.DEVICES_READ, Kind.ROLLOUT),
     ("GET", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
     ("POST", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
+    ("GET", "/ui/drift"): _r(P.DEVICES_READ, Kind.LIST),  # as /api/v1/drift and /retired
     # Prometheus: fleet-wide aggregates, so a read grant on every device (hub.prom_api)
     ("GET", "/metrics"): _r(P.DEVICES_READ, Kind.ADMIN),
 }

@@ -8,6 +8,7 @@ from hub.dashboard import (
     activity,
     auth_pages,
     device_pages,
+    drift_pages,
     fleet_pages,
     rollout_pages,
     view_cache,
@@ -20,5 +21,6 @@ def install(app: web.Application) -> None:
     app.add_routes(fleet_pages.routes)
     app.add_routes(device_pages.routes)
     app.add_routes(rollout_pages.routes)
+    app.add_routes(drift_pages.routes)
     app[activity.ACTIVITY] = activity.ActivityCache()
     app[view_cache.VIEWS] = view_cache.ViewCache()
