@@ -176,6 +176,8 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
     ("POST", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
     ("GET", "/ui/drift"): _r(P.DEVICES_READ, Kind.LIST),  # as /api/v1/drift and /retired
+    ("GET", "/ui/audit"): _r(P.AUDIT_READ, Kind.LIST),  # as GET /api/v1/audit
+    ("GET", "/ui/audit/export"): _r(P.AUDIT_READ, Kind.LIST),
     # Prometheus: fleet-wide aggregates, so a read grant on every device (hub.prom_api)
     ("GET", "/metrics"): _r(P.DEVICES_READ, Kind.ADMIN),
 }

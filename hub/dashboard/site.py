@@ -6,6 +6,7 @@ from aiohttp import web
 
 from hub.dashboard import (
     activity,
+    audit_pages,
     auth_pages,
     device_pages,
     drift_pages,
@@ -22,5 +23,6 @@ def install(app: web.Application) -> None:
     app.add_routes(device_pages.routes)
     app.add_routes(rollout_pages.routes)
     app.add_routes(drift_pages.routes)
+    app.add_routes(audit_pages.routes)
     app[activity.ACTIVITY] = activity.ActivityCache()
     app[view_cache.VIEWS] = view_cache.ViewCache()
