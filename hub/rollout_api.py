@@ -136,10 +136,20 @@ async def _superseded(
 @described(body=RolloutSpec, status=201, errors=(404, 409))
 async def create_rollout(request: web.Request) -> web.Response:
     """Start a rollout; the engine issues its first stage at its next tick."""
+
+    async def read() -> RolloutSpec:
+        return parse(RolloutSpec, await json_body(request))
+
+    return web.json_response(await start(request, read), status=201)
+
+
+async def start(request: web.Request, read: Callable[[], Awaitable[RolloutSpec]]) -> dict[str, Any]:
+    """Start the rollout ``read`` returns, checked and audited; return its view. The API
+    route and the dashboard's form both start rollouts here."""
     hub = ctx(request)
     engine = request.app[ENGINE]
     async with audited(request, Permission.ROLLOUTS_WRITE, "rollout.start", "-") as act:
-        spec = parse(RolloutSpec, await json_body(request))
+        spec = await read()
         await check_rollout_spec(request, spec)
         act.target = rollout_id = "ro-" + uuid.uuid4().hex[:12]
         await _check_release(hub, spec.release)
@@ -166,7 +176,7 @@ async def create_rollout(request: web.Request) -> web.Response:
                 record, [(old, expected) for old, expected, _ in superseded], audits
             )
     engine.wake()
-    return web.json_response(await _view(hub, load(record)), status=201)
+    return await _view(hub, load(record))
 
 
 async def _view(hub: HubContext, loaded: Loaded) -> dict[str, Any]:

@@ -4,7 +4,7 @@
                            device, time and source; one page of
                            ``dashboard.page_size`` records in the API's order (oldest
                            first; ``cursor``: the previous page's next one)
-    GET /ui/audit/export   every matching record as a download: JSON Lines or CSV
+    GET /ui/audit/export.jsonl, .csv   every matching record as a download
 
 Both take the API's own query (``hub.audit_api.build_query``: the same parameters, the
 same 400s), read with the same store query, keep the same rows
@@ -21,27 +21,36 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from edge_agent.openapi import described
+from edge_agent.openapi import STRING, Query, described
 from hub.audit_api import AUDIT_QUERY, SOURCES, build_query, entry_view
 from hub.context import ctx
-from hub.dashboard.pages import HTML, choice_query, query_choice, render
+from hub.dashboard.pages import HTML, choice_query, render
 from hub.edgectl_audit import write
 from hub.route_access import visible_audit
 
 routes = web.RouteTableDef()
-EXPORT_FORMATS = ("jsonl", "csv")
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 FILTERS = ("actor", "action", "device", "since", "until", "source")
 
 
+# The search form sends every field; an empty one is no filter (declared as such below).
+PAGE_QUERY = (
+    *(q for q in AUDIT_QUERY if q.name not in FILTERS),
+    *(Query(name, STRING, "empty: no filter") for name in FILTERS if name != "source"),
+    choice_query("source", SOURCES, "empty: all"),
+)
+
+
 def _filled(request: web.Request) -> web.Request:
-    """Return the request without its empty parameters (a form sends every field)."""
-    kept = {k: v for k, v in request.query.items() if v.strip() and k != "format"}
+    """Return the request without its empty filters."""
+    kept = {
+        k: v for k, v in request.query.items() if k != "format" and (k not in FILTERS or v.strip())
+    }
     return request.clone(rel_url=request.rel_url.with_query(kept))
 
 
 @routes.get("/ui/audit")
-@described(query=AUDIT_QUERY, errors=(400, 404), media=HTML, tags=("dashboard",))
+@described(query=PAGE_QUERY, errors=(400, 404), media=HTML, tags=("dashboard",))
 async def audit(request: web.Request) -> web.Response:
     """Search the audit: one page of matching records, a link to the next, export links."""
     hub = ctx(request)
@@ -65,17 +74,23 @@ async def audit(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/ui/audit/export")
-@described(
-    query=(*AUDIT_QUERY, choice_query("format", EXPORT_FORMATS)),
-    errors=(400, 404),
-    media="text/csv",
-    tags=("dashboard",),
-)
-async def export(request: web.Request) -> web.StreamResponse:
-    """Download every matching record (JSON Lines, or CSV with edgectl's columns)."""
+@routes.get("/ui/audit/export.jsonl")
+@described(query=PAGE_QUERY, errors=(400, 404), media=MEDIA["jsonl"], tags=("dashboard",))
+async def export_jsonl(request: web.Request) -> web.StreamResponse:
+    """Download every matching record as JSON Lines (one record a line, as the API's)."""
+    return await export(request, "jsonl")
+
+
+@routes.get("/ui/audit/export.csv")
+@described(query=PAGE_QUERY, errors=(400, 404), media=MEDIA["csv"], tags=("dashboard",))
+async def export_csv(request: web.Request) -> web.StreamResponse:
+    """Download every matching record as CSV (the columns of edgectl audit --format csv)."""
+    return await export(request, "csv")
+
+
+async def export(request: web.Request, fmt: str) -> web.StreamResponse:
+    """Stream every matching record in ``fmt``, page by page (flat memory)."""
     hub = ctx(request)
-    fmt = query_choice(request, "format", EXPORT_FORMATS) or "jsonl"
     query = await build_query(_filled(request), hub)
     response = web.StreamResponse(
         headers={

@@ -1,6 +1,7 @@
 """Rollouts in the dashboard: the list, one rollout's stages, and its actions.
 
-    GET  /ui/rollouts                       the rollouts the viewer may see
+    GET  /ui/rollouts                       the rollouts the viewer may see (and a form)
+    POST /ui/rollouts                       start one: release, group, stages, soak (CSRF)
     GET  /ui/rollouts/{id}                  stages with progress bars (live part polled)
     GET  /ui/rollouts/{id}/live             that live part alone (short polling)
     GET  /ui/rollouts/{id}/{action}         the confirmation step: what will happen
@@ -8,7 +9,8 @@
 
 Each has the permission and scope kind of its API twin in ``hub.route_access.ROUTES``;
 an action runs the API's own code (``hub.rollout_api.perform_action``), so it is checked,
-refused and audited exactly as ``POST /api/v1/rollouts/{id}/{action}``.
+refused and audited exactly as ``POST /api/v1/rollouts/{id}/{action}``; a start runs
+``hub.rollout_api.start`` as ``POST /api/v1/rollouts`` does.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from hub.dashboard.auth_pages import see_other
 from hub.dashboard.pages import HTML, render
 from hub.dashboard.session import read_form
 from hub.errors import NotFound
+from hub.operator_calls import json_body
 from hub.rollout_api import (
     MAX_REASON,
     ActionRequest,
     perform_action,
     rollout_summary,
     rollout_view,
+    start,
 )
 from hub.rollout_engine import load
-from hub.route_access import visible_rollouts
+from hub.rollout_models import RolloutSpec
+from hub.route_access import visible_groups, visible_rollouts
 from hub.wire import parse
 
 routes = web.RouteTableDef()
@@ -59,9 +64,29 @@ async def _view(request: web.Request) -> dict[str, Any]:
 @described(media=HTML, tags=("dashboard",))
 async def rollouts(request: web.Request) -> web.Response:
     """List the rollouts the viewer may see, newest first."""
-    records = await visible_rollouts(request, await ctx(request).store.list_rollouts())
+    hub = ctx(request)
+    records = await visible_rollouts(request, await hub.store.list_rollouts())
     rows = [rollout_summary(load(r)) for r in reversed(records)]
-    return render(request, "rollouts.html", title="Rollouts", rows=rows)
+    groups = [g.name for g in visible_groups(request, await hub.store.list_groups())]
+    return render(request, "rollouts.html", title="Rollouts", rows=rows, groups=groups)
+
+
+START_FIELDS = ("release", "group", "stages", "soak_s")
+
+
+@routes.post("/ui/rollouts")
+@described(body=RolloutSpec, status=303, errors=(400, 404, 409), media=HTML, tags=("dashboard",))
+async def start_rollout(request: web.Request) -> web.StreamResponse:
+    """Start a rollout from the form (the API's code: same checks, same audit)."""
+
+    async def read() -> RolloutSpec:
+        if request.content_type == "application/json":  # a script's body, as the API takes
+            return parse(RolloutSpec, await json_body(request))
+        form = await read_form(request)
+        return parse(RolloutSpec, {k: form[k] for k in START_FIELDS if form.get(k, "").strip()})
+
+    view = await start(request, read)
+    return see_other(f"/ui/rollouts/{view['id']}")
 
 
 @routes.get("/ui/rollouts/{rollout_id}")

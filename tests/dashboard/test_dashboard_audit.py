@@ -52,7 +52,7 @@ async def test_audit_search_pages_and_exports_what_the_api_lists(
     query = "action=device.enroll"
     expected = await _api_ids(world, query)
     assert len(expected) == 5
-    jsonl = await page.request.get(f"{hub.url}/ui/audit/export?{query}&format=jsonl")
+    jsonl = await page.request.get(f"{hub.url}/ui/audit/export.jsonl?{query}")
     assert jsonl.status == 200 and "ndjson" in jsonl.headers["content-type"]
     lines = [json.loads(line) for line in (await jsonl.text()).splitlines()]
     assert [r["id"] for r in lines] == expected

@@ -34,19 +34,29 @@ async def _confirm(page: Page, action: str, reason: str) -> None:
     await page.click("[data-testid=confirm]")
 
 
-async def test_a_rollout_is_paused_and_aborted_from_its_page_after_a_confirmation(
+async def test_a_rollout_is_started_paused_and_aborted_from_the_pages(
     world: World, page: Page
 ) -> None:
     hub = world.hub
-    rollout = await _rollout(hub, "1")
-    rid = rollout["id"]
+    doc = {"name": "dashapp", "version": "0", "services": [{"name": "web", "image": IMAGE}]}
+    await ok(hub, "POST", "/api/v1/releases", {"release": doc})
     await sign_in(page, hub, hub.admin_token, "/ui/rollouts")
-    await expect(page.locator(f"[data-testid=status-{rid}]")).to_have_text("running")
-    await shot(page, "rollouts")
-    await page.click(f"a[href='/ui/rollouts/{rid}']")
+    await page.click("text=Start a rollout")
+    await page.fill("input[name=release]", "dashapp@0")
+    await page.select_option("select[name=group]", "berlin")
+    await page.fill("input[name=stages]", "1,100%")
+    await page.click("[data-testid=start]")
+    await expect(page.locator("[data-testid=rollout-status]")).to_have_text("running")
+    rid = page.url.rsplit("/", 1)[1]
+    started = await ok(hub, "GET", f"/api/v1/rollouts/{rid}")
+    assert (started["release"], started["group"], started["members"]) == ("dashapp@0", "berlin", 3)
     await expect(page.locator("[data-testid=stage-0]")).to_contain_text("Stage 1 (1)")
     await expect(page.locator("[data-testid=stage-1]")).to_contain_text("Stage 2 (100%)")
     await shot(page, "rollout")
+    await goto(page, hub.url + "/ui/rollouts")
+    await expect(page.locator(f"[data-testid=status-{rid}]")).to_have_text("running")
+    await shot(page, "rollouts")
+    await page.click(f"a[href='/ui/rollouts/{rid}']")
 
     await page.click("[data-testid=action-pause]")  # the confirmation step changes nothing
     await expect(page.locator("[data-testid=effect]")).to_contain_text("No new devices")
@@ -66,6 +76,8 @@ async def test_a_rollout_is_paused_and_aborted_from_its_page_after_a_confirmatio
         for e in (await ok(hub, "GET", f"/api/v1/audit?action={action}&limit=500"))["audit"]
         if e["target"] == rid
     }
+    starts = (await ok(hub, "GET", "/api/v1/audit?action=rollout.start&limit=500"))["audit"]
+    assert any(e["target"] == rid and e["actor"] == "admin" for e in starts)
     assert ("rollout.pause", "admin", "checking the kiosks") in done
     assert ("rollout.abort", "admin", "wrong release") in done
 
@@ -92,6 +104,9 @@ async def test_a_viewer_sees_no_rollout_action_and_is_refused_posting_one(
     await sign_in(page, hub, world.viewer_token, f"/ui/rollouts/{rid}")
     await expect(page.locator("[data-testid=rollout-status]")).to_have_text("running")
     assert await page.locator("[data-testid^=action-]").count() == 0
+    await goto(page, f"{hub.url}/ui/rollouts")
+    assert await page.locator("[data-testid=start-form]").count() == 0
+    await goto(page, f"{hub.url}/ui/rollouts/{rid}")
     csrf = await page.get_attribute("input[name=csrf]", "value")
     answer = await page.request.post(
         f"{hub.url}/ui/rollouts/{rid}/abort",
