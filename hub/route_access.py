@@ -180,6 +180,8 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/audit"): _r(P.AUDIT_READ, Kind.LIST),  # as GET /api/v1/audit
     ("GET", "/ui/audit/export.jsonl"): _r(P.AUDIT_READ, Kind.LIST),
     ("GET", "/ui/audit/export.csv"): _r(P.AUDIT_READ, Kind.LIST),
+    ("GET", "/ui/releases"): _r(P.RELEASES_READ, Kind.GLOBAL),  # as GET /api/v1/releases
+    ("GET", "/ui/groups"): _r(P.DEVICES_READ, Kind.LIST),  # as GET /api/v1/groups
     # Prometheus: fleet-wide aggregates, so a read grant on every device (hub.prom_api)
     ("GET", "/metrics"): _r(P.DEVICES_READ, Kind.ADMIN),
 }

@@ -8,6 +8,7 @@ from hub.dashboard import (
     activity,
     audit_pages,
     auth_pages,
+    catalog_pages,
     device_pages,
     drift_pages,
     fleet_pages,
@@ -24,5 +25,6 @@ def install(app: web.Application) -> None:
     app.add_routes(rollout_pages.routes)
     app.add_routes(drift_pages.routes)
     app.add_routes(audit_pages.routes)
+    app.add_routes(catalog_pages.routes)
     app[activity.ACTIVITY] = activity.ActivityCache()
     app[view_cache.VIEWS] = view_cache.ViewCache()

@@ -1,7 +1,8 @@
 """The drift and retired page in a real Chromium against a real hub: devices (the real
 sync protocol over mutual TLS) report their host containers against a release pinned by
 the real registry, which is then retired; the page, one click from the overview, shows
-what the API answers, and only what the viewer's scope holds."""
+what the API answers, and only what the viewer's scope holds; the releases page flags
+the retired release with its holders, the groups page shows members as the API counts."""
 
 from __future__ import annotations
 
@@ -70,6 +71,24 @@ async def test_drift_page_one_click_from_the_overview_shows_the_apis_answer(
     await expect(retired).to_contain_text("CVE-1")
     await expect(retired).to_contain_text(good.device_id)  # still runs the retired digest
     await shot(page, "drift")
+
+    await page.click("nav >> text=Releases")  # the retired release flagged, its holders
+    row = page.locator("[data-testid='release-driftapp@1']")
+    await expect(row).to_contain_text("retired")
+    await expect(row).to_contain_text("CVE-1")
+    holders = await ok(hub, "GET", "/api/v1/retired")
+    (held,) = [r["devices"] for r in holders["releases"] if r["ref"] == "driftapp@1"]
+    await expect(page.locator("[data-testid='holders-driftapp@1']")).to_contain_text(
+        f"{len(held)} devices still hold it"
+    )
+    await shot(page, "releases")
+    await page.click("nav >> text=Groups")
+    groups = {g["name"]: g for g in (await ok(hub, "GET", "/api/v1/groups"))["groups"]}
+    await expect(page.locator("[data-testid=members-berlin]")).to_have_text(
+        str(groups["berlin"]["member_count"])
+    )
+    await expect(page.locator("[data-testid=group-berlin]")).to_contain_text("site=berlin")
+    await shot(page, "groups")
 
     viewer = await page.context.browser.new_context(ignore_https_errors=True)  # type: ignore[union-attr]
     try:
