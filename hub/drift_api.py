@@ -65,6 +65,12 @@ def _report_view(report: HostReport | None) -> dict[str, Any]:
 async def list_drift(request: web.Request) -> web.Response:
     """List the devices that differ from their target, with what differs."""
     principal(request, Permission.DEVICES_READ)
+    return web.json_response(await drift_report(request))
+
+
+async def drift_report(request: web.Request) -> dict[str, Any]:
+    """Return the drift answer for the caller's scope (the API's body; the dashboard's
+    drift page shows the same)."""
     hub = ctx(request)
     now = hub.now()
     stale_after_s = hub.config.fleet.stale_after_s
@@ -85,8 +91,7 @@ async def list_drift(request: web.Request) -> web.Response:
                     "differences": found,
                 }
             )
-    body = {"devices": devices, "not_reported": unreported, "stale_after_s": stale_after_s}
-    return web.json_response(body)
+    return {"devices": devices, "not_reported": unreported, "stale_after_s": stale_after_s}
 
 
 async def _retired_releases(hub: HubContext) -> list[ReleaseRecord]:
@@ -143,7 +148,12 @@ def _release_row(release: ReleaseRecord, devices: list[dict[str, Any]]) -> dict[
 async def list_retired(request: web.Request) -> web.Response:
     """List every retired release with the devices still holding it, and since when."""
     principal(request, Permission.DEVICES_READ)
+    return web.json_response(await retired_report(request))
+
+
+async def retired_report(request: web.Request) -> dict[str, Any]:
+    """Return the retired answer for the caller's scope (the API's body and the page's)."""
     hub = ctx(request)
     facts = [f for _, f in keep_in_scope(request, await _facts(hub), lambda p: p[0].tags)]
     releases = [_release_row(r, _holders(r, facts)) for r in await _retired_releases(hub)]
-    return web.json_response({"releases": releases})
+    return {"releases": releases}

@@ -19,7 +19,7 @@ The engine (``hub.rollout_engine``) walks the stages; every change is audited.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -140,10 +140,20 @@ async def _superseded(
 @described(body=RolloutSpec, status=201, errors=(404, 409))
 async def create_rollout(request: web.Request) -> web.Response:
     """Start a rollout; the engine issues its first stage at its next tick."""
+
+    async def read() -> RolloutSpec:
+        return parse(RolloutSpec, await json_body(request))
+
+    return web.json_response(await start(request, read), status=201)
+
+
+async def start(request: web.Request, read: Callable[[], Awaitable[RolloutSpec]]) -> dict[str, Any]:
+    """Start the rollout ``read`` returns, checked and audited; return its view. The API
+    route and the dashboard's form both start rollouts here."""
     hub = ctx(request)
     engine = request.app[ENGINE]
     async with audited(request, Permission.ROLLOUTS_WRITE, "rollout.start", "-") as act:
-        spec = parse(RolloutSpec, await json_body(request))
+        spec = await read()
         await check_rollout_spec(request, spec)
         act.target = rollout_id = "ro-" + uuid.uuid4().hex[:12]
         await _check_release(hub, spec.release)
@@ -170,7 +180,7 @@ async def create_rollout(request: web.Request) -> web.Response:
                 record, [(old, expected) for old, expected, _ in superseded], audits
             )
     engine.wake()
-    return web.json_response(await _view(hub, load(record)), status=201)
+    return await _view(hub, load(record))
 
 
 async def _view(hub: HubContext, loaded: Loaded) -> dict[str, Any]:
@@ -254,12 +264,27 @@ async def show_rollout(request: web.Request) -> web.Response:
 @described(body=ActionRequest, errors=(404, 409))
 async def act_on_rollout(request: web.Request) -> web.Response:
     """Pause, resume, abort or roll back a rollout by hand."""
+    rollout_id, action = request.match_info["rollout_id"], request.match_info["action"]
+
+    async def read() -> ActionRequest:
+        raw = await json_body(request)
+        return parse(ActionRequest, raw) if raw.strip() else ActionRequest()
+
+    return web.json_response(await perform_action(request, rollout_id, action, read))
+
+
+async def perform_action(
+    request: web.Request,
+    rollout_id: str,
+    action: str,
+    read: Callable[[], Awaitable[ActionRequest]],
+) -> dict[str, Any]:
+    """Run ``action`` on the rollout, audited (a refused ``read`` of the request too);
+    return the rollout's view. The API route and the dashboard's form both act here."""
     hub = ctx(request)
     engine = request.app[ENGINE]
-    rollout_id, action = request.match_info["rollout_id"], request.match_info["action"]
     async with audited(request, Permission.ROLLOUTS_WRITE, f"rollout.{action}", rollout_id) as act:
-        raw = await json_body(request)
-        req = parse(ActionRequest, raw) if raw.strip() else ActionRequest()
+        req = await read()
         async with engine.lock:
             loaded = await _rollout_or_404(hub, rollout_id)
             now = hub.now()
@@ -268,4 +293,8 @@ async def act_on_rollout(request: web.Request) -> web.Response:
             await apply(hub, loaded, decision, act.principal.name, now, [audit])
             loaded = await _rollout_or_404(hub, rollout_id)
     engine.wake()
-    return web.json_response(await _view(hub, loaded))
+    return await _view(hub, loaded)
+
+
+rollout_view = _view  # the dashboard's rollout page shows what the API answers
+rollout_summary = _summary

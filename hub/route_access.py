@@ -170,6 +170,19 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/devices"): _r(P.DEVICES_READ, Kind.LIST),
     ("GET", "/ui/devices/{device_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
     ("GET", "/ui/devices/{device_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
+    # dashboard part 2 (rollouts: as GET/POST /api/v1/rollouts/...)
+    ("GET", "/ui/rollouts"): _r(P.DEVICES_READ, Kind.LIST),
+    ("POST", "/ui/rollouts"): _r(P.ROLLOUTS_WRITE, Kind.SELECTOR),  # the form's group
+    ("GET", "/ui/rollouts/{rollout_id}"): _r(P.DEVICES_READ, Kind.ROLLOUT),
+    ("GET", "/ui/rollouts/{rollout_id}/live"): _r(P.DEVICES_READ, Kind.ROLLOUT),
+    ("GET", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
+    ("POST", "/ui/rollouts/{rollout_id}/{action}"): _r(P.ROLLOUTS_WRITE, Kind.ROLLOUT),
+    ("GET", "/ui/drift"): _r(P.DEVICES_READ, Kind.LIST),  # as /api/v1/drift and /retired
+    ("GET", "/ui/audit"): _r(P.AUDIT_READ, Kind.LIST),  # as GET /api/v1/audit
+    ("GET", "/ui/audit/export.jsonl"): _r(P.AUDIT_READ, Kind.LIST),
+    ("GET", "/ui/audit/export.csv"): _r(P.AUDIT_READ, Kind.LIST),
+    ("GET", "/ui/releases"): _r(P.RELEASES_READ, Kind.GLOBAL),  # as GET /api/v1/releases
+    ("GET", "/ui/groups"): _r(P.DEVICES_READ, Kind.LIST),  # as GET /api/v1/groups
     # Prometheus: fleet-wide aggregates, so a read grant on every device (hub.prom_api)
     ("GET", "/metrics"): _r(P.DEVICES_READ, Kind.ADMIN),
 }

@@ -26,10 +26,10 @@ from hub.dashboard.pages import (
     render,
 )
 from hub.dashboard.plots import bar_chart
+from hub.dashboard.view_cache import VIEWS
 from hub.errors import InvalidSelector, NotFound
 from hub.fleet import Connectivity, Drift
-from hub.operator_api import device_view
-from hub.route_access import visible_devices, visible_groups
+from hub.route_access import keep_in_scope, visible_groups
 from hub.selector import Selector, parse
 
 routes = web.RouteTableDef()
@@ -51,12 +51,11 @@ DEVICES_QUERY = (
 
 
 async def scoped_views(request: web.Request) -> list[dict[str, Any]]:
-    """Return the API's views of the devices the viewer may read."""
+    """Return the API's views of the devices the viewer may read (built once per device
+    change, shared by every viewer: ``hub.dashboard.view_cache``)."""
     hub = ctx(request)
-    now = hub.now()
-    return [
-        device_view(hub, d, now) for d in visible_devices(request, await hub.store.list_devices())
-    ]
+    views = request.app[VIEWS].views(hub, await hub.store.list_devices(), hub.now())
+    return keep_in_scope(request, views, lambda v: v["tags"])
 
 
 @routes.get("/ui/")

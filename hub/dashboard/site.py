@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.dashboard import activity, auth_pages, device_pages, fleet_pages
+from hub.dashboard import (
+    activity,
+    audit_pages,
+    auth_pages,
+    catalog_pages,
+    device_pages,
+    drift_pages,
+    fleet_pages,
+    rollout_pages,
+    view_cache,
+)
 
 
 def install(app: web.Application) -> None:
@@ -12,4 +22,9 @@ def install(app: web.Application) -> None:
     app.add_routes(auth_pages.routes)
     app.add_routes(fleet_pages.routes)
     app.add_routes(device_pages.routes)
+    app.add_routes(rollout_pages.routes)
+    app.add_routes(drift_pages.routes)
+    app.add_routes(audit_pages.routes)
+    app.add_routes(catalog_pages.routes)
     app[activity.ACTIVITY] = activity.ActivityCache()
+    app[view_cache.VIEWS] = view_cache.ViewCache()

@@ -127,7 +127,7 @@ def expected(access: RouteAccess, caller: str, side: str) -> set[int] | None:
 def _body(method: str, path: str, side_params: dict[str, str]) -> Any:
     if method in ("GET", "HEAD"):
         return None
-    if path == "/api/v1/rollouts":  # the selector decides: in or out of the scope
+    if path in ("/api/v1/rollouts", "/ui/rollouts"):  # the selector decides: in or out
         return {"release": "missing@0", "selector": side_params["selector"]}
     return {"not-a-field": True}  # refused by the handler after the access checks
 
