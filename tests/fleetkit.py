@@ -58,7 +58,8 @@ async def retire(agent: AgentProcess, docker: aiodocker.Docker) -> None:
     """Stop the agent, remove its socket dir and every engine object of its device."""
     await agent.stop()
     agent.cleanup()
-    device = device_of(agent)
+    # A hub-enrolled agent's id is in identity.json; a standalone one was given its id.
+    device = device_of(agent) or agent.device_id
     if device is not None:
         await docker_env.cleanup_device(docker, device)
 
