@@ -209,10 +209,15 @@ async def test_crash_is_restarted_with_growing_backoff(
     events = outbox_events(agent)
     assert any(e.get("action") == "die" and e.get("service") == "crashy" for e in events)
     assert is_running(bystander)
-    # Each restart is the agent's own decision: in its audit chain, with why.
-    code, audit = await agent.call("GET", "/v1/audit?limit=1000")
-    restarts = [a for a in audit if a["action"] == "service.restart" and a["actor"] == "agent"]
-    assert code == 200 and len(restarts) >= 4, audit
+
+    # Each restart is the agent's own decision: in its audit chain, with why (written
+    # just after the restart: waited for, not read at once).
+    async def audited_restarts() -> list[dict[str, Any]]:
+        _, audit = await agent.call("GET", "/v1/audit?limit=1000")
+        found = [a for a in audit if a["action"] == "service.restart" and a["actor"] == "agent"]
+        return found if len(found) >= 4 else []
+
+    restarts = await docker_env.wait_for(audited_restarts, timeout_s=30)
     assert {a["object"] for a in restarts} == {"service:crashy"}, restarts
 
 
