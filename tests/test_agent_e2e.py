@@ -483,7 +483,9 @@ async def test_pull_failure_is_recorded_as_such_and_retried(
         fail = [a for a in audit if a["action"] == "target.fail"]
         assert fail and json.loads(fail[0]["detail"])["cause"] == "pull", audit
         proxy.set_mode("pass")  # the registry is reachable again: the retry succeeds
-        st = await wait_status(agent, lambda s: s["rollout_state"] == "good", 60)
+        # good and running it: the status may say good a moment before it names the seq
+        good = lambda s: s["rollout_state"] == "good" and s.get("running_local_seq") == 1  # noqa: E731
+        st = await wait_status(agent, good, 60)
         assert st["running_local_seq"] == 1 and _target_state(agent, 1) == "good"
     finally:
         await proxy.close()
