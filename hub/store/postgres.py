@@ -29,7 +29,11 @@ from hub.store import HubStore
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit, migrate
 from hub.store.pg_groups import PgGroupsMixin
+from hub.store.pg_policies import PgPoliciesMixin
+from hub.store.pg_releases import PgReleasesMixin
+from hub.store.pg_rollouts import PgRolloutsMixin
 from hub.store.pg_sync import ingest
+from hub.store.pg_trust import PgTrustMixin
 from hub.store.records import (
     AuditRecord,
     CertLineage,
@@ -52,7 +56,7 @@ def missing_methods() -> list[str]:
     return sorted(m for m in HubStore.__abstractmethods__ if not hasattr(PostgresStore, m))
 
 
-class PostgresStore(PgGroupsMixin):
+class PostgresStore(PgGroupsMixin, PgReleasesMixin, PgRolloutsMixin, PgTrustMixin, PgPoliciesMixin):
     """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
 
     def __init__(self, url: str, *, pool_min: int = 1, pool_max: int = 10) -> None:
