@@ -5,10 +5,10 @@ arrive through sync (``pg_ingest_side.observe_actions``). Across hub processes:
 
 - ``add_actions`` takes a transaction advisory lock per device (in device order, so two
   writers never wait on each other crosswise): the ``max_queued`` bound holds.
-- ``take_actions`` marks what it picks with one ``UPDATE ... WHERE id IN (SELECT ... FOR
-  UPDATE SKIP LOCKED)``: two processes taking for one device at once deliver each action
-  once (a row another process is taking is skipped; one it took is no longer pickable
-  when the lock is released, as PostgreSQL re-checks the condition on the new row).
+- ``take_actions`` picks with ``SELECT ... FOR UPDATE SKIP LOCKED`` and marks what it
+  picked in the same statement: two processes taking for one device at once deliver each
+  action once (a row another process is taking is skipped; one it took is no longer
+  pickable once committed, as PostgreSQL re-checks the condition on the new row).
 """
 
 from __future__ import annotations
@@ -155,15 +155,16 @@ class PgActionsMixin:
             return []  # the common sync: one indexed read, no write
         async with self._tx() as conn:
             await _expire(conn, at, device_id)
+            # The rows as picked (before the update), as SQLite's take_actions returns them.
             found = await conn.fetch(
-                "UPDATE actions SET state = 'delivered', state_at = $2, delivered_at = $2 "
-                f"WHERE id IN (SELECT id {PICK} ORDER BY created_at, id LIMIT $4 "
-                f"FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}",
+                f"WITH picked AS (SELECT {COLUMNS} {PICK} ORDER BY created_at, id LIMIT $4 "
+                "FOR UPDATE SKIP LOCKED), marked AS (UPDATE actions SET state = 'delivered', "
+                "state_at = $2, delivered_at = $2 FROM picked WHERE actions.id = picked.id) "
+                "SELECT * FROM picked ORDER BY created_at, id",
                 *args,
                 limit,
             )
-        taken = [_record(tuple(r)) for r in found]
-        return sorted(taken, key=lambda r: (rows.ts(r.created_at), r.id))
+        return [_record(tuple(r)) for r in found]
 
     async def has_queued_actions(self, device_id: str, now: datetime) -> bool:
         """Return whether an unexpired action waits to be delivered to the device."""
