@@ -182,4 +182,122 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        5,
+        "side records of sync (device audit chain, metrics, action results and parts, host "
+        "reports), technician tokens, queued actions (SQLite 8, 10, 11, 12, 14, 15)",
+        [
+            """CREATE TABLE host_reports (
+                device_id TEXT PRIMARY KEY REFERENCES devices(id),
+                containers TEXT NOT NULL,
+                total BIGINT NOT NULL,
+                reported_at TEXT NOT NULL
+            )""",
+            # At most HOST_CONTAINERS_MAX digests + 1 release per device: keys no longer
+            # reported are deleted with each report.
+            """CREATE TABLE host_sightings (
+                device_id TEXT NOT NULL REFERENCES devices(id),
+                key TEXT NOT NULL,
+                first_seen TEXT NOT NULL,
+                PRIMARY KEY (device_id, key)
+            )""",
+            # Device audit records as they arrive (hub.device_audit); (device_id, seq) is the
+            # entry's hub seq: a re-delivery is ignored. feed_after: the hub audit id that was
+            # last when it arrived (taken under the audit lock, see pg_ingest_side).
+            """CREATE TABLE device_audit (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                device_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                record_id BIGINT NOT NULL,
+                at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                object TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                broken TEXT,
+                feed_after BIGINT NOT NULL,
+                UNIQUE (device_id, seq)
+            )""",
+            "CREATE INDEX device_audit_by_device ON device_audit (device_id, id)",
+            "CREATE INDEX device_audit_feed ON device_audit (feed_after, id)",
+            """CREATE TABLE device_audit_chain (
+                device_id TEXT PRIMARY KEY,
+                last_id BIGINT NOT NULL,
+                last_hash TEXT NOT NULL,
+                verified BIGINT NOT NULL DEFAULT 0,
+                unverifiable BIGINT NOT NULL DEFAULT 0,
+                broken_id BIGINT,
+                broken_at TEXT,
+                broken_reason TEXT,
+                breaks BIGINT NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE technician_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                issued_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                revoked_at TEXT,
+                revoked_by TEXT
+            )""",
+            "CREATE INDEX technician_tokens_expiry ON technician_tokens (expires_at)",
+            """CREATE TABLE actions (
+                id TEXT PRIMARY KEY,
+                device_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                args TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                signed TEXT NOT NULL,
+                state TEXT NOT NULL,
+                state_at TEXT NOT NULL,
+                delivered_at TEXT,
+                received_at TEXT,
+                reason TEXT,
+                result TEXT,
+                group_name TEXT
+            )""",
+            "CREATE INDEX actions_device_state ON actions (device_id, state, created_at)",
+            "CREATE INDEX actions_created ON actions (created_at)",
+            "CREATE INDEX actions_state_at ON actions (state, state_at)",
+            # (device_id, seq) is the entry's hub seq: a re-delivered sample is ignored.
+            """CREATE TABLE device_metrics (
+                device_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                sample TEXT NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            )""",
+            """CREATE TABLE device_metrics_state (
+                device_id TEXT PRIMARY KEY,
+                high_seq BIGINT NOT NULL DEFAULT 0,
+                held BIGINT NOT NULL DEFAULT 0,
+                trimmed BIGINT NOT NULL DEFAULT 0,
+                oversize BIGINT NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE action_parts (
+                action_id TEXT NOT NULL,
+                part_no BIGINT NOT NULL,
+                received_at TEXT NOT NULL,
+                lines TEXT NOT NULL,
+                n_lines BIGINT NOT NULL,
+                n_bytes BIGINT NOT NULL,
+                PRIMARY KEY (action_id, part_no)
+            )""",
+            """CREATE TABLE action_part_totals (
+                action_id TEXT PRIMARY KEY,
+                parts BIGINT NOT NULL DEFAULT 0,
+                lines BIGINT NOT NULL DEFAULT 0,
+                bytes BIGINT NOT NULL DEFAULT 0,
+                cut_lines BIGINT NOT NULL DEFAULT 0
+            )""",
+        ],
+    ),
 ]

@@ -5,7 +5,9 @@ offset; a new store generation (epoch) gets seqs above everything held for the d
 acked_seq only grows. The device row is locked (``FOR UPDATE``) for the transaction, so
 batches of one device arriving at several hub processes at once are applied one after
 the other; entries go in with one multi-row ``INSERT ... SELECT FROM unnest(...) ON
-CONFLICT DO NOTHING`` (a duplicate batch inserts nothing and acks the same).
+CONFLICT DO NOTHING`` (a duplicate batch inserts nothing and acks the same). The side
+records a batch carries (device audit chain, metrics samples, action results and parts,
+the host container report) are written in the same transaction (``pg_ingest_side``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hub.errors import Forbidden, InvalidRequest
 from hub.fleet import STATUS_FIELDS
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import dollar
+from hub.store.pg_ingest_side import SideBounds, observe_batch, save_host_report
 from hub.store.records import EntryRow, SyncBatch
 from hub.store.sqlite import _applied_revision, _SeqSpace, _status_update
 
@@ -31,7 +34,11 @@ INSERT_EVENTS = (
 
 
 async def ingest(
-    conn: asyncpg.Connection, device_id: str, batch: SyncBatch, now: datetime
+    conn: asyncpg.Connection,
+    device_id: str,
+    batch: SyncBatch,
+    now: datetime,
+    bounds: SideBounds | None = None,
 ) -> tuple[int, int, bool, int]:
     """Apply one batch in the caller's transaction; return (acked, target rev, full, inserted)."""
     received = rows.ts(now)
@@ -49,6 +56,15 @@ async def ingest(
     current, position = rest[: len(STATUS_FIELDS)], rest[len(STATUS_FIELDS) :]
     space = await _seq_space(conn, device_id, batch.epoch, position)
     inserted = await _insert_entries(conn, device_id, space, batch.entries, received)
+    await observe_batch(
+        conn,
+        device_id,
+        batch.entries,
+        space.offset,
+        space.floor,
+        received,
+        bounds or SideBounds(),
+    )
     sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
     args: list[Any] = [received, _applied_revision(batch), batch.protocol]
     if batch.features is not None:
@@ -65,6 +81,8 @@ async def ingest(
     await conn.execute(
         f"UPDATE devices SET {', '.join(clauses)} WHERE id = ${len(args) + 1}", *args, device_id
     )
+    if batch.status is not None:
+        await save_host_report(conn, device_id, batch.status, received)
     return space.acked, target_revision, bool(has_full), inserted
 
 
@@ -106,7 +124,7 @@ async def _insert_entries(
             fields=[{"field": "entries", "message": "seq out of range"}],
         )
     inserted = 0
-    # metrics samples are kept apart in SQLite (sqlite_metrics); not stored here yet
+    # metrics samples are kept apart, bounded per device (pg_ingest_side.save_metrics)
     kept = [e for e in fresh if e[1] != "metrics"]
     if kept:
         status = await conn.execute(

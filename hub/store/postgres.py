@@ -7,9 +7,10 @@ chain is serialized by an advisory lock (``pg_core.insert_audit``).
 
 NOT YET the whole ``HubStore``: ``missing_methods()`` lists the interface methods this class
 does not have, and ``open_store`` refuses a postgresql URL while any are missing (no
-half-working hub). ``ingest_sync`` stores entries, acks, status and features; the side
-records SQLite's ingest also derives from a batch (device audit chain, metrics samples,
-action results and parts, host container reports) are not written here yet.
+half-working hub). ``ingest_sync`` stores entries, acks, status and features, and in the
+same transaction the side records SQLite's ingest derives from a batch (device audit
+chain, metrics samples, action results and parts, host container reports:
+``pg_ingest_side``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ from hub.errors import Conflict, Forbidden, NotFound, StoreError
 from hub.fleet import is_target_newer
 from hub.store import HubStore
 from hub.store import sqlite_rows as rows
+from hub.store.pg_actions import PgActionsMixin
+from hub.store.pg_audit import PgAuditMixin
 from hub.store.pg_core import insert_audit, migrate
 from hub.store.pg_groups import PgGroupsMixin
+from hub.store.pg_ingest_side import PgIngestSideMixin
+from hub.store.pg_metrics import PgMetricsMixin
 from hub.store.pg_policies import PgPoliciesMixin
 from hub.store.pg_releases import PgReleasesMixin
+from hub.store.pg_retention import PgRetentionMixin
 from hub.store.pg_rollouts import PgRolloutsMixin
+from hub.store.pg_stats import PgStatsMixin
 from hub.store.pg_sync import ingest
+from hub.store.pg_technicians import PgTechniciansMixin
 from hub.store.pg_trust import PgTrustMixin
 from hub.store.records import (
     AuditRecord,
@@ -46,6 +54,7 @@ from hub.store.records import (
     SyncResult,
     TargetRecord,
 )
+from hub.store.sqlite_metrics import MetricsBound
 
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = $1"
 SELECT_TOKEN = f"SELECT {rows.TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1"
@@ -56,11 +65,32 @@ def missing_methods() -> list[str]:
     return sorted(m for m in HubStore.__abstractmethods__ if not hasattr(PostgresStore, m))
 
 
-class PostgresStore(PgGroupsMixin, PgReleasesMixin, PgRolloutsMixin, PgTrustMixin, PgPoliciesMixin):
+class PostgresStore(
+    PgGroupsMixin,
+    PgIngestSideMixin,
+    PgAuditMixin,
+    PgTechniciansMixin,
+    PgMetricsMixin,
+    PgActionsMixin,
+    PgRetentionMixin,
+    PgStatsMixin,
+    PgReleasesMixin,
+    PgRolloutsMixin,
+    PgTrustMixin,
+    PgPoliciesMixin,
+):
     """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
 
-    def __init__(self, url: str, *, pool_min: int = 1, pool_max: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        metrics: MetricsBound | None = None,
+    ) -> None:
         self.url = url
+        self._metrics_bound = metrics or MetricsBound()
         self._pool_min = pool_min
         self._pool_max = pool_max
         self._pool: asyncpg.Pool | None = None
@@ -230,7 +260,9 @@ class PostgresStore(PgGroupsMixin, PgReleasesMixin, PgRolloutsMixin, PgTrustMixi
     async def ingest_sync(self, device_id: str, batch: SyncBatch, now: datetime) -> SyncResult:
         """Store entries once each, merge the status, advance the ack; one transaction."""
         async with self._tx() as conn:
-            acked, target_revision, has_full, inserted = await ingest(conn, device_id, batch, now)
+            acked, target_revision, has_full, inserted = await ingest(
+                conn, device_id, batch, now, self._side_bounds()
+            )
         target = None
         if is_target_newer(target_revision, batch.known_target_revision):
             record = await self.get_target(device_id)
