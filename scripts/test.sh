@@ -10,4 +10,4 @@ if ! "$PY" -c 'import edge_agent, hub, pytest, pytest_asyncio, hypothesis, aiodo
     mkdir -p .testenv && touch .testenv/installed
 fi
 bash scripts/testenv.sh
-exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+exec "$PY" -m pytest -q -p no:cacheprovider --durations=30 "$@"
