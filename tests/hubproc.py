@@ -30,9 +30,17 @@ def free_port() -> int:
 class HubProcess:
     """One hub (``hub.testing.start_hub``) and its restarts on a fixed port and work dir."""
 
-    def __init__(self, work_dir: Path, *, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        port: int | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
+        **env: str,
+    ) -> None:
         self.work_dir = work_dir
         self.port = port or free_port()
+        self.sections = sections  # hub.toml additions (``start_hub``'s ``sections``)
         self.env = env
         self.running: RunningHub | None = None
 
@@ -53,7 +61,9 @@ class HubProcess:
 
     def start(self) -> HubProcess:
         """Start the process (again) and wait until it accepts connections."""
-        self.running = start_hub(self.work_dir, port=self.port, env=self.env)
+        self.running = start_hub(
+            self.work_dir, port=self.port, sections=self.sections, env=self.env
+        )
         return self
 
     def kill(self) -> None:
