@@ -27,9 +27,13 @@ from hub.errors import Conflict, Forbidden, NotFound, StoreError
 from hub.fleet import is_target_newer
 from hub.store import HubStore
 from hub.store import sqlite_rows as rows
+from hub.store.pg_access import PgAccessMixin
 from hub.store.pg_core import insert_audit, migrate
 from hub.store.pg_groups import PgGroupsMixin
+from hub.store.pg_secrets import PgSecretsMixin
+from hub.store.pg_sessions import PgSessionsMixin
 from hub.store.pg_sync import ingest
+from hub.store.pg_writer import PgWriterMixin, PoolMeter
 from hub.store.records import (
     AuditRecord,
     CertLineage,
@@ -52,7 +56,7 @@ def missing_methods() -> list[str]:
     return sorted(m for m in HubStore.__abstractmethods__ if not hasattr(PostgresStore, m))
 
 
-class PostgresStore(PgGroupsMixin):
+class PostgresStore(PgGroupsMixin, PgAccessMixin, PgSecretsMixin, PgSessionsMixin, PgWriterMixin):
     """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
 
     def __init__(self, url: str, *, pool_min: int = 1, pool_max: int = 10) -> None:
@@ -61,6 +65,7 @@ class PostgresStore(PgGroupsMixin):
         self._pool_max = pool_max
         self._pool: asyncpg.Pool | None = None
         self.applied_migrations: list[int] = []
+        self._meter = PoolMeter()  # pool waiters and commits (writer_stats, watch_commits)
 
     async def open(self) -> None:
         """Create the pool and apply pending migrations."""
@@ -86,7 +91,7 @@ class PostgresStore(PgGroupsMixin):
         if self._pool is None:
             raise StoreError("store is not open")
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._meter.connection(self._pool) as conn, self._meter.transaction(conn):
                 yield conn
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"already exists: {exc.detail or exc}") from exc
@@ -97,7 +102,8 @@ class PostgresStore(PgGroupsMixin):
         if self._pool is None:
             raise StoreError("store is not open")
         try:
-            return list(await self._pool.fetch(sql, *args))
+            async with self._meter.connection(self._pool) as conn:
+                return list(await conn.fetch(sql, *args))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"database read failed: {exc}") from exc
 
