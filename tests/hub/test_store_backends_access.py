@@ -211,7 +211,7 @@ async def test_access_bounds_and_names_hold_across_two_hub_processes(pg_url: str
         window = {"idle_before": NOW - timedelta(hours=1), "created_before": NOW}
         sessions = [
             s.add_session(_session(i * 2 + n), 4, **window)
-            for i in range(5)
+            for i in range(10)
             for n, s in enumerate((one, two))
         ]
         outcomes = await asyncio.gather(*sessions, return_exceptions=True)
