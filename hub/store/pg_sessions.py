@@ -21,7 +21,7 @@ from hub.store.sqlite_sessions import COLUMNS, _record
 if TYPE_CHECKING:
     import asyncpg
 
-SESSIONS_LOCK = 0x6564_6765_0006
+SESSIONS_LOCK = 0x6564_6765_0601  # 06-series: keys of this part (pg migration 6)
 
 
 class PgSessionsMixin:
