@@ -300,4 +300,65 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        6,
+        "operator access (SQLite 16), secrets (19), dashboard sessions (21), secret moves (22)",
+        [
+            # COLLATE "C": names sort bytewise, as SQLite's BINARY does, whatever the
+            # database's default collation (lists ordered by name come out the same).
+            """CREATE TABLE users (
+                name TEXT COLLATE "C" PRIMARY KEY,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE teams (
+                name TEXT COLLATE "C" PRIMARY KEY,
+                created_at TEXT NOT NULL
+            )""",
+            # "user" is a reserved word in PostgreSQL (unquoted it means current_user).
+            """CREATE TABLE team_members (
+                team TEXT COLLATE "C" NOT NULL REFERENCES teams (name) ON DELETE CASCADE,
+                "user" TEXT COLLATE "C" NOT NULL REFERENCES users (name),
+                PRIMARY KEY (team, "user")
+            )""",
+            'CREATE INDEX team_members_user ON team_members ("user")',
+            # scope: "all" or a selector in canonical form (str(hub.selector.parse(text)))
+            """CREATE TABLE team_grants (
+                team TEXT COLLATE "C" NOT NULL REFERENCES teams (name) ON DELETE CASCADE,
+                role TEXT COLLATE "C" NOT NULL,
+                scope TEXT COLLATE "C" NOT NULL,
+                PRIMARY KEY (team, role, scope)
+            )""",
+            # secret_hash: sha256 of the token's secret; the token itself is never stored.
+            """CREATE TABLE user_tokens (
+                id TEXT COLLATE "C" PRIMARY KEY,
+                "user" TEXT COLLATE "C" NOT NULL REFERENCES users (name),
+                secret_hash TEXT NOT NULL,
+                created_at TEXT COLLATE "C" NOT NULL,
+                expires_at TEXT,
+                last_used_at TEXT,
+                revoked_at TEXT
+            )""",
+            'CREATE INDEX user_tokens_user ON user_tokens ("user", created_at)',
+            # token_id: the user token signed in with ("admin": the data-dir admin token).
+            """CREATE TABLE ui_sessions (
+                id_hash TEXT PRIMARY KEY,
+                principal TEXT NOT NULL,
+                token_id TEXT NOT NULL,
+                csrf TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                last_seen_at TEXT NOT NULL
+            )""",
+            # Rows holding a registry password in clear (kind: release, key: its id | target,
+            # key: "<device> <revision>"). A PostgreSQL database never held one (it starts
+            # after the secret store existed), so nothing is listed here; the table keeps the
+            # store methods the same on both backends (and room for rows copied from SQLite).
+            """CREATE TABLE secret_moves (
+                kind TEXT COLLATE "C" NOT NULL,
+                key TEXT COLLATE "C" NOT NULL,
+                PRIMARY KEY (kind, key)
+            )""",
+        ],
+    ),
 ]

@@ -28,6 +28,7 @@ from hub.errors import Conflict, Forbidden, NotFound, StoreError
 from hub.fleet import is_target_newer
 from hub.store import HubStore
 from hub.store import sqlite_rows as rows
+from hub.store.pg_access import PgAccessMixin
 from hub.store.pg_actions import PgActionsMixin
 from hub.store.pg_audit import PgAuditMixin
 from hub.store.pg_core import insert_audit, migrate
@@ -38,10 +39,13 @@ from hub.store.pg_policies import PgPoliciesMixin
 from hub.store.pg_releases import PgReleasesMixin
 from hub.store.pg_retention import PgRetentionMixin
 from hub.store.pg_rollouts import PgRolloutsMixin
+from hub.store.pg_secrets import PgSecretsMixin
+from hub.store.pg_sessions import PgSessionsMixin
 from hub.store.pg_stats import PgStatsMixin
 from hub.store.pg_sync import ingest
 from hub.store.pg_technicians import PgTechniciansMixin
 from hub.store.pg_trust import PgTrustMixin
+from hub.store.pg_writer import PgWriterMixin, PoolMeter
 from hub.store.records import (
     AuditRecord,
     CertLineage,
@@ -78,6 +82,10 @@ class PostgresStore(
     PgRolloutsMixin,
     PgTrustMixin,
     PgPoliciesMixin,
+    PgAccessMixin,
+    PgSecretsMixin,
+    PgSessionsMixin,
+    PgWriterMixin,
 ):
     """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
 
@@ -95,6 +103,7 @@ class PostgresStore(
         self._pool_max = pool_max
         self._pool: asyncpg.Pool | None = None
         self.applied_migrations: list[int] = []
+        self._meter = PoolMeter()  # pool waiters and commits (writer_stats, watch_commits)
 
     async def open(self) -> None:
         """Create the pool and apply pending migrations."""
@@ -120,7 +129,7 @@ class PostgresStore(
         if self._pool is None:
             raise StoreError("store is not open")
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._meter.connection(self._pool) as conn, self._meter.transaction(conn):
                 yield conn
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"already exists: {exc.detail or exc}") from exc
@@ -131,7 +140,8 @@ class PostgresStore(
         if self._pool is None:
             raise StoreError("store is not open")
         try:
-            return list(await self._pool.fetch(sql, *args))
+            async with self._meter.connection(self._pool) as conn:
+                return list(await conn.fetch(sql, *args))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"database read failed: {exc}") from exc
 

@@ -260,7 +260,7 @@ async def test_pg_migrations_apply_once_with_their_record(pg_url: str):
         await asyncio.gather(*(s.close() for s in stores))
 
 
-def test_database_url_selects_postgres_and_open_store_names_what_is_missing(tmp_path):
+def test_database_url_selects_postgres_and_open_store_builds_the_whole_store(tmp_path):
     url = "postgresql://postgres@127.0.0.1:55432/edgefleet_test"
     server = {"server": {"data_dir": str(tmp_path)}}
     config = build_config(server, {"EDGE_HUB_DATABASE_URL": url})
@@ -269,11 +269,11 @@ def test_database_url_selects_postgres_and_open_store_names_what_is_missing(tmp_
     assert build_config(server, {}).postgres_url is None
     with pytest.raises(ConfigError, match="EDGE_HUB_DATABASE_URL"):
         build_config(server, {"EDGE_HUB_DATABASE_URL": url, "EDGE_HUB_STORE_URL": "sqlite:///x"})
-    missing = missing_methods()
-    assert "ingest_sync" not in missing and "create_release" not in missing and missing
-    with pytest.raises(ConfigError, match="not complete") as refused:
-        open_store(config)
-    assert all(name in str(refused.value) for name in missing)
+    assert missing_methods() == []
+    limits = {"metrics": {"history_per_device": 7}, "actions": {"max_result_bytes": 4096}}
+    store = open_store(build_config({**server, **limits, "store": {"url": url}}, {}))
+    assert isinstance(store, PostgresStore)
+    assert store._metrics_bound.history_per_device == 7 and store.action_result_max_bytes == 4096
 
 
 async def test_pg_fixture_fails_when_the_server_is_not_there(monkeypatch: pytest.MonkeyPatch):
