@@ -34,7 +34,12 @@ from hub.access import (
 )
 from hub.auth import split_user_token
 from hub.context import HubContext, ctx
-from hub.dashboard.session import ADMIN_SESSION, is_dashboard_path, session_principal
+from hub.dashboard.session import (
+    ADMIN_SESSION,
+    is_dashboard_path,
+    refused_actor,
+    session_principal,
+)
 from hub.errors import Forbidden, HubError, NotFound, Unauthenticated
 from hub.guard import audit_refusal
 from hub.rollout_models import RolloutSpec
@@ -218,6 +223,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         actor = caller.name
         await check_scope(request, hub, caller, access.permission, access.kind)
     except HubError as exc:
+        if actor == "anonymous":
+            actor = refused_actor(exc)
         target = next(iter(request.match_info.values()), "-")
         detail = {"reason": exc.message, "route": f"{request.method} {route_key(route)[1]}"}
         row = AuditRecord(actor, "operator.access", target, "denied", hub.now(), detail)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hub import guard
 from hub.dashboard import (
     activity,
     audit_pages,
@@ -28,3 +29,4 @@ def install(app: web.Application) -> None:
     app.add_routes(catalog_pages.routes)
     app[activity.ACTIVITY] = activity.ActivityCache()
     app[view_cache.VIEWS] = view_cache.ViewCache()
+    app[guard.LIMITED_PAGE] = auth_pages.limited_page
