@@ -315,6 +315,7 @@ class DashboardConfig(_Section):
     max_log_follows: int = Field(20, ge=1, le=10_000)  # follows from the dashboard at once
     log_follow_max_s: int = Field(600, ge=1, le=86400)  # the longest follow one may ask for
     log_tail_lines: int = Field(200, ge=1, le=10_000)  # lines a log request's page shows
+    log_request_expires_s: float = Field(120.0, gt=0, le=86400)  # a log request waits this long
 
 
 class HubConfig(_Section):

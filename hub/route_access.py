@@ -175,6 +175,10 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/devices"): _r(P.DEVICES_READ, Kind.LIST),
     ("GET", "/ui/devices/{device_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
     ("GET", "/ui/devices/{device_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
+    # a device's logs: the logs action of POST/GET /api/v1/devices/{id}/actions, /actions/{id}
+    ("POST", "/ui/devices/{device_id}/logs"): _r(P.DEVICES_WRITE, Kind.DEVICE),
+    ("GET", "/ui/devices/{device_id}/logs/{action_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
+    ("GET", "/ui/devices/{device_id}/logs/{action_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
     # dashboard part 2 (rollouts: as GET/POST /api/v1/rollouts/...)
     ("GET", "/ui/rollouts"): _r(P.DEVICES_READ, Kind.LIST),
     ("POST", "/ui/rollouts"): _r(P.ROLLOUTS_WRITE, Kind.SELECTOR),  # the form's group

@@ -134,6 +134,8 @@ async def device_page(request: web.Request) -> web.Response:
         events=await hub.store.recent_events(device_id, EVENTS_SHOWN),
         contact=await connectivity(hub, device_id),
         online_after=f"{hub.config.fleet.online_after_s:g}",
+        follow_max=hub.config.dashboard.log_follow_max_s,
+        tail_max=hub.config.dashboard.log_tail_lines,
         audit=await _audit(request, device_id),
         now=hub.now(),
     )
