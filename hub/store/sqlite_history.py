@@ -23,9 +23,7 @@ from hub.store.sqlite_stats import DRIFT_SQL
 if TYPE_CHECKING:
     from hub.store.writer import GroupCommitWriter
 
-SAMPLE_COLUMNS = (
-    "at, online, offline, stale, never, in_sync, updating, drifted, no_target, total"
-)
+SAMPLE_COLUMNS = "at, online, offline, stale, never, in_sync, updating, drifted, no_target, total"
 COUNT_SAMPLE = f"""INSERT OR REPLACE INTO fleet_history ({SAMPLE_COLUMNS})
     SELECT ?,
         COALESCE(SUM(last_contact >= ?), 0),

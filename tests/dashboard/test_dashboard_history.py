@@ -55,9 +55,7 @@ def history_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub
 
 
 @pytest.fixture
-async def devices(
-    history_hub: RunningHub, tmp_path: Path
-) -> AsyncIterator[list[SimulatedDevice]]:
+async def devices(history_hub: RunningHub, tmp_path: Path) -> AsyncIterator[list[SimulatedDevice]]:
     found = await enroll_simulated(history_hub, 2, tmp_path / "sim", {"site": "berlin"})
     try:
         yield found
