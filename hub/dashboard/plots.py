@@ -169,8 +169,9 @@ def contact_strip(
         )
     for i in range(7):
         at = since + (until - since) * (i / 6)
+        anchor = "start" if i == 0 else "end" if i == 6 else "middle"
         out.append(
-            f'<text x="{x(at):.1f}" y="{STRIP_H - 6}" text-anchor="middle">'
+            f'<text x="{x(at):.1f}" y="{STRIP_H - 6}" text-anchor="{anchor}">'
             f"{escape(at.strftime(tick))}</text>"
         )
     out.append("</svg>")
