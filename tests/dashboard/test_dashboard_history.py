@@ -77,7 +77,7 @@ async def test_the_overview_plots_the_sampled_fleet_counts_for_scope_all_only(
     assert await plot.locator("polyline").count() >= 1  # at least two samples joined
     title = await plot.get_attribute("aria-label") or ""
     assert "online and in sync" in title and "samples" in title
-    await shot(page, "overview")
+    await shot(page, "history")
     viewer = await scoped_user(hub, "history-viewer", "viewer", "site=berlin")
     await page.context.clear_cookies()
     await sign_in(page, hub, viewer)
