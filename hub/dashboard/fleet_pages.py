@@ -106,7 +106,8 @@ async def history_plot(hub: HubContext) -> Any:
     samples = await hub.store.fleet_samples(since, HISTORY_POINTS)
     if not samples:
         return None
-    labels = [s.at.strftime("%H:%M") for s in samples]
+    short = samples[-1].at - samples[0].at < timedelta(hours=1)  # seconds tell them apart
+    labels = [s.at.strftime("%H:%M:%S" if short else "%H:%M") for s in samples]
     series = [
         Series("online", [s.online for s in samples]),
         Series("offline", [s.offline for s in samples]),
