@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -154,17 +155,29 @@ async def _queue(hub: HubContext, act: Action, records: list[tuple[ActionRecord,
 @described(body=ActionRequest, status=201, errors=(404,))
 async def create_for_device(request: web.Request) -> web.Response:
     """Queue one action for one device."""
-    hub = ctx(request)
     device_id = request.match_info["device_id"]
+    record = await queue_for_device(request, device_id, lambda: json_body(request))
+    return web.json_response(action_view(record), status=201)
+
+
+async def queue_for_device(
+    request: web.Request,
+    device_id: str,
+    body: Callable[[], Awaitable[bytes | dict[str, Any]]],
+) -> ActionRecord:
+    """Check, sign, queue and audit (``action.create``) one action for one device; the
+    request (``body()``, read inside the audit) is an ``ActionRequest``. The API and the
+    dashboard's log requests both queue through here."""
+    hub = ctx(request)
     async with audited(
         request, Permission.DEVICES_WRITE, "action.create", f"device:{device_id[:64]}"
     ) as act:
-        req = parse_body(ActionRequest, await json_body(request))
+        req = parse_body(ActionRequest, await body())
         if await hub.store.get_device(device_id) is None:
             raise NotFound(f"no device {device_id!r}")
         record, detail = _new_action(hub, device_id, req, act, None)
         await _queue(hub, act, [(record, detail)])
-    return web.json_response(action_view(record), status=201)
+    return record
 
 
 @routes.post("/api/v1/groups/{name}/actions")

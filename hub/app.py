@@ -42,6 +42,7 @@ from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
 from hub.context import HUB, HubContext
 from hub.dashboard import pages as dashboard_pages
 from hub.dashboard import site as dashboard_site
+from hub.fleet_history import FLEET_HISTORY, FleetHistory
 from hub.log_policy import LOG_POLICIES, PolicyCache
 from hub.pki import HubPKI
 from hub.retention import RETENTION, Retention
@@ -72,6 +73,8 @@ async def healthz(request: web.Request) -> web.Response:
             "connections": request.app[CONNECTIONS].stats(),
             "rollout_engine": request.app[ENGINE].stats(),
             "retention": request.app[RETENTION].view(),
+            "fleet_history": request.app[FLEET_HISTORY].view(),
+            "dashboard": dashboard_site.stats(request.app),
         }
     )
 
@@ -133,6 +136,8 @@ def create_app(config: HubConfig) -> web.Application:
     app.cleanup_ctx.append(_engine_lifetime)  # after the store: stops before it closes
     app[RETENTION] = Retention(context)
     app.cleanup_ctx.append(_retention_lifetime)  # after the store: stops before it closes
+    app[FLEET_HISTORY] = FleetHistory(context)
+    app.cleanup_ctx.append(_history_lifetime)  # after the store: stops before it closes
     guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
     app.on_startup.append(secret_moves.on_startup)  # after the store opened (cleanup_ctx)
@@ -173,6 +178,13 @@ async def _retention_lifetime(app: web.Application) -> AsyncIterator[None]:
     retention.start()
     yield
     await retention.stop()
+
+
+async def _history_lifetime(app: web.Application) -> AsyncIterator[None]:
+    history = app[FLEET_HISTORY]
+    history.start()
+    yield
+    await history.stop()
 
 
 async def _wake_long_polls(app: web.Application) -> None:

@@ -306,6 +306,16 @@ class DashboardConfig(_Section):
     max_sessions: int = Field(1000, ge=1, le=100_000)  # live sessions the hub holds
     page_size: int = Field(50, ge=1, le=500)  # devices per page of the devices table
     poll_interval_s: float = Field(5.0, ge=1, le=3600)  # live parts of pages refresh this often
+    # fleet history (hub.fleet_history): counts sampled this often, kept this long
+    history_interval_s: float = Field(300.0, ge=1, le=86400)
+    history_days: float = Field(30.0, gt=0, le=3650)
+    history_trim_batch: int = Field(1000, ge=1, le=100_000)  # rows deleted per trim write
+    contact_spans_per_device: int = Field(500, ge=1, le=100_000)  # device contact spans kept
+    # live logs on the device page (a ``logs`` action with ``follow``, hub.dashboard.log_pages)
+    max_log_follows: int = Field(20, ge=1, le=10_000)  # follows from the dashboard at once
+    log_follow_max_s: int = Field(600, ge=1, le=86400)  # the longest follow one may ask for
+    log_tail_lines: int = Field(200, ge=1, le=10_000)  # lines a log request's page shows
+    log_request_expires_s: float = Field(120.0, gt=0, le=86400)  # a log request waits this long
 
 
 class HubConfig(_Section):

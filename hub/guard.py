@@ -2,8 +2,10 @@
 
 ``guard_middleware`` answers 429 (``Retry-After``) to a source whose failure bucket is
 empty, before any work, on the routes that take credentials (enrollment, certificate
-renewal and the operator API); every refused credential charges the source. Refusal
-audit rows go through ``RefusalAudit`` (aggregated, counted, never dropped).
+renewal, the operator API and the dashboard's sign-in form); every refused credential
+charges the source. A browser at the sign-in form gets the 429 as a page (the one the
+dashboard installs as ``LIMITED_PAGE``). Refusal audit rows go through ``RefusalAudit``
+(aggregated, counted, never dropped).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from hub.ratelimit import SourceLimiter
 from hub.refusals import RefusalAudit
 from hub.store import AuditRecord
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LimitedPage = Callable[[web.Request, str, int], web.Response]
 LIMITER = web.AppKey("limiter", SourceLimiter)
 REFUSALS = web.AppKey("refusals", RefusalAudit)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LIMITED_PAGE = web.AppKey("limited_page", LimitedPage)  # a 429 as an HTML page
+SIGN_IN = "/ui/login"
 CHARGED = (Unauthenticated, EnrollmentRefused, BadCSR)
 
 
@@ -60,7 +65,15 @@ def _guarded_action(request: web.Request) -> str | None:
         return "device.renew"
     if request.path.startswith("/api/") or request.path == "/metrics":
         return "operator.request"
+    if request.path == SIGN_IN and request.method == "POST":
+        return "dashboard.sign_in"
     return None
+
+
+def charge(request: web.Request) -> None:
+    """Charge the request's source for a refused credential its handler answered itself
+    (the sign-in form shows the refusal as a page instead of raising it)."""
+    request.app[LIMITER].charge(source(request), time.monotonic())
 
 
 @web.middleware
@@ -90,6 +103,11 @@ async def _too_many(request: web.Request, action: str, retry_after: int) -> web.
         f"too many refused credentials from {source(request)}; retry in {retry_after} s "
         "(limits.auth_failure_burst, limits.auth_failure_per_s)"
     )
+    page = request.app.get(LIMITED_PAGE)
+    if page is not None and request.path == SIGN_IN:
+        answer = page(request, message, retry_after)
+        answer.headers["Retry-After"] = str(retry_after)
+        return answer
     return web.json_response(
         {"error": "rate_limited", "message": message, "fields": []},
         status=429,

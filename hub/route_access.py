@@ -34,7 +34,12 @@ from hub.access import (
 )
 from hub.auth import split_user_token
 from hub.context import HubContext, ctx
-from hub.dashboard.session import ADMIN_SESSION, is_dashboard_path, session_principal
+from hub.dashboard.session import (
+    ADMIN_SESSION,
+    is_dashboard_path,
+    refused_actor,
+    session_principal,
+)
 from hub.errors import Forbidden, HubError, NotFound, Unauthenticated
 from hub.guard import audit_refusal
 from hub.rollout_models import RolloutSpec
@@ -170,6 +175,10 @@ ROUTES: dict[tuple[str, str], RouteAccess] = {
     ("GET", "/ui/devices"): _r(P.DEVICES_READ, Kind.LIST),
     ("GET", "/ui/devices/{device_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
     ("GET", "/ui/devices/{device_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
+    # a device's logs: the logs action of POST/GET /api/v1/devices/{id}/actions, /actions/{id}
+    ("POST", "/ui/devices/{device_id}/logs"): _r(P.DEVICES_WRITE, Kind.DEVICE),
+    ("GET", "/ui/devices/{device_id}/logs/{action_id}"): _r(P.DEVICES_READ, Kind.DEVICE),
+    ("GET", "/ui/devices/{device_id}/logs/{action_id}/live"): _r(P.DEVICES_READ, Kind.DEVICE),
     # dashboard part 2 (rollouts: as GET/POST /api/v1/rollouts/...)
     ("GET", "/ui/rollouts"): _r(P.DEVICES_READ, Kind.LIST),
     ("POST", "/ui/rollouts"): _r(P.ROLLOUTS_WRITE, Kind.SELECTOR),  # the form's group
@@ -218,6 +227,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         actor = caller.name
         await check_scope(request, hub, caller, access.permission, access.kind)
     except HubError as exc:
+        if actor == "anonymous":
+            actor = refused_actor(exc)
         target = next(iter(request.match_info.values()), "-")
         detail = {"reason": exc.message, "route": f"{request.method} {route_key(route)[1]}"}
         row = AuditRecord(actor, "operator.access", target, "denied", hub.now(), detail)

@@ -21,7 +21,7 @@ from hub.context import HubContext, ctx
 from hub.dashboard import session
 from hub.dashboard.pages import HTML, render, wants_html
 from hub.errors import HubError, NotFound, Unauthenticated
-from hub.guard import audit_refusal, source
+from hub.guard import audit_refusal, charge, source
 from hub.operator_calls import Body
 from hub.route_access import token_principal
 from hub.store import AuditRecord
@@ -60,10 +60,22 @@ async def _principal(hub: HubContext, token: str) -> tuple[Principal, str]:
     return await token_principal(hub, *parts), parts[0]
 
 
-async def _refused(request: web.Request, exc: HubError, actor: str = "anonymous") -> None:
+async def _refused(request: web.Request, exc: HubError) -> None:
+    actor = session.refused_actor(exc)
     detail = {"reason": exc.message, "route": f"{request.method} {request.path}"}
     row = AuditRecord(actor, "operator.access", "-", "denied", ctx(request).now(), detail)
     await audit_refusal(request, row)
+
+
+def limited_page(request: web.Request, message: str, retry_after: int) -> web.Response:
+    """Answer a sign-in from a source over its failure budget (429): a page for a browser."""
+    if not wants_html(request):
+        body = {"error": "rate_limited", "message": message, "fields": []}
+        return web.json_response(body, status=429)
+    reason = (
+        f"Too many refused sign-ins from this address: try again in {retry_after} s. ({message})"
+    )
+    return render(request, "login.html", title="Sign in", status=429, reason=reason, next=HOME)
 
 
 @routes.get("/")
@@ -99,7 +111,8 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     except Unauthenticated as exc:
         await _refused(request, exc)
         if not wants_html(request):
-            raise
+            raise  # charged by the guard, as every refused credential
+        charge(request)
         reason = "That token was not accepted: " + exc.message
         return render(
             request,

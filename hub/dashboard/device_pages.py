@@ -19,7 +19,7 @@ from hub.access import Permission
 from hub.context import HubContext, ctx
 from hub.dashboard import fleet_view
 from hub.dashboard.pages import HTML, principal, render
-from hub.dashboard.plots import Series, line_chart
+from hub.dashboard.plots import Series, contact_strip, line_chart
 from hub.errors import NotFound
 from hub.operator_api import device_view
 from hub.route_access import visible_audit
@@ -31,6 +31,7 @@ EVENTS_SHOWN = 20
 AUDIT_SHOWN = 20
 AUDIT_DAYS = 7
 METRICS_SHOWN = 120
+SPANS_LISTED = 10  # the newest contact spans listed in words under the strips
 
 
 async def _device(hub: HubContext, device_id: str) -> DeviceRecord:
@@ -100,6 +101,22 @@ async def _audit(request: web.Request, device_id: str) -> list[AuditEntry] | Non
     return list(reversed(entries[-AUDIT_SHOWN:]))
 
 
+async def connectivity(hub: HubContext, device_id: str) -> dict[str, Any]:
+    """Return the strips of when the device was heard from (last 24 h, last 7 d) and its
+    newest contact spans. A span counts as heard from until fleet.online_after_s after
+    its last sync, as connectivity says "online"."""
+    now, grace = hub.now(), timedelta(seconds=hub.config.fleet.online_after_s)
+    week = now - timedelta(days=7)
+    spans = await hub.store.contact_spans(device_id, week - grace)
+    heard = [(s.started_at, min(s.last_at + grace, now)) for s in spans]
+    day = now - timedelta(hours=24)
+    return {
+        "day": contact_strip("Heard from, last 24 h (UTC)", heard, day, now),
+        "week": contact_strip("Heard from, last 7 days (UTC)", heard, week, now, "%a %H:%M"),
+        "spans": list(reversed(heard[-SPANS_LISTED:])),
+    }
+
+
 @routes.get("/ui/devices/{device_id}")
 @described(errors=(404,), media=HTML, tags=("dashboard",))
 async def device_page(request: web.Request) -> web.Response:
@@ -115,6 +132,10 @@ async def device_page(request: web.Request) -> web.Response:
         **values,
         plots=metrics_plots(history.samples) if history.samples else None,
         events=await hub.store.recent_events(device_id, EVENTS_SHOWN),
+        contact=await connectivity(hub, device_id),
+        online_after=f"{hub.config.fleet.online_after_s:g}",
+        follow_max=hub.config.dashboard.log_follow_max_s,
+        tail_max=hub.config.dashboard.log_tail_lines,
         audit=await _audit(request, device_id),
         now=hub.now(),
     )

@@ -7,25 +7,28 @@ paged on the server, so a page carries ``dashboard.page_size`` rows at any fleet
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from edge_agent.openapi import STRING, Query, described
-from hub.context import ctx
+from hub.access import Permission
+from hub.context import HubContext, ctx
 from hub.dashboard import activity, fleet_view
 from hub.dashboard.fleet_view import ORDERS, SORTS, DeviceFilter
 from hub.dashboard.pages import (
     HTML,
     bad_query,
     choice_query,
+    principal,
     query_choice,
     query_int,
     query_text,
     render,
 )
-from hub.dashboard.plots import bar_chart
+from hub.dashboard.plots import Series, bar_chart, line_chart
 from hub.dashboard.view_cache import VIEWS
 from hub.errors import InvalidSelector, NotFound
 from hub.fleet import Connectivity, Drift
@@ -36,6 +39,8 @@ routes = web.RouteTableDef()
 CONNECTIVITY = tuple(c.value for c in Connectivity)
 DRIFT = tuple(d.value for d in Drift)
 MAX_PAGE = 1_000_000
+HISTORY_HOURS = 24  # the fleet history plot's window
+HISTORY_POINTS = 2000  # at most this many samples are read for it (the newest)
 DEVICES_QUERY = (
     Query("selector", STRING, "a tag selector, e.g. site=berlin"),
     Query("group", STRING, "a group's name: its selector"),
@@ -81,9 +86,36 @@ async def overview(request: web.Request) -> web.Response:
             activity.events_series(rows, ids, hours),
         ),
     }
+    # The samples count the whole fleet: shown only to who may read every device.
+    if principal(request).sees_all(Permission.DEVICES_READ):
+        plots["history"] = await history_plot(hub)
     return render(
-        request, "overview.html", title="Fleet", counts=fleet_view.counts(views), plots=plots
+        request,
+        "overview.html",
+        title="Fleet",
+        counts=fleet_view.counts(views),
+        plots=plots,
+        history_interval=f"{hub.config.dashboard.history_interval_s:g}",
     )
+
+
+async def history_plot(hub: HubContext) -> Any:
+    """Return the plot of devices online, offline, in sync and drifted over the samples
+    of the last ``HISTORY_HOURS`` (None before the first sample)."""
+    since = hub.now() - timedelta(hours=HISTORY_HOURS)
+    samples = await hub.store.fleet_samples(since, HISTORY_POINTS)
+    if not samples:
+        return None
+    short = samples[-1].at - samples[0].at < timedelta(hours=1)  # seconds tell them apart
+    labels = [s.at.strftime("%H:%M:%S" if short else "%H:%M") for s in samples]
+    series = [
+        Series("online", [s.online for s in samples]),
+        Series("offline", [s.offline for s in samples]),
+        Series("in sync", [s.in_sync for s in samples]),
+        Series("drifted", [s.drifted for s in samples]),
+    ]
+    title = f"Devices online and in sync (UTC, last {HISTORY_HOURS} h, {len(samples)} samples)"
+    return line_chart(title, labels, series)
 
 
 def _parse(text: str) -> Selector:

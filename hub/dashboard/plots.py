@@ -1,7 +1,8 @@
 """Plots drawn on the server as SVG: readable without JavaScript and in screenshots. Pure.
 
 ``line_chart`` and ``bar_chart`` take labelled series over the same x labels and return
-markup for a template. Every text in them is escaped; every number is computed here.
+markup for a template; ``contact_strip`` draws when a device was heard from over a time
+window. Every text in them is escaped; every number is computed here.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from markupsafe import Markup, escape
 
@@ -129,3 +131,54 @@ def bar_chart(title: str, labels: Sequence[str], series: Sequence[Series]) -> Ma
             )
     out.append("</svg>")
     return Markup("".join(out) + _legend(series))
+
+
+STRIP_H = 44
+HEARD, SILENT = "#1a7f37", "#d0d7de"
+
+
+def contact_strip(
+    title: str,
+    heard: Sequence[tuple[datetime, datetime]],
+    since: datetime,
+    until: datetime,
+    tick: str = "%H:%M",
+) -> Markup:
+    """Return an SVG strip of ``since``..``until``: green where the device was heard from
+    (each of ``heard`` a start and end time), grey where it was silent."""
+    inner_w, span_s = WIDTH - PAD_L - PAD_R, max((until - since).total_seconds(), 1.0)
+
+    def x(at: datetime) -> float:
+        return PAD_L + inner_w * min(max((at - since).total_seconds() / span_s, 0.0), 1.0)
+
+    out = [
+        f'<svg viewBox="0 0 {WIDTH} {STRIP_H}" role="img" aria-label="{escape(title)}" '
+        'class="plot strip" xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{escape(title)}</title>",
+        f'<rect x="{PAD_L}" y="4" width="{inner_w}" height="18" fill="{SILENT}">'
+        "<title>silent</title></rect>",
+    ]
+    for start, end in heard:
+        if end < since or start > until:
+            continue
+        left, right = x(start), x(end)
+        label = f"heard from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+        out.append(
+            f'<rect x="{left:.1f}" y="4" width="{max(right - left, 1.0):.1f}" height="18" '
+            f'fill="{HEARD}" class="heard"><title>{escape(label)}</title></rect>'
+        )
+    for i in range(7):
+        at = since + (until - since) * (i / 6)
+        anchor = "start" if i == 0 else "end" if i == 6 else "middle"
+        out.append(
+            f'<text x="{x(at):.1f}" y="{STRIP_H - 6}" text-anchor="{anchor}">'
+            f"{escape(at.strftime(tick))}</text>"
+        )
+    out.append("</svg>")
+    legend = [Series("heard from", []), Series("silent", [])]
+    items = "".join(
+        f'<span class="key"><span class="swatch" style="background:{colour}"></span>'
+        f"{escape(s.name)}</span>"
+        for s, colour in zip(legend, (HEARD, SILENT), strict=True)
+    )
+    return Markup("".join(out) + f'<p class="legend">{items}</p>')

@@ -33,6 +33,20 @@ TOUCH_MAX_S = 60.0  # last_seen_at is written at most this often (or a quarter o
 Resolve = Callable[[HubContext, str, str | None], Awaitable[Principal]]
 
 
+class CsrfRefused(Forbidden):
+    """A POST of a known session without its CSRF token: refused, audited as the session's
+    principal (the session is known; the request only lacks proof it comes from its page)."""
+
+    def __init__(self, message: str, principal: str) -> None:
+        super().__init__(message)
+        self.principal = principal
+
+
+def refused_actor(exc: Exception) -> str:
+    """Return who a refusal is audited as: the session's principal for a CSRF refusal."""
+    return exc.principal if isinstance(exc, CsrfRefused) else "anonymous"
+
+
 def is_dashboard_path(path: str) -> bool:
     """Return whether ``path`` is a dashboard page (authenticated by session cookie)."""
     return path == "/ui" or path.startswith("/ui/")
@@ -100,7 +114,9 @@ async def current(request: web.Request, hub: HubContext) -> SessionRecord:
     if request.method not in ("GET", "HEAD"):
         sent = (await read_form(request)).get(CSRF_FIELD)
         if not isinstance(sent, str) or not hmac.compare_digest(sent, record.csrf):
-            raise Forbidden("missing or wrong CSRF token: reload the page and try again")
+            raise CsrfRefused(
+                "missing or wrong CSRF token: reload the page and try again", record.principal
+            )
     touch_after = min(TOUCH_MAX_S, cfg.idle_timeout_s / 4)
     if (now - record.last_seen_at).total_seconds() >= touch_after:
         await hub.store.touch_session(record.id_hash, now)

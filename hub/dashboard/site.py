@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from hub import guard
 from hub.dashboard import (
     activity,
     audit_pages,
@@ -12,6 +15,7 @@ from hub.dashboard import (
     device_pages,
     drift_pages,
     fleet_pages,
+    log_pages,
     rollout_pages,
     view_cache,
 )
@@ -26,5 +30,13 @@ def install(app: web.Application) -> None:
     app.add_routes(drift_pages.routes)
     app.add_routes(audit_pages.routes)
     app.add_routes(catalog_pages.routes)
+    app.add_routes(log_pages.routes)
     app[activity.ACTIVITY] = activity.ActivityCache()
     app[view_cache.VIEWS] = view_cache.ViewCache()
+    app[guard.LIMITED_PAGE] = auth_pages.limited_page
+    app[log_pages.FOLLOWS] = log_pages.LogFollows()
+
+
+def stats(app: web.Application) -> dict[str, Any]:
+    """Return the dashboard's counters for /healthz (bounds reached are counted here)."""
+    return {"log_follows": app[log_pages.FOLLOWS].stats()}

@@ -30,12 +30,14 @@ from hub.store.records import (
     AuditRecord,
     AuditScope,
     CertLineage,
+    ContactSpan,
     DeviceAuditChain,
     DeviceRecord,
     EnrollmentTokenRecord,
     EntryRow,
     EnvChange,
     EventRecord,
+    FleetSample,
     GroupRecord,
     HostReport,
     MetricsHistory,
@@ -633,6 +635,30 @@ class HubStore(ABC):
     async def device_host_report(self, device_id: str) -> HostReport | None:
         """Return the device's latest host container report, or None."""
 
+    # ---- fleet history and contact spans (hub migrations 23, 24; hub.fleet_history) ----
+
+    @abstractmethod
+    async def record_fleet_sample(
+        self, at: datetime, online_since: datetime, stale_since: datetime
+    ) -> FleetSample:
+        """Count the devices now and store the counts as the sample at ``at``; return it."""
+
+    @abstractmethod
+    async def fleet_samples(self, since: datetime, limit: int) -> list[FleetSample]:
+        """Return the newest ``limit`` samples taken at or after ``since``, oldest first."""
+
+    @abstractmethod
+    async def trim_fleet_history(self, before: datetime, batch: int) -> int:
+        """Delete at most ``batch`` of the oldest samples and contact spans that ended
+        before ``before``; return how many rows went."""
+
+    @abstractmethod
+    async def contact_spans(self, device_id: str, since: datetime) -> list[ContactSpan]:
+        """Return the device's contact spans that reach past ``since``, oldest first.
+
+        A span is a run of syncs no further apart than fleet.online_after_s, recorded by
+        the sync's own write (at most dashboard.contact_spans_per_device per device)."""
+
     # ---- monitoring (hub.prom reads these at every scrape: aggregates, not rows) ----
 
     @abstractmethod
@@ -671,6 +697,8 @@ def open_store(config: HubConfig) -> HubStore:
     store.action_result_max_bytes = config.actions.max_result_bytes
     cfg = config.actions
     store.action_parts_bound = PartsBound(cfg.logs_max_lines, cfg.logs_max_bytes)
+    store.contact_gap_s = config.fleet.online_after_s
+    store.contact_max_spans = config.dashboard.contact_spans_per_device
     return store
 
 

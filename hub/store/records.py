@@ -457,6 +457,30 @@ class SessionRecord:
 
 
 @dataclass(frozen=True)
+class FleetSample:
+    """The fleet's counts at one moment (hub migration 23, ``hub.fleet_history``)."""
+
+    at: datetime
+    online: int
+    offline: int
+    stale: int  # silent longer than fleet.stale_after_s (heard from once)
+    never: int  # never heard from
+    in_sync: int
+    updating: int
+    drifted: int
+    no_target: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ContactSpan:
+    """A run of a device's syncs no further apart than fleet.online_after_s (migration 24)."""
+
+    started_at: datetime
+    last_at: datetime
+
+
+@dataclass(frozen=True)
 class WriterStats:
     """The store writer's queue and counters, and the database files' sizes (for metrics)."""
 

@@ -45,6 +45,7 @@ from hub.store.sqlite_access import AccessMixin
 from hub.store.sqlite_actions import ActionsMixin
 from hub.store.sqlite_audit import AuditMixin
 from hub.store.sqlite_groups import GroupsMixin
+from hub.store.sqlite_history import HistoryMixin, observe_contact
 from hub.store.sqlite_holds import HoldsMixin
 from hub.store.sqlite_hosts import HostsMixin, save_host_report
 from hub.store.sqlite_logs import LogsMixin
@@ -106,6 +107,7 @@ class SqliteStore(
     PoliciesMixin,
     HoldsMixin,
     SessionsMixin,
+    HistoryMixin,
     StatsMixin,
     SecretMovesMixin,
     HubStore,
@@ -414,6 +416,9 @@ class SqliteStore(
             db.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*args, device_id))
             if status is not None:
                 save_host_report(db, device_id, status, received)
+            self.contact_spans_trimmed += observe_contact(
+                db, device_id, now, self.contact_gap_s, self.contact_max_spans
+            )
             return space.acked, target_revision, bool(has_full), inserted
 
         acked, target_revision, has_full, inserted = await self._w.submit(job)

@@ -454,4 +454,37 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             queue_clear_passwords,
         ],
     ),
+    (
+        23,
+        "fleet history: counts sampled every dashboard.history_interval_s (hub.fleet_history)",
+        [
+            # never: no contact at all; stale: silent past fleet.stale_after_s (hub.fleet)
+            """CREATE TABLE fleet_history (
+                at TEXT PRIMARY KEY,
+                online INTEGER NOT NULL,
+                offline INTEGER NOT NULL,
+                stale INTEGER NOT NULL,
+                never INTEGER NOT NULL,
+                in_sync INTEGER NOT NULL,
+                updating INTEGER NOT NULL,
+                drifted INTEGER NOT NULL,
+                no_target INTEGER NOT NULL,
+                total INTEGER NOT NULL
+            ) WITHOUT ROWID""",
+        ],
+    ),
+    (
+        24,
+        "device contact spans: when a device was heard from, gaps over fleet.online_after_s",
+        [
+            # One row per run of syncs no further apart than fleet.online_after_s; bounded
+            # per device (dashboard.contact_spans_per_device) and by age (history_days).
+            """CREATE TABLE device_contacts (
+                device_id TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                last_at TEXT NOT NULL,
+                PRIMARY KEY (device_id, started_at)
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]

@@ -174,7 +174,8 @@ async def test_a_post_without_the_sessions_csrf_token_is_refused_and_audited(
     await page.click("text=Sign out")
     await expect(page.locator("[data-testid=error]")).to_contain_text("CSRF")
     denied = await _audit(hub, "operator.access")
-    assert any("CSRF" in e["detail"].get("reason", "") for e in denied)
+    csrf = [e for e in denied if "CSRF" in e["detail"].get("reason", "")]
+    assert csrf and all(e["actor"] == "admin" for e in csrf), csrf  # the session's principal
     await goto(page, hub.url + "/ui/")  # the session is still there: nothing was done
     assert await page.inner_text("[data-testid=who]") == "admin"
 
