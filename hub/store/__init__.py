@@ -725,4 +725,6 @@ def _open_postgres(config: HubConfig) -> HubStore:
     store.action_result_max_bytes = config.actions.max_result_bytes
     cfg = config.actions
     store.action_parts_bound = PartsBound(cfg.logs_max_lines, cfg.logs_max_bytes)
+    store.contact_gap_s = config.fleet.online_after_s
+    store.contact_max_spans = config.dashboard.contact_spans_per_device
     return store

@@ -361,4 +361,28 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        7,
+        "fleet history and device contact spans (SQLite 23, 24)",
+        [
+            """CREATE TABLE fleet_history (
+                at TEXT COLLATE "C" PRIMARY KEY,
+                online BIGINT NOT NULL,
+                offline BIGINT NOT NULL,
+                stale BIGINT NOT NULL,
+                never BIGINT NOT NULL,
+                in_sync BIGINT NOT NULL,
+                updating BIGINT NOT NULL,
+                drifted BIGINT NOT NULL,
+                no_target BIGINT NOT NULL,
+                total BIGINT NOT NULL
+            )""",
+            """CREATE TABLE device_contacts (
+                device_id TEXT NOT NULL,
+                started_at TEXT COLLATE "C" NOT NULL,
+                last_at TEXT COLLATE "C" NOT NULL,
+                PRIMARY KEY (device_id, started_at)
+            )""",
+        ],
+    ),
 ]

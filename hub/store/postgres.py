@@ -33,6 +33,7 @@ from hub.store.pg_actions import PgActionsMixin
 from hub.store.pg_audit import PgAuditMixin
 from hub.store.pg_core import insert_audit, migrate
 from hub.store.pg_groups import PgGroupsMixin
+from hub.store.pg_history import PgHistoryMixin
 from hub.store.pg_ingest_side import PgIngestSideMixin
 from hub.store.pg_metrics import PgMetricsMixin
 from hub.store.pg_policies import PgPoliciesMixin
@@ -86,6 +87,7 @@ class PostgresStore(
     PgSecretsMixin,
     PgSessionsMixin,
     PgWriterMixin,
+    PgHistoryMixin,
 ):
     """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
 
@@ -273,6 +275,7 @@ class PostgresStore(
             acked, target_revision, has_full, inserted = await ingest(
                 conn, device_id, batch, now, self._side_bounds()
             )
+            await self._observe_contact(conn, device_id, now)
         target = None
         if is_target_newer(target_revision, batch.known_target_revision):
             record = await self.get_target(device_id)

@@ -1,4 +1,5 @@
-"""Fleet history and device contact spans on a real SQLite store (hub migrations 23, 24):
+"""Fleet history and device contact spans on a real store of each backend
+(SQLite migrations 23, 24; PostgreSQL 7):
 samples count the fleet as the monitoring counts do, with "never heard from" apart;
 contact spans split at a silence over the gap and stay within their per-device bound
 (counted); trimming by age deletes at most a batch per write."""
@@ -8,8 +9,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from hub.store import AuditRecord, EnrollmentTokenRecord, NewDevice, SyncBatch
@@ -20,38 +22,47 @@ GAP_S = 90.0
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    found = SqliteStore(tmp_path / "hub.db")
-    found.contact_gap_s, found.contact_max_spans = GAP_S, 3
-    await found.open()
+async def store(store: Any) -> AsyncIterator[Any]:
+    """Each backend in turn (tests/pgkit.py), with a small gap and span bound."""
+    store.contact_gap_s, store.contact_max_spans = GAP_S, 3
     token = EnrollmentTokenRecord("et_1", "h", 100, 100, NOW + timedelta(hours=1), {}, NOW, "a")
-    await found.create_enrollment_token(
+    await store.create_enrollment_token(
         token, AuditRecord("admin", "token.create", "et_1", "ok", NOW)
     )
-    try:
-        yield found
-    finally:
-        await found.close()
+    yield store
 
 
-async def _enroll(store: SqliteStore, device_id: str, at: datetime = NOW) -> None:
+async def _enroll(store: Any, device_id: str, at: datetime = NOW) -> None:
     device = NewDevice(device_id, "h", "1", f"s-{device_id}", "sha256:x", NOW + timedelta(days=9))
     await store.enroll_device("et_1", "h", device, at)
 
 
-async def _sync(store: SqliteStore, device_id: str, at: datetime) -> None:
+async def _sync(store: Any, device_id: str, at: datetime) -> None:
     await store.ingest_sync(device_id, SyncBatch([], None, 0, 0, protocol=3), at)
 
 
+async def _never_heard_from(store: Any, device_id: str) -> None:
+    """Clear the device's last contact in the database itself (no store method does)."""
+    forget = "UPDATE devices SET last_contact = NULL WHERE id = "
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute(forget + "?", (device_id,))
+        return
+    conn = await asyncpg.connect(store.url)
+    try:
+        await conn.execute(forget + "$1", device_id)
+    finally:
+        await conn.close()
+
+
 async def test_a_sample_counts_the_fleet_like_the_monitoring_counts(
-    store: SqliteStore, tmp_path: Path
+    store: Any,
 ) -> None:
     for d in ("dev-a", "dev-b", "dev-c", "dev-d"):
         await _enroll(store, d)  # enrollment is a contact
     await _sync(store, "dev-b", NOW - timedelta(hours=2))
     await _sync(store, "dev-c", NOW - timedelta(days=2))
-    with sqlite3.connect(tmp_path / "hub.db") as db:  # a device row never heard from
-        db.execute("UPDATE devices SET last_contact = NULL WHERE id = 'dev-d'")
+    await _never_heard_from(store, "dev-d")
     at = NOW + timedelta(seconds=10)
     online, stale = at - timedelta(seconds=GAP_S), at - timedelta(days=1)
     sample = await store.record_fleet_sample(at, online, stale)
@@ -67,7 +78,7 @@ async def test_a_sample_counts_the_fleet_like_the_monitoring_counts(
 
 
 async def test_contact_spans_split_at_a_silence_and_stay_within_their_bound(
-    store: SqliteStore,
+    store: Any,
 ) -> None:
     await _enroll(store, "dev-a")
     await _sync(store, "dev-a", NOW)
@@ -82,7 +93,7 @@ async def test_contact_spans_split_at_a_silence_and_stay_within_their_bound(
     assert store.contact_spans_trimmed == 2
 
 
-async def test_trimming_by_age_deletes_at_most_a_batch_per_write(store: SqliteStore) -> None:
+async def test_trimming_by_age_deletes_at_most_a_batch_per_write(store: Any) -> None:
     await _enroll(store, "dev-a")
     for minutes in range(5):
         at = NOW + timedelta(minutes=minutes)
