@@ -6,6 +6,8 @@ Playwright, against a real hub with SIMULATED devices.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,15 @@ ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+# Where the tests save their screenshots: docs/images when EDGEFLEET_SCREENSHOTS=docs (to
+# refresh docs/dashboard.md's pictures), else a scratch directory, so a test run leaves the
+# checkout unchanged.
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+IMAGES = (
+    DOCS_IMAGES
+    if os.environ.get("EDGEFLEET_SCREENSHOTS") == "docs"
+    else Path(tempfile.gettempdir()) / "edgefleet-screenshots"
+)
 RELEASE = {
     "name": "app",
     "version": "1",

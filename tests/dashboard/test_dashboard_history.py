@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashkit import ARGS, CHROMIUM, goto, scoped_user, shot, sign_in
+from dashkit import ARGS, CHROMIUM, IMAGES, goto, scoped_user, shot, sign_in
 from playwright.async_api import Page, async_playwright, expect
 from synckit import SimulatedDevice, close_simulated, enroll_simulated
 
@@ -104,7 +104,7 @@ async def test_the_device_page_draws_when_the_device_was_heard_from_and_silent(
     await expect(spans).to_have_count(2)
     await expect(spans.first).to_contain_text("heard from")
     await page.locator("[data-testid=contact-history]").screenshot(
-        path=str(Path(__file__).resolve().parents[2] / "docs/images/dashboard-connectivity.png")
+        path=str(IMAGES / "dashboard-connectivity.png")
     )
 
 
