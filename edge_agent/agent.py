@@ -27,6 +27,7 @@ from edge_agent.errors import (
     TargetRejected,
 )
 from edge_agent.executor import Reconciler, poll_completion, poll_health
+from edge_agent.host_report import HostReport
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
 from edge_agent.release_pin import ReleasePin
@@ -118,7 +119,7 @@ class Agent:
         self.read_audits: list[Any] = []  # the local APIs' technician read audits
         self._current: list[CurrentService] = []
         self._last_status = ""
-        self._host_report_failing = False
+        self._host_report: HostReport | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -574,22 +575,15 @@ class Agent:
 
     async def _host_containers(self) -> tuple[list[dict[str, Any]] | None, int | None]:
         """Return the host's containers (bounded) and their count; None if the engine is away."""
-        report = getattr(self.runtime, "host_containers", None)
-        if report is None:
-            return None, None
-        try:
+        if self._host_report is None:
             sc = self.config.supervisor
-            async with asyncio.timeout(sc.host_report_timeout_s):
-                found, total = await report(limit=sc.host_containers_max)
-        except (AgentError, TimeoutError) as exc:
-            if not self._host_report_failing:
-                log.warning("host container report unavailable: %s", exc)
-            self._host_report_failing = True
-            return None, None
-        if self._host_report_failing:
-            log.info("host container report available again")
-            self._host_report_failing = False
-        return [h.model_dump() for h in found], total
+            self._host_report = HostReport(
+                getattr(self.runtime, "host_containers", None),
+                limit=sc.host_containers_max,
+                timeout_s=sc.host_report_timeout_s,
+                max_age_s=sc.host_report_max_age_s,
+            )
+        return await self._host_report.read()
 
     # ---- engine events -------------------------------------------------------------
 

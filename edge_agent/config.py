@@ -96,6 +96,8 @@ class SupervisorConfig(Section):
     # engine must answer within the timeout (else the report is left out, logged once).
     host_containers_max: int = Field(200, ge=0, le=200)
     host_report_timeout_s: float = Field(5.0, gt=0)
+    # A report younger than this is reused by status reads (0: every read asks the engine).
+    host_report_max_age_s: float = Field(2.0, ge=0)
 
     @model_validator(mode="after")
     def _cap(self) -> SupervisorConfig:

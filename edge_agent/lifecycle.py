@@ -395,9 +395,11 @@ class Lifecycle:
         self.watched, self.desired = ref, ref.target
         self.watch = RolloutWatch(ref.target, now(), pull_timeout_s=self.policy.pull_timeout_s)
         self.on_state("converging")
-        await self.store.set_target_state(ref.id, "applying")
         self._later("deadline", self.policy.pull_timeout_s + 0.5, self._poke)
+        # The converge starts before the state write (an fsync), not after it: the target
+        # is already stored, and a restart before the write re-activates it as pending.
         self.converger.request(ref.target)
+        await self.store.set_target_state(ref.id, "applying")
 
     async def _mark_good(self) -> None:
         ref = self.watched
@@ -406,8 +408,10 @@ class Lifecycle:
         # read meanwhile must not report "good" with nothing running.
         self.running = ref
         self.retries.pop(ref.id, None)
-        await self.store.set_target_state(ref.id, "good")
+        # Converged is what the engine runs now; the durable "good" (an fsync) follows and
+        # does not hold the state back. A restart before it judges the target again.
         self.on_state("converged")
+        await self.store.set_target_state(ref.id, "good")
         await self.store.append(
             "event",
             {

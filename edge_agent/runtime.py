@@ -194,6 +194,9 @@ class DockerRuntime:
         # or checked (forgotten when removed, or when a listing no longer shows them), and
         # containers it created and has not started yet (known to be ours).
         self._networks_ok: set[tuple[str, bool]] = set()  # (name, internal)
+        # This device's networks as the last listing showed them (None: no listing yet):
+        # one the listing did not show is created without a look first.
+        self._networks_listed: dict[str, dict[str, Any]] | None = None
         self._created: set[str] = set()
 
     # -- names and labels -------------------------------------------------------------
@@ -408,8 +411,14 @@ class DockerRuntime:
         name = self.network_name(release_name, network)
         if (name, internal) in self._networks_ok:
             return name
-        for _ in range(2):
-            found = await self._find("network", name)
+        listed = self._networks_listed
+        for attempt in range(2):
+            if attempt == 0 and listed is not None:
+                # The iteration's listing is the look: no round trip of our own before
+                # creating (a network made meanwhile answers 409 and is looked up below).
+                found = listed.get(name)
+            else:
+                found = await self._find("network", name)
             if found is not None:
                 self._check_network(found, release_name, network, internal)
                 self._networks_ok.add((name, internal))
@@ -460,6 +469,8 @@ class DockerRuntime:
         """Remove a network of this release; a missing network is not an error."""
         name = self.network_name(release_name, network)
         self._networks_ok = {ok for ok in self._networks_ok if ok[0] != name}
+        if self._networks_listed is not None:
+            self._networks_listed.pop(name, None)
         found = await self._find("network", name)
         if found is None:
             return
@@ -478,8 +489,8 @@ class DockerRuntime:
             if labels.get(LABEL_RELEASE):
                 keys.add(network_key(labels[LABEL_RELEASE], labels.get(LABEL_NETWORK)))
         # A network removed behind the agent's back is looked up again before use.
-        present = {n.get("Name") for n in found or []}
-        self._networks_ok = {ok for ok in self._networks_ok if ok[0] in present}
+        self._networks_listed = {str(n.get("Name")): n for n in found or []}
+        self._networks_ok = {ok for ok in self._networks_ok if ok[0] in self._networks_listed}
         return sorted(keys)
 
     async def ensure_volume(self, name: str) -> str:
