@@ -10,7 +10,9 @@ certificate), and syncs on the interval over its own mTLS connection (kept alive
 agent's is; ``--fresh`` opens a new TLS connection per sync instead) with a gzip
 SyncRequest carrying ``--entries`` small outbox entries and a small status delta (the
 first sync sends a full status). Devices start at random offsets within one interval.
-``--long-poll`` also keeps a ``GET /v1/target`` open per device, as agents do.
+``--long-poll`` also holds a ``GET /v1/target`` per device, as agents do: on the sync's
+connection, until the next sync is due (``--two-connections``: on a second connection, as
+older agents did). ``--workers K`` runs the devices in K generator processes.
 
 The goal of the issue is 10,000 devices at a 30 s interval on one hub process
 (333 syncs/s) with p99 latency under 100 ms. The default, 2,000 devices at 6 s, offers
@@ -581,6 +583,8 @@ def figures(
         "entries_per_sync": args.entries,
         "long_poll": args.long_poll,
         "poll_wait_s": args.poll_wait,
+        "two_connections": args.two_connections,
+        "workers": args.workers,
         "fresh_tls": args.fresh,
         "offered_syncs_per_s": n / args.interval,
         "scheduled": sample.scheduled,
@@ -626,7 +630,15 @@ def report(r: dict[str, Any]) -> None:
     print(
         f"  fleet        {r['devices']} devices, one sync every {r['interval_s']:g} s, "
         f"{r['entries_per_sync']} entries + status delta per sync"
-        + (f", long-poll open ({r['poll_wait_s']:g} s waits)" if r["long_poll"] else "")
+        + (
+            (
+                ", long-poll on a second connection"
+                if r["two_connections"]
+                else ", long-poll on the sync's connection"
+            )
+            if r["long_poll"]
+            else ""
+        )
         + (", new TLS connection per sync" if r["fresh_tls"] else ", kept-alive TLS")
     )
     print(
