@@ -10,7 +10,9 @@ certificate), and syncs on the interval over its own mTLS connection (kept alive
 agent's is; ``--fresh`` opens a new TLS connection per sync instead) with a gzip
 SyncRequest carrying ``--entries`` small outbox entries and a small status delta (the
 first sync sends a full status). Devices start at random offsets within one interval.
-``--long-poll`` also keeps a ``GET /v1/target`` open per device, as agents do.
+``--long-poll`` also holds a ``GET /v1/target`` per device, as agents do: on the sync's
+connection, until the next sync is due (``--two-connections``: on a second connection, as
+older agents did). ``--workers K`` runs the devices in K generator processes.
 
 The goal of the issue is 10,000 devices at a 30 s interval on one hub process
 (333 syncs/s) with p99 latency under 100 ms. The default, 2,000 devices at 6 s, offers
@@ -31,8 +33,10 @@ import gc
 import gzip
 import json
 import math
+import multiprocessing
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -40,6 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,8 @@ from edge_agent.protocol import AGENT_FEATURES
 from hub.testing import RunningHub, client_ssl_context, make_key_and_csr, start_hub
 
 GOAL_RATE = 10_000 / 30.0
+Window = Any  # window[0], window[1]: perf_counter times, a shared array set by the parent
+PollSwitch = Any  # a multiprocessing Event: set once every device may hold its poll
 GOAL_P99_MS = 100.0
 
 
@@ -71,6 +78,14 @@ class Sample:
     def count(self, key: str, into: dict[str, int] | None = None) -> None:
         into = self.errors if into is None else into
         into[key] = into.get(key, 0) + 1
+
+
+@dataclass(frozen=True)
+class HubAddress:
+    """What a load-generator process needs of the hub (a RunningHub does not pickle)."""
+
+    url: str
+    ca_path: Path
 
 
 @dataclass
@@ -145,21 +160,67 @@ def sync_body(dev: SimDevice, entries: int, rng: random.Random) -> bytes:
 
 
 def new_session(
-    hub: RunningHub, dev: SimDevice, keepalive_s: float, ca: Path
+    hub: HubAddress, dev: SimDevice, keepalive_s: float, ca: Path
 ) -> aiohttp.ClientSession:
     ctx = client_ssl_context(ca, dev.ssl_path / "device.pem", dev.ssl_path / "device.key")
     connector = aiohttp.TCPConnector(ssl=ctx, limit=2, keepalive_timeout=keepalive_s)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
 
 
-async def run_device(
+async def send_sync(
     dev: SimDevice,
-    hub: RunningHub,
+    hub: HubAddress,
     args: argparse.Namespace,
-    t0: float,
-    window: list[float],
+    due: float,
+    window: Window,
     sample: Sample,
     rng: random.Random,
+) -> None:
+    """Send one sync due at ``due``; count it (latency from ``due``) if due in the window."""
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    in_window = window[0] <= due < window[1]
+    sample.scheduled += in_window
+    sent = time.perf_counter()
+    body = sync_body(dev, args.entries, rng)
+    if args.fresh or dev.session is None:
+        if dev.session is not None:
+            await dev.session.close()
+        dev.session = new_session(hub, dev, args.interval * 3, hub.ca_path)
+    try:
+        async with dev.session.post(hub.url + "/v1/sync", data=body, headers=headers) as resp:
+            raw = await resp.read()
+            status = resp.status
+            timing = resp.headers.get("Server-Timing", "")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        if in_window:
+            sample.count(type(exc).__name__)
+        return
+    done = time.perf_counter()
+    dev.syncs += 1
+    if status == 200:
+        dev.acked = json.loads(raw)["acked_seq"]
+    if not in_window:
+        return
+    if status != 200:
+        sample.count(f"http_{status}")
+        return
+    sample.latencies_ms.append((done - due) * 1e3)
+    sample.service_ms.append((done - sent) * 1e3)
+    sample.lag_ms.append(max(0.0, sent - due) * 1e3)
+    if timing.startswith("hub;dur="):
+        sample.hub_ms.append(float(timing.removeprefix("hub;dur=")))
+    sample.acked_entries += args.entries
+
+
+async def run_device(
+    dev: SimDevice,
+    hub: HubAddress,
+    args: argparse.Namespace,
+    t0: float,
+    window: Window,
+    sample: Sample,
+    rng: random.Random,
+    polls_on: PollSwitch,
 ) -> None:
     """Sync on the interval until the window closes.
 
@@ -167,84 +228,77 @@ async def run_device(
     previous sync ran late sends the next at once, and that wait is part of its latency.
     Every sync due inside the window ends as a latency or an error; one still unanswered
     when the run ends is counted as ``unfinished`` (``Sample.scheduled`` minus the rest).
+
+    Once ``polls_on`` is set (and unless ``--two-connections``), the device behaves as the
+    agent does: after each sync it long-polls on the same connection with a wait that ends
+    when its next sync is due, and sends that sync when the rest of the interval is under a
+    quarter of it (edge_agent/sync.py ``run_long_poll``). Its sync is then due when the
+    poll ends; the interval is up to a quarter shorter, as the hub's jitter makes it.
     """
-    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
-    start = t0 + rng.uniform(0, args.interval)
-    k = 0
+    due = t0 + rng.uniform(0, args.interval)
+    one_connection = args.long_poll and not args.two_connections
     while True:
-        due = start + k * args.interval
-        k += 1
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         if due >= window[1]:  # read after the sleep: the window is set while devices run
             return
-        in_window = window[0] <= due < window[1]
-        sample.scheduled += in_window
-        sent = time.perf_counter()
-        body = sync_body(dev, args.entries, rng)
-        if args.fresh or dev.session is None:
-            if dev.session is not None:
-                await dev.session.close()
-            dev.session = new_session(hub, dev, args.interval * 3, hub.ca_path)
-        try:
-            async with dev.session.post(hub.url + "/v1/sync", data=body, headers=headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                timing = resp.headers.get("Server-Timing", "")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if in_window:
-                sample.count(type(exc).__name__)
+        await send_sync(dev, hub, args, due, window, sample, rng)
+        if not (one_connection and polls_on.is_set()):
+            due += args.interval
             continue
-        done = time.perf_counter()
-        dev.syncs += 1
-        if status == 200:
-            dev.acked = json.loads(raw)["acked_seq"]
-        if not in_window:
-            continue
-        if status != 200:
-            sample.count(f"http_{status}")
-            continue
-        sample.latencies_ms.append((done - due) * 1e3)
-        sample.service_ms.append((done - sent) * 1e3)
-        sample.lag_ms.append(max(0.0, sent - due) * 1e3)
-        if timing.startswith("hub;dur="):
-            sample.hub_ms.append(float(timing.removeprefix("hub;dur=")))
-        sample.acked_entries += args.entries
+        synced = time.perf_counter()
+        while (remaining := synced + args.interval - time.perf_counter()) > args.interval / 4:
+            if time.perf_counter() >= window[1]:
+                return
+            await poll_once(dev, hub, args, min(args.poll_wait, remaining), window, sample)
+        due = max(time.perf_counter(), synced + args.interval * 0.75)
 
 
 POLL_FEATURES = ",".join(sorted(AGENT_FEATURES))  # what an agent sends (no features read)
 
 
-async def long_poll(
+async def poll_once(
     dev: SimDevice,
-    hub: RunningHub,
+    hub: HubAddress,
     args: argparse.Namespace,
-    window: list[float],
+    wait_s: float,
+    window: Window,
     sample: Sample,
 ) -> None:
-    """Hold GET /v1/target open until the end, as an agent does (its wait, its features,
-    its Retry-After handling); answers inside the window are counted by status."""
-    params = {"after": "0", "wait": f"{args.poll_wait:g}", "features": POLL_FEATURES}
-    timeout = aiohttp.ClientTimeout(total=args.poll_wait + 30)
+    """Hold one GET /v1/target as an agent does (its features, its Retry-After handling);
+    an answer inside the window is counted by status."""
+    assert dev.session is not None
+    params = {"after": "0", "wait": f"{wait_s:.3f}", "features": POLL_FEATURES}
+    timeout = aiohttp.ClientTimeout(total=wait_s + 30)
+    retry_after = 0.0
+    try:
+        async with dev.session.get(hub.url + "/v1/target", params=params, timeout=timeout) as resp:
+            await resp.read()
+            key = f"http_{resp.status}"
+            retry_after = float(resp.headers.get("Retry-After", "0"))
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        key, retry_after = type(exc).__name__, 1.0
+    if window[0] <= time.perf_counter() < window[1]:
+        sample.count(key, sample.polls)
+    if retry_after:
+        await asyncio.sleep(retry_after)
+
+
+async def long_poll(
+    dev: SimDevice,
+    hub: HubAddress,
+    args: argparse.Namespace,
+    window: Window,
+    sample: Sample,
+) -> None:
+    """``--two-connections``: hold GET /v1/target open until the end on a second
+    connection, as agents before the shared connection did."""
     while time.perf_counter() < window[1]:
         if dev.session is None:  # its first sync has not started yet
             await asyncio.sleep(0.5)
             continue
-        retry_after = 0.0
-        try:
-            async with dev.session.get(
-                hub.url + "/v1/target", params=params, timeout=timeout
-            ) as resp:
-                await resp.read()
-                key = f"http_{resp.status}"
-                retry_after = float(resp.headers.get("Retry-After", "0"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            key, retry_after = type(exc).__name__, 1.0
-        if window[0] <= time.perf_counter() < window[1]:
-            sample.count(key, sample.polls)
-        if retry_after:
-            await asyncio.sleep(retry_after)
+        await poll_once(dev, hub, args, args.poll_wait, window, sample)
 
 
 class ProcWatch:
@@ -326,24 +380,92 @@ async def wait_for_hub(hub: RunningHub, connections: int, polls: int, timeout_s:
     return time.perf_counter() - started
 
 
-async def hold_polls(
-    hub: RunningHub,
+async def drive_slice(
     devices: list[SimDevice],
+    hub: HubAddress,
     args: argparse.Namespace,
-    window: list[float],
-    sample: Sample,
-) -> tuple[list[asyncio.Task[None]], float]:
-    """Open every device's long-poll, spread over one interval (as the syncs are); return
-    the tasks and how long until the hub held all of them."""
-    spread = random.Random(11)
+    t0: float,
+    window: Window,
+    polls_on: PollSwitch,
+    seed: float,
+) -> tuple[Sample, float]:
+    """Run these devices until the window (and its grace) is over; return the sample and
+    this process's CPU seconds inside the window."""
+    quiet_client_gc()
+    sample = Sample()
+    rng = random.Random(seed)
+    tasks = [
+        asyncio.create_task(
+            run_device(d, hub, args, t0, window, sample, random.Random(rng.random()), polls_on)
+        )
+        for d in devices
+    ]
+    await asyncio.to_thread(polls_on.wait)
+    if args.long_poll and args.two_connections:
+        spread = random.Random(seed + 1)
 
-    async def later(dev: SimDevice) -> None:
-        await asyncio.sleep(spread.uniform(0, args.interval))
-        await long_poll(dev, hub, args, window, sample)
+        async def later(dev: SimDevice) -> None:
+            await asyncio.sleep(spread.uniform(0, args.interval))
+            await long_poll(dev, hub, args, window, sample)
 
-    tasks = [asyncio.create_task(later(d)) for d in devices]
-    timeout_s = max(120.0, 4 * args.interval)
-    return tasks, await wait_for_hub(hub, 2 * len(devices), len(devices), timeout_s)
+        tasks += [asyncio.create_task(later(d)) for d in devices]
+    while window[0] == math.inf:  # noqa: ASYNC110  # set by the parent process
+        await asyncio.sleep(0.2)
+    # This generator's own GC pauses must not count against the hub: collect and freeze
+    # once every session exists, well before the window.
+    quiet_client_gc()
+    await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
+    cpu0 = time.process_time()
+    await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
+    cpu1 = time.process_time()
+    # A sync due in the window gets a grace period to answer, then counts as unfinished.
+    await asyncio.sleep(args.grace)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(d.session.close() for d in devices if d.session))
+    return sample, cpu1 - cpu0
+
+
+def generator_process(
+    devices: list[SimDevice],
+    hub: HubAddress,
+    args: argparse.Namespace,
+    t0: float,
+    window: Window,
+    polls_on: PollSwitch,
+    seed: float,
+    out: Connection,
+) -> None:
+    """One load-generator process (its own RLIMIT_NOFILE and event loop)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        out.send(runner.run(drive_slice(devices, hub, args, t0, window, polls_on, seed)))
+    out.close()
+
+
+def merge(samples: list[Sample]) -> Sample:
+    """Return one sample holding every generator process's measurements."""
+    total = Sample()
+    for part in samples:
+        total.latencies_ms += part.latencies_ms
+        total.service_ms += part.service_ms
+        total.hub_ms += part.hub_ms
+        total.lag_ms += part.lag_ms
+        total.acked_entries += part.acked_entries
+        total.scheduled += part.scheduled
+        for key, n in part.errors.items():
+            total.errors[key] = total.errors.get(key, 0) + n
+        for key, n in part.polls.items():
+            total.polls[key] = total.polls.get(key, 0) + n
+    return total
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -351,6 +473,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     hub = start_hub(work / "hub", sections=hub_sections(args))
     watch = ProcWatch(hub.pid)
     held_after_s = float("nan")
+    procs: list[multiprocessing.process.BaseProcess] = []
     try:
         rss_idle = watch.rss()
         t = time.perf_counter()
@@ -362,52 +485,62 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         rss_enrolled = watch.rss()
-
-        quiet_client_gc()
-        rng = random.Random(7)
-        t0 = time.perf_counter()
-        # The window opens once every connection and poll is up (set below, in place): a
-        # connection storm still in progress is not the steady state being measured.
-        window = [math.inf, math.inf]
-        sample = Sample()
-        tasks = [
-            asyncio.create_task(
-                run_device(d, hub, args, t0, window, sample, random.Random(rng.random()))
+        # perf_counter is CLOCK_MONOTONIC on Linux: one clock for every process. The
+        # window opens once every connection and poll is up (set below): a connection
+        # storm still in progress is not the steady state being measured.
+        mp = multiprocessing.get_context("spawn")
+        window = mp.Array("d", [math.inf, math.inf], lock=False)
+        polls_on = mp.Event()
+        address = HubAddress(hub.url, hub.ca_path)
+        t0 = time.perf_counter() + 3.0  # the generator processes start meanwhile
+        pipes = []
+        for k in range(args.workers):
+            mine, theirs = mp.Pipe(duplex=False)
+            part = devices[k :: args.workers]
+            proc = mp.Process(
+                target=generator_process,
+                args=(part, address, args, t0, window, polls_on, 7.0 + k, theirs),
+                name=f"bench-hub-load-{k}",
             )
-            for d in devices
-        ]
-        watcher = asyncio.create_task(watch.watch(window[1]))
-        # Every device has its sync connection after one interval: RSS "connected" then,
-        # and only then the long-polls, so the RSS they add is measured on its own.
+            proc.start()
+            procs.append(proc)
+            pipes.append(mine)
+        # Every device has its connection after one interval: RSS "connected" then, and
+        # only then the long-polls, so the RSS they add is measured on its own.
         await asyncio.sleep(max(0.0, t0 + args.interval + 1.0 - time.perf_counter()))
-        connected_s = await wait_for_hub(hub, len(devices), 0, max(120.0, 4 * args.interval))
+        patience = max(120.0, 4 * args.interval)
+        connected_s = await wait_for_hub(hub, len(devices), 0, patience)
         print(f"{len(devices)} devices connected after {connected_s:.1f} s more", flush=True)
         rss_connected = watch.rss()
+        polls_on.set()
         if args.long_poll:
-            polls, held_after_s = await hold_polls(hub, devices, args, window, sample)
-            tasks += polls
+            per_device = 2 if args.two_connections else 1
+            held_after_s = await wait_for_hub(
+                hub, per_device * len(devices), len(devices), patience
+            )
             print(f"{len(devices)} long-polls held after {held_after_s:.1f} s", flush=True)
         rss_held = watch.rss()
-        # The load generator's own GC pauses must not count against the hub: collect and
-        # freeze once every session exists, well before the window.
-        quiet_client_gc()
         window[0] = max(t0 + args.warmup, time.perf_counter() + args.interval)
         window[1] = window[0] + args.duration
+        watcher = asyncio.create_task(watch.watch(window[1]))
         await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
-        cpu0, client0 = watch.cpu_s(), time.process_time()
+        cpu0 = watch.cpu_s()
         await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
-        cpu1, client1 = watch.cpu_s(), time.process_time()
+        cpu1 = watch.cpu_s()
         rss_end = watch.rss()
-        # A sync due in the window gets a grace period to answer, then counts as unfinished.
-        await asyncio.sleep(args.grace)
-        for task in [*tasks, watcher]:
-            task.cancel()
-        await asyncio.gather(*tasks, watcher, return_exceptions=True)
-        await asyncio.gather(*(d.session.close() for d in devices if d.session))
+        await watcher
+        results = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
+        for proc in procs:
+            proc.join(30)
     finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
         status = hub.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    sample = merge([r[0] for r in results])
+    client_cpu_s = sum(r[1] for r in results)
     return figures(
         args,
         sample,
@@ -416,7 +549,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         enroll_s,
         held_after_s,
         (cpu0, cpu1),
-        (client0, client1),
+        (0.0, client_cpu_s),
         (rss_idle, rss_enrolled, rss_connected, rss_held, rss_end),
     )
 
@@ -450,6 +583,8 @@ def figures(
         "entries_per_sync": args.entries,
         "long_poll": args.long_poll,
         "poll_wait_s": args.poll_wait,
+        "two_connections": args.two_connections,
+        "workers": args.workers,
         "fresh_tls": args.fresh,
         "offered_syncs_per_s": n / args.interval,
         "scheduled": sample.scheduled,
@@ -495,7 +630,15 @@ def report(r: dict[str, Any]) -> None:
     print(
         f"  fleet        {r['devices']} devices, one sync every {r['interval_s']:g} s, "
         f"{r['entries_per_sync']} entries + status delta per sync"
-        + (f", long-poll open ({r['poll_wait_s']:g} s waits)" if r["long_poll"] else "")
+        + (
+            (
+                ", long-poll on a second connection"
+                if r["two_connections"]
+                else ", long-poll on the sync's connection"
+            )
+            if r["long_poll"]
+            else ""
+        )
         + (", new TLS connection per sync" if r["fresh_tls"] else ", kept-alive TLS")
     )
     print(
@@ -619,6 +762,18 @@ if __name__ == "__main__":
         help="long-poll wait asked for (the agent's default: 30 s)",
     )
     parser.add_argument("--fresh", action="store_true", help="new TLS connection per sync")
+    parser.add_argument(
+        "--two-connections",
+        action="store_true",
+        help="with --long-poll: hold the poll on a second connection per device, as agents "
+        "before the shared connection did (default: the sync runs on the poll's connection)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="load-generator processes (each its own RLIMIT_NOFILE and core time)",
+    )
     parser.add_argument(
         "--find-capacity",
         metavar="N,N,...",

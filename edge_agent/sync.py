@@ -13,7 +13,6 @@ interval; with capped, jittered backoff on failure) and ``run_long_poll()`` hold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import logging
@@ -304,6 +303,8 @@ class Syncer:
         self._entry_kinds: str | None = None  # as last stored (HUB_ENTRY_KINDS_META)
         self._lock = asyncio.Lock()
         self._wire = asyncio.Semaphore(self.limits.window)  # requests on the wire
+        self._synced_mono: float | None = None  # time.monotonic() of the last sync done
+        self._polling = False  # run_long_poll's last poll succeeded: it syncs when due
         self.last_synced_at: float | None = None  # time.time() of the last sync_once done
         self._wake = asyncio.Event()
         self.on_actions: ActionSink | None = None  # takes the actions of a sync answer
@@ -315,20 +316,38 @@ class Syncer:
     async def sync_once(self) -> SyncResult:
         """Ship queued entries until drained or the round cap; raise SyncError on failure."""
         async with self._lock:
-            await self.gate.load()
-            self.epoch = await store_epoch(self.store)
-            result = SyncResult()
-            # Each call starts at the configured batch size; a 413 halves it for this call
-            # only, so a hub limit costs at most log2(batch) refused requests per call.
-            self._batch_n = self.limits.batch_max_entries
-            self._wire = asyncio.Semaphore(self.limits.window)
-            flights: deque[_Flight] = deque()
-            try:
-                await self._pump(result, flights)
-            finally:
-                await _cancel(flights)
-            self.last_synced_at = time.time()  # wall clock: a Prometheus timestamp gauge
-            return result
+            return await self._sync_locked()
+
+    async def _sync_if_due(self, early_s: float) -> SyncResult | None:
+        """Sync when the interval's sync is due within ``early_s``; None if it is not."""
+        async with self._lock:  # a sync that just finished elsewhere moved the due time
+            if self._due_in_s() > early_s:
+                return None
+            return await self._sync_locked()
+
+    def _due_in_s(self) -> float:
+        """Return the seconds until the interval's next sync (<= 0: due)."""
+        if self._synced_mono is None:
+            return 0.0
+        return self._synced_mono + self.limits.sync_interval_s - time.monotonic()
+
+    async def _sync_locked(self) -> SyncResult:
+        """Run one sync_once body; the caller holds ``self._lock``."""
+        await self.gate.load()
+        self.epoch = await store_epoch(self.store)
+        result = SyncResult()
+        # Each call starts at the configured batch size; a 413 halves it for this call
+        # only, so a hub limit costs at most log2(batch) refused requests per call.
+        self._batch_n = self.limits.batch_max_entries
+        self._wire = asyncio.Semaphore(self.limits.window)
+        flights: deque[_Flight] = deque()
+        try:
+            await self._pump(result, flights)
+        finally:
+            await _cancel(flights)
+        self.last_synced_at = time.time()  # wall clock: a Prometheus timestamp gauge
+        self._synced_mono = time.monotonic()
+        return result
 
     async def _pump(self, result: SyncResult, flights: deque[_Flight]) -> None:
         """Keep up to ``window`` requests on the wire and ``prepare_ahead`` more made ready
@@ -611,48 +630,86 @@ class Syncer:
         return delay * (0.5 + 0.5 * self._jitter())
 
     async def run(self) -> None:
-        """Schedule ``sync_once`` forever: on notify (debounced), interval, backoff on failure."""
+        """Schedule ``sync_once`` forever: on notify (debounced), interval, backoff on failure.
+
+        While ``run_long_poll`` is healthy it runs the interval's sync itself, on the
+        connection its poll just freed; this loop then syncs on the interval only if that
+        did not happen (a short grace later), so a device holds one connection, not two.
+        """
         failures = 0
+        woken = True
         while True:
             try:
-                result = await self.sync_once()
+                result = await (self.sync_once() if woken else self._sync_if_due(0.0))
             except AgentError as exc:  # hub, store or target trouble: retry later
                 failures += 1
                 self.reach.failed(exc)
                 await asyncio.sleep(self.backoff_s(failures))
+                woken = True
                 continue
             failures = 0
             self.reach.succeeded()
-            if not result.drained:
+            if result is not None and not result.drained:
+                woken = True
                 continue
-            await self._idle(self.limits.sync_interval_s)
+            woken = await self._idle()
 
-    async def _idle(self, interval_s: float) -> None:
+    async def _idle(self) -> bool:
+        """Wait until the interval's sync is due; return True if ``notify`` woke us first."""
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
-                await self._wake.wait()
-                await asyncio.sleep(self.limits.debounce_s)
+        while True:
+            grace_s = self._poll_early_s() + 1.0 if self._polling else 0.0
+            remaining = self._due_in_s() + grace_s
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+            except TimeoutError:
+                continue  # re-read the due time: the long-poll loop may have synced
+            await asyncio.sleep(self.limits.debounce_s)
+            return True
+
+    def _poll_early_s(self) -> float:
+        """Return how early the long-poll loop may run the interval's sync.
+
+        A hub shortens the wait it grants (jitter, by up to a quarter by default): the
+        poll loop syncs when the rest of the interval is under a quarter of it rather than
+        polling again for a few seconds (each poll is a request on the hub).
+        """
+        return 0.25 * self.limits.sync_interval_s
+
+    def _poll_wait_s(self) -> float:
+        """Return the wait to ask for: to the next interval sync, at most ``long_poll_s``."""
+        return max(1.0, min(self.limits.long_poll_s, self._due_in_s()))
 
     async def run_long_poll(self) -> None:
-        """Hold ``GET /v1/target`` open and deliver targets as soon as the hub has one."""
+        """Hold ``GET /v1/target`` open and deliver targets as soon as the hub has one.
+
+        The wait asked for ends when the interval's sync is due; that sync then runs here,
+        on the same (kept-alive) connection, before the next poll.
+        """
         failures = 0
         while True:
             try:
                 await self.gate.load()
+                # before the first poll too: the first sync and poll share one connection
+                await self._sync_if_due(self._poll_early_s())
                 signed, actions_wait = await self.client.wait(
-                    self.gate.poll_after, self.limits.long_poll_s
+                    self.gate.poll_after, self._poll_wait_s()
                 )
                 if actions_wait:  # the hub holds actions for us: take them now
                     await self.sync_once()
             except AgentError as exc:
                 failures += 1
+                self._polling = False
                 self.reach.failed(exc)
                 await asyncio.sleep(
                     poll_delay_s(self.backoff_s(failures), exc, self.limits.backoff_cap_s)
                 )
                 continue
             failures = 0
+            self._polling = True
             self.reach.succeeded()
             if signed is None:
                 continue

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import logging
@@ -91,6 +92,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 MAX_FEATURES = 256  # feature names a long-poll may list (as SyncRequest.features)
+FEATURE_SETS_CACHED = 64  # distinct features lists parsed once (one per agent version)
 # Enrollment and renewal bodies are a token and a CSR: a few KiB.
 SMALL_BODY = 64 * 1024
 
@@ -407,17 +409,19 @@ async def long_poll_target(request: web.Request) -> web.Response:
         limits.long_poll_jitter,
         draw,
     )
-    device = await _enrolled_device(hub, request)
+    # Only the id is kept while the poll is held: at 10,000 held polls every object a
+    # waiting handler keeps alive is paid 10,000 times (the device row, its decoded tags).
+    device_id = (await _enrolled_device(hub, request)).id
     features = _features_param(request)
     if features is None:
-        features = await hub.store.device_features(device.id)
+        features = await hub.store.device_features(device_id)
     if notifier.is_full():
         return _come_back_later(hub, 503)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
-        with notifier.subscribe(device.id) as changed:
-            target = await hub.store.get_target(device.id)
+        with notifier.subscribe(device_id) as changed:
+            target = await hub.store.get_target(device_id)
             if (
                 target is not None
                 and target.revision > after
@@ -428,7 +432,7 @@ async def long_poll_target(request: web.Request) -> web.Response:
                     response = respond(signed)
                     response.enable_compression()
                     return response
-            wake = await wake_header(hub, device.id, features, hub.now())
+            wake = await wake_header(hub, device_id, features, hub.now())
             if wake is not None:  # an action is queued: the agent syncs to take it
                 return web.Response(status=204, headers=wake)
             if notifier.closed:
@@ -463,6 +467,13 @@ def _features_param(request: web.Request) -> frozenset[str] | None:
     raw = request.query.get("features")
     if raw is None:
         return None
+    return _parse_features(raw)
+
+
+@functools.lru_cache(maxsize=FEATURE_SETS_CACHED)
+def _parse_features(raw: str) -> frozenset[str]:
+    """Parse a ``features`` list; one shared set per distinct list (agents of one version
+    send the same), so a held poll does not keep its own copy."""
     names = [n for n in raw.split(",") if n]
     if len(names) > MAX_FEATURES or any(len(n) > 64 for n in names):
         raise InvalidRequest(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
+import itertools
 import json
 import logging
 import os
@@ -21,7 +23,7 @@ from synckit import FAST, Device, enroll_device, open_device, until
 from edge_agent.enroll import enroll, load_identity, renew_if_due, renewal_due
 from edge_agent.errors import ConfigError, HubRefused, HubUnreachable, SyncError
 from edge_agent.protocol import PROTOCOL_VERSION, ServiceReport, StatusSnapshot
-from edge_agent.sync import SyncLimits
+from edge_agent.sync import SyncLimits, SyncResult
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +167,51 @@ async def test_long_poll_delivers_within_a_second(hub: HubProcess, device: Devic
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_interval_syncs_share_the_long_polls_connection(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    """The interval's syncs go over the connection the long-poll frees: one TLS
+    connection per device (the hub's memory per held device), not one for each loop."""
+    await enroll_device(hub, tmp_path / "dev")
+    proxy = await FaultProxy("127.0.0.1", hub.port).start()
+    limits = dataclasses.replace(FAST, sync_interval_s=1.0, long_poll_s=30.0)
+    dev = await open_device(tmp_path / "dev", proxy.url, limits=limits)
+    syncer = dev.syncer
+    done: list[float] = []
+    sync_locked = syncer._sync_locked
+
+    async def counted() -> SyncResult:
+        result = await sync_locked()
+        done.append(time.monotonic())
+        return result
+
+    syncer._sync_locked = counted  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(syncer.run()), asyncio.create_task(syncer.run_long_poll())]
+    try:
+
+        async def synced(n: int) -> bool:
+            return len(done) >= n
+
+        await until(lambda: synced(5), 20)
+        gaps = [b - a for a, b in itertools.pairwise(done)]
+        assert all(0.5 < gap < 1.6 for gap in gaps), f"syncs not on the 1 s interval: {gaps}"
+        started = time.monotonic()
+        await asyncio.to_thread(hub.set_target, dev.identity.device_id, release_doc("7"))
+
+        async def arrived() -> bool:
+            return bool(dev.targets)
+
+        await until(arrived, 5)
+        assert time.monotonic() - started < 1.0, "the poll is held between syncs"
+        assert proxy.stats["accepted"] == 1, f"connections opened: {proxy.stats}"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await dev.close()
+        await proxy.close()
 
 
 async def test_renewal_swaps_certificate(hub: HubProcess, device: Device) -> None:
