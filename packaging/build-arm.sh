@@ -2,7 +2,7 @@
 # Build and smoke-test the ARM binaries: one command, run as root on an x86_64 Debian host.
 #
 #   nice -n 10 packaging/build-arm.sh [arm64|armhf|all] [--program edge-agent|edge-hub|all]
-#                                     [--smoke-only]
+#                                     [--mode onefile|onedir|both] [--smoke-only]
 #
 # The same machinery builds in an older Debian for a lower glibc floor (bookworm's binaries
 # need glibc 2.36; bullseye's 2.31). bullseye has no Python 3.11, so one is compiled from
@@ -32,12 +32,14 @@ BUILD_PACKAGES=python3,python3-venv,python3-dev,python3-pip,gcc,libc6-dev,make,b
 SUITE=bookworm
 arches=()
 program=default
+mode=default
 smoke_only=0
 while (($#)); do
     case $1 in
     arm64 | armhf) arches+=("$1") ;;
     all) arches=(arm64 armhf) ;;
     --program) program=$2; shift ;;
+    --mode) mode=$2; shift ;;
     --smoke-only) smoke_only=1 ;;
     amd64) arches+=("$1") ;;
     --suite) SUITE=$2; shift ;;
@@ -92,6 +94,18 @@ make_root() {
     touch "$root/.ready"
 }
 
+# The agent ships in both forms (the install script picks one per device); the hub onefile.
+mode_for() {
+    local prog=$1
+    if [[ $mode != default ]]; then
+        echo "$mode"
+    elif [[ $prog == edge-agent ]]; then
+        echo both
+    else
+        echo onefile
+    fi
+}
+
 programs_for() {
     local arch=$1
     case $program in
@@ -119,7 +133,8 @@ build_arch() {
         chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
             PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
             PIP_DEFAULT_TIMEOUT=180 \
-            bash /src/packaging/build.sh --program "$p" --python "$PYTHON_IN_ROOT" \
+            bash /src/packaging/build.sh --program "$p" --mode "$(mode_for "$p")" \
+            --python "$PYTHON_IN_ROOT" \
             --out /out --work /var/tmp/pyinstaller || die "build of $p for $arch failed"
     done
     unmount_root "$root"
