@@ -218,6 +218,26 @@ smoke_arch() {
         trap - EXIT
         rm -f "$bare/usr/local/bin/$prog"
     done
+    for dir in "$OUT"/edge-agent-*-linux-"$label"-onedir; do
+        [[ -x $dir/edge-agent ]] || continue
+        found=1
+        local floor root_libc
+        floor=$(glibc_floor "$dir")
+        root_libc=$(root_glibc "$build_root")
+        log "glibc floor of ${dir##*/}: GLIBC_$floor (build root: glibc $root_libc)"
+        [[ $(printf '%s\n%s\n' "$floor" "$root_libc" | sort -V | tail -1) == "$root_libc" ]] ||
+            die "${dir##*/} needs glibc $floor, newer than its build root's $root_libc"
+        log "smoke: ${dir##*/} in a root without Python ($bare)"
+        rm -rf "$bare/opt/edge-agent" && cp -a "$dir" "$bare/opt/edge-agent"
+        ln -sfn /opt/edge-agent/edge-agent "$bare/usr/local/bin/edge-agent"
+        mount_root "$bare"
+        trap 'unmount_root "'"$bare"'"' EXIT
+        chroot "$bare" /usr/local/bin/edge-agent --version || die "${dir##*/} --version failed"
+        chroot "$bare" /usr/local/bin/edge-agent selftest || die "${dir##*/} selftest failed"
+        unmount_root "$bare"
+        trap - EXIT
+        rm -rf "$bare/opt/edge-agent" "$bare/usr/local/bin/edge-agent"
+    done
     ((found)) || die "no binaries for $label in $OUT"
 }
 
