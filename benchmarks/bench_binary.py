@@ -133,7 +133,7 @@ def _variants(arch: str | None = None) -> dict[str, list[str]]:
 
 
 def bench_start(runs: int, arch: str | None) -> None:
-    where = f"{arch} under qemu" if arch else speclib.arch()
+    where = f"{arch} under qemu" if arch else speclib.arch_label()
     print(f"== start-to-ready, {where} (median of {runs}; goal <= {GOAL_READY_S:.0f} s)")
     for label, cmd in _variants(arch).items():
         for sub in (["--version"], ["selftest"]):

@@ -300,9 +300,9 @@ def _assert_onedir_installed(root: Path) -> None:
 
 def test_small_tmpfs_gets_onedir_then_forced_onefile_replaces_it(onedir_root: Path) -> None:
     root = onedir_root
-    _size_tmp(root, "64m")
+    _size_tmp(root, "512m")  # room enough (>= 256 MB free), but a small RAM-backed /tmp
     proc = _install(root, *FULL_ARGS)
-    assert "form: onedir: /tmp is a 64 MB tmpfs (< --min-tmpfs-mb 2048)" in proc.stdout
+    assert "form: onedir: /tmp is a 512 MB tmpfs (< --min-tmpfs-mb 2048)" in proc.stdout
     assert "checksum ok: " + f"{speclib.artefact_name('edge-agent')}-onedir.tar.gz" in proc.stdout
     _assert_onedir_installed(root)
 
