@@ -3,6 +3,7 @@
 #
 #   ./install.sh --hub-url URL --token TOKEN --ca-sha256 sha256:HEX [--device-id ID]
 #                [--data-dir DIR] [--binary PATH] [--no-start] [--force-config]
+#                [--form auto|onefile|onedir] [--min-tmp-mb N] [--min-tmpfs-mb N]
 #   ./install.sh --uninstall [--purge] [--purge-containers] [--device-id ID]
 #
 # Run it from the release bundle (install.sh, edge-agent-<version>-linux-<arch>,
@@ -22,6 +23,14 @@
 # --purge-containers removes this device's containers, networks and volumes (those
 # labelled io.edgefleet.device=<device id>) through the docker CLI.
 # --root DIR installs under DIR instead of / (for image builds and tests).
+#
+# Form: the onefile binary unpacks itself (~45 MB) into /tmp at every start; the onedir
+# form (edge-agent-<version>-linux-<arch>-onedir.tar.gz, unpacked into
+# /usr/local/lib/edge-agent, /usr/local/bin/edge-agent a symlink to it) unpacks nothing.
+# --form auto (the default) picks onedir when the bundle has it and /tmp has less than
+# --min-tmp-mb (default 256) MB free, or is a tmpfs (RAM) smaller than --min-tmpfs-mb
+# (default 2048) MB: a small device, where the unpacked copy would hold RAM for the
+# agent's whole life. Otherwise onefile. --form onefile|onedir forces one.
 set -euo pipefail
 
 NAME=edge-agent
@@ -32,6 +41,9 @@ ca_sha256=""
 device_id=""
 data_dir=/var/lib/edge-agent
 binary=""
+form=auto
+min_tmp_mb=256
+min_tmpfs_mb=2048
 start=1
 force_config=0
 uninstall=0
@@ -52,13 +64,16 @@ while (($#)); do
     --device-id) device_id=$2; shift ;;
     --data-dir) data_dir=$2; shift ;;
     --binary) binary=$2; shift ;;
+    --form) form=$2; shift ;;
+    --min-tmp-mb) min_tmp_mb=$2; shift ;;
+    --min-tmpfs-mb) min_tmpfs_mb=$2; shift ;;
     --root) root=${2%/}; shift ;;
     --no-start) start=0 ;;
     --force-config) force_config=1 ;;
     --uninstall) uninstall=1 ;;
     --purge) purge=1 ;;
     --purge-containers) purge_containers=1 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
@@ -67,6 +82,7 @@ done
 [[ $(id -u) == 0 ]] || die "run as root"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=$root/usr/local/bin/$NAME
+LIB=$root/usr/local/lib/$NAME
 CONF_DIR=$root/etc/$NAME
 CONF=$CONF_DIR/agent.toml
 UNIT_DIR=$root/etc/systemd/system
@@ -128,6 +144,7 @@ do_uninstall() {
         say "systemd is not running: skipped systemctl stop/disable"
     fi
     rm -f "$WANTS" "$UNIT" "$BIN" "$SYSUSERS"
+    rm -rf "$LIB"
     systemd_running && systemctl daemon-reload
     ((purge_containers)) && purge_device_containers
     if ((purge)); then
@@ -147,29 +164,111 @@ getent_root() {
     grep -E "^$key:" "$root/etc/$db"
 }
 
-install_binary() {
-    local label src sums want
-    label=$(arch_label)
-    if [[ -z $binary ]]; then
-        binary=$(find_file "$HERE"/edge-agent-*-linux-"$label" "$HERE"/dist/edge-agent-*-linux-"$label") ||
-            die "no edge-agent-*-linux-$label next to install.sh (use --binary PATH)"
-    fi
-    [[ -f $binary ]] || die "no such binary: $binary"
-    sums=$(find_file "$(dirname "$binary")/SHA256SUMS") || sums=""
+# verify FILE: its SHA-256 against the SHA256SUMS next to it (if there is one).
+verify() {
+    local file=$1 sums want
+    sums=$(find_file "$(dirname "$file")/SHA256SUMS") || sums=""
     if [[ -n $sums ]]; then
-        want=$(awk -v n="$(basename "$binary")" '$2 == n {print $1}' "$sums")
-        [[ -n $want ]] || die "$(basename "$binary") is not listed in $sums"
-        [[ $(sha256sum "$binary" | cut -d' ' -f1) == "$want" ]] ||
-            die "SHA-256 of $binary does not match $sums"
-        say "checksum ok: $(basename "$binary")"
+        want=$(awk -v n="$(basename "$file")" '$2 == n {print $1}' "$sums")
+        [[ -n $want ]] || die "$(basename "$file") is not listed in $sums"
+        [[ $(sha256sum "$file" | cut -d' ' -f1) == "$want" ]] ||
+            die "SHA-256 of $file does not match $sums"
+        say "checksum ok: $(basename "$file")"
     else
-        say "warning: no SHA256SUMS next to $binary; checksum not verified"
+        say "warning: no SHA256SUMS next to $file; checksum not verified"
     fi
+}
+
+# Why onedir suits this device, or nothing if onefile does: /tmp as the unit sees it
+# (PrivateTmp= lives on the same filesystem).
+small_tmp() {
+    local tmp=$root/tmp fstype avail_mb size_mb
+    [[ -d $tmp ]] || { echo "there is no /tmp"; return; }
+    read -r size_mb avail_mb < <(df -Pk "$tmp" | awk 'NR == 2 {print int($2 / 1024), int($4 / 1024)}')
+    fstype=$(stat -f -c %T "$tmp")
+    if ((avail_mb < min_tmp_mb)); then
+        echo "/tmp has ${avail_mb} MB free (< --min-tmp-mb $min_tmp_mb)"
+    elif [[ $fstype == tmpfs ]] && ((size_mb < min_tmpfs_mb)); then
+        echo "/tmp is a ${size_mb} MB tmpfs (< --min-tmpfs-mb $min_tmpfs_mb)"
+    fi
+}
+
+# Set $binary and $form: the file to install and its form (onefile or onedir).
+choose_binary() {
+    local label onefile onedir why
+    label=$(arch_label)
+    if [[ -n $binary ]]; then
+        [[ -f $binary ]] || die "no such binary: $binary"
+        local given=onefile
+        [[ $binary == *.tar.gz ]] && given=onedir
+        [[ $form == auto || $form == "$given" ]] ||
+            die "--form $form does not match --binary $binary (a $given build)"
+        form=$given
+        return
+    fi
+    onefile=$(find_file "$HERE"/edge-agent-*-linux-"$label" "$HERE"/dist/edge-agent-*-linux-"$label") ||
+        onefile=""
+    onedir=$(find_file "$HERE"/edge-agent-*-linux-"$label"-onedir.tar.gz \
+        "$HERE"/dist/edge-agent-*-linux-"$label"-onedir.tar.gz) || onedir=""
+    case $form in
+    onefile)
+        [[ -n $onefile ]] || die "no edge-agent-*-linux-$label next to install.sh (use --binary PATH)"
+        binary=$onefile
+        say "form: onefile (--form onefile)"
+        ;;
+    onedir)
+        [[ -n $onedir ]] ||
+            die "no edge-agent-*-linux-$label-onedir.tar.gz next to install.sh (use --binary PATH)"
+        binary=$onedir
+        say "form: onedir (--form onedir)"
+        ;;
+    auto)
+        why=$(small_tmp)
+        if [[ -n $why && -n $onedir ]]; then
+            form=onedir binary=$onedir
+            say "form: onedir: $why; nothing is unpacked at start"
+        elif [[ -n $onefile ]]; then
+            form=onefile binary=$onefile
+            if [[ -n $why ]]; then
+                say "warning: $why, but the bundle has no onedir build: onefile unpacks ~45 MB there at every start"
+            else
+                say "form: onefile (/tmp has room; --form onedir to unpack nothing at start)"
+            fi
+        elif [[ -n $onedir ]]; then
+            form=onedir binary=$onedir
+            say "form: onedir (the only build in the bundle)"
+        else
+            die "no edge-agent-*-linux-$label next to install.sh (use --binary PATH)"
+        fi
+        ;;
+    esac
+}
+
+install_binary() {
+    choose_binary
+    verify "$binary"
     mkdir -p "$(dirname "$BIN")"
-    # Replace atomically: a running agent keeps its old file until it restarts.
-    install -m 0755 -o root -g root "$binary" "$BIN.new"
-    mv -f "$BIN.new" "$BIN"
-    say "installed $BIN ($("$BIN" --version 2>/dev/null || echo 'cannot run here'))"
+    if [[ $form == onedir ]]; then
+        # Unpack beside the old folder, then swap: a running agent keeps its old files.
+        rm -rf "$LIB.new" "$LIB.old"
+        mkdir -p "$LIB.new"
+        tar -xzf "$binary" -C "$LIB.new" --strip-components=1 --no-same-owner ||
+            die "cannot unpack $binary"
+        [[ -x $LIB.new/$NAME ]] || die "$binary has no $NAME executable at its top"
+        chown -R root:root "$LIB.new"
+        chmod -R go-w "$LIB.new"
+        [[ -e $LIB ]] && mv "$LIB" "$LIB.old"
+        mv "$LIB.new" "$LIB"
+        rm -rf "$LIB.old"
+        ln -sfn "/usr/local/lib/$NAME/$NAME" "$BIN.new"
+        mv -Tf "$BIN.new" "$BIN"
+    else
+        # Replace atomically: a running agent keeps its old file until it restarts.
+        install -m 0755 -o root -g root "$binary" "$BIN.new"
+        mv -Tf "$BIN.new" "$BIN"
+        rm -rf "$LIB"
+    fi
+    say "installed $BIN ($form; $("$BIN" --version 2>/dev/null || echo 'cannot run here'))"
 }
 
 create_user() {
@@ -251,6 +350,11 @@ if ((uninstall)); then
     exit 0
 fi
 [[ -z $hub_url || $hub_url == https://* ]] || die "--hub-url must be an https:// URL"
+[[ $form == auto || $form == onefile || $form == onedir ]] ||
+    die "--form must be auto, onefile or onedir (got '$form')"
+[[ $min_tmp_mb =~ ^[0-9]+$ ]] || die "--min-tmp-mb must be a whole number of MB (got '$min_tmp_mb')"
+[[ $min_tmpfs_mb =~ ^[0-9]+$ ]] ||
+    die "--min-tmpfs-mb must be a whole number of MB (got '$min_tmpfs_mb')"
 if [[ -n $ca_sha256 ]]; then
     # As `edge-hub init` prints it (sha256:<hex>), or bare hex, colons allowed.
     fp=${ca_sha256#sha256:}

@@ -27,6 +27,7 @@ from edge_agent.errors import (
     TargetRejected,
 )
 from edge_agent.executor import Reconciler, poll_completion, poll_health
+from edge_agent.heaptrim import TRIM_DELAY_S, trim_heap
 from edge_agent.host_report import HostReport
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
@@ -649,11 +650,13 @@ async def run_agent(config: AgentConfig, *, runtime: Any = None) -> int:
     if interval_s is not None:
         agent.tasks.spawn(WATCHDOG_TASK, lambda: feed_watchdog(agent.tasks, interval_s, sd_notify))
     sd_notify("READY=1")
+    trim = loop.call_later(TRIM_DELAY_S, trim_heap)
     fatal = asyncio.create_task(agent.tasks.fatal.wait())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({fatal, stopping}, return_when=asyncio.FIRST_COMPLETED)
     fatal.cancel()
     stopping.cancel()
+    trim.cancel()
     code = EXIT_TASK_FAILED if agent.tasks.fatal.is_set() else 0
     log.info("stopping: %s", "a background task keeps failing" if code else "signal")
     sd_notify("STOPPING=1")

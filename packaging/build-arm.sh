@@ -2,7 +2,7 @@
 # Build and smoke-test the ARM binaries: one command, run as root on an x86_64 Debian host.
 #
 #   nice -n 10 packaging/build-arm.sh [arm64|armhf|all] [--program edge-agent|edge-hub|all]
-#                                     [--smoke-only]
+#                                     [--mode onefile|onedir|both] [--smoke-only]
 #
 # The same machinery builds in an older Debian for a lower glibc floor (bookworm's binaries
 # need glibc 2.36; bullseye's 2.31). bullseye has no Python 3.11, so one is compiled from
@@ -16,7 +16,9 @@
 # packaging/build.sh. Roots, the build venvs and the wheelhouse (uvloop, cffi and
 # PyInstaller's bootloader compile from source on armhf) are kept under
 # $EDGEFLEET_BUILD_CACHE (default /var/cache/edgefleet-build), so a rebuild takes minutes.
-# Cold: arm64 about 6 min, armhf about 20 min.
+# Cold (bookworm): arm64 about 6 min, armhf about 20 min. Cold with --suite bullseye
+# (CPython compiled under qemu) is well over 50 min for arm64 on 2 shared cores:
+# see docs/operations.md, "ARM".
 #
 # Then every binary is smoke-tested (--version and selftest): under qemu with
 # QEMU_LD_PREFIX=<build root>, and chrooted into a minimal root with no Python at all.
@@ -32,12 +34,14 @@ BUILD_PACKAGES=python3,python3-venv,python3-dev,python3-pip,gcc,libc6-dev,make,b
 SUITE=bookworm
 arches=()
 program=default
+mode=default
 smoke_only=0
 while (($#)); do
     case $1 in
     arm64 | armhf) arches+=("$1") ;;
     all) arches=(arm64 armhf) ;;
     --program) program=$2; shift ;;
+    --mode) mode=$2; shift ;;
     --smoke-only) smoke_only=1 ;;
     amd64) arches+=("$1") ;;
     --suite) SUITE=$2; shift ;;
@@ -92,6 +96,18 @@ make_root() {
     touch "$root/.ready"
 }
 
+# The agent ships in both forms (the install script picks one per device); the hub onefile.
+mode_for() {
+    local prog=$1
+    if [[ $mode != default ]]; then
+        echo "$mode"
+    elif [[ $prog == edge-agent ]]; then
+        echo both
+    else
+        echo onefile
+    fi
+}
+
 programs_for() {
     local arch=$1
     case $program in
@@ -119,7 +135,8 @@ build_arch() {
         chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
             PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
             PIP_DEFAULT_TIMEOUT=180 \
-            bash /src/packaging/build.sh --program "$p" --python "$PYTHON_IN_ROOT" \
+            bash /src/packaging/build.sh --program "$p" --mode "$(mode_for "$p")" \
+            --python "$PYTHON_IN_ROOT" \
             --out /out --work /var/tmp/pyinstaller || die "build of $p for $arch failed"
     done
     unmount_root "$root"
@@ -202,6 +219,26 @@ smoke_arch() {
         unmount_root "$bare"
         trap - EXIT
         rm -f "$bare/usr/local/bin/$prog"
+    done
+    for dir in "$OUT"/edge-agent-*-linux-"$label"-onedir; do
+        [[ -x $dir/edge-agent ]] || continue
+        found=1
+        local floor root_libc
+        floor=$(glibc_floor "$dir")
+        root_libc=$(root_glibc "$build_root")
+        log "glibc floor of ${dir##*/}: GLIBC_$floor (build root: glibc $root_libc)"
+        [[ $(printf '%s\n%s\n' "$floor" "$root_libc" | sort -V | tail -1) == "$root_libc" ]] ||
+            die "${dir##*/} needs glibc $floor, newer than its build root's $root_libc"
+        log "smoke: ${dir##*/} in a root without Python ($bare)"
+        rm -rf "$bare/opt/edge-agent" && cp -a "$dir" "$bare/opt/edge-agent"
+        ln -sfn /opt/edge-agent/edge-agent "$bare/usr/local/bin/edge-agent"
+        mount_root "$bare"
+        trap 'unmount_root "'"$bare"'"' EXIT
+        chroot "$bare" /usr/local/bin/edge-agent --version || die "${dir##*/} --version failed"
+        chroot "$bare" /usr/local/bin/edge-agent selftest || die "${dir##*/} selftest failed"
+        unmount_root "$bare"
+        trap - EXIT
+        rm -rf "$bare/opt/edge-agent" "$bare/usr/local/bin/edge-agent"
     done
     ((found)) || die "no binaries for $label in $OUT"
 }

@@ -71,3 +71,17 @@ write_sums() {
         mv SHA256SUMS.tmp SHA256SUMS
     )
 }
+
+# glibc_floor PATH...: the highest GLIBC_x.y symbol version any ELF file under PATH needs
+# (readelf reads every architecture's ELF; the onedir folder holds every bundled library).
+glibc_floor() {
+    find "$@" -type f -print0 | while IFS= read -r -d '' f; do
+        [[ $(head -c 4 "$f" | od -An -c | tr -d ' ') == 177ELF ]] || continue
+        readelf -V -W "$f" 2>/dev/null | grep -o 'Name: GLIBC_[0-9.]*' | cut -d_ -f2
+    done | sort -uV | tail -1
+}
+
+# root_glibc ROOT: the version of glibc in a Debian root (e.g. 2.31), from its dpkg database.
+root_glibc() {
+    dpkg-query --admindir="$1/var/lib/dpkg" -W -f='${Version}' libc6 | cut -d- -f1
+}

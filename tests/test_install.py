@@ -8,6 +8,7 @@ install lays down never leaks into the next test.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +75,16 @@ def base_root() -> Path:
 def agent_bin() -> Path:
     """Return the x86_64 onefile agent (EDGE_AGENT_BIN, or dist/, rebuilt if stale)."""
     return agent_binary()
+
+
+@functools.cache
+def agent_onedir_tarball() -> Path:
+    """Return dist/'s x86_64 onedir agent as its .tar.gz, built now if its inputs changed."""
+    proc = _sh(str(REPO / "packaging" / "build.sh"), "--mode", "onedir", "--if-stale", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = REPO / "dist" / f"{speclib.artefact_name('edge-agent')}-onedir.tar.gz"
+    assert path.is_file(), proc.stderr
+    return path
 
 
 @pytest.fixture
@@ -227,6 +238,10 @@ def test_bad_checksum_installs_nothing(root: Path) -> None:
         (("--hub-url", HUB_URL, "--token", TOKEN, "--ca-sha256", "sha256:abc"), "64 hex"),
         (("--ca-sha256", "abc"), "64 hex"),
         (("--bogus",), "unknown argument"),
+        (("--form", "zip"), "--form must be auto, onefile or onedir"),
+        (("--min-tmp-mb", "lots"), "--min-tmp-mb must be a whole number"),
+        (("--min-tmpfs-mb", "-1"), "--min-tmpfs-mb must be a whole number"),
+        (("--form", "onedir"), "onedir.tar.gz next to install.sh"),  # not in this bundle
     ],
 )
 def test_bad_arguments_are_refused(root: Path, args: tuple[str, ...], message: str) -> None:
@@ -250,6 +265,92 @@ def test_uninstall_keeps_config_and_data_then_purge_removes_all(root: Path) -> N
     for gone in ("etc/edge-agent", "var/lib/edge-agent", "var/log/edge-agent"):
         assert not (root / gone).exists(), gone
     assert "edge-agent:" not in (root / "etc/passwd").read_text()
+
+
+# ---- onefile or onedir --------------------------------------------------------------------
+
+
+@pytest.fixture
+def onedir_root(root: Path) -> Path:
+    """Return the root with the onedir build in its bundle too (listed in SHA256SUMS)."""
+    tarball = agent_onedir_tarball()
+    shutil.copy2(tarball, root / "opt/bundle" / tarball.name)
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    with (root / "opt/bundle/SHA256SUMS").open("a") as sums:
+        sums.write(f"{digest}  {tarball.name}\n")
+    return root
+
+
+def _size_tmp(root: Path, size: str) -> None:
+    """Resize the root's /tmp tmpfs (what the installer measures; systemd's PrivateTmp too)."""
+    _sh("mount", "-o", f"remount,size={size}", str(root / "tmp"))
+
+
+def _assert_onedir_installed(root: Path) -> None:
+    binary, lib = root / "usr/local/bin/edge-agent", root / "usr/local/lib/edge-agent"
+    assert os.readlink(binary) == "/usr/local/lib/edge-agent/edge-agent"
+    assert _mode(lib / "edge-agent") == 0o755 and _owner(root, lib) == ("root", "root")
+    assert not any(_mode(p) & 0o022 for p in lib.rglob("*") if not p.is_symlink())
+    ver = _sh("chroot", str(root), "/usr/local/bin/edge-agent", "--version", env=CHROOT_ENV)
+    assert ver.stdout.strip() == f"edge-agent {speclib.version()}"
+    st = _sh("chroot", str(root), "/usr/local/bin/edge-agent", "selftest", env=CHROOT_ENV)
+    assert st.stdout.splitlines()[-1] == "selftest passed"
+    assert not list((root / "tmp").glob("_MEI*"))  # nothing was unpacked
+
+
+def test_small_tmpfs_gets_onedir_then_forced_onefile_replaces_it(onedir_root: Path) -> None:
+    root = onedir_root
+    _size_tmp(root, "512m")  # room enough (>= 256 MB free), but a small RAM-backed /tmp
+    proc = _install(root, *FULL_ARGS)
+    assert "form: onedir: /tmp is a 512 MB tmpfs (< --min-tmpfs-mb 2048)" in proc.stdout
+    assert "checksum ok: " + f"{speclib.artefact_name('edge-agent')}-onedir.tar.gz" in proc.stdout
+    _assert_onedir_installed(root)
+
+    proc = _install(root, *FULL_ARGS, "--form", "onefile")
+    assert "form: onefile (--form onefile)" in proc.stdout
+    binary = root / "usr/local/bin/edge-agent"
+    assert not binary.is_symlink() and _mode(binary) == 0o755
+    assert not (root / "usr/local/lib/edge-agent").exists()
+
+    _install(root, *FULL_ARGS, "--form", "onedir")  # and back; then uninstall removes both
+    _assert_onedir_installed(root)
+    _install(root, "--uninstall")
+    assert not (root / "usr/local/bin/edge-agent").is_symlink()
+    assert not (root / "usr/local/lib/edge-agent").exists()
+
+
+def test_roomy_tmp_gets_onefile_unless_thresholds_say_otherwise(onedir_root: Path) -> None:
+    root = onedir_root
+    _size_tmp(root, "4g")
+    proc = _install(root, *FULL_ARGS)
+    assert "form: onefile (/tmp has room" in proc.stdout
+    assert not (root / "usr/local/bin/edge-agent").is_symlink()
+    # The same /tmp is small by a higher free-space bound, or a higher tmpfs bound.
+    proc = _install(root, *FULL_ARGS, "--min-tmp-mb", "8192")
+    assert "/tmp has 4096 MB free (< --min-tmp-mb 8192)" in proc.stdout
+    _assert_onedir_installed(root)
+    _install(root, *FULL_ARGS, "--form", "onefile")
+    proc = _install(root, *FULL_ARGS, "--min-tmpfs-mb", "8192")
+    assert "form: onedir: /tmp is a 4096 MB tmpfs (< --min-tmpfs-mb 8192)" in proc.stdout
+
+
+def test_small_tmp_without_onedir_build_warns_and_installs_onefile(root: Path) -> None:
+    _size_tmp(root, "64m")
+    proc = _install(root, *FULL_ARGS)
+    assert "but the bundle has no onedir build" in proc.stdout
+    assert not (root / "usr/local/bin/edge-agent").is_symlink()
+
+
+def test_onedir_with_bad_checksum_installs_nothing(onedir_root: Path) -> None:
+    root = onedir_root
+    sums = root / "opt/bundle/SHA256SUMS"
+    lines = sums.read_text().splitlines()
+    sums.write_text("\n".join([lines[0], "0" * 64 + lines[1][64:]]) + "\n")
+    proc = _install(root, *FULL_ARGS, "--form", "onedir", check=False)
+    assert proc.returncode == 1 and "does not match" in proc.stderr
+    assert not (root / "usr/local/bin/edge-agent").exists()
+    assert not (root / "usr/local/lib/edge-agent").exists()
+    assert not (root / "etc/edge-agent").exists()
 
 
 # ---- the installed agent enrolls with a real hub and runs ---------------------------------
