@@ -132,6 +132,10 @@ def hub_main(argv: list[str] | None = None) -> None:
         if args.data_dir:
             env["EDGE_HUB_SERVER_DATA_DIR"] = args.data_dir
         config = load_config(args.config, env)
+        if args.command == "serve" and args.workers != 1:
+            from hub.workers import check_workers
+
+            check_workers(config, args.workers)  # refused before anything is made
     except HubError as exc:
         print(f"edge-hub: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

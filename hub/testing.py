@@ -127,8 +127,8 @@ class RunningHub:
 
     @property
     def data_dir(self) -> Path:
-        """Return the hub's data directory (``[server] data_dir``; shared by a fleet's hubs)."""
-        return Path(self.sections.get("server", {}).get("data_dir", self.work_dir / "data"))
+        """Return the hub's data directory."""
+        return self.work_dir / "data"
 
     @property
     def ca_path(self) -> Path:
@@ -281,15 +281,13 @@ def start_hub(
     sections: dict[str, dict[str, Any]] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
-    serve_args: tuple[str, ...] = (),
+    serve_args: tuple[str, ...] = (),  # more ``serve`` options, e.g. ("--workers", "2")
 ) -> RunningHub:
     """Start ``python -m hub.cli serve`` on 127.0.0.1 and return once it accepts connections.
 
     ``work_dir`` gets ``data/`` (the hub's data dir), ``hub.toml``, ``hub.log`` (stderr)
     and ``hub.out`` (stdout). Reuse ``work_dir`` (and ``port``) to restart the same hub.
-    ``sections`` adds config, e.g. ``{"limits": {"max_body_bytes": 65536}}``; another
-    ``{"server": {"data_dir": ...}}`` shares a hub's keys (processes of one fleet on
-    PostgreSQL). ``serve_args`` are more ``serve`` options, e.g. ``("--workers", "2")``.
+    ``sections`` adds config, e.g. ``{"limits": {"max_body_bytes": 65536}}``.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, dict[str, Any]] = {
@@ -323,7 +321,7 @@ def start_hub(
         for line in out_path.read_text().splitlines():
             if line.startswith("listening on https://"):
                 host, _, bound = line.removeprefix("listening on https://").rpartition(":")
-                token = (Path(config["server"]["data_dir"]) / "admin.token").read_text().strip()
+                token = (work_dir / "data" / "admin.token").read_text().strip()
                 return RunningHub(process, work_dir, host, int(bound), token, config)
         if process.poll() is not None:
             break

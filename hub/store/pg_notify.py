@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 from collections.abc import Callable
@@ -39,7 +40,7 @@ log = logging.getLogger("hub.signals")
 CHANNEL = "edgefleet_signal"
 ENGINE_ITEM = "!engine"
 PAYLOAD_MAX = 7000  # bytes of one NOTIFY payload (PostgreSQL's limit is 8000)
-APPLICATION_NAME = "edgefleet-hub-listen"
+APPLICATION_NAME = "edgefleet-hub-listen"  # then "-PID"
 
 
 def pack(sender: str, items: list[str], limit: int = PAYLOAD_MAX) -> list[str]:
@@ -168,7 +169,7 @@ class PgSignals:
                 conn = await asyncpg.connect(
                     self.url,
                     timeout=10,
-                    server_settings={"application_name": APPLICATION_NAME},
+                    server_settings={"application_name": f"{APPLICATION_NAME}-{os.getpid()}"},
                 )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 self.connect_failures += 1

@@ -1,0 +1,283 @@
+"""Several real hub processes on one real PostgreSQL database (issue 13, docs/scaling.md).
+
+Each test starts its own hubs (``hub.testing.start_hub`` with ``[store] url``) sharing one
+data directory (CA, signing key, admin token) and one fresh database (tests/pgkit.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from hubdocs import release_doc
+from test_hub_sync import entries, stored, sync
+
+from edge_agent.protocol import SignedTarget
+from edge_agent.signing import load_public_key, verify_target
+from hub.testing import REPO_ROOT, DeviceIdentity, RunningHub, start_hub, write_config
+
+LIMITS = {"long_poll_max_wait_s": 30.0, "prestart_parse_workers": False}
+STORE = {"leader_retry_s": 0.3, "listen_check_s": 1.0, "listen_reconnect_max_s": 0.5}
+
+
+class Fleet:
+    """Hub processes of one fleet: one database, one data directory."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.url = url
+        self.hubs: list[RunningHub] = []
+
+    def sections(self, **extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        sections: dict[str, dict[str, Any]] = {
+            "store": {"url": self.url, **STORE},
+            "limits": dict(LIMITS),
+        }
+        for name, values in extra.items():
+            sections.setdefault(name, {}).update(values)
+        return sections
+
+    def work_dir(self, name: str) -> Path:
+        """Return a hub's work dir; its ``data`` is the fleet's one data directory."""
+        work_dir = self.root / name
+        work_dir.mkdir(exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        if not (work_dir / "data").exists():
+            (work_dir / "data").symlink_to(self.root / "data")
+        return work_dir
+
+    def start(self, name: str, port: int = 0, **extra: dict[str, Any]) -> RunningHub:
+        hub = start_hub(self.work_dir(name), port=port, sections=self.sections(**extra))
+        self.hubs.append(hub)
+        return hub
+
+    def close(self) -> None:
+        for hub in self.hubs:
+            hub.kill()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, pg_url: str) -> Iterator[Fleet]:
+    """Return a fleet on a fresh database; its hubs are killed at the end."""
+    made = Fleet(tmp_path, pg_url)
+    yield made
+    made.close()
+
+
+async def health(hub: RunningHub, ctx: Any = None) -> dict[str, Any]:
+    status, body = await hub.request("GET", "/healthz", ssl_context=ctx)
+    assert status == 200, body
+    return body
+
+
+async def wait_for(condition: Any, what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def poll_target(hub: RunningHub, device: DeviceIdentity, wait_s: float = 20.0) -> int:
+    status, body = await hub.request(
+        "GET",
+        f"/v1/target?after=0&wait={wait_s}",
+        ssl_context=device.ssl_context(),
+        timeout_s=wait_s + 10,
+    )
+    assert status == 200, (status, body)
+    pinned = load_public_key(device.signing_public_key_pem)
+    signed = SignedTarget.model_validate(body)
+    now = datetime.now(UTC)
+    return verify_target(
+        signed, pinned, device_id=device.device_id, applied_revision=0, now=now
+    ).revision
+
+
+async def enroll(hub: RunningHub, root: Path, count: int) -> list[DeviceIdentity]:
+    token = await hub.create_token(uses=count)
+    return [await hub.enroll(token, root / f"dev{i}", hostname=f"d{i}") for i in range(count)]
+
+
+async def test_target_set_through_one_process_wakes_polls_held_by_the_others(
+    fleet: Fleet, tmp_path: Path
+):
+    a, b, c = fleet.start("a"), fleet.start("b"), fleet.start("c")
+    d1, d2 = await enroll(a, tmp_path, 2)
+    polls = [asyncio.create_task(poll_target(b, d1)), asyncio.create_task(poll_target(c, d2))]
+    await b.wait_long_polls(1)
+    await c.wait_long_polls(1)
+    started = time.monotonic()
+    await a.set_target(d1.device_id, release_doc("1"))
+    await a.set_target(d2.device_id, release_doc("1"))
+    done, _ = await asyncio.wait(polls, timeout=1.0)
+    elapsed = time.monotonic() - started
+    assert len(done) == 2, f"only {len(done)} of 2 polls woke within 1 s"
+    assert [p.result() for p in polls] == [1, 1]
+    assert elapsed < 1.0
+    sent = (await health(a))["cluster"]["signals"]["sent"]
+    received = [(await health(h))["cluster"]["signals"]["received"] for h in (b, c)]
+    assert sent >= 1 and min(received) >= 1
+
+
+async def test_a_lost_listener_reconnects_and_polls_still_wake(fleet: Fleet, tmp_path: Path):
+    a, b = fleet.start("a"), fleet.start("b")
+    [device] = await enroll(a, tmp_path, 1)
+    listener = f"edgefleet-hub-listen-{b.pid}"
+    conn = await asyncpg.connect(fleet.url)
+    try:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1",
+            listener,
+        )
+    finally:
+        await conn.close()
+    assert killed == 1
+
+    async def reconnected() -> bool:
+        signals = (await health(b))["cluster"]["signals"]
+        return signals["reconnects"] >= 1 and signals["connected"]
+
+    await wait_for(reconnected, "hub b's listener to reconnect")
+    poll = asyncio.create_task(poll_target(b, device))
+    await b.wait_long_polls(1)
+    await a.set_target(device.device_id, release_doc("2"))
+    assert await asyncio.wait_for(poll, 1.0) == 1
+
+
+async def test_batches_alternating_between_processes_are_stored_once_in_order(
+    fleet: Fleet, tmp_path: Path
+):
+    hubs = [fleet.start("a"), fleet.start("b"), fleet.start("c")]
+    [device] = await enroll(hubs[0], tmp_path, 1)
+    seq = 0
+    for n in range(12):
+        batch = {"entries": entries(*range(seq + 1, seq + 6))}
+        first = await sync(hubs[n % 3], device, batch)
+        again = await sync(hubs[(n + 1) % 3], device, batch)  # the answer was "lost"
+        assert first[0] == again[0] == 200
+        seq += 5
+        assert first[1]["acked_seq"] == again[1]["acked_seq"] == seq
+    for hub in hubs:
+        assert await stored(hub, device.device_id) == list(range(1, seq + 1))
+
+
+async def test_killing_a_process_mid_batch_loses_and_duplicates_nothing(
+    fleet: Fleet, tmp_path: Path
+):
+    a, b = fleet.start("a"), fleet.start("b")
+    port = a.port
+    [device] = await enroll(b, tmp_path, 1)
+    rng = random.Random(13)
+    seq = 0
+    outcomes = []
+    for _ in range(4):
+        batch = {"entries": entries(*range(seq + 1, seq + 201), size=200)}
+        sending = asyncio.create_task(sync(a, device, batch))
+        # fault injection: SIGKILL at a random point of the request (before, during or
+        # after its commit); the device then resends to the other process
+        asyncio.get_running_loop().call_later(rng.uniform(0.0, 0.15), a.kill)
+        try:
+            outcomes.append((await sending)[0])
+        except (aiohttp.ClientError, OSError):
+            outcomes.append("killed")
+        a.kill()
+        status, body = await sync(b, device, batch)
+        seq += 200
+        assert status == 200 and body["acked_seq"] == seq
+        fleet.hubs.remove(a)
+        a = fleet.start("a", port=port)
+    assert "killed" in outcomes, outcomes  # at least one kill landed mid-request
+    assert await stored(a, device.device_id) == list(range(1, seq + 1))
+
+
+async def test_workers_serve_one_port_and_both_answer(fleet: Fleet):
+    root = fleet.work_dir("w")
+    hub = start_hub(root, sections=fleet.sections(), serve_args=("--workers", "2"))
+    fleet.hubs.append(hub)
+    out = (root / "hub.out").read_text()
+    assert "workers 2 pids" in out, out
+    pids: set[int] = set()
+    leaders = 0
+    ctx = hub.ssl_context()
+    for _ in range(400):
+        body = await health(hub, ctx)  # a new connection each time: the kernel spreads them
+        if body["cluster"]["pid"] not in pids:
+            pids.add(body["cluster"]["pid"])
+            leaders += body["cluster"]["leadership"]["leader"]
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, f"only worker(s) {pids} answered"
+    assert leaders == 1  # one leader among the workers
+    assert hub.stop() == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"worker {pid} still runs"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+WORKERS = ("--workers", "2")
+
+
+def test_workers_are_refused_on_sqlite(tmp_path: Path):
+    write_config(tmp_path / "hub.toml", {"server": {"data_dir": str(tmp_path / "data")}})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "serve",
+            "--config",
+            str(tmp_path / "hub.toml"),
+            *WORKERS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert done.returncode == 2, done
+    assert "--workers 2 needs a PostgreSQL store" in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+async def test_the_leader_dies_and_another_process_takes_over(fleet: Fleet):
+    fast = {"tick_s": 0.2}
+    a = fleet.start("a", rollouts=fast)
+
+    async def leads(hub: RunningHub) -> bool:
+        return bool((await health(hub))["cluster"]["leadership"]["leader"])
+
+    await wait_for(lambda: leads(a), "hub a to lead")
+    b = fleet.start("b", rollouts=fast)
+    body = await health(b)
+    assert body["cluster"]["leadership"]["leader"] is False
+    assert body["rollout_engine"]["ticks"] == 0  # a follower's engine does not run
+    a.kill()
+    killed_at = time.monotonic()
+    await wait_for(lambda: leads(b), "hub b to take over", timeout_s=10)
+    took = time.monotonic() - killed_at
+
+    async def ticking() -> bool:
+        return int((await health(b))["rollout_engine"]["ticks"]) >= 2
+
+    await wait_for(ticking, "hub b's rollout engine to tick")
+    assert took < STORE["leader_retry_s"] + 2.0
