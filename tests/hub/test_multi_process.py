@@ -281,3 +281,55 @@ async def test_the_leader_dies_and_another_process_takes_over(fleet: Fleet):
 
     await wait_for(ticking, "hub b's rollout engine to tick")
     assert took < STORE["leader_retry_s"] + 2.0
+
+
+async def test_while_the_listener_cannot_connect_held_polls_recheck_the_database(
+    tmp_path: Path, pg_url: str
+):
+    """A role that may open no new connection: the listener, once cut, stays down."""
+    role = f"hub_{os.urandom(6).hex()}"
+    database = pg_url.rpartition("/")[2]
+    admin = await asyncpg.connect(pg_url)
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    await admin.execute(f'ALTER DATABASE "{database}" OWNER TO "{role}"')
+    base, _, _ = pg_url.rpartition("/")
+    url = base.replace("postgres@", f"{role}@", 1) + "/" + database
+    fleet = Fleet(tmp_path, url)
+    try:
+        store = {"listen_degraded_poll_s": 0.3}
+        a, b = fleet.start("a", store=store), fleet.start("b", store=store)
+        [device] = await enroll(a, tmp_path, 1)
+        poll = asyncio.create_task(poll_target(b, device))
+        await b.wait_long_polls(1)
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 0')  # open ones stay
+        await admin.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            f"edgefleet-hub-listen-{b.pid}",
+        )
+
+        async def cut_off() -> bool:
+            signals = (await health(b))["cluster"]["signals"]
+            return not signals["connected"] and signals["connect_failures"] >= 1
+
+        await wait_for(cut_off, "hub b's listener to fail to reconnect")
+        assert not poll.done()
+        await a.set_target(device.device_id, release_doc("3"))
+        # no NOTIFY reaches b: its held poll re-reads every 0.3 s and finds the target
+        assert await asyncio.wait_for(poll, 2.0) == 1
+        assert (await health(b))["cluster"]["signals"]["connected"] is False
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+
+        async def back() -> bool:
+            return bool((await health(b))["cluster"]["signals"]["connected"])
+
+        await wait_for(back, "hub b's listener to reconnect")
+    finally:
+        fleet.close()
+        await admin.execute(f'REASSIGN OWNED BY "{role}" TO postgres')
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.close()
+        admin = await asyncpg.connect(pg_url.rpartition("/")[0] + "/postgres")
+        try:
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        finally:
+            await admin.close()
