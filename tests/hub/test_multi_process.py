@@ -22,9 +22,12 @@ import asyncpg
 import pytest
 from hubdocs import release_doc
 from test_hub_sync import entries, stored, sync
+from test_rollouts import SimDevice, make_release, start
 
 from edge_agent.protocol import SignedTarget
 from edge_agent.signing import load_public_key, verify_target
+from hub.notify import TargetNotifier
+from hub.store.pg_notify import PgSignals, pack, unpack
 from hub.testing import REPO_ROOT, DeviceIdentity, RunningHub, start_hub, write_config
 
 LIMITS = {"long_poll_max_wait_s": 30.0, "prestart_parse_workers": False}
@@ -79,6 +82,10 @@ async def health(hub: RunningHub, ctx: Any = None) -> dict[str, Any]:
     status, body = await hub.request("GET", "/healthz", ssl_context=ctx)
     assert status == 200, body
     return body
+
+
+async def leads(hub: RunningHub) -> bool:
+    return bool((await health(hub))["cluster"]["leadership"]["leader"])
 
 
 async def wait_for(condition: Any, what: str, timeout_s: float = 15.0) -> None:
@@ -263,9 +270,6 @@ async def test_the_leader_dies_and_another_process_takes_over(fleet: Fleet):
     fast = {"tick_s": 0.2}
     a = fleet.start("a", rollouts=fast)
 
-    async def leads(hub: RunningHub) -> bool:
-        return bool((await health(hub))["cluster"]["leadership"]["leader"])
-
     await wait_for(lambda: leads(a), "hub a to lead")
     b = fleet.start("b", rollouts=fast)
     body = await health(b)
@@ -333,3 +337,50 @@ async def test_while_the_listener_cannot_connect_held_polls_recheck_the_database
             await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         finally:
             await admin.close()
+
+
+def test_signal_payloads_stay_under_the_notify_limit_and_round_trip():
+    ids = [f"dev-{i:016x}" for i in range(2000)]
+    payloads = pack("sender", ids, limit=1000)
+    assert len(payloads) > 1 and all(len(p) <= 1000 for p in payloads)
+    unpacked = [unpack(p) for p in payloads]
+    assert {s for s, _ in unpacked} == {"sender"}
+    assert [i for _, items in unpacked for i in items] == ids
+    assert pack("sender", []) == []
+
+
+async def test_signals_waiting_to_be_sent_are_bounded_and_counted():
+    notifier = TargetNotifier()
+    signals = PgSignals("postgresql://unused", None, notifier, max_pending=3)  # type: ignore[arg-type]
+    for device_id in ["d1", "d2", "d1", "d3", "d4", "d5"]:
+        notifier.notify(device_id)  # relayed: queued once per id, over the bound dropped
+    stats = signals.stats()
+    assert stats["pending"] == 3 and stats["dropped"] == 2
+    assert notifier.recheck_s == signals.degraded_poll_s  # not connected yet: polls re-check
+
+
+async def test_a_rollout_started_through_a_follower_wakes_the_leaders_engine(
+    fleet: Fleet, tmp_path: Path
+):
+    hourly = {"tick_s": 3600, "wake_coalesce_s": 0.1}  # only a wake-up makes the engine plan
+    a = fleet.start("a", rollouts=hourly)
+    await wait_for(lambda: leads(a), "hub a to lead")
+    b = fleet.start("b", rollouts=hourly)
+    tag = "m" + os.urandom(4).hex()
+    token = await b.create_token(uses=2, tags={"fleet": tag})
+    devices = [SimDevice(identity=await b.enroll(token, tmp_path / f"s{i}")) for i in range(2)]
+    await asyncio.gather(*(d.sync(b) for d in devices))
+    status, body = await b.api("POST", "/api/v1/groups", {"name": tag, "selector": f"fleet={tag}"})
+    assert status == 201, body
+    release = await make_release(b, "multi-" + tag, "1")
+    assert (await health(a))["rollout_engine"]["ticks"] == 0
+    status, body = await start(b, release=release, group=tag, stages="100%", soak_s=0)
+    assert status == 201, body
+
+    async def issued() -> bool:
+        await asyncio.gather(*(d.sync(b) for d in devices))
+        return all(d.received for d in devices)
+
+    await wait_for(issued, "the leader's engine to issue the stage through hub b", 10)
+    assert (await health(a))["rollout_engine"]["ticks"] >= 1
+    assert (await health(b))["rollout_engine"]["ticks"] == 0
