@@ -17,6 +17,11 @@ Example (every key optional except ``server.data_dir``)::
     url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path";
                                   # "postgresql://..." (EDGE_HUB_DATABASE_URL): docs/scaling.md
     pool_max = 10                 # PostgreSQL: connections per hub process
+    listen_check_s = 10           # PostgreSQL, many processes (docs/scaling.md): LISTEN checked
+    listen_reconnect_max_s = 5    # ... reconnect backoff cap
+    listen_degraded_poll_s = 5    # ... while it is down, held polls re-read the database
+    signal_max_pending = 100000   # ... device ids waiting to be sent (more: counted, dropped)
+    leader_retry_s = 2            # ... a follower tries for the leader lock this often
     synchronous = "FULL"          # FULL: an ack survives a power cut
     wal_max_bytes = 67108864      # WAL truncated (between commits) when it grows past this
 

@@ -70,10 +70,10 @@ class PgNotifyMixin:
 
     async def send_notifications(self, channel: str, payloads: list[str]) -> None:
         """Send each payload as one NOTIFY on ``channel`` (one statement)."""
-        async with self._tx() as conn:  # type: ignore[attr-defined]
-            await conn.execute(
-                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", channel, payloads
-            )
+        # one statement, autocommitted: not a write (writer statistics do not count it)
+        await self._read(  # type: ignore[attr-defined]
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", channel, payloads
+        )
 
 
 class PgSignals:
