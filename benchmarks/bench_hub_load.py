@@ -2,7 +2,6 @@
 
     python benchmarks/bench_hub_load.py [--devices 2000] [--interval 6] [--duration 60]
                                         [--warmup S] [--entries 2] [--long-poll] [--fresh]
-                                        [--store sqlite|postgres] [--workers 1,2,4]
 
 Starts a real ``edge-hub serve`` process (hub.testing.start_hub: 127.0.0.1, tmp data dir,
 default limits, SQLite with synchronous=FULL). Then, in this process, N simulated
@@ -11,19 +10,21 @@ certificate), and syncs on the interval over its own mTLS connection (kept alive
 agent's is; ``--fresh`` opens a new TLS connection per sync instead) with a gzip
 SyncRequest carrying ``--entries`` small outbox entries and a small status delta (the
 first sync sends a full status). Devices start at random offsets within one interval.
-``--long-poll`` also keeps a ``GET /v1/target`` open per device, as agents do.
+``--long-poll`` also holds a ``GET /v1/target`` per device, as agents do: on the sync's
+connection, until the next sync is due (``--two-connections``: on a second connection, as
+older agents did). ``--workers K`` runs the devices in K generator processes.
+
+``--store postgres`` runs the hub on a fresh database of the PostgreSQL test server
+(``EDGEFLEET_PG_ADMIN_URL``, default the one scripts/testenv-postgres.sh starts; dropped
+after the run); ``--hub-workers 1,2,4`` runs the same load once per count of hub
+processes (``edge-hub serve --workers N``, PostgreSQL only) and prints syncs/s, p99 and
+the ratio of each to the first count. Hub CPU and RSS are then summed over the parent and
+its workers; /healthz counts are summed over the workers (asked until each answered).
 
 The goal of the issue is 10,000 devices at a 30 s interval on one hub process
 (333 syncs/s) with p99 latency under 100 ms. The default, 2,000 devices at 6 s, offers
 the same 333 syncs/s so the run finishes in about a minute; ``--devices 10000
 --interval 30`` is the literal goal. Figures are printed as ratios against the goal.
-
-``--store postgres`` runs the hub on a fresh database of the PostgreSQL test server
-(``EDGEFLEET_PG_ADMIN_URL``, default the one scripts/testenv-postgres.sh starts; dropped
-after the run); ``--workers 1,2,4`` runs the same load once per count of hub processes
-(``edge-hub serve --workers N``, PostgreSQL only) and prints syncs/s, p99 and the ratio
-of each to one worker. Hub CPU and RSS are then the sum over the parent and its workers;
-/healthz counts are summed over the workers (asked until every worker answered).
 
 Latency is measured in this (client) process from sending a request to reading the
 whole answer; the hub's own handler time (Server-Timing header) is shown next to it,
@@ -39,8 +40,10 @@ import gc
 import gzip
 import json
 import math
+import multiprocessing
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -48,6 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,8 @@ from edge_agent.protocol import AGENT_FEATURES
 from hub.testing import RunningHub, client_ssl_context, make_key_and_csr, start_hub
 
 GOAL_RATE = 10_000 / 30.0
+Window = Any  # window[0], window[1]: perf_counter times, a shared array set by the parent
+PollSwitch = Any  # a multiprocessing Event: set once every device may hold its poll
 GOAL_P99_MS = 100.0
 
 
@@ -79,6 +85,14 @@ class Sample:
     def count(self, key: str, into: dict[str, int] | None = None) -> None:
         into = self.errors if into is None else into
         into[key] = into.get(key, 0) + 1
+
+
+@dataclass(frozen=True)
+class HubAddress:
+    """What a load-generator process needs of the hub (a RunningHub does not pickle)."""
+
+    url: str
+    ca_path: Path
 
 
 @dataclass
@@ -153,21 +167,67 @@ def sync_body(dev: SimDevice, entries: int, rng: random.Random) -> bytes:
 
 
 def new_session(
-    hub: RunningHub, dev: SimDevice, keepalive_s: float, ca: Path
+    hub: HubAddress, dev: SimDevice, keepalive_s: float, ca: Path
 ) -> aiohttp.ClientSession:
     ctx = client_ssl_context(ca, dev.ssl_path / "device.pem", dev.ssl_path / "device.key")
     connector = aiohttp.TCPConnector(ssl=ctx, limit=2, keepalive_timeout=keepalive_s)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
 
 
-async def run_device(
+async def send_sync(
     dev: SimDevice,
-    hub: RunningHub,
+    hub: HubAddress,
     args: argparse.Namespace,
-    t0: float,
-    window: list[float],
+    due: float,
+    window: Window,
     sample: Sample,
     rng: random.Random,
+) -> None:
+    """Send one sync due at ``due``; count it (latency from ``due``) if due in the window."""
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    in_window = window[0] <= due < window[1]
+    sample.scheduled += in_window
+    sent = time.perf_counter()
+    body = sync_body(dev, args.entries, rng)
+    if args.fresh or dev.session is None:
+        if dev.session is not None:
+            await dev.session.close()
+        dev.session = new_session(hub, dev, args.interval * 3, hub.ca_path)
+    try:
+        async with dev.session.post(hub.url + "/v1/sync", data=body, headers=headers) as resp:
+            raw = await resp.read()
+            status = resp.status
+            timing = resp.headers.get("Server-Timing", "")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        if in_window:
+            sample.count(type(exc).__name__)
+        return
+    done = time.perf_counter()
+    dev.syncs += 1
+    if status == 200:
+        dev.acked = json.loads(raw)["acked_seq"]
+    if not in_window:
+        return
+    if status != 200:
+        sample.count(f"http_{status}")
+        return
+    sample.latencies_ms.append((done - due) * 1e3)
+    sample.service_ms.append((done - sent) * 1e3)
+    sample.lag_ms.append(max(0.0, sent - due) * 1e3)
+    if timing.startswith("hub;dur="):
+        sample.hub_ms.append(float(timing.removeprefix("hub;dur=")))
+    sample.acked_entries += args.entries
+
+
+async def run_device(
+    dev: SimDevice,
+    hub: HubAddress,
+    args: argparse.Namespace,
+    t0: float,
+    window: Window,
+    sample: Sample,
+    rng: random.Random,
+    polls_on: PollSwitch,
 ) -> None:
     """Sync on the interval until the window closes.
 
@@ -175,84 +235,77 @@ async def run_device(
     previous sync ran late sends the next at once, and that wait is part of its latency.
     Every sync due inside the window ends as a latency or an error; one still unanswered
     when the run ends is counted as ``unfinished`` (``Sample.scheduled`` minus the rest).
+
+    Once ``polls_on`` is set (and unless ``--two-connections``), the device behaves as the
+    agent does: after each sync it long-polls on the same connection with a wait that ends
+    when its next sync is due, and sends that sync when the rest of the interval is under a
+    quarter of it (edge_agent/sync.py ``run_long_poll``). Its sync is then due when the
+    poll ends; the interval is up to a quarter shorter, as the hub's jitter makes it.
     """
-    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
-    start = t0 + rng.uniform(0, args.interval)
-    k = 0
+    due = t0 + rng.uniform(0, args.interval)
+    one_connection = args.long_poll and not args.two_connections
     while True:
-        due = start + k * args.interval
-        k += 1
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         if due >= window[1]:  # read after the sleep: the window is set while devices run
             return
-        in_window = window[0] <= due < window[1]
-        sample.scheduled += in_window
-        sent = time.perf_counter()
-        body = sync_body(dev, args.entries, rng)
-        if args.fresh or dev.session is None:
-            if dev.session is not None:
-                await dev.session.close()
-            dev.session = new_session(hub, dev, args.interval * 3, hub.ca_path)
-        try:
-            async with dev.session.post(hub.url + "/v1/sync", data=body, headers=headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                timing = resp.headers.get("Server-Timing", "")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if in_window:
-                sample.count(type(exc).__name__)
+        await send_sync(dev, hub, args, due, window, sample, rng)
+        if not (one_connection and polls_on.is_set()):
+            due += args.interval
             continue
-        done = time.perf_counter()
-        dev.syncs += 1
-        if status == 200:
-            dev.acked = json.loads(raw)["acked_seq"]
-        if not in_window:
-            continue
-        if status != 200:
-            sample.count(f"http_{status}")
-            continue
-        sample.latencies_ms.append((done - due) * 1e3)
-        sample.service_ms.append((done - sent) * 1e3)
-        sample.lag_ms.append(max(0.0, sent - due) * 1e3)
-        if timing.startswith("hub;dur="):
-            sample.hub_ms.append(float(timing.removeprefix("hub;dur=")))
-        sample.acked_entries += args.entries
+        synced = time.perf_counter()
+        while (remaining := synced + args.interval - time.perf_counter()) > args.interval / 4:
+            if time.perf_counter() >= window[1]:
+                return
+            await poll_once(dev, hub, args, min(args.poll_wait, remaining), window, sample)
+        due = max(time.perf_counter(), synced + args.interval * 0.75)
 
 
 POLL_FEATURES = ",".join(sorted(AGENT_FEATURES))  # what an agent sends (no features read)
 
 
-async def long_poll(
+async def poll_once(
     dev: SimDevice,
-    hub: RunningHub,
+    hub: HubAddress,
     args: argparse.Namespace,
-    window: list[float],
+    wait_s: float,
+    window: Window,
     sample: Sample,
 ) -> None:
-    """Hold GET /v1/target open until the end, as an agent does (its wait, its features,
-    its Retry-After handling); answers inside the window are counted by status."""
-    params = {"after": "0", "wait": f"{args.poll_wait:g}", "features": POLL_FEATURES}
-    timeout = aiohttp.ClientTimeout(total=args.poll_wait + 30)
+    """Hold one GET /v1/target as an agent does (its features, its Retry-After handling);
+    an answer inside the window is counted by status."""
+    assert dev.session is not None
+    params = {"after": "0", "wait": f"{wait_s:.3f}", "features": POLL_FEATURES}
+    timeout = aiohttp.ClientTimeout(total=wait_s + 30)
+    retry_after = 0.0
+    try:
+        async with dev.session.get(hub.url + "/v1/target", params=params, timeout=timeout) as resp:
+            await resp.read()
+            key = f"http_{resp.status}"
+            retry_after = float(resp.headers.get("Retry-After", "0"))
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        key, retry_after = type(exc).__name__, 1.0
+    if window[0] <= time.perf_counter() < window[1]:
+        sample.count(key, sample.polls)
+    if retry_after:
+        await asyncio.sleep(retry_after)
+
+
+async def long_poll(
+    dev: SimDevice,
+    hub: HubAddress,
+    args: argparse.Namespace,
+    window: Window,
+    sample: Sample,
+) -> None:
+    """``--two-connections``: hold GET /v1/target open until the end on a second
+    connection, as agents before the shared connection did."""
     while time.perf_counter() < window[1]:
         if dev.session is None:  # its first sync has not started yet
             await asyncio.sleep(0.5)
             continue
-        retry_after = 0.0
-        try:
-            async with dev.session.get(
-                hub.url + "/v1/target", params=params, timeout=timeout
-            ) as resp:
-                await resp.read()
-                key = f"http_{resp.status}"
-                retry_after = float(resp.headers.get("Retry-After", "0"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            key, retry_after = type(exc).__name__, 1.0
-        if window[0] <= time.perf_counter() < window[1]:
-            sample.count(key, sample.polls)
-        if retry_after:
-            await asyncio.sleep(retry_after)
+        await poll_once(dev, hub, args, args.poll_wait, window, sample)
 
 
 class ProcWatch:
@@ -264,7 +317,7 @@ class ProcWatch:
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def tree(self) -> list[int]:
-        """Return the hub's pid and its children's (``--workers``: the workers)."""
+        """Return the hub's pid and its children's (``--hub-workers``: the workers)."""
         try:
             children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
         except OSError:
@@ -323,11 +376,11 @@ def hub_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return sections
 
 
-async def hub_counts(hub: RunningHub, workers: int = 1) -> tuple[int, int]:
+async def hub_counts(hub: RunningHub, processes: int = 1) -> tuple[int, int]:
     """Return (open connections, held long-polls) as the hub's /healthz says (summed over
-    ``workers`` processes: asked on new connections until each worker answered once)."""
+    ``processes`` hub workers: asked on new connections until each answered once)."""
     seen: dict[int, tuple[int, int]] = {}
-    for _ in range(50 * workers):
+    for _ in range(50 * processes):
         try:
             status, body = await hub.request("GET", "/healthz", timeout_s=30)
         except (aiohttp.ClientError, TimeoutError, OSError):
@@ -337,18 +390,18 @@ async def hub_counts(hub: RunningHub, workers: int = 1) -> tuple[int, int]:
         # minus one: this request's own connection
         counts = int(body["connections"]["open"]) - 1, int(body["long_poll"]["held"])
         seen[int(body.get("cluster", {}).get("pid", 0))] = counts
-        if len(seen) >= workers:
+        if len(seen) >= processes:
             break
     return sum(c for c, _ in seen.values()), sum(p for _, p in seen.values())
 
 
 async def wait_for_hub(
-    hub: RunningHub, connections: int, polls: int, timeout_s: float, workers: int = 1
+    hub: RunningHub, connections: int, polls: int, timeout_s: float, processes: int = 1
 ) -> float:
     """Wait until the hub holds ``connections`` and ``polls``; return the seconds it took."""
     started = time.perf_counter()
     while time.perf_counter() < started + timeout_s:
-        open_now, held_now = await hub_counts(hub, workers)
+        open_now, held_now = await hub_counts(hub, processes)
         if open_now >= connections and held_now >= polls:
             break
         await asyncio.sleep(0.5)
@@ -361,24 +414,92 @@ async def wait_for_hub(
     return time.perf_counter() - started
 
 
-async def hold_polls(
-    hub: RunningHub,
+async def drive_slice(
     devices: list[SimDevice],
+    hub: HubAddress,
     args: argparse.Namespace,
-    window: list[float],
-    sample: Sample,
-) -> tuple[list[asyncio.Task[None]], float]:
-    """Open every device's long-poll, spread over one interval (as the syncs are); return
-    the tasks and how long until the hub held all of them."""
-    spread = random.Random(11)
+    t0: float,
+    window: Window,
+    polls_on: PollSwitch,
+    seed: float,
+) -> tuple[Sample, float]:
+    """Run these devices until the window (and its grace) is over; return the sample and
+    this process's CPU seconds inside the window."""
+    quiet_client_gc()
+    sample = Sample()
+    rng = random.Random(seed)
+    tasks = [
+        asyncio.create_task(
+            run_device(d, hub, args, t0, window, sample, random.Random(rng.random()), polls_on)
+        )
+        for d in devices
+    ]
+    await asyncio.to_thread(polls_on.wait)
+    if args.long_poll and args.two_connections:
+        spread = random.Random(seed + 1)
 
-    async def later(dev: SimDevice) -> None:
-        await asyncio.sleep(spread.uniform(0, args.interval))
-        await long_poll(dev, hub, args, window, sample)
+        async def later(dev: SimDevice) -> None:
+            await asyncio.sleep(spread.uniform(0, args.interval))
+            await long_poll(dev, hub, args, window, sample)
 
-    tasks = [asyncio.create_task(later(d)) for d in devices]
-    timeout_s = max(120.0, 4 * args.interval)
-    return tasks, await wait_for_hub(hub, 2 * len(devices), len(devices), timeout_s, args.workers)
+        tasks += [asyncio.create_task(later(d)) for d in devices]
+    while window[0] == math.inf:  # noqa: ASYNC110  # set by the parent process
+        await asyncio.sleep(0.2)
+    # This generator's own GC pauses must not count against the hub: collect and freeze
+    # once every session exists, well before the window.
+    quiet_client_gc()
+    await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
+    cpu0 = time.process_time()
+    await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
+    cpu1 = time.process_time()
+    # A sync due in the window gets a grace period to answer, then counts as unfinished.
+    await asyncio.sleep(args.grace)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(d.session.close() for d in devices if d.session))
+    return sample, cpu1 - cpu0
+
+
+def generator_process(
+    devices: list[SimDevice],
+    hub: HubAddress,
+    args: argparse.Namespace,
+    t0: float,
+    window: Window,
+    polls_on: PollSwitch,
+    seed: float,
+    out: Connection,
+) -> None:
+    """One load-generator process (its own RLIMIT_NOFILE and event loop)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        out.send(runner.run(drive_slice(devices, hub, args, t0, window, polls_on, seed)))
+    out.close()
+
+
+def merge(samples: list[Sample]) -> Sample:
+    """Return one sample holding every generator process's measurements."""
+    total = Sample()
+    for part in samples:
+        total.latencies_ms += part.latencies_ms
+        total.service_ms += part.service_ms
+        total.hub_ms += part.hub_ms
+        total.lag_ms += part.lag_ms
+        total.acked_entries += part.acked_entries
+        total.scheduled += part.scheduled
+        for key, n in part.errors.items():
+            total.errors[key] = total.errors.get(key, 0) + n
+        for key, n in part.polls.items():
+            total.polls[key] = total.polls.get(key, 0) + n
+    return total
 
 
 PG_ADMIN_URL = os.environ.get(
@@ -401,12 +522,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     sections = hub_sections(args)
     database = ""
     if args.store == "postgres":
-        database = f"edgefleet_bench_{os.getpid()}_{args.workers}"
+        database = f"edgefleet_bench_{os.getpid()}_{args.hub_workers}"
         await pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await pg_admin(f'CREATE DATABASE "{database}" TEMPLATE template0')
         url = f"{PG_ADMIN_URL.rpartition('/')[0]}/{database}"
         sections.setdefault("store", {})["url"] = url
-    serve_args = ("--workers", str(args.workers)) if args.workers != 1 else ()
+    serve_args = ("--workers", str(args.hub_workers)) if args.hub_workers != 1 else ()
     try:
         hub = start_hub(work / "hub", sections=sections, serve_args=serve_args, timeout=60)
     except BaseException:
@@ -415,6 +536,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         raise
     watch = ProcWatch(hub.pid)
     held_after_s = float("nan")
+    procs: list[multiprocessing.process.BaseProcess] = []
     try:
         rss_idle = watch.rss()
         t = time.perf_counter()
@@ -426,56 +548,64 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         rss_enrolled = watch.rss()
-
-        quiet_client_gc()
-        rng = random.Random(7)
-        t0 = time.perf_counter()
-        # The window opens once every connection and poll is up (set below, in place): a
-        # connection storm still in progress is not the steady state being measured.
-        window = [math.inf, math.inf]
-        sample = Sample()
-        tasks = [
-            asyncio.create_task(
-                run_device(d, hub, args, t0, window, sample, random.Random(rng.random()))
+        # perf_counter is CLOCK_MONOTONIC on Linux: one clock for every process. The
+        # window opens once every connection and poll is up (set below): a connection
+        # storm still in progress is not the steady state being measured.
+        mp = multiprocessing.get_context("spawn")
+        window = mp.Array("d", [math.inf, math.inf], lock=False)
+        polls_on = mp.Event()
+        address = HubAddress(hub.url, hub.ca_path)
+        t0 = time.perf_counter() + 3.0  # the generator processes start meanwhile
+        pipes = []
+        for k in range(args.workers):
+            mine, theirs = mp.Pipe(duplex=False)
+            part = devices[k :: args.workers]
+            proc = mp.Process(
+                target=generator_process,
+                args=(part, address, args, t0, window, polls_on, 7.0 + k, theirs),
+                name=f"bench-hub-load-{k}",
             )
-            for d in devices
-        ]
-        watcher = asyncio.create_task(watch.watch(window[1]))
-        # Every device has its sync connection after one interval: RSS "connected" then,
-        # and only then the long-polls, so the RSS they add is measured on its own.
+            proc.start()
+            procs.append(proc)
+            pipes.append(mine)
+        # Every device has its connection after one interval: RSS "connected" then, and
+        # only then the long-polls, so the RSS they add is measured on its own.
         await asyncio.sleep(max(0.0, t0 + args.interval + 1.0 - time.perf_counter()))
-        connected_s = await wait_for_hub(
-            hub, len(devices), 0, max(120.0, 4 * args.interval), args.workers
-        )
+        patience = max(120.0, 4 * args.interval)
+        connected_s = await wait_for_hub(hub, len(devices), 0, patience, args.hub_workers)
         print(f"{len(devices)} devices connected after {connected_s:.1f} s more", flush=True)
         rss_connected = watch.rss()
+        polls_on.set()
         if args.long_poll:
-            polls, held_after_s = await hold_polls(hub, devices, args, window, sample)
-            tasks += polls
+            per_device = 2 if args.two_connections else 1
+            held_after_s = await wait_for_hub(
+                hub, per_device * len(devices), len(devices), patience, args.hub_workers
+            )
             print(f"{len(devices)} long-polls held after {held_after_s:.1f} s", flush=True)
         rss_held = watch.rss()
-        # The load generator's own GC pauses must not count against the hub: collect and
-        # freeze once every session exists, well before the window.
-        quiet_client_gc()
         window[0] = max(t0 + args.warmup, time.perf_counter() + args.interval)
         window[1] = window[0] + args.duration
+        watcher = asyncio.create_task(watch.watch(window[1]))
         await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
-        cpu0, client0 = watch.cpu_s(), time.process_time()
+        cpu0 = watch.cpu_s()
         await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
-        cpu1, client1 = watch.cpu_s(), time.process_time()
+        cpu1 = watch.cpu_s()
         rss_end = watch.rss()
-        # A sync due in the window gets a grace period to answer, then counts as unfinished.
-        await asyncio.sleep(args.grace)
-        for task in [*tasks, watcher]:
-            task.cancel()
-        await asyncio.gather(*tasks, watcher, return_exceptions=True)
-        await asyncio.gather(*(d.session.close() for d in devices if d.session))
+        await watcher
+        results = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
+        for proc in procs:
+            proc.join(30)
     finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
         status = hub.stop(timeout=60)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         if database:
             await pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    sample = merge([r[0] for r in results])
+    client_cpu_s = sum(r[1] for r in results)
     return figures(
         args,
         sample,
@@ -484,7 +614,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         enroll_s,
         held_after_s,
         (cpu0, cpu1),
-        (client0, client1),
+        (0.0, client_cpu_s),
         (rss_idle, rss_enrolled, rss_connected, rss_held, rss_end),
     )
 
@@ -512,14 +642,16 @@ def figures(
     p99 = pct(lat + [float("inf")] * failed, 0.99)  # a failed sync is slower than any
     n = args.devices
     return {
-        "store": args.store,
-        "workers": args.workers,
         "devices": n,
         "interval_s": args.interval,
         "duration_s": args.duration,
         "entries_per_sync": args.entries,
         "long_poll": args.long_poll,
         "poll_wait_s": args.poll_wait,
+        "two_connections": args.two_connections,
+        "workers": args.workers,
+        "store": args.store,
+        "hub_workers": args.hub_workers,
         "fresh_tls": args.fresh,
         "offered_syncs_per_s": n / args.interval,
         "scheduled": sample.scheduled,
@@ -565,11 +697,19 @@ def figures(
 def report(r: dict[str, Any]) -> None:
     print()
     print("Hub load — SIMULATED devices (real protocol, real TLS, no Docker)")
-    print(f"  hub          {r['workers']} process(es) on {r['store']}")
+    print(f"  hub          {r['hub_workers']} process(es) on {r['store']}")
     print(
         f"  fleet        {r['devices']} devices, one sync every {r['interval_s']:g} s, "
         f"{r['entries_per_sync']} entries + status delta per sync"
-        + (f", long-poll open ({r['poll_wait_s']:g} s waits)" if r["long_poll"] else "")
+        + (
+            (
+                ", long-poll on a second connection"
+                if r["two_connections"]
+                else ", long-poll on the sync's connection"
+            )
+            if r["long_poll"]
+            else ""
+        )
         + (", new TLS connection per sync" if r["fresh_tls"] else ", kept-alive TLS")
     )
     print(
@@ -638,40 +778,41 @@ def _figure(r: dict[str, Any]) -> report_figures.Figure:
     )
 
 
-def compare_workers(ns: argparse.Namespace, runner: asyncio.Runner) -> list[dict[str, Any]]:
-    """Run the same load once per worker count; print syncs/s and p99 against 1 worker."""
+def compare_hub_workers(ns: argparse.Namespace, runner: asyncio.Runner) -> list[dict[str, Any]]:
+    """Run the same load once per hub process count; print syncs/s and p99 vs the first."""
     results: list[dict[str, Any]] = []
-    for count in ns.worker_counts:
-        step = argparse.Namespace(**{**vars(ns), "workers": count})
+    for count in ns.hub_worker_counts:
+        step = argparse.Namespace(**{**vars(ns), "hub_workers": count})
         result = runner.run(main(step))
         report(result)
         results.append(result)
     base = results[0]
     print()
-    print(f"workers on {ns.store}: {base['offered_syncs_per_s']:.0f} syncs/s offered")
+    print(f"hub processes on {ns.store}: {base['offered_syncs_per_s']:.0f} syncs/s offered")
     for r in results:
         r["ratio_rate_vs_first"] = r["syncs_per_s"] / max(1e-9, base["syncs_per_s"])
         print(
-            f"  {r['workers']} worker(s): {r['syncs_per_s']:.0f} syncs/s "
-            f"({r['ratio_rate_vs_first']:.2f}x of {base['workers']}), p99 {r['p99_ms']:.1f} ms, "
-            f"failed {r['failed']}, hub CPU {r['hub_cpu_pct']:.0f}%, generator "
-            f"{r['client_cpu_pct']:.0f}% ({r['client_cpu_share_pct']:.0f}% of the CPU used), "
-            f"load average {r['loadavg_1m_end']:.1f}"
+            f"  {r['hub_workers']} hub worker(s): {r['syncs_per_s']:.0f} syncs/s "
+            f"({r['ratio_rate_vs_first']:.2f}x of {base['hub_workers']}), "
+            f"p99 {r['p99_ms']:.1f} ms, failed {r['failed']}, hub CPU {r['hub_cpu_pct']:.0f}%, "
+            f"generator {r['client_cpu_pct']:.0f}% ({r['client_cpu_share_pct']:.0f}% of the "
+            f"CPU used), load average {r['loadavg_1m_end']:.1f}"
         )
     return results
 
 
-def _workers_figure(results: list[dict[str, Any]]) -> report_figures.Figure:
-    two = next((r for r in results if r["workers"] == 2), results[-1])
+def _hub_workers_figure(results: list[dict[str, Any]]) -> report_figures.Figure:
+    two = next((r for r in results if r["hub_workers"] == 2), results[-1])
     ratio = two.get("ratio_rate_vs_first", 1.0)
     return report_figures.Figure(
-        name=f"hub syncs/s, {two['workers']} workers vs {results[0]['workers']} ({two['store']})",
+        name=f"hub syncs/s, {two['hub_workers']} hub processes vs "
+        f"{results[0]['hub_workers']} ({two['store']})",
         unit="x",
         values=[ratio],
         goal=">= 1.7x with the load generator on the same 2 cores",
         ok=ratio >= 1.7,
         note="; ".join(
-            f"{r['workers']}w {r['syncs_per_s']:.0f}/s p99 {r['p99_ms']:.0f} ms "
+            f"{r['hub_workers']}w {r['syncs_per_s']:.0f}/s p99 {r['p99_ms']:.0f} ms "
             f"gen {r['client_cpu_share_pct']:.0f}% of CPU"
             for r in results
         ),
@@ -735,6 +876,18 @@ if __name__ == "__main__":
     )
     parser.add_argument("--fresh", action="store_true", help="new TLS connection per sync")
     parser.add_argument(
+        "--two-connections",
+        action="store_true",
+        help="with --long-poll: hold the poll on a second connection per device, as agents "
+        "before the shared connection did (default: the sync runs on the poll's connection)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="load-generator processes (each its own RLIMIT_NOFILE and core time)",
+    )
+    parser.add_argument(
         "--find-capacity",
         metavar="N,N,...",
         help="step the fleet through these sizes (fresh hub each) until one is not held; "
@@ -746,10 +899,11 @@ if __name__ == "__main__":
     report_figures.add_json_out(parser)
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument(
-        "--workers",
+        "--hub-workers",
         default="1",
         metavar="N[,N...]",
-        help="hub processes (serve --workers N; several: one run each, compared to the first)",
+        help="hub processes (edge-hub serve --workers N, PostgreSQL only); several: one run "
+        "each, compared to the first",
     )
     parser.add_argument(
         "--hub-set",
@@ -759,10 +913,10 @@ if __name__ == "__main__":
         help="hub config override, e.g. store.synchronous=NORMAL",
     )
     ns = parser.parse_args()
-    ns.worker_counts = [int(x) for x in ns.workers.split(",")]
-    ns.workers = ns.worker_counts[0]
-    if max(ns.worker_counts) > 1 and ns.store != "postgres":
-        parser.error("--workers above 1 needs --store postgres (a SQLite hub is one process)")
+    ns.hub_worker_counts = [int(x) for x in ns.hub_workers.split(",")]
+    ns.hub_workers = ns.hub_worker_counts[0]
+    if max(ns.hub_worker_counts) > 1 and ns.store != "postgres":
+        parser.error("--hub-workers above 1 needs --store postgres (a SQLite hub is one process)")
     try:
         import uvloop
 
@@ -773,10 +927,10 @@ if __name__ == "__main__":
         if ns.find_capacity:
             ns.steps = [int(x) for x in ns.find_capacity.split(",")]
             results = find_capacity(ns, runner)
-        elif len(ns.worker_counts) > 1:
+        elif len(ns.hub_worker_counts) > 1:
             if ns.warmup is None:
                 ns.warmup = 2 * ns.interval + 5.0
-            results = compare_workers(ns, runner)
+            results = compare_hub_workers(ns, runner)
         else:
             if ns.warmup is None:
                 ns.warmup = 2 * ns.interval + 5.0
@@ -785,6 +939,6 @@ if __name__ == "__main__":
     if ns.json:
         print(json.dumps(results, indent=2))
     made = [_figure(r) for r in results]
-    if len(ns.worker_counts) > 1:
-        made.append(_workers_figure(results))
+    if len(ns.hub_worker_counts) > 1:
+        made.append(_hub_workers_figure(results))
     report_figures.write(ns.json_out, made)
