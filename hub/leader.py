@@ -22,14 +22,17 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
 from aiohttp import web
 
 from hub.background import BackgroundTask
 from hub.context import HUB
-from hub.store.pg_notify import ENGINE_ITEM, PgSignals
+
+if TYPE_CHECKING:  # asyncpg is imported only by hubs on PostgreSQL
+    import asyncpg
+
+    from hub.store.pg_notify import PgSignals
 
 log = logging.getLogger("hub.leader")
 LEADER_LOCK = 0x65646765_6C656164  # "edgelead": the fleet's leader lock (session advisory)
@@ -84,6 +87,8 @@ class Leadership:
         self._task = BackgroundTask("hub-leader", self._run)
 
     async def _run(self) -> None:
+        import asyncpg
+
         delay = 0.1
         while True:
             try:
@@ -106,6 +111,8 @@ class Leadership:
             delay = min(delay * 2, self.retry_s)
 
     async def _campaign(self, conn: asyncpg.Connection) -> None:
+        import asyncpg
+
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
@@ -194,6 +201,8 @@ def view(app: web.Application) -> dict[str, Any]:
 
 def install(app: web.Application, url: str, engine: Engine, parts: list[Part]) -> None:
     """Run ``parts`` in the leader only; relay poll and engine wake-ups between processes."""
+    from hub.store.pg_notify import ENGINE_ITEM, PgSignals
+
     hub = app[HUB]
     cfg = hub.config.store
     signals = PgSignals(

@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 import pytest
 from hubdocs import release_doc
-from test_hub_sync import entries, stored, sync
+from test_hub_sync import entries, sync
 from test_rollouts import SimDevice, make_release, start
 
 from edge_agent.protocol import SignedTarget
@@ -110,6 +110,18 @@ async def poll_target(hub: RunningHub, device: DeviceIdentity, wait_s: float = 2
     return verify_target(
         signed, pinned, device_id=device.device_id, applied_revision=0, now=now
     ).revision
+
+
+async def stored(hub: RunningHub, device_id: str) -> list[int]:
+    """Return every stored event seq of the device, in order (every page)."""
+    seqs: list[int] = []
+    while True:
+        path = f"/api/v1/devices/{device_id}/events?limit=500&after={seqs[-1] if seqs else 0}"
+        status, body = await hub.api("GET", path)
+        assert status == 200, body
+        if not body["events"]:
+            return seqs
+        seqs += [e["seq"] for e in body["events"]]
 
 
 async def enroll(hub: RunningHub, root: Path, count: int) -> list[DeviceIdentity]:
