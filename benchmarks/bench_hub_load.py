@@ -14,6 +14,13 @@ first sync sends a full status). Devices start at random offsets within one inte
 connection, until the next sync is due (``--two-connections``: on a second connection, as
 older agents did). ``--workers K`` runs the devices in K generator processes.
 
+``--store postgres`` runs the hub on a fresh database of the PostgreSQL test server
+(``EDGEFLEET_PG_ADMIN_URL``, default the one scripts/testenv-postgres.sh starts; dropped
+after the run); ``--hub-workers 1,2,4`` runs the same load once per count of hub
+processes (``edge-hub serve --workers N``, PostgreSQL only) and prints syncs/s, p99 and
+the ratio of each to the first count. Hub CPU and RSS are then summed over the parent and
+its workers; /healthz counts are summed over the workers (asked until each answered).
+
 The goal of the issue is 10,000 devices at a 30 s interval on one hub process
 (333 syncs/s) with p99 latency under 100 ms. The default, 2,000 devices at 6 s, offers
 the same 333 syncs/s so the run finishes in about a minute; ``--devices 10000
@@ -309,15 +316,33 @@ class ProcWatch:
         self.peak_rss = 0
         self.tick = os.sysconf("SC_CLK_TCK")
 
+    def tree(self) -> list[int]:
+        """Return the hub's pid and its children's (``--hub-workers``: the workers)."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.pid, *(int(c) for c in children)]
+
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        total = 0
+        for pid in self.tree():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += sum(int(x.split()[1]) * 1024 for x in lines if x.startswith("VmRSS:"))
+        return total
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.tick
+        total = 0.0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / self.tick
+        return total
 
     async def watch(self, end: float) -> None:
         while time.perf_counter() < end:
@@ -351,23 +376,32 @@ def hub_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return sections
 
 
-async def hub_counts(hub: RunningHub) -> tuple[int, int]:
-    """Return (open connections, held long-polls) as the hub's /healthz says."""
-    try:
-        status, body = await hub.request("GET", "/healthz", timeout_s=30)
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return -1, -1  # a hub busy with the connection storm; ask again
-    if status != 200:
-        return -1, -1
-    # minus one: this request's own connection
-    return int(body["connections"]["open"]) - 1, int(body["long_poll"]["held"])
+async def hub_counts(hub: RunningHub, processes: int = 1) -> tuple[int, int]:
+    """Return (open connections, held long-polls) as the hub's /healthz says (summed over
+    ``processes`` hub workers: asked on new connections until each answered once)."""
+    seen: dict[int, tuple[int, int]] = {}
+    for _ in range(50 * processes):
+        try:
+            status, body = await hub.request("GET", "/healthz", timeout_s=30)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return -1, -1  # a hub busy with the connection storm; ask again
+        if status != 200:
+            return -1, -1
+        # minus one: this request's own connection
+        counts = int(body["connections"]["open"]) - 1, int(body["long_poll"]["held"])
+        seen[int(body.get("cluster", {}).get("pid", 0))] = counts
+        if len(seen) >= processes:
+            break
+    return sum(c for c, _ in seen.values()), sum(p for _, p in seen.values())
 
 
-async def wait_for_hub(hub: RunningHub, connections: int, polls: int, timeout_s: float) -> float:
+async def wait_for_hub(
+    hub: RunningHub, connections: int, polls: int, timeout_s: float, processes: int = 1
+) -> float:
     """Wait until the hub holds ``connections`` and ``polls``; return the seconds it took."""
     started = time.perf_counter()
     while time.perf_counter() < started + timeout_s:
-        open_now, held_now = await hub_counts(hub)
+        open_now, held_now = await hub_counts(hub, processes)
         if open_now >= connections and held_now >= polls:
             break
         await asyncio.sleep(0.5)
@@ -468,9 +502,38 @@ def merge(samples: list[Sample]) -> Sample:
     return total
 
 
+PG_ADMIN_URL = os.environ.get(
+    "EDGEFLEET_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/edgefleet_test"
+)
+
+
+async def pg_admin(statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-hub-load-"))
-    hub = start_hub(work / "hub", sections=hub_sections(args))
+    sections = hub_sections(args)
+    database = ""
+    if args.store == "postgres":
+        database = f"edgefleet_bench_{os.getpid()}_{args.hub_workers}"
+        await pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await pg_admin(f'CREATE DATABASE "{database}" TEMPLATE template0')
+        url = f"{PG_ADMIN_URL.rpartition('/')[0]}/{database}"
+        sections.setdefault("store", {})["url"] = url
+    serve_args = ("--workers", str(args.hub_workers)) if args.hub_workers != 1 else ()
+    try:
+        hub = start_hub(work / "hub", sections=sections, serve_args=serve_args, timeout=60)
+    except BaseException:
+        if database:
+            await pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        raise
     watch = ProcWatch(hub.pid)
     held_after_s = float("nan")
     procs: list[multiprocessing.process.BaseProcess] = []
@@ -509,14 +572,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         # only then the long-polls, so the RSS they add is measured on its own.
         await asyncio.sleep(max(0.0, t0 + args.interval + 1.0 - time.perf_counter()))
         patience = max(120.0, 4 * args.interval)
-        connected_s = await wait_for_hub(hub, len(devices), 0, patience)
+        connected_s = await wait_for_hub(hub, len(devices), 0, patience, args.hub_workers)
         print(f"{len(devices)} devices connected after {connected_s:.1f} s more", flush=True)
         rss_connected = watch.rss()
         polls_on.set()
         if args.long_poll:
             per_device = 2 if args.two_connections else 1
             held_after_s = await wait_for_hub(
-                hub, per_device * len(devices), len(devices), patience
+                hub, per_device * len(devices), len(devices), patience, args.hub_workers
             )
             print(f"{len(devices)} long-polls held after {held_after_s:.1f} s", flush=True)
         rss_held = watch.rss()
@@ -536,9 +599,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
-        status = hub.stop()
+        status = hub.stop(timeout=60)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        if database:
+            await pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     sample = merge([r[0] for r in results])
     client_cpu_s = sum(r[1] for r in results)
     return figures(
@@ -585,6 +650,8 @@ def figures(
         "poll_wait_s": args.poll_wait,
         "two_connections": args.two_connections,
         "workers": args.workers,
+        "store": args.store,
+        "hub_workers": args.hub_workers,
         "fresh_tls": args.fresh,
         "offered_syncs_per_s": n / args.interval,
         "scheduled": sample.scheduled,
@@ -606,6 +673,9 @@ def figures(
         "polls_held_after_s": held_after_s,
         "hub_cpu_pct": 100 * (hub_cpu[1] - hub_cpu[0]) / args.duration,
         "client_cpu_pct": 100 * (client_cpu[1] - client_cpu[0]) / args.duration,
+        "client_cpu_share_pct": 100
+        * (client_cpu[1] - client_cpu[0])
+        / max(1e-9, (client_cpu[1] - client_cpu[0]) + (hub_cpu[1] - hub_cpu[0])),
         "hub_rss_idle_mib": rss_idle / 2**20,
         "hub_rss_connected_mib": rss_connected / 2**20,
         "hub_rss_held_mib": rss_held / 2**20,
@@ -627,6 +697,7 @@ def figures(
 def report(r: dict[str, Any]) -> None:
     print()
     print("Hub load — SIMULATED devices (real protocol, real TLS, no Docker)")
+    print(f"  hub          {r['hub_workers']} process(es) on {r['store']}")
     print(
         f"  fleet        {r['devices']} devices, one sync every {r['interval_s']:g} s, "
         f"{r['entries_per_sync']} entries + status delta per sync"
@@ -676,6 +747,7 @@ def report(r: dict[str, Any]) -> None:
         + (" (SATURATED: its lag, not the hub, may set the latency)" if saturated else "")
     )
     print(f"  enrollment   {r['enroll_per_s']:.0f} devices/s")
+    print(f"  gen. share   {r['client_cpu_share_pct']:.0f}% of the CPU time of hub and generator")
     busy = r["loadavg_1m_end"] > r["cpus"]
     print(
         f"  machine      {r['cpus']} CPUs shared by hub and client; 1-min load average at the "
@@ -702,6 +774,47 @@ def _figure(r: dict[str, Any]) -> report_figures.Figure:
             f"failed {r['failed']}; hub handler p99 {r['hub_handler_p99_ms']:.1f} ms; "
             f"{r['kib_per_held_device']:.1f} KiB per held device (goal < 60); load generator "
             f"{r['client_cpu_pct']:.0f}% of a core"
+        ),
+    )
+
+
+def compare_hub_workers(ns: argparse.Namespace, runner: asyncio.Runner) -> list[dict[str, Any]]:
+    """Run the same load once per hub process count; print syncs/s and p99 vs the first."""
+    results: list[dict[str, Any]] = []
+    for count in ns.hub_worker_counts:
+        step = argparse.Namespace(**{**vars(ns), "hub_workers": count})
+        result = runner.run(main(step))
+        report(result)
+        results.append(result)
+    base = results[0]
+    print()
+    print(f"hub processes on {ns.store}: {base['offered_syncs_per_s']:.0f} syncs/s offered")
+    for r in results:
+        r["ratio_rate_vs_first"] = r["syncs_per_s"] / max(1e-9, base["syncs_per_s"])
+        print(
+            f"  {r['hub_workers']} hub worker(s): {r['syncs_per_s']:.0f} syncs/s "
+            f"({r['ratio_rate_vs_first']:.2f}x of {base['hub_workers']}), "
+            f"p99 {r['p99_ms']:.1f} ms, failed {r['failed']}, hub CPU {r['hub_cpu_pct']:.0f}%, "
+            f"generator {r['client_cpu_pct']:.0f}% ({r['client_cpu_share_pct']:.0f}% of the "
+            f"CPU used), load average {r['loadavg_1m_end']:.1f}"
+        )
+    return results
+
+
+def _hub_workers_figure(results: list[dict[str, Any]]) -> report_figures.Figure:
+    two = next((r for r in results if r["hub_workers"] == 2), results[-1])
+    ratio = two.get("ratio_rate_vs_first", 1.0)
+    return report_figures.Figure(
+        name=f"hub syncs/s, {two['hub_workers']} hub processes vs "
+        f"{results[0]['hub_workers']} ({two['store']})",
+        unit="x",
+        values=[ratio],
+        goal=">= 1.7x with the load generator on the same 2 cores",
+        ok=ratio >= 1.7,
+        note="; ".join(
+            f"{r['hub_workers']}w {r['syncs_per_s']:.0f}/s p99 {r['p99_ms']:.0f} ms "
+            f"gen {r['client_cpu_share_pct']:.0f}% of CPU"
+            for r in results
         ),
     )
 
@@ -784,6 +897,14 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir (hub data, log)")
     report_figures.add_json_out(parser)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--hub-workers",
+        default="1",
+        metavar="N[,N...]",
+        help="hub processes (edge-hub serve --workers N, PostgreSQL only); several: one run "
+        "each, compared to the first",
+    )
     parser.add_argument(
         "--hub-set",
         action="append",
@@ -792,6 +913,10 @@ if __name__ == "__main__":
         help="hub config override, e.g. store.synchronous=NORMAL",
     )
     ns = parser.parse_args()
+    ns.hub_worker_counts = [int(x) for x in ns.hub_workers.split(",")]
+    ns.hub_workers = ns.hub_worker_counts[0]
+    if max(ns.hub_worker_counts) > 1 and ns.store != "postgres":
+        parser.error("--hub-workers above 1 needs --store postgres (a SQLite hub is one process)")
     try:
         import uvloop
 
@@ -802,6 +927,10 @@ if __name__ == "__main__":
         if ns.find_capacity:
             ns.steps = [int(x) for x in ns.find_capacity.split(",")]
             results = find_capacity(ns, runner)
+        elif len(ns.hub_worker_counts) > 1:
+            if ns.warmup is None:
+                ns.warmup = 2 * ns.interval + 5.0
+            results = compare_hub_workers(ns, runner)
         else:
             if ns.warmup is None:
                 ns.warmup = 2 * ns.interval + 5.0
@@ -809,4 +938,7 @@ if __name__ == "__main__":
             report(results[0])
     if ns.json:
         print(json.dumps(results, indent=2))
-    report_figures.write(ns.json_out, [_figure(r) for r in results])
+    made = [_figure(r) for r in results]
+    if len(ns.hub_worker_counts) > 1:
+        made.append(_hub_workers_figure(results))
+    report_figures.write(ns.json_out, made)

@@ -21,6 +21,7 @@ from hub import (
     drift_api,
     group_api,
     guard,
+    leader,
     log_policy_api,
     metrics_api,
     openapi_api,
@@ -75,6 +76,7 @@ async def healthz(request: web.Request) -> web.Response:
             "retention": request.app[RETENTION].view(),
             "fleet_history": request.app[FLEET_HISTORY].view(),
             "dashboard": dashboard_site.stats(request.app),
+            "cluster": leader.view(request.app),
         }
     )
 
@@ -132,12 +134,17 @@ def create_app(config: HubConfig) -> web.Application:
     app[SECRET_BOX] = SecretBox.ensure(config.data_dir)  # the key is made at first start
     app[LOG_POLICIES] = PolicyCache()
     app[ENGINE] = RolloutEngine(context)
-    app.cleanup_ctx.append(_store_lifetime)
-    app.cleanup_ctx.append(_engine_lifetime)  # after the store: stops before it closes
     app[RETENTION] = Retention(context)
-    app.cleanup_ctx.append(_retention_lifetime)  # after the store: stops before it closes
     app[FLEET_HISTORY] = FleetHistory(context)
-    app.cleanup_ctx.append(_history_lifetime)  # after the store: stops before it closes
+    app.cleanup_ctx.append(_store_lifetime)
+    if config.postgres_url is not None:  # many processes: these run in the leader only
+        engine = app[ENGINE]
+        parts = [engine, app[RETENTION], app[FLEET_HISTORY]]
+        leader.install(app, config.postgres_url, engine, parts)
+    else:  # after the store: each stops before it closes
+        app.cleanup_ctx.append(_engine_lifetime)
+        app.cleanup_ctx.append(_retention_lifetime)
+        app.cleanup_ctx.append(_history_lifetime)
     guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
     app.on_startup.append(secret_moves.on_startup)  # after the store opened (cleanup_ctx)
@@ -203,8 +210,13 @@ def make_runner(app: web.Application, config: HubConfig) -> web.AppRunner:
     )
 
 
-async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
-    """Serve HTTPS until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly."""
+async def serve(
+    config: HubConfig, stop: asyncio.Event | None = None, *, reuse_port: bool = False
+) -> None:
+    """Serve HTTPS until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly.
+
+    ``reuse_port``: one of ``serve --workers N`` processes sharing the port (hub.workers).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -220,6 +232,7 @@ async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
             app[CONNECTIONS],
             backlog=4096,
             max_handshakes=config.limits.max_tls_handshakes,
+            reuse_port=reuse_port,
         )
         await site.start()
         _tune_gc()

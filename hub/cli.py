@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (EDGE_HUB_* env vars override it)")
     serve.add_argument("--data-dir", help="override server.data_dir")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="hub processes on one port (SO_REUSEPORT; PostgreSQL store only): docs/scaling.md",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
     init = sub.add_parser("init", help="create the data directory, CA, keys and admin token")
     init.add_argument("--config", help="TOML config file")
     init.add_argument("--data-dir", help="override server.data_dir")
@@ -125,6 +132,10 @@ def hub_main(argv: list[str] | None = None) -> None:
         if args.data_dir:
             env["EDGE_HUB_SERVER_DATA_DIR"] = args.data_dir
         config = load_config(args.config, env)
+        if args.command == "serve" and args.workers != 1:
+            from hub.workers import check_workers
+
+            check_workers(config, args.workers)  # refused before anything is made
     except HubError as exc:
         print(f"edge-hub: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -145,7 +156,17 @@ def hub_main(argv: list[str] | None = None) -> None:
     from hub.app import serve
 
     try:
-        _run(serve(config))
+        if args.workers != 1:
+            from hub import workers
+
+            argv = workers.strip_workers(sys.argv[2:] if argv is None else argv[1:])
+            raise SystemExit(workers.run(config, argv, args.workers))
+        if args.worker_index is not None:
+            from hub.workers import WORKER_ENV, die_with_parent
+
+            os.environ[WORKER_ENV] = str(args.worker_index)
+            die_with_parent()
+        _run(serve(config, reuse_port=args.worker_index is not None))
     except HubError as exc:
         logging.getLogger("hub").error("%s", exc.message)
         raise SystemExit(1) from None

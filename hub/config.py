@@ -17,6 +17,11 @@ Example (every key optional except ``server.data_dir``)::
     url = ""                      # "" = sqlite:///<data_dir>/hub.db; "sqlite:///path";
                                   # "postgresql://..." (EDGE_HUB_DATABASE_URL): docs/scaling.md
     pool_max = 10                 # PostgreSQL: connections per hub process
+    listen_check_s = 10           # PostgreSQL, many processes (docs/scaling.md): LISTEN checked
+    listen_reconnect_max_s = 5    # ... reconnect backoff cap
+    listen_degraded_poll_s = 5    # ... while it is down, held polls re-read the database
+    signal_max_pending = 100000   # ... device ids waiting to be sent (more: counted, dropped)
+    leader_retry_s = 2            # ... a follower tries for the leader lock this often
     synchronous = "FULL"          # FULL: an ack survives a power cut
     wal_max_bytes = 67108864      # WAL truncated (between commits) when it grows past this
 
@@ -127,6 +132,13 @@ class StoreConfig(_Section):
     wal_max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     # PostgreSQL only: the most connections one hub process opens.
     pool_max: int = Field(10, ge=1, le=1000)
+    # PostgreSQL only, signals between hub processes (hub.store.pg_notify, docs/scaling.md):
+    listen_check_s: float = Field(10.0, gt=0, le=3600)  # the LISTEN connection checked
+    listen_reconnect_max_s: float = Field(5.0, gt=0, le=3600)  # reconnect backoff cap
+    listen_degraded_poll_s: float = Field(5.0, gt=0, le=3600)  # held polls re-check, link down
+    signal_max_pending: int = Field(100_000, ge=1, le=10_000_000)  # ids waiting to be sent
+    # leader election (hub.leader): a follower tries for the lock this often
+    leader_retry_s: float = Field(2.0, gt=0, le=3600)
 
 
 class FleetConfig(_Section):

@@ -209,11 +209,13 @@ class GuardedSite(web.BaseSite):
         *,
         backlog: int = 128,
         max_handshakes: int = 32,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host_port = (host, port)
         self._guard = guard
         self._max_handshakes = max_handshakes
+        self._reuse_port = reuse_port  # SO_REUSEPORT: one of several processes (hub.workers)
 
     @property
     def name(self) -> str:
@@ -229,16 +231,25 @@ class GuardedSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         if self._guard.ssl_context is None:
             self._server = await loop.create_server(
-                self._guard.protocol, *self._host_port, backlog=self._backlog, reuse_address=True
+                self._guard.protocol,
+                *self._host_port,
+                backlog=self._backlog,
+                reuse_address=True,
+                reuse_port=self._reuse_port or None,
             )
             return
         self._server = HandshakeBoundedServer(
-            self._guard, listen_sockets(*self._host_port, self._backlog), self._max_handshakes
+            self._guard,
+            listen_sockets(*self._host_port, self._backlog, reuse_port=self._reuse_port),
+            self._max_handshakes,
         )
 
 
-def listen_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Bind and listen on every address of ``host`` (non-blocking, SO_REUSEADDR)."""
+def listen_sockets(
+    host: str, port: int, backlog: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
+    """Bind and listen on every address of ``host`` (non-blocking, SO_REUSEADDR; with
+    ``reuse_port`` SO_REUSEPORT too: the kernel spreads connections over the processes)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
@@ -246,6 +257,8 @@ def listen_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:  # one port for every address

@@ -437,7 +437,10 @@ async def long_poll_target(request: web.Request) -> web.Response:
                 return web.Response(status=204, headers=wake)
             if notifier.closed:
                 return _come_back_later(hub, 204)
-            if loop.time() >= deadline or not await changed.wait_until(deadline):
+            if loop.time() >= deadline:
+                return web.Response(status=204)
+            woken = await changed.wait_until(notifier.recheck_at(loop.time(), deadline))
+            if not woken and loop.time() >= deadline:
                 return web.Response(status=204)
         await _enrolled_device(hub, request)  # disabled while waiting -> 403
 

@@ -2,8 +2,10 @@
 
 Subscribe *before* reading the store, then wait: a notify that lands between the read
 and the wait has already resolved the waiter, so no change is missed. ``notify`` is
-called only after the write committed. In one process this is enough; a multi-process
-hub (PostgreSQL) will feed ``notify`` from LISTEN/NOTIFY.
+called only after the write committed. In one process this is enough; on PostgreSQL
+``relay`` sends each notify to every other hub process (``hub.store.pg_notify``), which
+wakes its own polls with ``wake``. While that signal path is down ``recheck_s`` makes
+held polls re-read the database that often, so no poll waits out a change it missed.
 
 A held poll costs one future and one ``loop.call_at`` timer, awaited by the request's
 own task (no ``wait_for`` task, no ``asyncio.Event`` per device): at 10,000 held polls
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -79,6 +81,9 @@ class TargetNotifier:
         self.refused = 0  # polls refused because max_held were held
         self.closed = False
         self.rng = rng or random.Random()
+        # set on PostgreSQL: called with each notified device id (other processes wake it)
+        self.relay: Callable[[str], None] | None = None
+        self.recheck_s = 0.0  # > 0: held polls re-check the store this often (signals down)
 
     def is_full(self) -> bool:
         """Return whether a new poll would exceed ``max_held`` (and count the refusal)."""
@@ -110,9 +115,26 @@ class TargetNotifier:
             del self._waiters[device_id]
 
     def notify(self, device_id: str) -> None:
-        """Wake everyone waiting on the device (and only them)."""
+        """Wake everyone waiting on the device (and only them), in every hub process."""
+        self.wake(device_id)
+        if self.relay is not None:
+            self.relay(device_id)
+
+    def wake(self, device_id: str) -> None:
+        """Wake everyone waiting on the device in this process only."""
         for waiter in self._waiters.pop(device_id, ()):
             waiter._wake()
+
+    def wake_all(self) -> None:
+        """Wake every held poll of this process: each re-reads the store and waits again."""
+        waiters, self._waiters = self._waiters, {}
+        for device_waiters in waiters.values():
+            for waiter in device_waiters:
+                waiter._wake()
+
+    def recheck_at(self, now: float, deadline: float) -> float:
+        """Return when a held poll re-reads the store: its deadline, sooner while degraded."""
+        return min(deadline, now + self.recheck_s) if self.recheck_s > 0 else deadline
 
     def close(self) -> None:
         """Wake every waiter (shutdown); later subscriptions return at once."""

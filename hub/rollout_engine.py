@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -390,6 +390,7 @@ class RolloutEngine:
         self.failures = 0
         self.last_error: str | None = None
         self.not_issued: Counter[str] = Counter()  # targets not issued, by audit action
+        self.relay: Callable[[], None] | None = None  # wakes the leader's engine (hub.leader)
 
     def stats(self) -> dict[str, Any]:
         """Return the engine's counters (shown on /healthz)."""
@@ -402,7 +403,13 @@ class RolloutEngine:
         }
 
     def wake(self) -> None:
-        """Plan now rather than at the next tick."""
+        """Plan now rather than at the next tick (in the leader process, on PostgreSQL)."""
+        self.wake_local()
+        if self.relay is not None:
+            self.relay()
+
+    def wake_local(self) -> None:
+        """Plan now, if this process runs the engine (another process asked)."""
         self._urgent = True
         self._wake.set()
 

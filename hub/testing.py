@@ -281,6 +281,7 @@ def start_hub(
     sections: dict[str, dict[str, Any]] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
+    serve_args: tuple[str, ...] = (),  # more ``serve`` options, e.g. ("--workers", "2")
 ) -> RunningHub:
     """Start ``python -m hub.cli serve`` on 127.0.0.1 and return once it accepts connections.
 
@@ -305,7 +306,11 @@ def start_hub(
     )
     with open(out_path, "ab") as out, open(work_dir / "hub.log", "ab") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", "serve", "--config", str(work_dir / "hub.toml")],
+            [
+                sys.executable,
+                *("-m", "hub.cli", "serve", "--config", str(work_dir / "hub.toml")),
+                *serve_args,
+            ],
             stdout=out,
             stderr=err,
             env=proc_env,

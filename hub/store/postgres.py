@@ -36,6 +36,7 @@ from hub.store.pg_groups import PgGroupsMixin
 from hub.store.pg_history import PgHistoryMixin
 from hub.store.pg_ingest_side import PgIngestSideMixin
 from hub.store.pg_metrics import PgMetricsMixin
+from hub.store.pg_notify import PgNotifyMixin
 from hub.store.pg_policies import PgPoliciesMixin
 from hub.store.pg_releases import PgReleasesMixin
 from hub.store.pg_retention import PgRetentionMixin
@@ -88,6 +89,7 @@ class PostgresStore(
     PgSessionsMixin,
     PgWriterMixin,
     PgHistoryMixin,
+    PgNotifyMixin,
 ):
     """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
 
