@@ -186,7 +186,8 @@ async def test_agent_falls_back_to_json_when_a_hub_refuses_lines(tmp_path: Path)
             result = await dev.syncer.sync_once()
         finally:
             await dev.close()
-        assert result.drained and refused == 1 and not dev.syncer.lines
+        # Only the requests already on the wire (the window, 2) went out in lines.
+        assert result.drained and 1 <= refused <= 2 and not dev.syncer.lines
         assert len(hub.events(ident.device_id)) == 400
     finally:
         hub.stop()
