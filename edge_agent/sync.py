@@ -654,6 +654,10 @@ class Syncer:
             self.reach.succeeded()
             if not result.drained:
                 continue
+            try:  # off the catch-up's path: acknowledged rows go once the outbox is drained
+                await self.store.purge_acked()
+            except AgentError as exc:
+                log.warning("could not delete acknowledged outbox rows: %s", exc)
             await self._idle(self.limits.sync_interval_s)
 
     async def _idle(self, interval_s: float) -> None:
