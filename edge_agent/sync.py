@@ -85,7 +85,9 @@ class SyncLimits:
     backoff_cap_s: float = 300.0
     request_timeout_s: float = 30.0
     long_poll_s: float = 30.0
-    gzip_level: int = 6
+    # 5: a third less CPU than 6 for ~5% more bytes (wire 0.19 of raw log lines in the
+    # lines format; the goal is < 0.20; benchmarks/README.md, bench_catchup.py).
+    gzip_level: int = 5
     window: int = 2  # sync requests in flight at once (answers are applied in seq order)
     # Batches read, encoded and compressed ahead while ``window`` requests are on the
     # wire: each is sent the moment an answer frees a place, not after that answer's ack
