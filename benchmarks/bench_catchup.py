@@ -1,7 +1,7 @@
 """Catch-up benchmark: N queued log lines in the agent store delivered to a real hub.
 
     python benchmarks/bench_catchup.py [--lines 1000000] [--repeat 3] [--batch N]
-        [--batch-bytes N] [--gzip-level N] [--json-out PATH]
+        [--batch-bytes N] [--gzip-level N] [--variant NAME:KEY=VALUE,...] [--json-out PATH]
 
 Measures, on loopback, against a real ``edge-hub serve`` process (TLS, mTLS, gzip):
 time and lines/s until the outbox is drained, the CPU each side spends per 1,000 lines
@@ -18,6 +18,12 @@ one transaction per request of the size the agent actually sent (the catch-up's
 lines / requests). Everything the hub does beyond storing (TLS, gzip, JSON, validation)
 is what the ratio measures. Goals: catch-up ≥ 0.5 of the ceiling; wire < 20% of raw.
 Temporary files are removed at the end, also on failure.
+
+``--variant`` (repeatable) runs A/B comparisons in the same run: each repeat runs every
+variant in turn (one ceiling per repeat), with ``body_format`` (json|lines),
+``acked_keep`` (StoreLimits.acked_keep_max_entries; 0 deletes at each ack) and
+``gzip_level`` set per variant; the figures are those of the first variant. The rows an
+agent keeps after the ack are deleted after the drain (``purge_acked``), timed apart.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import figures
 from hubproc import HubProcess
 from synckit import enroll_device, open_device
 
+from edge_agent.store import StoreLimits
 from edge_agent.sync import SyncLimits
 from hub.store.sqlite import migrate
 
@@ -181,7 +188,19 @@ def wait_idle(pid: int, *, quiet_s: float = 0.5, timeout_s: float = 60.0) -> Non
     raise RuntimeError(f"hub {pid} still busy after {timeout_s:.0f} s")
 
 
-async def catch_up(args: argparse.Namespace, work: Path, lines: list[dict]) -> dict:
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """Return (name, settings) of ``NAME:KEY=VALUE,...``."""
+    name, _, rest = spec.partition(":")
+    settings = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    unknown = set(settings) - {"body_format", "acked_keep", "gzip_level"}
+    if unknown:
+        raise SystemExit(f"--variant {spec}: unknown keys {sorted(unknown)}")
+    return name, settings
+
+
+async def catch_up(
+    args: argparse.Namespace, work: Path, lines: list[dict], variant: dict[str, str]
+) -> dict:
     """Fill a fresh agent store with ``lines`` and drain it to a fresh hub; return figures."""
     # The hub as deployed: its parse workers started with it (the test default does not).
     hub = HubProcess(work / "hub", sections={"limits": {"prestart_parse_workers": True}})
@@ -192,10 +211,13 @@ async def catch_up(args: argparse.Namespace, work: Path, lines: list[dict]) -> d
             batch_max_entries=args.batch,
             batch_max_bytes=args.batch_bytes,
             max_rounds=10**9,
-            gzip_level=args.gzip_level,
+            gzip_level=int(variant.get("gzip_level", args.gzip_level)),
             request_timeout_s=120,
+            body_format=variant.get("body_format", SyncLimits.body_format),
         )
-        dev = await open_device(work / "dev", limits=limits)
+        keep = StoreLimits().acked_keep_max_entries
+        store_limits = StoreLimits(acked_keep_max_entries=int(variant.get("acked_keep", keep)))
+        dev = await open_device(work / "dev", limits=limits, store_limits=store_limits)
         for i in range(0, len(lines), 10_000):
             await dev.store.append_many("log", lines[i : i + 10_000])
         queued = (await dev.store.outbox_stats())["log"]
@@ -208,6 +230,9 @@ async def catch_up(args: argparse.Namespace, work: Path, lines: list[dict]) -> d
         result = await dev.syncer.sync_once()
         elapsed = time.perf_counter() - started
         agent_cpu, hub_cpu = time.process_time() - cpu0, proc_cpu_s(hub_pid) - hub_cpu0
+        cpu1 = time.process_time()
+        await dev.store.purge_acked()  # what the sync loop does once the outbox is drained
+        purge_cpu = time.process_time() - cpu1
         assert result.drained and result.sent == len(lines), result
         stored = await asyncio.to_thread(hub.events, dev.identity.device_id)
         assert len(stored) == len(lines)
@@ -221,18 +246,18 @@ async def catch_up(args: argparse.Namespace, work: Path, lines: list[dict]) -> d
         "result": result,
         "queued_bytes": queued["bytes"],
         "agent_cpu_per_1k": agent_cpu / len(lines) * 1000,
+        "purge_cpu_per_1k": purge_cpu / len(lines) * 1000,
         "hub_cpu_per_1k": hub_cpu / len(lines) * 1000,
     }
 
 
 async def run(args: argparse.Namespace) -> None:
-    """Interleave ceiling and catch-up runs; print the medians."""
+    """Interleave ceiling and catch-up runs (each variant in turn); print the medians."""
     lines = make_lines(args.lines)
     raw_line_bytes = sum(len(str(p["line"]).encode()) for p in lines)
-    rates: list[float] = []
+    variants = [parse_variant(v) for v in args.variant] or [("default", {})]
+    got_by: dict[str, list[dict]] = {name: [] for name, _ in variants}
     ceilings: list[float] = []
-    cpu_agent: list[float] = []
-    cpu_hub: list[float] = []
     print(
         f"== catch-up of {args.lines:,} lines (avg {raw_line_bytes / args.lines:.0f} B) "
         f"({Path('/proc/loadavg').read_text().split()[0]} load, {os.cpu_count()} cores)"
@@ -240,24 +265,47 @@ async def run(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-catchup-"))
     try:
         for rep in range(args.repeat):
-            work = root / f"run{rep}"
-            got = await catch_up(args, work, lines)
-            res = got["result"]
-            per_request = max(1, round(args.lines / res.rounds))
-            ceil = ceiling(got.pop("rows"), work / "ceiling.db", per_request)
-            shutil.rmtree(work, ignore_errors=True)
-            rates.append(got["rate"])
-            ceilings.append(ceil)
-            cpu_agent.append(got["agent_cpu_per_1k"])
-            cpu_hub.append(got["hub_cpu_per_1k"])
-            print(
-                f"   run {rep + 1}: catch-up {got['elapsed']:.2f} s {got['rate']:,.0f} lines/s "
-                f"in {res.rounds} requests; ceiling {ceil:,.0f} rows/s "
-                f"({per_request} per commit); ratio {got['rate'] / ceil:.2f}"
-            )
+            ceil = 0.0
+            for name, settings in variants:
+                work = root / f"run{rep}-{name}"
+                got = await catch_up(args, work, lines, settings)
+                res = got["result"]
+                rows = got.pop("rows")
+                if not ceil:
+                    per_request = max(1, round(args.lines / res.rounds))
+                    ceil = ceiling(rows, work / "ceiling.db", per_request)
+                    ceilings.append(ceil)
+                shutil.rmtree(work, ignore_errors=True)
+                got_by[name].append(got)
+                print(
+                    f"   run {rep + 1} {name}: catch-up {got['elapsed']:.2f} s "
+                    f"{got['rate']:,.0f} lines/s in {res.rounds} requests; ceiling {ceil:,.0f} "
+                    f"rows/s; ratio {got['rate'] / ceil:.2f}; CPU/1k agent "
+                    f"{got['agent_cpu_per_1k'] * 1e3:.2f} ms (+purge "
+                    f"{got['purge_cpu_per_1k'] * 1e3:.2f}), "
+                    f"hub {got['hub_cpu_per_1k'] * 1e3:.2f} ms; "
+                    f"wire/raw {res.wire_bytes / raw_line_bytes:.3f}; "
+                    f"load {Path('/proc/loadavg').read_text().split()[0]}"
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     med = statistics.median
+    for name, settings in variants:
+        runs = got_by[name]
+        r = med([g["rate"] for g in runs]) / med(ceilings)
+        print(
+            f"{name:>10} {settings or ''}: ratio {r:.2f}; CPU per 1,000 lines agent "
+            f"{med([g['agent_cpu_per_1k'] for g in runs]) * 1e3:.2f} ms (+purge "
+            f"{med([g['purge_cpu_per_1k'] for g in runs]) * 1e3:.2f}), hub "
+            f"{med([g['hub_cpu_per_1k'] for g in runs]) * 1e3:.2f} ms; wire/raw "
+            f"{runs[-1]['result'].wire_bytes / raw_line_bytes:.3f}"
+        )
+    first = got_by[variants[0][0]]
+    rates = [g["rate"] for g in first]
+    cpu_agent = [g["agent_cpu_per_1k"] for g in first]
+    cpu_hub = [g["hub_cpu_per_1k"] for g in first]
+    res = first[-1]["result"]
+    got = first[-1]
     ratio = med(rates) / med(ceilings)
     print(
         f"catch-up / ceiling    {ratio:.2f}   (goal >= 0.50: {'ok' if ratio >= 0.5 else 'MISSED'})"
@@ -266,7 +314,7 @@ async def run(args: argparse.Namespace) -> None:
         f"CPU per 1,000 lines   agent {med(cpu_agent) * 1e3:.1f} ms,"
         f" hub {med(cpu_hub) * 1e3:.1f} ms"
     )
-    print(f"wire bytes            {res.wire_bytes:,} (gzip level {args.gzip_level})")
+    print(f"wire bytes            {res.wire_bytes:,}")
     print(f"wire / raw lines      {res.wire_bytes / raw_line_bytes:.3f}   (goal < 0.20)")
     print(f"wire / queued payload {res.wire_bytes / got['queued_bytes']:.3f}")
     print(f"wire / JSON bodies    {res.wire_bytes / res.raw_bytes:.3f}")
@@ -311,6 +359,12 @@ def main() -> None:
     p.add_argument("--batch-bytes", type=int, default=defaults.batch_max_bytes)
     p.add_argument("--gzip-level", type=int, default=defaults.gzip_level)
     p.add_argument("--repeat", type=int, default=3, help="interleaved ceiling/catch-up pairs")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:KEY=VALUE,... (body_format, acked_keep, gzip_level); repeat for A/B",
+    )
     figures.add_json_out(p)
     asyncio.run(run(p.parse_args()))
 

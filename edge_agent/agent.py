@@ -56,6 +56,7 @@ def _limits(config: AgentConfig) -> StoreLimits:
             "metrics": Quota(max_entries=config.metrics.outbox_max_entries),
         },
         log_disk_reserve_bytes=o.log_disk_reserve_mb * 2**20,
+        acked_keep_max_entries=o.acked_keep_max_entries,
         logs=LogLimits(
             max_bytes_per_container=config.logs.local_max_bytes_per_container,
             max_age_s=config.logs.local_max_age_s,

@@ -131,6 +131,8 @@ class OutboxConfig(Section):
     log_max_entries: int = Field(1_000_000, ge=1)
     log_max_bytes: int = Field(256 * 2**20, ge=1024)
     log_disk_reserve_mb: int = Field(200, ge=0)
+    # Acknowledged entries left on disk until deleted in one go (0: deleted at each ack).
+    acked_keep_max_entries: int = Field(50_000, ge=0)
 
 
 class LogsConfig(Section):

@@ -7,6 +7,13 @@ the oldest entries of that kind and writes (or grows) a 'dropped' marker; audit 
 are never dropped; below the free-disk reserve logs are refused first. Container log
 lines are queued with their container's read position in one transaction
 (``append_logs``), so the position never runs ahead of or behind what is stored.
+
+An ack records the hub's position (meta ``acked_seq``, ``acked_upto``) and takes the
+acknowledged entries out of the totals at once; the rows themselves are deleted later,
+in one go: when more than ``StoreLimits.acked_keep_max_entries`` wait (counted in
+``outbox_acked_purges``), or when the sync client finds the outbox drained
+(``purge_acked``). Every read of queued entries starts above ``acked_upto``, so an
+acknowledged entry is never sent again, also after a restart.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class StoreLimits:
         }
     )
     log_disk_reserve_bytes: int = 200 * 2**20
+    # Acknowledged entries left on disk until they are deleted in one go (0: at each ack).
+    acked_keep_max_entries: int = 50_000
     # The kept container logs (logstore.py): per-container bytes, age.
     logs: LogLimits = field(default_factory=LogLimits)
 
@@ -97,6 +106,8 @@ class OutboxMixin:
 
     limits: StoreLimits
     inflight_upto: int
+    acked_upto: int  # the hub holds every entry up to here (rows may wait for a purge)
+    _acked_rows: int  # acknowledged rows not deleted yet
     log_policy: ShipPolicy
     on_append: Callable[[], None] | None
     _totals: dict[str, list[int]]
@@ -259,7 +270,8 @@ class OutboxMixin:
         victims: list[int] = []
         freed_n = freed_b = 0
         async with db.execute(
-            "SELECT seq, bytes FROM outbox WHERE kind = ? ORDER BY seq", (kind,)
+            "SELECT seq, bytes FROM outbox WHERE kind = ? AND seq > ? ORDER BY seq",
+            (kind, self.acked_upto),
         ) as cur:
             async for seq, nbytes in cur:
                 if freed_n >= over_n and freed_b >= over_b:
@@ -281,7 +293,7 @@ class OutboxMixin:
         async with db.execute(
             "SELECT seq, payload FROM outbox WHERE kind = 'dropped' AND seq > ?"
             " AND json_extract(payload, '$.kind') = ? ORDER BY seq DESC LIMIT 1",
-            (self.inflight_upto, kind),
+            (max(self.inflight_upto, self.acked_upto), kind),
         ) as cur:
             row = await cur.fetchone()
         if row is not None and not extra:
@@ -322,7 +334,7 @@ class OutboxMixin:
         async with self.db.execute(
             "SELECT seq, kind, created_at, payload, bytes FROM outbox WHERE seq > ?"
             " ORDER BY seq LIMIT ?",
-            (after, max_entries),
+            (max(after, self.acked_upto), max_entries),
         ) as cur:
             for seq, kind, created_at, payload, nbytes in await cur.fetchall():
                 if out and total + nbytes > max_bytes:
@@ -334,7 +346,9 @@ class OutboxMixin:
     async def replace_with_marker(self, seq: int, reason: str) -> bool:
         """Replace one queued entry by a 'dropped' marker naming why; False if it is gone."""
         async with self.transaction() as db:
-            async with db.execute("SELECT kind, bytes FROM outbox WHERE seq = ?", (seq,)) as cur:
+            async with db.execute(
+                "SELECT kind, bytes FROM outbox WHERE seq = ? AND seq > ?", (seq, self.acked_upto)
+            ) as cur:
                 row = await cur.fetchone()
             if row is None:
                 return False
@@ -351,26 +365,47 @@ class OutboxMixin:
         return True
 
     async def ack(self, upto_seq: int) -> int:
-        """Delete every entry the hub acknowledged (seq <= upto_seq); returns how many."""
+        """Record that the hub holds every entry up to ``upto_seq``; returns how many left
+        the queue. Their rows are deleted once more than ``acked_keep_max_entries`` wait."""
+        if upto_seq <= self.acked_upto:
+            return 0
         async with self.transaction(durable=False) as db:
-            # Totals per kind in SQL, then one DELETE: no row crosses into Python. NOT
-            # INDEXED: a range of the primary key, not a walk of the whole (kind, seq) index.
+            # Totals per kind in SQL: no row crosses into Python. NOT INDEXED: a range of
+            # the primary key, not a walk of the whole (kind, seq) index.
             async with db.execute(
-                "SELECT kind, COUNT(*), SUM(bytes) FROM outbox NOT INDEXED WHERE seq <= ?"
-                " GROUP BY kind",
-                (upto_seq,),
+                "SELECT kind, COUNT(*), SUM(bytes) FROM outbox NOT INDEXED"
+                " WHERE seq > ? AND seq <= ? GROUP BY kind",
+                (self.acked_upto, upto_seq),
             ) as cur:
                 gone = await cur.fetchall()
-            await db.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
             await db.execute(
                 "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = "
                 "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                 (str(upto_seq),),
             )
-            for kind, n, nbytes in gone:
-                self._count(kind, -n, -nbytes)
-            return sum(n for _, n, _ in gone)
+            n = sum(k for _, k, _ in gone)
+            purge = self._acked_rows + n > self.limits.acked_keep_max_entries
+            if purge:
+                await self._delete_acked(db, upto_seq)
+            for kind, k, nbytes in gone:
+                self._count(kind, -k, -nbytes)
+        self.acked_upto = upto_seq
+        self._acked_rows = 0 if purge else self._acked_rows + n
+        return n
+
+    async def purge_acked(self) -> int:
+        """Delete the rows of acknowledged entries still on disk; returns how many."""
+        if not self._acked_rows:
+            return 0
+        async with self.transaction(durable=False) as db:
+            await self._delete_acked(db, self.acked_upto)
+        n, self._acked_rows = self._acked_rows, 0
+        return n
+
+    async def _delete_acked(self, db: aiosqlite.Connection, upto_seq: int) -> None:
+        await db.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
+        await bump_counter(db, "outbox_acked_purges", 1)
 
     async def highest_assigned_seq(self) -> int:
         """Return the highest seq this store has ever handed out (0 for a new store)."""
@@ -385,6 +420,7 @@ class OutboxMixin:
         would be ignored as duplicates. Adding ``hub_seq`` to every seq keeps their order
         and lifts them all above what the hub holds. Returns how many entries moved.
         """
+        await self.purge_acked()  # only what still waits for the hub moves
         async with self.transaction() as db:
             cur = await db.execute("UPDATE outbox SET seq = seq + ?", (hub_seq,))
             moved = cur.rowcount
@@ -406,13 +442,24 @@ class OutboxMixin:
 
     async def oldest_queued_at(self) -> datetime | None:
         """Return when the oldest entry still waiting for the hub's ack was queued."""
-        async with self.db.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1") as cur:
+        async with self.db.execute(
+            "SELECT created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (self.acked_upto,)
+        ) as cur:
             row = await cur.fetchone()
         return datetime.fromisoformat(row[0]) if row else None
 
     async def _load_totals(self) -> None:
+        async with self.db.execute("SELECT value FROM meta WHERE key = 'acked_seq'") as cur:
+            row = await cur.fetchone()
+        self.acked_upto = int(row[0]) if row else 0
         async with self.db.execute(
-            "SELECT kind, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY kind"
+            "SELECT COUNT(*) FROM outbox WHERE seq <= ?", (self.acked_upto,)
+        ) as cur:
+            self._acked_rows = (await cur.fetchone())[0]  # type: ignore[index]
+        async with self.db.execute(
+            "SELECT kind, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox WHERE seq > ?"
+            " GROUP BY kind",
+            (self.acked_upto,),
         ) as cur:
             self._totals = {k: [n, b] for k, n, b in await cur.fetchall()}
         self._totals |= await self._load_log_totals()

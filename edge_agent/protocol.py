@@ -8,7 +8,9 @@ authenticates with a one-time token because the device has no certificate yet.
     POST /v1/renew/challenge   RenewChallengeRequest -> RenewChallenge (no client cert)
     POST /v1/renew/expired     ExpiredRenewRequest   -> RenewResponse  (no client cert;
                                the expired certificate's key signs challenge and CSR)
-    POST /v1/sync              SyncRequest    -> SyncResponse          (mTLS; body gzip)
+    POST /v1/sync              SyncRequest    -> SyncResponse          (mTLS; body gzip;
+                               JSON, or the lines format (SYNC_LINES_TYPE) to a hub
+                               whose answer listed "lines" in body_formats)
     GET  /v1/target?after=N&wait=S            -> 200 SignedTarget | 204 (mTLS; long-poll;
                                204 at once with X-Edgefleet-Actions when actions wait)
 
@@ -95,7 +97,16 @@ AGENT_FEATURES = BASELINE_FEATURES | {
     "secrets",
     # Target.policy: the agent refuses a target whose release the policy refuses.
     "device_policy",
+    # Not a target feature: this agent reads SyncResponse.body_formats and then sends its
+    # sync bodies in the lines format (SYNC_LINES_TYPE) to a hub that lists "lines".
+    "body_formats",
 }
+
+# A sync body in the lines format: the SyncRequest's JSON on the first line, its entries
+# without ``payload``; then each entry's payload (a JSON object) on a line of its own, in
+# entry order. The hub stores each payload line as sent instead of serializing it again.
+SYNC_LINES_TYPE = "application/vnd.edgefleet.sync-lines"
+BODY_FORMATS = ("lines",)  # what a hub lists in SyncResponse.body_formats
 
 
 def _uses_container_options(service: Service) -> bool:
@@ -354,11 +365,22 @@ def expand_entries(entries: list[Any]) -> list[Any]:
     return out
 
 
-def compact_entries(rows: list[tuple[int, str, str, str]]) -> str:
+def lines_body(head_json: str, rows: list[tuple[int, str, str, str]]) -> str | None:
+    """Return a lines-format body for ``head_json`` (a JSON object without ``entries``) and
+    (seq, kind, created_at, payload JSON) rows; None if a payload spans lines."""
+    texts = "\n".join([row[3] for row in rows])
+    if "\n" in head_json or (rows and texts.count("\n") != len(rows) - 1):
+        return None  # (never from json.dumps, which escapes newlines in strings)
+    body = f'{head_json[:-1]},"entries":{compact_entries(rows, payloads=False)}}}'
+    return f"{body}\n{texts}" if rows else body
+
+
+def compact_entries(rows: list[tuple[int, str, str, str]], *, payloads: bool = True) -> str:
     """Return protocol-2 JSON for ``entries`` from (seq, kind, created_at, payload JSON) rows.
 
     Payloads are spliced in as given (already JSON); kind and created_at are JSON-safe
     text (an outbox kind; ISO 8601). ``seq``/``created_at`` are left out where implied.
+    Without ``payloads`` each entry leaves its payload out (the lines format).
     """
     parts = []
     prev_seq = -1
@@ -367,7 +389,10 @@ def compact_entries(rows: list[tuple[int, str, str, str]]) -> str:
         head = "" if seq == prev_seq + 1 else f'"seq":{seq},'
         if at != prev_at:
             head += f'"created_at":"{at}",'
-        parts.append(f'{{{head}"kind":"{kind}","payload":{payload}}}')
+        if payloads:
+            parts.append(f'{{{head}"kind":"{kind}","payload":{payload}}}')
+        else:
+            parts.append(f'{{{head}"kind":"{kind}"}}')
         prev_seq, prev_at = seq, at
     return "[" + ",".join(parts) + "]"
 
@@ -451,12 +476,15 @@ class SyncResponse(HubDocument):
     actions: list[SignedAction] | None = None
     # Additive: only for agents that list the "log_policy" feature; left out when None.
     log_policy: LogPolicy | None = None
+    # Additive: the sync body formats beyond JSON this hub takes ("lines"); only for
+    # agents that list the "body_formats" feature; left out when None.
+    body_formats: list[Annotated[str, Field(max_length=32)]] | None = Field(None, max_length=8)
 
     @model_serializer(mode="wrap")
     def _leave_out_absent(self, handler: Any) -> Any:
         doc = handler(self)
         if isinstance(doc, dict):
-            for name in ("technicians", "entry_kinds", "actions", "log_policy"):
+            for name in ("technicians", "entry_kinds", "actions", "log_policy", "body_formats"):
                 if doc.get(name) is None:
                     doc.pop(name, None)
         return doc

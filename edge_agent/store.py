@@ -248,6 +248,8 @@ class Store(OutboxMixin, LogStoreMixin, ActionStoreMixin):
         # Entries with seq <= this have been handed to the sync client; a drop marker is
         # only coalesced into an entry above it, so the hub never misses a count.
         self.inflight_upto = 0
+        self.acked_upto = 0  # loaded at open (meta acked_seq); see outbox.py
+        self._acked_rows = 0
         self.on_append: Callable[[], None] | None = None
         # Queued entries and bytes per kind, kept in step with the outbox so quota checks
         # are O(1) however much is queued; a transaction's changes land only at COMMIT.

@@ -36,12 +36,14 @@ from edge_agent.protocol import (
     AGENT_FEATURES,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    SYNC_LINES_TYPE,
     LogPolicy,
     SignedAction,
     SignedTarget,
     StatusSnapshot,
     SyncResponse,
     compact_entries,
+    lines_body,
     unknown_fields,
 )
 from edge_agent.store import Store
@@ -82,12 +84,17 @@ class SyncLimits:
     backoff_cap_s: float = 300.0
     request_timeout_s: float = 30.0
     long_poll_s: float = 30.0
-    gzip_level: int = 6
+    # 5: a third less CPU than 6 for ~5% more bytes (wire 0.19 of raw log lines in the
+    # lines format; the goal is < 0.20; benchmarks/README.md, bench_catchup.py).
+    gzip_level: int = 5
     window: int = 2  # sync requests in flight at once (answers are applied in seq order)
     # Batches read, encoded and compressed ahead while ``window`` requests are on the
     # wire: each is sent the moment an answer frees a place, not after that answer's ack
     # and the next read (a catch-up kept the hub waiting ~25 ms a 5,000-line batch).
     prepare_ahead: int = 1
+    # "lines": send bodies in the lines format to a hub that lists it (the hub then stores
+    # each payload as sent instead of serializing it again); "json": always JSON.
+    body_format: str = "lines"
 
 
 @dataclass
@@ -113,6 +120,7 @@ class _Flight:
     head: tuple[int, str]  # (seq, kind) of its first entry
     raw_bytes: int
     status_doc: dict[str, object] | None  # the report it carries, if any
+    lines: bool = False  # its body is in the lines format
     wire_bytes: int = 0  # set once compressed (by its task)
     task: asyncio.Task[SyncResponse] = field(init=False)
 
@@ -159,9 +167,11 @@ class HubClient:
         """Close the HTTP session."""
         await self.reload_tls()
 
-    async def sync(self, body_gz: bytes) -> SyncResponse:
-        """POST one gzip-compressed SyncRequest body; return the hub's answer."""
-        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async def sync(self, body_gz: bytes, *, lines: bool = False) -> SyncResponse:
+        """POST one gzip-compressed SyncRequest body (JSON or the lines format); return
+        the hub's answer."""
+        kind = SYNC_LINES_TYPE if lines else "application/json"
+        headers = {"Content-Type": kind, "Content-Encoding": "gzip"}
         _, data, _ = await self._call("POST", "/v1/sync", data=body_gz, headers=headers)
         return _parse(SyncResponse, data, "/v1/sync")
 
@@ -301,6 +311,7 @@ class Syncer:
         self._unknown_seen: set[str] = set()
         self._status_omit: set[str] = set()  # status fields an older hub refused as unknown
         self._entry_kinds: str | None = None  # as last stored (HUB_ENTRY_KINDS_META)
+        self.lines = False  # the hub listed the lines body format (and it was not refused)
         self._lock = asyncio.Lock()
         self._wire = asyncio.Semaphore(self.limits.window)  # requests on the wire
         self._synced_mono: float | None = None  # time.monotonic() of the last sync done
@@ -383,6 +394,7 @@ class Syncer:
                     self._older_hub(exc)
                     or self._status_field_refused(exc)
                     or await self._kind_refused(exc, flight)
+                    or self._lines_refused(exc, flight)
                 ):
                     await _cancel(flights)
                 else:
@@ -407,7 +419,7 @@ class Syncer:
             self._status_acked = None
         if not rows and status is None and not first:
             return None
-        body = self._encode(rows, status)
+        body, lines = self._encode(rows, status)
         last = rows[-1][0] if rows else 0
         self.store.inflight_upto = max(self.store.inflight_upto, last)
         flight = _Flight(
@@ -416,6 +428,7 @@ class Syncer:
             head=(rows[0][0], rows[0][1]) if rows else (0, ""),
             raw_bytes=len(body),
             status_doc=doc if status is not None else None,
+            lines=lines,
         )
         # Compressed by the flight's own task: the pump settles the previous answer (the
         # store's ack) while this batch is compressed on a thread, not after it.
@@ -430,6 +443,8 @@ class Syncer:
             body_gz = gzip.compress(body, level, mtime=0)
         flight.wire_bytes = len(body_gz)
         async with self._wire:  # sent once fewer than ``window`` requests are on the wire
+            if flight.lines:
+                return await self.client.sync(body_gz, lines=True)
             return await self.client.sync(body_gz)
 
     async def _settle(self, flight: _Flight, resp: SyncResponse, result: SyncResult) -> None:
@@ -474,6 +489,7 @@ class Syncer:
         if resp.technicians is not None:  # revocations hold offline and across restarts
             await save_update(self.store, resp.technicians)
         await self._note_entry_kinds(resp)
+        self.lines = "lines" in (resp.body_formats or ()) and self.limits.body_format == "lines"
         if resp.actions and self.on_actions is not None:  # recorded before this returns
             await self.on_actions(resp.actions)
         if resp.target is not None:
@@ -527,6 +543,15 @@ class Syncer:
         newest = max(MIN_PROTOCOL_VERSION, min(newest, self.protocol - 1))
         log.info("the hub does not speak sync protocol %d; using %d", self.protocol, newest)
         self.protocol = newest
+        return True
+
+    def _lines_refused(self, exc: HubRefused, flight: _Flight) -> bool:
+        """Send JSON from now on if a hub refused a lines-format body (one downgraded
+        since it listed the format reads it as JSON: 400, or 415)."""
+        if not flight.lines or exc.status not in (400, 415):
+            return False
+        log.warning("the hub refused a sync body in the lines format; sending JSON: %s", exc)
+        self.lines = False
         return True
 
     def _status_field_refused(self, exc: HubRefused) -> bool:
@@ -599,8 +624,9 @@ class Syncer:
 
     def _encode(
         self, rows: list[tuple[int, str, str, str]], status: StatusSnapshot | None
-    ) -> bytes:
-        """Build the SyncRequest JSON; payloads are spliced in as stored (already JSON)."""
+    ) -> tuple[bytes, bool]:
+        """Build the SyncRequest body and say whether it is in the lines format; payloads
+        are spliced in as stored (already JSON)."""
         head: dict[str, object] = {
             "protocol": self.protocol,
             "applied_revision": self.gate.applied_revision,
@@ -610,6 +636,11 @@ class Syncer:
         if self.protocol >= EPOCH_PROTOCOL:
             head["epoch"] = self.epoch
             head["features"] = sorted(AGENT_FEATURES)
+        head_json = json.dumps(head, separators=(",", ":"))
+        if self.lines and self.protocol >= EPOCH_PROTOCOL:
+            body = lines_body(head_json, rows)
+            if body is not None:
+                return body.encode(), True
         if self.protocol >= 2:
             entries = compact_entries(rows)
         else:
@@ -621,7 +652,7 @@ class Syncer:
                 )
                 + "]"
             )
-        return (json.dumps(head, separators=(",", ":"))[:-1] + f',"entries":{entries}}}').encode()
+        return (head_json[:-1] + f',"entries":{entries}}}').encode(), False
 
     def backoff_s(self, failures: int) -> float:
         """Return the delay after ``failures`` consecutive failures (capped, jittered)."""
@@ -652,6 +683,10 @@ class Syncer:
             if result is not None and not result.drained:
                 woken = True
                 continue
+            try:  # off the catch-up's path: acknowledged rows go once the outbox is drained
+                await self.store.purge_acked()
+            except AgentError as exc:
+                log.warning("could not delete acknowledged outbox rows: %s", exc)
             woken = await self._idle()
 
     async def _idle(self) -> bool:

@@ -33,9 +33,11 @@ from edge_agent.models import Target, strip_unknown
 from edge_agent.openapi import INT64, STRING, Query, described
 from edge_agent.protocol import (
     BASELINE_FEATURES,
+    BODY_FORMATS,
     INT64_MAX,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    SYNC_LINES_TYPE,
     EnrollRequest,
     EnrollResponse,
     ExpiredRenewRequest,
@@ -296,7 +298,9 @@ async def sync(request: web.Request) -> web.Response:
     device = await _enrolled_device(hub, request)
     raw = await read_raw(request, hub.config.limits.max_body_bytes)
     try:
-        req, entries = await hub.sync_decoder.decode(raw, content_encoding(request))
+        req, entries = await hub.sync_decoder.decode(
+            raw, content_encoding(request), lines=_is_lines(request)
+        )
         _check_batch(req.protocol, entries)
     except (InvalidRequest, PayloadTooLarge) as exc:
         await _audit_sync_refusal(hub, device.id, exc)
@@ -338,12 +342,20 @@ async def sync(request: web.Request) -> web.Response:
             log_policy=await policy_for_sync(
                 request, hub.store, hub.config.log_policy, device, req.features
             ),
+            body_formats=list(BODY_FORMATS) if "body_formats" in (req.features or ()) else None,
         )
     )
     if target is not None:
         response.enable_compression()
     response.headers["Server-Timing"] = f"hub;dur={(time.perf_counter() - started) * 1e3:.2f}"
     return response
+
+
+def _is_lines(request: web.Request) -> bool:
+    """Return whether the sync body is in the lines format (by its Content-Type)."""
+    return request.headers.get("Content-Type", "").split(";")[0].strip().lower() == (
+        SYNC_LINES_TYPE
+    )
 
 
 async def _audit_sync_refusal(hub: HubContext, device_id: str, exc: HubError) -> None:

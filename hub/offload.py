@@ -42,16 +42,17 @@ class SyncDecoder:
         for _ in range(self.workers):  # a job while no worker is idle spawns one more
             pool.submit(_ready)
 
-    async def decode(self, raw: bytes, encoding: str) -> Decoded:
-        """Return the request and rows of one sync body; raise HubError if refused."""
+    async def decode(self, raw: bytes, encoding: str, *, lines: bool = False) -> Decoded:
+        """Return the request and rows of one sync body (``lines``: in the lines format);
+        raise HubError if refused."""
         small = _small_body(raw, encoding, min(self.inline_bytes, self.bounds.max_decompressed))
         if small is not None:
-            return decode_sync_body(small, self.bounds)
+            return decode_sync_body(small, self.bounds, lines=lines)
         async with self._slots:
             self.offloaded += 1
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(
-                self._executor(), decode_sync_job, raw, encoding, self.bounds
+                self._executor(), decode_sync_job, raw, encoding, self.bounds, lines
             )
         return job_result(result)
 

@@ -20,13 +20,22 @@ async def _open(path: Path, limits: StoreLimits | None = None, **kw: object) -> 
 
 
 async def _rows(store: Store) -> list[tuple[int, str, dict]]:
-    async with store.db.execute("SELECT seq, kind, payload FROM outbox ORDER BY seq") as cur:
+    """Return the queued entries: rows above the acknowledged position (``acked_upto``)."""
+    async with store.db.execute(
+        "SELECT seq, kind, payload FROM outbox WHERE seq > ? ORDER BY seq", (store.acked_upto,)
+    ) as cur:
         return [(s, k, json.loads(p)) for s, k, p in await cur.fetchall()]
+
+
+async def _all_rows(store: Store) -> list[int]:
+    async with store.db.execute("SELECT seq FROM outbox ORDER BY seq") as cur:
+        return [s for (s,) in await cur.fetchall()]
 
 
 async def _totals_match(store: Store) -> None:
     async with store.db.execute(
-        "SELECT kind, COUNT(*), SUM(bytes) FROM outbox GROUP BY kind"
+        "SELECT kind, COUNT(*), SUM(bytes) FROM outbox WHERE seq > ? GROUP BY kind",
+        (store.acked_upto,),
     ) as cur:
         truth = {k: {"entries": n, "bytes": b} for k, n, b in await cur.fetchall()}
     assert await store.outbox_stats() == truth
@@ -183,4 +192,72 @@ async def test_totals_survive_reopen(tmp_path: Path) -> None:
     await _totals_match(store)
     await store.append("log", {"i": 7})
     assert (await store.outbox_stats())["log"]["entries"] == 3
+    await store.close()
+
+
+async def test_acked_rows_wait_for_a_purge_and_are_never_read_again(tmp_path: Path) -> None:
+    store = await _open(tmp_path)
+    await store.append_many("event", [{"i": i} for i in range(10)])
+    assert await store.ack(6) == 6
+    assert await _all_rows(store) == list(range(1, 11))  # no DELETE on the ack's path
+    assert [r[0] for r in await store.pending_raw(max_entries=100, max_bytes=2**30)] == [
+        7,
+        8,
+        9,
+        10,
+    ]
+    assert await store.outbox_stats() == {"event": {"entries": 4, "bytes": 4 * len('{"i":0}')}}
+    await store.close()
+    store = await _open(tmp_path)  # after a restart: still never sent again
+    assert [r[0] for r in await store.pending_raw(max_entries=100, max_bytes=2**30)] == [
+        7,
+        8,
+        9,
+        10,
+    ]
+    await _totals_match(store)
+    assert await store.purge_acked() == 6
+    assert await _all_rows(store) == [7, 8, 9, 10]
+    assert (await store.counters())["outbox_acked_purges"] == 1
+    assert await store.purge_acked() == 0
+    await store.close()
+
+
+async def test_acked_rows_over_the_bound_are_deleted_at_the_ack(tmp_path: Path) -> None:
+    limits = StoreLimits(quotas={}, log_disk_reserve_bytes=0, acked_keep_max_entries=5)
+    store = await _open(tmp_path, limits)
+    await store.append_many("event", [{"i": i} for i in range(20)])
+    await store.ack(4)
+    assert len(await _all_rows(store)) == 20  # 4 waiting: within the bound
+    await store.ack(8)
+    assert await _all_rows(store) == list(range(9, 21))  # 8 > 5: all deleted at once
+    await _totals_match(store)
+    await store.close()
+    store = await _open(tmp_path, StoreLimits(quotas={}, acked_keep_max_entries=0))
+    await store.ack(9)
+    assert await _all_rows(store) == list(range(10, 21))  # 0: deleted at each ack
+    await store.close()
+
+
+async def test_quota_and_drop_markers_skip_acked_rows(tmp_path: Path) -> None:
+    store = await _open(tmp_path, _limits(event=Quota(max_entries=5)))
+    await store.append_many("event", [{"i": i} for i in range(5)])
+    await store.append_many("event", [{"i": 5}])  # over: seq 1 dropped, a marker (seq 7)
+    await store.ack(7)  # the hub holds the marker
+    await store.append_many("event", [{"i": i} for i in range(6, 12)])
+    rows = await _rows(store)
+    markers = [p for _, k, p in rows if k == "dropped"]
+    # A new marker above the acknowledged one: the hub never misses a count.
+    assert len(markers) == 1 and markers[0]["first_seq"] == 8
+    assert [p["i"] for _, k, p in rows if k == "event"] == [7, 8, 9, 10, 11]
+    await _totals_match(store)
+    await store.close()
+
+
+async def test_renumbering_moves_only_what_waits(tmp_path: Path) -> None:
+    store = await _open(tmp_path)
+    await store.append_many("event", [{"i": i} for i in range(6)])
+    await store.ack(3)
+    assert await store.renumber_after(100) == 3
+    assert await _all_rows(store) == [104, 105, 106]
     await store.close()

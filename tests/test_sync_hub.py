@@ -371,7 +371,8 @@ async def test_protocol_1_hub_gets_protocol_1(
         if protocol != 1:
             status, text = refusal
             raise HubRefused(f"POST /v1/sync: hub answered {status}: {text}", status=status)
-        return await real(body_gz)
+        resp = await real(body_gz)
+        return resp.model_copy(update={"body_formats": None})  # an older hub never sends it
 
     device.syncer.client.sync = old_hub  # type: ignore[method-assign]
     seqs = await device.store.append_many("event", [{"n": i} for i in range(100)])

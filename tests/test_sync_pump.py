@@ -59,13 +59,13 @@ async def test_the_next_batch_is_ready_when_an_answer_frees_the_wire(tmp_path: P
         client_sync = dev.syncer.client.sync
         settle = dev.syncer._settle
 
-        async def sync(body_gz: bytes) -> SyncResponse:
+        async def sync(body_gz: bytes, *, lines: bool = False) -> SyncResponse:
             nonlocal on_wire, most_on_wire
             events.append("send")
             on_wire += 1
             most_on_wire = max(most_on_wire, on_wire)
             try:
-                return await client_sync(body_gz)
+                return await client_sync(body_gz, lines=lines)
             finally:
                 on_wire -= 1
 

@@ -34,6 +34,10 @@ OLD_HUB_422 = (
     '"type": "literal_error"}], "message": "invalid SyncRequest: entries.0.kind: Input '
     "should be 'status', 'event', 'audit', 'log' or 'dropped'\"}"
 )
+NOT_JSON_400 = (
+    "POST /v1/sync: hub answered 400: "
+    '{"error": "invalid_request", "message": "request body is not JSON: trailing characters"}'
+)
 HISTORY = 3
 MAX_SAMPLE_BYTES = 1024
 
@@ -122,7 +126,9 @@ async def test_older_hub_without_metrics_refuses_nothing_and_samples_stay_local(
             refused.append("metrics")
             raise HubRefused(OLD_HUB_422, status=422)
         resp = await real(body_gz)
-        return resp.model_copy(update={"entry_kinds": None})  # an older hub never sends it
+        return resp.model_copy(
+            update={"entry_kinds": None, "body_formats": None}
+        )  # an older hub never sends it
 
     dev.syncer.client.sync = old_hub  # type: ignore[method-assign]
     try:
@@ -155,13 +161,15 @@ async def test_hub_downgraded_with_metrics_queued_drops_them_and_the_outbox_move
         real = dev.syncer.client.sync
         refused: list[int] = []
 
-        async def downgraded(body_gz: bytes) -> SyncResponse:
+        async def downgraded(body_gz: bytes, lines: bool = False) -> SyncResponse:
+            if lines:  # an older hub reads the lines format as JSON and refuses it
+                raise HubRefused(NOT_JSON_400, status=400)
             entries = json.loads(gzip.decompress(body_gz)).get("entries") or []
             if any(e.get("kind") == "metrics" for e in entries):
                 refused.append(len(entries))
                 raise HubRefused(OLD_HUB_422, status=422)
             resp = await real(body_gz)
-            return resp.model_copy(update={"entry_kinds": None})
+            return resp.model_copy(update={"entry_kinds": None, "body_formats": None})
 
         dev.syncer.client.sync = downgraded  # type: ignore[method-assign]
         result = await dev.syncer.sync_once()
