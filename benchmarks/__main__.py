@@ -57,6 +57,7 @@ BENCHES = (
         ("--devices", "10000", "--interval", "30", "--duration", "120", "--long-poll"),
     ),
     Bench("catchup", "bench_catchup.py", ("--lines", "200000"), ("--lines", "1000000")),
+    Bench("hub_decode", "bench_hub_decode.py", ("--runs", "5"), ("--runs", "15")),
     Bench(
         "rollout", "bench_rollout.py", ("--devices", "1000"), ("--devices", "1000", "--runs", "5")
     ),

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,8 +25,16 @@ log = logging.getLogger(__name__)
 class WalCheckpointer:
     """Run PASSIVE checkpoints periodically; TRUNCATE once at stop."""
 
-    def __init__(self, path: Path, *, synchronous: str, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str,
+        interval_s: float = 1.0,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self._path = path
+        self._lock = lock or threading.Lock()  # shared with the writer's WAL truncation
         self._synchronous = synchronous
         self._interval_s = interval_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db-ckpt")
@@ -40,7 +49,8 @@ class WalCheckpointer:
 
     def _checkpoint(self, mode: str) -> tuple[int, int, int]:
         assert self._conn is not None
-        row = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        with self._lock:
+            row = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
     async def start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -129,6 +130,7 @@ class SqliteStore(
         self._synchronous = synchronous
         self._max_group = max_group_commit
         self._wal_max_bytes = wal_max_bytes
+        self._checkpoint_lock = threading.Lock()  # one checkpoint at a time (writer, checkpointer)
         self._checkpoint_interval_s = checkpoint_interval_s
         self._rconn: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
@@ -145,7 +147,12 @@ class SqliteStore(
         try:
             wconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             wal = self.path.with_name(self.path.name + "-wal")
-            writer = GroupCommitWriter(wconn, self._max_group, wal=(wal, self._wal_max_bytes))
+            writer = GroupCommitWriter(
+                wconn,
+                self._max_group,
+                wal=(wal, self._wal_max_bytes),
+                checkpoint_lock=self._checkpoint_lock,
+            )
             await writer.run(self._prepare_writer)
             self._rconn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._rconn.execute("PRAGMA busy_timeout=5000")
@@ -162,7 +169,10 @@ class SqliteStore(
         writer.start()
         self._writer = writer
         self._checkpointer = WalCheckpointer(
-            self.path, synchronous=self._synchronous, interval_s=self._checkpoint_interval_s
+            self.path,
+            synchronous=self._synchronous,
+            interval_s=self._checkpoint_interval_s,
+            lock=self._checkpoint_lock,
         )
         await self._checkpointer.start()
 

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,8 +51,12 @@ class GroupCommitWriter:
         max_group: int = 256,
         *,
         wal: tuple[Path, int] | None = None,
+        checkpoint_lock: threading.Lock | None = None,
     ) -> None:
         self._conn = conn
+        # held by every checkpoint of this database (WalCheckpointer's too): a TRUNCATE
+        # started while a PASSIVE one runs would answer busy and leave the WAL over its bound
+        self._checkpoint_lock = checkpoint_lock or threading.Lock()
         self._max_group = max_group
         self._wal = wal  # (the -wal file, its bound in bytes); None: not bounded here
         self.wal_truncations = 0
@@ -158,7 +163,8 @@ class GroupCommitWriter:
         if size <= bound:
             return
         try:
-            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            with self._checkpoint_lock:
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         except sqlite3.Error as exc:  # committed data is safe; the next group tries again
             log.warning("WAL over %d bytes, truncation failed: %s", bound, exc)
             return

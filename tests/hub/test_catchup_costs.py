@@ -8,12 +8,9 @@ import json
 import pickle
 import random
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import pydantic_core
 import pytest
 
 from edge_agent.protocol import compact_entries
@@ -44,26 +41,13 @@ def _agent_batch(n: int = 5000) -> bytes:
     return (head + f'"epoch":"ab12","features":[],"entries":{compact_entries(rows)}}}').encode()
 
 
-def _best_of(fn: Callable[[], Any], n: int = 5) -> float:
-    best = float("inf")
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-def test_decoding_a_full_agent_batch_costs_little_more_than_parsing_its_json():
-    """The non-finite-number check scanned every byte with a regex: 13x the JSON parse.
-
-    Now about 4x: the parse, the fast path's checks and one ``to_json`` per payload.
-    """
+def test_a_full_agent_batch_decodes_to_its_rows():
+    """Its cost against the JSON parse is measured in benchmarks/bench_hub_decode.py."""
     body = _agent_batch()
-    _, rows = decode_sync_body(body, BOUNDS)
-    assert len(rows) == 5000
-    parse_s = _best_of(lambda: pydantic_core.from_json(body), 10)
-    decode_s = _best_of(lambda: decode_sync_body(body, BOUNDS), 10)
-    assert decode_s < 8 * parse_s, f"decode {decode_s * 1e3:.1f} ms, parse {parse_s * 1e3:.1f} ms"
+    req, rows = decode_sync_body(body, BOUNDS)
+    assert len(rows) == 5000 and req.epoch == "ab12"
+    assert [r[0] for r in rows] == list(range(1, 5001))
+    assert rows[0][3] == json.dumps(json.loads(rows[0][3]), separators=(",", ":"))
 
 
 def _entry(payload: str) -> bytes:
@@ -147,16 +131,13 @@ def test_hub_without_prestart_spawns_no_decode_worker_until_a_large_body(tmp_pat
         assert running.stop() == 0, running.log()[-3000:]
 
 
-def test_decode_worker_ships_rows_at_little_more_than_the_cost_of_their_text():
-    """A worker pickled 5,000 row tuples to the event loop: 5-6x the cost of their text."""
+def test_decode_worker_ships_the_rows_the_loop_would_decode():
+    """What a worker ships equals the in-process decode (its cost is measured in
+    benchmarks/bench_hub_decode.py)."""
     body = _agent_batch()
     job = decode_sync_job(gzip.compress(body), "gzip", BOUNDS)
     req, rows = job_result(pickle.loads(pickle.dumps(job)))
     assert (req, rows) == decode_sync_body(body, BOUNDS)
-    texts = [row[3] for row in rows]
-    ship_s = _best_of(lambda: job_result(pickle.loads(pickle.dumps(job))), 10)
-    text_s = _best_of(lambda: pickle.loads(pickle.dumps(texts)), 10)
-    assert ship_s < 4 * text_s, f"rows {ship_s * 1e3:.2f} ms, their text {text_s * 1e3:.2f} ms"
 
 
 async def test_wal_stays_bounded_while_a_device_catches_up_without_pause(tmp_path: Path):
