@@ -176,6 +176,9 @@ async def test_healthz_stays_fast_while_four_devices_send_hostile_bodies(
     probe = asyncio.create_task(prober())
     await asyncio.sleep(0.3)  # the probe's connection is up (TLS handshake not measured)
     latencies.clear()
+    await asyncio.sleep(1.0)  # the same probe with no hostile load: this machine's baseline
+    quiet = max(latencies, default=0.0)
+    latencies.clear()
     await asyncio.gather(*(sender(d) for d in devices))
     done.set()
     await probe
@@ -183,8 +186,14 @@ async def test_healthz_stays_fast_while_four_devices_send_hostile_bodies(
     assert all(400 <= s < 500 or s == 503 for s in statuses), statuses
     assert sum(400 <= s < 500 for s in statuses) >= len(statuses) // 2
     assert len(latencies) >= 10
-    worst = max(latencies)
-    assert worst < 0.1, f"healthz took up to {worst * 1000:.0f} ms under hostile load"
+    # A body decoded on the event loop stalls every request for its whole decode (seconds
+    # for the largest): healthz must stay within 100 ms, or within 4x what it took with no
+    # hostile load when the machine itself is that slow.
+    worst, bound = max(latencies), max(0.1, 4 * quiet)
+    assert worst < bound, (
+        f"healthz took up to {worst * 1000:.0f} ms under hostile load "
+        f"({quiet * 1000:.0f} ms without)"
+    )
 
 
 # ---- item 18: numbers and times out of range are a 4xx naming the field, audited ----------
