@@ -15,7 +15,7 @@ chain, metrics samples, action results and parts, host container reports:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -37,7 +37,7 @@ from hub.store.pg_history import PgHistoryMixin
 from hub.store.pg_ingest_side import PgIngestSideMixin
 from hub.store.pg_metrics import PgMetricsMixin
 from hub.store.pg_policies import PgPoliciesMixin
-from hub.store.pg_releases import PgReleasesMixin
+from hub.store.pg_releases import PgReleasesMixin, upsert_secret
 from hub.store.pg_retention import PgRetentionMixin
 from hub.store.pg_rollouts import PgRolloutsMixin
 from hub.store.pg_secrets import PgSecretsMixin
@@ -55,6 +55,7 @@ from hub.store.records import (
     EventRecord,
     NewDevice,
     RenewedCert,
+    SealedSecret,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -214,7 +215,9 @@ class PostgresStore(
 
     async def list_devices(self) -> list[DeviceRecord]:
         """Return every device, ordered by id."""
-        found = await self._read(f"SELECT {rows.DEVICE_COLUMNS} FROM devices ORDER BY id")
+        found = await self._read(
+            f'SELECT {rows.DEVICE_COLUMNS} FROM devices ORDER BY id COLLATE "C"'
+        )
         return [rows.device(tuple(r)) for r in found]
 
     async def set_device_disabled(
@@ -297,8 +300,10 @@ class PostgresStore(
         build: Callable[[int], SignedTarget],
         audit: AuditRecord,
         now: datetime,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> TargetRecord:
-        """Store the next revision of the device's target (device row locked), with audit."""
+        """Store the next revision of the device's target (device row locked), with its audit
+        row and the secrets it needs, in one transaction."""
         async with self._tx() as conn:
             row = await conn.fetchrow(
                 "SELECT disabled, target_revision FROM devices WHERE id = $1 FOR UPDATE",
@@ -313,6 +318,9 @@ class PostgresStore(
                 raise Conflict(f"device {device_id!r} has used up its target revisions")
             revision = target_revision + 1
             signed = build(revision)
+            for sealed, secret_audit in secrets:  # only with the target: none left behind
+                await upsert_secret(conn, sealed, rows.ts(secret_audit.at), secret_audit.actor)
+                await insert_audit(conn, secret_audit)
             await conn.execute(
                 "INSERT INTO targets VALUES ($1, $2, $3, $4, $5)",
                 device_id,
