@@ -339,6 +339,21 @@ def hub_database_url(work_dir: Path) -> str:
     return TEST_DATABASES[name]
 
 
+def clone_test_database(url: str, work_dir: Path) -> str:
+    """Return a new test database for ``work_dir`` holding a copy of the one at ``url`` (no
+    hub may be connected to that one: CREATE DATABASE ... TEMPLATE)."""
+    import hashlib
+
+    source = url.rpartition("/")[2]
+    name = "edgefleet_h_" + hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:20]
+    _pg_admin(
+        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        f'CREATE DATABASE "{name}" TEMPLATE "{source}"',
+    )
+    TEST_DATABASES[name] = f"{url.rpartition('/')[0]}/{name}"
+    return TEST_DATABASES[name]
+
+
 def drop_test_databases(names: list[str] | None = None) -> None:
     """Drop the named test hub databases (default: every one this process made)."""
     for name in list(TEST_DATABASES) if names is None else names:
