@@ -79,6 +79,8 @@ def run(config: HubConfig, args: argparse.Namespace) -> None:
     path = config.sqlite_path
     if not path.is_file():
         _refuse(f"no SQLite database at {path}")
+    if (listener := _hub_listening(config)) is not None:
+        _refuse(f"something listens on {listener} (the hub?): stop the hub before migrating")
     try:
         checks, verdict = asyncio.run(migrate(path, args.to, args.batch))
     except MigrateError as exc:
@@ -89,6 +91,20 @@ def run(config: HubConfig, args: argparse.Namespace) -> None:
         raise SystemExit(1) from None
     _print(checks, verdict)
     print(f"copied into {_safe_url(args.to)}: set store.url to it and start the hub")
+
+
+def _hub_listening(config: HubConfig) -> str | None:
+    """Return the hub's configured address when something accepts connections on it."""
+    import socket
+
+    if config.server.port == 0:
+        return None
+    host = config.server.host if config.server.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    try:
+        with socket.create_connection((host, config.server.port), timeout=1):
+            return f"{host}:{config.server.port}"
+    except OSError:
+        return None
 
 
 def verify_postgres_audit(url: str) -> Verdict:

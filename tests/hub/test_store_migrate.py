@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hubproc import free_port
 from pgkit import fresh_database
 from test_hub_sync import entries, stored, sync
 from test_secrets import FEATURES, release
@@ -160,3 +161,25 @@ async def test_a_non_empty_target_is_refused_and_a_broken_chain_is_not_committed
     assert "is not empty (1 tables: somebody_elses)" in done.stderr, done.stderr
     bad = _cli("store", "migrate", "--to", "mysql://x/y", "--config", config)
     assert bad.returncode == 2 and "--to: expected a postgresql:// URL" in bad.stderr
+
+
+async def test_a_running_hub_is_not_migrated(tmp_path: Path, target_url: str):
+    hub = _sqlite_hub(tmp_path / "hub", port=free_port())
+    try:
+        config = tmp_path / "hub" / "hub.toml"
+        done = _cli("store", "migrate", "--to", target_url, "--config", str(config))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"something listens on 127.0.0.1:{hub.port}" in done.stderr
+        assert "stop the hub before migrating" in done.stderr
+    finally:
+        assert hub.stop() == 0, hub.log()[-3000:]
+    conn = await asyncpg.connect(target_url)
+    try:
+        assert (
+            await conn.fetch(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+            == []
+        )
+    finally:
+        await conn.close()
