@@ -56,7 +56,8 @@ async def _populate(hub: RunningHub, tmp: Path) -> list[DeviceIdentity]:
     )
     await _ok(hub, "POST", "/api/v1/releases", {"release": release("app", "2")})
     await hub.set_target(devices[0].device_id, release("app"))
-    await _ok(hub, "POST", "/api/v1/rollouts", {"release": "app@2", "group": "lab"})
+    rollout = await _ok(hub, "POST", "/api/v1/rollouts", {"release": "app@2", "group": "lab"})
+    await _ok(hub, "POST", f"/api/v1/rollouts/{rollout['id']}/pause", {})  # holds still
     await _ok(hub, "POST", f"/api/v1/devices/{devices[1].device_id}/actions", {"kind": "selftest"})
     await _ok(hub, "POST", "/api/v1/users", {"name": "hana"})
     await _ok(hub, "POST", "/api/v1/teams", {"name": "ops"})
