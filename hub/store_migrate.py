@@ -307,7 +307,9 @@ async def _check(
         table,
     )
     texts = {r[0] for r in text}
-    order = ", ".join(f'"{k}"' + (' COLLATE "C"' if k in texts else "") for k in key)
+    order = ", ".join(
+        f'"{k}"' + (' COLLATE "C"' if k in texts else "") + " NULLS FIRST" for k in key
+    )  # as SQLite orders: bytes, NULL first
     lite_count, lite_sum = _digest(iter(lambda: lite_rows.fetchmany(batch), []))
 
     digest, count = hashlib.sha256(), 0
