@@ -78,10 +78,7 @@ BACKENDS = ["sqlite", "postgres"]
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """Return an open store of each backend in turn (SQLite file; fresh PostgreSQL database).
-
-    Only for tests of the parts PostgresStore implements (hub.store.postgres.missing_methods).
-    """
+    """Return an open store of each backend in turn (SQLite file; fresh PostgreSQL database)."""
     if request.param == "sqlite":
         async with _opened(SqliteStore(tmp_path / "hub.db")) as opened:
             yield opened

@@ -1,16 +1,15 @@
-"""PostgreSQL implementation of the hub store, on an asyncpg connection pool (round 1: the core).
+"""PostgreSQL implementation of the hub store, on an asyncpg connection pool.
 
 Every write is one transaction on a pooled connection; rows a write depends on are locked
 (``SELECT ... FOR UPDATE``), so several hub processes can share one database: a device's
 target revisions and sync positions advance one transaction at a time, and the hub audit
 chain is serialized by an advisory lock (``pg_core.insert_audit``).
 
-NOT YET the whole ``HubStore``: ``missing_methods()`` lists the interface methods this class
-does not have, and ``open_store`` refuses a postgresql URL while any are missing (no
-half-working hub). ``ingest_sync`` stores entries, acks, status and features, and in the
-same transaction the side records SQLite's ingest derives from a batch (device audit
-chain, metrics samples, action results and parts, host container reports:
-``pg_ingest_side``).
+The whole ``HubStore`` (the mixins below; ``missing_methods()`` is empty, and
+``open_store`` refuses a postgresql URL should a method ever be missing: no half-working
+hub). ``ingest_sync`` stores entries, acks, status and features, and in the same
+transaction the side records SQLite's ingest derives from a batch (device audit chain,
+metrics samples, action results and parts, host container reports: ``pg_ingest_side``).
 """
 
 from __future__ import annotations
@@ -90,7 +89,7 @@ class PostgresStore(
     PgWriterMixin,
     PgHistoryMixin,
 ):
-    """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
+    """The hub store on PostgreSQL."""
 
     def __init__(
         self,
