@@ -155,3 +155,29 @@ def verify_file(path: Path) -> Verdict:
         return verify(cursor, locate)
     finally:
         db.close()
+
+
+async def verify_on_postgres(conn: Any, batch: int = 5000) -> Verdict:
+    """Verify the audit chain of a hub PostgreSQL database on the asyncpg connection ``conn``
+    (in the caller's transaction; rows read in pages of ``batch``: the walk runs in a thread
+    that asks this event loop for each page)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def ask(sql: str, *args: Any) -> list[Any]:
+        return asyncio.run_coroutine_threadsafe(conn.fetch(sql, *args), loop).result()
+
+    def rows() -> Iterable[tuple[Any, ...]]:
+        after = 0
+        while page := ask(
+            f"SELECT {CHAIN_COLUMNS} FROM audit WHERE id > $1 ORDER BY id LIMIT $2", after, batch
+        ):
+            yield from (tuple(r) for r in page)
+            after = page[-1][0]
+
+    def locate(h: str) -> int | None:
+        found = ask("SELECT id FROM audit WHERE hash = $1 LIMIT 1", h)
+        return int(found[0][0]) if found else None
+
+    return await asyncio.to_thread(verify, rows(), locate)

@@ -4,6 +4,8 @@ edge-hub serve --config hub.toml     serve until SIGTERM/SIGINT
 edge-hub init  --config hub.toml     create CA, keys, admin token; print what agents pin
 edge-hub audit verify --config hub.toml   check the audit hash chain offline (exit 1: broken)
 edge-hub secrets rotate-key --config hub.toml   new secret key; re-seal every secret under it
+edge-hub store migrate --to postgresql://... --config hub.toml   copy a stopped hub's SQLite
+                                     database into an empty PostgreSQL one, checked
 edge-hub --version                   print the version and exit
 """
 
@@ -15,7 +17,7 @@ import logging
 import os
 import sys
 
-from hub import __version__
+from hub import __version__, store_migrate
 from hub.config import HubConfig, load_config
 from hub.edgectl import main as edgectl_main
 from hub.errors import HubError
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--config", help="TOML config file")
     rotate.add_argument("--data-dir", help="override server.data_dir")
+    store_migrate.add_parser(sub)
     return parser
 
 
@@ -77,17 +80,23 @@ def _rotate_secret_key(config: HubConfig) -> None:
 def _audit_verify(config: HubConfig) -> None:
     import sqlite3
 
-    from hub.audit_chain import verify_file
+    from hub.audit_chain import Verdict, verify_file
 
-    path = config.sqlite_path
-    if not path.exists():
-        print(f"edge-hub: no database at {path}", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        verdict = verify_file(path)
-    except sqlite3.Error as exc:
-        print(f"edge-hub: cannot read the audit table of {path}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    verdict: Verdict
+    if config.postgres_url is not None:
+        from hub.store_migrate import verify_postgres_audit
+
+        verdict = verify_postgres_audit(config.postgres_url)
+    else:
+        path = config.sqlite_path
+        if not path.exists():
+            print(f"edge-hub: no database at {path}", file=sys.stderr)
+            raise SystemExit(2)
+        try:
+            verdict = verify_file(path)
+        except sqlite3.Error as exc:
+            print(f"edge-hub: cannot read the audit table of {path}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     if not verdict.ok:
         print(
             f"audit chain BROKEN at record {verdict.broken_id}: {verdict.reason} "
@@ -147,6 +156,9 @@ def hub_main(argv: list[str] | None = None) -> None:
         return
     if args.command == "secrets":
         _rotate_secret_key(config)
+        return
+    if args.command == "store":
+        store_migrate.run(config, args)
         return
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -131,6 +131,12 @@ class RunningHub:
         return self.work_dir / "data"
 
     @property
+    def store_url(self) -> str | None:
+        """Return the hub's PostgreSQL URL (None: it stores in ``data_dir``/hub.db)."""
+        url = self.sections.get("store", {}).get("url")
+        return str(url) if url else None
+
+    @property
     def ca_path(self) -> Path:
         """Return the hub CA certificate file."""
         return self.data_dir / "ca.pem"
@@ -274,6 +280,87 @@ class RunningHub:
         self.process.wait(10)
 
 
+TEST_STORE_ENV = "EDGEFLEET_TEST_STORE"  # "sqlite" (default) or "postgres"
+PG_ADMIN_ENV = "EDGEFLEET_PG_ADMIN_URL"  # the test server's maintenance database (tests/pgkit)
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:55432/edgefleet_test"
+# Databases this process made for test hubs (name -> URL), so a test's are dropped after it.
+TEST_DATABASES: dict[str, str] = {}
+
+
+def hub_store_backend() -> str:
+    """Return the backend test hubs run on: ``EDGEFLEET_TEST_STORE`` (sqlite or postgres)."""
+    backend = os.environ.get(TEST_STORE_ENV, "sqlite") or "sqlite"
+    if backend not in ("sqlite", "postgres"):
+        raise ValueError(f"{TEST_STORE_ENV}={backend!r}: expected 'sqlite' or 'postgres'")
+    return backend
+
+
+def _pg_admin(*statements: str) -> None:
+    """Run statements on the PostgreSQL test server's maintenance database (from any thread,
+    in or outside an event loop)."""
+    import concurrent.futures
+
+    import asyncpg
+
+    admin_url = os.environ.get(PG_ADMIN_ENV, DEFAULT_PG_ADMIN_URL)
+
+    async def run() -> None:
+        try:
+            conn = await asyncpg.connect(admin_url, timeout=10)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise RuntimeError(
+                f"the PostgreSQL test server at {admin_url} does not answer ({exc}); start "
+                "it with `bash scripts/testenv-postgres.sh` (part of scripts/testenv.sh)"
+            ) from exc
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def hub_database_url(work_dir: Path) -> str:
+    """Return the PostgreSQL database of the test hub in ``work_dir`` (made empty the first
+    time this process asks; a restart of the same hub gets the same database)."""
+    import hashlib
+
+    name = "edgefleet_h_" + hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:20]
+    if name not in TEST_DATABASES:
+        # A leftover of an earlier run in a reused temp path is dropped, never reused.
+        _pg_admin(
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            f'CREATE DATABASE "{name}" TEMPLATE template0',
+        )
+        base, _, _ = os.environ.get(PG_ADMIN_ENV, DEFAULT_PG_ADMIN_URL).rpartition("/")
+        TEST_DATABASES[name] = f"{base}/{name}"
+    return TEST_DATABASES[name]
+
+
+def clone_test_database(url: str, work_dir: Path) -> str:
+    """Return a new test database for ``work_dir`` holding a copy of the one at ``url`` (no
+    hub may be connected to that one: CREATE DATABASE ... TEMPLATE)."""
+    import hashlib
+
+    source = url.rpartition("/")[2]
+    name = "edgefleet_h_" + hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:20]
+    _pg_admin(
+        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        f'CREATE DATABASE "{name}" TEMPLATE "{source}"',
+    )
+    TEST_DATABASES[name] = f"{url.rpartition('/')[0]}/{name}"
+    return TEST_DATABASES[name]
+
+
+def drop_test_databases(names: list[str] | None = None) -> None:
+    """Drop the named test hub databases (default: every one this process made)."""
+    for name in list(TEST_DATABASES) if names is None else names:
+        if TEST_DATABASES.pop(name, None) is not None:
+            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def start_hub(
     work_dir: Path,
     *,
@@ -288,6 +375,8 @@ def start_hub(
     ``work_dir`` gets ``data/`` (the hub's data dir), ``hub.toml``, ``hub.log`` (stderr)
     and ``hub.out`` (stdout). Reuse ``work_dir`` (and ``port``) to restart the same hub.
     ``sections`` adds config, e.g. ``{"limits": {"max_body_bytes": 65536}}``.
+    With ``EDGEFLEET_TEST_STORE=postgres`` (and no ``store.url`` in ``sections``) the hub
+    stores on a PostgreSQL database of its own (``hub_database_url``).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, dict[str, Any]] = {
@@ -297,6 +386,8 @@ def start_hub(
     }
     for section, values in (sections or {}).items():
         config.setdefault(section, {}).update(values)
+    if hub_store_backend() == "postgres" and not config.get("store", {}).get("url"):
+        config.setdefault("store", {})["url"] = hub_database_url(work_dir)
     write_config(work_dir / "hub.toml", config)
     out_path = work_dir / "hub.out"
     out_path.write_bytes(b"")

@@ -9,7 +9,7 @@ Plain helpers are in ``tests/docker_env.py``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiodocker
 import docker_env
@@ -17,6 +17,7 @@ import pytest
 from docker_env import TestImages
 
 from edge_agent.runtime import DockerRuntime
+from hub import testing as hub_testing
 
 NEEDS_ENGINE_MARKERS = ("docker", "registry")
 
@@ -26,6 +27,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(item.get_closest_marker(m) for m in NEEDS_ENGINE_MARKERS):
             item.fixturenames.insert(0, "testenv")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_hub_databases() -> Iterator[None]:
+    """Drop the PostgreSQL databases of the hubs a test started (EDGEFLEET_TEST_STORE=postgres)
+    once the test is done; a session hub's database goes at the end of the session."""
+    before = set(hub_testing.TEST_DATABASES)
+    yield
+    hub_testing.drop_test_databases(sorted(set(hub_testing.TEST_DATABASES) - before))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop what is left of the test hubs' PostgreSQL databases (the session's own hubs)."""
+    hub_testing.drop_test_databases()
 
 
 @pytest.fixture(scope="session")

@@ -3,19 +3,20 @@
 Built on the hub's own helper (``hub.testing.start_hub``) with a fixed loopback port and
 work directory, so a restart after ``kill()`` resumes the same hub. Operator calls here
 are synchronous (usable from producer threads and plain helpers); stored events are read
-straight from the hub's SQLite file.
+straight from the hub's database (tests/hubdb.py: SQLite or PostgreSQL).
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from hubdb import run_sql
 
 from hub.testing import RunningHub, start_hub
 
@@ -116,14 +117,11 @@ class HubProcess:
 
     def events(self, device_id: str) -> list[tuple[int, str, dict[str, Any]]]:
         """Return (seq, kind, payload) of every event the hub stored for a device."""
-        db = sqlite3.connect(f"file:{self.data_dir / 'hub.db'}?mode=ro", uri=True, timeout=10)
-        try:
-            rows = db.execute(
-                "SELECT seq, kind, payload FROM events WHERE device_id = ? ORDER BY seq",
-                (device_id,),
-            ).fetchall()
-        finally:
-            db.close()
+        rows = run_sql(
+            self.work_dir,
+            "SELECT seq, kind, payload FROM events WHERE device_id = ? ORDER BY seq",
+            device_id,
+        )
         return [(s, k, json.loads(p)) for s, k, p in rows]
 
 

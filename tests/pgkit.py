@@ -42,12 +42,18 @@ async def _admin() -> asyncpg.Connection:
         )
 
 
-async def fresh_database() -> AsyncIterator[str]:
-    """Yield the URL of a new, empty database; drop it afterwards."""
+async def fresh_database(icu_locale: str | None = None) -> AsyncIterator[str]:
+    """Yield the URL of a new, empty database; drop it afterwards.
+
+    ``icu_locale`` (e.g. "en-US"): the database sorts text by that ICU locale, as a
+    production database created with the system's language often does (the test server's
+    default, C.UTF-8, sorts as SQLite does and would hide a missing ``COLLATE "C"``).
+    """
     name = f"edgefleet_t_{uuid.uuid4().hex[:16]}"
+    locale = f" LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
     admin = await _admin()
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0{locale}')
     finally:
         await admin.close()
     try:
@@ -72,10 +78,7 @@ BACKENDS = ["sqlite", "postgres"]
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """Return an open store of each backend in turn (SQLite file; fresh PostgreSQL database).
-
-    Only for tests of the parts PostgresStore implements (hub.store.postgres.missing_methods).
-    """
+    """Return an open store of each backend in turn (SQLite file; fresh PostgreSQL database)."""
     if request.param == "sqlite":
         async with _opened(SqliteStore(tmp_path / "hub.db")) as opened:
             yield opened

@@ -75,7 +75,7 @@ class PgAccessMixin:
 
     async def list_users(self) -> list[UserRecord]:
         """Return every user by name."""
-        found = await self._read(f"SELECT {USER_COLUMNS} FROM users ORDER BY name")
+        found = await self._read(f'SELECT {USER_COLUMNS} FROM users ORDER BY name COLLATE "C"')
         return [_user(tuple(r)) for r in found]
 
     async def add_team(self, name: str, at: datetime, audit: AuditRecord) -> None:
@@ -143,9 +143,14 @@ class PgAccessMixin:
 
     async def list_teams(self) -> list[TeamRecord]:
         """Return every team with its members and grants, by name."""
-        teams = await self._read("SELECT name, created_at FROM teams ORDER BY name")
-        members = await self._read('SELECT team, "user" FROM team_members ORDER BY team, "user"')
-        grants = await self._read("SELECT team, role, scope FROM team_grants ORDER BY 1, 2, 3")
+        teams = await self._read('SELECT name, created_at FROM teams ORDER BY name COLLATE "C"')
+        members = await self._read(
+            'SELECT team, "user" FROM team_members ORDER BY team COLLATE "C", "user" COLLATE "C"'
+        )
+        grants = await self._read(
+            "SELECT team, role, scope FROM team_grants "
+            'ORDER BY team COLLATE "C", role COLLATE "C", scope COLLATE "C"'
+        )
         return [
             TeamRecord(
                 name,
@@ -160,7 +165,8 @@ class PgAccessMixin:
         """Return the (team, role, scope) grants of every team ``user`` belongs to."""
         found = await self._read(
             "SELECT g.team, g.role, g.scope FROM team_members m "
-            'JOIN team_grants g ON g.team = m.team WHERE m."user" = $1 ORDER BY 1, 2, 3',
+            'JOIN team_grants g ON g.team = m.team WHERE m."user" = $1 '
+            'ORDER BY g.team COLLATE "C", g.role COLLATE "C", g.scope COLLATE "C"',
             user,
         )
         return [(t, r, s) for t, r, s in found]
@@ -206,7 +212,8 @@ class PgAccessMixin:
     async def list_user_tokens(self, user: str) -> list[UserTokenRecord]:
         """Return a user's tokens, oldest first."""
         found = await self._read(
-            f'SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE "user" = $1 ORDER BY created_at, id',
+            f'SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE "user" = $1 ORDER BY created_at, '
+            'id COLLATE "C"',
             user,
         )
         return [_token(tuple(r)) for r in found]

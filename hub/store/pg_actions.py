@@ -138,7 +138,7 @@ class PgActionsMixin:
             await _expire(conn, rows.ts(now))
             found = await conn.fetch(
                 f"SELECT {COLUMNS} FROM actions WHERE {' AND '.join(where)} "
-                f"ORDER BY created_at DESC, id LIMIT ${len(args) + 1}",
+                f'ORDER BY created_at DESC, id COLLATE "C" LIMIT ${len(args) + 1}',
                 *args,
                 limit,
             )
@@ -157,10 +157,11 @@ class PgActionsMixin:
             await _expire(conn, at, device_id)
             # The rows as picked (before the update), as SQLite's take_actions returns them.
             found = await conn.fetch(
-                f"WITH picked AS (SELECT {COLUMNS} {PICK} ORDER BY created_at, id LIMIT $4 "
+                f"WITH picked AS (SELECT {COLUMNS} {PICK} "
+                'ORDER BY created_at, id COLLATE "C" LIMIT $4 '
                 "FOR UPDATE SKIP LOCKED), marked AS (UPDATE actions SET state = 'delivered', "
                 "state_at = $2, delivered_at = $2 FROM picked WHERE actions.id = picked.id) "
-                "SELECT * FROM picked ORDER BY created_at, id",
+                'SELECT * FROM picked ORDER BY created_at, id COLLATE "C"',
                 *args,
                 limit,
             )

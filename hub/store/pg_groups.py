@@ -90,7 +90,7 @@ class PgGroupsMixin:
 
     async def list_groups(self) -> list[GroupRecord]:
         """Return every group, ordered by name."""
-        found = await self._read(f"SELECT {GROUP_COLUMNS} FROM groups ORDER BY name")
+        found = await self._read(f'SELECT {GROUP_COLUMNS} FROM groups ORDER BY name COLLATE "C"')
         return [_group(tuple(r)) for r in found]
 
     async def delete_group(self, name: str, audit: AuditRecord) -> None:

@@ -40,7 +40,7 @@ class PgRetentionMixin:
 
     async def retention_devices(self) -> list[str]:
         """Return every device id (retention walks them one by one)."""
-        return [r[0] for r in await self._read("SELECT id FROM devices ORDER BY id")]
+        return [r[0] for r in await self._read('SELECT id FROM devices ORDER BY id COLLATE "C"')]
 
     async def trim_device_by_age(self, device_id: str, before: datetime, batch: int) -> int:
         """Delete up to ``batch`` of the device's oldest rows received before ``before``."""

@@ -104,11 +104,13 @@ class PgRolloutsMixin:
     async def list_rollouts(self, statuses: Sequence[str] | None = None) -> list[RolloutRecord]:
         """Return rollouts (only those in ``statuses`` if given), oldest first."""
         if statuses is None:
-            found = await self._read(f"SELECT {COLUMNS} FROM rollouts ORDER BY created_at, id")
+            found = await self._read(
+                f'SELECT {COLUMNS} FROM rollouts ORDER BY created_at, id COLLATE "C"'
+            )
         else:
             found = await self._read(
                 f"SELECT {COLUMNS} FROM rollouts WHERE status = ANY($1::text[]) "
-                "ORDER BY created_at, id",
+                'ORDER BY created_at, id COLLATE "C"',
                 list(statuses),
             )
         return [_rollout(tuple(r)) for r in found]

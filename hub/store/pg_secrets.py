@@ -97,7 +97,7 @@ class PgSecretsMixin:
 
     async def list_secrets(self) -> list[SecretRecord]:
         """Return every secret's metadata, by name."""
-        found = await self._read(f"SELECT {COLUMNS} FROM secrets ORDER BY name")
+        found = await self._read(f'SELECT {COLUMNS} FROM secrets ORDER BY name COLLATE "C"')
         return [_record(tuple(r)) for r in found]
 
     async def sealed_secrets(self, names: Sequence[str]) -> dict[str, SealedSecret]:
@@ -133,7 +133,7 @@ class PgSecretsMixin:
         """Re-seal every value with ``reseal`` in one transaction; return how many changed."""
         async with self._tx() as conn:
             found = await conn.fetch(
-                "SELECT name, sealed, key_id FROM secrets ORDER BY name FOR UPDATE"
+                'SELECT name, sealed, key_id FROM secrets ORDER BY name COLLATE "C" FOR UPDATE'
             )
             changed = 0
             for name, sealed, key_id in found:
@@ -159,7 +159,8 @@ class PgSecretsMixin:
         )
         targets = await self._read(
             "SELECT 'target', m.key, t.document, '' FROM secret_moves m JOIN targets t "
-            "ON m.kind = 'target' AND m.key = t.device_id || ' ' || t.revision ORDER BY m.key"
+            "ON m.kind = 'target' AND m.key = t.device_id || ' ' || t.revision "
+            'ORDER BY m.key COLLATE "C"'
         )
         return [(r[0], r[1], r[2], r[3]) for r in [*releases, *targets]]
 

@@ -62,7 +62,8 @@ class PgTechniciansMixin:
     async def list_technicians(self, now: datetime) -> list[TechnicianRecord]:
         """Return the unexpired tokens, oldest first."""
         found = await self._read(
-            f"SELECT {COLUMNS} FROM technician_tokens WHERE expires_at > $1 ORDER BY issued_at, id",
+            f"SELECT {COLUMNS} FROM technician_tokens WHERE expires_at > $1 "
+            'ORDER BY issued_at, id COLLATE "C"',
             rows.ts(now),
         )
         return [_record(tuple(r)) for r in found]
@@ -87,7 +88,7 @@ class PgTechniciansMixin:
         """Return (id, expires_at) of every revoked token that has not expired."""
         found = await self._read(
             "SELECT id, expires_at FROM technician_tokens "
-            "WHERE revoked_at IS NOT NULL AND expires_at > $1 ORDER BY id",
+            'WHERE revoked_at IS NOT NULL AND expires_at > $1 ORDER BY id COLLATE "C"',
             rows.ts(now),
         )
         return [(r[0], datetime.fromisoformat(r[1])) for r in found]

@@ -1,21 +1,20 @@
-"""PostgreSQL implementation of the hub store, on an asyncpg connection pool (round 1: the core).
+"""PostgreSQL implementation of the hub store, on an asyncpg connection pool.
 
 Every write is one transaction on a pooled connection; rows a write depends on are locked
 (``SELECT ... FOR UPDATE``), so several hub processes can share one database: a device's
 target revisions and sync positions advance one transaction at a time, and the hub audit
 chain is serialized by an advisory lock (``pg_core.insert_audit``).
 
-NOT YET the whole ``HubStore``: ``missing_methods()`` lists the interface methods this class
-does not have, and ``open_store`` refuses a postgresql URL while any are missing (no
-half-working hub). ``ingest_sync`` stores entries, acks, status and features, and in the
-same transaction the side records SQLite's ingest derives from a batch (device audit
-chain, metrics samples, action results and parts, host container reports:
-``pg_ingest_side``).
+The whole ``HubStore`` (the mixins below; ``missing_methods()`` is empty, and
+``open_store`` refuses a postgresql URL should a method ever be missing: no half-working
+hub). ``ingest_sync`` stores entries, acks, status and features, and in the same
+transaction the side records SQLite's ingest derives from a batch (device audit chain,
+metrics samples, action results and parts, host container reports: ``pg_ingest_side``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -38,7 +37,7 @@ from hub.store.pg_ingest_side import PgIngestSideMixin
 from hub.store.pg_metrics import PgMetricsMixin
 from hub.store.pg_notify import PgNotifyMixin
 from hub.store.pg_policies import PgPoliciesMixin
-from hub.store.pg_releases import PgReleasesMixin
+from hub.store.pg_releases import PgReleasesMixin, upsert_secret
 from hub.store.pg_retention import PgRetentionMixin
 from hub.store.pg_rollouts import PgRolloutsMixin
 from hub.store.pg_secrets import PgSecretsMixin
@@ -56,6 +55,7 @@ from hub.store.records import (
     EventRecord,
     NewDevice,
     RenewedCert,
+    SealedSecret,
     SyncBatch,
     SyncResult,
     TargetRecord,
@@ -91,7 +91,7 @@ class PostgresStore(
     PgHistoryMixin,
     PgNotifyMixin,
 ):
-    """The hub store on PostgreSQL (a subset of HubStore until missing_methods() is empty)."""
+    """The hub store on PostgreSQL."""
 
     def __init__(
         self,
@@ -216,7 +216,9 @@ class PostgresStore(
 
     async def list_devices(self) -> list[DeviceRecord]:
         """Return every device, ordered by id."""
-        found = await self._read(f"SELECT {rows.DEVICE_COLUMNS} FROM devices ORDER BY id")
+        found = await self._read(
+            f'SELECT {rows.DEVICE_COLUMNS} FROM devices ORDER BY id COLLATE "C"'
+        )
         return [rows.device(tuple(r)) for r in found]
 
     async def set_device_disabled(
@@ -299,8 +301,10 @@ class PostgresStore(
         build: Callable[[int], SignedTarget],
         audit: AuditRecord,
         now: datetime,
+        secrets: Sequence[tuple[SealedSecret, AuditRecord]] = (),
     ) -> TargetRecord:
-        """Store the next revision of the device's target (device row locked), with audit."""
+        """Store the next revision of the device's target (device row locked), with its audit
+        row and the secrets it needs, in one transaction."""
         async with self._tx() as conn:
             row = await conn.fetchrow(
                 "SELECT disabled, target_revision FROM devices WHERE id = $1 FOR UPDATE",
@@ -315,6 +319,9 @@ class PostgresStore(
                 raise Conflict(f"device {device_id!r} has used up its target revisions")
             revision = target_revision + 1
             signed = build(revision)
+            for sealed, secret_audit in secrets:  # only with the target: none left behind
+                await upsert_secret(conn, sealed, rows.ts(secret_audit.at), secret_audit.actor)
+                await insert_audit(conn, secret_audit)
             await conn.execute(
                 "INSERT INTO targets VALUES ($1, $2, $3, $4, $5)",
                 device_id,

@@ -4,7 +4,6 @@ not see, target, roll out to, fetch logs from or act on; token lifecycle; the da
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hubdb import dump_text
 from test_access_matrix import _ok, _side, _user
 from test_registry import GOOD, OPEN
 
@@ -170,11 +170,7 @@ async def test_tokens_are_stored_hashed_and_last_use_is_written_sparingly(site: 
     await hub.request("GET", "/api/v1/releases", token=token)
     again = (await _ok(hub, "GET", "/api/v1/users/hana/tokens"))["tokens"][0]["last_used_at"]
     assert first is not None and again == first  # access.token_touch_interval_s = 3600
-    db = sqlite3.connect(f"file:{hub.data_dir / 'hub.db'}?mode=ro", uri=True)
-    try:
-        dumped = "\n".join(db.iterdump())
-    finally:
-        db.close()
+    dumped = dump_text(hub.work_dir)
     assert token_id in dumped and secret not in dumped
 
 

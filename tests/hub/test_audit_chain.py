@@ -1,9 +1,9 @@
 """The hub's audit hash chain: written by the store's one writer, verified offline by
-``edge-hub audit verify`` against the SQLite file of a stopped hub; secrets redacted."""
+``edge-hub audit verify`` against the database of a stopped hub (SQLite, or PostgreSQL under
+EDGEFLEET_TEST_STORE=postgres); secrets redacted."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hubdb import copy_hub, run_sql
 
 from hub.audit_chain import REDACTED, backfill, record_hash, redact, verify
 from hub.testing import REPO_ROOT, RunningHub, start_hub
@@ -41,11 +42,8 @@ def _act(running: RunningHub) -> None:
 
 
 def _copy(work: Path, dest: Path) -> Path:
-    """Copy the stopped hub's config and data; return the copy's hub.toml."""
-    shutil.copytree(work / "data", dest / "data")
-    toml = (work / "hub.toml").read_text().replace(str(work / "data"), str(dest / "data"))
-    (dest / "hub.toml").write_text(toml)
-    return dest / "hub.toml"
+    """Copy the stopped hub's config, data and database; return the copy's hub.toml."""
+    return copy_hub(work, dest)
 
 
 def _verify(config: Path) -> subprocess.CompletedProcess[str]:
@@ -59,23 +57,18 @@ def _verify(config: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _tamper(config: Path, *statements: str) -> None:
-    db = sqlite3.connect(config.parent / "data" / "hub.db")
-    with db:
-        for s in statements:
-            db.execute(s)
-    db.close()
+    for statement in statements:
+        run_sql(config.parent, statement)
 
 
 def test_untouched_hub_audit_chain_verifies(stopped_hub: Path, tmp_path: Path) -> None:
     config = _copy(stopped_hub, tmp_path)
     done = _verify(config)
     assert done.returncode == 0, done.stdout + done.stderr
-    db = sqlite3.connect(tmp_path / "data" / "hub.db")
-    count, sources = db.execute(
-        "SELECT COUNT(*), COUNT(DISTINCT source_addr) FROM audit WHERE source_addr != ''"
-    ).fetchone()
-    total = db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
-    db.close()
+    [(count, sources)] = run_sql(
+        tmp_path, "SELECT COUNT(*), COUNT(DISTINCT source_addr) FROM audit WHERE source_addr != ''"
+    )
+    [(total,)] = run_sql(tmp_path, "SELECT COUNT(*) FROM audit")
     assert f"{total} records verified" in done.stdout
     assert total >= 6
     assert count == total and sources == 1  # every operator row names 127.0.0.1

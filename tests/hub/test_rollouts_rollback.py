@@ -138,7 +138,11 @@ async def test_rollback_sends_back_a_previous_release_that_was_never_a_hub_relea
     assert status == 201, body
     done = await wait_for(rhub, body["id"], lambda b: b["status"] == "rolled_back", timeout_s=20)
     assert done["devices"] == {device.identity.device_id: "rolled_back"}
-    assert device.received[-1] == f"{name}@1" and device.release == f"{name}@1"
+
+    async def got_it_back() -> bool:  # on its next sync after the rollback target was set
+        return device.received[-1] == f"{name}@1" and device.release == f"{name}@1"
+
+    await until(got_it_back, timeout_s=20)
     rows = await _audit_rows(rhub, device.identity.device_id)
     assert not [r for r in rows if r["action"] == "rollout.issue_failed"], rows
     sent = [r for r in rows if r["action"] == "target.set" and r["detail"].get("rollback")]

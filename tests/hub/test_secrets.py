@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from hubdb import dump_text, run_sql
 from test_hub_sync import sync
 from test_registry import BASIC, GOOD, OPEN
 
@@ -33,8 +34,9 @@ def release(name: str, version: str = "1", **service: Any) -> dict[str, Any]:
 
 
 def hub_files_bytes(hub: RunningHub) -> bytes:
-    """Return every byte the hub keeps: its database files (with the WAL) and its log."""
-    data = b""
+    """Return every byte the hub keeps: its database files (with the WAL; on PostgreSQL every
+    row as text) and its log."""
+    data = dump_text(hub.work_dir).encode() if hub.store_url else b""
     for path in sorted(hub.data_dir.rglob("*")):
         if path.is_file() and path.name.startswith("hub.db"):
             data += path.read_bytes()
@@ -242,16 +244,12 @@ async def test_target_is_held_when_its_secret_does_not_open(
     hub: RunningHub, device: DeviceIdentity
 ):
     """Never a target without its values: a value that does not open holds the target."""
-    import sqlite3
-
     await capable(hub, device)
     secret = unique()
     _, made = await hub.api("PUT", f"/api/v1/secrets/{secret}", {"value": "x"})
     await hub.set_target(device.device_id, release(unique("rel"), secret_env={"T": secret}))
-    with sqlite3.connect(hub.data_dir / "hub.db", timeout=10) as db:  # a damaged value
-        db.execute(
-            "UPDATE secrets SET sealed = ? WHERE name = ?", (f"{made['key_id']}:AAAA", secret)
-        )
+    damaged = f"{made['key_id']}:AAAA"  # a damaged value
+    run_sql(hub.work_dir, "UPDATE secrets SET sealed = ? WHERE name = ?", damaged, secret)
     body = {"protocol": 3, "epoch": "e1", "features": FEATURES, "entries": []}
     status, got = await sync(hub, device, body)
     assert status == 200 and got["target"] is None
