@@ -174,6 +174,11 @@ def _store_families(w: WriterStats) -> Iterator[Metric]:
     yield _counter(
         "store_wal_truncations", "WAL truncations at store.wal_max_bytes.", w.wal_truncations
     )
+    yield _counter(
+        "store_point_read_fallbacks",
+        "Point reads on the event loop that found the database busy and went to the reader thread.",
+        w.point_read_fallbacks,
+    )
     size = GaugeMetricFamily(
         f"{PREFIX}_store_size_bytes", "Size of the SQLite database files.", labels=["file"]
     )

@@ -490,6 +490,7 @@ class WriterStats:
     wal_truncations: int
     db_bytes: int
     wal_bytes: int
+    point_read_fallbacks: int = 0  # loop-thread point reads that found the database busy
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ class ActionsMixin:
 
         async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
 
+        async def _point_read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
+
     async def add_actions(
         self,
         records: Sequence[ActionRecord],
@@ -168,7 +170,7 @@ class ActionsMixin:
             "delivered_at <= ?)) ORDER BY created_at, id LIMIT ?"
         )
         pick_args = (device_id, at, rows.ts(redeliver_before), limit)
-        if not await self._read(pick, pick_args):
+        if not await self._point_read(pick, pick_args):
             return []  # the common sync: one indexed read, no write
 
         def job(db: sqlite3.Connection) -> list[ActionRecord]:
@@ -185,7 +187,7 @@ class ActionsMixin:
 
     async def has_queued_actions(self, device_id: str, now: datetime) -> bool:
         """Return whether an unexpired action waits to be delivered to the device."""
-        found = await self._read(
+        found = await self._point_read(
             "SELECT 1 FROM actions WHERE device_id = ? AND state = 'queued' AND expires_at > ? "
             "LIMIT 1",
             (device_id, rows.ts(now)),

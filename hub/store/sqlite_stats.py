@@ -46,6 +46,7 @@ class StatsMixin:
     if TYPE_CHECKING:
         path: Path
         _writer: GroupCommitWriter | None
+        point_read_fallbacks: int
         _commit_observer: Callable[[int, float], None] | None
 
         async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
@@ -72,6 +73,7 @@ class StatsMixin:
             wal_truncations=writer.wal_truncations if writer is not None else 0,
             db_bytes=_size(self.path),
             wal_bytes=_size(self.path.with_name(self.path.name + "-wal")),
+            point_read_fallbacks=self.point_read_fallbacks,
         )
 
     def watch_commits(self, observer: Callable[[int, float], None]) -> None:

@@ -45,6 +45,8 @@ class TechniciansMixin:
 
         async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
 
+        async def _point_read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]: ...
+
     async def add_technician(
         self, record: TechnicianRecord, max_active: int, audit: AuditRecord
     ) -> None:
@@ -105,7 +107,7 @@ class TechniciansMixin:
 
     async def revoked_technicians(self, now: datetime) -> list[tuple[str, datetime]]:
         """Return (id, expires_at) of every revoked token that has not expired."""
-        found = await self._read(
+        found = await self._point_read(  # every sync: the expiry index keeps it short
             "SELECT id, expires_at FROM technician_tokens "
             "WHERE revoked_at IS NOT NULL AND expires_at > ? ORDER BY id",
             (rows.ts(now),),

@@ -39,3 +39,36 @@ async def test_a_read_sees_a_committed_write_while_other_reads_overlap_it(store:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def test_a_locked_database_is_told_apart_from_a_broken_read(tmp_path: Any):
+    """Point reads go to the threaded reader only when the database is busy; any other
+    error is the caller's (a real lock: a rollback-journal database a writer holds)."""
+    import sqlite3
+
+    from hub.store.sqlite import _is_busy
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("PRAGMA busy_timeout=0")
+    try:
+        try:
+            reader.execute("SELECT nope FROM missing").fetchall()
+        except sqlite3.OperationalError as exc:
+            assert not _is_busy(exc), exc
+        else:
+            raise AssertionError("the broken read did not fail")
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            reader.execute("SELECT x FROM t").fetchall()
+        except sqlite3.OperationalError as exc:
+            assert _is_busy(exc), exc
+        else:
+            raise AssertionError("the read was not locked out")
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        reader.close()
