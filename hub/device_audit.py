@@ -167,28 +167,36 @@ def _insert(
     received: str,
     reason: str | None,
 ) -> bool:
-    detail = payload.get("detail")
     cur = db.execute(
         "INSERT OR IGNORE INTO device_audit (device_id, seq, record_id, at, received_at, actor, "
         "action, object, outcome, detail, hash, broken, feed_after) VALUES "
         "(?,?,?,?,?,?,?,?,?,?,?,?, "
         "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit'), 0))",
-        (
-            device_id,
-            seq,
-            payload.get("id") if isinstance(payload.get("id"), int) else 0,
-            _normal_time(payload.get("at"), received),
-            received,
-            str(payload.get("actor", "")),
-            str(payload.get("action", "")),
-            str(payload.get("object", "")),
-            str(payload.get("outcome", "")),
-            json.dumps(detail if isinstance(detail, dict) else {}, separators=(",", ":")),
-            str(payload.get("hash", "")),
-            reason,
-        ),
+        row_values(device_id, seq, payload, received, reason),
     )
     return cur.rowcount == 1
+
+
+def row_values(
+    device_id: str, seq: int, payload: dict[str, Any], received: str, reason: str | None
+) -> tuple[Any, ...]:
+    """Return a device audit row's stored values (device_id ... broken), as both stores
+    write them: the texts the chain's hashes are checked over."""
+    detail = payload.get("detail")
+    return (
+        device_id,
+        seq,
+        payload.get("id") if isinstance(payload.get("id"), int) else 0,
+        _normal_time(payload.get("at"), received),
+        received,
+        str(payload.get("actor", "")),
+        str(payload.get("action", "")),
+        str(payload.get("object", "")),
+        str(payload.get("outcome", "")),
+        json.dumps(detail if isinstance(detail, dict) else {}, separators=(",", ":")),
+        str(payload.get("hash", "")),
+        reason,
+    )
 
 
 def _normal_time(value: Any, fallback: str) -> str:

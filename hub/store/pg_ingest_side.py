@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.actiondoc import RESULTS, next_state
 from edge_agent.protocol import StatusSnapshot
-from hub.device_audit import ChainState, DeviceRecord, _normal_time, judge
+from hub.device_audit import ChainState, DeviceRecord, judge, row_values
 from hub.device_audit import next_state as next_chain_state
 from hub.drift import sighting_keys
 from hub.store import sqlite_rows as rows
@@ -166,24 +166,12 @@ async def _insert_record(
     reason: str | None,
     feed_after: int,
 ) -> bool:
-    detail = payload.get("detail")
     status = await conn.execute(
         "INSERT INTO device_audit (device_id, seq, record_id, at, received_at, actor, action, "
         "object, outcome, detail, hash, broken, feed_after) VALUES "
         "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
         "ON CONFLICT (device_id, seq) DO NOTHING",
-        device_id,
-        seq,
-        payload.get("id") if isinstance(payload.get("id"), int) else 0,
-        _normal_time(payload.get("at"), received),
-        received,
-        str(payload.get("actor", "")),
-        str(payload.get("action", "")),
-        str(payload.get("object", "")),
-        str(payload.get("outcome", "")),
-        json.dumps(detail if isinstance(detail, dict) else {}, separators=(",", ":")),
-        str(payload.get("hash", "")),
-        reason,
+        *row_values(device_id, seq, payload, received, reason),
         feed_after,
     )
     return bool(status == "INSERT 0 1")
