@@ -1,8 +1,8 @@
 """PostgresStore's sync ingest: entries stored once each, the ack, the merged status.
 
-Same rules as the SQLite store (hub.store.sqlite): hub seq = device seq + the generation's
-offset; a new store generation (epoch) gets seqs above everything held for the device;
-acked_seq only grows. The device row is locked (``FOR UPDATE``) for the transaction, so
+The SQLite store's rules (both follow hub.store.sync_rules): hub seq = device seq + the
+generation's offset; a new store generation (epoch) gets seqs above everything held for the
+device; acked_seq only grows. The device row is locked (``FOR UPDATE``) for the transaction, so
 batches of one device arriving at several hub processes at once are applied one after
 the other; entries go in with one multi-row ``INSERT ... SELECT FROM unnest(...) ON
 CONFLICT DO NOTHING`` (a duplicate batch inserts nothing and acks the same). The side
@@ -17,14 +17,13 @@ from typing import Any
 
 import asyncpg
 
-from edge_agent.protocol import INT64_MAX
-from hub.errors import Forbidden, InvalidRequest
 from hub.fleet import STATUS_FIELDS
 from hub.store import sqlite_rows as rows
+from hub.store import sync_rules
 from hub.store.pg_core import dollar
 from hub.store.pg_ingest_side import SideBounds, observe_batch, save_host_report
 from hub.store.records import EntryRow, SyncBatch
-from hub.store.sqlite import _applied_revision, _SeqSpace, _status_update
+from hub.store.sync_rules import SeqSpace
 
 INSERT_EVENTS = (
     "INSERT INTO events (device_id, seq, kind, created_at, received_at, payload) "
@@ -48,11 +47,7 @@ async def ingest(
         "FROM devices WHERE id = $1 FOR UPDATE",
         device_id,
     )
-    if row is None:
-        raise Forbidden(f"device {device_id!r} is not enrolled")
-    disabled, target_revision, has_full, *rest = row
-    if disabled:
-        raise Forbidden(f"device {device_id!r} is disabled")
+    _, target_revision, has_full, *rest = sync_rules.check_device(device_id, row)
     current, position = rest[: len(STATUS_FIELDS)], rest[len(STATUS_FIELDS) :]
     space = await _seq_space(conn, device_id, batch.epoch, position)
     inserted = await _insert_entries(conn, device_id, space, batch.entries, received)
@@ -65,17 +60,8 @@ async def ingest(
         received,
         bounds or SideBounds(),
     )
-    sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
-    args: list[Any] = [received, _applied_revision(batch), batch.protocol]
-    if batch.features is not None:
-        sets.append("features = ?")
-        args.append(rows.dumps(sorted(set(batch.features))))
+    sets, args = sync_rules.device_update(batch, current, received)
     if batch.status is not None:
-        status_sets, status_args = _status_update(
-            dict(zip(STATUS_FIELDS, current, strict=True)), batch.status, received
-        )
-        sets += status_sets
-        args += status_args
         has_full = has_full or batch.status.full
     clauses = dollar(sets, 1)
     await conn.execute(
@@ -88,11 +74,11 @@ async def ingest(
 
 async def _seq_space(
     conn: asyncpg.Connection, device_id: str, epoch: str, position: list[Any]
-) -> _SeqSpace:
+) -> SeqSpace:
     """Return the device's sequence space for ``epoch``, opening it if it is not current."""
     cur, offset, floor, acked, high = position
     if cur == epoch:
-        return _SeqSpace(epoch, offset, floor, acked, high)
+        return SeqSpace(epoch, offset, floor, acked, high)
     await conn.execute(
         "INSERT INTO device_epochs VALUES ($1, $2, $3) ON CONFLICT (device_id, epoch) "
         "DO UPDATE SET acked_seq = GREATEST(device_epochs.acked_seq, excluded.acked_seq)",
@@ -105,24 +91,18 @@ async def _seq_space(
         device_id,
         epoch,
     )
-    before = before or 0
-    return _SeqSpace(epoch, high - before, before, before, high)
+    return SeqSpace.opened(epoch, high, before or 0)
 
 
 async def _insert_entries(
     conn: asyncpg.Connection,
     device_id: str,
-    space: _SeqSpace,
+    space: SeqSpace,
     entries: list[EntryRow],
     received: str,
 ) -> int:
     """Store the entries in ``space`` once each; update the device's position; return how many."""
-    fresh = [e for e in entries if e[0] > space.floor]
-    if fresh and fresh[-1][0] + space.offset > INT64_MAX:
-        raise InvalidRequest(
-            f"entries: seq {fresh[-1][0]} is beyond this device's sequence space on the hub",
-            fields=[{"field": "entries", "message": "seq out of range"}],
-        )
+    fresh = space.fresh(entries)
     inserted = 0
     # metrics samples are kept apart, bounded per device (pg_ingest_side.save_metrics)
     kept = [e for e in fresh if e[1] != "metrics"]
@@ -137,10 +117,7 @@ async def _insert_entries(
             [p for _, _, _, p in kept],
         )
         inserted = int(status.rsplit(" ", 1)[1])
-    if fresh:
-        space.high = max(space.high, fresh[-1][0] + space.offset)
-    if entries:
-        space.acked = max(space.acked, entries[-1][0])
+    space.advance(fresh, entries)
     await conn.execute(
         "UPDATE devices SET store_epoch = $1, seq_offset = $2, seq_floor = $3, acked_seq = $4, "
         "seq_high = $5 WHERE id = $6",

@@ -17,7 +17,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ import aiosqlite
 from edge_agent.protocol import INT64_MAX, SignedTarget
 from hub import audit_chain, device_audit
 from hub.auth import check_enrollment_token
-from hub.errors import Conflict, Forbidden, InvalidRequest, NotFound, StoreError
-from hub.fleet import STATUS_FIELDS, is_target_newer, merge_status
-from hub.store import HubStore, sqlite_actions, sqlite_releases
+from hub.errors import Conflict, Forbidden, NotFound, StoreError
+from hub.fleet import STATUS_FIELDS, is_target_newer
+from hub.store import HubStore, sqlite_actions, sqlite_releases, sync_rules
 from hub.store import sqlite_rows as rows
 from hub.store.checkpoint import WalCheckpointer
 from hub.store.records import (
@@ -37,6 +36,7 @@ from hub.store.records import (
     CertLineage,
     DeviceRecord,
     EnrollmentTokenRecord,
+    EntryRow,
     EventRecord,
     NewDevice,
     ReleaseRecord,
@@ -64,11 +64,11 @@ from hub.store.sqlite_sessions import SessionsMixin
 from hub.store.sqlite_stats import StatsMixin
 from hub.store.sqlite_technicians import TechniciansMixin
 from hub.store.sqlite_trust import TrustMixin
+from hub.store.sync_rules import SeqSpace
 from hub.store.writer import GroupCommitWriter
 
 POINT_READ_TARGETS = 4  # list_targets up to this many rows reads on the loop's thread
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = ?"
-JSON_STATUS_FIELDS = ("services", "counters")
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -426,7 +426,6 @@ class SqliteStore(
     async def ingest_sync(self, device_id: str, batch: SyncBatch, now: datetime) -> SyncResult:
         """Store entries once each, merge the status, advance the ack; one transaction."""
         received = rows.ts(now)
-        applied = _applied_revision(batch)
         status = batch.status
         metrics_bound = self._metrics_bound
 
@@ -436,11 +435,7 @@ class SqliteStore(
                 f"{', '.join(STATUS_FIELDS)} FROM devices WHERE id = ?",
                 (device_id,),
             ).fetchone()
-            if row is None:
-                raise Forbidden(f"device {device_id!r} is not enrolled")
-            disabled, target_revision, has_full, *current = row
-            if disabled:
-                raise Forbidden(f"device {device_id!r} is disabled")
+            _, target_revision, has_full, *current = sync_rules.check_device(device_id, row)
             space = _seq_space(db, device_id, batch.epoch)
             inserted = _insert_entries(db, device_id, space, batch.entries, received)
             device_audit.observe(db, device_id, batch.entries, space.offset, space.floor, received)
@@ -456,17 +451,8 @@ class SqliteStore(
                 self.action_result_max_bytes,
                 self.action_parts_bound,
             )
-            sets = ["last_contact = ?", "applied_revision = ?", "protocol = ?"]
-            args: list[Any] = [received, applied, batch.protocol]
-            if batch.features is not None:
-                sets.append("features = ?")
-                args.append(rows.dumps(sorted(set(batch.features))))
+            sets, args = sync_rules.device_update(batch, current, received)
             if status is not None:
-                sets_s, args_s = _status_update(
-                    dict(zip(STATUS_FIELDS, current, strict=True)), status, received
-                )
-                sets += sets_s
-                args += args_s
                 has_full = has_full or status.full
             db.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*args, device_id))
             if status is not None:
@@ -612,48 +598,7 @@ class SqliteStore(
         return [rows.audit(r) for r in found]
 
 
-def _status_update(
-    current: dict[str, Any], status: Any, received: str
-) -> tuple[list[str], list[Any]]:
-    """Return the SET clauses and values that merge a status snapshot into a device row."""
-    for name in JSON_STATUS_FIELDS:
-        current[name] = rows.loads(current[name])
-    merged = merge_status(current, status)
-    sets: list[str] = []
-    args: list[Any] = []
-    for name in STATUS_FIELDS:
-        value = merged[name]
-        sets.append(f"{name} = ?")
-        args.append(
-            rows.dumps(value) if name in JSON_STATUS_FIELDS and value is not None else value
-        )
-    sets.append("status_at = ?")
-    args.append(received)
-    if status.agent_version is not None:
-        sets.append("agent_version = ?")
-        args.append(status.agent_version)
-    if status.full:
-        sets.append("has_full_status = 1")
-    return sets, args
-
-
-@dataclass
-class _SeqSpace:
-    """Where a device's current store generation lives among the hub's seqs.
-
-    hub seq = device seq + offset, for device seqs above floor (at or below it, the
-    generation's entries are already held from an earlier visit); acked is in the
-    device's numbers; high is the highest hub seq stored for the device.
-    """
-
-    epoch: str
-    offset: int
-    floor: int
-    acked: int
-    high: int
-
-
-def _seq_space(db: sqlite3.Connection, device_id: str, epoch: str) -> _SeqSpace:
+def _seq_space(db: sqlite3.Connection, device_id: str, epoch: str) -> SeqSpace:
     """Return the device's sequence space for ``epoch``, opening it if it is not current.
 
     A new generation (a wiped store, or another store with this identity) gets seqs
@@ -665,7 +610,7 @@ def _seq_space(db: sqlite3.Connection, device_id: str, epoch: str) -> _SeqSpace:
         (device_id,),
     ).fetchone()
     if cur == epoch:
-        return _SeqSpace(epoch, offset, floor, acked, high)
+        return SeqSpace(epoch, offset, floor, acked, high)
     db.execute(
         "INSERT INTO device_epochs VALUES (?,?,?) ON CONFLICT(device_id, epoch) "
         "DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
@@ -675,24 +620,18 @@ def _seq_space(db: sqlite3.Connection, device_id: str, epoch: str) -> _SeqSpace:
         "SELECT acked_seq FROM device_epochs WHERE device_id = ? AND epoch = ?",
         (device_id, epoch),
     ).fetchone()
-    before = seen[0] if seen else 0
-    return _SeqSpace(epoch, high - before, before, before, high)
+    return SeqSpace.opened(epoch, high, seen[0] if seen else 0)
 
 
 def _insert_entries(
     db: sqlite3.Connection,
     device_id: str,
-    space: _SeqSpace,
-    entries: list[tuple[int, str, str, str]],
+    space: SeqSpace,
+    entries: list[EntryRow],
     received: str,
 ) -> int:
     """Store the entries in ``space`` once each; update the device's position; return how many."""
-    fresh = [e for e in entries if e[0] > space.floor]
-    if fresh and fresh[-1][0] + space.offset > INT64_MAX:
-        raise InvalidRequest(
-            f"entries: seq {fresh[-1][0]} is beyond this device's sequence space on the hub",
-            fields=[{"field": "entries", "message": "seq out of range"}],
-        )
+    fresh = space.fresh(entries)
     inserted = 0
     if fresh:
         before = db.total_changes
@@ -706,20 +645,10 @@ def _insert_entries(
             ],
         )
         inserted = db.total_changes - before
-        space.high = max(space.high, fresh[-1][0] + space.offset)
-    if entries:
-        # Entries arrive in seq order; everything up to the batch's last seq is now durable
-        # (gaps are entries the agent dropped and will never send).
-        space.acked = max(space.acked, entries[-1][0])
+    space.advance(fresh, entries)
     db.execute(
         "UPDATE devices SET store_epoch = ?, seq_offset = ?, seq_floor = ?, acked_seq = ?, "
         "seq_high = ? WHERE id = ?",
         (space.epoch, space.offset, space.floor, space.acked, space.high, device_id),
     )
     return inserted
-
-
-def _applied_revision(batch: SyncBatch) -> int:
-    if batch.status is not None and batch.status.applied_revision is not None:
-        return batch.status.applied_revision
-    return batch.applied_revision
