@@ -107,6 +107,51 @@ def next_state(state: ChainState | None, record: DeviceRecord) -> ChainState:
     return ChainState(record.id, record.hash)
 
 
+ParsedRecord = tuple[int, dict[str, Any], DeviceRecord | None]  # hub seq, payload, record
+
+
+def fresh_records(
+    entries: Sequence[tuple[int, str, str, str]], offset: int, floor: int
+) -> list[ParsedRecord]:
+    """Return the batch's audit entries not held yet, parsed (None: not a chain record).
+
+    Device seqs at or below ``floor`` are held from an earlier visit; hub seq = device
+    seq + ``offset``."""
+    return [
+        (seq + offset, payload, DeviceRecord.parse(payload))
+        for seq, payload in (
+            (seq, json.loads(p)) for seq, kind, _c, p in entries if kind == "audit" and seq > floor
+        )
+    ]
+
+
+def verdict(state: ChainState | None, parsed: list[ParsedRecord], i: int) -> str | None:
+    """Return why the ``i``th parsed record breaks the chain at ``state`` (None: it does
+    not, or it is no chain record); the records after it in the batch are pending."""
+    record = parsed[i][2]
+    if record is None:
+        return None
+    pending = {r.id for _s, _p, r in parsed[i + 1 :] if r is not None}
+    return judge(state, record, pending)
+
+
+def chain_of(row: Sequence[Any] | None) -> tuple[ChainState | None, dict[str, int]]:
+    """Return the chain position and counts of a ``device_audit_chain`` row (None: none
+    yet) read as (last_id, last_hash, verified, unverifiable, breaks)."""
+    if row is None:
+        return None, {"verified": 0, "unverifiable": 0, "breaks": 0}
+    last_id, last_hash, verified, unverifiable, breaks = row
+    state = ChainState(last_id, last_hash) if last_hash else None
+    return state, {"verified": verified, "unverifiable": unverifiable, "breaks": breaks}
+
+
+def chain_values(state: ChainState | None, counts: dict[str, int]) -> tuple[Any, ...]:
+    """Return a ``device_audit_chain`` row's stored (last_id, last_hash, verified,
+    unverifiable, breaks), as both stores write them."""
+    last_id, last_hash = (state.last_id, state.last_hash) if state else (0, "")
+    return last_id, last_hash, counts["verified"], counts["unverifiable"], counts["breaks"]
+
+
 def observe(
     db: sqlite3.Connection,
     device_id: str,
@@ -119,21 +164,13 @@ def observe(
 
     Device seqs at or below ``floor`` are held from an earlier visit; hub seq = device
     seq + ``offset`` (as ``_insert_entries`` stores them)."""
-    audits = [
-        (seq + offset, json.loads(p))
-        for seq, kind, _c, p in entries
-        if kind == "audit" and seq > floor
-    ]
-    if not audits:
+    parsed = fresh_records(entries, offset, floor)
+    if not parsed:
         return
     at = received if isinstance(received, str) else iso_utc(received)
     state, counts = _load(db, device_id)
-    parsed = [(seq, payload, DeviceRecord.parse(payload)) for seq, payload in audits]
     for i, (seq, payload, record) in enumerate(parsed):
-        reason = None
-        if record is not None:
-            pending = {r.id for _s, _p, r in parsed[i + 1 :] if r is not None}
-            reason = judge(state, record, pending)
+        reason = verdict(state, parsed, i)
         if not _insert(db, device_id, seq, payload, at, reason):
             continue  # a re-delivered entry: judged when it first arrived
         if record is None:
@@ -147,16 +184,13 @@ def observe(
 
 
 def _load(db: sqlite3.Connection, device_id: str) -> tuple[ChainState | None, dict[str, int]]:
-    row = db.execute(
-        "SELECT last_id, last_hash, verified, unverifiable, breaks FROM device_audit_chain "
-        "WHERE device_id = ?",
-        (device_id,),
-    ).fetchone()
-    if row is None:
-        return None, {"verified": 0, "unverifiable": 0, "breaks": 0}
-    last_id, last_hash, verified, unverifiable, breaks = row
-    state = ChainState(last_id, last_hash) if last_hash else None
-    return state, {"verified": verified, "unverifiable": unverifiable, "breaks": breaks}
+    return chain_of(
+        db.execute(
+            "SELECT last_id, last_hash, verified, unverifiable, breaks FROM device_audit_chain "
+            "WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+    )
 
 
 def _insert(
@@ -229,19 +263,11 @@ def _break(
 def _save(
     db: sqlite3.Connection, device_id: str, state: ChainState | None, counts: dict[str, int]
 ) -> None:
-    last_id, last_hash = (state.last_id, state.last_hash) if state else (0, "")
     db.execute(
         "INSERT INTO device_audit_chain (device_id, last_id, last_hash, verified, unverifiable, "
         "breaks) VALUES (?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET "
         "last_id = excluded.last_id, last_hash = excluded.last_hash, "
         "verified = excluded.verified, unverifiable = excluded.unverifiable, "
         "breaks = excluded.breaks",
-        (
-            device_id,
-            last_id,
-            last_hash,
-            counts["verified"],
-            counts["unverifiable"],
-            counts["breaks"],
-        ),
+        (device_id, *chain_values(state, counts)),
     )

@@ -40,6 +40,7 @@ from hub.store.records import (
     FleetSample,
     GroupRecord,
     HostReport,
+    MetricsBound,
     MetricsHistory,
     MetricsSample,
     NewDevice,
@@ -685,20 +686,15 @@ def open_store(config: HubConfig) -> HubStore:
     if config.postgres_url is not None:
         return _open_postgres(config)
     from hub.store.sqlite import SqliteStore
-    from hub.store.sqlite_metrics import MetricsBound
 
     store = SqliteStore(
         config.sqlite_path,
         synchronous=config.store.synchronous,
         max_group_commit=config.store.max_group_commit,
         wal_max_bytes=config.store.wal_max_bytes,
-        metrics=MetricsBound(config.metrics.history_per_device, config.metrics.max_sample_bytes),
+        metrics=_metrics_bound(config),
     )
-    store.action_result_max_bytes = config.actions.max_result_bytes
-    cfg = config.actions
-    store.action_parts_bound = PartsBound(cfg.logs_max_lines, cfg.logs_max_bytes)
-    store.contact_gap_s = config.fleet.online_after_s
-    store.contact_max_spans = config.dashboard.contact_spans_per_device
+    _set_bounds(store, config)
     return store
 
 
@@ -706,7 +702,6 @@ def _open_postgres(config: HubConfig) -> HubStore:
     """Return the (unopened) PostgreSQL store, with the same bounds SQLite gets."""
     from hub.errors import ConfigError
     from hub.store.postgres import PostgresStore, missing_methods
-    from hub.store.sqlite_metrics import MetricsBound
 
     # A store method added to the interface but not yet to PostgreSQL: never run half on it.
     if missing := missing_methods():
@@ -720,11 +715,20 @@ def _open_postgres(config: HubConfig) -> HubStore:
     store = PostgresStore(
         url,
         pool_max=config.store.pool_max,
-        metrics=MetricsBound(config.metrics.history_per_device, config.metrics.max_sample_bytes),
+        metrics=_metrics_bound(config),
     )
+    _set_bounds(store, config)
+    return store
+
+
+def _metrics_bound(config: HubConfig) -> MetricsBound:
+    return MetricsBound(config.metrics.history_per_device, config.metrics.max_sample_bytes)
+
+
+def _set_bounds(store: Any, config: HubConfig) -> None:
+    """Give either store the bounds of the side records a sync carries (the same on both)."""
     store.action_result_max_bytes = config.actions.max_result_bytes
     cfg = config.actions
     store.action_parts_bound = PartsBound(cfg.logs_max_lines, cfg.logs_max_bytes)
     store.contact_gap_s = config.fleet.online_after_s
     store.contact_max_spans = config.dashboard.contact_spans_per_device
-    return store

@@ -6,7 +6,7 @@ receipts, results and parts of queued actions (``hub.store.sqlite_actions``) and
 container report (``hub.store.sqlite_hosts``). Each runs in the batch's transaction, with the
 device row locked by ``pg_sync.ingest``: batches of one device are applied one after the
 other, so each side record is taken once however often (or wherever) a batch is sent. The
-decisions are the SQLite modules' pure parts, imported, not copied.
+decisions are shared with SQLite, not copied (``hub.store.sync_rules``, ``hub.device_audit``).
 
 A device audit record is placed in the audit listing after the hub audit row that was last
 when it arrived (``feed_after``). Taking that position under the hub audit chain's advisory
@@ -16,22 +16,26 @@ processes: no hub row is committed with a lower id after the device record.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.actiondoc import RESULTS, next_state
 from edge_agent.protocol import StatusSnapshot
-from hub.device_audit import ChainState, DeviceRecord, judge, row_values
+from hub.device_audit import chain_of, chain_values, fresh_records, row_values, verdict
 from hub.device_audit import next_state as next_chain_state
 from hub.drift import sighting_keys
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import AUDIT_LOCK
-from hub.store.records import EntryRow, PartsBound
-from hub.store.sqlite_actions import ACTION_MARK, _within
-from hub.store.sqlite_metrics import KIND as METRICS_KIND
-from hub.store.sqlite_metrics import MetricsBound
+from hub.store.records import EntryRow, MetricsBound, PartsBound
+from hub.store.sync_rules import (
+    MetricsState,
+    action_docs,
+    has_metrics,
+    lines_within,
+    part_lines,
+    result_values,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -88,22 +92,20 @@ async def observe_audit(
     received: str,
 ) -> None:
     """Store and verify the batch's new audit records, as ``hub.device_audit.observe``."""
-    audits = [
-        (seq + offset, json.loads(p))
-        for seq, kind, _c, p in entries
-        if kind == "audit" and seq > floor
-    ]
-    if not audits:
+    parsed = fresh_records(entries, offset, floor)
+    if not parsed:
         return
     await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
     feed_after = await conn.fetchval("SELECT COALESCE(MAX(id), 0) FROM audit")
-    state, counts = await _load_chain(conn, device_id)
-    parsed = [(seq, payload, DeviceRecord.parse(payload)) for seq, payload in audits]
+    state, counts = chain_of(
+        await conn.fetchrow(
+            "SELECT last_id, last_hash, verified, unverifiable, breaks FROM device_audit_chain "
+            "WHERE device_id = $1",
+            device_id,
+        )
+    )
     for i, (seq, payload, record) in enumerate(parsed):
-        reason = None
-        if record is not None:
-            pending = {r.id for _s, _p, r in parsed[i + 1 :] if r is not None}
-            reason = judge(state, record, pending)
+        reason = verdict(state, parsed, i)
         if not await _insert_record(conn, device_id, seq, payload, received, reason, feed_after):
             continue  # a re-delivered entry: judged when it first arrived
         if record is None:
@@ -126,7 +128,6 @@ async def observe_audit(
                 reason,
             )
         state = next_chain_state(state, record)
-    last_id, last_hash = (state.last_id, state.last_hash) if state else (0, "")
     await conn.execute(
         "INSERT INTO device_audit_chain (device_id, last_id, last_hash, verified, unverifiable, "
         "breaks) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO UPDATE SET "
@@ -134,27 +135,8 @@ async def observe_audit(
         "verified = excluded.verified, unverifiable = excluded.unverifiable, "
         "breaks = excluded.breaks",
         device_id,
-        last_id,
-        last_hash,
-        counts["verified"],
-        counts["unverifiable"],
-        counts["breaks"],
+        *chain_values(state, counts),
     )
-
-
-async def _load_chain(
-    conn: asyncpg.Connection, device_id: str
-) -> tuple[ChainState | None, dict[str, int]]:
-    row = await conn.fetchrow(
-        "SELECT last_id, last_hash, verified, unverifiable, breaks FROM device_audit_chain "
-        "WHERE device_id = $1",
-        device_id,
-    )
-    if row is None:
-        return None, {"verified": 0, "unverifiable": 0, "breaks": 0}
-    last_id, last_hash, verified, unverifiable, breaks = row
-    state = ChainState(last_id, last_hash) if last_hash else None
-    return state, {"verified": verified, "unverifiable": unverifiable, "breaks": breaks}
 
 
 async def _insert_record(
@@ -190,24 +172,14 @@ async def save_metrics(
     bound: MetricsBound,
 ) -> None:
     """Store the batch's metrics samples and trim the device's history to its bound."""
-    fresh = [e for e in entries if e[1] == METRICS_KIND and e[0] > floor]
-    if not fresh:
+    if not has_metrics(entries, floor):
         return
     row = await conn.fetchrow(
         "SELECT high_seq, held, trimmed, oversize FROM device_metrics_state WHERE device_id = $1",
         device_id,
     )
-    high, held, trimmed, oversize = tuple(row) if row is not None else (0, 0, 0, 0)
-    keep: list[tuple[int, str, str]] = []
-    for seq, _, at, payload in fresh:
-        hub_seq = seq + offset
-        if hub_seq <= high:
-            continue
-        high = hub_seq
-        if len(payload) > bound.max_sample_bytes:
-            oversize += 1
-        else:
-            keep.append((hub_seq, at, payload))
+    state = MetricsState(*row) if row is not None else MetricsState()
+    keep = state.take(entries, offset, floor, bound.max_sample_bytes)
     if keep:
         status = await conn.execute(
             "INSERT INTO device_metrics (device_id, seq, at, received_at, sample) "
@@ -219,27 +191,22 @@ async def save_metrics(
             [k[1] for k in keep],
             [k[2] for k in keep],
         )
-        held += int(status.rsplit(" ", 1)[1])
-    if held > bound.history_per_device:
+        state.held += int(status.rsplit(" ", 1)[1])
+    if excess := state.excess(bound.history_per_device):
         status = await conn.execute(
             "DELETE FROM device_metrics WHERE device_id = $1 AND seq IN (SELECT seq FROM "
             "device_metrics WHERE device_id = $1 ORDER BY seq LIMIT $2)",
             device_id,
-            held - bound.history_per_device,
+            excess,
         )
-        gone = int(status.rsplit(" ", 1)[1])
-        held -= gone
-        trimmed += gone
+        state.trim(int(status.rsplit(" ", 1)[1]))
     await conn.execute(
         "INSERT INTO device_metrics_state (device_id, high_seq, held, trimmed, oversize) "
         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id) DO UPDATE SET "
         "high_seq = excluded.high_seq, held = excluded.held, trimmed = excluded.trimmed, "
         "oversize = excluded.oversize",
         device_id,
-        high,
-        held,
-        trimmed,
-        oversize,
+        *state.values(),
     )
 
 
@@ -257,14 +224,7 @@ async def observe_actions(
 ) -> int:
     """Apply the batch's action receipts, result parts and results; return results cut."""
     cut = 0
-    for seq, kind, _c, payload in entries:
-        if kind != "event" or seq <= floor or ACTION_MARK not in payload:
-            continue
-        doc = json.loads(payload)
-        if not isinstance(doc, dict) or doc.get("type") != "action":
-            continue
-        if not isinstance(doc.get("id"), str):
-            continue
+    for doc in action_docs(entries, floor):
         if doc.get("state") == "received":
             await conn.execute(
                 "UPDATE actions SET received_at = COALESCE(received_at, $1) "
@@ -284,9 +244,9 @@ async def _add_part(
     conn: asyncpg.Connection, device_id: str, doc: dict[str, Any], at: str, bound: PartsBound
 ) -> int:
     """Store one result part once, within the action's bound; return the lines cut."""
-    part, lines = doc.get("part"), doc.get("lines")
-    if type(part) is not int or part < 1 or not isinstance(lines, list):
+    if (numbered := part_lines(doc)) is None:
         return 0
+    part, lines = numbered
     if (
         await conn.fetchval(
             "SELECT 1 FROM actions WHERE id = $1 AND device_id = $2", doc["id"], device_id
@@ -302,7 +262,7 @@ async def _add_part(
         "SELECT lines, bytes FROM action_part_totals WHERE action_id = $1", doc["id"]
     )
     held_lines, held_bytes = tuple(row) if row is not None else (0, 0)
-    kept, size = _within(lines, bound.max_lines - held_lines, bound.max_bytes - held_bytes)
+    kept, size = lines_within(lines, bound.max_lines - held_lines, bound.max_bytes - held_bytes)
     cut = len(lines) - len(kept)
     await conn.execute(
         "INSERT INTO action_parts (action_id, part_no, received_at, lines, n_lines, n_bytes) "
@@ -341,18 +301,13 @@ async def _finish(
     state = next_state(row[0], doc["state"], delivered=row[1] is not None)
     if state is None:
         return 0  # final already: a result is taken once
-    result = doc.get("result")
-    text = rows.dumps(result) if isinstance(result, dict) else None
-    cut = 0
-    if text is not None and len(text) > max_bytes:
-        text, cut = rows.dumps({"truncated": True, "original_bytes": len(text)}), 1
-    reason = doc.get("reason")
+    reason, text, cut = result_values(doc, max_bytes)
     await conn.execute(
         "UPDATE actions SET state = $1, state_at = $2, reason = $3, result = $4, "
         "received_at = COALESCE(received_at, $2) WHERE id = $5",
         state,
         at,
-        str(reason)[:1000] if reason else None,
+        reason,
         text,
         doc["id"],
     )

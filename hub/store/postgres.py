@@ -53,6 +53,7 @@ from hub.store.records import (
     DeviceRecord,
     EnrollmentTokenRecord,
     EventRecord,
+    MetricsBound,
     NewDevice,
     RenewedCert,
     SealedSecret,
@@ -60,7 +61,6 @@ from hub.store.records import (
     SyncResult,
     TargetRecord,
 )
-from hub.store.sqlite_metrics import MetricsBound
 
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = $1"
 SELECT_TOKEN = f"SELECT {rows.TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = $1"

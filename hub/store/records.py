@@ -383,6 +383,14 @@ class PartTotals:
 
 
 @dataclass(frozen=True)
+class MetricsBound:
+    """How much metrics history the hub keeps (``[metrics]`` of the hub config)."""
+
+    history_per_device: int = 1440
+    max_sample_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
 class PartsBound:
     """The most lines and bytes the hub keeps of one action's parts."""
 

@@ -19,6 +19,7 @@ from edge_agent.actiondoc import RESULTS, next_state
 from hub.errors import Conflict
 from hub.store import sqlite_rows as rows
 from hub.store.records import ActionPart, ActionRecord, AuditRecord, PartsBound, PartTotals
+from hub.store.sync_rules import action_docs, lines_within, part_lines, result_values
 
 if TYPE_CHECKING:
     from hub.store.writer import GroupCommitWriter
@@ -28,7 +29,6 @@ COLUMNS = (
     "delivered_at, received_at, reason, result, group_name"
 )
 UNFINISHED = "('queued', 'delivered')"
-ACTION_MARK = '"type":"action"'  # cheap test before an event entry is parsed
 
 
 def _record(row: tuple[Any, ...]) -> ActionRecord:
@@ -222,9 +222,9 @@ def _add_part(
     db: sqlite3.Connection, device_id: str, doc: dict[str, Any], at: str, bound: PartsBound
 ) -> int:
     """Store one result part once, within the action's bound; return the lines cut."""
-    part, lines = doc.get("part"), doc.get("lines")
-    if type(part) is not int or part < 1 or not isinstance(lines, list):
+    if (numbered := part_lines(doc)) is None:
         return 0
+    part, lines = numbered
     if (
         db.execute(
             "SELECT 1 FROM actions WHERE id = ? AND device_id = ?", (doc["id"], device_id)
@@ -239,7 +239,7 @@ def _add_part(
         "SELECT lines, bytes FROM action_part_totals WHERE action_id = ?", (doc["id"],)
     ).fetchone()
     held_lines, held_bytes = row or (0, 0)
-    kept, size = _within(lines, bound.max_lines - held_lines, bound.max_bytes - held_bytes)
+    kept, size = lines_within(lines, bound.max_lines - held_lines, bound.max_bytes - held_bytes)
     cut = len(lines) - len(kept)
     db.execute(
         "INSERT INTO action_parts (action_id, part_no, received_at, lines, n_lines, n_bytes) "
@@ -254,20 +254,6 @@ def _add_part(
         (doc["id"], len(kept), size, cut),
     )
     return cut
-
-
-def _within(lines: list[Any], max_lines: int, max_bytes: int) -> tuple[list[str], int]:
-    """Return the first lines that fit the room left, and their bytes (line + newline)."""
-    kept: list[str] = []
-    size = 0
-    for line in lines[: max(0, max_lines)]:
-        text = str(line)
-        n = len(text.encode()) + 1
-        if size + n > max_bytes:
-            break
-        kept.append(text)
-        size += n
-    return kept, size
 
 
 def observe(
@@ -286,12 +272,7 @@ def observe(
     ``max_result_bytes`` (the device bounds them too; this holds for any agent). Parts
     are kept within ``parts_bound`` per action; the lines cut are counted in its totals."""
     cut = 0
-    for seq, kind, _c, payload in entries:
-        if kind != "event" or seq <= floor or ACTION_MARK not in payload:
-            continue
-        doc = json.loads(payload)
-        if doc.get("type") != "action" or not isinstance(doc.get("id"), str):
-            continue
+    for doc in action_docs(entries, floor):
         if doc.get("state") == "received":
             db.execute(
                 "UPDATE actions SET received_at = COALESCE(received_at, ?) "
@@ -317,15 +298,10 @@ def _finish(
     state = next_state(row[0], doc["state"], delivered=row[1] is not None)
     if state is None:
         return 0  # final already: a result is taken once
-    result = doc.get("result")
-    text = rows.dumps(result) if isinstance(result, dict) else None
-    cut = 0
-    if text is not None and len(text) > max_bytes:
-        text, cut = rows.dumps({"truncated": True, "original_bytes": len(text)}), 1
-    reason = doc.get("reason")
+    reason, text, cut = result_values(doc, max_bytes)
     db.execute(
         "UPDATE actions SET state = ?, state_at = ?, reason = ?, result = ?, "
         "received_at = COALESCE(received_at, ?) WHERE id = ?",
-        (state, at, str(reason)[:1000] if reason else None, text, at, doc["id"]),
+        (state, at, reason, text, at, doc["id"]),
     )
     return cut

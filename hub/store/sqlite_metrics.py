@@ -14,26 +14,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hub.store import sqlite_rows as rows
-from hub.store.records import EntryRow, MetricsHistory, MetricsSample
+from hub.store.records import EntryRow, MetricsBound, MetricsHistory, MetricsSample
+from hub.store.sync_rules import MetricsState, has_metrics
 
 if TYPE_CHECKING:
     from hub.store.writer import GroupCommitWriter
 
-KIND = "metrics"
 COLUMNS = "seq, at, received_at, sample"
-
-
-@dataclass(frozen=True)
-class MetricsBound:
-    """How much metrics history the hub keeps (``[metrics]`` of the hub config)."""
-
-    history_per_device: int = 1440
-    max_sample_bytes: int = 64 * 1024
 
 
 def save_metrics(
@@ -46,38 +37,30 @@ def save_metrics(
     bound: MetricsBound,
 ) -> None:
     """Store the batch's metrics samples and trim the device's history (inside a sync's job)."""
-    fresh = [e for e in entries if e[1] == KIND and e[0] > floor]
-    if not fresh:
+    if not has_metrics(entries, floor):
         return
     row = db.execute(
         "SELECT high_seq, held, trimmed, oversize FROM device_metrics_state WHERE device_id = ?",
         (device_id,),
     ).fetchone()
-    high, held, trimmed, oversize = row if row is not None else (0, 0, 0, 0)
-    keep = []
-    for seq, _, at, payload in fresh:
-        hub_seq = seq + offset
-        if hub_seq <= high:
-            continue
-        high = hub_seq
-        if len(payload) > bound.max_sample_bytes:
-            oversize += 1
-        else:
-            keep.append((device_id, hub_seq, at, received, payload))
+    state = MetricsState(*row) if row is not None else MetricsState()
+    keep = state.take(entries, offset, floor, bound.max_sample_bytes)
     before = db.total_changes
-    db.executemany("INSERT OR IGNORE INTO device_metrics VALUES (?,?,?,?,?)", keep)
-    held += db.total_changes - before
-    if held > bound.history_per_device:
+    db.executemany(
+        "INSERT OR IGNORE INTO device_metrics VALUES (?,?,?,?,?)",
+        [(device_id, seq, at, received, sample) for seq, at, sample in keep],
+    )
+    state.held += db.total_changes - before
+    if excess := state.excess(bound.history_per_device):
         cur = db.execute(
             "DELETE FROM device_metrics WHERE device_id = ? AND seq IN (SELECT seq FROM "
             "device_metrics WHERE device_id = ? ORDER BY seq LIMIT ?)",
-            (device_id, device_id, held - bound.history_per_device),
+            (device_id, device_id, excess),
         )
-        held -= cur.rowcount
-        trimmed += cur.rowcount
+        state.trim(cur.rowcount)
     db.execute(
         "INSERT OR REPLACE INTO device_metrics_state VALUES (?,?,?,?,?)",
-        (device_id, high, held, trimmed, oversize),
+        (device_id, *state.values()),
     )
 
 

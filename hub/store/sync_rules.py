@@ -9,6 +9,7 @@ SET clauses are written with ``?`` placeholders (PostgreSQL numbers them with
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -127,3 +128,109 @@ def status_update(
     if status.full:
         sets.append("has_full_status = 1")
     return sets, args
+
+
+# metrics samples (kept apart from events, bounded per device) -------------------------
+
+METRICS_KIND = "metrics"
+
+
+@dataclass
+class MetricsState:
+    """A device's metrics bookkeeping (``device_metrics_state``)."""
+
+    high: int = 0  # the highest hub seq ever stored: a sample at or below it is not again
+    held: int = 0
+    trimmed: int = 0
+    oversize: int = 0
+
+    def take(
+        self, entries: Sequence[EntryRow], offset: int, floor: int, max_sample_bytes: int
+    ) -> list[tuple[int, str, str]]:
+        """Return the batch's new samples to store, as (hub seq, at, sample); count the
+        ones refused for their size."""
+        keep: list[tuple[int, str, str]] = []
+        for seq, kind, at, payload in entries:
+            if kind != METRICS_KIND or seq <= floor:
+                continue
+            hub_seq = seq + offset
+            if hub_seq <= self.high:
+                continue
+            self.high = hub_seq
+            if len(payload) > max_sample_bytes:
+                self.oversize += 1
+            else:
+                keep.append((hub_seq, at, payload))
+        return keep
+
+    def excess(self, history_per_device: int) -> int:
+        """Return how many of the oldest samples to delete to stay within the bound."""
+        return max(0, self.held - history_per_device)
+
+    def trim(self, gone: int) -> None:
+        """Count ``gone`` samples deleted for the bound."""
+        self.held -= gone
+        self.trimmed += gone
+
+    def values(self) -> tuple[int, int, int, int]:
+        """Return (high_seq, held, trimmed, oversize) as stored."""
+        return self.high, self.held, self.trimmed, self.oversize
+
+
+def has_metrics(entries: Sequence[EntryRow], floor: int) -> bool:
+    """Return whether the batch carries a metrics sample not held yet."""
+    return any(e[1] == METRICS_KIND and e[0] > floor for e in entries)
+
+
+# queued actions: receipts, result parts and results ---------------------------------
+
+ACTION_MARK = '"type":"action"'  # cheap test before an event entry is parsed
+MAX_REASON_CHARS = 1000
+
+
+def action_docs(entries: Sequence[EntryRow], floor: int) -> list[dict[str, Any]]:
+    """Return the batch's new action updates (event entries of type action, with an id)."""
+    docs = []
+    for seq, kind, _c, payload in entries:
+        if kind != "event" or seq <= floor or ACTION_MARK not in payload:
+            continue
+        doc = json.loads(payload)
+        if not isinstance(doc, dict) or doc.get("type") != "action":
+            continue
+        if isinstance(doc.get("id"), str):
+            docs.append(doc)
+    return docs
+
+
+def part_lines(doc: dict[str, Any]) -> tuple[int, list[Any]] | None:
+    """Return a result part's (number, lines), or None if the part is malformed."""
+    part, lines = doc.get("part"), doc.get("lines")
+    if type(part) is not int or part < 1 or not isinstance(lines, list):
+        return None
+    return part, lines
+
+
+def lines_within(lines: list[Any], max_lines: int, max_bytes: int) -> tuple[list[str], int]:
+    """Return the first lines that fit the room left, and their bytes (line + newline)."""
+    kept: list[str] = []
+    size = 0
+    for line in lines[: max(0, max_lines)]:
+        text = str(line)
+        n = len(text.encode()) + 1
+        if size + n > max_bytes:
+            break
+        kept.append(text)
+        size += n
+    return kept, size
+
+
+def result_values(doc: dict[str, Any], max_bytes: int) -> tuple[str | None, str | None, int]:
+    """Return a final action update's stored (reason, result) and 1 if the result was cut
+    to ``max_bytes`` (the device bounds it too; this holds for any agent), else 0."""
+    result = doc.get("result")
+    text = rows.dumps(result) if isinstance(result, dict) else None
+    cut = 0
+    if text is not None and len(text) > max_bytes:
+        text, cut = rows.dumps({"truncated": True, "original_bytes": len(text)}), 1
+    reason = doc.get("reason")
+    return (str(reason)[:MAX_REASON_CHARS] if reason else None), text, cut
