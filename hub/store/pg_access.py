@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hub.errors import Conflict, NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, TeamRecord, UserRecord, UserTokenRecord
@@ -188,11 +189,7 @@ class PgAccessMixin:
                 token.user,
                 now,
             )
-            if held >= max_active:
-                raise Conflict(
-                    f"user {token.user!r} holds {held} active tokens, the bound "
-                    "(access.max_tokens_per_user): revoke some"
-                )
+            checks.check_user_tokens(token.user, held, max_active)
             await conn.execute(
                 f"INSERT INTO user_tokens ({TOKEN_COLUMNS}) "
                 "VALUES ($1, $2, $3, $4, $5, NULL, NULL)",

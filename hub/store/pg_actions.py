@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import ActionPart, ActionRecord, AuditRecord, PartTotals
@@ -85,11 +85,7 @@ class PgActionsMixin:
                     f"SELECT COUNT(*) FROM actions WHERE device_id = $1 AND state IN {UNFINISHED}",
                     r.device_id,
                 )
-                if held >= max_queued:
-                    raise Conflict(
-                        f"device {r.device_id} holds {held} unfinished actions, the bound "
-                        "(actions.max_queued_per_device): wait for them or let them expire"
-                    )
+                checks.check_queued_actions(r.device_id, held, max_queued)
                 await conn.execute(
                     f"INSERT INTO actions ({COLUMNS}) VALUES "
                     "($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, NULL, NULL, NULL, NULL, $10)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, InvalidRequest, NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, DeviceRecord, EnvChange, GroupRecord
@@ -47,15 +47,8 @@ class PgGroupsMixin:
                 "SELECT tags FROM devices WHERE id = $1 FOR UPDATE", device_id
             )
             if row is None:
-                raise NotFound(f"no device {device_id!r}")
-            tags = {k: v for k, v in rows.loads(row[0]).items() if k not in remove}
-            tags.update(set_tags)
-            if len(tags) > max_tags:
-                raise InvalidRequest(
-                    f"set: the device would have {len(tags)} tags, over the bound of "
-                    f"{max_tags} (limits.max_device_tags)",
-                    fields=[{"field": "set", "message": f"at most {max_tags} tags"}],
-                )
+                raise checks.no_device(device_id)
+            tags = checks.changed_tags(rows.loads(row[0]), set_tags, remove, max_tags)
             updated = await conn.fetchrow(
                 f"UPDATE devices SET tags = $1 WHERE id = $2 RETURNING {rows.DEVICE_COLUMNS}",
                 rows.dumps(tags),
@@ -69,10 +62,9 @@ class PgGroupsMixin:
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", GROUPS_LOCK)
             if await conn.fetchval("SELECT 1 FROM groups WHERE name = $1", group.name):
-                raise Conflict(f"group {group.name!r} exists", fields=[{"field": "name"}])
+                raise checks.group_exists(group.name)
             held = await conn.fetchval("SELECT COUNT(*) FROM groups")
-            if held >= max_groups:
-                raise Conflict(f"the hub holds {held} groups, the bound (limits.max_groups)")
+            checks.check_groups(held, max_groups)
             await conn.execute(
                 f"INSERT INTO groups ({GROUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
                 group.name,
@@ -97,7 +89,7 @@ class PgGroupsMixin:
         """Delete a group and its overrides, with the audit row."""
         async with self._tx() as conn:
             if await conn.execute("DELETE FROM groups WHERE name = $1", name) == "DELETE 0":
-                raise NotFound(f"no group {name!r}")
+                raise checks.no_group(name)
             await insert_audit(conn, audit)
 
     async def change_group_env(
@@ -109,7 +101,7 @@ class PgGroupsMixin:
                 "SELECT overrides FROM groups WHERE name = $1 FOR UPDATE", name
             )
             if row is None:
-                raise NotFound(f"no group {name!r}")
+                raise checks.no_group(name)
             new = rows.dumps(_changed(row[0], change))
             updated = await conn.fetchrow(
                 f"UPDATE groups SET overrides = $1 WHERE name = $2 RETURNING {GROUP_COLUMNS}",
@@ -129,7 +121,7 @@ class PgGroupsMixin:
                 await conn.fetchval("SELECT 1 FROM devices WHERE id = $1 FOR UPDATE", device_id)
                 is None
             ):
-                raise NotFound(f"no device {device_id!r}")
+                raise checks.no_device(device_id)
             current = await conn.fetchval(
                 "SELECT overrides FROM device_overrides WHERE device_id = $1", device_id
             )

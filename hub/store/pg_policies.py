@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord
@@ -62,7 +62,7 @@ class PgPoliciesMixin:
                 f"UPDATE groups SET {column} = $1 WHERE name = $2", value, name
             )
             if status == "UPDATE 0":
-                raise NotFound(f"no group {name!r}")
+                raise checks.no_group(name)
             await insert_audit(conn, audit)
 
     async def _policies(self, column: str) -> list[tuple[str, str, dict[str, Any]]]:

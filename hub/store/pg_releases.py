@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, NotFound
+from hub.errors import NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, ReleaseRecord, SealedSecret
@@ -68,12 +69,7 @@ class PgReleasesMixin:
             found = await conn.fetchrow(SELECT_ONE, release.name, release.version)
             if found is not None:
                 existing = record(tuple(found))
-                if existing.source != release.source:
-                    raise Conflict(
-                        f"release {release.ref} exists with different content; releases are "
-                        "immutable: create a new version",
-                        fields=[{"field": "release.version", "message": "already used"}],
-                    )
+                checks.check_same_release(existing, release)
                 await insert_audit(conn, audit)
                 return existing, False
             stored = await conn.fetchrow(
@@ -112,11 +108,7 @@ class PgReleasesMixin:
             if found is None:
                 raise NotFound(f"no release {name}@{version}")
             existing = record(tuple(found))
-            if existing.retired_at is not None:
-                raise Conflict(
-                    f"release {existing.ref} was retired at {existing.retired_at.isoformat()} "
-                    f"by {existing.retired_by}"
-                )
+            checks.check_not_retired(existing)
             retired = await conn.fetchrow(
                 "UPDATE releases SET retired_at = $1, retired_by = $2, retired_reason = $3 "
                 f"WHERE id = $4 RETURNING {COLUMNS}",

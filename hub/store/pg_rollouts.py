@@ -13,7 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, NotFound
+from hub.errors import Conflict
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, RolloutRecord
@@ -38,9 +39,8 @@ async def _save(
         rows.ts(expected_updated_at),
     )
     if status == "UPDATE 0":
-        if await conn.fetchval(EXISTS, saved.id) is None:
-            raise NotFound(f"no rollout {saved.id!r}")
-        raise Conflict(f"rollout {saved.id} changed meanwhile; try again")
+        exists = await conn.fetchval(EXISTS, saved.id)
+        raise checks.rollout_not_saved(saved.id, exists is not None)
 
 
 class PgRolloutsMixin:

@@ -13,20 +13,19 @@ row is moved by one process only and the other gets Conflict.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.models import Release, secret_names
 from hub.errors import Conflict, NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, SealedSecret, SecretRecord
 from hub.store.sqlite_secret_moves import RELEASE
-from hub.store.sqlite_secrets import COLUMNS, MAX_NAMED_RELEASES, _record
+from hub.store.sqlite_secrets import COLUMNS, _record
 
 if TYPE_CHECKING:
     import asyncpg
@@ -67,12 +66,7 @@ async def releases_naming(conn: asyncpg.Connection, name: str) -> list[str]:
     found = await conn.fetch(
         "SELECT document FROM releases WHERE document LIKE $1 ORDER BY id", f'%"{name}"%'
     )
-    refs = []
-    for (document,) in found:
-        release = Release.model_validate(json.loads(document))
-        if name in secret_names(release):
-            refs.append(release.ref)
-    return refs
+    return checks.refs_naming(name, [document for (document,) in found])
 
 
 class PgSecretsMixin:
@@ -118,12 +112,7 @@ class PgSecretsMixin:
             ):
                 raise NotFound(f"no secret {name!r}")
             refs = await releases_naming(conn, name)
-            if refs:
-                shown = ", ".join(refs[:MAX_NAMED_RELEASES])
-                raise Conflict(
-                    f"secret {name!r} is named by {len(refs)} release(s): {shown}",
-                    fields=[{"field": "name", "message": "in use by releases"}],
-                )
+            checks.check_secret_unused(name, refs)
             await conn.execute("DELETE FROM secrets WHERE name = $1", name)
             await insert_audit(conn, audit)
 

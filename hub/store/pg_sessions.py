@@ -13,7 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, StoreError
+from hub.errors import StoreError
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import SessionRecord
 from hub.store.sqlite_sessions import COLUMNS, _record
@@ -50,11 +51,7 @@ class PgSessionsMixin:
                 rows.ts(created_before),
             )
             held = await conn.fetchval("SELECT COUNT(*) FROM ui_sessions")
-            if held >= max_sessions:
-                raise Conflict(
-                    f"the hub holds {held} live dashboard sessions, the bound "
-                    "(dashboard.max_sessions): sign out elsewhere or wait for them to expire"
-                )
+            checks.check_sessions(held, max_sessions)
             inserted = await conn.execute(
                 f"INSERT INTO ui_sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
                 "ON CONFLICT (id_hash) DO NOTHING",

@@ -10,7 +10,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, NotFound
+from hub.errors import NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, TechnicianRecord
@@ -41,11 +42,7 @@ class PgTechniciansMixin:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", TECHNICIANS_LOCK)
             await conn.execute("DELETE FROM technician_tokens WHERE expires_at <= $1", now)
             held = await conn.fetchval("SELECT COUNT(*) FROM technician_tokens")
-            if held >= max_active:
-                raise Conflict(
-                    f"the hub holds {held} unexpired technician tokens, the bound "
-                    "(technicians.max_active): revoke or let some expire"
-                )
+            checks.check_technicians(held, max_active)
             await conn.execute(
                 f"INSERT INTO technician_tokens ({COLUMNS}) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",

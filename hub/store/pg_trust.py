@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.release_trust import SignedManifest, SignedRoot
-from hub.errors import Conflict
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord
@@ -42,11 +42,7 @@ class PgTrustMixin:
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", ROOTS_LOCK)
             top = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM release_roots")
-            if version != top + 1:
-                raise Conflict(
-                    f"release root v{version} is not the next version (the hub holds v{top})",
-                    fields=[{"field": "root.version", "message": f"must be {top + 1}"}],
-                )
+            checks.check_next_root(version, top)
             await conn.execute(
                 "INSERT INTO release_roots (version, document, added_at) VALUES ($1, $2, $3)",
                 version,

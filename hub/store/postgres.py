@@ -21,11 +21,11 @@ from typing import Any
 
 import asyncpg
 
-from edge_agent.protocol import INT64_MAX, SignedTarget
+from edge_agent.protocol import SignedTarget
 from hub.auth import check_enrollment_token
-from hub.errors import Conflict, Forbidden, NotFound, StoreError
+from hub.errors import Conflict, StoreError
 from hub.fleet import is_target_newer
-from hub.store import HubStore
+from hub.store import HubStore, checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_access import PgAccessMixin
 from hub.store.pg_actions import PgActionsMixin
@@ -230,7 +230,7 @@ class PostgresStore(
                 "UPDATE devices SET disabled = $1 WHERE id = $2", int(disabled), device_id
             )
             if status == "UPDATE 0":
-                raise NotFound(f"no device {device_id!r}")
+                raise checks.no_device(device_id)
             await insert_audit(conn, audit)
             return rows.device(tuple(await conn.fetchrow(SELECT_DEVICE, device_id)))
 
@@ -254,7 +254,7 @@ class PostgresStore(
                 cert.renewed_from,
             )
             if status == "UPDATE 0":
-                raise Forbidden(f"device {device_id!r} is unknown, disabled, or renewed meanwhile")
+                raise checks.renewal_refused(device_id)
             detail = {
                 "cert_serial": cert.serial,
                 "renewed_from": cert.renewed_from,
@@ -311,13 +311,8 @@ class PostgresStore(
                 device_id,
             )
             if row is None:
-                raise NotFound(f"no device {device_id!r}")
-            disabled, target_revision = row
-            if disabled:
-                raise Conflict(f"device {device_id!r} is disabled")
-            if target_revision >= INT64_MAX:
-                raise Conflict(f"device {device_id!r} has used up its target revisions")
-            revision = target_revision + 1
+                raise checks.no_device(device_id)
+            revision = checks.next_target_revision(device_id, *row)
             signed = build(revision)
             for sealed, secret_audit in secrets:  # only with the target: none left behind
                 await upsert_secret(conn, sealed, rows.ts(secret_audit.at), secret_audit.actor)

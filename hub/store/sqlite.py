@@ -23,12 +23,12 @@ from typing import Any
 
 import aiosqlite
 
-from edge_agent.protocol import INT64_MAX, SignedTarget
+from edge_agent.protocol import SignedTarget
 from hub import audit_chain, device_audit
 from hub.auth import check_enrollment_token
-from hub.errors import Conflict, Forbidden, NotFound, StoreError
+from hub.errors import StoreError
 from hub.fleet import STATUS_FIELDS, is_target_newer
-from hub.store import HubStore, sqlite_actions, sqlite_releases, sync_rules
+from hub.store import HubStore, checks, sqlite_actions, sqlite_releases, sync_rules
 from hub.store import sqlite_rows as rows
 from hub.store.checkpoint import WalCheckpointer
 from hub.store.records import (
@@ -372,7 +372,7 @@ class SqliteStore(
                 "UPDATE devices SET disabled = ? WHERE id = ?", (int(disabled), device_id)
             )
             if cur.rowcount == 0:
-                raise NotFound(f"no device {device_id!r}")
+                raise checks.no_device(device_id)
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
             return rows.device(db.execute(SELECT_DEVICE, (device_id,)).fetchone())
 
@@ -402,7 +402,7 @@ class SqliteStore(
                 ),
             )
             if cur.rowcount == 0:
-                raise Forbidden(f"device {device_id!r} is unknown, disabled, or renewed meanwhile")
+                raise checks.renewal_refused(device_id)
             detail = {
                 "cert_serial": cert.serial,
                 "renewed_from": cert.renewed_from,
@@ -493,15 +493,8 @@ class SqliteStore(
                 "SELECT disabled, target_revision FROM devices WHERE id = ?", (device_id,)
             ).fetchone()
             if row is None:
-                raise NotFound(f"no device {device_id!r}")
-            disabled, target_revision = row
-            if disabled:
-                raise Conflict(f"device {device_id!r} is disabled")
-            # The hub's own sequence alone: nothing a device reports (its applied revision,
-            # a technician's local apply) can make two targets share a number or overflow.
-            if target_revision >= INT64_MAX:
-                raise Conflict(f"device {device_id!r} has used up its target revisions")
-            revision = target_revision + 1
+                raise checks.no_device(device_id)
+            revision = checks.next_target_revision(device_id, *row)
             signed = build(revision)
             for sealed, secret_audit in secrets:  # only with the target: none left behind
                 upsert_secret(db, sealed, rows.ts(secret_audit.at), secret_audit.actor)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hub.errors import Conflict, NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, TeamRecord, UserRecord, UserTokenRecord
 
@@ -189,11 +190,7 @@ class AccessMixin:
                 "AND (expires_at IS NULL OR expires_at > ?)",
                 (token.user, now),
             ).fetchone()
-            if held >= max_active:
-                raise Conflict(
-                    f"user {token.user!r} holds {held} active tokens, the bound "
-                    "(access.max_tokens_per_user): revoke some"
-                )
+            checks.check_user_tokens(token.user, held, max_active)
             db.execute(
                 f"INSERT INTO user_tokens ({TOKEN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL)",
                 (

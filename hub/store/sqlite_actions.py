@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.actiondoc import RESULTS, next_state
-from hub.errors import Conflict
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import ActionPart, ActionRecord, AuditRecord, PartsBound, PartTotals
 from hub.store.sync_rules import action_docs, lines_within, part_lines, result_values
@@ -99,11 +99,7 @@ class ActionsMixin:
                     f"SELECT COUNT(*) FROM actions WHERE device_id = ? AND state IN {UNFINISHED}",
                     (r.device_id,),
                 ).fetchone()
-                if held >= max_queued:
-                    raise Conflict(
-                        f"device {r.device_id} holds {held} unfinished actions, the bound "
-                        "(actions.max_queued_per_device): wait for them or let them expire"
-                    )
+                checks.check_queued_actions(r.device_id, held, max_queued)
                 db.execute(
                     f"INSERT INTO actions ({COLUMNS}) VALUES "
                     "(?,?,?,?,?,?,?,?,'queued',?,NULL,NULL,NULL,NULL,?)",

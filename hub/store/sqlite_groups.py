@@ -10,8 +10,8 @@ import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.overrides import change_env
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, DeviceRecord, EnvChange, GroupRecord
 
@@ -56,15 +56,8 @@ class GroupsMixin:
         def job(db: sqlite3.Connection) -> DeviceRecord:
             row = db.execute("SELECT tags FROM devices WHERE id = ?", (device_id,)).fetchone()
             if row is None:
-                raise NotFound(f"no device {device_id!r}")
-            tags = {k: v for k, v in rows.loads(row[0]).items() if k not in remove}
-            tags.update(set_tags)
-            if len(tags) > max_tags:
-                raise InvalidRequest(
-                    f"set: the device would have {len(tags)} tags, over the bound of "
-                    f"{max_tags} (limits.max_device_tags)",
-                    fields=[{"field": "set", "message": f"at most {max_tags} tags"}],
-                )
+                raise checks.no_device(device_id)
+            tags = checks.changed_tags(rows.loads(row[0]), set_tags, remove, max_tags)
             db.execute("UPDATE devices SET tags = ? WHERE id = ?", (rows.dumps(tags), device_id))
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
             return rows.device(db.execute(SELECT_DEVICE, (device_id,)).fetchone())
@@ -76,10 +69,9 @@ class GroupsMixin:
 
         def job(db: sqlite3.Connection) -> None:
             if db.execute("SELECT 1 FROM groups WHERE name = ?", (group.name,)).fetchone():
-                raise Conflict(f"group {group.name!r} exists", fields=[{"field": "name"}])
+                raise checks.group_exists(group.name)
             (held,) = db.execute("SELECT COUNT(*) FROM groups").fetchone()
-            if held >= max_groups:
-                raise Conflict(f"the hub holds {held} groups, the bound (limits.max_groups)")
+            checks.check_groups(held, max_groups)
             db.execute(
                 f"INSERT INTO groups ({GROUP_COLUMNS}) VALUES (?,?,?,?,?)",
                 (
@@ -109,7 +101,7 @@ class GroupsMixin:
 
         def job(db: sqlite3.Connection) -> None:
             if db.execute("DELETE FROM groups WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFound(f"no group {name!r}")
+                raise checks.no_group(name)
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
 
         await self._w.submit(job)
@@ -122,7 +114,7 @@ class GroupsMixin:
         def job(db: sqlite3.Connection) -> GroupRecord:
             row = db.execute("SELECT overrides FROM groups WHERE name = ?", (name,)).fetchone()
             if row is None:
-                raise NotFound(f"no group {name!r}")
+                raise checks.no_group(name)
             new = rows.dumps(_changed(row[0], change))
             db.execute("UPDATE groups SET overrides = ? WHERE name = ?", (new, name))
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
@@ -138,7 +130,7 @@ class GroupsMixin:
 
         def job(db: sqlite3.Connection) -> dict[str, dict[str, str]]:
             if db.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone() is None:
-                raise NotFound(f"no device {device_id!r}")
+                raise checks.no_device(device_id)
             row = db.execute(
                 "SELECT overrides FROM device_overrides WHERE device_id = ?", (device_id,)
             ).fetchone()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord
 
@@ -33,7 +33,7 @@ class PoliciesMixin:
             value = rows.dumps(policy) if policy is not None else None
             cur = db.execute("UPDATE groups SET device_policy = ? WHERE name = ?", (value, name))
             if cur.rowcount == 0:
-                raise NotFound(f"no group {name!r}")
+                raise checks.no_group(name)
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
 
         await self._w.submit(job)

@@ -6,7 +6,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from hub.errors import Conflict, NotFound
+from hub.errors import NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, ReleaseRecord, SealedSecret
 from hub.store.sqlite_secrets import upsert_secret
@@ -52,12 +53,7 @@ def create(
     found = db.execute(SELECT_ONE, (release.name, release.version)).fetchone()
     if found is not None:
         existing = record(found)
-        if existing.source != release.source:
-            raise Conflict(
-                f"release {release.ref} exists with different content; releases are "
-                "immutable: create a new version",
-                fields=[{"field": "release.version", "message": "already used"}],
-            )
+        checks.check_same_release(existing, release)
         db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
         return existing, False
     db.execute(
@@ -89,11 +85,7 @@ def retire(
     if found is None:
         raise NotFound(f"no release {name}@{version}")
     existing = record(found)
-    if existing.retired_at is not None:
-        raise Conflict(
-            f"release {existing.ref} was retired at {existing.retired_at.isoformat()} "
-            f"by {existing.retired_by}"
-        )
+    checks.check_not_retired(existing)
     db.execute(
         "UPDATE releases SET retired_at = ?, retired_by = ?, retired_reason = ? WHERE id = ?",
         (rows.ts(audit.at), audit.actor, reason, existing.id),

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, NotFound
+from hub.errors import Conflict
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, RolloutRecord
 
@@ -48,9 +49,8 @@ def _save(db: sqlite3.Connection, saved: RolloutRecord, expected_updated_at: dat
         ),
     ).rowcount
     if changed == 0:
-        if db.execute("SELECT 1 FROM rollouts WHERE id = ?", (saved.id,)).fetchone() is None:
-            raise NotFound(f"no rollout {saved.id!r}")
-        raise Conflict(f"rollout {saved.id} changed meanwhile; try again")
+        exists = db.execute("SELECT 1 FROM rollouts WHERE id = ?", (saved.id,)).fetchone()
+        raise checks.rollout_not_saved(saved.id, exists is not None)
 
 
 class RolloutsMixin:

@@ -8,15 +8,14 @@ reads the releases in the same transaction as the delete.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.models import Release, secret_names
-from hub.errors import Conflict, NotFound
+from hub.errors import NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, SealedSecret, SecretRecord
 
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from hub.store.writer import GroupCommitWriter
 
 COLUMNS = "name, key_id, created_at, created_by, updated_at, updated_by"
-MAX_NAMED_RELEASES = 20
 
 
 def _record(row: tuple[Any, ...]) -> SecretRecord:
@@ -67,12 +65,7 @@ def releases_naming(db: sqlite3.Connection, name: str) -> list[str]:
         "SELECT document FROM releases WHERE document LIKE ? ORDER BY id",
         (f'%"{name}"%',),
     ).fetchall()
-    refs = []
-    for (document,) in found:
-        release = Release.model_validate(json.loads(document))
-        if name in secret_names(release):
-            refs.append(release.ref)
-    return refs
+    return checks.refs_naming(name, [document for (document,) in found])
 
 
 class SecretsMixin:
@@ -119,12 +112,7 @@ class SecretsMixin:
             if not db.execute("SELECT 1 FROM secrets WHERE name = ?", (name,)).fetchone():
                 raise NotFound(f"no secret {name!r}")
             refs = releases_naming(db, name)
-            if refs:
-                shown = ", ".join(refs[:MAX_NAMED_RELEASES])
-                raise Conflict(
-                    f"secret {name!r} is named by {len(refs)} release(s): {shown}",
-                    fields=[{"field": "name", "message": "in use by releases"}],
-                )
+            checks.check_secret_unused(name, refs)
             db.execute("DELETE FROM secrets WHERE name = ?", (name,))
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
 

@@ -12,7 +12,7 @@ import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import EventRecord, HostReport, SessionRecord
 from hub.store.sqlite_hosts import host_reports
@@ -59,11 +59,7 @@ class SessionsMixin:
                 (rows.ts(idle_before), rows.ts(created_before)),
             )
             (held,) = db.execute("SELECT COUNT(*) FROM ui_sessions").fetchone()
-            if held >= max_sessions:
-                raise Conflict(
-                    f"the hub holds {held} live dashboard sessions, the bound "
-                    "(dashboard.max_sessions): sign out elsewhere or wait for them to expire"
-                )
+            checks.check_sessions(held, max_sessions)
             db.execute(
                 f"INSERT INTO ui_sessions ({COLUMNS}) VALUES (?,?,?,?,?,?)",
                 (

@@ -12,7 +12,8 @@ import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict, NotFound
+from hub.errors import NotFound
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, TechnicianRecord
 
@@ -56,11 +57,7 @@ class TechniciansMixin:
         def job(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM technician_tokens WHERE expires_at <= ?", (now,))
             (held,) = db.execute("SELECT COUNT(*) FROM technician_tokens").fetchone()
-            if held >= max_active:
-                raise Conflict(
-                    f"the hub holds {held} unexpired technician tokens, the bound "
-                    "(technicians.max_active): revoke or let some expire"
-                )
+            checks.check_technicians(held, max_active)
             db.execute(
                 f"INSERT INTO technician_tokens ({COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,NULL)",
                 (

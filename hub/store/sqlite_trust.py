@@ -11,7 +11,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.release_trust import SignedManifest, SignedRoot
-from hub.errors import Conflict
+from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord
 
@@ -38,11 +38,7 @@ class TrustMixin:
 
         def job(db: sqlite3.Connection) -> None:
             (top,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM release_roots").fetchone()
-            if version != top + 1:
-                raise Conflict(
-                    f"release root v{version} is not the next version (the hub holds v{top})",
-                    fields=[{"field": "root.version", "message": f"must be {top + 1}"}],
-                )
+            checks.check_next_root(version, top)
             db.execute(
                 "INSERT INTO release_roots (version, document, added_at) VALUES (?,?,?)",
                 (version, signed.model_dump_json(), rows.ts(audit.at)),
