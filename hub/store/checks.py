@@ -129,6 +129,11 @@ def check_not_retired(existing: ReleaseRecord) -> None:
         )
 
 
+def rollout_exists(rollout_id: str) -> Conflict:
+    """Return the error for a rollout id that is taken."""
+    return Conflict(f"rollout {rollout_id!r} exists", fields=[{"field": "id"}])
+
+
 def rollout_not_saved(rollout_id: str, exists: bool) -> NotFound | Conflict:
     """Return the error for a rollout save that changed no row."""
     if not exists:

@@ -152,15 +152,7 @@ class PgAccessMixin:
             "SELECT team, role, scope FROM team_grants "
             'ORDER BY team COLLATE "C", role COLLATE "C", scope COLLATE "C"'
         )
-        return [
-            TeamRecord(
-                name,
-                datetime.fromisoformat(created),
-                tuple(u for t, u in members if t == name),
-                tuple((r, s) for t, r, s in grants if t == name),
-            )
-            for name, created in teams
-        ]
+        return rows.teams(teams, members, grants)
 
     async def user_grants(self, user: str) -> list[tuple[str, str, str]]:
         """Return the (team, role, scope) grants of every team ``user`` belongs to."""

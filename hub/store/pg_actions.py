@@ -89,16 +89,7 @@ class PgActionsMixin:
                 await conn.execute(
                     f"INSERT INTO actions ({COLUMNS}) VALUES "
                     "($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, NULL, NULL, NULL, NULL, $10)",
-                    r.id,
-                    r.device_id,
-                    r.kind,
-                    rows.dumps(r.args),
-                    r.created_by,
-                    rows.ts(r.created_at),
-                    rows.ts(r.expires_at),
-                    r.signed,
-                    rows.ts(r.created_at),
-                    r.group,
+                    *rows.action_values(r),
                 )
             for a in audit:
                 await insert_audit(conn, a)

@@ -75,13 +75,7 @@ class PgReleasesMixin:
             stored = await conn.fetchrow(
                 "INSERT INTO releases (name, version, document, source, images, created_at, "
                 f"created_by) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}",
-                release.name,
-                release.version,
-                release.document,
-                release.source,
-                rows.dumps(release.images),
-                rows.ts(release.created_at),
-                release.created_by,
+                *rows.release_values(release),
             )
             for sealed, secret_audit in secrets:
                 await upsert_secret(conn, sealed, rows.ts(secret_audit.at), secret_audit.actor)

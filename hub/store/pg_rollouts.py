@@ -13,7 +13,6 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict
 from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
@@ -59,7 +58,7 @@ class PgRolloutsMixin:
         audits: Sequence[AuditRecord],
     ) -> None:
         """Store a new rollout, end the ones it supersedes, and write the audit rows."""
-        taken = Conflict(f"rollout {rollout.id!r} exists", fields=[{"field": "id"}])
+        taken = checks.rollout_exists(rollout.id)
         async with self._tx() as conn:
             if await conn.fetchval(EXISTS, rollout.id):
                 raise taken
@@ -70,14 +69,7 @@ class PgRolloutsMixin:
             inserted = await conn.execute(
                 f"INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
                 "ON CONFLICT (id) DO NOTHING",
-                rollout.id,
-                rollout.release,
-                rollout.spec,
-                rollout.state,
-                rollout.status,
-                rows.ts(rollout.created_at),
-                rollout.created_by,
-                rows.ts(rollout.updated_at),
+                *rows.rollout_values(rollout),
             )
             if inserted == "INSERT 0 0":
                 raise taken

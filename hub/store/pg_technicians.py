@@ -46,13 +46,7 @@ class PgTechniciansMixin:
             await conn.execute(
                 f"INSERT INTO technician_tokens ({COLUMNS}) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
-                record.id,
-                record.name,
-                record.role,
-                record.scope,
-                now,
-                rows.ts(record.expires_at),
-                record.created_by,
+                *rows.technician_values(record),
             )
             await insert_audit(conn, audit)
 

@@ -155,15 +155,7 @@ class AccessMixin:
         teams = await self._read("SELECT name, created_at FROM teams ORDER BY name")
         members = await self._read("SELECT team, user FROM team_members ORDER BY team, user")
         grants = await self._read("SELECT team, role, scope FROM team_grants ORDER BY 1, 2, 3")
-        return [
-            TeamRecord(
-                name,
-                datetime.fromisoformat(created),
-                tuple(u for t, u in members if t == name),
-                tuple((r, s) for t, r, s in grants if t == name),
-            )
-            for name, created in teams
-        ]
+        return rows.teams(teams, members, grants)
 
     async def user_grants(self, user: str) -> list[tuple[str, str, str]]:
         """Return the (team, role, scope) grants of every team ``user`` belongs to."""

@@ -103,18 +103,7 @@ class ActionsMixin:
                 db.execute(
                     f"INSERT INTO actions ({COLUMNS}) VALUES "
                     "(?,?,?,?,?,?,?,?,'queued',?,NULL,NULL,NULL,NULL,?)",
-                    (
-                        r.id,
-                        r.device_id,
-                        r.kind,
-                        rows.dumps(r.args),
-                        r.created_by,
-                        rows.ts(r.created_at),
-                        rows.ts(r.expires_at),
-                        r.signed,
-                        rows.ts(r.created_at),
-                        r.group,
-                    ),
+                    rows.action_values(r),
                 )
             for a in audit:
                 db.execute(rows.INSERT_AUDIT, rows.audit_args(a))

@@ -59,15 +59,7 @@ def create(
     db.execute(
         "INSERT INTO releases (name, version, document, source, images, created_at, "
         "created_by) VALUES (?,?,?,?,?,?,?)",
-        (
-            release.name,
-            release.version,
-            release.document,
-            release.source,
-            rows.dumps(release.images),
-            rows.ts(release.created_at),
-            release.created_by,
-        ),
+        rows.release_values(release),
     )
     for sealed, secret_audit in secrets:
         upsert_secret(db, sealed, rows.ts(secret_audit.at), secret_audit.actor)

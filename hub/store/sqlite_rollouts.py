@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.errors import Conflict
 from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, RolloutRecord
@@ -71,21 +70,12 @@ class RolloutsMixin:
 
         def job(db: sqlite3.Connection) -> None:
             if db.execute("SELECT 1 FROM rollouts WHERE id = ?", (rollout.id,)).fetchone():
-                raise Conflict(f"rollout {rollout.id!r} exists", fields=[{"field": "id"}])
+                raise checks.rollout_exists(rollout.id)
             for saved, expected in superseded:
                 _save(db, saved, expected)
             db.execute(
                 f"INSERT INTO rollouts ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    rollout.id,
-                    rollout.release,
-                    rollout.spec,
-                    rollout.state,
-                    rollout.status,
-                    rows.ts(rollout.created_at),
-                    rollout.created_by,
-                    rows.ts(rollout.updated_at),
-                ),
+                rows.rollout_values(rollout),
             )
             for audit in audits:
                 db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))

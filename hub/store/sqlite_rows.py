@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from hub.audit_chain import redact
 from hub.store.records import (
+    ActionRecord,
     AuditRecord,
     DeviceRecord,
     EnrollmentTokenRecord,
     EventRecord,
+    ReleaseRecord,
+    RolloutRecord,
+    TeamRecord,
+    TechnicianRecord,
     iso_utc,
 )
 
@@ -174,3 +180,74 @@ def audit(row: tuple[Any, ...]) -> AuditRecord:
         prev_hash,
         hash_,
     )
+
+
+# the values both stores insert for a new record (in its table's column order) ---------
+
+
+def action_values(r: ActionRecord) -> tuple[Any, ...]:
+    """Return a queued action's (id, device_id, kind, args, created_by, created_at,
+    expires_at, signed, state_at, group_name): the row's state is 'queued', the rest NULL."""
+    return (
+        r.id,
+        r.device_id,
+        r.kind,
+        dumps(r.args),
+        r.created_by,
+        ts(r.created_at),
+        ts(r.expires_at),
+        r.signed,
+        ts(r.created_at),
+        r.group,
+    )
+
+
+def rollout_values(r: RolloutRecord) -> tuple[Any, ...]:
+    """Return a rollout's row values (sqlite_rollouts.COLUMNS)."""
+    return (
+        r.id,
+        r.release,
+        r.spec,
+        r.state,
+        r.status,
+        ts(r.created_at),
+        r.created_by,
+        ts(r.updated_at),
+    )
+
+
+def release_values(r: ReleaseRecord) -> tuple[Any, ...]:
+    """Return a new release's (name, version, document, source, images, created_at,
+    created_by)."""
+    return (
+        r.name,
+        r.version,
+        r.document,
+        r.source,
+        dumps(r.images),
+        ts(r.created_at),
+        r.created_by,
+    )
+
+
+def technician_values(r: TechnicianRecord) -> tuple[Any, ...]:
+    """Return an issued technician token's row values up to created_by (not yet revoked)."""
+    return (r.id, r.name, r.role, r.scope, ts(r.issued_at), ts(r.expires_at), r.created_by)
+
+
+def teams(
+    found: Sequence[Sequence[Any]],
+    members: Sequence[Sequence[Any]],
+    grants: Sequence[Sequence[Any]],
+) -> list[TeamRecord]:
+    """Return the teams from rows of (name, created_at), each with its members from rows
+    of (team, user) and its grants from rows of (team, role, scope), in the rows' order."""
+    return [
+        TeamRecord(
+            name,
+            datetime.fromisoformat(created),
+            tuple(u for t, u in members if t == name),
+            tuple((r, s) for t, r, s in grants if t == name),
+        )
+        for name, created in found
+    ]

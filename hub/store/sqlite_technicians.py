@@ -60,15 +60,7 @@ class TechniciansMixin:
             checks.check_technicians(held, max_active)
             db.execute(
                 f"INSERT INTO technician_tokens ({COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,NULL)",
-                (
-                    record.id,
-                    record.name,
-                    record.role,
-                    record.scope,
-                    now,
-                    rows.ts(record.expires_at),
-                    record.created_by,
-                ),
+                rows.technician_values(record),
             )
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
 
