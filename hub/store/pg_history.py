@@ -8,13 +8,14 @@ span, never open two), keeping at most ``max_spans`` spans per device.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hub.store import sqlite_rows as rows
 from hub.store.records import ContactSpan, FleetSample
 from hub.store.sqlite_history import SAMPLE_COLUMNS
 from hub.store.sqlite_stats import DRIFT_SQL
+from hub.store.sync_rules import SyncBounds, extends_span
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -51,7 +52,7 @@ async def observe_contact(
         device_id,
     )
     stamp = rows.ts(at)
-    if newest is not None and at - datetime.fromisoformat(newest[1]) <= timedelta(seconds=gap_s):
+    if newest is not None and extends_span(newest[1], at, gap_s):
         if stamp > newest[1]:
             await conn.execute(
                 "UPDATE device_contacts SET last_at = $1 WHERE device_id = $2 AND started_at = $3",
@@ -76,17 +77,8 @@ async def observe_contact(
     return int(status.split()[-1])
 
 
-def _sample(row: Any) -> FleetSample:
-    at, *counts = row
-    return FleetSample(datetime.fromisoformat(at), *(int(n) for n in counts))
-
-
-class PgHistoryMixin:
+class PgHistoryMixin(SyncBounds):
     """Fleet history and device contact spans on PostgreSQL."""
-
-    contact_gap_s: float = 90.0  # fleet.online_after_s: a longer silence opens a new span
-    contact_max_spans: int = 500  # dashboard.contact_spans_per_device
-    contact_spans_trimmed: int = 0  # spans deleted to stay within contact_max_spans
 
     if TYPE_CHECKING:
 
@@ -109,7 +101,7 @@ class PgHistoryMixin:
             row = await conn.fetchrow(
                 COUNT_SAMPLE, rows.ts(at), rows.ts(online_since), rows.ts(stale_since)
             )
-        return _sample(row)
+        return rows.fleet_sample(row)
 
     async def fleet_samples(self, since: datetime, limit: int) -> list[FleetSample]:
         """Return the newest ``limit`` samples taken at or after ``since``, oldest first."""
@@ -118,7 +110,7 @@ class PgHistoryMixin:
             rows.ts(since),
             limit,
         )
-        return [_sample(r) for r in reversed(found)]
+        return [rows.fleet_sample(r) for r in reversed(found)]
 
     async def trim_fleet_history(self, before: datetime, batch: int) -> int:
         """Delete at most ``batch`` of the oldest samples and contact spans that ended

@@ -30,6 +30,7 @@ from hub.store.pg_core import AUDIT_LOCK
 from hub.store.records import EntryRow, MetricsBound, PartsBound
 from hub.store.sync_rules import (
     MetricsState,
+    SyncBounds,
     action_docs,
     has_metrics,
     lines_within,
@@ -50,11 +51,9 @@ class SideBounds:
     parts: PartsBound = field(default_factory=PartsBound)
 
 
-class PgIngestSideMixin:
+class PgIngestSideMixin(SyncBounds):
     """The bounds of the side records, settable like SqliteStore's (``open_store``)."""
 
-    action_result_max_bytes: int = 256 * 1024
-    action_parts_bound: PartsBound = PartsBound()
     _metrics_bound: MetricsBound = MetricsBound()
 
     def _side_bounds(self) -> SideBounds:

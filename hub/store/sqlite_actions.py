@@ -19,7 +19,7 @@ from edge_agent.actiondoc import RESULTS, next_state
 from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import ActionPart, ActionRecord, AuditRecord, PartsBound, PartTotals
-from hub.store.sync_rules import action_docs, lines_within, part_lines, result_values
+from hub.store.sync_rules import SyncBounds, action_docs, lines_within, part_lines, result_values
 
 if TYPE_CHECKING:
     from hub.store.writer import GroupCommitWriter
@@ -63,11 +63,8 @@ def _expire(db: sqlite3.Connection, now: str, device_id: str | None = None) -> N
     db.execute(f"UPDATE actions SET state = 'expired', state_at = ? WHERE {where}", (now, *args))
 
 
-class ActionsMixin:
+class ActionsMixin(SyncBounds):
     """Queued device actions on SQLite."""
-
-    action_result_max_bytes: int = 256 * 1024
-    action_parts_bound: PartsBound = PartsBound()
 
     if TYPE_CHECKING:
         _w: GroupCommitWriter

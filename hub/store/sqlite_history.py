@@ -13,12 +13,13 @@ are batches of at most ``batch`` rows, each one short write transaction.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hub.store import sqlite_rows as rows
 from hub.store.records import ContactSpan, FleetSample
 from hub.store.sqlite_stats import DRIFT_SQL
+from hub.store.sync_rules import SyncBounds, extends_span
 
 if TYPE_CHECKING:
     from hub.store.writer import GroupCommitWriter
@@ -49,7 +50,7 @@ def observe_contact(
         (device_id,),
     ).fetchone()
     stamp = rows.ts(at)
-    if newest is not None and at - datetime.fromisoformat(newest[1]) <= timedelta(seconds=gap_s):
+    if newest is not None and extends_span(newest[1], at, gap_s):
         if stamp > newest[1]:
             db.execute(
                 "UPDATE device_contacts SET last_at = ? WHERE device_id = ? AND started_at = ?",
@@ -68,17 +69,8 @@ def observe_contact(
     ).rowcount
 
 
-def _sample(row: tuple[Any, ...]) -> FleetSample:
-    at, *counts = row
-    return FleetSample(datetime.fromisoformat(at), *(int(n) for n in counts))
-
-
-class HistoryMixin:
+class HistoryMixin(SyncBounds):
     """Fleet history and device contact spans on SQLite."""
-
-    contact_gap_s: float = 90.0  # fleet.online_after_s: a longer silence opens a new span
-    contact_max_spans: int = 500  # dashboard.contact_spans_per_device
-    contact_spans_trimmed: int = 0  # spans deleted to stay within contact_max_spans
 
     if TYPE_CHECKING:
         _w: GroupCommitWriter
@@ -96,7 +88,7 @@ class HistoryMixin:
             row = db.execute(
                 f"SELECT {SAMPLE_COLUMNS} FROM fleet_history WHERE at = ?", (stamp,)
             ).fetchone()
-            return _sample(row)
+            return rows.fleet_sample(row)
 
         return await self._w.submit(job)
 
@@ -106,7 +98,7 @@ class HistoryMixin:
             f"SELECT {SAMPLE_COLUMNS} FROM fleet_history WHERE at >= ? ORDER BY at DESC LIMIT ?",
             (rows.ts(since), limit),
         )
-        return [_sample(r) for r in reversed(found)]
+        return [rows.fleet_sample(r) for r in reversed(found)]
 
     async def trim_fleet_history(self, before: datetime, batch: int) -> int:
         """Delete at most ``batch`` of the oldest samples and contact spans that ended

@@ -14,6 +14,7 @@ from hub.store.records import (
     DeviceRecord,
     EnrollmentTokenRecord,
     EventRecord,
+    FleetSample,
     ReleaseRecord,
     RolloutRecord,
     TeamRecord,
@@ -251,3 +252,9 @@ def teams(
         )
         for name, created in found
     ]
+
+
+def fleet_sample(row: Sequence[Any]) -> FleetSample:
+    """Return a FleetSample from a row of (at, the counts ...)."""
+    at, *counts = row
+    return FleetSample(datetime.fromisoformat(at), *(int(n) for n in counts))

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from edge_agent.protocol import INT64_MAX
 from hub.errors import Forbidden, InvalidRequest
 from hub.fleet import STATUS_FIELDS, merge_status
 from hub.store import sqlite_rows as rows
-from hub.store.records import EntryRow, SyncBatch
+from hub.store.records import EntryRow, PartsBound, SyncBatch
 
 JSON_STATUS_FIELDS = ("services", "counters")
 R = TypeVar("R", bound=Sequence[Any])
@@ -128,6 +129,23 @@ def status_update(
     if status.full:
         sets.append("has_full_status = 1")
     return sets, args
+
+
+class SyncBounds:
+    """The bounds of what a sync records besides its entries, the same attributes on
+    either store (``open_store`` sets them from the hub config)."""
+
+    action_result_max_bytes: int = 256 * 1024  # actions.max_result_bytes
+    action_parts_bound: PartsBound = PartsBound()  # actions.logs_max_lines, logs_max_bytes
+    contact_gap_s: float = 90.0  # fleet.online_after_s: a longer silence opens a new span
+    contact_max_spans: int = 500  # dashboard.contact_spans_per_device
+    contact_spans_trimmed: int = 0  # spans deleted to stay within contact_max_spans
+
+
+def extends_span(last_at: str, at: datetime, gap_s: float) -> bool:
+    """Return whether a contact at ``at`` extends the device's newest contact span (the
+    one last extended at ``last_at``) rather than opening a new one after a silence."""
+    return at - datetime.fromisoformat(last_at) <= timedelta(seconds=gap_s)
 
 
 # metrics samples (kept apart from events, bounded per device) -------------------------
