@@ -32,7 +32,15 @@ from edge_agent.signing import key_id
 from hub.auth import Permission
 from hub.context import HubContext, ctx
 from hub.errors import Conflict, InvalidRequest, NotFound
-from hub.operator_calls import Action, Body, audited, json_body, principal
+from hub.operator_calls import (
+    Action,
+    Body,
+    audited,
+    device_or_404,
+    group_or_404,
+    json_body,
+    principal,
+)
 from hub.route_access import visible_actions, visible_device_ids
 from hub.selector import matches, parse
 from hub.store import ActionRecord, DeviceRecord
@@ -173,8 +181,7 @@ async def queue_for_device(
         request, Permission.DEVICES_WRITE, "action.create", f"device:{device_id[:64]}"
     ) as act:
         req = parse_body(ActionRequest, await body())
-        if await hub.store.get_device(device_id) is None:
-            raise NotFound(f"no device {device_id!r}")
+        await device_or_404(hub, device_id)
         record, detail = _new_action(hub, device_id, req, act, None)
         await _queue(hub, act, [(record, detail)])
     return record
@@ -188,9 +195,7 @@ async def create_for_group(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     async with audited(request, Permission.DEVICES_WRITE, "action.create", f"group:{name}") as act:
         req = parse_body(ActionRequest, await json_body(request))
-        group = await hub.store.get_group(name)
-        if group is None:
-            raise NotFound(f"no group {name!r}")
+        group = await group_or_404(hub, name)
         members = _members(group.selector, await hub.store.list_devices())
         limit = hub.config.actions.max_group_devices
         if len(members) > limit:

@@ -25,9 +25,9 @@ from edge_agent.models import ENV_KEY_RE, NAME_RE
 from edge_agent.openapi import described
 from hub.auth import Permission
 from hub.context import HubContext, ctx
-from hub.errors import InvalidRequest, NotFound, OverrideConflict
+from hub.errors import InvalidRequest, OverrideConflict
 from hub.operator_api import device_view
-from hub.operator_calls import audited, json_body, principal
+from hub.operator_calls import audited, device_or_404, group_or_404, json_body, principal
 from hub.overrides import GroupOverrides, resolve_overrides
 from hub.route_access import check_new_tags, visible_groups
 from hub.selector import TAG_KEY_RE, TAG_VALUE_RE, Selector, matches, parse
@@ -173,9 +173,7 @@ async def show_device_env(request: web.Request) -> web.Response:
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device_id = request.match_info["device_id"]
-    device = await hub.store.get_device(device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id!r}")
+    device = await device_or_404(hub, device_id)
     own = await hub.store.get_device_overrides(device_id)
     groups = [g for g in await hub.store.list_groups() if matches(parse(g.selector), device.tags)]
     body: dict[str, Any] = {
@@ -242,20 +240,13 @@ async def list_groups(request: web.Request) -> web.Response:
     return web.json_response({"groups": views})
 
 
-async def _group_or_404(hub: HubContext, name: str) -> GroupRecord:
-    group = await hub.store.get_group(name)
-    if group is None:
-        raise NotFound(f"no group {name!r}")
-    return group
-
-
 @routes.get("/api/v1/groups/{name}")
 @described(errors=(404,))
 async def show_group(request: web.Request) -> web.Response:
     """Show a group with the devices whose tags match it now."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    group = await _group_or_404(hub, request.match_info["name"])
+    group = await group_or_404(hub, request.match_info["name"])
     return web.json_response(group_view(group, await hub.store.list_devices()))
 
 

@@ -20,8 +20,8 @@ from aiohttp import web
 from edge_agent.openapi import Query, described
 from hub.auth import Permission
 from hub.context import ctx
-from hub.errors import InvalidRequest, NotFound
-from hub.operator_calls import principal
+from hub.errors import InvalidRequest
+from hub.operator_calls import device_or_404, principal
 from hub.store import MetricsHistory, MetricsSample
 
 routes = web.RouteTableDef()
@@ -94,7 +94,6 @@ async def device_metrics(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     since = parse_since(request.query.get("since"))
     limit = parse_limit(request.query.get("limit"), hub.config.metrics.max_listed)
-    if await hub.store.get_device(device_id) is None:
-        raise NotFound(f"no device {device_id!r}")
+    await device_or_404(hub, device_id)
     history = await hub.store.list_metrics(device_id, since, limit)
     return web.json_response(history_view(device_id, history))

@@ -41,7 +41,16 @@ from hub.device_policy import policy_for_target
 from hub.errors import Conflict, InvalidRequest, NotFound
 from hub.fleet import connectivity, drift
 from hub.metrics_api import sample_view
-from hub.operator_calls import INT64_MAX, PAGE_QUERY, Body, audited, json_body, page, principal
+from hub.operator_calls import (
+    INT64_MAX,
+    PAGE_QUERY,
+    Body,
+    audited,
+    device_or_404,
+    json_body,
+    page,
+    principal,
+)
 from hub.route_access import visible_devices
 from hub.secret_refs import SECRET_BOX
 from hub.store import (
@@ -209,20 +218,13 @@ async def list_devices(request: web.Request) -> web.Response:
     return web.json_response({"devices": devices})
 
 
-async def _device_or_404(hub: HubContext, device_id: str) -> DeviceRecord:
-    device = await hub.store.get_device(device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id!r}")
-    return device
-
-
 @routes.get("/api/v1/devices/{device_id}")
 @described(errors=(404,))
 async def show_device(request: web.Request) -> web.Response:
     """Show one device."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
-    device = await _device_or_404(hub, request.match_info["device_id"])
+    device = await device_or_404(hub, request.match_info["device_id"])
     view = device_view(hub, device, hub.now())
     view["audit_chain"] = asdict(await hub.store.device_audit_chain(device.id))
     latest = await hub.store.latest_metrics(device.id)
@@ -238,7 +240,7 @@ async def show_target(request: web.Request) -> web.Response:
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device_id = request.match_info["device_id"]
-    await _device_or_404(hub, device_id)
+    await device_or_404(hub, device_id)
     record = await hub.store.get_target(device_id)
     if record is None:
         raise NotFound(f"device {device_id!r} has no target")
@@ -389,7 +391,7 @@ async def list_events(request: web.Request) -> web.Response:
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     device_id = request.match_info["device_id"]
-    await _device_or_404(hub, device_id)
+    await device_or_404(hub, device_id)
     after, limit = page(request, "after", hub.config.limits.max_events_page)
     events = await hub.store.list_events(device_id, after, limit)
     return web.json_response(

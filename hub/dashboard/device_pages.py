@@ -20,10 +20,10 @@ from hub.context import HubContext, ctx
 from hub.dashboard import fleet_view
 from hub.dashboard.pages import HTML, principal, render
 from hub.dashboard.plots import Series, contact_strip, line_chart
-from hub.errors import NotFound
 from hub.operator_api import device_view
+from hub.operator_calls import device_or_404
 from hub.route_access import visible_audit
-from hub.store import AuditCursor, AuditEntry, AuditQuery, DeviceRecord, MetricsSample
+from hub.store import AuditCursor, AuditEntry, AuditQuery, MetricsSample
 from hub.store.records import iso_utc
 
 routes = web.RouteTableDef()
@@ -32,13 +32,6 @@ AUDIT_SHOWN = 20
 AUDIT_DAYS = 7
 METRICS_SHOWN = 120
 SPANS_LISTED = 10  # the newest contact spans listed in words under the strips
-
-
-async def _device(hub: HubContext, device_id: str) -> DeviceRecord:
-    device = await hub.store.get_device(device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id!r}")
-    return device
 
 
 async def _target(hub: HubContext, device_id: str) -> dict[str, Any] | None:
@@ -59,7 +52,7 @@ async def _target(hub: HubContext, device_id: str) -> dict[str, Any] | None:
 async def live_values(request: web.Request) -> dict[str, Any]:
     """Return what the live part of the page shows: the device's current state."""
     hub = ctx(request)
-    device = await _device(hub, request.match_info["device_id"])
+    device = await device_or_404(hub, request.match_info["device_id"])
     view = device_view(hub, device, hub.now())
     report = await hub.store.device_host_report(device.id)
     return {
