@@ -135,6 +135,17 @@ def verdict(state: ChainState | None, parsed: list[ParsedRecord], i: int) -> str
     return judge(state, record, pending)
 
 
+def tally(counts: dict[str, int], record: DeviceRecord | None, reason: str | None) -> None:
+    """Count a newly stored record: verified (a chain record; a break if ``reason``) or
+    unverifiable."""
+    if record is None:
+        counts["unverifiable"] += 1
+        return
+    counts["verified"] += 1
+    if reason is not None:
+        counts["breaks"] += 1
+
+
 def chain_of(row: Sequence[Any] | None) -> tuple[ChainState | None, dict[str, int]]:
     """Return the chain position and counts of a ``device_audit_chain`` row (None: none
     yet) read as (last_id, last_hash, verified, unverifiable, breaks)."""
@@ -173,12 +184,11 @@ def observe(
         reason = verdict(state, parsed, i)
         if not _insert(db, device_id, seq, payload, at, reason):
             continue  # a re-delivered entry: judged when it first arrived
+        tally(counts, record, reason)
         if record is None:
-            counts["unverifiable"] += 1
             continue
-        counts["verified"] += 1
         if reason is not None:
-            _break(db, device_id, record.id, at, reason, counts)
+            _break(db, device_id, record.id, at, reason)
         state = next_state(state, record)
     _save(db, device_id, state, counts)
 
@@ -247,9 +257,7 @@ def _break(
     record_id: int,
     at: str,
     reason: str,
-    counts: dict[str, int],
 ) -> None:
-    counts["breaks"] += 1
     db.execute(
         "INSERT INTO device_audit_chain (device_id, last_id, last_hash, broken_id, broken_at, "
         "broken_reason) VALUES (?, 0, '', ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.actiondoc import RESULTS, next_state
 from edge_agent.protocol import StatusSnapshot
-from hub.device_audit import chain_of, chain_values, fresh_records, row_values, verdict
+from hub.device_audit import chain_of, chain_values, fresh_records, row_values, tally, verdict
 from hub.device_audit import next_state as next_chain_state
 from hub.drift import sighting_keys
 from hub.store import sqlite_rows as rows
@@ -107,12 +107,10 @@ async def observe_audit(
         reason = verdict(state, parsed, i)
         if not await _insert_record(conn, device_id, seq, payload, received, reason, feed_after):
             continue  # a re-delivered entry: judged when it first arrived
+        tally(counts, record, reason)
         if record is None:
-            counts["unverifiable"] += 1
             continue
-        counts["verified"] += 1
         if reason is not None:
-            counts["breaks"] += 1
             await conn.execute(
                 "INSERT INTO device_audit_chain (device_id, last_id, last_hash, broken_id, "
                 "broken_at, broken_reason) VALUES ($1, 0, '', $2, $3, $4) "
