@@ -21,7 +21,7 @@ from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, TeamRecord, UserRecord, UserTokenRecord
-from hub.store.sqlite_access import USER_COLUMNS, _token, _user
+from hub.store.sqlite_access import USER_COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -72,12 +72,12 @@ class PgAccessMixin:
     async def get_user(self, name: str) -> UserRecord | None:
         """Return the user called ``name``, or None."""
         found = await self._read(f"SELECT {USER_COLUMNS} FROM users WHERE name = $1", name)
-        return _user(tuple(found[0])) if found else None
+        return rows.user(tuple(found[0])) if found else None
 
     async def list_users(self) -> list[UserRecord]:
         """Return every user by name."""
         found = await self._read(f'SELECT {USER_COLUMNS} FROM users ORDER BY name COLLATE "C"')
-        return [_user(tuple(r)) for r in found]
+        return [rows.user(tuple(r)) for r in found]
 
     async def add_team(self, name: str, at: datetime, audit: AuditRecord) -> None:
         """Create a team (Conflict if the name is taken), with the audit row."""
@@ -196,7 +196,7 @@ class PgAccessMixin:
     async def get_user_token(self, token_id: str) -> UserTokenRecord | None:
         """Return the token with ``token_id``, or None."""
         found = await self._read(f"SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE id = $1", token_id)
-        return _token(tuple(found[0])) if found else None
+        return rows.user_token(tuple(found[0])) if found else None
 
     async def list_user_tokens(self, user: str) -> list[UserTokenRecord]:
         """Return a user's tokens, oldest first."""
@@ -205,7 +205,7 @@ class PgAccessMixin:
             'id COLLATE "C"',
             user,
         )
-        return [_token(tuple(r)) for r in found]
+        return [rows.user_token(tuple(r)) for r in found]
 
     async def revoke_user_token(self, user: str, token_id: str, audit: AuditRecord) -> None:
         """Revoke a user's token (idempotent; NotFound if it is not the user's)."""

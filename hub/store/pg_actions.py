@@ -22,7 +22,7 @@ from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import ActionPart, ActionRecord, AuditRecord, PartTotals
-from hub.store.sqlite_actions import COLUMNS, UNFINISHED, _record
+from hub.store.sqlite_actions import COLUMNS, UNFINISHED
 
 if TYPE_CHECKING:
     import asyncpg
@@ -99,7 +99,7 @@ class PgActionsMixin:
         async with self._tx() as conn:
             await _expire(conn, rows.ts(now))
             row = await conn.fetchrow(f"SELECT {COLUMNS} FROM actions WHERE id = $1", action_id)
-        return _record(tuple(row)) if row is not None else None
+        return rows.action(tuple(row)) if row is not None else None
 
     async def list_actions(
         self,
@@ -129,7 +129,7 @@ class PgActionsMixin:
                 *args,
                 limit,
             )
-        return [_record(tuple(r)) for r in found]
+        return [rows.action(tuple(r)) for r in found]
 
     async def take_actions(
         self, device_id: str, now: datetime, *, redeliver_before: datetime, limit: int
@@ -152,7 +152,7 @@ class PgActionsMixin:
                 *args,
                 limit,
             )
-        return [_record(tuple(r)) for r in found]
+        return [rows.action(tuple(r)) for r in found]
 
     async def has_queued_actions(self, device_id: str, now: datetime) -> bool:
         """Return whether an unexpired action waits to be delivered to the device."""

@@ -15,7 +15,7 @@ from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, DeviceRecord, EnvChange, GroupRecord
-from hub.store.sqlite_groups import GROUP_COLUMNS, _changed, _group
+from hub.store.sqlite_groups import GROUP_COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -78,12 +78,12 @@ class PgGroupsMixin:
     async def get_group(self, name: str) -> GroupRecord | None:
         """Return a group by name."""
         found = await self._read(SELECT_GROUP, name)
-        return _group(tuple(found[0])) if found else None
+        return rows.group(tuple(found[0])) if found else None
 
     async def list_groups(self) -> list[GroupRecord]:
         """Return every group, ordered by name."""
         found = await self._read(f'SELECT {GROUP_COLUMNS} FROM groups ORDER BY name COLLATE "C"')
-        return [_group(tuple(r)) for r in found]
+        return [rows.group(tuple(r)) for r in found]
 
     async def delete_group(self, name: str, audit: AuditRecord) -> None:
         """Delete a group and its overrides, with the audit row."""
@@ -102,14 +102,14 @@ class PgGroupsMixin:
             )
             if row is None:
                 raise checks.no_group(name)
-            new = rows.dumps(_changed(row[0], change))
+            new = rows.dumps(rows.changed_overrides(row[0], change))
             updated = await conn.fetchrow(
                 f"UPDATE groups SET overrides = $1 WHERE name = $2 RETURNING {GROUP_COLUMNS}",
                 new,
                 name,
             )
             await insert_audit(conn, audit)
-            return _group(tuple(updated))
+            return rows.group(tuple(updated))
 
     async def change_device_env(
         self, device_id: str, change: EnvChange, audit: AuditRecord
@@ -125,7 +125,7 @@ class PgGroupsMixin:
             current = await conn.fetchval(
                 "SELECT overrides FROM device_overrides WHERE device_id = $1", device_id
             )
-            new = _changed(current or "{}", change)
+            new = rows.changed_overrides(current or "{}", change)
             await conn.execute(
                 "INSERT INTO device_overrides VALUES ($1, $2) "
                 "ON CONFLICT (device_id) DO UPDATE SET overrides = excluded.overrides",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hub.store import sqlite_rows as rows
 from hub.store.records import MetricsHistory, MetricsSample
-from hub.store.sqlite_metrics import COLUMNS, _sample
+from hub.store.sqlite_metrics import COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -43,7 +43,9 @@ class PgMetricsMixin:
             device_id,
         )
         held, trimmed, oversize = tuple(state[0]) if state else (0, 0, 0)
-        return MetricsHistory([_sample(tuple(r)) for r in found], held, trimmed, oversize)
+        return MetricsHistory(
+            [rows.metrics_sample(tuple(r)) for r in found], held, trimmed, oversize
+        )
 
     async def latest_metrics(self, device_id: str) -> MetricsSample | None:
         """Return the device's newest sample."""
@@ -51,4 +53,4 @@ class PgMetricsMixin:
             f"SELECT {COLUMNS} FROM device_metrics WHERE device_id = $1 ORDER BY seq DESC LIMIT 1",
             device_id,
         )
-        return _sample(tuple(found[0])) if found else None
+        return rows.metrics_sample(tuple(found[0])) if found else None

@@ -19,7 +19,7 @@ from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, ReleaseRecord, SealedSecret
-from hub.store.sqlite_releases import COLUMNS, record
+from hub.store.sqlite_releases import COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -68,7 +68,7 @@ class PgReleasesMixin:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", RELEASES_LOCK)
             found = await conn.fetchrow(SELECT_ONE, release.name, release.version)
             if found is not None:
-                existing = record(tuple(found))
+                existing = rows.release(tuple(found))
                 checks.check_same_release(existing, release)
                 await insert_audit(conn, audit)
                 return existing, False
@@ -81,17 +81,17 @@ class PgReleasesMixin:
                 await upsert_secret(conn, sealed, rows.ts(secret_audit.at), secret_audit.actor)
                 await insert_audit(conn, secret_audit)
             await insert_audit(conn, audit)
-            return record(tuple(stored)), True
+            return rows.release(tuple(stored)), True
 
     async def get_release(self, name: str, version: str) -> ReleaseRecord | None:
         """Return a release by name and version."""
         found = await self._read(SELECT_ONE, name, version)
-        return record(tuple(found[0])) if found else None
+        return rows.release(tuple(found[0])) if found else None
 
     async def list_releases(self, after_id: int, limit: int) -> list[ReleaseRecord]:
         """Return releases with id > after_id, oldest first."""
         found = await self._read(SELECT_PAGE, after_id, limit)
-        return [record(tuple(r)) for r in found]
+        return [rows.release(tuple(r)) for r in found]
 
     async def retire_release(
         self, name: str, version: str, reason: str, audit: AuditRecord
@@ -101,7 +101,7 @@ class PgReleasesMixin:
             found = await conn.fetchrow(SELECT_ONE + " FOR UPDATE", name, version)
             if found is None:
                 raise NotFound(f"no release {name}@{version}")
-            existing = record(tuple(found))
+            existing = rows.release(tuple(found))
             checks.check_not_retired(existing)
             retired = await conn.fetchrow(
                 "UPDATE releases SET retired_at = $1, retired_by = $2, retired_reason = $3 "
@@ -112,4 +112,4 @@ class PgReleasesMixin:
                 existing.id,
             )
             await insert_audit(conn, audit)
-            return record(tuple(retired))
+            return rows.release(tuple(retired))

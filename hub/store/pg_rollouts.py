@@ -17,7 +17,7 @@ from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, RolloutRecord
-from hub.store.sqlite_rollouts import COLUMNS, _rollout
+from hub.store.sqlite_rollouts import COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -91,7 +91,7 @@ class PgRolloutsMixin:
     async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         """Return a rollout by id."""
         found = await self._read(f"SELECT {COLUMNS} FROM rollouts WHERE id = $1", rollout_id)
-        return _rollout(tuple(found[0])) if found else None
+        return rows.rollout(tuple(found[0])) if found else None
 
     async def list_rollouts(self, statuses: Sequence[str] | None = None) -> list[RolloutRecord]:
         """Return rollouts (only those in ``statuses`` if given), oldest first."""
@@ -105,7 +105,7 @@ class PgRolloutsMixin:
                 'ORDER BY created_at, id COLLATE "C"',
                 list(statuses),
             )
-        return [_rollout(tuple(r)) for r in found]
+        return [rows.rollout(tuple(r)) for r in found]
 
     async def rollout_counts(self) -> dict[str, int]:
         """Return status -> how many rollouts are in it."""

@@ -25,7 +25,7 @@ from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, SealedSecret, SecretRecord
 from hub.store.sqlite_secret_moves import RELEASE
-from hub.store.sqlite_secrets import COLUMNS, _record
+from hub.store.sqlite_secrets import COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -92,7 +92,7 @@ class PgSecretsMixin:
     async def list_secrets(self) -> list[SecretRecord]:
         """Return every secret's metadata, by name."""
         found = await self._read(f'SELECT {COLUMNS} FROM secrets ORDER BY name COLLATE "C"')
-        return [_record(tuple(r)) for r in found]
+        return [rows.secret(tuple(r)) for r in found]
 
     async def sealed_secrets(self, names: Sequence[str]) -> dict[str, SealedSecret]:
         """Return the sealed values of the named secrets that exist."""

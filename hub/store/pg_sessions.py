@@ -17,7 +17,7 @@ from hub.errors import StoreError
 from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import SessionRecord
-from hub.store.sqlite_sessions import COLUMNS, _record
+from hub.store.sqlite_sessions import COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -68,7 +68,7 @@ class PgSessionsMixin:
     async def get_session(self, id_hash: str) -> SessionRecord | None:
         """Return the session whose id hashes to ``id_hash``, or None."""
         found = await self._read(f"SELECT {COLUMNS} FROM ui_sessions WHERE id_hash = $1", id_hash)
-        return _record(tuple(found[0])) if found else None
+        return rows.session(tuple(found[0])) if found else None
 
     async def touch_session(self, id_hash: str, at: datetime) -> None:
         """Record that the session was used at ``at``."""

@@ -15,7 +15,7 @@ from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import insert_audit
 from hub.store.records import AuditRecord, TechnicianRecord
-from hub.store.sqlite_technicians import COLUMNS, _record
+from hub.store.sqlite_technicians import COLUMNS
 
 if TYPE_CHECKING:
     import asyncpg
@@ -57,7 +57,7 @@ class PgTechniciansMixin:
             'ORDER BY issued_at, id COLLATE "C"',
             rows.ts(now),
         )
-        return [_record(tuple(r)) for r in found]
+        return [rows.technician(tuple(r)) for r in found]
 
     async def revoke_technician(self, token_id: str, audit: AuditRecord) -> TechnicianRecord:
         """Mark a token revoked (idempotent), with the audit row; NotFound if unknown."""
@@ -73,7 +73,7 @@ class PgTechniciansMixin:
             if row is None:
                 raise NotFound(f"no technician token {token_id!r}")
             await insert_audit(conn, audit)
-            return _record(tuple(row))
+            return rows.technician(tuple(row))
 
     async def revoked_technicians(self, now: datetime) -> list[tuple[str, datetime]]:
         """Return (id, expires_at) of every revoked token that has not expired."""

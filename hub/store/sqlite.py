@@ -547,12 +547,12 @@ class SqliteStore(
     async def get_release(self, name: str, version: str) -> ReleaseRecord | None:
         """Return a release by name and version."""
         found = await self._read(sqlite_releases.SELECT_ONE, (name, version))
-        return sqlite_releases.record(found[0]) if found else None
+        return rows.release(found[0]) if found else None
 
     async def list_releases(self, after_id: int, limit: int) -> list[ReleaseRecord]:
         """Return releases with id > after_id, oldest first."""
         found = await self._read(sqlite_releases.SELECT_PAGE, (after_id, limit))
-        return [sqlite_releases.record(r) for r in found]
+        return [rows.release(r) for r in found]
 
     async def retire_release(
         self, name: str, version: str, reason: str, audit: AuditRecord

@@ -23,24 +23,6 @@ USER_COLUMNS = "name, created_at, created_by, disabled"
 TOKEN_COLUMNS = "id, user, secret_hash, created_at, expires_at, last_used_at, revoked_at"
 
 
-def _user(row: tuple[Any, ...]) -> UserRecord:
-    name, created, by, disabled = row
-    return UserRecord(name, datetime.fromisoformat(created), by, bool(disabled))
-
-
-def _token(row: tuple[Any, ...]) -> UserTokenRecord:
-    id_, user, secret_hash, created, expires, used, revoked = row
-    return UserTokenRecord(
-        id_,
-        user,
-        secret_hash,
-        datetime.fromisoformat(created),
-        rows.dt(expires),
-        rows.dt(used),
-        rows.dt(revoked),
-    )
-
-
 def _exists(db: sqlite3.Connection, table: str, name: str) -> bool:
     return db.execute(f"SELECT 1 FROM {table} WHERE name = ?", (name,)).fetchone() is not None
 
@@ -85,12 +67,13 @@ class AccessMixin:
     async def get_user(self, name: str) -> UserRecord | None:
         """Return the user called ``name``, or None."""
         found = await self._read(f"SELECT {USER_COLUMNS} FROM users WHERE name = ?", (name,))
-        return _user(found[0]) if found else None
+        return rows.user(found[0]) if found else None
 
     async def list_users(self) -> list[UserRecord]:
         """Return every user by name."""
         return [
-            _user(r) for r in await self._read(f"SELECT {USER_COLUMNS} FROM users ORDER BY name")
+            rows.user(r)
+            for r in await self._read(f"SELECT {USER_COLUMNS} FROM users ORDER BY name")
         ]
 
     async def add_team(self, name: str, at: datetime, audit: AuditRecord) -> None:
@@ -202,7 +185,7 @@ class AccessMixin:
         found = await self._read(
             f"SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE id = ?", (token_id,)
         )
-        return _token(found[0]) if found else None
+        return rows.user_token(found[0]) if found else None
 
     async def list_user_tokens(self, user: str) -> list[UserTokenRecord]:
         """Return a user's tokens, oldest first."""
@@ -210,7 +193,7 @@ class AccessMixin:
             f"SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE user = ? ORDER BY created_at, id",
             (user,),
         )
-        return [_token(r) for r in found]
+        return [rows.user_token(r) for r in found]
 
     async def revoke_user_token(self, user: str, token_id: str, audit: AuditRecord) -> None:
         """Revoke a user's token (idempotent; NotFound if it is not the user's)."""

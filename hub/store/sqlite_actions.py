@@ -31,28 +31,6 @@ COLUMNS = (
 UNFINISHED = "('queued', 'delivered')"
 
 
-def _record(row: tuple[Any, ...]) -> ActionRecord:
-    (id_, device, kind, args, by, created, expires, signed, state, state_at) = row[:10]
-    delivered, received, reason, result, group = row[10:]
-    return ActionRecord(
-        id_,
-        device,
-        kind,
-        json.loads(args),
-        by,
-        datetime.fromisoformat(created),
-        datetime.fromisoformat(expires),
-        signed,
-        state,
-        rows.dt(state_at),
-        rows.dt(delivered),
-        rows.dt(received),
-        reason,
-        rows.loads(result),
-        group,
-    )
-
-
 def _expire(db: sqlite3.Connection, now: str, device_id: str | None = None) -> None:
     """Mark unfinished actions past their expiry expired (by the state machine)."""
     where = f"state IN {UNFINISHED} AND expires_at <= ?"
@@ -111,7 +89,7 @@ class ActionsMixin(SyncBounds):
         """Return one action (past its expiry without a result: expired)."""
         await self._w.submit(lambda db: _expire(db, rows.ts(now)))
         found = await self._read(f"SELECT {COLUMNS} FROM actions WHERE id = ?", (action_id,))
-        return _record(found[0]) if found else None
+        return rows.action(found[0]) if found else None
 
     async def list_actions(
         self,
@@ -139,7 +117,7 @@ class ActionsMixin(SyncBounds):
             "ORDER BY created_at DESC, id LIMIT ?",
             (*args, limit),
         )
-        return [_record(r) for r in found]
+        return [rows.action(r) for r in found]
 
     async def take_actions(
         self, device_id: str, now: datetime, *, redeliver_before: datetime, limit: int
@@ -163,7 +141,7 @@ class ActionsMixin(SyncBounds):
                 "WHERE id = ?",
                 [(at, at, r[0]) for r in found],
             )
-            return [_record(r) for r in found]
+            return [rows.action(r) for r in found]
 
         return await self._w.submit(job)
 

@@ -7,10 +7,8 @@ change and its audit row are written in one transaction.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.overrides import change_env
 from hub.store import checks
 from hub.store import sqlite_rows as rows
 from hub.store.records import AuditRecord, DeviceRecord, EnvChange, GroupRecord
@@ -20,19 +18,6 @@ if TYPE_CHECKING:
 
 GROUP_COLUMNS = "name, selector, overrides, created_at, created_by"
 SELECT_DEVICE = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE id = ?"
-
-
-def _group(row: tuple[Any, ...]) -> GroupRecord:
-    name, selector, overrides, created_at, created_by = row
-    return GroupRecord(
-        name, selector, rows.loads(overrides), datetime.fromisoformat(created_at), created_by
-    )
-
-
-def _changed(overrides: str, change: EnvChange) -> dict[str, dict[str, str]]:
-    return change_env(
-        rows.loads(overrides), change.service, change.set_vars, change.unset, change.max_vars
-    )
 
 
 class GroupsMixin:
@@ -89,12 +74,12 @@ class GroupsMixin:
     async def get_group(self, name: str) -> GroupRecord | None:
         """Return a group by name."""
         found = await self._read(f"SELECT {GROUP_COLUMNS} FROM groups WHERE name = ?", (name,))
-        return _group(found[0]) if found else None
+        return rows.group(found[0]) if found else None
 
     async def list_groups(self) -> list[GroupRecord]:
         """Return every group, ordered by name."""
         found = await self._read(f"SELECT {GROUP_COLUMNS} FROM groups ORDER BY name")
-        return [_group(r) for r in found]
+        return [rows.group(r) for r in found]
 
     async def delete_group(self, name: str, audit: AuditRecord) -> None:
         """Delete a group and its overrides, with the audit row."""
@@ -115,11 +100,11 @@ class GroupsMixin:
             row = db.execute("SELECT overrides FROM groups WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise checks.no_group(name)
-            new = rows.dumps(_changed(row[0], change))
+            new = rows.dumps(rows.changed_overrides(row[0], change))
             db.execute("UPDATE groups SET overrides = ? WHERE name = ?", (new, name))
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
             select = f"SELECT {GROUP_COLUMNS} FROM groups WHERE name = ?"
-            return _group(db.execute(select, (name,)).fetchone())
+            return rows.group(db.execute(select, (name,)).fetchone())
 
         return await self._w.submit(job)
 
@@ -134,7 +119,7 @@ class GroupsMixin:
             row = db.execute(
                 "SELECT overrides FROM device_overrides WHERE device_id = ?", (device_id,)
             ).fetchone()
-            new = _changed(row[0] if row else "{}", change)
+            new = rows.changed_overrides(row[0] if row else "{}", change)
             db.execute(
                 "INSERT INTO device_overrides VALUES (?,?) "
                 "ON CONFLICT(device_id) DO UPDATE SET overrides = excluded.overrides",

@@ -11,7 +11,6 @@ not stored again.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -64,13 +63,6 @@ def save_metrics(
     )
 
 
-def _sample(row: tuple[Any, ...]) -> MetricsSample:
-    seq, at, received_at, sample = row
-    return MetricsSample(
-        seq, datetime.fromisoformat(at), datetime.fromisoformat(received_at), json.loads(sample)
-    )
-
-
 class MetricsMixin:
     """Device metrics history on SQLite."""
 
@@ -114,7 +106,7 @@ class MetricsMixin:
             (device_id,),
         )
         held, trimmed, oversize = state[0] if state else (0, 0, 0)
-        return MetricsHistory([_sample(r) for r in found], held, trimmed, oversize)
+        return MetricsHistory([rows.metrics_sample(r) for r in found], held, trimmed, oversize)
 
     async def latest_metrics(self, device_id: str) -> MetricsSample | None:
         """Return the device's newest sample."""
@@ -122,4 +114,4 @@ class MetricsMixin:
             f"SELECT {COLUMNS} FROM device_metrics WHERE device_id = ? ORDER BY seq DESC LIMIT 1",
             (device_id,),
         )
-        return _sample(found[0]) if found else None
+        return rows.metrics_sample(found[0]) if found else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 from hub.errors import NotFound
 from hub.store import checks
@@ -20,25 +19,6 @@ SELECT_ONE = f"SELECT {COLUMNS} FROM releases WHERE name = ? AND version = ?"
 SELECT_PAGE = f"SELECT {COLUMNS} FROM releases WHERE id > ? ORDER BY id LIMIT ?"
 
 
-def record(row: tuple[Any, ...]) -> ReleaseRecord:
-    """Return a release row as a record."""
-    rid, name, version, document, source, images, created_at, created_by = row[:8]
-    retired_at, retired_by, retired_reason = row[8:]
-    return ReleaseRecord(
-        name,
-        version,
-        document,
-        source,
-        rows.loads(images) or [],
-        rows.dt(created_at),  # type: ignore[arg-type]
-        created_by,
-        rows.dt(retired_at),
-        retired_by,
-        retired_reason,
-        rid,
-    )
-
-
 def create(
     db: sqlite3.Connection,
     release: ReleaseRecord,
@@ -52,7 +32,7 @@ def create(
     """
     found = db.execute(SELECT_ONE, (release.name, release.version)).fetchone()
     if found is not None:
-        existing = record(found)
+        existing = rows.release(found)
         checks.check_same_release(existing, release)
         db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
         return existing, False
@@ -66,7 +46,7 @@ def create(
         db.execute(rows.INSERT_AUDIT, rows.audit_args(secret_audit))
     db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
     stored = db.execute(SELECT_ONE, (release.name, release.version)).fetchone()
-    return record(stored), True
+    return rows.release(stored), True
 
 
 def retire(
@@ -76,11 +56,11 @@ def retire(
     found = db.execute(SELECT_ONE, (name, version)).fetchone()
     if found is None:
         raise NotFound(f"no release {name}@{version}")
-    existing = record(found)
+    existing = rows.release(found)
     checks.check_not_retired(existing)
     db.execute(
         "UPDATE releases SET retired_at = ?, retired_by = ?, retired_reason = ? WHERE id = ?",
         (rows.ts(audit.at), audit.actor, reason, existing.id),
     )
     db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
-    return record(db.execute(SELECT_ONE, (name, version)).fetchone())
+    return rows.release(db.execute(SELECT_ONE, (name, version)).fetchone())

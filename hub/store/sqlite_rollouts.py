@@ -22,20 +22,6 @@ if TYPE_CHECKING:
 COLUMNS = "id, release, spec, state, status, created_at, created_by, updated_at"
 
 
-def _rollout(row: tuple[Any, ...]) -> RolloutRecord:
-    rid, release, spec, state, status, created_at, created_by, updated_at = row
-    return RolloutRecord(
-        rid,
-        release,
-        spec,
-        state,
-        status,
-        datetime.fromisoformat(created_at),
-        created_by,
-        datetime.fromisoformat(updated_at),
-    )
-
-
 def _save(db: sqlite3.Connection, saved: RolloutRecord, expected_updated_at: datetime) -> None:
     changed = db.execute(
         "UPDATE rollouts SET state = ?, status = ?, updated_at = ? WHERE id = ? AND updated_at = ?",
@@ -100,7 +86,7 @@ class RolloutsMixin:
     async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         """Return a rollout by id."""
         found = await self._read(f"SELECT {COLUMNS} FROM rollouts WHERE id = ?", (rollout_id,))
-        return _rollout(found[0]) if found else None
+        return rows.rollout(found[0]) if found else None
 
     async def list_rollouts(self, statuses: Sequence[str] | None = None) -> list[RolloutRecord]:
         """Return rollouts (only those in ``statuses`` if given), oldest first."""
@@ -112,4 +98,4 @@ class RolloutsMixin:
                 f"SELECT {COLUMNS} FROM rollouts WHERE status IN ({marks}) ORDER BY created_at, id",
                 tuple(statuses),
             )
-        return [_rollout(r) for r in found]
+        return [rows.rollout(r) for r in found]

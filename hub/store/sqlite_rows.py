@@ -8,17 +8,25 @@ from datetime import datetime
 from typing import Any
 
 from hub.audit_chain import redact
+from hub.overrides import change_env
 from hub.store.records import (
     ActionRecord,
     AuditRecord,
     DeviceRecord,
     EnrollmentTokenRecord,
+    EnvChange,
     EventRecord,
     FleetSample,
+    GroupRecord,
+    MetricsSample,
     ReleaseRecord,
     RolloutRecord,
+    SecretRecord,
+    SessionRecord,
     TeamRecord,
     TechnicianRecord,
+    UserRecord,
+    UserTokenRecord,
     iso_utc,
 )
 
@@ -258,3 +266,145 @@ def fleet_sample(row: Sequence[Any]) -> FleetSample:
     """Return a FleetSample from a row of (at, the counts ...)."""
     at, *counts = row
     return FleetSample(datetime.fromisoformat(at), *(int(n) for n in counts))
+
+
+def user_token(row: tuple[Any, ...]) -> UserTokenRecord:
+    """Return a UserTokenRecord from a row of sqlite_access.TOKEN_COLUMNS."""
+    id_, user, secret_hash, created, expires, used, revoked = row
+    return UserTokenRecord(
+        id_,
+        user,
+        secret_hash,
+        datetime.fromisoformat(created),
+        dt(expires),
+        dt(used),
+        dt(revoked),
+    )
+
+
+def user(row: tuple[Any, ...]) -> UserRecord:
+    """Return a UserRecord from a row of sqlite_access.USER_COLUMNS."""
+    name, created, by, disabled = row
+    return UserRecord(name, datetime.fromisoformat(created), by, bool(disabled))
+
+
+def group(row: tuple[Any, ...]) -> GroupRecord:
+    """Return a GroupRecord from a row of sqlite_groups.GROUP_COLUMNS."""
+    name, selector, overrides, created_at, created_by = row
+    return GroupRecord(
+        name, selector, loads(overrides), datetime.fromisoformat(created_at), created_by
+    )
+
+
+def changed_overrides(overrides: str, change: EnvChange) -> dict[str, dict[str, str]]:
+    """Return stored overrides (JSON text) with ``change`` applied (hub.overrides.change_env)."""
+    return change_env(
+        loads(overrides), change.service, change.set_vars, change.unset, change.max_vars
+    )
+
+
+def metrics_sample(row: tuple[Any, ...]) -> MetricsSample:
+    """Return a MetricsSample from a row of sqlite_metrics.COLUMNS."""
+    seq, at, received_at, sample = row
+    return MetricsSample(
+        seq, datetime.fromisoformat(at), datetime.fromisoformat(received_at), json.loads(sample)
+    )
+
+
+def rollout(row: tuple[Any, ...]) -> RolloutRecord:
+    """Return a RolloutRecord from a row of sqlite_rollouts.COLUMNS."""
+    rid, release, spec, state, status, created_at, created_by, updated_at = row
+    return RolloutRecord(
+        rid,
+        release,
+        spec,
+        state,
+        status,
+        datetime.fromisoformat(created_at),
+        created_by,
+        datetime.fromisoformat(updated_at),
+    )
+
+
+def secret(row: tuple[Any, ...]) -> SecretRecord:
+    """Return a secret's metadata from a row of sqlite_secrets.COLUMNS."""
+    name, key_id, created_at, created_by, updated_at, updated_by = row
+    return SecretRecord(
+        name,
+        key_id,
+        datetime.fromisoformat(created_at),
+        created_by,
+        datetime.fromisoformat(updated_at),
+        updated_by,
+    )
+
+
+def session(row: tuple[Any, ...]) -> SessionRecord:
+    """Return a SessionRecord from a row of sqlite_sessions.COLUMNS."""
+    id_hash, principal, token_id, csrf, created, seen = row
+    return SessionRecord(
+        id_hash,
+        principal,
+        token_id,
+        csrf,
+        datetime.fromisoformat(created),
+        datetime.fromisoformat(seen),
+    )
+
+
+def technician(row: tuple[Any, ...]) -> TechnicianRecord:
+    """Return a TechnicianRecord from a row of sqlite_technicians.COLUMNS."""
+    id_, name, role, scope, issued, expires, by, revoked_at, revoked_by = row
+    return TechnicianRecord(
+        id_,
+        name,
+        role,
+        scope,
+        datetime.fromisoformat(issued),
+        datetime.fromisoformat(expires),
+        by,
+        dt(revoked_at),
+        revoked_by,
+    )
+
+
+def action(row: tuple[Any, ...]) -> ActionRecord:
+    """Return an ActionRecord from a row of sqlite_actions.COLUMNS."""
+    (id_, device, kind, args, by, created, expires, signed, state, state_at) = row[:10]
+    delivered, received, reason, result, group = row[10:]
+    return ActionRecord(
+        id_,
+        device,
+        kind,
+        json.loads(args),
+        by,
+        datetime.fromisoformat(created),
+        datetime.fromisoformat(expires),
+        signed,
+        state,
+        dt(state_at),
+        dt(delivered),
+        dt(received),
+        reason,
+        loads(result),
+        group,
+    )
+
+
+def release(row: tuple[Any, ...]) -> ReleaseRecord:
+    """Return a release row as a record."""
+    rid, name, version, document, source, images, created_at, created_by = row[:8]
+    retired_at, retired_by, retired_reason = row[8:]
+    return ReleaseRecord(
+        name,
+        version,
+        document,
+        source,
+        loads(images) or [],
+        dt(created_at),  # type: ignore[arg-type]
+        created_by,
+        dt(retired_at),
+        retired_by,
+        retired_reason,
+        rid,
+    )

@@ -25,18 +25,6 @@ if TYPE_CHECKING:
 COLUMNS = "name, key_id, created_at, created_by, updated_at, updated_by"
 
 
-def _record(row: tuple[Any, ...]) -> SecretRecord:
-    name, key_id, created_at, created_by, updated_at, updated_by = row
-    return SecretRecord(
-        name,
-        key_id,
-        datetime.fromisoformat(created_at),
-        created_by,
-        datetime.fromisoformat(updated_at),
-        updated_by,
-    )
-
-
 def _upsert(db: sqlite3.Connection, s: SealedSecret, at: str, by: str) -> bool:
     """Store one sealed value; return whether the name is new."""
     found = db.execute("SELECT 1 FROM secrets WHERE name = ?", (s.name,)).fetchone()
@@ -93,7 +81,7 @@ class SecretsMixin:
     async def list_secrets(self) -> list[SecretRecord]:
         """Return every secret's metadata, by name."""
         found = await self._read(f"SELECT {COLUMNS} FROM secrets ORDER BY name")
-        return [_record(r) for r in found]
+        return [rows.secret(r) for r in found]
 
     async def sealed_secrets(self, names: Sequence[str]) -> dict[str, SealedSecret]:
         """Return the sealed values of the named secrets that exist."""

@@ -23,18 +23,6 @@ if TYPE_CHECKING:
 COLUMNS = "id_hash, principal, token_id, csrf, created_at, last_seen_at"
 
 
-def _record(row: tuple[Any, ...]) -> SessionRecord:
-    id_hash, principal, token_id, csrf, created, seen = row
-    return SessionRecord(
-        id_hash,
-        principal,
-        token_id,
-        csrf,
-        datetime.fromisoformat(created),
-        datetime.fromisoformat(seen),
-    )
-
-
 class SessionsMixin:
     """Dashboard sessions and activity reads on SQLite."""
 
@@ -77,7 +65,7 @@ class SessionsMixin:
     async def get_session(self, id_hash: str) -> SessionRecord | None:
         """Return the session whose id hashes to ``id_hash``, or None."""
         found = await self._read(f"SELECT {COLUMNS} FROM ui_sessions WHERE id_hash = ?", (id_hash,))
-        return _record(found[0]) if found else None
+        return rows.session(found[0]) if found else None
 
     async def touch_session(self, id_hash: str, at: datetime) -> None:
         """Record that the session was used at ``at``."""

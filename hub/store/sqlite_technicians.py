@@ -23,21 +23,6 @@ if TYPE_CHECKING:
 COLUMNS = "id, name, role, scope, issued_at, expires_at, created_by, revoked_at, revoked_by"
 
 
-def _record(row: tuple[Any, ...]) -> TechnicianRecord:
-    id_, name, role, scope, issued, expires, by, revoked_at, revoked_by = row
-    return TechnicianRecord(
-        id_,
-        name,
-        role,
-        scope,
-        datetime.fromisoformat(issued),
-        datetime.fromisoformat(expires),
-        by,
-        rows.dt(revoked_at),
-        revoked_by,
-    )
-
-
 class TechniciansMixin:
     """Technician tokens on SQLite."""
 
@@ -72,7 +57,7 @@ class TechniciansMixin:
             f"SELECT {COLUMNS} FROM technician_tokens WHERE expires_at > ? ORDER BY issued_at, id",
             (rows.ts(now),),
         )
-        return [_record(r) for r in found]
+        return [rows.technician(r) for r in found]
 
     async def revoke_technician(self, token_id: str, audit: AuditRecord) -> TechnicianRecord:
         """Mark a token revoked (idempotent), with the audit row; NotFound if unknown."""
@@ -90,7 +75,7 @@ class TechniciansMixin:
             if row is None:
                 raise NotFound(f"no technician token {token_id!r}")
             db.execute(rows.INSERT_AUDIT, rows.audit_args(audit))
-            return _record(row)
+            return rows.technician(row)
 
         return await self._w.submit(job)
 
