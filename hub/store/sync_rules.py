@@ -1,10 +1,11 @@
 """The sync ingest's rules, the same on both stores (no SQL, no I/O).
 
-``hub.store.sqlite`` and ``hub.store.pg_sync`` read and write the rows; what a batch
-does to them is decided here: who may sync, where a store generation's seqs live among
-the hub's, which entries are taken, how the ack advances, and how the status merges.
-SET clauses are written with ``?`` placeholders (PostgreSQL numbers them with
-``pg_core.dollar``).
+``hub.store.sqlite`` and ``hub.store.pg_sync`` (with their side-record modules) read and
+write the rows; what a batch does to them is decided here: who may sync, where a store
+generation's seqs live among the hub's, which entries are taken, how the ack advances,
+how the status merges, which metrics samples are kept, what an action update changes,
+when a contact extends a span, and the bounds of it all (``SyncBounds``). SET clauses
+are written with ``?`` placeholders (PostgreSQL numbers them with ``pg_core.dollar``).
 """
 
 from __future__ import annotations
