@@ -28,6 +28,9 @@ skip=(test_store_backends.py test_store_backends_access.py test_store_backends_p
       test_registry.py test_registry_token.py test_hub_units.py)
 ignore=()
 for f in "${skip[@]}"; do ignore+=(--ignore "tests/hub/$f"); done
+# SQLite-only (it rewrites a hub.db as a hub before migration 19 wrote it; the test says so
+# in its skipif): deselected rather than reported as skipped.
+ignore+=(--deselect "tests/hub/test_secret_moves.py::test_clear_registry_passwords_stored_before_the_secret_store_are_moved_at_start")
 start=$(date +%s)
 EDGEFLEET_TEST_STORE=postgres "$PY" -m pytest -q -p no:cacheprovider --durations=10 \
     "${ignore[@]}" tests/hub || rc=$?
