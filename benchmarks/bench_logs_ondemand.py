@@ -94,8 +94,10 @@ def remote_read(hub: HubProcess, device_id: str, want: int) -> tuple[float, floa
             count += len(part["lines"])
         after = page["next"]
         if page["action"]["state"] in ("succeeded", "failed", "expired", "refused"):
-            if not page["parts"]:
+            if not page["parts"] and not page.get("pending"):
                 break
+            if not page["parts"]:
+                time.sleep(POLL_S)
         elif not page["parts"]:
             time.sleep(POLL_S)
     took = time.perf_counter() - started

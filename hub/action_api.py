@@ -41,6 +41,7 @@ from hub.operator_calls import (
     json_body,
     principal,
 )
+from hub.part_order import readable_parts
 from hub.route_access import visible_actions, visible_device_ids
 from hub.selector import matches, parse
 from hub.store import ActionRecord, DeviceRecord
@@ -312,7 +313,8 @@ def _int_query(request: web.Request, name: str, default: int, top: int) -> int:
     errors=(404,),
 )
 async def action_parts(request: web.Request) -> web.Response:
-    """Show an action's state and its result parts numbered above ``after``, in order."""
+    """Show an action's state and its result parts numbered on from ``after`` without a
+    gap, in order; ``pending``: a part is still owed (hub.part_order), ask again."""
     principal(request, Permission.DEVICES_READ)
     hub = ctx(request)
     action_id = _action_id(request)
@@ -321,12 +323,23 @@ async def action_parts(request: web.Request) -> web.Response:
     record = await hub.store.get_action(action_id, hub.now())
     if record is None:
         raise NotFound(f"no action {action_id!r}")
-    parts, totals = await hub.store.list_action_parts(action_id, after=after, limit=limit)
+    stored, totals = await hub.store.list_action_parts(action_id, after=after, limit=limit)
+    parts, pending = readable_parts(
+        stored,
+        after,
+        state=record.state,
+        state_at=record.state_at,
+        result=record.result,
+        now=hub.now(),
+        grace_s=hub.config.actions.parts_gap_grace_s,
+        full_page=len(stored) >= limit,
+    )
     return web.json_response(
         {
             "action": action_view(record),
             "parts": [{"part": p.part, "lines": p.lines} for p in parts],
             "next": parts[-1].part if parts else after,
+            "pending": pending,
             "totals": {
                 "parts": totals.parts,
                 "lines": totals.lines,

@@ -266,6 +266,9 @@ class ActionsConfig(_Section):
     # counted as cut); the byte bound is also the one the device stops sending at
     logs_max_lines: int = Field(100_000, ge=1, le=10_000_000)
     logs_max_bytes: int = Field(8 * 2**20, ge=1024, le=256 * 2**20)
+    # a part missing between stored ones (or after the final result) is waited for this
+    # long before readers are shown what follows it (hub.part_order)
+    parts_gap_grace_s: float = Field(60.0, gt=0, le=3600)
 
 
 class LogPolicyConfig(_Section):

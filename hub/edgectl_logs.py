@@ -90,7 +90,9 @@ def pages(call: Call, action_id: str) -> Iterator[dict[str, Any]]:
         page = call("GET", f"/api/v1/actions/{quoted}/parts?after={after}&limit=100")
         yield page
         after = page["next"]
-        if page["action"]["state"] in FINAL and not page["parts"]:
+        # pending: a part the device sent is not stored yet (batches may arrive out of
+        # order); the hub shows the parts after it once it is (hub.part_order)
+        if page["action"]["state"] in FINAL and not page["parts"] and not page.get("pending"):
             return
         if not page["parts"]:
             time.sleep(POLL_S)

@@ -150,6 +150,35 @@ async def test_a_result_for_another_devices_action_changes_nothing(
     assert hub._call("GET", f"/api/v1/actions/{action['id']}", None)["state"] == "delivered"
 
 
+async def test_parts_stored_out_of_order_are_read_in_order_and_none_is_skipped(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    # An agent has two sync requests on the wire at once: the hub may store the later
+    # batch (part 2 and the final result) before the earlier one (part 1).
+    identity = await enroll_device(hub, tmp_path / "d")
+    action = queue(hub, identity.device_id, "logs", args={"service": "web"})
+    await sync(hub, identity, FEATURES)
+    path = f"/api/v1/actions/{action['id']}/parts"
+    done = {"ended": "end", "parts": 2, "lines": 3, "bytes": 9}
+    later = [
+        result_entry(3, action["id"], "part", part=2, lines=["c"]),
+        result_entry(4, action["id"], "succeeded", result=done),
+    ]
+    await sync(hub, identity, FEATURES, later)
+    page = hub._call("GET", f"{path}?after=0", None)
+    assert page["action"]["state"] == "succeeded" and page["totals"]["parts"] == 1
+    assert (page["parts"], page["next"], page["pending"]) == ([], 0, True)
+    earlier = [
+        result_entry(1, action["id"], "received"),
+        result_entry(2, action["id"], "part", part=1, lines=["a", "b"]),
+    ]
+    await sync(hub, identity, FEATURES, earlier)
+    page = hub._call("GET", f"{path}?after=0", None)
+    assert [p["part"] for p in page["parts"]] == [1, 2] and page["pending"] is False
+    assert [line for p in page["parts"] for line in p["lines"]] == ["a", "b", "c"]
+    assert hub._call("GET", f"{path}?after=2", None)["pending"] is False
+
+
 async def test_the_long_poll_returns_when_an_action_is_queued_only_for_agents_reading_it(
     hub: HubProcess, tmp_path: Path
 ) -> None:

@@ -64,7 +64,7 @@ def parts(hub: HubProcess, action_id: str, after: int = 0) -> dict[str, Any]:
 async def answered(hub: HubProcess, action_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
     """Wait for the action to finish; return its last page with every part's lines."""
     page = await until(
-        lambda: (p := parts(hub, action_id))["action"]["state"] in FINAL and p,
+        lambda: (p := parts(hub, action_id))["action"]["state"] in FINAL and not p["pending"] and p,
         timeout_s,
         f"action {action_id} to finish",
     )
