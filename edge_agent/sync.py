@@ -111,6 +111,12 @@ class SyncResult:
     targets: list[int] = field(default_factory=list)
 
 
+# Entry kinds the hub judges in the order they were written (a device audit chain: a
+# record stored before an earlier one reads as a gap). Two requests on the wire may be
+# stored in either order, so a batch holding one travels alone.
+ORDERED_KINDS = frozenset({"audit"})
+
+
 @dataclass
 class _Flight:
     """One sync request on the wire and what it carries."""
@@ -121,6 +127,9 @@ class _Flight:
     raw_bytes: int
     status_doc: dict[str, object] | None  # the report it carries, if any
     lines: bool = False  # its body is in the lines format
+    # It carries audit records: sent only once every earlier request is answered, and no
+    # later one is sent before its answer (ORDERED_KINDS).
+    ordered: bool = False
     wire_bytes: int = 0  # set once compressed (by its task)
     task: asyncio.Task[SyncResponse] = field(init=False)
 
@@ -372,7 +381,7 @@ class Syncer:
                 and len(flights) < launched_max
                 and result.rounds < self.limits.max_rounds
             ):
-                flight = await self._launch(cursor, first=result.rounds == 0, alone=not flights)
+                flight = await self._launch(cursor, flights, first=result.rounds == 0)
                 if flight is None:
                     exhausted = True
                     break
@@ -405,8 +414,10 @@ class Syncer:
             if resp.want_full_status:
                 exhausted = False
 
-    async def _launch(self, cursor: int, *, first: bool, alone: bool) -> _Flight | None:
-        """Read the next batch after ``cursor`` and send it; None if there is nothing to send."""
+    async def _launch(self, cursor: int, flights: deque[_Flight], *, first: bool) -> _Flight | None:
+        """Read the next batch after ``cursor`` and send it (after ``flights``' answers where
+        order matters: ORDERED_KINDS); None if there is nothing to send."""
+        alone = not flights
         lim = self.limits
         rows = await self.store.pending_raw(
             max_entries=self._batch_n, max_bytes=lim.batch_max_bytes, after=cursor
@@ -429,19 +440,25 @@ class Syncer:
             raw_bytes=len(body),
             status_doc=doc if status is not None else None,
             lines=lines,
+            ordered=any(row[1] in ORDERED_KINDS for row in rows),
         )
+        before = [f.task for f in flights if flight.ordered or f.ordered]
         # Compressed by the flight's own task: the pump settles the previous answer (the
         # store's ack) while this batch is compressed on a thread, not after it.
-        flight.task = asyncio.create_task(self._compress_and_send(flight, body))
+        flight.task = asyncio.create_task(self._compress_and_send(flight, body, before))
         return flight
 
-    async def _compress_and_send(self, flight: _Flight, body: bytes) -> SyncResponse:
+    async def _compress_and_send(
+        self, flight: _Flight, body: bytes, before: list[asyncio.Task[SyncResponse]]
+    ) -> SyncResponse:
         level = self.limits.gzip_level
         if len(body) > 64 * 1024:
             body_gz = await asyncio.to_thread(gzip.compress, body, level, mtime=0)
         else:
             body_gz = gzip.compress(body, level, mtime=0)
         flight.wire_bytes = len(body_gz)
+        if before:  # answered (or failed: the pump then cancels this one) before it leaves
+            await asyncio.wait(before)
         async with self._wire:  # sent once fewer than ``window`` requests are on the wire
             if flight.lines:
                 return await self.client.sync(body_gz, lines=True)

@@ -4,6 +4,8 @@ records delivered twice, are not. The real store and syncer against a real hub p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from hubproc import HubProcess
 from synckit import enroll_device, open_device
 
 from edge_agent.outbox import AuditRow
+from edge_agent.protocol import SyncResponse
+from edge_agent.sync import SyncLimits
 from hub.device_audit import ChainState, DeviceRecord, chain_hash, judge
 
 
@@ -94,6 +98,49 @@ async def test_honest_device_chain_not_flagged_even_when_redelivered(
     listed = _listed(hub, device_id)
     assert [r["record_id"] for r in listed] == [1, 2, 3, 4, 5]
     assert all(r["chain_broken"] is None and r["source"] == "device" for r in listed)
+
+
+async def test_audit_records_in_batches_on_the_wire_together_are_stored_in_order(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    """Two requests on the wire may be stored in either order; a later batch of audit
+    records stored first read as a gap in the chain (a false break). A batch holding
+    audit records now leaves only once every earlier one is answered, and none after it
+    before its answer."""
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(hub, data, n=6)
+    dev = await open_device(data, limits=SyncLimits(batch_max_entries=2, window=2))
+    client_sync = dev.syncer.client.sync
+    calls = 0
+    second_answered = asyncio.Event()
+    order: list[str] = []
+
+    async def sync(body_gz: bytes, *, lines: bool = False) -> SyncResponse:
+        nonlocal calls
+        calls += 1
+        mine = calls
+        order.append(f"sent {mine}")
+        if mine == 1:
+            # The first batch is held back: a second request sent meanwhile (the defect)
+            # would be answered, and stored, first. Waits for it up to 2 s.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(second_answered.wait(), 2.0)
+        resp = await client_sync(body_gz, lines=lines)
+        order.append(f"answered {mine}")
+        if mine == 2:
+            second_answered.set()
+        return resp
+
+    dev.syncer.client.sync = sync  # type: ignore[method-assign]
+    try:
+        result = await dev.syncer.sync_once()
+    finally:
+        await dev.close()
+    assert result.drained and result.sent == 6 and calls >= 3
+    chain = _chain(hub, device_id)
+    assert chain["broken_id"] is None and chain["breaks"] == 0, chain
+    assert chain["verified"] == 6 and chain["last_id"] == 6
+    assert order.index("sent 2") > order.index("answered 1"), order
 
 
 async def test_altered_device_record_flagged_at_hub(hub: HubProcess, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ async def test_a_batch_is_compressed_by_its_flight_not_before_the_pump_can_settl
         ]
         await dev.store.append_many("log", lines)
         await dev.syncer.gate.load()
-        flight = await dev.syncer._launch(0, first=True, alone=False)
+        flight = await dev.syncer._launch(0, deque(), first=True)
         assert flight is not None and flight.entries == 2000
         assert flight.wire_bytes == 0, "compressed before the launch returned"
         resp = await flight.task
