@@ -47,8 +47,8 @@ class SideBounds:
     """The bounds a batch's side records are kept within (the hub config's)."""
 
     metrics: MetricsBound = field(default_factory=MetricsBound)
-    max_result_bytes: int = 256 * 1024
-    parts: PartsBound = field(default_factory=PartsBound)
+    max_result_bytes: int = SyncBounds.action_result_max_bytes
+    parts: PartsBound = SyncBounds.action_parts_bound
 
 
 class PgIngestSideMixin(SyncBounds):
