@@ -179,6 +179,30 @@ async def test_parts_stored_out_of_order_are_read_in_order_and_none_is_skipped(
     assert hub._call("GET", f"{path}?after=2", None)["pending"] is False
 
 
+async def test_a_gap_older_than_the_configured_grace_is_read_past(tmp_path: Path) -> None:
+    """actions.parts_gap_grace_s: a part still missing after it is taken as dropped by
+    the device, and the parts after it are shown (here the grace is 1 ms)."""
+    hub = HubProcess(tmp_path / "hub", EDGE_HUB_ACTIONS_PARTS_GAP_GRACE_S="0.001").start()
+    try:
+        identity = await enroll_device(hub, tmp_path / "d")
+        action = queue(hub, identity.device_id, "logs", args={"service": "web"})
+        await sync(hub, identity, FEATURES)
+        done = {"ended": "end", "parts": 2, "lines": 2, "bytes": 4}
+        await sync(
+            hub,
+            identity,
+            FEATURES,
+            [
+                result_entry(1, action["id"], "part", part=2, lines=["b"]),
+                result_entry(2, action["id"], "succeeded", result=done),
+            ],
+        )
+        page = hub._call("GET", f"/api/v1/actions/{action['id']}/parts?after=0", None)
+        assert [p["part"] for p in page["parts"]] == [2] and page["pending"] is False
+    finally:
+        hub.stop()
+
+
 async def test_the_long_poll_returns_when_an_action_is_queued_only_for_agents_reading_it(
     hub: HubProcess, tmp_path: Path
 ) -> None:
