@@ -64,10 +64,15 @@ class LogBatch:
     more: bool = False  # a bound stopped the read: more matching rows may follow
 
 
+# One encoder for every compact dump on the log path: ``json.dumps`` with any keyword
+# builds a new encoder per call (~2 us of a line's ~25 us).
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def local_row(payload: dict[str, Any]) -> tuple[str, float, str, str, str | None, int]:
     """Return a log payload as (service, ts, stream, line, extra JSON, bytes)."""
     extra = {k: v for k, v in payload.items() if k not in _CORE}
-    extra_json = json.dumps(extra, separators=(",", ":")) if extra else None
+    extra_json = compact_json(extra) if extra else None
     line = str(payload.get("line", ""))
     nbytes = len(line.encode()) + len(extra_json or "") + _ROW_OVERHEAD
     ts = float(payload.get("ts") or 0.0)

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ import aiosqlite
 from edge_agent.audit import chain_hash
 from edge_agent.errors import StoreError
 from edge_agent.logpolicy import ShipPolicy
-from edge_agent.logstore import LOCAL, LogLimits
+from edge_agent.logstore import LOCAL, LogLimits, compact_json
 from edge_agent.protocol import OutboxEntry, OutboxKind
 
 
@@ -146,7 +146,7 @@ class OutboxMixin:
         if kind in ("audit", "dropped"):
             raise StoreError(f"{kind} records are written by the store itself")
         now = utc_now()
-        rows = [(kind, now, json.dumps(p, separators=(",", ":"))) for p in payloads]
+        rows = [(kind, now, compact_json(p)) for p in payloads]
         if not rows:
             return []
         if kind == "log" and self._free_disk() < self.limits.log_disk_reserve_bytes:
@@ -195,7 +195,7 @@ class OutboxMixin:
             payloads = []
         shipped = [p for p in payloads if self.log_policy.ships(p)]
         counts["log_lines_not_shipped"] = len(payloads) - len(shipped)
-        rows = [("log", now, json.dumps(p, separators=(",", ":"))) for p in shipped]
+        rows = [("log", now, compact_json(p)) for p in shipped]
         async with self.transaction(durable=False) as db:
             if payloads:
                 await self._keep_logs(db, payloads)
@@ -209,7 +209,10 @@ class OutboxMixin:
                     " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT(container_id) DO UPDATE SET"
                     " service = excluded.service, ts_ns = excluded.ts_ns, at_ts = excluded.at_ts,"
                     " drained = excluded.drained, updated_at = excluded.updated_at",
-                    [(*astuple(p), now) for p in reached],
+                    [
+                        (p.container_id, p.service, p.ts_ns, p.at_ts, p.drained, now)
+                        for p in reached
+                    ],
                 )
             if forget is not None:
                 await db.execute("DELETE FROM log_positions WHERE container_id = ?", (forget,))
