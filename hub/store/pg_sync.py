@@ -61,6 +61,9 @@ async def ingest(
         bounds or SideBounds(),
     )
     sets, args = sync_rules.device_update(batch, current, received)
+    # The position the entries moved to goes in the same statement (one round trip).
+    sets += ["store_epoch = ?", "seq_offset = ?", "seq_floor = ?", "acked_seq = ?", "seq_high = ?"]
+    args += [space.epoch, space.offset, space.floor, space.acked, space.high]
     if batch.status is not None:
         has_full = has_full or batch.status.full
     clauses = dollar(sets, 1)
@@ -101,7 +104,7 @@ async def _insert_entries(
     entries: list[EntryRow],
     received: str,
 ) -> int:
-    """Store the entries in ``space`` once each; update the device's position; return how many."""
+    """Store the entries in ``space`` once each and advance ``space``; return how many."""
     fresh = space.fresh(entries)
     inserted = 0
     # metrics samples are kept apart, bounded per device (pg_ingest_side.save_metrics)
@@ -117,15 +120,5 @@ async def _insert_entries(
             [p for _, _, _, p in kept],
         )
         inserted = int(status.rsplit(" ", 1)[1])
-    space.advance(fresh, entries)
-    await conn.execute(
-        "UPDATE devices SET store_epoch = $1, seq_offset = $2, seq_floor = $3, acked_seq = $4, "
-        "seq_high = $5 WHERE id = $6",
-        space.epoch,
-        space.offset,
-        space.floor,
-        space.acked,
-        space.high,
-        device_id,
-    )
+    space.advance(fresh, entries)  # the caller writes the new position with the status
     return inserted
