@@ -132,6 +132,7 @@ def entry_view(e: AuditEntry) -> dict[str, Any]:
             record_id=e.record_id,
             received_at=e.received_at,
             chain_broken=e.chain_broken,
+            held=e.held,  # ahead of a gap, not judged yet: chain_broken is null meanwhile
         )
     return view
 

@@ -75,6 +75,11 @@ Example (every key optional except ``server.data_dir``)::
     interval_s = 300              # a pass every this long
     batch_rows = 1000             # rows deleted per write transaction (short write locks)
 
+    [audit]                       # device audit chains (hub.device_audit)
+    device_gap_grace_s = 600      # records ahead of a gap are held this long, then: a gap
+    device_max_held = 10000       # records held per device; past it the gap is declared
+    gap_sweep_interval_s = 60     # expired gaps of silent devices are declared this often
+
 Environment: ``EDGE_HUB_SERVER_PORT=9443``, ``EDGE_HUB_LIMITS_MAX_BODY_BYTES=1048576``,
 ``EDGE_HUB_SERVER_PUBLIC_NAMES=a.example,b.example`` (lists are comma-separated).
 ``EDGE_HUB_DATABASE_URL`` is another name of ``EDGE_HUB_STORE_URL``.
@@ -304,6 +309,18 @@ class RetentionConfig(_Section):
     pause_s: float = Field(0.01, ge=0, le=10)  # between batches: other writers go first
 
 
+class AuditConfig(_Section):
+    """Device audit chains verified as their records arrive (hub.device_audit)."""
+
+    # a record ahead of a gap in its device's chain is held (stored, not judged) this long
+    # for the records before it; then the gap is declared (tamper evidence)
+    device_gap_grace_s: float = Field(600.0, gt=0, le=30 * 86400)
+    # records held per device at most; past it the gap is declared at once (counted)
+    device_max_held: int = Field(10_000, ge=1, le=1_000_000)
+    # expired gaps of devices that send nothing more are declared this often (leader)
+    gap_sweep_interval_s: float = Field(60.0, gt=0, le=86400)
+
+
 class AccessConfig(_Section):
     """Operator users and their API tokens (hub.access, hub.route_access)."""
 
@@ -348,6 +365,7 @@ class HubConfig(_Section):
     actions: ActionsConfig = Field(default_factory=lambda: ActionsConfig())
     log_policy: LogPolicyConfig = Field(default_factory=lambda: LogPolicyConfig())
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
+    audit: AuditConfig = Field(default_factory=lambda: AuditConfig())
     access: AccessConfig = Field(default_factory=lambda: AccessConfig())
     device_policy: DevicePolicyConfig = Field(default_factory=lambda: DevicePolicyConfig())
     dashboard: DashboardConfig = Field(default_factory=lambda: DashboardConfig())
@@ -426,6 +444,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         "actions": ActionsConfig,
         "log_policy": LogPolicyConfig,
         "retention": RetentionConfig,
+        "audit": AuditConfig,
         "access": AccessConfig,
     }
 

@@ -30,6 +30,7 @@ CSV_COLUMNS = (
     "record_id",
     "source_addr",
     "chain_broken",
+    "held",
     "hash",
     "detail",
 )

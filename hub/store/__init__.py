@@ -26,6 +26,7 @@ from hub.store.records import (
     ActionRecord,
     AuditCursor,
     AuditEntry,
+    AuditGapBound,
     AuditQuery,
     AuditRecord,
     AuditScope,
@@ -67,6 +68,7 @@ __all__ = [
     "ActionRecord",
     "AuditCursor",
     "AuditEntry",
+    "AuditGapBound",
     "AuditQuery",
     "AuditRecord",
     "AuditScope",
@@ -330,6 +332,11 @@ class HubStore(ABC):
     @abstractmethod
     async def device_audit_chain(self, device_id: str) -> DeviceAuditChain:
         """Return how the device's audit chain verified at the hub so far."""
+
+    @abstractmethod
+    async def settle_audit_gaps(self, now: datetime, grace_s: float) -> int:
+        """Declare the gap of every device whose records held ahead of it waited
+        ``grace_s`` by ``now`` (hub.device_audit); return how many gaps were declared."""
 
     # technician tokens ----------------------------------------------------------------
 
@@ -732,3 +739,6 @@ def _set_bounds(store: Any, config: HubConfig) -> None:
     store.action_parts_bound = PartsBound(cfg.logs_max_lines, cfg.logs_max_bytes)
     store.contact_gap_s = config.fleet.online_after_s
     store.contact_max_spans = config.dashboard.contact_spans_per_device
+    store.audit_gap_bound = AuditGapBound(
+        config.audit.device_gap_grace_s, config.audit.device_max_held
+    )

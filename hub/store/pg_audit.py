@@ -10,18 +10,19 @@ turned into entries by SQLite's own codecs (``sqlite_audit.entry``, ``chain``).
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.store.records import AuditEntry, AuditQuery, DeviceAuditChain
-from hub.store.sqlite_audit import DEVICE_SELECT, HUB_SELECT, chain, entry
+from hub.store import sqlite_audit
+from hub.store.pg_ingest_side import settle_audit_gap
+from hub.store.records import AuditEntry, AuditQuery, DeviceAuditChain, iso_utc
+from hub.store.sqlite_audit import DEVICE_SELECT, HUB_SELECT, chain, cutoff, entry
 
 if TYPE_CHECKING:
     import asyncpg
 
-CHAIN_SELECT = (
-    "SELECT last_id, verified, unverifiable, breaks, broken_id, broken_at, broken_reason "
-    "FROM device_audit_chain WHERE device_id = $1"
-)
+CHAIN_SELECT = sqlite_audit.CHAIN_SELECT.replace("?", "$1")
+EXPIRED_SELECT = sqlite_audit.EXPIRED_SELECT.replace("?", "$1")
 
 
 class _Args:
@@ -100,3 +101,14 @@ class PgAuditMixin:
         """Return how the device's audit chain verified at the hub so far."""
         found = await self._read(CHAIN_SELECT, device_id)
         return chain(tuple(found[0]) if found else None)
+
+    async def settle_audit_gaps(self, now: datetime, grace_s: float) -> int:
+        """Declare the gap of every device whose records held ahead of it waited
+        ``grace_s`` by ``now``; return how many gaps were declared (one transaction per
+        device, its row locked as a sync's is)."""
+        stamp = iso_utc(now)
+        declared = 0
+        for (device_id,) in await self._read(EXPIRED_SELECT, cutoff(now, grace_s)):
+            async with self._tx() as conn:
+                declared += await settle_audit_gap(conn, device_id, stamp, grace_s)
+        return declared

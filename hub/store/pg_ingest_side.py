@@ -22,12 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.actiondoc import RESULTS, next_state
 from edge_agent.protocol import StatusSnapshot
-from hub.device_audit import chain_of, chain_values, fresh_records, row_values, tally, verdict
-from hub.device_audit import next_state as next_chain_state
+from hub.device_audit import (
+    CHAIN_COLUMNS,
+    HELD_COLUMNS,
+    Chain,
+    chain_of,
+    fresh_records,
+    row_values,
+    seq_span,
+)
 from hub.drift import sighting_keys
 from hub.store import sqlite_rows as rows
 from hub.store.pg_core import AUDIT_LOCK
-from hub.store.records import EntryRow, MetricsBound, PartsBound
+from hub.store.records import AuditGapBound, EntryRow, MetricsBound, PartsBound
 from hub.store.sync_rules import (
     MetricsState,
     SyncBounds,
@@ -49,6 +56,7 @@ class SideBounds:
     metrics: MetricsBound = field(default_factory=MetricsBound)
     max_result_bytes: int = SyncBounds.action_result_max_bytes
     parts: PartsBound = SyncBounds.action_parts_bound
+    audit: AuditGapBound = SyncBounds.audit_gap_bound
 
 
 class PgIngestSideMixin(SyncBounds):
@@ -58,7 +66,10 @@ class PgIngestSideMixin(SyncBounds):
 
     def _side_bounds(self) -> SideBounds:
         return SideBounds(
-            self._metrics_bound, self.action_result_max_bytes, self.action_parts_bound
+            self._metrics_bound,
+            self.action_result_max_bytes,
+            self.action_parts_bound,
+            self.audit_gap_bound,
         )
 
 
@@ -72,7 +83,7 @@ async def observe_batch(
     bounds: SideBounds,
 ) -> None:
     """Store the batch's audit records, metrics samples and action updates (in its tx)."""
-    await observe_audit(conn, device_id, entries, offset, floor, received)
+    await observe_audit(conn, device_id, entries, offset, floor, received, bounds.audit)
     await save_metrics(conn, device_id, entries, offset, floor, received, bounds.metrics)
     await observe_actions(
         conn, device_id, entries, floor, received, bounds.max_result_bytes, bounds.parts
@@ -89,6 +100,7 @@ async def observe_audit(
     offset: int,
     floor: int,
     received: str,
+    bound: AuditGapBound,
 ) -> None:
     """Store and verify the batch's new audit records, as ``hub.device_audit.observe``."""
     parsed = fresh_records(entries, offset, floor)
@@ -96,64 +108,87 @@ async def observe_audit(
         return
     await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
     feed_after = await conn.fetchval("SELECT COALESCE(MAX(id), 0) FROM audit")
-    state, counts = chain_of(
-        await conn.fetchrow(
-            "SELECT last_id, last_hash, verified, unverifiable, breaks FROM device_audit_chain "
-            "WHERE device_id = $1",
+    chain = await load_chain(conn, device_id)
+    low, high = seq_span(parsed)
+    stored = {
+        r[0]
+        for r in await conn.fetch(
+            "SELECT seq FROM device_audit WHERE device_id = $1 AND seq BETWEEN $2 AND $3",
+            device_id,
+            low,
+            high,
+        )
+    }
+    chain.take(parsed, stored, received, bound)
+    await write_chain(conn, device_id, chain, received, feed_after)
+
+
+async def settle_audit_gap(
+    conn: asyncpg.Connection, device_id: str, now: str, grace_s: float
+) -> bool:
+    """Declare the device's gap if its held records waited ``grace_s`` (in the caller's
+    transaction, the device row locked as a sync's is); return whether it did."""
+    await conn.execute("SELECT 1 FROM devices WHERE id = $1 FOR UPDATE", device_id)
+    chain = await load_chain(conn, device_id)
+    if not chain.settle(now, grace_s):
+        return False
+    await write_chain(conn, device_id, chain, now, 0)
+    return True
+
+
+async def load_chain(conn: asyncpg.Connection, device_id: str) -> Chain:
+    """Return the device's chain and held records (``hub.device_audit.chain_of``)."""
+    row = await conn.fetchrow(
+        f"SELECT {CHAIN_COLUMNS} FROM device_audit_chain WHERE device_id = $1", device_id
+    )
+    held: list[asyncpg.Record] = []
+    if row is not None and row["held_since"] is not None:
+        held = await conn.fetch(
+            f"SELECT {HELD_COLUMNS} FROM device_audit d JOIN events e "
+            "ON e.device_id = d.device_id AND e.seq = d.seq "
+            "WHERE d.device_id = $1 AND d.held = 1",
             device_id,
         )
-    )
-    for i, (seq, payload, record) in enumerate(parsed):
-        reason = verdict(state, parsed, i)
-        if not await _insert_record(conn, device_id, seq, payload, received, reason, feed_after):
-            continue  # a re-delivered entry: judged when it first arrived
-        tally(counts, record, reason)
-        if record is None:
-            continue
-        if reason is not None:
-            await conn.execute(
-                "INSERT INTO device_audit_chain (device_id, last_id, last_hash, broken_id, "
-                "broken_at, broken_reason) VALUES ($1, 0, '', $2, $3, $4) "
-                "ON CONFLICT (device_id) DO UPDATE SET "
-                "broken_id = COALESCE(device_audit_chain.broken_id, excluded.broken_id), "
-                "broken_at = COALESCE(device_audit_chain.broken_at, excluded.broken_at), "
-                "broken_reason = COALESCE(device_audit_chain.broken_reason, "
-                "excluded.broken_reason)",
-                device_id,
-                record.id,
-                received,
-                reason,
-            )
-        state = next_chain_state(state, record)
+    return chain_of(tuple(row) if row is not None else None, [tuple(h) for h in held])
+
+
+async def write_chain(
+    conn: asyncpg.Connection, device_id: str, chain: Chain, at: str, feed_after: int
+) -> None:
+    """Write what ``chain`` took: new rows (placed after hub row ``feed_after``), held
+    records judged, the chain row (the first break kept)."""
+    for new in chain.rows:
+        await conn.execute(
+            "INSERT INTO device_audit (device_id, seq, record_id, at, received_at, actor, "
+            "action, object, outcome, detail, hash, broken, held, feed_after) VALUES "
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+            "ON CONFLICT (device_id, seq) DO NOTHING",
+            *row_values(device_id, new.seq, new.payload, at, new.reason),
+            int(new.held),
+            feed_after,
+        )
+    if chain.judged:
+        await conn.executemany(
+            "UPDATE device_audit SET held = 0, broken = $1 WHERE device_id = $2 AND seq = $3",
+            [(j.reason, device_id, j.seq) for j in chain.judged],
+        )
+    broken = (*chain.first_break, at) if chain.first_break else (None, None, None)
     await conn.execute(
         "INSERT INTO device_audit_chain (device_id, last_id, last_hash, verified, unverifiable, "
-        "breaks) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO UPDATE SET "
+        "breaks, held_since, held_overflows, broken_id, broken_reason, broken_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+        "ON CONFLICT (device_id) DO UPDATE SET "
         "last_id = excluded.last_id, last_hash = excluded.last_hash, "
         "verified = excluded.verified, unverifiable = excluded.unverifiable, "
-        "breaks = excluded.breaks",
+        "breaks = excluded.breaks, held_since = excluded.held_since, "
+        "held_overflows = excluded.held_overflows, "
+        "broken_id = COALESCE(device_audit_chain.broken_id, excluded.broken_id), "
+        "broken_at = COALESCE(device_audit_chain.broken_at, excluded.broken_at), "
+        "broken_reason = COALESCE(device_audit_chain.broken_reason, excluded.broken_reason)",
         device_id,
-        *chain_values(state, counts),
+        *chain.values(),
+        *broken,
     )
-
-
-async def _insert_record(
-    conn: asyncpg.Connection,
-    device_id: str,
-    seq: int,
-    payload: dict[str, Any],
-    received: str,
-    reason: str | None,
-    feed_after: int,
-) -> bool:
-    status = await conn.execute(
-        "INSERT INTO device_audit (device_id, seq, record_id, at, received_at, actor, action, "
-        "object, outcome, detail, hash, broken, feed_after) VALUES "
-        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
-        "ON CONFLICT (device_id, seq) DO NOTHING",
-        *row_values(device_id, seq, payload, received, reason),
-        feed_after,
-    )
-    return bool(status == "INSERT 0 1")
 
 
 # metrics samples (hub.store.sqlite_metrics.save_metrics) -------------------------------

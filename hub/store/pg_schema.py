@@ -385,4 +385,17 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        8,
+        "device audit records held ahead of a gap in their chain (SQLite 25)",
+        [
+            "ALTER TABLE device_audit ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX device_audit_held ON device_audit (device_id, record_id) WHERE held = 1",
+            # COLLATE "C": compared with a cutoff as text (ISO UTC), as SQLite compares it
+            'ALTER TABLE device_audit_chain ADD COLUMN held_since TEXT COLLATE "C"',
+            "CREATE INDEX device_audit_chain_held ON device_audit_chain (held_since) "
+            "WHERE held_since IS NOT NULL",
+            "ALTER TABLE device_audit_chain ADD COLUMN held_overflows BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
 ]

@@ -292,6 +292,7 @@ class AuditEntry:
     source_addr: str
     hash: str
     chain_broken: str | None  # why this device record broke its device's chain
+    held: bool = False  # a device record held ahead of a gap: not judged yet (no verdict)
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,10 @@ class DeviceAuditChain:
     broken_id: int | None
     broken_at: str | None
     broken_reason: str | None
+    held: int = 0  # records held ahead of a gap, not judged yet
+    held_since: str | None = None  # since when the oldest of them waits
+    pending: str | None = None  # "held: waiting for record(s) X..Y since T"
+    held_overflows: int = 0  # gaps declared at once: the held records passed their bound
 
 
 @dataclass(frozen=True)
@@ -388,6 +393,15 @@ class MetricsBound:
 
     history_per_device: int = 1440
     max_sample_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class AuditGapBound:
+    """How device audit records ahead of a gap are held (``[audit]`` of the hub config):
+    a gap is waited for ``grace_s``, and at most ``max_held`` records are held per device."""
+
+    grace_s: float = 600.0
+    max_held: int = 10_000
 
 
 @dataclass(frozen=True)

@@ -438,7 +438,15 @@ class SqliteStore(
             _, target_revision, has_full, *current = sync_rules.check_device(device_id, row)
             space = _seq_space(db, device_id, batch.epoch)
             inserted = _insert_entries(db, device_id, space, batch.entries, received)
-            device_audit.observe(db, device_id, batch.entries, space.offset, space.floor, received)
+            device_audit.observe(
+                db,
+                device_id,
+                batch.entries,
+                space.offset,
+                space.floor,
+                received,
+                self.audit_gap_bound,
+            )
             save_metrics(
                 db, device_id, batch.entries, space.offset, space.floor, received, metrics_bound
             )

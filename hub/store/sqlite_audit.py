@@ -9,19 +9,26 @@ handed out: paging by ``AuditCursor`` returns every matching record exactly once
 from __future__ import annotations
 
 import json
-from typing import Any
+import sqlite3
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from hub.store.records import AuditCursor, AuditEntry, AuditQuery, DeviceAuditChain
+from hub import device_audit
+from hub.device_audit import pending_text
+from hub.store.records import AuditCursor, AuditEntry, AuditQuery, DeviceAuditChain, iso_utc
+
+if TYPE_CHECKING:
+    from hub.store.writer import GroupCommitWriter
 
 HUB_SELECT = (
     "SELECT id AS pos, 0 AS rank, id, 'hub' AS source, '' AS device_id, 0 AS record_id, at, "
     "'' AS received_at, actor, action, target, outcome, detail, source_addr, hash, "
-    "NULL AS broken FROM audit"
+    "NULL AS broken, 0 AS held FROM audit"
 )
 DEVICE_SELECT = (
     "SELECT feed_after AS pos, 1 AS rank, id, 'device' AS source, device_id, record_id, at, "
     "received_at, actor, action, object AS target, outcome, detail, '' AS source_addr, hash, "
-    "broken FROM device_audit"
+    "broken, held FROM device_audit"
 )
 
 
@@ -88,7 +95,7 @@ def query_sql(q: AuditQuery) -> tuple[str, list[Any]]:
 def entry(row: tuple[Any, ...]) -> AuditEntry:
     """Return an AuditEntry from a row of the query."""
     pos, rank, id_, source, device_id, record_id, at, received_at, *rest = row
-    actor, action, target, outcome, detail, source_addr, hash_, broken = rest
+    actor, action, target, outcome, detail, source_addr, hash_, broken, held = rest
     return AuditEntry(
         cursor=AuditCursor(pos, rank, id_),
         source=source,
@@ -105,24 +112,51 @@ def entry(row: tuple[Any, ...]) -> AuditEntry:
         source_addr=source_addr,
         hash=hash_,
         chain_broken=broken,
+        held=bool(held),
     )
 
 
+# Devices whose oldest held record waited past a cutoff (partial index of migration 25).
+EXPIRED_SELECT = (
+    "SELECT device_id FROM device_audit_chain WHERE held_since IS NOT NULL "
+    "AND held_since <= ? ORDER BY held_since"
+)
+
+
+def cutoff(now: datetime, grace_s: float) -> str:
+    """Return the ``held_since`` at or before which a gap expired by ``now``."""
+    return iso_utc(now - timedelta(seconds=grace_s))
+
+
 CHAIN_SELECT = (
-    "SELECT last_id, verified, unverifiable, breaks, broken_id, broken_at, broken_reason "
-    "FROM device_audit_chain WHERE device_id = ?"
+    "SELECT last_id, verified, unverifiable, breaks, broken_id, broken_at, broken_reason, "
+    "held_since, held_overflows, "
+    "(SELECT COUNT(*) FROM device_audit WHERE device_id = c.device_id AND held = 1), "
+    "(SELECT MIN(record_id) FROM device_audit WHERE device_id = c.device_id AND held = 1) "
+    "FROM device_audit_chain AS c WHERE device_id = ?"
 )
 
 
 def chain(row: tuple[Any, ...] | None) -> DeviceAuditChain:
-    """Return a device's chain verdict from a row of CHAIN_SELECT (none yet: empty)."""
+    """Return a device's chain verdict from a row of CHAIN_SELECT (none yet: empty);
+    records held ahead of a gap are shown as pending, not as a break."""
     if row is None:
         return DeviceAuditChain(0, 0, 0, 0, None, None, None)
-    return DeviceAuditChain(*row)
+    *verdict, held_since, overflows, held, lowest = row
+    return DeviceAuditChain(
+        *verdict,
+        held=held,
+        held_since=held_since if held else None,
+        pending=pending_text(verdict[0], lowest, held_since) if held else None,
+        held_overflows=overflows,
+    )
 
 
 class AuditMixin:
     """The audit query and device chain reads of SqliteStore."""
+
+    if TYPE_CHECKING:
+        _w: GroupCommitWriter
 
     async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         raise NotImplementedError  # provided by SqliteStore
@@ -136,3 +170,16 @@ class AuditMixin:
         """Return how the device's audit chain verified at the hub so far."""
         found = await self._read(CHAIN_SELECT, (device_id,))
         return chain(found[0] if found else None)
+
+    async def settle_audit_gaps(self, now: datetime, grace_s: float) -> int:
+        """Declare the gap of every device whose records held ahead of it waited
+        ``grace_s`` by ``now``; return how many gaps were declared (one write per device)."""
+        stamp = iso_utc(now)
+        declared = 0
+        for (device_id,) in await self._read(EXPIRED_SELECT, (cutoff(now, grace_s),)):
+
+            def job(db: sqlite3.Connection, device_id: str = device_id) -> bool:
+                return device_audit.settle(db, device_id, stamp, grace_s)
+
+            declared += await self._w.submit(job)
+        return declared

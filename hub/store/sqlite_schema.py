@@ -487,4 +487,20 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        25,
+        "device audit records held ahead of a gap in their chain (hub.device_audit)",
+        [
+            # held: stored without a verdict until the records before it arrive or the gap
+            # is declared (audit.device_gap_grace_s, audit.device_max_held)
+            "ALTER TABLE device_audit ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX device_audit_held ON device_audit (device_id, record_id) WHERE held = 1",
+            # held_since: since when the oldest held record waits (NULL: none held)
+            "ALTER TABLE device_audit_chain ADD COLUMN held_since TEXT",
+            "CREATE INDEX device_audit_chain_held ON device_audit_chain (held_since) "
+            "WHERE held_since IS NOT NULL",
+            # gaps declared at once because the held records passed audit.device_max_held
+            "ALTER TABLE device_audit_chain ADD COLUMN held_overflows INTEGER NOT NULL DEFAULT 0",
+        ],
+    ),
 ]

@@ -20,7 +20,7 @@ from edge_agent.protocol import INT64_MAX
 from hub.errors import Forbidden, InvalidRequest
 from hub.fleet import STATUS_FIELDS, merge_status
 from hub.store import sqlite_rows as rows
-from hub.store.records import EntryRow, PartsBound, SyncBatch
+from hub.store.records import AuditGapBound, EntryRow, PartsBound, SyncBatch
 
 JSON_STATUS_FIELDS = ("services", "counters")
 R = TypeVar("R", bound=Sequence[Any])
@@ -141,6 +141,7 @@ class SyncBounds:
     contact_gap_s: float = 90.0  # fleet.online_after_s: a longer silence opens a new span
     contact_max_spans: int = 500  # dashboard.contact_spans_per_device
     contact_spans_trimmed: int = 0  # spans deleted to stay within contact_max_spans
+    audit_gap_bound: AuditGapBound = AuditGapBound()  # audit.device_gap_grace_s, max_held
 
 
 def extends_span(last_at: str, at: datetime, gap_s: float) -> bool:

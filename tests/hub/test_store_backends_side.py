@@ -79,7 +79,8 @@ async def test_device_audit_records_are_verified_and_stored_once(store: Any):
     assert [e.record_id for e in page] == list(range(1, 9))
     assert (page[0].detail, page[0].actor, page[0].target) == ({"i": 1}, "tech:ann", "svc1")
     assert page[0].chain_broken is None and page[0].hash == recs[0]["hash"]
-    # An altered record, then a gap: the first break is kept; counts grow.
+    # An altered record, then a gap: the first break is kept; counts grow. The record
+    # after the gap is held (not judged) until the gap's grace is over.
     altered = dict(_records(1, start=9, prev=recs[-1]["hash"])[0], outcome="failed")
     gap = _records(1, start=11, prev="x")[0]
     legacy = {"note": "an older agent: no chain"}
@@ -87,8 +88,12 @@ async def test_device_audit_records_are_verified_and_stored_once(store: Any):
     await store.ingest_sync("dev-1", _sync(more), NOW)
     await store.ingest_sync("dev-1", _sync(more), NOW)  # re-delivered: judged once
     chain = await store.device_audit_chain("dev-1")
+    assert (chain.verified, chain.unverifiable, chain.breaks, chain.broken_id) == (9, 1, 1, 9)
+    assert chain.broken_reason.startswith("altered") and chain.held == 1
+    assert await store.settle_audit_gaps(NOW + timedelta(seconds=600), 600) == 1
+    chain = await store.device_audit_chain("dev-1")
     assert (chain.verified, chain.unverifiable, chain.breaks, chain.broken_id) == (10, 1, 2, 9)
-    assert chain.broken_reason.startswith("altered")
+    assert chain.held == 0
     assert (await store.device_audit_chain("dev-9")).verified == 0
 
 
