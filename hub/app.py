@@ -37,6 +37,7 @@ from hub import (
     trust_api,
     user_api,
 )
+from hub.audit_gaps import AUDIT_GAPS, AuditGapSweep
 from hub.auth import OperatorAuth
 from hub.config import HubConfig
 from hub.conn_guard import ConnectionGuard, GuardedSite, connection_middleware
@@ -75,6 +76,7 @@ async def healthz(request: web.Request) -> web.Response:
             "rollout_engine": request.app[ENGINE].stats(),
             "retention": request.app[RETENTION].view(),
             "fleet_history": request.app[FLEET_HISTORY].view(),
+            "audit_gaps": request.app[AUDIT_GAPS].view(),
             "dashboard": dashboard_site.stats(request.app),
             "cluster": leader.view(request.app),
         }
@@ -136,15 +138,17 @@ def create_app(config: HubConfig) -> web.Application:
     app[ENGINE] = RolloutEngine(context)
     app[RETENTION] = Retention(context)
     app[FLEET_HISTORY] = FleetHistory(context)
+    app[AUDIT_GAPS] = AuditGapSweep(context)
     app.cleanup_ctx.append(_store_lifetime)
     if config.postgres_url is not None:  # many processes: these run in the leader only
         engine = app[ENGINE]
-        parts = [engine, app[RETENTION], app[FLEET_HISTORY]]
+        parts = [engine, app[RETENTION], app[FLEET_HISTORY], app[AUDIT_GAPS]]
         leader.install(app, config.postgres_url, engine, parts)
     else:  # after the store: each stops before it closes
         app.cleanup_ctx.append(_engine_lifetime)
         app.cleanup_ctx.append(_retention_lifetime)
         app.cleanup_ctx.append(_history_lifetime)
+        app.cleanup_ctx.append(_audit_gaps_lifetime)
     guard.install(app)  # after the store: its cleanup (a final flush) runs first
     app.on_shutdown.append(_wake_long_polls)
     app.on_startup.append(secret_moves.on_startup)  # after the store opened (cleanup_ctx)
@@ -192,6 +196,13 @@ async def _history_lifetime(app: web.Application) -> AsyncIterator[None]:
     history.start()
     yield
     await history.stop()
+
+
+async def _audit_gaps_lifetime(app: web.Application) -> AsyncIterator[None]:
+    sweep = app[AUDIT_GAPS]
+    sweep.start()
+    yield
+    await sweep.stop()
 
 
 async def _wake_long_polls(app: web.Application) -> None:

@@ -1,14 +1,16 @@
 """Many hub processes on one PostgreSQL database: signals between them, and one leader.
 
 The fleet-wide background parts (the rollout engine, retention, the fleet history
-sampler) must run once per fleet, not once per process. On PostgreSQL every hub process
-tries for a session advisory lock (``pg_try_advisory_lock(LEADER_LOCK)``) on a dedicated
-connection, every ``store.leader_retry_s``; the one that holds it is the leader and runs
-them. When the leader dies its connection closes, the server releases the lock, and
-another process takes it within ``leader_retry_s`` (plus, when a whole machine vanishes,
+sampler, the audit gap sweep) must run once per fleet, not once per process. On
+PostgreSQL every hub process tries for a session advisory lock
+(``pg_try_advisory_lock(LEADER_LOCK)``) on a dedicated connection, every
+``store.leader_retry_s``; the one that holds it is the leader and runs them. When the
+leader dies its connection closes, the server releases the lock, and another process takes
+it within ``leader_retry_s`` (plus, when a whole machine vanishes,
 the TCP keepalive time set on that connection). A leader that loses its connection stops
 its parts at once. Writes those parts make are safe even if two processes ran them for a
-moment (rollouts are saved compare-and-set; retention deletes what is past its bound).
+moment (rollouts are saved compare-and-set; retention deletes what is past its bound; a
+gap the sweep declares is judged under the device row's lock, as a sync is).
 
 A SQLite hub is one process: it runs them itself, as before (``install`` is not called).
 ``/healthz`` shows ``cluster``: leader or not, since when, terms, and the signal path.

@@ -1,6 +1,9 @@
 """Device audit chains verified at the hub: records tampered with in the agent's store
 before they sync are flagged on that device, naming the record; an honest device, and
-records delivered twice, are not. The real store and syncer against a real hub process."""
+records delivered twice, are not. Records that arrive ahead of a gap (an older agent's
+later batch stored first) are held until the records before them arrive; a gap that stays
+open past ``audit.device_gap_grace_s`` is flagged as before. The real store and syncer
+against a real hub process."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import asyncio
 import contextlib
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,25 @@ from hub.device_audit import ChainState, DeviceRecord, chain_hash, judge
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     proc = HubProcess(tmp_path_factory.mktemp("hub") / "data").start()
     yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def swept_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """A hub whose gap grace is short and whose sweep runs often."""
+    audit = {"device_gap_grace_s": 0.3, "gap_sweep_interval_s": 0.1}
+    proc = HubProcess(tmp_path_factory.mktemp("hub") / "data", sections={"audit": audit})
+    yield proc.start()
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def unswept_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """A hub whose gap grace is short, whose sweep ran once (at start), holding 3 records
+    per device at most: only a device's next batch declares a gap, or the bound."""
+    audit = {"device_gap_grace_s": 0.05, "gap_sweep_interval_s": 3600, "device_max_held": 3}
+    proc = HubProcess(tmp_path_factory.mktemp("hub") / "data", sections={"audit": audit})
+    yield proc.start()
     proc.stop()
 
 
@@ -74,6 +97,24 @@ async def _sync(data: Path) -> None:
 
 def _chain(hub: HubProcess, device_id: str) -> dict[str, Any]:
     return dict(hub.device(device_id)["audit_chain"])
+
+
+async def _append(data: Path, n: int) -> None:
+    """Have the device's store write ``n`` more audit records (not synced)."""
+    dev = await open_device(data)
+    try:
+        for i in range(n):
+            await dev.store.append_audit(AuditRow("agent", "service.check", f"db{i}", "ok", {}))
+    finally:
+        await dev.close()
+
+
+async def _until_broken(hub: HubProcess, device_id: str, timeout_s: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (chain := _chain(hub, device_id))["broken_id"] is None:
+        assert time.monotonic() < deadline, f"no break recorded: {chain}"
+        await asyncio.sleep(0.05)
+    return chain
 
 
 def _listed(hub: HubProcess, device_id: str) -> list[dict[str, Any]]:
@@ -161,15 +202,89 @@ async def test_altered_device_record_flagged_at_hub(hub: HubProcess, tmp_path: P
     assert flagged == [3]
 
 
-async def test_deleted_device_record_flagged_as_gap(hub: HubProcess, tmp_path: Path) -> None:
+async def test_later_batch_stored_first_is_held_not_flagged(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    """An older agent's two requests on the wire at once: the later audit batch stored
+    first is held (pending), then verified when the earlier one arrives; the held
+    records, sent again with it, are stored once."""
     data = tmp_path / "dev"
-    device_id = await _device_with_records(hub, data)
+    device_id = await _device_with_records(hub, data, n=2)
+    await _sync(data)
+    await _append(data, 4)  # records 3..6
+    before = tmp_path / "before.db"
+    shutil.copy(data / "agent.db", before)
+    earlier = [s for s, p in _audit_rows(data) if p["id"] in (3, 4)]
+    _tamper(data, *(("DELETE FROM outbox WHERE seq = ?", (s,)) for s in earlier))
+    await _sync(data)  # records 5, 6 only: the later request
+    chain = _chain(hub, device_id)
+    assert (chain["broken_id"], chain["last_id"], chain["held"]) == (None, 2, 2), chain
+    assert chain["pending"].startswith("held: waiting for record(s) 3..4 since "), chain
+    assert [(r["record_id"], r["held"]) for r in _listed(hub, device_id)][2:] == [
+        (5, True),
+        (6, True),
+    ]
+    shutil.copy(before, data / "agent.db")  # the earlier request: 3..6 (5, 6 again)
+    await _sync(data)
+    chain = _chain(hub, device_id)
+    assert chain["broken_id"] is None and chain["breaks"] == 0, chain
+    assert (chain["verified"], chain["last_id"], chain["held"]) == (6, 6, 0)
+    assert chain["pending"] is None
+    listed = _listed(hub, device_id)
+    assert sorted(r["record_id"] for r in listed) == [1, 2, 3, 4, 5, 6]
+    assert not any(r["held"] or r["chain_broken"] for r in listed)
+
+
+async def test_deleted_device_record_flagged_as_gap_by_the_sweep(
+    swept_hub: HubProcess, tmp_path: Path
+) -> None:
+    """Records deleted on the device before they shipped: the gap is declared after the
+    grace by the sweep, though the device sends nothing more."""
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(swept_hub, data)
     seq, _ = _audit_rows(data)[2]
     _tamper(data, ("DELETE FROM outbox WHERE seq = ?", (seq,)))
     await _sync(data)
-    chain = _chain(hub, device_id)
+    chain = await _until_broken(swept_hub, device_id)
     assert chain["broken_id"] == 4, chain
     assert chain["broken_reason"] == "gap: record(s) 3 before it never arrived"
+    assert (chain["last_id"], chain["verified"], chain["breaks"], chain["held"]) == (5, 4, 1, 0)
+    assert swept_hub._get("/healthz")["audit_gaps"]["declared"] >= 1
+
+
+async def test_deleted_device_record_flagged_as_gap_by_the_next_batch(
+    unswept_hub: HubProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(unswept_hub, data)
+    seq, _ = _audit_rows(data)[2]
+    _tamper(data, ("DELETE FROM outbox WHERE seq = ?", (seq,)))
+    await _sync(data)
+    assert _chain(unswept_hub, device_id)["held"] == 2  # 4, 5: no sweep declares it
+    deadline = time.monotonic() + 20
+    while (chain := _chain(unswept_hub, device_id))["broken_id"] is None:
+        assert time.monotonic() < deadline, chain
+        await _append(data, 1)  # the device's next batch, past the grace
+        await _sync(data)
+    assert chain["broken_id"] == 4, chain
+    assert chain["broken_reason"] == "gap: record(s) 3 before it never arrived"
+    assert chain["held"] == 0 and chain["held_overflows"] == 0
+    assert chain["breaks"] == 1 and chain["last_id"] == chain["verified"] + 1
+
+
+async def test_held_records_past_the_bound_declare_the_gap_at_once(
+    unswept_hub: HubProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "dev"
+    device_id = await _device_with_records(unswept_hub, data, n=7)
+    seq, _ = _audit_rows(data)[2]
+    _tamper(data, ("DELETE FROM outbox WHERE seq = ?", (seq,)))
+    await _sync(data)  # 4..7 ahead of the gap: one more than the bound of 3
+    chain = _chain(unswept_hub, device_id)
+    assert chain["broken_id"] == 4, chain
+    assert chain["broken_reason"] == "gap: record(s) 3 before it never arrived"
+    assert (chain["held_overflows"], chain["held"], chain["last_id"]) == (1, 0, 7)
+    assert len(_listed(unswept_hub, device_id)) == 6  # stored, none dropped
 
 
 async def test_reordered_device_records_flagged(hub: HubProcess, tmp_path: Path) -> None:
