@@ -64,6 +64,7 @@ BENCHES = (
     Bench("binary", "bench_binary.py", ("--runs", "5", "--idle-s", "3"), ("--runs", "11")),
     Bench("logs_ondemand", "bench_logs_ondemand.py", ("--lines", "20000"), ("--runs", "5")),
     Bench("dashboard", "bench_dashboard.py", ("--devices", "5000"), ("--requests", "200")),
+    Bench("pg_commit", "bench_pg_commit.py", ("--runs", "3"), ("--runs", "7", "--syncs", "20000")),
 )
 
 

@@ -723,6 +723,7 @@ def _open_postgres(config: HubConfig) -> HubStore:
         url,
         pool_max=config.store.pool_max,
         metrics=_metrics_bound(config),
+        max_group_commit=config.store.max_group_commit,
     )
     _set_bounds(store, config)
     return store

@@ -6,9 +6,10 @@ writer's counters stand, for this hub process only (each process has its own poo
 
 - queue depth: calls waiting for a pooled connection now (writes and reads), the
   pool's backlog as the writer's queue is the writer's;
-- groups and jobs: transactions this process committed (a "group" of one job each);
+- groups and jobs: transactions this process committed, and the writes they held (one
+  each, but a group of sync batches, ``hub.store.pg_group_commit``, holds several);
 - the commit observers (``watch_commits``, hub.prom's commit histogram) are called after
-  each commit with ``(1, seconds)``, the seconds from BEGIN to COMMIT's answer;
+  each commit with ``(jobs, seconds)``, the seconds from BEGIN to COMMIT's answer;
 - no WAL truncations and no file sizes (the server's files are not the hub's): zeros.
 """
 
@@ -35,6 +36,7 @@ class PoolMeter:
     def __init__(self) -> None:
         self.waiting = 0
         self.commits = 0
+        self.jobs = 0
         self.observer: Observer | None = None
 
     @asynccontextmanager
@@ -51,20 +53,23 @@ class PoolMeter:
             await pool.release(conn)
 
     @asynccontextmanager
-    async def transaction(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
-        """Run the body in a transaction; count it and tell the observer once it committed."""
+    async def transaction(self, conn: asyncpg.Connection, jobs: int = 1) -> AsyncIterator[None]:
+        """Run the body (``jobs`` writes) in a transaction; count it and tell the observer
+        once it committed."""
         started = time.perf_counter()
         async with conn.transaction():
             yield
-        self.committed(time.perf_counter() - started)
+        self.committed(time.perf_counter() - started, jobs)
 
-    def committed(self, seconds: float) -> None:
-        """Count one commit that took ``seconds`` and tell the observer (never raises)."""
+    def committed(self, seconds: float, jobs: int = 1) -> None:
+        """Count one commit of ``jobs`` writes that took ``seconds`` and tell the observer
+        (never raises)."""
         self.commits += 1
+        self.jobs += jobs
         if self.observer is None:
             return
         try:
-            self.observer(1, seconds)
+            self.observer(jobs, seconds)
         except Exception:  # the write committed: its caller must not see an error
             log.exception("store commit observer failed")
 
@@ -73,7 +78,7 @@ class PoolMeter:
         return WriterStats(
             queue_depth=self.waiting,
             groups=self.commits,
-            jobs=self.commits,
+            jobs=self.jobs,
             wal_truncations=0,
             db_bytes=0,
             wal_bytes=0,

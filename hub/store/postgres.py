@@ -31,6 +31,7 @@ from hub.store.pg_access import PgAccessMixin
 from hub.store.pg_actions import PgActionsMixin
 from hub.store.pg_audit import PgAuditMixin
 from hub.store.pg_core import insert_audit, migrate
+from hub.store.pg_group_commit import IngestGroups
 from hub.store.pg_groups import PgGroupsMixin
 from hub.store.pg_history import PgHistoryMixin
 from hub.store.pg_ingest_side import PgIngestSideMixin
@@ -100,6 +101,7 @@ class PostgresStore(
         pool_min: int = 1,
         pool_max: int = 10,
         metrics: MetricsBound | None = None,
+        max_group_commit: int = 256,
     ) -> None:
         self.url = url
         self._metrics_bound = metrics or MetricsBound()
@@ -108,6 +110,10 @@ class PostgresStore(
         self._pool: asyncpg.Pool | None = None
         self.applied_migrations: list[int] = []
         self._meter = PoolMeter()  # pool waiters and commits (writer_stats, watch_commits)
+        # Sync batches queued while every pooled connection is busy share a transaction.
+        self.ingest_groups = IngestGroups(
+            max_group_commit, pool_max, self._ingest_group, self._ingest_alone
+        )
 
     async def open(self) -> None:
         """Create the pool and apply pending migrations."""
@@ -128,12 +134,16 @@ class PostgresStore(
             await pool.close()
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
-        """Yield a pooled connection inside a transaction; database errors become StoreError."""
+    async def _tx(self, jobs: int = 1) -> AsyncIterator[asyncpg.Connection]:
+        """Yield a pooled connection inside a transaction (of ``jobs`` writes, counted as
+        such); database errors become StoreError."""
         if self._pool is None:
             raise StoreError("store is not open")
         try:
-            async with self._meter.connection(self._pool) as conn, self._meter.transaction(conn):
+            async with (
+                self._meter.connection(self._pool) as conn,
+                self._meter.transaction(conn, jobs),
+            ):
                 yield conn
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"already exists: {exc.detail or exc}") from exc
@@ -274,17 +284,39 @@ class PostgresStore(
     # sync ---------------------------------------------------------------------------
 
     async def ingest_sync(self, device_id: str, batch: SyncBatch, now: datetime) -> SyncResult:
-        """Store entries once each, merge the status, advance the ack; one transaction."""
-        async with self._tx() as conn:
-            acked, target_revision, has_full, inserted = await ingest(
-                conn, device_id, batch, now, self._side_bounds()
-            )
-            await self._observe_contact(conn, device_id, now)
+        """Store entries once each, merge the status, advance the ack; in one transaction,
+        alone or with other devices' batches (``pg_group_commit``)."""
+        applied = await self.ingest_groups.submit(device_id, batch, now)
+        acked, target_revision, has_full, inserted = applied
         target = None
         if is_target_newer(target_revision, batch.known_target_revision):
             record = await self.get_target(device_id)
             target = record.signed if record is not None else None
         return SyncResult(acked, target, not has_full, inserted)
+
+    async def _ingest_alone(
+        self, device_id: str, batch: SyncBatch, now: datetime
+    ) -> tuple[int, int, bool, int]:
+        async with self._tx() as conn:
+            applied = await ingest(conn, device_id, batch, now, self._side_bounds())
+            await self._observe_contact(conn, device_id, now)
+        return applied
+
+    async def _ingest_group(
+        self, jobs: list[tuple[str, SyncBatch, datetime]]
+    ) -> list[tuple[int, int, bool, int]]:
+        out = []
+        async with self._tx(len(jobs)) as conn:
+            # Every device row of the group locked first, in id order: no deadlock between
+            # groups, whichever process runs them.
+            await conn.execute(
+                "SELECT 1 FROM devices WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                sorted({device_id for device_id, _b, _n in jobs}),
+            )
+            for device_id, batch, now in jobs:  # arrival order: one device's batches in order
+                out.append(await ingest(conn, device_id, batch, now, self._side_bounds()))
+                await self._observe_contact(conn, device_id, now)
+        return out
 
     async def device_features(self, device_id: str) -> frozenset[str] | None:
         """Return the target features the device's agent reported (None: never reported)."""
