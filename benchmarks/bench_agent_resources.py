@@ -17,7 +17,8 @@ VmRSS (``status``), PSS (``smaps_rollup``), utime + stime (``stat``).
    pydantic 2), + BaseModel (``from pydantic import BaseModel``, what any pydantic user
    pays; the issue's "about 47 MB"), and same-imports — the floor the goal is measured
    against: every module outside ``edge_agent`` that ``edge-agent run`` has imported
-   (listed by a probe process importing the agent), on the loop the agent runs on
+   (listed by a probe process importing the agent and what ``run`` imports as it starts:
+   the Docker runtime with aiodocker, and ctypes), on the loop the agent runs on
    (asyncio), so the ratio is the agent's own code and state and nothing else.
 2. idle: after converging and ``--settle-s``, RSS and PSS at the end of ``--idle-s`` and
    CPU over the window as % of one core.
@@ -107,10 +108,12 @@ async def main():
 
 asyncio.run(main())
 """
-# What `edge-agent run` imports outside its own package (stdlib and third-party).
+# What `edge-agent run` imports outside its own package (stdlib and third-party): the
+# modules of cli and agent, and those `run` imports when it starts (the Docker runtime,
+# with aiodocker; ctypes, for the heap trim after READY=1).
 AGENT_IMPORTS_PROBE = """
 import sys
-import edge_agent.cli, edge_agent.agent
+import edge_agent.cli, edge_agent.agent, edge_agent.runtime, ctypes
 print(",".join(sorted(m for m in sys.modules
     if m.split(".")[0] not in ("edge_agent", "__main__") and not m.startswith("_"))))
 """
