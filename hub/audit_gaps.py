@@ -13,14 +13,13 @@ are on ``/healthz`` (``audit_gaps``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from hub.background import BackgroundTask
+from hub.background import BackgroundTask, run_passes
 from hub.context import HubContext
 
 log = logging.getLogger(__name__)
@@ -69,20 +68,13 @@ class AuditGapSweep:
         }
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep_once()
-            except Exception as exc:  # counted, visible on /healthz, retried next interval
-                self.stats.failures += 1
-                self.stats.last_error = str(exc)[:300]
-                if not self.stats.failing:
-                    log.warning("audit gap sweep failed (retrying): %s", exc)
-                self.stats.failing = True
-            else:
-                if self.stats.failing:
-                    log.info("audit gap sweeps succeed again")
-                self.stats.failing = False
-            await asyncio.sleep(self.hub.config.audit.gap_sweep_interval_s)
+        await run_passes(
+            "audit gap sweep",
+            self.sweep_once,
+            lambda: self.hub.config.audit.gap_sweep_interval_s,
+            self.stats,
+            log,
+        )
 
     async def sweep_once(self) -> int:
         """Declare every gap past its grace now; return how many."""

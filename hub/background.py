@@ -1,15 +1,18 @@
 """One named background task of a hub part: started once, cancelled and awaited at stop.
 
 The hub's periodic parts (rollout engine, retention, refusal-audit flush, WAL
-checkpointer) each own one of these instead of repeating the start/cancel/await dance.
+checkpointer) each own one of these instead of repeating the start/cancel/await dance;
+``run_passes`` is the loop of those that repeat one pass at an interval (retention, fleet
+history, the audit gap sweep).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 
 class BackgroundTask:
@@ -37,3 +40,37 @@ class BackgroundTask:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class PassStats(Protocol):
+    """The failure counters a periodic part shows on /healthz."""
+
+    failures: int
+    last_error: str | None
+    failing: bool
+
+
+async def run_passes(
+    what: str,
+    once: Callable[[], Awaitable[object]],
+    interval_s: Callable[[], float],
+    stats: PassStats,
+    log: logging.Logger,
+) -> None:
+    """Run ``once`` now and then every ``interval_s()`` seconds, forever. A failing pass is
+    counted in ``stats`` (visible on /healthz), logged once when passes start failing and
+    once when they succeed again, and retried at the next interval."""
+    while True:
+        try:
+            await once()
+        except Exception as exc:
+            stats.failures += 1
+            stats.last_error = str(exc)[:300]
+            if not stats.failing:
+                log.warning("%s failed (retrying): %s", what, exc)
+            stats.failing = True
+        else:
+            if stats.failing:
+                log.info("%s succeeds again", what)
+            stats.failing = False
+        await asyncio.sleep(interval_s())

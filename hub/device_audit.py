@@ -282,13 +282,23 @@ def _held_order(held: HeldRecord) -> tuple[int, int]:
     return held.record.id, held.seq
 
 
-CHAIN_COLUMNS = "last_id, last_hash, verified, unverifiable, breaks, held_since, held_overflows"
-HELD_COLUMNS = "d.seq, d.received_at, e.payload"  # of device_audit d JOIN events e
+# The statements both stores run (``?`` placeholders; PostgreSQL numbers them).
+CHAIN_ROW_SELECT = (
+    "SELECT last_id, last_hash, verified, unverifiable, breaks, held_since, held_overflows "
+    "FROM device_audit_chain WHERE device_id = ?"
+)
+# A held record as the device shipped it: ``events`` keeps audit entries verbatim.
+HELD_SELECT = (
+    "SELECT d.seq, d.received_at, e.payload FROM device_audit d JOIN events e "
+    "ON e.device_id = d.device_id AND e.seq = d.seq WHERE d.device_id = ? AND d.held = 1"
+)
+STORED_SELECT = "SELECT seq FROM device_audit WHERE device_id = ? AND seq BETWEEN ? AND ?"
+JUDGED_UPDATE = "UPDATE device_audit SET held = 0, broken = ? WHERE device_id = ? AND seq = ?"
 
 
 def chain_of(row: Sequence[Any] | None, held: Sequence[Sequence[Any]] = ()) -> Chain:
-    """Return a device's chain from its ``device_audit_chain`` row read as CHAIN_COLUMNS
-    (None: none yet) and its held rows read as HELD_COLUMNS.
+    """Return a device's chain from its row of CHAIN_ROW_SELECT (None: none yet) and its
+    held rows of HELD_SELECT.
 
     A held record is judged from the entry as the device shipped it (``events``: audit
     entries are never deleted), so every check runs on the fields its hash covers."""
@@ -350,13 +360,7 @@ def observe(
     at = received if isinstance(received, str) else iso_utc(received)
     chain = _load(db, device_id)
     low, high = seq_span(parsed)
-    stored = {
-        r[0]
-        for r in db.execute(
-            "SELECT seq FROM device_audit WHERE device_id = ? AND seq BETWEEN ? AND ?",
-            (device_id, low, high),
-        )
-    }
+    stored = {r[0] for r in db.execute(STORED_SELECT, (device_id, low, high))}
     chain.take(parsed, stored, at, bound)
     _write(db, device_id, chain, at)
 
@@ -372,17 +376,10 @@ def settle(db: sqlite3.Connection, device_id: str, now: str, grace_s: float) -> 
 
 
 def _load(db: sqlite3.Connection, device_id: str) -> Chain:
-    row = db.execute(
-        f"SELECT {CHAIN_COLUMNS} FROM device_audit_chain WHERE device_id = ?", (device_id,)
-    ).fetchone()
+    row = db.execute(CHAIN_ROW_SELECT, (device_id,)).fetchone()
     held = []
     if row is not None and row[5] is not None:
-        held = db.execute(
-            f"SELECT {HELD_COLUMNS} FROM device_audit d JOIN events e "
-            "ON e.device_id = d.device_id AND e.seq = d.seq "
-            "WHERE d.device_id = ? AND d.held = 1",
-            (device_id,),
-        ).fetchall()
+        held = db.execute(HELD_SELECT, (device_id,)).fetchall()
     return chain_of(row, held)
 
 
@@ -395,10 +392,7 @@ def _write(db: sqlite3.Connection, device_id: str, chain: Chain, at: str) -> Non
             "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit'), 0))",
             (*row_values(device_id, new.seq, new.payload, at, new.reason), int(new.held)),
         )
-    db.executemany(
-        "UPDATE device_audit SET held = 0, broken = ? WHERE device_id = ? AND seq = ?",
-        [(j.reason, device_id, j.seq) for j in chain.judged],
-    )
+    db.executemany(JUDGED_UPDATE, [(j.reason, device_id, j.seq) for j in chain.judged])
     broken = (*chain.first_break, at) if chain.first_break else (None, None, None)
     db.execute(
         "INSERT INTO device_audit_chain (device_id, last_id, last_hash, verified, unverifiable, "

@@ -13,7 +13,6 @@ the counters are on ``/healthz`` (``fleet_history``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.background import BackgroundTask
+from hub.background import BackgroundTask, run_passes
 from hub.context import HubContext
 from hub.store import FleetSample
 
@@ -73,20 +72,13 @@ class FleetHistory:
         }
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.sample_once()
-            except Exception as exc:  # counted, visible on /healthz, retried next interval
-                self.stats.failures += 1
-                self.stats.last_error = str(exc)[:300]
-                if not self.stats.failing:
-                    log.warning("fleet history sample failed (retrying): %s", exc)
-                self.stats.failing = True
-            else:
-                if self.stats.failing:
-                    log.info("fleet history samples succeed again")
-                self.stats.failing = False
-            await asyncio.sleep(self.hub.config.dashboard.history_interval_s)
+        await run_passes(
+            "fleet history sample",
+            self.sample_once,
+            lambda: self.hub.config.dashboard.history_interval_s,
+            self.stats,
+            log,
+        )
 
     async def sample_once(self) -> FleetSample:
         """Store the fleet's counts now, then delete what is older than the history keeps."""

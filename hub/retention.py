@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.background import BackgroundTask
+from hub.background import BackgroundTask, run_passes
 from hub.config import RetentionConfig
 from hub.context import HubContext
 
@@ -85,20 +85,9 @@ class Retention:
         }
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:  # counted, visible on /healthz, retried next interval
-                self.stats.failures += 1
-                self.stats.last_error = str(exc)[:300]
-                if not self.stats.failing:
-                    log.warning("retention pass failed (retrying): %s", exc)
-                self.stats.failing = True
-            else:
-                if self.stats.failing:
-                    log.info("retention passes succeed again")
-                self.stats.failing = False
-            await asyncio.sleep(self.config.interval_s)
+        await run_passes(
+            "retention pass", self.run_once, lambda: self.config.interval_s, self.stats, log
+        )
 
     async def run_once(self) -> tuple[int, int]:
         """Run one pass over every device; return rows deleted (by age, by size)."""

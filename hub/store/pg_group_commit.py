@@ -68,11 +68,18 @@ class IngestGroups:
         return await job.done
 
     async def _drain(self) -> None:
+        jobs: list[_Job] = []
         try:
             while self._queue:
                 jobs = self._queue[: self.group_max]
                 del self._queue[: self.group_max]
                 await self._apply(jobs)
+        except BaseException:
+            # Cancelled (the loop is closing): no caller waits for an answer that never comes.
+            left = jobs + (self._queue if self._running == 1 else [])
+            for job in left:
+                job.done.cancel()
+            raise
         finally:
             self._running -= 1
 
@@ -86,17 +93,16 @@ class IngestGroups:
                 self.groups += 1
                 self.grouped += len(jobs)
                 for job, result in zip(jobs, results, strict=True):
-                    if not job.done.done():
-                        job.done.set_result(result)
+                    _answer(job, result)
                 return
         for job in jobs:
             try:
-                result = await self.run_alone(job.device_id, job.batch, job.now)
-            except BaseException as exc:
+                _answer(job, await self.run_alone(job.device_id, job.batch, job.now))
+            except Exception as exc:  # handed to its caller, as it would be alone
                 if not job.done.done():
                     job.done.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                if not job.done.done():
-                    job.done.set_result(result)
+
+
+def _answer(job: _Job, result: Any) -> None:
+    if not job.done.done():  # its caller may have been cancelled meanwhile
+        job.done.set_result(result)

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.actiondoc import RESULTS, next_state
 from edge_agent.protocol import StatusSnapshot
 from hub.device_audit import (
-    CHAIN_COLUMNS,
-    HELD_COLUMNS,
+    CHAIN_ROW_SELECT,
+    HELD_SELECT,
+    JUDGED_UPDATE,
+    STORED_SELECT,
     Chain,
     chain_of,
     fresh_records,
@@ -33,7 +35,7 @@ from hub.device_audit import (
 )
 from hub.drift import sighting_keys
 from hub.store import sqlite_rows as rows
-from hub.store.pg_core import AUDIT_LOCK
+from hub.store.pg_core import AUDIT_LOCK, dollar
 from hub.store.records import AuditGapBound, EntryRow, MetricsBound, PartsBound
 from hub.store.sync_rules import (
     MetricsState,
@@ -47,6 +49,13 @@ from hub.store.sync_rules import (
 
 if TYPE_CHECKING:
     import asyncpg
+
+
+# hub.device_audit's statements with PostgreSQL's numbered placeholders
+PG_CHAIN_ROW_SELECT, PG_HELD_SELECT, PG_STORED_SELECT, PG_JUDGED_UPDATE = (
+    dollar([statement], 1)[0]
+    for statement in (CHAIN_ROW_SELECT, HELD_SELECT, STORED_SELECT, JUDGED_UPDATE)
+)
 
 
 @dataclass(frozen=True)
@@ -110,15 +119,7 @@ async def observe_audit(
     feed_after = await conn.fetchval("SELECT COALESCE(MAX(id), 0) FROM audit")
     chain = await load_chain(conn, device_id)
     low, high = seq_span(parsed)
-    stored = {
-        r[0]
-        for r in await conn.fetch(
-            "SELECT seq FROM device_audit WHERE device_id = $1 AND seq BETWEEN $2 AND $3",
-            device_id,
-            low,
-            high,
-        )
-    }
+    stored = {r[0] for r in await conn.fetch(PG_STORED_SELECT, device_id, low, high)}
     chain.take(parsed, stored, received, bound)
     await write_chain(conn, device_id, chain, received, feed_after)
 
@@ -138,17 +139,10 @@ async def settle_audit_gap(
 
 async def load_chain(conn: asyncpg.Connection, device_id: str) -> Chain:
     """Return the device's chain and held records (``hub.device_audit.chain_of``)."""
-    row = await conn.fetchrow(
-        f"SELECT {CHAIN_COLUMNS} FROM device_audit_chain WHERE device_id = $1", device_id
-    )
+    row = await conn.fetchrow(PG_CHAIN_ROW_SELECT, device_id)
     held: list[asyncpg.Record] = []
     if row is not None and row["held_since"] is not None:
-        held = await conn.fetch(
-            f"SELECT {HELD_COLUMNS} FROM device_audit d JOIN events e "
-            "ON e.device_id = d.device_id AND e.seq = d.seq "
-            "WHERE d.device_id = $1 AND d.held = 1",
-            device_id,
-        )
+        held = await conn.fetch(PG_HELD_SELECT, device_id)
     return chain_of(tuple(row) if row is not None else None, [tuple(h) for h in held])
 
 
@@ -169,8 +163,7 @@ async def write_chain(
         )
     if chain.judged:
         await conn.executemany(
-            "UPDATE device_audit SET held = 0, broken = $1 WHERE device_id = $2 AND seq = $3",
-            [(j.reason, device_id, j.seq) for j in chain.judged],
+            PG_JUDGED_UPDATE, [(j.reason, device_id, j.seq) for j in chain.judged]
         )
     broken = (*chain.first_break, at) if chain.first_break else (None, None, None)
     await conn.execute(
