@@ -4,8 +4,8 @@ A sync starts its transaction at once while fewer than ``max_tx`` of them run (t
 size): alone, it waits for nothing. When every slot is busy, the syncs that arrive queue,
 and the next slot to free takes up to ``group_max`` of them into one transaction: one
 BEGIN and one COMMIT (one WAL flush) for the group instead of one each. Measured with
-benchmarks/bench_pg_commit.py (the store's ingest alone): groups of 8 gave 1.8x the syncs/s
-and 0.64x this process's CPU per sync.
+benchmarks/bench_pg_commit.py (the store's ingest alone, 50 in flight, pool of 10): 1.28-1.35x
+the syncs/s, 0.54-0.74x this process's CPU and 0.39x the server's per sync (docs/scaling.md).
 
 Each batch is applied exactly as alone (``pg_sync.ingest`` and the contact span), in the
 group's one transaction. The group first locks its devices' rows in id order, so groups
