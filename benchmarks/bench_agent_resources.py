@@ -413,6 +413,8 @@ async def run_agent(args: argparse.Namespace, tmp: Path) -> Results:
     }
     if args.no_logs:
         overrides["logs"] = {"enabled": False}
+    elif args.log_flush_s is not None:
+        overrides["logs"] = {"flush_interval_s": args.log_flush_s}
     agent = AgentProcess(device_id, tmp / "agent", **overrides)
     services = ten_services(10, args.image)
     try:
@@ -574,6 +576,9 @@ def main() -> int:
         help=f"comma-separated event actions to cycle (default {SYNTHETIC_ACTIONS!r})",
     )
     p.add_argument("--no-logs", action="store_true", help="agent without log collection")
+    p.add_argument(
+        "--log-flush-s", type=float, default=None, help="logs.flush_interval_s (agent default)"
+    )
     p.add_argument("--image", default=IMAGE, help="an image present on the engine")
     figures.add_json_out(p)
     args = p.parse_args()
