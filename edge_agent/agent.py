@@ -27,7 +27,7 @@ from edge_agent.errors import (
     TargetRejected,
 )
 from edge_agent.executor import Reconciler, poll_completion, poll_health
-from edge_agent.heaptrim import TRIM_DELAY_S, trim_heap
+from edge_agent.heaptrim import TRIM_DELAY_S, HeapTrimmer, trim_heap
 from edge_agent.host_report import HostReport
 from edge_agent.lifecycle import Lifecycle, LifecyclePolicy, Ref, local_target
 from edge_agent.models import CurrentService, Target
@@ -117,6 +117,7 @@ class Agent:
         self.hub_link: Any = None
         self.logs: Any = None  # the LogFollower, when logs are enabled
         self.metrics: Any = None  # the MetricsReporter, when metrics are enabled
+        self.heap_trimmer: HeapTrimmer | None = None  # trims after busy spells
         self.holds: Any = None  # the technician's pause and pin (edge_agent.holds)
         self.read_audits: list[Any] = []  # the local APIs' technician read audits
         self._current: list[CurrentService] = []
@@ -181,6 +182,11 @@ class Agent:
             self._spawn_image_gc()
         if self.config.metrics.enabled:
             self._spawn_metrics(hub=identity is not None)
+        if sc.heap_trim_interval_s > 0:
+            self.heap_trimmer = HeapTrimmer(sc.heap_trim_interval_s, sc.heap_trim_busy_cpu_s)
+            trimmer = self.heap_trimmer
+            beat = lambda: self.tasks.beat("heap-trim")  # noqa: E731
+            self._spawn("heap-trim", lambda: trimmer.run(beat), sc.heap_trim_interval_s)
         self._runners = await start_api(self, self.config.api)
         if identity is not None:
             from edge_agent.hub_link import HubLink
@@ -567,6 +573,8 @@ class Agent:
                 out["logs"] = self.logs.status()
             if self.metrics is not None:
                 out["metrics"] = self.metrics.status()
+            if self.heap_trimmer is not None:
+                out["heap_trim"] = self.heap_trimmer.status()
             out["event_loop"] = type(asyncio.get_running_loop()).__module__
             if self.supervisor is not None:
                 out["supervisor_forgotten_over_bound"] = self.supervisor.forgotten_over_bound

@@ -98,6 +98,11 @@ class SupervisorConfig(Section):
     host_report_timeout_s: float = Field(5.0, gt=0)
     # A report younger than this is reused by status reads (0: every read asks the engine).
     host_report_max_age_s: float = Field(2.0, ge=0)
+    # After busy spells the C heap's free pages go back to the system (glibc): checked
+    # every heap_trim_interval_s (0: only the one trim after start-up), trimmed when the
+    # agent spent at least heap_trim_busy_cpu_s of CPU since its last trim.
+    heap_trim_interval_s: float = Field(10.0, ge=0, le=3600)
+    heap_trim_busy_cpu_s: float = Field(0.25, gt=0)
 
     @model_validator(mode="after")
     def _cap(self) -> SupervisorConfig:
