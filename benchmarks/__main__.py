@@ -47,7 +47,7 @@ BENCHES = (
     Bench(
         "agent_resources",
         "bench_agent_resources.py",
-        ("--idle-s", "30", "--settle-s", "5", "--real-events", "200"),
+        ("--idle-s", "30", "--settle-s", "10", "--real-events", "200"),
         ("--runs", "3"),
     ),
     Bench(

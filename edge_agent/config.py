@@ -100,8 +100,9 @@ class SupervisorConfig(Section):
     host_report_max_age_s: float = Field(2.0, ge=0)
     # After busy spells the C heap's free pages go back to the system (glibc): checked
     # every heap_trim_interval_s (0: only the one trim after start-up), trimmed when the
-    # agent spent at least heap_trim_busy_cpu_s of CPU since its last trim.
-    heap_trim_interval_s: float = Field(10.0, ge=0, le=3600)
+    # agent spent at least heap_trim_busy_cpu_s of CPU since its last trim and less than
+    # that in the last interval (the spell has ended).
+    heap_trim_interval_s: float = Field(5.0, ge=0, le=3600)
     heap_trim_busy_cpu_s: float = Field(0.25, gt=0)
 
     @model_validator(mode="after")

@@ -8,10 +8,12 @@ idle agent it lowers RSS by about 1.2 MB (benchmarks/bench_agent_resources.py). 
 glibc (or ctypes) it does nothing.
 
 A burst of work (100,000 engine events, a catch-up) leaves the heap at its high-water
-mark the same way: +1.4 to 1.8 MB of RSS that a trim gave back. ``HeapTrimmer`` checks every
-``interval_s`` how much CPU the process spent since its last trim and trims once that is
-at least ``busy_cpu_s``: an idle agent (a few ms of CPU a minute) never trims, a busy
-one trims at most once per interval. Its counts are in the agent's status.
+mark the same way: +1.4 to 1.8 MB of RSS that a trim gave back. ``HeapTrimmer`` looks
+every ``interval_s`` at the CPU the process spent and trims when a busy spell has ended:
+at least ``busy_cpu_s`` since the last trim, and less than that in the last interval
+(during the spell the freed memory is taken again at once; trimming then would only
+cost). An idle agent (a few ms of CPU a minute) never trims. Its counts are in the
+agent's status.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def trim_heap() -> bool:
 class HeapTrimmer:
     """Trims the heap after each interval in which the process was busy."""
 
-    interval_s: float = 10.0
+    interval_s: float = 5.0
     busy_cpu_s: float = 0.25
     cpu: Callable[[], float] = time.process_time
     trim: Callable[[], bool] = trim_heap
@@ -55,21 +57,24 @@ class HeapTrimmer:
     trims: int = 0
     released: int = 0  # trims that gave memory back to the system
     _cpu_at_trim: float = 0.0
+    _cpu_at_check: float = 0.0
 
     def check(self) -> bool:
-        """Trim if the CPU spent since the last trim reached ``busy_cpu_s``; return whether."""
+        """Trim if a busy spell has ended (see the module); return whether it trimmed."""
         self.checks += 1
         used = self.cpu()
-        if used - self._cpu_at_trim < self.busy_cpu_s:
+        last, self._cpu_at_check = used - self._cpu_at_check, used
+        if used - self._cpu_at_trim < self.busy_cpu_s or last >= self.busy_cpu_s:
             return False
         self.trims += 1
         self.released += self.trim()
-        self._cpu_at_trim = self.cpu()  # the trim's own cost does not count as work
+        self._cpu_at_trim = self._cpu_at_check = self.cpu()  # the trim's cost is no work
         return True
 
     async def run(self, beat: Callable[[], None] | None = None) -> None:
         """Check every ``interval_s`` until cancelled."""
-        self._cpu_at_trim = self.cpu()  # start-up is the startup trim's (TRIM_DELAY_S)
+        # Start-up is the start-up trim's (TRIM_DELAY_S).
+        self._cpu_at_trim = self._cpu_at_check = self.cpu()
         while True:
             await asyncio.sleep(self.interval_s)
             self.check()

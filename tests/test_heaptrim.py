@@ -35,27 +35,33 @@ def test_trim_returns_freed_heap_pages() -> None:
     del keep
 
 
-def test_trimmer_trims_only_after_an_interval_with_enough_work() -> None:
+def test_trimmer_trims_once_a_busy_spell_has_ended() -> None:
     clock = [100.0]
     trims: list[float] = []
 
     def fake_trim() -> bool:
         trims.append(clock[0])
-        clock[0] += 0.01  # the trim's own CPU: not counted as the next interval's work
+        clock[0] += 0.01  # the trim's own CPU: not counted as the next spell's work
         return len(trims) % 2 == 1
 
-    t = HeapTrimmer(interval_s=10.0, busy_cpu_s=0.25, cpu=lambda: clock[0], trim=fake_trim)
-    t._cpu_at_trim = clock[0]
-    clock[0] += 0.1  # an idle interval: 0.1 s of CPU
+    t = HeapTrimmer(interval_s=5.0, busy_cpu_s=0.25, cpu=lambda: clock[0], trim=fake_trim)
+    t._cpu_at_trim = t._cpu_at_check = clock[0]
+    clock[0] += 0.1  # idle: 0.1 s of CPU in the interval
     assert t.check() is False
-    clock[0] += 0.2  # 0.3 s since the last trim (the idle interval's work adds up)
+    clock[0] += 1.0  # busy: the spell goes on, its memory is in use
+    assert t.check() is False
+    clock[0] += 0.5
+    assert t.check() is False
+    clock[0] += 0.05  # quiet again: the spell (1.65 s since the last trim) has ended
     assert t.check() is True
-    clock[0] += 0.24  # just below the bound, the trim's 0.01 s left out
+    clock[0] += 0.2  # quiet intervals whose work adds up to the bound
+    assert t.check() is False
+    clock[0] += 0.04  # 0.24 s since the trim (its own 0.01 s left out)
     assert t.check() is False
     clock[0] += 0.01
     assert t.check() is True
-    assert trims == [100.3, 100.56]
-    assert t.status() == {"checks": 4, "trims": 2, "released": 1}
+    assert trims == pytest.approx([101.65, 101.91])
+    assert t.status() == {"checks": 7, "trims": 2, "released": 1}
 
 
 @pytest.mark.parametrize(
@@ -67,19 +73,23 @@ def test_trim_bounds_out_of_range_are_refused(field: str, value: float) -> None:
 
 
 @pytest.mark.docker
-async def test_a_running_agent_trims_after_work_and_reports_it(tmp_path: Path) -> None:
-    # A bound so small that every check trims: the agent's status shows the counts grow.
-    supervisor = {"heap_trim_interval_s": 0.2, "heap_trim_busy_cpu_s": 1e-6}
+async def test_a_running_agent_trims_after_a_busy_spell_and_reports_it(tmp_path: Path) -> None:
+    supervisor = {"heap_trim_interval_s": 0.5, "heap_trim_busy_cpu_s": 0.05}
     agent = await AgentProcess(None, tmp_path / "a", supervisor=supervisor).start()
     try:
-
-        async def trimmed_twice() -> dict[str, int] | None:
-            trim: dict[str, int] = (await agent.status()).get("heap_trim", {})
-            return trim if trim.get("trims", 0) >= 2 else None
-
-        trim = await wait_for(trimmed_twice, timeout_s=20)
-        assert trim["checks"] >= trim["trims"] >= 2
+        before = (await agent.status())["heap_trim"]
         assert (await agent.status())["tasks"]["heap-trim"]["state"] == "running"
+        # A busy spell: 300 status reads cost the agent ~0.2 s of CPU (~0.7 ms each).
+        for _ in range(300):
+            await agent.status()
+
+        async def trimmed() -> dict[str, int] | None:
+            trim: dict[str, int] = (await agent.status())["heap_trim"]
+            return trim if trim["trims"] > before["trims"] else None
+
+        after = await wait_for(trimmed, timeout_s=20)
+        assert after["checks"] > before["checks"]
+        assert after["released"] <= after["trims"]
     finally:
         await agent.stop()
         agent.cleanup()
