@@ -121,26 +121,29 @@ async def time_agent(
             since = f"{time.time() - 1:.3f}"  # the engine replays what it saw before we asked
             events = docker.events.subscribe(filters=json.dumps(filters), since=since)
             started: set[str] = set()
-            t0 = time.perf_counter()
-            async with http.post("http://agent/v1/apply", json=body) as resp:
-                if resp.status >= 300:
-                    raise RuntimeError(f"apply refused ({resp.status}): {await resp.text()}")
-            async with asyncio.timeout(120):
-                while len(started) < len(services):
-                    ev = await events.get()
-                    if ev is not None and ev.get("Type") == "container":
-                        started.add(ev["Actor"]["ID"])
-                while True:
-                    async with http.get("http://agent/v1/status") as resp:
-                        st = await resp.json()
-                    up = {s["name"] for s in st["services"] if s["state"] == "running"}
-                    if st["state"] == "converged" and up >= names:
-                        elapsed = time.perf_counter() - t0
-                        break
-                    if st["state"] in ("failed", "rolled_back"):
-                        raise RuntimeError(f"agent did not converge: {st['last_error']}")
-                    await asyncio.sleep(poll_s)
-            await docker.events.stop()
+            try:
+                t0 = time.perf_counter()
+                async with http.post("http://agent/v1/apply", json=body) as resp:
+                    if resp.status >= 300:
+                        text = await resp.text()
+                        raise RuntimeError(f"apply refused ({resp.status}): {text}")
+                async with asyncio.timeout(120):
+                    while len(started) < len(services):
+                        ev = await events.get()
+                        if ev is not None and ev.get("Type") == "container":
+                            started.add(ev["Actor"]["ID"])
+                    while True:
+                        async with http.get("http://agent/v1/status") as resp:
+                            st = await resp.json()
+                        up = {s["name"] for s in st["services"] if s["state"] == "running"}
+                        if st["state"] == "converged" and up >= names:
+                            elapsed = time.perf_counter() - t0
+                            break
+                        if st["state"] in ("failed", "rolled_back"):
+                            raise RuntimeError(f"agent did not converge: {st['last_error']}")
+                        await asyncio.sleep(poll_s)
+            finally:
+                await docker.events.stop()
         running = running_count(f"io.edgefleet.device={device_id}")
         if running != len(services):
             raise RuntimeError(f"agent: {running} of {len(services)} containers running")

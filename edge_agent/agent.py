@@ -183,10 +183,12 @@ class Agent:
         if self.config.metrics.enabled:
             self._spawn_metrics(hub=identity is not None)
         if sc.heap_trim_interval_s > 0:
-            self.heap_trimmer = HeapTrimmer(sc.heap_trim_interval_s, sc.heap_trim_busy_cpu_s)
-            trimmer = self.heap_trimmer
-            beat = lambda: self.tasks.beat("heap-trim")  # noqa: E731
-            self._spawn("heap-trim", lambda: trimmer.run(beat), sc.heap_trim_interval_s)
+            self.heap_trimmer = HeapTrimmer(
+                sc.heap_trim_interval_s,
+                sc.heap_trim_busy_cpu_s,
+                beat=lambda: self.tasks.beat("heap-trim"),
+            )
+            self._spawn("heap-trim", self.heap_trimmer.run, sc.heap_trim_interval_s)
         self._runners = await start_api(self, self.config.api)
         if identity is not None:
             from edge_agent.hub_link import HubLink

@@ -47,10 +47,11 @@ def trim_heap() -> bool:
 
 @dataclass
 class HeapTrimmer:
-    """Trims the heap after each interval in which the process was busy."""
+    """Trims the heap each time a busy spell has ended (the module says when that is)."""
 
     interval_s: float = 5.0
     busy_cpu_s: float = 0.25
+    beat: Callable[[], None] = lambda: None  # the task supervisor's heartbeat
     cpu: Callable[[], float] = time.process_time
     trim: Callable[[], bool] = trim_heap
     checks: int = 0
@@ -71,15 +72,14 @@ class HeapTrimmer:
         self._cpu_at_trim = self._cpu_at_check = self.cpu()  # the trim's cost is no work
         return True
 
-    async def run(self, beat: Callable[[], None] | None = None) -> None:
+    async def run(self) -> None:
         """Check every ``interval_s`` until cancelled."""
         # Start-up is the start-up trim's (TRIM_DELAY_S).
         self._cpu_at_trim = self._cpu_at_check = self.cpu()
         while True:
             await asyncio.sleep(self.interval_s)
             self.check()
-            if beat is not None:
-                beat()
+            self.beat()
 
     def status(self) -> dict[str, int]:
         """Return the counts (for the agent's status)."""
