@@ -134,7 +134,7 @@ def decode_lines_body(body: bytes, bounds: SyncBounds) -> Decoded:
         return decode_sync_body(pydantic_core.to_json(head, inf_nan_mode="constants"), bounds)
     if len(entries) != len(texts):
         raise _line_count(len(texts), len(entries))
-    payloads = [_payload_line(i, t) for i, t in enumerate(texts)]
+    payloads = _payload_lines(texts)
     fast = _fast_sync(head, texts) if all(type(p) is dict for p in payloads) else None
     if fast is not None:
         _refuse_non_finite({k: v for k, v in head.items() if k != "entries"})
@@ -150,6 +150,30 @@ def _line_count(lines: int, entries: int) -> InvalidRequest:
         fields=[{"field": "entries", "message": "one payload line per entry"}],
         status=400,
     )
+
+
+def _payload_lines(texts: list[str]) -> list[Any]:
+    """Return every payload line parsed, as ``_payload_line`` does each (the same refusals,
+    the same line named), without a call and a field name per line: a catch-up batch has
+    5,000 of them."""
+    from_json = pydantic_core.from_json
+    isfinite = math.isfinite
+    out: list[Any] = []
+    append = out.append
+    for i, text in enumerate(texts):
+        try:
+            value = from_json(text)
+        except ValueError:
+            _payload_line(i, text)  # raises the refusal naming this line
+            raise
+        if type(value) is dict:
+            for v in value.values():  # a number too large for a float parses as infinity
+                t = type(v)
+                if (t is float and not isfinite(v)) or t is dict or t is list:
+                    _refuse_non_finite(value, f"entries.{i}.payload")
+                    break
+        append(value)
+    return out
 
 
 def _payload_line(i: int, text: str) -> Any:
