@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiosqlite
 
@@ -340,7 +340,8 @@ class OutboxMixin:
             "SELECT seq, kind, created_at, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             (max(after, self.acked_upto), max_entries),
         ) as cur:
-            for row in await cur.fetchall():
+            rows = cast(list[tuple[int, str, str, str]], await cur.fetchall())
+            for row in rows:
                 nbytes = len(row[3])
                 if out and total + nbytes > max_bytes:
                     break
