@@ -17,8 +17,8 @@
 # PyInstaller's bootloader compile from source on armhf) are kept under
 # $EDGEFLEET_BUILD_CACHE (default /var/cache/edgefleet-build), so a rebuild takes minutes.
 # Cold (bookworm): arm64 about 6 min, armhf about 20 min. Cold with --suite bullseye
-# (CPython compiled under qemu) is well over 50 min for arm64 on 2 shared cores:
-# see docs/operations.md, "ARM".
+# (CPython compiled under qemu) took 76 min for arm64 and 46 min for armhf on 2 shared
+# cores: see docs/operations.md, "ARM".
 #
 # Then every binary is smoke-tested (--version and selftest): under qemu with
 # QEMU_LD_PREFIX=<build root>, and chrooted into a minimal root with no Python at all.
